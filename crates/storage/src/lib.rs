@@ -1,0 +1,297 @@
+//! The seam between m3query's query layer and its stores.
+//!
+//! Everything that holds series implements these traits: the embedded TSDB, a remote-read
+//! client, the in-memory store used by tests ([`memory::MemStorage`]) and the fan-out over
+//! several of them ([`merge::MergeQueryable`]). The PromQL engine and the HTTP handlers see only
+//! `dyn Queryable` and `dyn Appendable`, never a store's insides.
+//!
+//! The shape follows Prometheus's `storage/interface.go`:
+//! [`Queryable`] → [`Querier`] (a read view over `[mint, maxt]`) → [`SeriesSet`] →
+//! [`Series`] → [`SampleIterator`]. Hints ([`SelectHints`]) let a store skip work; warnings
+//! ([`Warnings`]) travel beside results all the way to the JSON response; a [`Context`] carries
+//! cancellation and the deadline into long selects.
+//!
+//! Times are `i64` milliseconds since the Unix epoch, and every range here is inclusive at both
+//! ends unless a name says otherwise.
+
+mod context;
+mod error;
+pub mod memory;
+pub mod merge;
+mod warnings;
+
+pub use context::Context;
+pub use error::{Error, Result};
+pub use warnings::Warnings;
+
+use m3query_model::{Labels, Matcher, Sample};
+
+/// What a select is for, so a store can avoid reading or sending what the query will not use.
+/// All fields are advisory: a store may return more than asked, never less.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectHints {
+    /// First and last timestamp (inclusive, ms) the query reads for this selector, after
+    /// lookback, range and offset are applied.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Query resolution step in ms (0 for instant queries).
+    pub step_ms: i64,
+    /// The range of a range selector, or the lookback window for instant selectors, in ms.
+    pub range_ms: i64,
+    /// The function wrapping the selector (`rate`, `series` for metadata-only selects, ...).
+    pub func: Option<String>,
+    /// Labels of the surrounding aggregation; `by` true for `by (...)`, false for `without`.
+    pub grouping: Vec<String>,
+    pub by: bool,
+    /// Return at most this many series (0: no limit).
+    pub limit: usize,
+}
+
+/// Hints for label name and value lookups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelHints {
+    /// Return at most this many values (0: no limit).
+    pub limit: usize,
+}
+
+/// A result of label name or value lookups: sorted, unique strings plus warnings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelValues {
+    pub values: Vec<String>,
+    pub warnings: Warnings,
+}
+
+/// Something that can open read views over a time range.
+pub trait Queryable: Send + Sync {
+    /// A querier over samples with `mint <= t <= maxt`.
+    fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>>;
+}
+
+/// A read view over a time range of a store.
+pub trait Querier: Send + Sync {
+    /// Series whose labels match every matcher. With `sort`, series come ordered by labels
+    /// (required for merging); otherwise in any order. At least one matcher must not match the
+    /// empty string, as in Prometheus; stores may rely on it.
+    fn select(
+        &self,
+        ctx: &Context,
+        sort: bool,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> Result<Box<dyn SeriesSet + '_>>;
+
+    /// The sorted, unique values of label `name` among series matching `matchers` (all
+    /// series when empty) that have samples in the querier's range.
+    fn label_values(
+        &self,
+        ctx: &Context,
+        name: &str,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> Result<LabelValues>;
+
+    /// The sorted, unique label names among series matching `matchers` (all when empty).
+    fn label_names(
+        &self,
+        ctx: &Context,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> Result<LabelValues>;
+}
+
+/// An iterator over series. Errors end the set; warnings are complete once `next` returned
+/// `None`. Series own their data (shared chunks, copied head samples), so a caller can hold
+/// many at once.
+pub trait SeriesSet: Send {
+    fn next(&mut self) -> Option<Result<Box<dyn Series>>>;
+    fn warnings(&self) -> Warnings {
+        Warnings::default()
+    }
+}
+
+/// One series: its labels and its samples.
+pub trait Series: Send + Sync + 'static {
+    fn labels(&self) -> &Labels;
+    /// A fresh iterator over the series' samples in time order, within the querier's range.
+    fn iter(&self) -> Box<dyn SampleIterator + '_>;
+}
+
+/// Samples of one series in increasing time order.
+pub trait SampleIterator: Send {
+    /// The next sample, or `None` at the end.
+    fn next(&mut self) -> Result<Option<Sample>>;
+
+    /// Appends every remaining sample with `mint <= t <= maxt` to `out`, consuming samples up
+    /// to and including the first one after `maxt`. Stores override this to skip whole chunks
+    /// outside the range and to decode in a tight loop.
+    fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<()> {
+        while let Some(s) = self.next()? {
+            if s.t > maxt {
+                break;
+            }
+            if s.t >= mint {
+                out.push(s);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`SampleIterator`] over a slice of samples.
+#[derive(Debug)]
+pub struct SliceIterator<'a> {
+    samples: &'a [Sample],
+    pos: usize,
+}
+
+impl<'a> SliceIterator<'a> {
+    pub fn new(samples: &'a [Sample]) -> Self {
+        SliceIterator { samples, pos: 0 }
+    }
+}
+
+impl SampleIterator for SliceIterator<'_> {
+    fn next(&mut self) -> Result<Option<Sample>> {
+        let s = self.samples.get(self.pos).copied();
+        self.pos += 1;
+        Ok(s)
+    }
+
+    fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<()> {
+        let rest = self.samples.get(self.pos..).unwrap_or_default();
+        let lo = rest.partition_point(|s| s.t < mint);
+        let hi = rest.partition_point(|s| s.t <= maxt);
+        if lo < hi {
+            out.extend_from_slice(&rest[lo..hi]);
+        }
+        self.pos += (hi + 1).min(rest.len());
+        Ok(())
+    }
+}
+
+/// A series held in memory: labels plus samples in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VecSeries {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+impl Series for VecSeries {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+    fn iter(&self) -> Box<dyn SampleIterator + '_> {
+        Box::new(SliceIterator::new(&self.samples))
+    }
+}
+
+/// A [`SeriesSet`] over series already in memory.
+pub struct VecSeriesSet<S> {
+    series: std::vec::IntoIter<S>,
+    warnings: Warnings,
+}
+
+impl<S> VecSeriesSet<S> {
+    pub fn new(series: Vec<S>, warnings: Warnings) -> Self {
+        VecSeriesSet {
+            series: series.into_iter(),
+            warnings,
+        }
+    }
+}
+
+impl<S: Series + 'static> SeriesSet for VecSeriesSet<S> {
+    fn next(&mut self) -> Option<Result<Box<dyn Series>>> {
+        self.series
+            .next()
+            .map(|s| Ok(Box::new(s) as Box<dyn Series>))
+    }
+    fn warnings(&self) -> Warnings {
+        self.warnings.clone()
+    }
+}
+
+/// Something that accepts writes.
+pub trait Appendable: Send + Sync {
+    fn appender(&self) -> Box<dyn Appender + '_>;
+}
+
+/// A write transaction. Samples become visible to queries on `commit`, and `commit` returns
+/// only once they are as durable as the store promises (the embedded TSDB: in its WAL).
+pub trait Appender: Send {
+    /// Adds one sample. A per-sample error (out of order, too old, duplicate) refuses that
+    /// sample only: the caller may go on appending the rest of its batch and commit.
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<()>;
+    /// Makes every accepted sample durable and visible.
+    fn commit(self: Box<Self>) -> Result<()>;
+    /// Drops everything appended since the appender was created.
+    fn rollback(self: Box<Self>);
+}
+
+/// Whether any matcher can narrow a select: Prometheus refuses selects where every matcher
+/// matches the empty string (`{foo=""}`), since they would match every series in the store.
+pub fn matchers_select_something(matchers: &[Matcher]) -> bool {
+    matchers.iter().any(|m| !m.matches_empty())
+}
+
+/// Drains a series set into memory: labels and the samples in `[mint, maxt]`.
+pub fn collect_series(
+    set: &mut dyn SeriesSet,
+    mint: i64,
+    maxt: i64,
+) -> Result<(Vec<VecSeries>, Warnings)> {
+    let mut out = Vec::new();
+    while let Some(s) = set.next() {
+        let s = s?;
+        let mut samples = Vec::new();
+        s.iter().append_range(mint, maxt, &mut samples)?;
+        out.push(VecSeries {
+            labels: s.labels().clone(),
+            samples,
+        });
+    }
+    Ok((out, set.warnings()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_iterator_append_range_consumes_past_maxt() {
+        let s: Vec<Sample> = (0..10).map(|i| Sample::new(i * 10, i as f64)).collect();
+        let mut it = SliceIterator::new(&s);
+        let mut out = Vec::new();
+        it.append_range(15, 40, &mut out).expect("in memory");
+        assert_eq!(
+            out.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![20, 30, 40]
+        );
+        // 50 was consumed as the first sample after maxt.
+        assert_eq!(it.next().expect("in memory").map(|s| s.t), Some(60));
+        let mut out = Vec::new();
+        it.append_range(0, 1000, &mut out).expect("in memory");
+        assert_eq!(out.len(), 3);
+        assert_eq!(it.next().expect("in memory"), None);
+    }
+
+    #[test]
+    fn default_append_range_matches_slice_version() {
+        struct Plain<'a>(SliceIterator<'a>);
+        impl SampleIterator for Plain<'_> {
+            fn next(&mut self) -> Result<Option<Sample>> {
+                self.0.next()
+            }
+        }
+        let s: Vec<Sample> = (0..10).map(|i| Sample::new(i * 10, i as f64)).collect();
+        for (mint, maxt) in [(0, 0), (5, 5), (15, 40), (-5, 200), (90, 90), (100, 50)] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mut x = SliceIterator::new(&s);
+            let mut y = Plain(SliceIterator::new(&s));
+            x.append_range(mint, maxt, &mut a).expect("in memory");
+            y.append_range(mint, maxt, &mut b).expect("in memory");
+            assert_eq!(a, b, "range {mint}..={maxt}");
+            assert_eq!(x.next().expect("mem"), y.next().expect("mem"));
+        }
+    }
+}
