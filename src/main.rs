@@ -1,1 +1,156 @@
-fn main() {}
+//! The `m3query` binary: command line and wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use m3query_server::{BuildInfo, Config, MetricsRegistry, Server, Services};
+use m3query_telemetry::Telemetry;
+
+/// A Prometheus-compatible PromQL query server with distributed tracing.
+#[derive(Parser, Debug)]
+#[command(name = "m3query", version, about, long_about = None)]
+struct Cli {
+    /// Config file (YAML). Without it m3query runs with built-in defaults: embedded storage in
+    /// ./data, listening on 0.0.0.0:7201.
+    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Checks a config file and prints the effective config with secrets redacted.
+    /// Exits 0 when valid, 2 when not.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+fn build_info() -> BuildInfo {
+    let epoch: i64 = env!("M3QUERY_BUILD_EPOCH").parse().unwrap_or(0);
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision: env!("M3QUERY_REVISION").to_string(),
+        branch: env!("M3QUERY_BRANCH").to_string(),
+        build_user: env!("M3QUERY_BUILD_USER").to_string(),
+        build_date: m3query_model::time::format_rfc3339(epoch * 1000),
+        go_version: env!("M3QUERY_RUST_VERSION").to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => match Config::load(&file) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_redacted_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("m3query: invalid config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            let cfg = match &cli.config {
+                Some(path) => match Config::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("m3query: invalid config: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::default(),
+            };
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("m3query: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("m3query")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let telemetry = Telemetry::builder(cfg.tracing.clone(), cfg.logging.clone())
+        .build()
+        .context("setting up logging and tracing")?;
+    telemetry
+        .install_global()
+        .context("installing the log subscriber")?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen_address.0)
+        .await
+        .with_context(|| format!("listening on {:?} (listenAddress)", cfg.listen_address))?;
+    let metrics_listener = match cfg.metrics.prometheus.listen_address {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr.0)
+                .await
+                .with_context(|| {
+                    format!("listening on {addr:?} (metrics.prometheus.listenAddress)")
+                })?,
+        ),
+        None => None,
+    };
+    let metrics = MetricsRegistry::new(&build_info());
+    let server = Server::new(
+        cfg.clone(),
+        build_info(),
+        metrics,
+        telemetry.propagation().clone(),
+    );
+    tracing::info!(
+        listen = %cfg.listen_address.0,
+        version = env!("CARGO_PKG_VERSION"),
+        tracing_backend = ?cfg.tracing.effective_backend(),
+        "m3query starting"
+    );
+
+    // Storage is in-memory until the embedded TSDB is wired in.
+    let store = Arc::new(m3query_storage::memory::MemStorage::new());
+    server.set_services(Services {
+        queryable: store.clone(),
+        appendable: Some(store),
+        collector: None,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = metrics_listener {
+        let mut rx = stop_rx.clone();
+        let metrics_server = server.serve_metrics(l, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = metrics_server.await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let result = server
+        .serve(listener, async move {
+            m3query_server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .context("serving HTTP");
+    telemetry.shutdown(std::time::Duration::from_secs(5));
+    tracing::info!("m3query stopped");
+    result
+}

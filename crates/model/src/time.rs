@@ -134,6 +134,55 @@ pub fn parse_api_duration(s: &str) -> Result<i64, TimeError> {
     parse_duration(s).map_err(|_| TimeError::ApiDuration(s.to_string()))
 }
 
+/// Parses a configuration duration: a Prometheus duration (`5m`, `1h30m`, `15d`, `0`) or a Go
+/// duration (`1.5s`, `500ms`, `100us`, `1m30s`), as jaeger-client-go's YAML keys take them.
+pub fn parse_config_duration(s: &str) -> Result<std::time::Duration, TimeError> {
+    if let Ok(ms) = parse_duration(s) {
+        return Ok(std::time::Duration::from_millis(ms as u64));
+    }
+    parse_go_duration(s).ok_or_else(|| TimeError::Duration(s.to_string()))
+}
+
+/// Go's `time.ParseDuration` for non-negative values: decimal numbers with units
+/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, in any order.
+fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s.is_empty() {
+        return None;
+    }
+    let mut total_ns: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        if num.is_empty() || num == "." {
+            return None;
+        }
+        let v: f64 = num.parse().ok()?;
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(u);
+        let mult = match unit {
+            "ns" => 1.0,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total_ns += v * mult;
+        rest = tail;
+    }
+    if !total_ns.is_finite() || total_ns > u64::MAX as f64 {
+        return None;
+    }
+    Some(std::time::Duration::from_nanos(total_ns.round() as u64))
+}
+
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -297,6 +346,30 @@ mod tests {
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(86_400_000), "1d");
         assert_eq!(format_duration(1_500), "1s500ms");
+    }
+
+    #[test]
+    fn config_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_config_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            parse_config_duration("15d"),
+            Ok(Duration::from_secs(15 * 86_400))
+        );
+        assert_eq!(
+            parse_config_duration("1.5s"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_config_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_config_duration("100us"),
+            Ok(Duration::from_micros(100))
+        );
+        assert_eq!(parse_config_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_config_duration("").is_err());
+        assert!(parse_config_duration("10").is_err());
+        assert!(parse_config_duration("-1s").is_err());
+        assert!(parse_config_duration("1x").is_err());
     }
 
     #[test]

@@ -1,1 +1,209 @@
+//! m3query's HTTP server: the Prometheus API on axum.
+//!
+//! [`Server`] owns the router and the state handlers share. Handlers return
+//! `Result<ApiResponse<T>, ApiError>` ([`error`]); one tower layer ([`layer`]) gives every
+//! request its root span, metrics and slow-request log. The server starts listening before its
+//! stores are open: `/health` answers at once, `/ready` and the data routes answer 503 until
+//! [`Server::set_services`] is called.
 
+pub mod config;
+pub mod error;
+pub mod layer;
+pub mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use m3query_storage::{Appendable, Queryable};
+use m3query_telemetry::Propagation;
+use prometheus_client::collector::Collector;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::{ApiError, ApiResponse, ErrorType};
+pub use metrics::{BuildInfo, FrozenMetrics, MetricsRegistry};
+
+/// The stores and engines behind the data routes, available once opened.
+pub struct Services {
+    pub queryable: Arc<dyn Queryable>,
+    /// Where remote write goes; `None` when local storage is disabled.
+    pub appendable: Option<Arc<dyn Appendable>>,
+    /// Exports the stores' own metrics at scrape time.
+    pub collector: Option<Box<dyn Collector>>,
+}
+
+/// What handlers share.
+pub struct AppState {
+    pub config: Config,
+    pub build: BuildInfo,
+    metrics: OnceLock<Arc<FrozenMetrics>>,
+    services: OnceLock<Services>,
+}
+
+impl AppState {
+    /// The stores, or 503 while they are still opening.
+    pub fn services(&self) -> Result<&Services, ApiError> {
+        self.services
+            .get()
+            .ok_or_else(|| ApiError::unavailable("storage is starting up; try again shortly"))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.services.get().is_some()
+    }
+}
+
+/// Forwards scrapes to the stores' collector once it exists.
+#[derive(Debug)]
+struct LateCollector(Arc<AppState>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Collector for LateCollector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match self.0.services.get().and_then(|s| s.collector.as_ref()) {
+            Some(c) => c.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The HTTP server.
+pub struct Server {
+    state: Arc<AppState>,
+    router: Router,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Assembles the router. `metrics` may already hold other crates' metrics; the server
+    /// adds its own and freezes it.
+    pub fn new(
+        config: Config,
+        build: BuildInfo,
+        mut metrics: MetricsRegistry,
+        propagation: Propagation,
+    ) -> Server {
+        let state = Arc::new(AppState {
+            config,
+            build,
+            metrics: OnceLock::new(),
+            services: OnceLock::new(),
+        });
+        metrics.register_collector(Box::new(LateCollector(state.clone())));
+        let http = metrics.http();
+        // Set exactly once, here, before the state is shared with any handler.
+        let _ = state.metrics.set(metrics.freeze());
+        let router = routes::router(state.clone(), propagation, http);
+        Server { state, router }
+    }
+
+    /// The router, for in-process tests (`tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Makes the data routes available and `/ready` answer 200. Later calls are ignored.
+    pub fn set_services(&self, services: Services) {
+        if self.state.services.set(services).is_err() {
+            tracing::warn!("services were already set; ignoring the second set");
+        }
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish for at most
+    /// `http.shutdownTimeout`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = self.state.config.http.shutdown_timeout.0;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(listener, self.router.clone()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut stop_rx2 = stop_rx.clone();
+        let deadline = async move {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = serve => r,
+            _ = deadline => {
+                tracing::warn!(grace_seconds = grace.as_secs_f64(), "in-flight requests still running after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+
+    /// Serves only the metrics route on a second listener (`metrics.prometheus.listenAddress`).
+    pub fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        let router = routes::metrics_router(self.state.clone());
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+/// A duration for logs.
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

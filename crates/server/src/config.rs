@@ -1,0 +1,716 @@
+//! m3query's configuration file.
+//!
+//! One YAML file, keys as in M3's query service where M3 had them. Loading is two steps:
+//! environment interpolation on the raw text ([`interpolate`]), then parsing with
+//! `serde-saphyr`, every struct denying unknown keys. Values are checked while parsing where a
+//! single key decides (so the error points at its line), and in [`Config::validate`] where
+//! several keys must agree. Every key is documented in `config/m3query.yml`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use m3query_telemetry::LoggingConfig;
+use m3query_telemetry::config::{Duration, HttpUrl, REDACTED, TracingConfig};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// Why a config could not be loaded. The message names the file, and the line and key where
+/// the YAML parser knows them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: {message}")]
+    Interpolate {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Replaces `${VAR}` and `${VAR:default}` with environment values, and `$$` with `$`.
+///
+/// `${VAR}` with VAR unset is an error naming VAR; `${VAR:default}` uses `default` verbatim
+/// when VAR is unset (so `${TOKEN:""}` yields `""`, an empty YAML string). Values are inserted
+/// verbatim, as M3 does; quote the placeholder in YAML if a value may hold `: ` or `#`.
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let line_of = |rest: &str| text[..text.len() - rest.len()].matches('\n').count() + 1;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err((line_of(&rest[i..]), "unterminated ${ in config".into()));
+            };
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(':') {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid_name = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid_name {
+                return Err((
+                    line_of(&rest[i..]),
+                    format!("invalid environment variable name {name:?} in ${{{expr}}}"),
+                ));
+            }
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err((
+                        line_of(&rest[i..]),
+                        format!(
+                            "environment variable {name} is not set (use ${{{name}:default}} to give a default)"
+                        ),
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A listen address (`0.0.0.0:7201`, `[::1]:7201`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddress(pub SocketAddr);
+
+impl fmt::Debug for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // Accept `:7201` as Go servers do: all interfaces.
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.clone()
+        };
+        full.parse().map(ListenAddress).map_err(|_| {
+            de::Error::custom(format!(
+                "invalid listen address {s:?}: expected ip:port, like 0.0.0.0:7201 or 127.0.0.1:7201"
+            ))
+        })
+    }
+}
+
+impl Serialize for ListenAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+/// A byte size: an integer, or a number with a unit (`64MiB`, `512KB`, `1GB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let mult: f64 = match unit.trim() {
+            "" | "B" => 1.0,
+            "KB" | "kB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "TB" => 1e12,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        let v = (n * mult).round();
+        (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte size like 1048576, 64MiB or 512MB")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a byte size must not be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map(ByteSize).ok_or_else(|| {
+                    E::custom(format!(
+                        "invalid byte size {v:?}: use a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// The Prometheus API listens here (M3's default `0.0.0.0:7201`).
+    pub listen_address: ListenAddress,
+    pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
+    pub query: QueryConfig,
+    /// How far back an instant selector looks for a sample (Prometheus's lookback delta).
+    pub lookback_duration: Duration,
+    pub limits: LimitsConfig,
+    pub middleware: MiddlewareConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote_read: Vec<RemoteReadConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], 7201))),
+            logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
+            query: QueryConfig::default(),
+            lookback_duration: Duration::from_secs(300),
+            limits: LimitsConfig::default(),
+            middleware: MiddlewareConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            remote_read: Vec::new(),
+        }
+    }
+}
+
+/// `metrics:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub prometheus: PrometheusMetricsConfig,
+}
+
+/// `metrics.prometheus:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PrometheusMetricsConfig {
+    /// Path of our own metrics in Prometheus text format.
+    pub handler_path: String,
+    /// Serve metrics on their own address too (M3 uses `0.0.0.0:7203`); always also served
+    /// on the main listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<ListenAddress>,
+}
+
+impl Default for PrometheusMetricsConfig {
+    fn default() -> Self {
+        PrometheusMetricsConfig {
+            handler_path: "/metrics".into(),
+            listen_address: None,
+        }
+    }
+}
+
+/// `query:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct QueryConfig {
+    /// Longest a query may run; a request's `timeout` parameter or `M3-Timeout` header may
+    /// lower it, never raise it.
+    pub timeout: Duration,
+    pub prometheus: QueryPrometheusConfig,
+    /// Answer from the stores that responded when a remote store fails (with a warning);
+    /// when false, any store failure fails the query with 503.
+    pub partial_response: bool,
+    /// Turns on experimental PromQL functions and aggregations (`limitk`, `limit_ratio`,
+    /// `sort_by_label`, `mad_over_time`, ...), as Prometheus's
+    /// `--enable-feature=promql-experimental-functions`.
+    pub experimental_functions: bool,
+    /// Longest query range in points per series (Prometheus: 11,000).
+    pub max_points_per_series: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout: Duration::from_secs(30),
+            prometheus: QueryPrometheusConfig::default(),
+            partial_response: true,
+            experimental_functions: false,
+            max_points_per_series: 11_000,
+        }
+    }
+}
+
+/// `query.prometheus:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct QueryPrometheusConfig {
+    /// Most samples a query may hold in memory at once (M3's default 100,000,000).
+    pub max_samples_per_query: u64,
+}
+
+impl Default for QueryPrometheusConfig {
+    fn default() -> Self {
+        QueryPrometheusConfig {
+            max_samples_per_query: 100_000_000,
+        }
+    }
+}
+
+/// `limits:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LimitsConfig {
+    pub per_query: PerQueryLimits,
+}
+
+/// `limits.perQuery:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PerQueryLimits {
+    /// Most series one query may fetch (0: no limit). `M3-Limit-Max-Series` lowers it.
+    pub max_fetched_series: u64,
+    /// Over the limit: fail the query (true) or answer with the first series and the
+    /// `M3-Results-Limited` header (false). `M3-Limit-Require-Exhaustive` overrides it.
+    pub require_exhaustive: bool,
+}
+
+impl Default for PerQueryLimits {
+    fn default() -> Self {
+        PerQueryLimits {
+            max_fetched_series: 100_000,
+            require_exhaustive: true,
+        }
+    }
+}
+
+/// `middleware:`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MiddlewareConfig {
+    pub logging: SlowQueryLogConfig,
+}
+
+/// `middleware.logging:`: the slow-request log.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowQueryLogConfig {
+    /// Requests slower than this are logged once, with their query and trace id.
+    pub threshold: Duration,
+}
+
+impl Default for SlowQueryLogConfig {
+    fn default() -> Self {
+        SlowQueryLogConfig {
+            threshold: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `http:`: limits of the HTTP server.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct HttpConfig {
+    /// Largest request body accepted as sent (compressed, for remote write); larger gets 413.
+    pub max_request_body_bytes: ByteSize,
+    /// Largest remote-write body after snappy decompression; larger gets 413.
+    pub max_decompressed_body_bytes: ByteSize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the server stops.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_request_body_bytes: ByteSize(32 << 20),
+            max_decompressed_body_bytes: ByteSize(256 << 20),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// WAL sync policy of the embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WalSync {
+    /// Concurrent writes share one fsync; a write is acknowledged after its fsync.
+    #[default]
+    GroupCommit,
+    /// One fsync per write.
+    Always,
+    /// Fsync on a timer (`storage.walSyncInterval`); a crash may lose the last interval.
+    Interval,
+    /// Never fsync (tests, throwaway data).
+    Never,
+}
+
+/// `storage:`: the embedded TSDB.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct StorageConfig {
+    /// Store data locally. With `false`, m3query only queries `remoteRead` stores and remote
+    /// write is refused.
+    pub enabled: bool,
+    pub path: PathBuf,
+    /// Delete blocks older than this.
+    pub retention: Duration,
+    /// Also delete the oldest blocks while the store is larger than this (0: no size limit).
+    pub retention_size: ByteSize,
+    /// Accept samples up to this far behind a series' newest sample (0: in-order only).
+    pub out_of_order_window: Duration,
+    pub wal_sync: WalSync,
+    /// Timer of `walSync: interval`.
+    pub wal_sync_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            enabled: true,
+            path: PathBuf::from("./data"),
+            retention: Duration::from_secs(15 * 86_400),
+            retention_size: ByteSize(0),
+            out_of_order_window: Duration::from_secs(0),
+            wal_sync: WalSync::GroupCommit,
+            wal_sync_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Basic auth for a remote store.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// One `remoteRead:` entry: a Prometheus-compatible store read through remote read.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RemoteReadConfig {
+    /// The store's remote-read endpoint, e.g. `http://prometheus:9090/api/v1/read`.
+    pub url: HttpUrl,
+    /// Name in warnings, spans and metrics; defaults to the URL's host and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Per-request time limit for this store.
+    #[serde(default = "default_remote_timeout")]
+    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// Also ask this store for recent data (within the local store's head window).
+    #[serde(default = "yes")]
+    pub read_recent: bool,
+    /// Only send queries whose selectors have these label values (`{region: eu}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub required_matchers: BTreeMap<String, String>,
+    /// Ask for STREAMED_XOR_CHUNKS, falling back to SAMPLES.
+    #[serde(default = "yes")]
+    pub prefer_streamed: bool,
+    /// Labels that tell HA replicas apart (`[replica]`): dropped, one replica kept per gap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dedup_labels: Vec<String>,
+}
+
+fn default_remote_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::from_yaml(&shown, &text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses config text; `name` is what errors call it.
+    pub fn from_yaml(
+        name: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(text, env).map_err(|(line, message)| ConfigError::Interpolate {
+            path: name.to_string(),
+            line,
+            message,
+        })?;
+        // An empty file (or only comments) is the default config.
+        let cfg: Config = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: name.to_string(),
+                message: e.to_string(),
+            })?
+        };
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Rules that involve several keys.
+    pub fn validate(&self) -> Result<(), String> {
+        self.logging.validate().map_err(|e| e.to_string())?;
+        self.tracing.validate()?;
+        if !self.metrics.prometheus.handler_path.starts_with('/') {
+            return Err(format!(
+                "metrics.prometheus.handlerPath must start with /, got {:?}",
+                self.metrics.prometheus.handler_path
+            ));
+        }
+        if self.query.timeout.0.is_zero() {
+            return Err("query.timeout must be positive".into());
+        }
+        if self.lookback_duration.0.is_zero() {
+            return Err("lookbackDuration must be positive".into());
+        }
+        if self.query.prometheus.max_samples_per_query == 0 {
+            return Err("query.prometheus.maxSamplesPerQuery must be at least 1".into());
+        }
+        if self.query.max_points_per_series == 0 {
+            return Err("query.maxPointsPerSeries must be at least 1".into());
+        }
+        if self.storage.enabled && self.storage.path.as_os_str().is_empty() {
+            return Err("storage.path must not be empty".into());
+        }
+        if self.storage.retention.0.is_zero() {
+            return Err("storage.retention must be positive".into());
+        }
+        if !self.storage.enabled && self.remote_read.is_empty() {
+            return Err(
+                "storage.enabled is false and there is no remoteRead store: nothing to query"
+                    .into(),
+            );
+        }
+        if self.http.max_request_body_bytes.0 == 0 || self.http.max_decompressed_body_bytes.0 == 0 {
+            return Err("http body limits must be positive".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.remote_read.iter().enumerate() {
+            if r.basic_auth.is_some() && r.bearer_token.is_some() {
+                return Err(format!(
+                    "remoteRead[{i}] ({}): set basicAuth or bearerToken, not both",
+                    r.url
+                ));
+            }
+            if !names.insert(self.remote_read_name(i)) {
+                return Err(format!(
+                    "remoteRead[{i}]: name {:?} is used twice; give each store a distinct name",
+                    self.remote_read_name(i)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name of remote store `i`: its `name`, else the URL's authority.
+    pub fn remote_read_name(&self, i: usize) -> String {
+        let r = &self.remote_read[i];
+        if let Some(n) = &r.name {
+            return n.clone();
+        }
+        r.url
+            .0
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| r.url.0.clone())
+    }
+
+    /// A copy with every secret replaced by `<redacted>`: tokens, passwords, header values.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.tracing = c.tracing.redacted();
+        for r in &mut c.remote_read {
+            for v in r.headers.values_mut() {
+                *v = REDACTED.into();
+            }
+            if let Some(b) = &mut r.basic_auth {
+                b.password = REDACTED.into();
+            }
+            if r.bearer_token.is_some() {
+                r.bearer_token = Some(REDACTED.into());
+            }
+        }
+        c
+    }
+
+    /// The effective config as YAML (secrets redacted), for `check-config`.
+    pub fn to_redacted_yaml(&self) -> String {
+        serde_saphyr::to_string(&self.redacted())
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn interpolation() {
+        let e = env(&[("A", "x"), ("EMPTY", "")]);
+        assert_eq!(interpolate("a: ${A}", &e).expect("ok"), "a: x");
+        assert_eq!(interpolate("a: ${A:d}", &e).expect("ok"), "a: x");
+        assert_eq!(interpolate("a: ${B:d}", &e).expect("ok"), "a: d");
+        assert_eq!(interpolate("a: ${B:\"\"}", &e).expect("ok"), "a: \"\"");
+        assert_eq!(interpolate("a: ${EMPTY:d}", &e).expect("ok"), "a: ");
+        assert_eq!(interpolate("a: $${A} $x", &e).expect("ok"), "a: ${A} $x");
+        assert_eq!(
+            interpolate("a: ${B:http://h:1}", &e).expect("ok"),
+            "a: http://h:1"
+        );
+        let err = interpolate("x: 1\na: ${NOPE}", &e).expect_err("unset");
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("NOPE"), "{}", err.1);
+        assert!(interpolate("a: ${A", &e).is_err());
+        assert!(interpolate("a: ${A-B}", &e).is_err());
+    }
+
+    #[test]
+    fn defaults_and_full_shape() {
+        let c = Config::from_yaml("t", "", |_| None).expect("empty is default");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen_address.0.port(), 7201);
+        let y = r#"
+listenAddress: 127.0.0.1:7201
+logging: { level: debug, format: json }
+metrics: { prometheus: { handlerPath: /metrics, listenAddress: 127.0.0.1:7203 } }
+tracing:
+  serviceName: m3query
+  backend: jaeger
+  jaeger:
+    sampler: { type: remote, param: 0.001, samplingServerURL: "http://127.0.0.1:5778/sampling" }
+    reporter: { localAgentHostPort: "localhost:6831", queueSize: 100, bufferFlushInterval: 1s }
+  lightstep:
+    access_token: ${LIGHTSTEP_ACCESS_TOKEN:""}
+    collector: { scheme: https, host: my-satellite.example, port: 8181 }
+query:
+  timeout: 30s
+  prometheus: { maxSamplesPerQuery: 100000000 }
+lookbackDuration: 5m
+limits: { perQuery: { maxFetchedSeries: 100000, requireExhaustive: true } }
+middleware: { logging: { threshold: 1s } }
+storage:
+  path: ./data
+  retention: 15d
+remoteRead:
+  - url: http://prometheus-a:9090/api/v1/read
+"#;
+        let c = Config::from_yaml("t", y, |_| None).expect("design shape parses");
+        assert_eq!(c.lookback_duration, Duration::from_secs(300));
+        assert_eq!(c.remote_read_name(0), "prometheus-a:9090");
+        assert_eq!(
+            c.tracing
+                .lightstep
+                .as_ref()
+                .map(|l| l.access_token.as_str()),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = Config::from_yaml("f.yml", "query:\n  timeout: 1s\n  bogus: 1\n", |_| None)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            e.contains("f.yml") && e.contains("line 3") && e.contains("bogus"),
+            "{e}"
+        );
+        let e = Config::from_yaml("f.yml", "storage:\n  retention: soon\n", |_| None)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("retention"), "{e}");
+        let e = Config::from_yaml("f.yml", "listenAddress: nowhere\n", |_| None)
+            .expect_err("bad addr")
+            .to_string();
+        assert!(e.contains("listenAddress"), "{e}");
+        let e = Config::from_yaml("f.yml", "storage: {enabled: false}\n", |_| None)
+            .expect_err("nothing to query")
+            .to_string();
+        assert!(e.contains("nothing to query"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("64MiB"), Some(64 << 20));
+        assert_eq!(ByteSize::parse("1.5KB"), Some(1500));
+        assert_eq!(ByteSize::parse("12"), Some(12));
+        assert_eq!(ByteSize::parse("12 parsecs"), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Every handler returns `Result<ApiResponse<T>, ApiError>`. An [`ApiError`] carries
+//! Prometheus's `errorType`, which decides the status (`bad_data` 400, `execution` 422,
+//! `canceled` 499, `timeout` 503, `internal` 500, `unavailable` 503, `not_found` 404), and
+//! renders as `{"status":"error","errorType":T,"error":MSG}`.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+
+/// Prometheus's error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    BadData,
+    Execution,
+    Canceled,
+    Timeout,
+    Internal,
+    Unavailable,
+    NotFound,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::BadData => "bad_data",
+            ErrorType::Execution => "execution",
+            ErrorType::Canceled => "canceled",
+            ErrorType::Timeout => "timeout",
+            ErrorType::Internal => "internal",
+            ErrorType::Unavailable => "unavailable",
+            ErrorType::NotFound => "not_found",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorType::BadData => StatusCode::BAD_REQUEST,
+            ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            // 499 is nginx's "client closed request", as Prometheus uses it.
+            ErrorType::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ErrorType::Timeout | ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+/// An error answered in Prometheus's JSON shape.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub kind: ErrorType,
+    pub message: String,
+    /// A status other than the kind's own (405, 413, 415 keep Prometheus's error body).
+    pub status: Option<StatusCode>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            status: None,
+        }
+    }
+
+    pub fn bad_data(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorType::BadData, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorType::Internal, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorType::Unavailable, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorType::NotFound, message)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.kind.status())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    #[serde(rename = "errorType")]
+    error_type: &'static str,
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                status: "error",
+                error_type: self.kind.as_str(),
+                error: &self.message,
+            }),
+        )
+            .into_response();
+        // Lets the request layer log the message beside the status.
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+/// A successful answer: `{"status":"success","data":..,"warnings":[..],"infos":[..]}`.
+#[derive(Debug)]
+pub struct ApiResponse<T> {
+    pub data: T,
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+impl<T> ApiResponse<T> {
+    pub fn new(data: T) -> Self {
+        ApiResponse {
+            data,
+            warnings: Vec::new(),
+            infos: Vec::new(),
+        }
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct SuccessBody<'a, T> {
+    status: &'static str,
+    data: &'a T,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    infos: &'a [String],
+}
+
+impl<T: Serialize> IntoResponse for ApiResponse<T> {
+    fn into_response(self) -> Response {
+        Json(SuccessBody {
+            status: "success",
+            data: &self.data,
+            warnings: &self.warnings,
+            infos: &self.infos,
+        })
+        .into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<ApiResponse<T>, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(r: Response) -> (StatusCode, serde_json::Value) {
+        let status = r.status();
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn error_shapes_and_statuses() {
+        for (kind, code) in [
+            (ErrorType::BadData, 400),
+            (ErrorType::Execution, 422),
+            (ErrorType::Canceled, 499),
+            (ErrorType::Timeout, 503),
+            (ErrorType::Internal, 500),
+            (ErrorType::NotFound, 404),
+        ] {
+            let (status, v) = body(ApiError::new(kind, "boom").into_response()).await;
+            assert_eq!(status.as_u16(), code);
+            assert_eq!(v["status"], "error");
+            assert_eq!(v["errorType"], kind.as_str());
+            assert_eq!(v["error"], "boom");
+        }
+        let (status, _) = body(
+            ApiError::bad_data("x")
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .into_response(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn success_shape() {
+        let (status, v) = body(ApiResponse::new(vec!["a"]).into_response()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v, serde_json::json!({"status": "success", "data": ["a"]}));
+        let (_, v) = body(
+            ApiResponse::new(1)
+                .with_warnings(vec!["w".into()])
+                .into_response(),
+        )
+        .await;
+        assert_eq!(v["warnings"], serde_json::json!(["w"]));
+    }
+}

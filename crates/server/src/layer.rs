@@ -1,0 +1,223 @@
+//! The request layer: one root span per request, request metrics, `X-Trace-Id`, and the
+//! slow-request log.
+//!
+//! It wraps every route and the fallback (so it sees axum's `MatchedPath`), opens the span
+//! before the handler runs and closes it only after the response body has been sent, so the
+//! span's duration is what the client waited.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use m3query_telemetry::Propagation;
+use m3query_telemetry::http::RequestSpan;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::metrics::HttpMetrics;
+
+/// What a handler tells the request layer about the work it did, through response
+/// extensions: the slow-request log and the span carry it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub query: Option<String>,
+    pub series: Option<u64>,
+    pub samples: Option<u64>,
+}
+
+/// Marks a response produced from a handler panic.
+#[derive(Debug, Clone, Copy)]
+pub struct HandlerPanicked;
+
+#[derive(Clone)]
+pub struct RequestLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    propagation: Propagation,
+    metrics: HttpMetrics,
+    slow_threshold: Duration,
+}
+
+impl RequestLayer {
+    pub fn new(propagation: Propagation, metrics: HttpMetrics, slow_threshold: Duration) -> Self {
+        RequestLayer {
+            shared: Arc::new(Shared {
+                propagation,
+                metrics,
+                slow_threshold,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Request> for RequestService<S>
+where
+    S: Service<Request, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let method = req.method().as_str().to_string();
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_string());
+        let url = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let span = RequestSpan::start(
+            &self.shared.propagation,
+            &method,
+            route.as_deref(),
+            &url,
+            req.headers(),
+        );
+        let fut = self.inner.call(req).instrument(span.span().clone());
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            let status = resp.status();
+            let failed = resp.extensions().get::<HandlerPanicked>().is_some();
+            span.record_status(status.as_u16(), failed);
+            if let Some(err) = resp.extensions().get::<ApiError>() {
+                // Recorded as a span event (a log in Jaeger) for 4xx too; only 5xx tag error.
+                let _e = span.span().enter();
+                if status.is_server_error() {
+                    tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, "request failed");
+                } else {
+                    tracing::info!(error.kind = err.kind.as_str(), error.message = %err.message, "request refused");
+                }
+            }
+            if let Some(id) = span.trace_id()
+                && let Ok(v) = HeaderValue::from_str(id)
+            {
+                resp.headers_mut().insert("x-trace-id", v);
+            }
+            let info = resp.extensions().get::<RequestInfo>().cloned();
+            let done = Completion {
+                span,
+                start,
+                route: route.unwrap_or_else(|| "unknown".into()),
+                method,
+                status,
+                info,
+                shared,
+            };
+            Ok(resp.map(|b| {
+                Body::new(TracedBody {
+                    inner: b,
+                    done: Some(done),
+                })
+            }))
+        })
+    }
+}
+
+/// What happens once the body is sent (or dropped): metrics, slow log, span end.
+struct Completion {
+    span: RequestSpan,
+    start: Instant,
+    route: String,
+    method: String,
+    status: StatusCode,
+    info: Option<RequestInfo>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.shared.metrics.observe(
+            &self.route,
+            &self.method,
+            self.status.as_u16(),
+            elapsed.as_secs_f64(),
+        );
+        if elapsed >= self.shared.slow_threshold {
+            let info = self.info.clone().unwrap_or_default();
+            tracing::warn!(
+                method = %self.method,
+                route = %self.route,
+                query = info.query.as_deref().unwrap_or(""),
+                status = self.status.as_u16(),
+                duration_ms = elapsed.as_millis() as u64,
+                series = info.series,
+                samples = info.samples,
+                trace_id = self.span.trace_id().unwrap_or(""),
+                "slow request"
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, holding the request's completion until the last frame is sent.
+    struct TracedBody {
+        #[pin]
+        inner: Body,
+        done: Option<Completion>,
+    }
+}
+
+impl HttpBody for TracedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.done.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,100 @@
+//! The route table and the operational handlers.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{Method, StatusCode, header};
+use m3query_telemetry::Propagation;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResponse, ApiResult};
+use crate::layer::{HandlerPanicked, RequestLayer};
+use crate::metrics::{BuildInfo, HttpMetrics};
+
+pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpMetrics) -> Router {
+    let cfg = &state.config;
+    let metrics_path = cfg.metrics.prometheus.handler_path.clone();
+    let body_limit = usize::try_from(cfg.http.max_request_body_bytes.0).unwrap_or(usize::MAX);
+    let slow = cfg.middleware.logging.threshold.0;
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/-/healthy", get(health))
+        .route("/-/ready", get(ready))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route(&metrics_path, get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(RequestLayer::new(propagation, http, slow))
+        .with_state(state)
+}
+
+pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
+    let path = state.config.metrics.prometheus.handler_path.clone();
+    Router::new()
+        .route(&path, get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    (StatusCode::OK, "OK\n").into_response()
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage is starting up\n").into_response()
+    }
+}
+
+async fn buildinfo(State(state): State<Arc<AppState>>) -> ApiResult<BuildInfo> {
+    Ok(ApiResponse::new(state.build.clone()))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let m = state
+        .metrics
+        .get()
+        .ok_or_else(|| ApiError::internal("metrics registry not initialised"))?;
+    let text = m
+        .encode()
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, req: Request) -> ApiError {
+    ApiError::bad_data(format!(
+        "method {method} is not allowed for {}",
+        req.uri().path()
+    ))
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    let mut resp = ApiError::internal("internal error while handling the request").into_response();
+    resp.extensions_mut().insert(HandlerPanicked);
+    resp
+}

@@ -1,0 +1,287 @@
+//! Inbound trace context: which remote span, if any, a request continues.
+//!
+//! Recognised, first match wins: W3C `traceparent` (+ `tracestate`), Jaeger's
+//! `uber-trace-id` (header name configurable, as in jaeger-client-go) with `uberctx-*` baggage
+//! ignored, and B3 (`b3` single header, or `X-B3-TraceId`/`X-B3-SpanId`/`X-B3-Sampled`/
+//! `X-B3-Flags`).
+
+use http::HeaderMap;
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+/// The parsed remote parent of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteParent {
+    pub span_context: SpanContext,
+    /// Jaeger's debug flag (0x02) was set: force sampling.
+    pub debug: bool,
+}
+
+impl RemoteParent {
+    /// An OpenTelemetry context whose active span is this remote span.
+    pub fn to_context(&self) -> Context {
+        Context::new().with_remote_span_context(self.span_context.clone())
+    }
+}
+
+/// Header names that carry trace context (jaeger-client-go's `headers:` config).
+#[derive(Debug, Clone)]
+pub struct Propagation {
+    pub jaeger_header: String,
+    /// A request carrying this header is sampled with the debug flag.
+    pub debug_header: String,
+}
+
+impl Default for Propagation {
+    fn default() -> Self {
+        Propagation {
+            jaeger_header: "uber-trace-id".into(),
+            debug_header: "jaeger-debug-id".into(),
+        }
+    }
+}
+
+impl Propagation {
+    /// The remote parent carried by `headers`, if any is present and valid.
+    pub fn extract(&self, headers: &HeaderMap) -> Option<RemoteParent> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(tp) = get("traceparent")
+            && let Some(p) = parse_traceparent(tp, get("tracestate"))
+        {
+            return Some(p);
+        }
+        if let Some(u) = get(&self.jaeger_header)
+            && let Some(p) = parse_uber_trace_id(u)
+        {
+            return Some(p);
+        }
+        if let Some(b) = get("b3")
+            && let Some(p) = parse_b3_single(b)
+        {
+            return Some(p);
+        }
+        parse_b3_multi(
+            get("x-b3-traceid")?,
+            get("x-b3-spanid")?,
+            get("x-b3-sampled"),
+            get("x-b3-flags"),
+        )
+    }
+}
+
+fn hex_u128(s: &str) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(s, 16).ok()
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+fn remote(
+    trace: u128,
+    span: u64,
+    sampled: bool,
+    debug: bool,
+    state: TraceState,
+) -> Option<RemoteParent> {
+    if trace == 0 || span == 0 {
+        return None;
+    }
+    let flags = if sampled || debug {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    Some(RemoteParent {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(trace.to_be_bytes()),
+            SpanId::from_bytes(span.to_be_bytes()),
+            flags,
+            true,
+            state,
+        ),
+        debug,
+    })
+}
+
+/// `version-traceid-spanid-flags`, W3C Trace Context level 1.
+fn parse_traceparent(v: &str, tracestate: Option<&str>) -> Option<RemoteParent> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let [version, trace, span, flags, ..] = parts.as_slice() else {
+        return None;
+    };
+    if version.len() != 2 || *version == "ff" || hex_u64(version).is_none() {
+        return None;
+    }
+    // Version 00 has exactly four fields; later versions may append more.
+    if *version == "00" && parts.len() != 4 {
+        return None;
+    }
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    if trace.bytes().any(|b| b.is_ascii_uppercase()) || span.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let state = tracestate
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    remote(
+        hex_u128(trace)?,
+        hex_u64(span)?,
+        flags & 1 == 1,
+        false,
+        state,
+    )
+}
+
+/// `{trace-id}:{span-id}:{parent-span-id}:{flags}`, hex, possibly URL-encoded colons.
+fn parse_uber_trace_id(v: &str) -> Option<RemoteParent> {
+    let v = v.trim().replace("%3A", ":").replace("%3a", ":");
+    let parts: Vec<&str> = v.split(':').collect();
+    let [trace, span, _parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    remote(
+        hex_u128(trace)?,
+        hex_u64(span)?,
+        flags & 1 == 1,
+        flags & 2 == 2,
+        TraceState::default(),
+    )
+}
+
+/// `{TraceId}-{SpanId}-{SamplingState}-{ParentSpanId}`; a lone `0`/`1`/`d` carries only a
+/// sampling decision and no parent, which we do not use.
+fn parse_b3_single(v: &str) -> Option<RemoteParent> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    if parts.len() < 2 {
+        return None;
+    }
+    let sampling = parts.get(2).copied();
+    let (sampled, debug) = match sampling {
+        Some("1") => (true, false),
+        Some("d") => (true, true),
+        Some("0") | None => (false, false),
+        Some(_) => return None,
+    };
+    remote(
+        hex_u128(parts[0])?,
+        hex_u64(parts[1])?,
+        sampled,
+        debug,
+        TraceState::default(),
+    )
+}
+
+fn parse_b3_multi(
+    trace: &str,
+    span: &str,
+    sampled: Option<&str>,
+    flags: Option<&str>,
+) -> Option<RemoteParent> {
+    let debug = flags.is_some_and(|f| f.trim() == "1");
+    let sampled = matches!(sampled.map(str::trim), Some("1") | Some("true"));
+    remote(
+        hex_u128(trace.trim())?,
+        hex_u64(span.trim())?,
+        sampled,
+        debug,
+        TraceState::default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn traceparent() {
+        let p = Propagation::default()
+            .extract(&headers(&[(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )]))
+            .expect("valid");
+        assert_eq!(
+            p.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(p.span_context.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(p.span_context.is_sampled());
+        assert!(p.span_context.is_remote());
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert!(
+                Propagation::default()
+                    .extract(&headers(&[("traceparent", bad)]))
+                    .is_none(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn uber_trace_id() {
+        let p = Propagation::default()
+            .extract(&headers(&[("uber-trace-id", "abc:def:0:3")]))
+            .expect("valid");
+        assert_eq!(
+            p.span_context.trace_id().to_string(),
+            "00000000000000000000000000000abc"
+        );
+        assert!(p.debug && p.span_context.is_sampled());
+        let p = Propagation::default()
+            .extract(&headers(&[("uber-trace-id", "1%3A2%3A0%3A0")]))
+            .expect("url-encoded");
+        assert!(!p.span_context.is_sampled());
+        assert!(
+            Propagation::default()
+                .extract(&headers(&[("uber-trace-id", "x:y:z")]))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn b3() {
+        let p = Propagation::default()
+            .extract(&headers(&[(
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            )]))
+            .expect("single");
+        assert!(p.span_context.is_sampled());
+        let p = Propagation::default()
+            .extract(&headers(&[
+                ("x-b3-traceid", "463ac35c9f6413ad"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-sampled", "1"),
+            ]))
+            .expect("multi");
+        assert_eq!(p.span_context.span_id().to_string(), "a2fb4a1d1a96d312");
+    }
+}
