@@ -39,6 +39,7 @@ pub enum ConfigError {
 }
 
 /// Replaces `${VAR}` and `${VAR:default}` with environment values, and `$$` with `$`.
+/// Whole-line comments are left alone, so documentation may show placeholders.
 ///
 /// `${VAR}` with VAR unset is an error naming VAR; `${VAR:default}` uses `default` verbatim
 /// when VAR is unset (so `${TOKEN:""}` yields `""`, an empty YAML string). Values are inserted
@@ -46,6 +47,22 @@ pub enum ConfigError {
 pub fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            let l = interpolate_line(line, &lookup).map_err(|(_, m)| (i + 1, m))?;
+            out.push_str(&l);
+        }
+    }
+    Ok(out)
+}
+
+fn interpolate_line(
+    text: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -639,6 +656,10 @@ mod tests {
         assert!(err.1.contains("NOPE"), "{}", err.1);
         assert!(interpolate("a: ${A", &e).is_err());
         assert!(interpolate("a: ${A-B}", &e).is_err());
+        assert_eq!(
+            interpolate("# ${NOPE}\na: ${A}", &e).expect("comments untouched"),
+            "# ${NOPE}\na: x"
+        );
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! The request span as an operator sees it in the exported data: names, tags, parents and the
+//! `X-Trace-Id` header, checked with the SDK's in-memory exporter.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::Request;
+use http_body_util::BodyExt;
+use m3query_server::{BuildInfo, Config, MetricsRegistry, Server, Services};
+use m3query_storage::memory::MemStorage;
+use m3query_telemetry::config::{Backend, JaegerConfig, SamplerType};
+use m3query_telemetry::{LoggingConfig, Telemetry, TracingConfig};
+use opentelemetry::Value;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use tower::ServiceExt;
+
+struct Harness {
+    server: Server,
+    exporter: InMemorySpanExporter,
+    telemetry: Telemetry,
+}
+
+fn harness(sampler: SamplerType, param: f64) -> Harness {
+    let mut tracing = TracingConfig {
+        backend: Backend::Jaeger,
+        jaeger: Some(JaegerConfig::default()),
+        ..TracingConfig::default()
+    };
+    if let Some(j) = &mut tracing.jaeger {
+        j.sampler.sampler_type = sampler;
+        j.sampler.param = param;
+    }
+    let exporter = InMemorySpanExporter::default();
+    let telemetry = Telemetry::builder(tracing, LoggingConfig::default())
+        .with_exporter(exporter.clone())
+        .with_log_writer(m3query_telemetry::LogWriter::new(std::io::sink))
+        .build()
+        .expect("telemetry");
+    let server = Server::new(
+        Config::default(),
+        BuildInfo::default(),
+        MetricsRegistry::new(&BuildInfo::default()),
+        telemetry.propagation().clone(),
+    );
+    let store = Arc::new(MemStorage::new());
+    server.set_services(Services {
+        queryable: store.clone(),
+        appendable: Some(store),
+        collector: None,
+    });
+    Harness {
+        server,
+        exporter,
+        telemetry,
+    }
+}
+
+impl Harness {
+    /// Sends one request and returns the response's status, `X-Trace-Id` and the spans it
+    /// finished.
+    async fn send(&self, req: Request<Body>) -> (u16, Option<String>, Vec<SpanData>) {
+        self.exporter.reset();
+        let _guard = tracing::dispatcher::set_default(self.telemetry.dispatch());
+        let resp = self.server.router().oneshot(req).await.expect("infallible");
+        let status = resp.status().as_u16();
+        let trace_id = resp
+            .headers()
+            .get("x-trace-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // The span ends once the body has been sent.
+        let _ = resp.into_body().collect().await;
+        let spans = self.exporter.get_finished_spans().expect("spans");
+        (status, trace_id, spans)
+    }
+}
+
+fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn ok_request_span_is_named_by_route_and_tagged() {
+    let h = harness(SamplerType::Const, 1.0);
+    let (status, trace_id, spans) = h.send(get("/api/v1/status/buildinfo?x=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let s = &spans[0];
+    assert_eq!(s.name, "GET /api/v1/status/buildinfo");
+    assert_eq!(s.span_kind, SpanKind::Server);
+    assert_eq!(attr(s, "http.status_code"), Some(&Value::I64(200)));
+    assert_eq!(attr(s, "http.method"), Some(&Value::from("GET")));
+    assert_eq!(
+        attr(s, "http.route"),
+        Some(&Value::from("/api/v1/status/buildinfo"))
+    );
+    assert_eq!(
+        attr(s, "http.url"),
+        Some(&Value::from("/api/v1/status/buildinfo?x=1"))
+    );
+    assert_eq!(attr(s, "error"), None);
+    assert_eq!(
+        trace_id.as_deref(),
+        Some(s.span_context.trace_id().to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn unmatched_route_is_method_unknown_without_error_tag() {
+    let h = harness(SamplerType::Const, 1.0);
+    let (status, _, spans) = h.send(get("/api/v1/nope/12345")).await;
+    assert_eq!(status, 404);
+    let s = &spans[0];
+    assert_eq!(s.name, "GET unknown");
+    assert_eq!(attr(s, "http.status_code"), Some(&Value::I64(404)));
+    assert_eq!(attr(s, "error"), None, "a 4xx is the client's error");
+    assert!(
+        s.events.iter().any(|e| e.name == "request refused"),
+        "4xx leaves a log on the span: {:?}",
+        s.events
+    );
+    let (status, _, spans) = h
+        .send(
+            Request::post("/api/v1/status/buildinfo")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(spans[0].name, "POST /api/v1/status/buildinfo");
+}
+
+#[tokio::test]
+async fn traceparent_makes_our_span_its_child() {
+    let h = harness(SamplerType::Const, 0.0);
+    let (_, trace_id, spans) = h
+        .send(
+            Request::get("/health")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(spans.len(), 1, "a sampled parent is honoured over const 0");
+    let s = &spans[0];
+    assert_eq!(
+        s.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(
+        trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+}
+
+#[tokio::test]
+async fn uber_trace_id_and_debug_header() {
+    let h = harness(SamplerType::Const, 0.0);
+    let (_, _, spans) = h
+        .send(
+            Request::get("/health")
+                .header("uber-trace-id", "abcdef:1234:0:1")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        spans[0].span_context.trace_id().to_string(),
+        "00000000000000000000000000abcdef"
+    );
+    // Unsampled and no debug header: nothing exported, no X-Trace-Id.
+    let (_, trace_id, spans) = h.send(get("/health")).await;
+    assert!(spans.is_empty() && trace_id.is_none());
+    let (_, trace_id, spans) = h
+        .send(
+            Request::get("/health")
+                .header("jaeger-debug-id", "find-me")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(spans.len(), 1);
+    assert!(trace_id.is_some());
+    assert_eq!(
+        attr(&spans[0], "jaeger.debug_id"),
+        Some(&Value::from("find-me"))
+    );
+}
+
+#[tokio::test]
+async fn status_error_is_set_only_for_5xx() {
+    let h = harness(SamplerType::Const, 1.0);
+    let (_, _, spans) = h.send(get("/health")).await;
+    assert_eq!(spans[0].status, Status::Unset);
+}

@@ -1,0 +1,157 @@
+//! Starts the real `m3query` binary on a free loopback port, as a user would run it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_m3query"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `../shared`, found from the repository root.
+pub fn shared_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared");
+    assert!(
+        shared.is_dir(),
+        "these tests need ../shared beside the repository root ({}); check it out there",
+        shared.display()
+    );
+    shared
+}
+
+pub struct M3Query {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl M3Query {
+    /// Starts m3query with `extra` YAML appended to a config that sets the listen address
+    /// and a fresh data directory; waits until `/ready` answers 200.
+    pub fn start(extra: &str) -> M3Query {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra, &[])
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> M3Query {
+        let port = free_port();
+        let config_path = dir.path().join("m3query.yml");
+        let data = dir.path().join("data");
+        let mut f = std::fs::File::create(&config_path).expect("config file");
+        write!(
+            f,
+            "listenAddress: 127.0.0.1:{port}\nstorage:\n  path: {}\n{extra}",
+            data.display()
+        )
+        .expect("write config");
+        drop(f);
+        let log_path = dir.path().join("m3query.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn m3query");
+        let mut m = M3Query {
+            child,
+            port,
+            dir,
+            config_path,
+            log_path,
+        };
+        m.wait_ready();
+        m
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = client();
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("m3query exited with {status}: {}", self.log());
+            }
+            if let Ok(r) = client.get(self.url("/ready")).send()
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("m3query not ready after 30s: {}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("m3query did not stop within 30s of SIGTERM");
+    }
+}
+
+impl Drop for M3Query {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// Runs `m3query check-config FILE` with `env`; returns exit code, stdout, stderr.
+pub fn check_config(yaml: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, yaml).expect("write");
+    let mut cmd = Command::new(bin());
+    cmd.arg("check-config").arg(&path).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run check-config");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
