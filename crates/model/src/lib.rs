@@ -13,6 +13,7 @@
 
 mod labels;
 mod matcher;
+mod metadata;
 mod sample;
 pub mod time;
 
@@ -20,4 +21,5 @@ pub use labels::{
     Label, Labels, LabelsBuilder, METRIC_NAME, is_valid_label_name, is_valid_legacy_metric_name,
 };
 pub use matcher::{MatchOp, Matcher, MatcherError};
+pub use metadata::{Exemplar, Metadata, MetricType};
 pub use sample::{STALE_NAN, STALE_NAN_BITS, Sample, is_stale_nan};

@@ -382,6 +382,8 @@ pub struct HttpConfig {
     pub max_decompressed_body_bytes: ByteSize,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the server stops.
     pub shutdown_timeout: Duration,
+    /// Remote-read requests served at once; more wait (Prometheus's default 10).
+    pub remote_read_concurrency: usize,
 }
 
 impl Default for HttpConfig {
@@ -390,6 +392,7 @@ impl Default for HttpConfig {
             max_request_body_bytes: ByteSize(32 << 20),
             max_decompressed_body_bytes: ByteSize(256 << 20),
             shutdown_timeout: Duration::from_secs(10),
+            remote_read_concurrency: 10,
         }
     }
 }

@@ -6,11 +6,13 @@
 //! stores are open: `/health` answers at once, `/ready` and the data routes answer 503 until
 //! [`Server::set_services`] is called.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod layer;
 pub mod metrics;
 mod routes;
+pub mod stores;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -41,6 +43,13 @@ pub struct AppState {
     pub build: BuildInfo,
     metrics: OnceLock<Arc<FrozenMetrics>>,
     services: OnceLock<Services>,
+    /// Metric metadata received through remote write.
+    pub metadata: stores::MetadataStore,
+    /// Exemplars received through remote write.
+    pub exemplars: stores::ExemplarStore,
+    pub remote_metrics: metrics::RemoteWriteMetrics,
+    /// Concurrent remote-read requests allowed (each may hold many series in memory).
+    pub remote_read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -103,11 +112,19 @@ impl Server {
         mut metrics: MetricsRegistry,
         propagation: Propagation,
     ) -> Server {
+        let remote_metrics = metrics::RemoteWriteMetrics::default();
+        remote_metrics.register(&mut metrics);
         let state = Arc::new(AppState {
+            remote_read_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.http.remote_read_concurrency.max(1),
+            )),
             config,
             build,
             metrics: OnceLock::new(),
             services: OnceLock::new(),
+            metadata: stores::MetadataStore::new(100_000),
+            exemplars: stores::ExemplarStore::new(100_000),
+            remote_metrics,
         });
         metrics.register_collector(Box::new(LateCollector(state.clone())));
         let http = metrics.http();

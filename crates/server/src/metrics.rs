@@ -297,3 +297,67 @@ mod tests {
         assert!(text.contains(r#"version="1.2.3""#));
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Remote write figures: what was received and what became of it.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteWriteMetrics {
+    pub samples: Family<ResultLabels, Counter>,
+    pub exemplars: Family<ResultLabels, Counter>,
+    pub histograms_refused: Counter,
+}
+
+impl RemoteWriteMetrics {
+    pub fn register(&self, r: &mut MetricsRegistry) {
+        r.register(
+            "m3query_remote_write_samples",
+            "Remote-write samples by result: written, out_of_order, too_old, duplicate, invalid_labels",
+            self.samples.clone(),
+        );
+        r.register(
+            "m3query_remote_write_exemplars",
+            "Remote-write exemplars by result: stored, skipped (duplicate or older than the series' newest)",
+            self.exemplars.clone(),
+        );
+        r.register(
+            "m3query_remote_write_histograms_refused",
+            "Native histogram samples refused (not supported)",
+            self.histograms_refused.clone(),
+        );
+    }
+
+    /// Counts one request's outcome; `exemplars_received` is how many the request carried.
+    pub fn record(&self, o: &m3query_remote::write::Outcome, exemplars_received: u64) {
+        for (result, n) in [
+            ("written", o.samples_written),
+            ("out_of_order", o.out_of_order),
+            ("too_old", o.too_old),
+            ("duplicate", o.duplicate),
+            ("invalid_labels", o.invalid_series_samples),
+        ] {
+            if n > 0 {
+                self.samples
+                    .get_or_create(&ResultLabels { result })
+                    .inc_by(n);
+            }
+        }
+        if o.exemplars_written > 0 {
+            self.exemplars
+                .get_or_create(&ResultLabels { result: "stored" })
+                .inc_by(o.exemplars_written);
+        }
+        let skipped = exemplars_received.saturating_sub(o.exemplars_written);
+        if skipped > 0 {
+            self.exemplars
+                .get_or_create(&ResultLabels { result: "skipped" })
+                .inc_by(skipped);
+        }
+        if o.histograms_refused > 0 {
+            self.histograms_refused.inc_by(o.histograms_refused);
+        }
+    }
+}

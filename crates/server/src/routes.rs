@@ -6,15 +6,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{Method, StatusCode, header};
 use m3query_telemetry::Propagation;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResponse, ApiResult};
 use crate::layer::{HandlerPanicked, RequestLayer};
 use crate::metrics::{BuildInfo, HttpMetrics};
+use crate::{AppState, api};
 
 pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpMetrics) -> Router {
     let cfg = &state.config;
@@ -28,6 +28,14 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
         .route("/-/ready", get(ready))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route(&metrics_path, get(metrics))
+        .route("/api/v1/series", get(api::series).post(api::series))
+        .route("/api/v1/labels", get(api::labels).post(api::labels))
+        .route("/api/v1/label/{name}/values", get(api::label_values))
+        .route("/api/v1/metadata", get(api::metadata))
+        .route("/api/v1/prom/remote/write", post(api::remote_write))
+        .route("/api/v1/write", post(api::remote_write))
+        .route("/api/v1/prom/remote/read", post(api::remote_read))
+        .route("/api/v1/read", post(api::remote_read))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,522 @@
+//! Remote read serving: answers `prometheus.ReadRequest` from any `Queryable`.
+//!
+//! Two response types, negotiated from `accepted_response_types` in order:
+//! - `SAMPLES`: one snappy-compressed `ReadResponse`, one `QueryResult` per query. A total
+//!   sample limit guards memory (Prometheus's `--storage.remote.read-sample-limit`).
+//! - `STREAMED_XOR_CHUNKS`: frames of `uvarint(len) | big-endian CRC32-Castagnoli(msg) | msg`,
+//!   each a `ChunkedReadResponse` holding one series' XOR chunks (a series with more chunks
+//!   than fit in `max_frame_bytes` continues in the next frame), streamed as produced.
+
+use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender};
+use m3query_model::{Labels, MatchOp, Matcher, Sample};
+use m3query_storage::{Context, Error as StorageError, Queryable, SelectHints};
+use prost::Message;
+
+use crate::prompb;
+
+/// Errors answering a read request.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// The client went away while streaming.
+    #[error("client disconnected")]
+    Disconnected,
+}
+
+/// Which response the client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseType {
+    Samples,
+    StreamedXorChunks,
+}
+
+impl ResponseType {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ResponseType::Samples => "application/x-protobuf",
+            ResponseType::StreamedXorChunks => {
+                "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"
+            }
+        }
+    }
+}
+
+/// Limits on one read request.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Most samples in a `SAMPLES` response (0: no limit).
+    pub max_samples: usize,
+    /// Most series in one response (0: no limit).
+    pub max_series: usize,
+    /// Largest streamed frame; a single chunk is always sent whole.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_samples: 50_000_000,
+            max_series: 0,
+            max_frame_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Decompresses and decodes a request body, refusing bodies over `max_decompressed` bytes
+/// before allocating them.
+pub fn decode_request(
+    body: &[u8],
+    max_decompressed: usize,
+) -> Result<prompb::ReadRequest, ReadError> {
+    let size = snap::raw::decompress_len(body)
+        .map_err(|e| ReadError::BadRequest(format!("snappy decompression failed: {e}")))?;
+    if size > max_decompressed {
+        return Err(ReadError::LimitExceeded(format!(
+            "request decompresses to {size} bytes, over the {max_decompressed}-byte limit"
+        )));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| ReadError::BadRequest(format!("snappy decompression failed: {e}")))?;
+    prompb::ReadRequest::decode(raw.as_slice())
+        .map_err(|e| ReadError::BadRequest(format!("cannot decode prometheus.ReadRequest: {e}")))
+}
+
+/// The first response type in the client's list that we serve; `SAMPLES` when the list is
+/// empty.
+pub fn negotiate(req: &prompb::ReadRequest) -> Result<ResponseType, ReadError> {
+    if req.accepted_response_types.is_empty() {
+        return Ok(ResponseType::Samples);
+    }
+    use prompb::read_request::ResponseType as R;
+    for t in &req.accepted_response_types {
+        match R::try_from(*t) {
+            Ok(R::Samples) => return Ok(ResponseType::Samples),
+            Ok(R::StreamedXorChunks) => return Ok(ResponseType::StreamedXorChunks),
+            Err(_) => {}
+        }
+    }
+    Err(ReadError::BadRequest(format!(
+        "server does not support any of the requested response types: {:?}; supported: SAMPLES, STREAMED_XOR_CHUNKS",
+        req.accepted_response_types
+    )))
+}
+
+/// Converts wire matchers, refusing bad regexes and selects that would match every series.
+pub fn to_matchers(ms: &[prompb::LabelMatcher]) -> Result<Vec<Matcher>, ReadError> {
+    use prompb::label_matcher::Type;
+    let out = ms
+        .iter()
+        .map(|m| {
+            let op = match Type::try_from(m.r#type) {
+                Ok(Type::Eq) => MatchOp::Equal,
+                Ok(Type::Neq) => MatchOp::NotEqual,
+                Ok(Type::Re) => MatchOp::RegexMatch,
+                Ok(Type::Nre) => MatchOp::RegexNoMatch,
+                Err(_) => {
+                    return Err(ReadError::BadRequest(format!(
+                        "unknown matcher type {}",
+                        m.r#type
+                    )));
+                }
+            };
+            Matcher::new(op, m.name.clone(), m.value.clone())
+                .map_err(|e| ReadError::BadRequest(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !m3query_storage::matchers_select_something(&out) {
+        return Err(ReadError::BadRequest(
+            "a query must contain at least one matcher that does not match the empty string".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn hints(q: &prompb::Query) -> SelectHints {
+    let h = q.hints.clone().unwrap_or_default();
+    SelectHints {
+        start_ms: if h.start_ms != 0 {
+            h.start_ms
+        } else {
+            q.start_timestamp_ms
+        },
+        end_ms: if h.end_ms != 0 {
+            h.end_ms
+        } else {
+            q.end_timestamp_ms
+        },
+        step_ms: h.step_ms,
+        range_ms: h.range_ms,
+        func: (!h.func.is_empty()).then_some(h.func),
+        grouping: h.grouping,
+        by: h.by,
+        limit: 0,
+    }
+}
+
+fn to_wire_labels(l: &Labels) -> Vec<prompb::Label> {
+    l.iter()
+        .map(|l| prompb::Label {
+            name: l.name.as_bytes().to_vec().into(),
+            value: l.value.as_bytes().to_vec().into(),
+        })
+        .collect()
+}
+
+/// Runs one query and calls `f` with each series' labels and samples in range.
+fn for_each_series(
+    q: &dyn Queryable,
+    ctx: &Context,
+    query: &prompb::Query,
+    limits: &ReadLimits,
+    sorted: bool,
+    mut f: impl FnMut(&Labels, &[Sample]) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let matchers = to_matchers(&query.matchers)?;
+    let (mint, maxt) = (query.start_timestamp_ms, query.end_timestamp_ms);
+    if mint > maxt {
+        return Err(ReadError::BadRequest(format!(
+            "query start {mint} is after its end {maxt}"
+        )));
+    }
+    let querier = q.querier(mint, maxt)?;
+    let mut set = querier.select(ctx, sorted, &hints(query), &matchers)?;
+    let mut buf: Vec<Sample> = Vec::new();
+    let mut n = 0usize;
+    while let Some(series) = set.next() {
+        let series = series?;
+        n += 1;
+        if limits.max_series > 0 && n > limits.max_series {
+            return Err(ReadError::LimitExceeded(format!(
+                "exceeded series limit ({}): narrow the query's matchers or time range",
+                limits.max_series
+            )));
+        }
+        if n.is_multiple_of(1024) {
+            ctx.check()?;
+        }
+        buf.clear();
+        series.iter().append_range(mint, maxt, &mut buf)?;
+        if buf.is_empty() {
+            continue;
+        }
+        f(series.labels(), &buf)?;
+    }
+    Ok(())
+}
+
+/// Answers a `SAMPLES` request: the snappy-compressed `ReadResponse` bytes.
+pub fn read_samples(
+    q: &dyn Queryable,
+    ctx: &Context,
+    req: &prompb::ReadRequest,
+    limits: &ReadLimits,
+) -> Result<Vec<u8>, ReadError> {
+    let mut resp = prompb::ReadResponse {
+        results: Vec::with_capacity(req.queries.len()),
+    };
+    let mut total = 0usize;
+    for query in &req.queries {
+        let mut result = prompb::QueryResult::default();
+        for_each_series(q, ctx, query, limits, false, |labels, samples| {
+            total += samples.len();
+            if limits.max_samples > 0 && total > limits.max_samples {
+                return Err(ReadError::LimitExceeded(format!(
+                    "exceeded sample limit ({}): narrow the query or use STREAMED_XOR_CHUNKS",
+                    limits.max_samples
+                )));
+            }
+            result.timeseries.push(prompb::TimeSeries {
+                labels: to_wire_labels(labels),
+                samples: samples
+                    .iter()
+                    .map(|s| prompb::Sample {
+                        value: s.v,
+                        timestamp: s.t,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            Ok(())
+        })?;
+        resp.results.push(result);
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&resp.encode_to_vec())
+        .map_err(|e| ReadError::Storage(StorageError::Other(e.into())))
+}
+
+/// Encodes one frame: `uvarint(len) | be32 crc32c(msg) | msg`.
+pub fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 14);
+    prost::encoding::encode_varint(msg.len() as u64, &mut out);
+    out.extend_from_slice(&crc32c::crc32c(msg).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Cuts samples into XOR chunks of at most 120 samples.
+pub fn encode_chunks(samples: &[Sample]) -> Result<Vec<prompb::Chunk>, ReadError> {
+    let mut out = Vec::with_capacity(samples.len() / TARGET_SAMPLES_PER_CHUNK + 1);
+    for part in samples.chunks(TARGET_SAMPLES_PER_CHUNK) {
+        let mut app = XorAppender::new();
+        for s in part {
+            app.append(s.t, s.v)
+                .map_err(|e| ReadError::Storage(StorageError::Other(e.into())))?;
+        }
+        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+            continue;
+        };
+        out.push(prompb::Chunk {
+            min_time_ms: first.t,
+            max_time_ms: last.t,
+            r#type: prompb::chunk::Encoding::Xor as i32,
+            data: app.into_bytes().into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Answers a `STREAMED_XOR_CHUNKS` request, handing each frame to `emit` as it is ready.
+/// Series come sorted by labels within each query, as Prometheus streams them.
+pub fn stream_chunks(
+    q: &dyn Queryable,
+    ctx: &Context,
+    req: &prompb::ReadRequest,
+    limits: &ReadLimits,
+    emit: &mut dyn FnMut(Vec<u8>) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    for (i, query) in req.queries.iter().enumerate() {
+        for_each_series(q, ctx, query, limits, true, |labels, samples| {
+            let wire_labels = to_wire_labels(labels);
+            let labels_len: usize = wire_labels
+                .iter()
+                .map(|l| l.name.len() + l.value.len() + 8)
+                .sum();
+            let mut chunks = encode_chunks(samples)?.into_iter().peekable();
+            while chunks.peek().is_some() {
+                let mut batch = Vec::new();
+                let mut size = labels_len;
+                while let Some(c) = chunks.peek() {
+                    let c_len = c.data.len() + 32;
+                    if !batch.is_empty() && size + c_len > limits.max_frame_bytes {
+                        break;
+                    }
+                    size += c_len;
+                    if let Some(c) = chunks.next() {
+                        batch.push(c);
+                    }
+                }
+                let msg = prompb::ChunkedReadResponse {
+                    chunked_series: vec![prompb::ChunkedSeries {
+                        labels: wire_labels.clone(),
+                        chunks: batch,
+                    }],
+                    query_index: i as i64,
+                };
+                emit(frame(&msg.encode_to_vec()))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads frames back: for clients (the remote-read client) and tests.
+pub struct FrameReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> FrameReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        FrameReader { buf }
+    }
+
+    /// The next frame's message bytes, checked against its CRC; `None` at the end.
+    pub fn next_frame(&mut self) -> Option<Result<&'a [u8], String>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let mut b = self.buf;
+        let len = match prost::encoding::decode_varint(&mut b) {
+            Ok(l) => l as usize,
+            Err(e) => return Some(Err(format!("bad frame length: {e}"))),
+        };
+        if b.len() < 4 + len {
+            return Some(Err(format!(
+                "truncated frame: {} bytes left, {} needed",
+                b.len(),
+                4 + len
+            )));
+        }
+        let crc = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let msg = &b[4..4 + len];
+        self.buf = &b[4 + len..];
+        if crc32c::crc32c(msg) != crc {
+            return Some(Err("frame checksum mismatch".into()));
+        }
+        Some(Ok(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3query_chunkenc::XorIterator;
+    use m3query_storage::Appendable;
+    use m3query_storage::memory::MemStorage;
+
+    fn store() -> MemStorage {
+        let s = MemStorage::new();
+        let mut app = s.appender();
+        for i in 0..3 {
+            let l = Labels::from_pairs([
+                ("__name__", "up".to_string()),
+                ("instance", format!("i{i}")),
+            ]);
+            for t in 0..1000 {
+                app.append(&l, t * 15_000, (t * i) as f64).expect("append");
+            }
+        }
+        app.commit().expect("commit");
+        s
+    }
+
+    fn query(start: i64, end: i64, name: &str) -> prompb::Query {
+        prompb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers: vec![prompb::LabelMatcher {
+                r#type: prompb::label_matcher::Type::Eq as i32,
+                name: "__name__".into(),
+                value: name.into(),
+            }],
+            hints: None,
+        }
+    }
+
+    #[test]
+    fn samples_response_honours_time_range_and_queries() {
+        let s = store();
+        let req = prompb::ReadRequest {
+            queries: vec![query(15_000, 45_000, "up"), query(0, 1, "nope")],
+            accepted_response_types: vec![],
+        };
+        assert_eq!(negotiate(&req).expect("neg"), ResponseType::Samples);
+        let body =
+            read_samples(&s, &Context::background(), &req, &ReadLimits::default()).expect("read");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&body)
+            .expect("snappy");
+        let resp = prompb::ReadResponse::decode(raw.as_slice()).expect("decode");
+        assert_eq!(resp.results.len(), 2);
+        assert_eq!(resp.results[0].timeseries.len(), 3);
+        assert!(
+            resp.results[0]
+                .timeseries
+                .iter()
+                .all(|t| t.samples.len() == 3)
+        );
+        assert!(resp.results[1].timeseries.is_empty());
+        let limited = ReadLimits {
+            max_samples: 5,
+            ..Default::default()
+        };
+        assert!(matches!(
+            read_samples(&s, &Context::background(), &req, &limited),
+            Err(ReadError::LimitExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn streamed_frames_are_bounded_and_decode() {
+        let s = store();
+        let req = prompb::ReadRequest {
+            queries: vec![query(0, i64::MAX, "up")],
+            accepted_response_types: vec![
+                prompb::read_request::ResponseType::StreamedXorChunks as i32,
+            ],
+        };
+        assert_eq!(
+            negotiate(&req).expect("neg"),
+            ResponseType::StreamedXorChunks
+        );
+        let limits = ReadLimits {
+            max_frame_bytes: 600,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut frames = 0;
+        stream_chunks(&s, &Context::background(), &req, &limits, &mut |f| {
+            frames += 1;
+            out.extend_from_slice(&f);
+            Ok(())
+        })
+        .expect("stream");
+        assert!(frames > 3, "series split across frames: {frames}");
+        let mut r = FrameReader::new(&out);
+        let mut per_series: std::collections::BTreeMap<String, Vec<(i64, f64)>> =
+            Default::default();
+        while let Some(f) = r.next_frame() {
+            let msg = f.expect("frame");
+            assert!(msg.len() <= 600 + 200, "frame size {}", msg.len());
+            let resp = prompb::ChunkedReadResponse::decode(msg).expect("decode");
+            for cs in resp.chunked_series {
+                let key = String::from_utf8(cs.labels[1].value.to_vec()).expect("utf8");
+                for c in cs.chunks {
+                    let mut it = XorIterator::new(&c.data).expect("chunk");
+                    while let Some((t, v)) = it.next_sample().expect("sample") {
+                        assert!(t >= c.min_time_ms && t <= c.max_time_ms);
+                        per_series.entry(key.clone()).or_default().push((t, v));
+                    }
+                }
+            }
+        }
+        assert_eq!(per_series.len(), 3);
+        for (k, v) in &per_series {
+            assert_eq!(v.len(), 1000, "{k}");
+            assert!(v.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+
+    #[test]
+    fn corrupt_frames_are_detected() {
+        let mut f = frame(b"hello");
+        let n = f.len();
+        f[n - 1] ^= 1;
+        assert!(FrameReader::new(&f).next_frame().expect("one").is_err());
+        assert!(
+            FrameReader::new(&f[..3])
+                .next_frame()
+                .expect("one")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_requests() {
+        let s = store();
+        let mut q = query(0, 10, "up");
+        q.matchers[0].r#type = prompb::label_matcher::Type::Re as i32;
+        q.matchers[0].value = "(".into();
+        let req = prompb::ReadRequest {
+            queries: vec![q],
+            accepted_response_types: vec![],
+        };
+        assert!(matches!(
+            read_samples(&s, &Context::background(), &req, &ReadLimits::default()),
+            Err(ReadError::BadRequest(_))
+        ));
+        let req = prompb::ReadRequest {
+            queries: vec![],
+            accepted_response_types: vec![7],
+        };
+        assert!(negotiate(&req).is_err());
+        assert!(decode_request(b"junk", 100).is_err());
+    }
+}

@@ -1,0 +1,418 @@
+//! Data routes of the Prometheus API: series and label metadata, remote write and read.
+
+pub mod params;
+pub mod selector;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use m3query_model::{Labels, Matcher};
+use m3query_remote::read::{self as rread, ReadError, ReadLimits, ResponseType};
+use m3query_remote::write::{self as rwrite, Protocol, WriteError};
+use m3query_storage::{Context, LabelHints, SelectHints};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
+use crate::layer::RequestInfo;
+use params::Params;
+use selector::parse_match_params;
+
+/// A label set as a JSON object.
+pub struct LabelsJson(pub Labels);
+
+impl Serialize for LabelsJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for l in self.0.iter() {
+            m.serialize_entry(&*l.name, &*l.value)?;
+        }
+        m.end()
+    }
+}
+
+/// A query context with the configured timeout.
+pub(crate) fn context(state: &AppState) -> Context {
+    Context::with_deadline(Instant::now() + state.config.query.timeout.0)
+}
+
+/// Runs blocking storage work off the async threads; a panic there is a 500.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("request worker failed: {e}")))?
+}
+
+const TRUNCATED: &str = "results truncated due to limit";
+
+/// `GET|POST /api/v1/series`.
+pub async fn series(
+    State(state): State<Arc<AppState>>,
+    params: Params,
+) -> ApiResult<Vec<LabelsJson>> {
+    let sets = parse_match_params(params.get_all("match[]"))?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = params.time_range()?;
+    let limit = params.limit("limit")?;
+    let queryable = state.services()?.queryable.clone();
+    let ctx = context(&state);
+    let (series, warnings) = blocking(move || {
+        let q = queryable.querier(start, end)?;
+        let hints = SelectHints {
+            start_ms: start,
+            end_ms: end,
+            func: Some("series".into()),
+            ..Default::default()
+        };
+        let mut all = BTreeSet::new();
+        let mut warnings = m3query_storage::Warnings::new();
+        for ms in &sets {
+            let mut set = q.select(&ctx, true, &hints, ms)?;
+            while let Some(s) = set.next() {
+                all.insert(s?.labels().clone());
+                if all.len() % 4096 == 0 {
+                    ctx.check()?;
+                }
+            }
+            warnings.extend(set.warnings());
+        }
+        Ok((all, warnings))
+    })
+    .await?;
+    let mut warnings = warnings.into_vec();
+    let mut out: Vec<LabelsJson> = series.into_iter().map(LabelsJson).collect();
+    if limit > 0 && out.len() > limit {
+        out.truncate(limit);
+        warnings.push(TRUNCATED.into());
+    }
+    Ok(ApiResponse::new(out).with_warnings(warnings))
+}
+
+enum LabelLookup {
+    Names,
+    Values(String),
+}
+
+async fn label_lookup(
+    state: Arc<AppState>,
+    params: Params,
+    what: LabelLookup,
+) -> ApiResult<Vec<String>> {
+    let sets = parse_match_params(params.get_all("match[]"))?;
+    let (start, end) = params.time_range()?;
+    let limit = params.limit("limit")?;
+    let queryable = state.services()?.queryable.clone();
+    let ctx = context(&state);
+    let (values, warnings) = blocking(move || {
+        let q = queryable.querier(start, end)?;
+        // Ask for one more than the limit, to know whether to warn about truncation.
+        let hints = LabelHints {
+            limit: if limit > 0 { limit + 1 } else { 0 },
+        };
+        let sets: Vec<Vec<Matcher>> = if sets.is_empty() { vec![vec![]] } else { sets };
+        let mut all = BTreeSet::new();
+        let mut warnings = m3query_storage::Warnings::new();
+        for ms in &sets {
+            let r = match &what {
+                LabelLookup::Names => q.label_names(&ctx, &hints, ms)?,
+                LabelLookup::Values(name) => q.label_values(&ctx, name, &hints, ms)?,
+            };
+            all.extend(r.values);
+            warnings.extend(r.warnings);
+        }
+        Ok((all, warnings))
+    })
+    .await?;
+    let mut warnings = warnings.into_vec();
+    let mut out: Vec<String> = values.into_iter().collect();
+    if limit > 0 && out.len() > limit {
+        out.truncate(limit);
+        warnings.push(TRUNCATED.into());
+    }
+    Ok(ApiResponse::new(out).with_warnings(warnings))
+}
+
+/// `GET|POST /api/v1/labels`.
+pub async fn labels(State(state): State<Arc<AppState>>, params: Params) -> ApiResult<Vec<String>> {
+    label_lookup(state, params, LabelLookup::Names).await
+}
+
+/// `GET /api/v1/label/{name}/values`.
+pub async fn label_values(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Vec<String>> {
+    let name = decode_label_name(&name)?;
+    label_lookup(state, params, LabelLookup::Values(name)).await
+}
+
+/// Label names in the path may be escaped as Prometheus 3 allows for UTF-8 names:
+/// `U__` followed by the name with `_` for `_`... as `__`, and `_XX_` hex code points.
+fn decode_label_name(raw: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_data(format!("invalid label name: {raw:?}"));
+    let Some(rest) = raw.strip_prefix("U__") else {
+        if raw.is_empty() {
+            return Err(bad());
+        }
+        return Ok(raw.to_string());
+    };
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'_') {
+            chars.next();
+            out.push('_');
+            continue;
+        }
+        let mut hex = String::new();
+        loop {
+            match chars.next() {
+                Some('_') => break,
+                Some(h) if h.is_ascii_hexdigit() => hex.push(h),
+                _ => return Err(bad()),
+            }
+        }
+        let cp = u32::from_str_radix(&hex, 16).map_err(|_| bad())?;
+        out.push(char::from_u32(cp).ok_or_else(bad)?);
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+pub struct MetadataJson {
+    #[serde(rename = "type")]
+    metric_type: &'static str,
+    help: String,
+    unit: String,
+}
+
+/// `GET /api/v1/metadata`.
+pub async fn metadata(
+    State(state): State<Arc<AppState>>,
+    params: Params,
+) -> ApiResult<std::collections::BTreeMap<String, Vec<MetadataJson>>> {
+    let limit = params.limit("limit")?;
+    let per_metric = params.limit("limit_per_metric")?;
+    let metric = params.get("metric").filter(|m| !m.is_empty());
+    let found = state.metadata.query(metric, limit, per_metric);
+    Ok(ApiResponse::new(
+        found
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.into_iter()
+                        .map(|m| MetadataJson {
+                            metric_type: m.metric_type.as_str(),
+                            help: m.help,
+                            unit: m.unit,
+                        })
+                        .collect(),
+                )
+            })
+            .collect(),
+    ))
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::UnsupportedMediaType(_) | WriteError::UnsupportedEncoding(_) => {
+            ApiError::bad_data(e.to_string()).with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        }
+        WriteError::TooLarge { .. } => {
+            ApiError::bad_data(e.to_string()).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        WriteError::Snappy(_) | WriteError::Decode { .. } => ApiError::bad_data(e.to_string()),
+        // Anything else means the store failed: 5xx, so the sender retries.
+        WriteError::Storage(s) => ApiError::internal(format!("writing to storage: {s}")),
+    }
+}
+
+/// `POST /api/v1/prom/remote/write` and `/api/v1/write`.
+pub async fn remote_write(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let services = state.services()?;
+    let Some(appendable) = services.appendable.clone() else {
+        return Err(ApiError::not_found(
+            "remote write is disabled: local storage is off (storage.enabled: false)",
+        ));
+    };
+    let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let protocol = rwrite::negotiate(header(header::CONTENT_TYPE)).map_err(write_error)?;
+    rwrite::check_encoding(header(header::CONTENT_ENCODING)).map_err(write_error)?;
+    let limit =
+        usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
+    let st = state.clone();
+    let outcome = blocking(move || {
+        let raw = rwrite::decompress(&body, limit).map_err(write_error)?;
+        let mut app = appendable.appender();
+        let outcome = match rwrite::write(protocol, &raw, app.as_mut()) {
+            Ok(o) => o,
+            Err(e) => {
+                app.rollback();
+                return Err(write_error(e));
+            }
+        };
+        app.commit()
+            .map_err(|e| write_error(WriteError::Storage(e)))?;
+        st.metadata.add(outcome.metadata.iter().cloned());
+        Ok(outcome)
+    })
+    .await?;
+    let mut outcome = outcome;
+    let exemplars = std::mem::take(&mut outcome.exemplars);
+    let received = exemplars.len() as u64;
+    outcome.exemplars_written = state.exemplars.add(exemplars) as u64;
+    state.remote_metrics.record(&outcome, received);
+
+    let mut resp = match outcome.refusal() {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(msg) => {
+            tracing::debug!(refusal = %msg, "remote write partly refused");
+            ApiError::bad_data(msg).into_response()
+        }
+    };
+    if protocol == Protocol::V2 {
+        let h = resp.headers_mut();
+        for (name, n) in [
+            (
+                "x-prometheus-remote-write-samples-written",
+                outcome.samples_written,
+            ),
+            (
+                "x-prometheus-remote-write-histograms-written",
+                outcome.histograms_written,
+            ),
+            (
+                "x-prometheus-remote-write-exemplars-written",
+                outcome.exemplars_written,
+            ),
+        ] {
+            h.insert(name, http::HeaderValue::from(n));
+        }
+    }
+    resp.extensions_mut().insert(RequestInfo {
+        query: None,
+        series: None,
+        samples: Some(outcome.samples_written),
+    });
+    Ok(resp)
+}
+
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::BadRequest(m) => ApiError::bad_data(m),
+        ReadError::LimitExceeded(m) => ApiError::bad_data(m),
+        ReadError::Storage(s) => s.into(),
+        ReadError::Disconnected => ApiError::new(ErrorType::Canceled, "client disconnected"),
+    }
+}
+
+/// `POST /api/v1/prom/remote/read` and `/api/v1/read`.
+pub async fn remote_read(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let queryable = state.services()?.queryable.clone();
+    let limit =
+        usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
+    let req = rread::decode_request(&body, limit).map_err(read_error)?;
+    let kind = rread::negotiate(&req).map_err(read_error)?;
+    let limits = ReadLimits::default();
+    let ctx = context(&state);
+    let _permit = state
+        .remote_read_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::unavailable("server is shutting down"))?;
+    match kind {
+        ResponseType::Samples => {
+            let body = blocking(move || {
+                rread::read_samples(queryable.as_ref(), &ctx, &req, &limits).map_err(read_error)
+            })
+            .await?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, kind.content_type()),
+                    (header::CONTENT_ENCODING, "snappy"),
+                ],
+                body,
+            )
+                .into_response())
+        }
+        ResponseType::StreamedXorChunks => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, ApiError>>(8);
+            let cancel = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = _permit;
+                let tx2 = tx.clone();
+                let r = rread::stream_chunks(queryable.as_ref(), &ctx, &req, &limits, &mut |f| {
+                    tx2.blocking_send(Ok(Bytes::from(f)))
+                        .map_err(|_| ReadError::Disconnected)
+                });
+                if let Err(e) = r
+                    && !matches!(e, ReadError::Disconnected)
+                {
+                    let _ = tx.blocking_send(Err(read_error(e)));
+                }
+            });
+            // An error before the first frame gets a proper status; later ones end the stream.
+            let first = rx.recv().await;
+            let first = match first {
+                Some(Err(e)) => return Err(e),
+                other => other,
+            };
+            let stream = async_stream(first, rx, cancel);
+            Ok((
+                [(header::CONTENT_TYPE, kind.content_type())],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// The frames as a body stream; dropping it (the client went away) cancels the producer.
+fn async_stream(
+    first: Option<Result<Bytes, ApiError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, ApiError>>,
+    cancel: Context,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    struct CancelOnDrop(Context);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.cancel();
+        }
+    }
+    let guard = CancelOnDrop(cancel);
+    let head = futures_util::stream::iter(first);
+    let tail = futures_util::stream::unfold((rx, guard), |(mut rx, g)| async move {
+        rx.recv().await.map(|item| (item, (rx, g)))
+    });
+    futures_util::StreamExt::map(futures_util::StreamExt::chain(head, tail), |r| {
+        r.map_err(|e| std::io::Error::other(e.message))
+    })
+}
