@@ -32,14 +32,13 @@ impl MetadataStore {
         for (name, md) in entries {
             let len = f.len();
             match f.get_mut(&name) {
-                Some(list) => {
-                    if !list.contains(&md) {
-                        if list.len() >= MAX_PER_FAMILY {
-                            list.remove(0);
-                        }
-                        list.push(md);
+                Some(list) if !list.contains(&md) => {
+                    if list.len() >= MAX_PER_FAMILY {
+                        list.remove(0);
                     }
+                    list.push(md);
                 }
+                Some(_) => {}
                 None if len < self.max_families => {
                     f.insert(name, vec![md]);
                 }
