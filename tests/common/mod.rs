@@ -155,3 +155,134 @@ pub fn check_config(yaml: &str, env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A throwaway Prometheus (Debian's package) on a loopback port.
+pub struct Prometheus {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts `prometheus` with `config` (YAML) and waits for `/-/ready`. Panics with a clear
+    /// message when the binary is missing: CI installs it (.ci/run), so a missing binary is a
+    /// setup error, not a reason to skip.
+    pub fn start(config: &str, extra_flags: &[&str]) -> Prometheus {
+        let bin = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+        let found = Command::new(&bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        assert!(
+            found,
+            "`{bin}` not found: these tests run Debian's Prometheus (apt-get install prometheus; .ci/run does it)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config.replace("{{PORT}}", &port.to_string())).expect("config");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new(&bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra_flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let p = Prometheus { child, port, dir };
+        let c = client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = c.get(p.url("/-/ready")).send()
+                && r.status().is_success()
+            {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus not ready after 60s: {}", p.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Encodes and sends a remote write 1.0 request; returns status and body.
+pub fn remote_write_v1(
+    url: &str,
+    series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)],
+) -> (u16, String) {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let req = prompb::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| prompb::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| prompb::Label {
+                        name: n.as_bytes().to_vec().into(),
+                        value: v.as_bytes().to_vec().into(),
+                    })
+                    .collect(),
+                samples: samples
+                    .iter()
+                    .map(|(t, v)| prompb::Sample {
+                        timestamp: *t,
+                        value: *v,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    send_snappy(url, &req.encode_to_vec(), "application/x-protobuf")
+}
+
+/// POSTs `raw` snappy-compressed with remote write's headers.
+pub fn send_snappy(url: &str, raw: &[u8], content_type: &str) -> (u16, String) {
+    let body = snap::raw::Encoder::new().compress_vec(raw).expect("snappy");
+    let r = client()
+        .post(url)
+        .header("Content-Type", content_type)
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .body(body)
+        .send()
+        .expect("remote write");
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}

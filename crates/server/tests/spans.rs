@@ -15,6 +15,22 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use tower::ServiceExt;
 
+/// A store whose every read fails, as a broken disk would.
+struct Broken;
+
+impl m3query_storage::Queryable for Broken {
+    fn querier(
+        &self,
+        _mint: i64,
+        _maxt: i64,
+    ) -> m3query_storage::Result<Box<dyn m3query_storage::Querier + '_>> {
+        Err(m3query_storage::Error::io(
+            "reading block 01ABC",
+            std::io::Error::other("input/output error"),
+        ))
+    }
+}
+
 struct Harness {
     server: Server,
     exporter: InMemorySpanExporter,
@@ -22,6 +38,10 @@ struct Harness {
 }
 
 fn harness(sampler: SamplerType, param: f64) -> Harness {
+    harness_with(sampler, param, false)
+}
+
+fn harness_with(sampler: SamplerType, param: f64, broken: bool) -> Harness {
     let mut tracing = TracingConfig {
         backend: Backend::Jaeger,
         jaeger: Some(JaegerConfig::default()),
@@ -44,8 +64,13 @@ fn harness(sampler: SamplerType, param: f64) -> Harness {
         telemetry.propagation().clone(),
     );
     let store = Arc::new(MemStorage::new());
+    let queryable: Arc<dyn m3query_storage::Queryable> = if broken {
+        Arc::new(Broken)
+    } else {
+        store.clone()
+    };
     server.set_services(Services {
-        queryable: store.clone(),
+        queryable,
         appendable: Some(store),
         collector: None,
     });
@@ -200,8 +225,33 @@ async fn uber_trace_id_and_debug_header() {
 }
 
 #[tokio::test]
-async fn status_error_is_set_only_for_5xx() {
-    let h = harness(SamplerType::Const, 1.0);
-    let (_, _, spans) = h.send(get("/health")).await;
+async fn server_error_is_tagged_error_true() {
+    let h = harness_with(SamplerType::Const, 1.0, true);
+    let (status, trace_id, spans) = h.send(get("/api/v1/series?match[]=up")).await;
+    assert_eq!(status, 500);
+    assert!(trace_id.is_some());
+    let s = &spans[0];
+    assert_eq!(s.name, "GET /api/v1/series");
+    assert_eq!(attr(s, "http.status_code"), Some(&Value::I64(500)));
+    assert_eq!(attr(s, "error"), Some(&Value::Bool(true)));
+    assert!(matches!(s.status, Status::Error { .. }), "{:?}", s.status);
+    assert!(
+        s.events.iter().any(|e| e.name == "request failed"),
+        "{:?}",
+        s.events
+    );
+    // A 4xx on the same route carries no error tag.
+    let (status, _, spans) = h.send(get("/api/v1/series")).await;
+    assert_eq!(status, 400);
+    assert_eq!(attr(&spans[0], "error"), None);
     assert_eq!(spans[0].status, Status::Unset);
+}
+
+#[tokio::test]
+async fn label_values_route_is_one_operation() {
+    let h = harness(SamplerType::Const, 1.0);
+    let (_, _, a) = h.send(get("/api/v1/label/job/values")).await;
+    let (_, _, b) = h.send(get("/api/v1/label/instance/values")).await;
+    assert_eq!(a[0].name, "GET /api/v1/label/{name}/values");
+    assert_eq!(a[0].name, b[0].name);
 }
