@@ -277,7 +277,7 @@ fn remote_write_v2_golden_and_headers() {
 #[test]
 fn metadata_api_parameters_and_errors() {
     let m = M3Query::start("");
-    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = vec![
+    let series: Vec<common::TestSeries> = vec![
         (
             vec![("__name__", "up"), ("job", "api"), ("instance", "a")],
             vec![(1_000_000, 1.0)],

@@ -240,11 +240,11 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// A series to send: label pairs and `(timestamp ms, value)` samples.
+pub type TestSeries<'a> = (Vec<(&'a str, &'a str)>, Vec<(i64, f64)>);
+
 /// Encodes and sends a remote write 1.0 request; returns status and body.
-pub fn remote_write_v1(
-    url: &str,
-    series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)],
-) -> (u16, String) {
+pub fn remote_write_v1(url: &str, series: &[TestSeries<'_>]) -> (u16, String) {
     use m3query_remote::prompb;
     use prost::Message;
     let req = prompb::WriteRequest {
