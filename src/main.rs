@@ -124,10 +124,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
 
     // Storage is in-memory until the embedded TSDB is wired in.
-    let store = Arc::new(m3query_storage::memory::MemStorage::new());
+    let store = cfg
+        .storage
+        .enabled
+        .then(|| Arc::new(m3query_storage::memory::MemStorage::new()));
+    let queryable = m3query_server::backends::queryable(
+        &cfg,
+        store
+            .clone()
+            .map(|s| s as Arc<dyn m3query_storage::Queryable>),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("setting up storage")?;
     server.set_services(Services {
-        queryable: store.clone(),
-        appendable: Some(store),
+        queryable,
+        appendable: store.map(|s| s as Arc<dyn m3query_storage::Appendable>),
         collector: None,
     });
 

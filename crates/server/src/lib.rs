@@ -7,6 +7,7 @@
 //! [`Server::set_services`] is called.
 
 pub mod api;
+pub mod backends;
 pub mod config;
 pub mod error;
 pub mod layer;

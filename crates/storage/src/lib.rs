@@ -15,6 +15,7 @@
 //! ends unless a name says otherwise.
 
 mod context;
+pub mod dedup;
 mod error;
 pub mod memory;
 pub mod merge;
@@ -65,6 +66,12 @@ pub struct LabelValues {
 pub trait Queryable: Send + Sync {
     /// A querier over samples with `mint <= t <= maxt`.
     fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>>;
+
+    /// The oldest timestamp the store holds, if it knows (a local store does; a remote one
+    /// does not). Fan-out uses it to skip remote stores for ranges the local store covers.
+    fn min_time(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A read view over a time range of a store.

@@ -63,6 +63,14 @@ impl Queryable for MemStorage {
             maxt,
         }))
     }
+
+    fn min_time(&self) -> Option<i64> {
+        self.series
+            .read()
+            .values()
+            .filter_map(|s| s.first().map(|x| x.t))
+            .min()
+    }
 }
 
 struct MemQuerier<'a> {

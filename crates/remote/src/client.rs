@@ -1,0 +1,796 @@
+//! A remote-read client: any Prometheus remote-read endpoint as a [`Queryable`].
+//!
+//! Matchers and hints (start, end, step, func, grouping, range) are pushed down in the
+//! `ReadRequest`. With `prefer_streamed`, the client asks for `STREAMED_XOR_CHUNKS` first and
+//! `SAMPLES` second; streamed responses are read frame by frame and kept as compressed XOR
+//! chunks (about 1-2 bytes per sample), decoded only when a series is iterated. A response
+//! larger than `max_response_bytes` fails the select rather than exhausting memory.
+//!
+//! The storage traits are synchronous; the client runs its HTTP calls on the Tokio runtime
+//! given at construction, blocking the calling thread (a query worker, never an async task).
+//! Each select is one `remote.read` span (store, url, series, bytes, status).
+//!
+//! Remote read has no label API: label names and values are derived from a select over the
+//! range (`{__name__=~".+"}` when no matcher is given), which costs what that select costs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use m3query_chunkenc::XorIterator;
+use m3query_model::{Labels, MatchOp, Matcher, Sample};
+use m3query_storage::{
+    Context, Error as StorageError, LabelHints, LabelValues, Querier, Queryable, Result,
+    SampleIterator, SelectHints, Series, SeriesSet, VecSeries, VecSeriesSet, Warnings,
+};
+use prost::Message;
+use tracing::field::Empty;
+
+use crate::prompb;
+use crate::read::FrameReader;
+
+/// How to authenticate to a store.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+/// One remote store.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    pub name: String,
+    pub url: String,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<Auth>,
+    /// Equality matchers a selector must carry for this store to be asked.
+    pub required_matchers: Vec<(String, String)>,
+    pub prefer_streamed: bool,
+    /// Largest response accepted (compressed body for SAMPLES, all frames for streamed).
+    pub max_response_bytes: usize,
+}
+
+/// Installs rustls's ring crypto provider as the process default if none is installed yet, so
+/// HTTPS works without every caller configuring TLS.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Fails only if another thread installed one first, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A remote-read store.
+pub struct RemoteReadClient {
+    cfg: RemoteConfig,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for RemoteReadClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteReadClient")
+            .field("name", &self.cfg.name)
+            .field("url", &self.cfg.url)
+            .finish()
+    }
+}
+
+impl RemoteReadClient {
+    /// Builds the client; `runtime` runs its HTTP calls.
+    pub fn new(cfg: RemoteConfig, runtime: tokio::runtime::Handle) -> Result<Self> {
+        ensure_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("m3query/", env!("CARGO_PKG_VERSION")))
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StorageError::Other(format!("building HTTP client: {e}").into()))?;
+        Ok(RemoteReadClient { cfg, http, runtime })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn unavailable(&self, message: impl Into<String>) -> StorageError {
+        StorageError::Unavailable {
+            store: self.cfg.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether a selector carries every required matcher.
+    fn wanted(&self, matchers: &[Matcher]) -> bool {
+        self.cfg.required_matchers.iter().all(|(n, v)| {
+            matchers
+                .iter()
+                .any(|m| m.op == MatchOp::Equal && m.name == *n && m.value == *v)
+        })
+    }
+
+    /// Sends one query and decodes the answer into series, sorted by labels.
+    fn read(
+        &self,
+        ctx: &Context,
+        mint: i64,
+        maxt: i64,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> Result<Vec<RemoteSeries>> {
+        let span = tracing::info_span!(
+            target: "m3query::remote",
+            "remote.read",
+            "otel.kind" = "client",
+            store = %self.cfg.name,
+            url = %self.cfg.url,
+            matchers = %DisplayMatchers(matchers),
+            series = Empty,
+            bytes = Empty,
+            response_type = Empty,
+            status = Empty,
+            error = Empty,
+        );
+        let _enter = span.enter();
+        ctx.check()?;
+        let query = prompb::Query {
+            start_timestamp_ms: mint,
+            end_timestamp_ms: maxt,
+            matchers: matchers.iter().map(to_wire_matcher).collect(),
+            hints: Some(prompb::ReadHints {
+                step_ms: hints.step_ms,
+                func: hints.func.clone().unwrap_or_default(),
+                start_ms: hints.start_ms,
+                end_ms: hints.end_ms,
+                grouping: hints.grouping.clone(),
+                by: hints.by,
+                range_ms: hints.range_ms,
+            }),
+        };
+        use prompb::read_request::ResponseType as R;
+        let accepted = if self.cfg.prefer_streamed {
+            vec![R::StreamedXorChunks as i32, R::Samples as i32]
+        } else {
+            vec![R::Samples as i32]
+        };
+        let req = prompb::ReadRequest {
+            queries: vec![query],
+            accepted_response_types: accepted,
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .map_err(|e| StorageError::Other(e.into()))?;
+        let timeout = match ctx.deadline() {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .min(self.cfg.timeout),
+            None => self.cfg.timeout,
+        };
+        let result = self.runtime.block_on(async {
+            let mut rb = self
+                .http
+                .post(&self.cfg.url)
+                .timeout(timeout)
+                .header("Content-Type", "application/x-protobuf")
+                .header("Content-Encoding", "snappy")
+                .header("X-Prometheus-Remote-Read-Version", "0.1.0")
+                .body(body);
+            for (k, v) in &self.cfg.headers {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+            rb = match &self.cfg.auth {
+                Some(Auth::Basic { username, password }) => rb.basic_auth(username, Some(password)),
+                Some(Auth::Bearer(t)) => rb.bearer_auth(t),
+                None => rb,
+            };
+            let resp = rb.send().await.map_err(|e| {
+                if e.is_timeout() {
+                    self.unavailable(format!("timed out after {timeout:?}"))
+                } else {
+                    self.unavailable(format!("request failed: {}", error_chain(&e)))
+                }
+            })?;
+            let status = resp.status();
+            span.record("status", status.as_u16());
+            let content_type = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                let text: String = text.chars().take(512).collect();
+                return Err(self.unavailable(format!("HTTP {status}: {}", text.trim())));
+            }
+            let bytes = self.read_body(resp, ctx).await?;
+            Ok((content_type, bytes))
+        });
+        let (content_type, bytes) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                span.record("error", true);
+                tracing::warn!(target: "m3query::remote", store = %self.cfg.name, error = %e, "remote read failed");
+                return Err(e);
+            }
+        };
+        span.record("bytes", bytes.len() as u64);
+        let mut series = if content_type.starts_with("application/x-streamed-protobuf") {
+            span.record("response_type", "STREAMED_XOR_CHUNKS");
+            self.decode_streamed(&bytes)?
+        } else {
+            span.record("response_type", "SAMPLES");
+            self.decode_samples(&bytes)?
+        };
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        // Streams split a series across frames; join neighbours with equal labels.
+        series.dedup_by(|next, prev| {
+            if next.labels == prev.labels {
+                prev.data.extend(std::mem::take(&mut next.data));
+                true
+            } else {
+                false
+            }
+        });
+        span.record("series", series.len() as u64);
+        Ok(series)
+    }
+
+    /// Reads the body up to the size limit, checking the query context between chunks.
+    async fn read_body(&self, mut resp: reqwest::Response, ctx: &Context) -> Result<Bytes> {
+        let limit = self.cfg.max_response_bytes;
+        if resp.content_length().is_some_and(|l| l as usize > limit) {
+            return Err(self.unavailable(format!(
+                "response of {} bytes is over the {limit}-byte limit",
+                resp.content_length().unwrap_or(0)
+            )));
+        }
+        let mut buf = Vec::new();
+        loop {
+            ctx.check()?;
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if buf.len() + c.len() > limit {
+                        return Err(self.unavailable(format!(
+                            "response is over the {limit}-byte limit; narrow the query"
+                        )));
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                Ok(None) => return Ok(Bytes::from(buf)),
+                Err(e) => {
+                    return Err(self.unavailable(format!("reading response: {}", error_chain(&e))));
+                }
+            }
+        }
+    }
+
+    fn decode_samples(&self, body: &[u8]) -> Result<Vec<RemoteSeries>> {
+        let size = snap::raw::decompress_len(body)
+            .map_err(|e| self.unavailable(format!("bad snappy response: {e}")))?;
+        if size > self.cfg.max_response_bytes.saturating_mul(8) {
+            return Err(self.unavailable(format!(
+                "response decompresses to {size} bytes, over the limit"
+            )));
+        }
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(body)
+            .map_err(|e| self.unavailable(format!("bad snappy response: {e}")))?;
+        let resp = prompb::ReadResponse::decode(raw.as_slice())
+            .map_err(|e| self.unavailable(format!("cannot decode ReadResponse: {e}")))?;
+        let mut out = Vec::new();
+        for r in resp.results {
+            for ts in r.timeseries {
+                let labels = wire_labels(&ts.labels).map_err(|e| self.unavailable(e))?;
+                let samples = ts
+                    .samples
+                    .iter()
+                    .map(|s| Sample::new(s.timestamp, s.value))
+                    .collect();
+                out.push(RemoteSeries {
+                    labels,
+                    data: vec![SeriesData::Samples(samples)],
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode_streamed(&self, body: &[u8]) -> Result<Vec<RemoteSeries>> {
+        let mut out = Vec::new();
+        let mut frames = FrameReader::new(body);
+        while let Some(frame) = frames.next_frame() {
+            let msg = frame.map_err(|e| self.unavailable(format!("bad frame: {e}")))?;
+            let resp = prompb::ChunkedReadResponse::decode(msg)
+                .map_err(|e| self.unavailable(format!("cannot decode ChunkedReadResponse: {e}")))?;
+            for cs in resp.chunked_series {
+                let labels = wire_labels(&cs.labels).map_err(|e| self.unavailable(e))?;
+                let mut chunks = Vec::with_capacity(cs.chunks.len());
+                for c in cs.chunks {
+                    if c.r#type != prompb::chunk::Encoding::Xor as i32 {
+                        return Err(self.unavailable(format!(
+                            "series {labels} has a chunk of encoding {} (native histograms are not supported)",
+                            c.r#type
+                        )));
+                    }
+                    chunks.push(RemoteChunk {
+                        min_t: c.min_time_ms,
+                        max_t: c.max_time_ms,
+                        data: c.data,
+                    });
+                }
+                out.push(RemoteSeries {
+                    labels,
+                    data: vec![SeriesData::Chunks(chunks)],
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An error with its sources, for messages (reqwest's Display stops at the top level).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct DisplayMatchers<'a>(&'a [Matcher]);
+
+impl std::fmt::Display for DisplayMatchers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{")?;
+        for (i, m) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{m}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+fn to_wire_matcher(m: &Matcher) -> prompb::LabelMatcher {
+    use prompb::label_matcher::Type;
+    let t = match m.op {
+        MatchOp::Equal => Type::Eq,
+        MatchOp::NotEqual => Type::Neq,
+        MatchOp::RegexMatch => Type::Re,
+        MatchOp::RegexNoMatch => Type::Nre,
+    };
+    prompb::LabelMatcher {
+        r#type: t as i32,
+        name: m.name.clone(),
+        value: m.value.clone(),
+    }
+}
+
+fn wire_labels(ls: &[prompb::Label]) -> std::result::Result<Labels, String> {
+    let mut pairs = Vec::with_capacity(ls.len());
+    for l in ls {
+        let n = std::str::from_utf8(&l.name).map_err(|_| "label name is not UTF-8")?;
+        let v = std::str::from_utf8(&l.value).map_err(|_| "label value is not UTF-8")?;
+        pairs.push((n, v));
+    }
+    Labels::try_from_pairs(pairs)
+}
+
+struct RemoteChunk {
+    min_t: i64,
+    max_t: i64,
+    data: Bytes,
+}
+
+enum SeriesData {
+    Samples(Vec<Sample>),
+    Chunks(Vec<RemoteChunk>),
+}
+
+/// A series as received: raw samples or compressed chunks, decoded when iterated.
+struct RemoteSeries {
+    labels: Labels,
+    data: Vec<SeriesData>,
+}
+
+impl RemoteSeries {
+    /// Every sample in `[mint, maxt]`, in time order, duplicates (overlapping chunks) removed.
+    fn samples(&self, mint: i64, maxt: i64) -> Result<Vec<Sample>> {
+        let mut out = Vec::new();
+        for d in &self.data {
+            match d {
+                SeriesData::Samples(s) => {
+                    out.extend(s.iter().filter(|x| x.t >= mint && x.t <= maxt).copied())
+                }
+                SeriesData::Chunks(cs) => {
+                    for c in cs {
+                        if c.max_t < mint || c.min_t > maxt {
+                            continue;
+                        }
+                        let mut it = XorIterator::new(&c.data)
+                            .map_err(|e| StorageError::Corruption(format!("remote chunk: {e}")))?;
+                        it.append_range(mint, maxt, &mut out)
+                            .map_err(|e| StorageError::Corruption(format!("remote chunk: {e}")))?;
+                    }
+                }
+            }
+        }
+        if !out.windows(2).all(|w| w[0].t < w[1].t) {
+            out.sort_by_key(|s| s.t);
+            out.dedup_by_key(|s| s.t);
+        }
+        Ok(out)
+    }
+}
+
+/// A series handed to the engine: decoded lazily, bounded to the querier's range.
+struct LazySeries {
+    inner: RemoteSeries,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Series for LazySeries {
+    fn labels(&self) -> &Labels {
+        &self.inner.labels
+    }
+    fn iter(&self) -> Box<dyn SampleIterator + '_> {
+        match self.inner.samples(self.mint, self.maxt) {
+            Ok(samples) => Box::new(OwnedIter { samples, pos: 0 }),
+            Err(e) => Box::new(FailedIter(Some(e))),
+        }
+    }
+}
+
+struct OwnedIter {
+    samples: Vec<Sample>,
+    pos: usize,
+}
+
+impl SampleIterator for OwnedIter {
+    fn next(&mut self) -> Result<Option<Sample>> {
+        let s = self.samples.get(self.pos).copied();
+        self.pos += 1;
+        Ok(s)
+    }
+}
+
+struct FailedIter(Option<StorageError>);
+
+impl SampleIterator for FailedIter {
+    fn next(&mut self) -> Result<Option<Sample>> {
+        match self.0.take() {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+struct LazySeriesSet {
+    series: std::vec::IntoIter<RemoteSeries>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl SeriesSet for LazySeriesSet {
+    fn next(&mut self) -> Option<Result<Box<dyn Series>>> {
+        self.series.next().map(|inner| {
+            Ok(Box::new(LazySeries {
+                inner,
+                mint: self.mint,
+                maxt: self.maxt,
+            }) as Box<dyn Series>)
+        })
+    }
+}
+
+impl Queryable for RemoteReadClient {
+    fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>> {
+        Ok(Box::new(RemoteQuerier {
+            client: self,
+            mint,
+            maxt,
+        }))
+    }
+}
+
+struct RemoteQuerier<'a> {
+    client: &'a RemoteReadClient,
+    mint: i64,
+    maxt: i64,
+}
+
+impl RemoteQuerier<'_> {
+    fn labels_of(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Vec<Labels>> {
+        let everything;
+        let matchers = if matchers.is_empty() {
+            everything = [Matcher::new(MatchOp::RegexMatch, "__name__", ".+")
+                .map_err(|e| StorageError::Other(e.into()))?];
+            &everything[..]
+        } else {
+            matchers
+        };
+        if !self.client.wanted(matchers) {
+            return Ok(Vec::new());
+        }
+        let hints = SelectHints {
+            start_ms: self.mint,
+            end_ms: self.maxt,
+            func: Some("series".into()),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .read(ctx, self.mint, self.maxt, &hints, matchers)?
+            .into_iter()
+            .map(|s| s.labels)
+            .collect())
+    }
+}
+
+fn finish(mut values: Vec<String>, limit: usize) -> LabelValues {
+    values.sort();
+    values.dedup();
+    if limit > 0 {
+        values.truncate(limit);
+    }
+    LabelValues {
+        values,
+        warnings: Warnings::new(),
+    }
+}
+
+impl Querier for RemoteQuerier<'_> {
+    fn select(
+        &self,
+        ctx: &Context,
+        _sort: bool,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> Result<Box<dyn SeriesSet + '_>> {
+        if !self.client.wanted(matchers) {
+            return Ok(Box::new(VecSeriesSet::<VecSeries>::new(
+                Vec::new(),
+                Warnings::new(),
+            )));
+        }
+        let series = self
+            .client
+            .read(ctx, self.mint, self.maxt, hints, matchers)?;
+        Ok(Box::new(LazySeriesSet {
+            series: series.into_iter(),
+            mint: self.mint,
+            maxt: self.maxt,
+        }))
+    }
+
+    fn label_values(
+        &self,
+        ctx: &Context,
+        name: &str,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> Result<LabelValues> {
+        let values = self
+            .labels_of(ctx, matchers)?
+            .iter()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect();
+        Ok(finish(values, hints.limit))
+    }
+
+    fn label_names(
+        &self,
+        ctx: &Context,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> Result<LabelValues> {
+        let values = self
+            .labels_of(ctx, matchers)?
+            .iter()
+            .flat_map(|l| l.iter().map(|l| l.name.to_string()).collect::<Vec<_>>())
+            .collect();
+        Ok(finish(values, hints.limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::{self, ReadLimits, ResponseType};
+    use m3query_storage::memory::MemStorage;
+    use m3query_storage::{Appendable, collect_series};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// A minimal HTTP/1.1 remote-read server over `store`, answering `requests` requests.
+    fn serve(store: Arc<MemStorage>, requests: usize, status: u16) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for _ in 0..requests {
+                let Ok((mut s, _)) = l.accept() else { return };
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let (head_end, len) = loop {
+                    let n = s.read(&mut tmp).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (p + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let n = s.read(&mut tmp).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                let (ct, body) = if status != 200 {
+                    ("text/plain", b"boom".to_vec())
+                } else {
+                    let req = read::decode_request(&buf[head_end..head_end + len], 1 << 20)
+                        .expect("request");
+                    let kind = read::negotiate(&req).expect("type");
+                    let ctx = Context::background();
+                    match kind {
+                        ResponseType::Samples => (
+                            kind.content_type(),
+                            read::read_samples(store.as_ref(), &ctx, &req, &ReadLimits::default())
+                                .expect("read"),
+                        ),
+                        ResponseType::StreamedXorChunks => {
+                            let mut out = Vec::new();
+                            let limits = ReadLimits {
+                                max_frame_bytes: 300,
+                                ..Default::default()
+                            };
+                            read::stream_chunks(store.as_ref(), &ctx, &req, &limits, &mut |f| {
+                                out.extend_from_slice(&f);
+                                Ok(())
+                            })
+                            .expect("stream");
+                            (kind.content_type(), out)
+                        }
+                    }
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            }
+        });
+        format!("http://{addr}/api/v1/read")
+    }
+
+    fn store() -> Arc<MemStorage> {
+        let s = MemStorage::new();
+        let mut app = s.appender();
+        for i in 0..3 {
+            let l = Labels::from_pairs([
+                ("__name__", "m".to_string()),
+                ("i", i.to_string()),
+                ("region", "eu".to_string()),
+            ]);
+            for t in 0..500 {
+                app.append(&l, t * 10_000, (t + i) as f64).expect("append");
+            }
+        }
+        app.commit().expect("commit");
+        Arc::new(s)
+    }
+
+    fn config(url: String, prefer_streamed: bool) -> RemoteConfig {
+        RemoteConfig {
+            name: "r".into(),
+            url,
+            timeout: Duration::from_secs(5),
+            headers: vec![],
+            auth: None,
+            required_matchers: vec![],
+            prefer_streamed,
+            max_response_bytes: 1 << 20,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn select_all(c: &RemoteReadClient, mint: i64, maxt: i64) -> Result<Vec<VecSeries>> {
+        let q = c.querier(mint, maxt)?;
+        let mut set = q.select(
+            &Context::background(),
+            true,
+            &SelectHints::default(),
+            &[Matcher::equal("__name__", "m")],
+        )?;
+        Ok(collect_series(set.as_mut(), i64::MIN, i64::MAX)?.0)
+    }
+
+    #[test]
+    fn samples_and_streamed_responses_agree() {
+        let rt = runtime();
+        let s = store();
+        let a = RemoteReadClient::new(config(serve(s.clone(), 1, 200), false), rt.handle().clone())
+            .expect("client");
+        let b = RemoteReadClient::new(config(serve(s, 1, 200), true), rt.handle().clone())
+            .expect("client");
+        let x = select_all(&a, 100_000, 2_000_000).expect("samples");
+        let y = select_all(&b, 100_000, 2_000_000).expect("streamed");
+        assert_eq!(x.len(), 3);
+        assert_eq!(x, y);
+        assert_eq!(x[0].samples.len(), 191);
+        assert!(
+            x[0].samples
+                .iter()
+                .all(|s| s.t >= 100_000 && s.t <= 2_000_000)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_store_and_required_matchers_route() {
+        let rt = runtime();
+        let c = RemoteReadClient::new(config(serve(store(), 1, 500), false), rt.handle().clone())
+            .expect("client");
+        match select_all(&c, 0, 10) {
+            Err(StorageError::Unavailable { store, message }) => {
+                assert_eq!(store, "r");
+                assert!(
+                    message.contains("500") && message.contains("boom"),
+                    "{message}"
+                );
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+        let mut cfg = config("http://127.0.0.1:9/api/v1/read".into(), false);
+        cfg.timeout = Duration::from_millis(500);
+        let down = RemoteReadClient::new(cfg.clone(), rt.handle().clone()).expect("client");
+        assert!(matches!(
+            select_all(&down, 0, 10),
+            Err(StorageError::Unavailable { .. })
+        ));
+        // A store that requires region="us" is not asked for this selector at all.
+        cfg.required_matchers = vec![("region".into(), "us".into())];
+        let routed = RemoteReadClient::new(cfg, rt.handle().clone()).expect("client");
+        assert!(select_all(&routed, 0, 10).expect("not asked").is_empty());
+    }
+
+    #[test]
+    fn label_lookups_come_from_a_select() {
+        let rt = runtime();
+        let c = RemoteReadClient::new(config(serve(store(), 2, 200), true), rt.handle().clone())
+            .expect("client");
+        let q = c.querier(0, i64::MAX).expect("querier");
+        let ctx = Context::background();
+        let v = q
+            .label_values(&ctx, "i", &LabelHints::default(), &[])
+            .expect("values");
+        assert_eq!(v.values, vec!["0", "1", "2"]);
+        let n = q
+            .label_names(&ctx, &LabelHints { limit: 2 }, &[Matcher::equal("i", "1")])
+            .expect("names");
+        assert_eq!(n.values, vec!["__name__", "i"]);
+    }
+}
