@@ -1,0 +1,1 @@
+//! m3query's test kit.
