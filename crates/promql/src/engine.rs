@@ -196,6 +196,7 @@ impl Engine {
                 interval: step.max(1),
                 lookback: times.lookback,
                 ctx,
+                queryable: q,
                 sel: &selected,
                 max_samples: self.opts.max_samples,
                 counters: &mut counters,

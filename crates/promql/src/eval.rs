@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use m3query_model::{Labels, METRIC_NAME, is_stale_nan};
-use m3query_storage::Context;
+use m3query_storage::{Context, Queryable};
 
 use crate::annotations::{Annotations, msg};
 use crate::functions::{self, FuncKind, RangeCtx};
@@ -65,6 +65,7 @@ pub(crate) struct Evaluator<'a> {
     pub interval: i64,
     pub lookback: i64,
     pub ctx: &'a Context,
+    pub queryable: &'a dyn Queryable,
     pub sel: &'a [Vec<SelSeries>],
     pub max_samples: usize,
     pub counters: &'a mut Counters,
@@ -124,6 +125,7 @@ impl<'a> Evaluator<'a> {
             interval: interval.max(1),
             lookback: self.lookback,
             ctx: self.ctx,
+            queryable: self.queryable,
             sel: self.sel,
             max_samples: self.max_samples,
             counters: self.counters,

@@ -172,11 +172,11 @@ pub(crate) fn kind(name: &str) -> FuncKind {
             Ok(())
         }),
         "max_of" => Instant(|_, _, v, o, _| {
-            o.push(scalar_elem(scalar_arg(v, 0).max(scalar_arg(v, 1))));
+            o.push(scalar_elem(go_max(scalar_arg(v, 0), scalar_arg(v, 1))));
             Ok(())
         }),
         "min_of" => Instant(|_, _, v, o, _| {
-            o.push(scalar_elem(scalar_arg(v, 0).min(scalar_arg(v, 1))));
+            o.push(scalar_elem(go_min(scalar_arg(v, 0), scalar_arg(v, 1))));
             Ok(())
         }),
         "clamp" => Instant(|_, _, v, o, _| clamp(v, o, scalar_arg(v, 1), scalar_arg(v, 2))),
@@ -244,6 +244,16 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         }
         _ => Unsupported(NATIVE_HISTOGRAMS),
     }
+}
+
+/// Go's `math.Max`: NaN wins.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+}
+
+/// Go's `math.Min`: NaN wins.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
 fn scalar_elem(v: f64) -> Elem {
@@ -561,7 +571,7 @@ fn instant_value(w: &[Point], is_rate: bool) -> Option<f64> {
         return None;
     }
     let mut v = b.v;
-    if !is_rate || b.v >= a.v {
+    if !is_rate || !(b.v < a.v) {
         v = b.v - a.v;
     }
     if is_rate {

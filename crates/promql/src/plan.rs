@@ -175,7 +175,9 @@ fn walk(e: &mut Expr, t: &QueryTimes, path: SubqPath, parent: Option<&Parent>, o
                 grouping: Vec::new(),
                 by: false,
             };
-            for a in &mut c.args {
+            // info()'s second argument only holds label matchers: it is never selected.
+            let n = if c.func.name == "info" { 1 } else { c.args.len() };
+            for a in c.args.iter_mut().take(n) {
                 walk(a, t, path, Some(&par), out);
             }
         }

@@ -419,7 +419,7 @@ impl Runner {
                 &QueryOptions::default(),
             )
             .map_err(|e| (Cause::RangeMode, format!("range mode failed: {e}")))?;
-        if ev.ordered {
+        if ev.is_ordered() {
             return Ok(());
         }
         let Value::Matrix(m) = res.value else {

@@ -605,7 +605,7 @@ impl EvalCmd {
         self.fail || self.expects.iter().any(|e| e.kind == ExpectKind::Fail)
     }
 
-    fn is_ordered(&self) -> bool {
+    pub fn is_ordered(&self) -> bool {
         self.ordered || self.expects.iter().any(|e| e.kind == ExpectKind::Ordered)
     }
 
