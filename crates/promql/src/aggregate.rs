@@ -52,8 +52,16 @@ fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
             p.values[k] = pt.v;
         }
         // Go's math.Max/Min propagate NaN.
-        p.max = if pt.v.is_nan() || p.max.is_nan() { f64::NAN } else { p.max.max(pt.v) };
-        p.min = if pt.v.is_nan() || p.min.is_nan() { f64::NAN } else { p.min.min(pt.v) };
+        p.max = if pt.v.is_nan() || p.max.is_nan() {
+            f64::NAN
+        } else {
+            p.max.max(pt.v)
+        };
+        p.min = if pt.v.is_nan() || p.min.is_nan() {
+            f64::NAN
+        } else {
+            p.min.min(pt.v)
+        };
         p.any_nan |= pt.v.is_nan();
     }
     Ok(p)
@@ -122,10 +130,16 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 return Err(Error::exec("Parameter value is NaN"));
             }
             if params.min <= i64::MIN as f64 {
-                return Err(Error::exec(format!("Scalar value {} underflows int64", go_v(params.min))));
+                return Err(Error::exec(format!(
+                    "Scalar value {} underflows int64",
+                    go_v(params.min)
+                )));
             }
             if params.max >= i64::MAX as f64 {
-                return Err(Error::exec(format!("Scalar value {} overflows int64", go_v(params.max))));
+                return Err(Error::exec(format!(
+                    "Scalar value {} overflows int64",
+                    go_v(params.max)
+                )));
             }
         }
         AggOp::LimitRatio => {
@@ -136,10 +150,12 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 return Err(Error::exec("Ratio value is NaN"));
             }
             if params.max > 1.0 {
-                ev.annos.warn(msg::invalid_ratio(params.max, 1.0), param_pos);
+                ev.annos
+                    .warn(msg::invalid_ratio(params.max, 1.0), param_pos);
             }
             if params.min < -1.0 {
-                ev.annos.warn(msg::invalid_ratio(params.min, -1.0), param_pos);
+                ev.annos
+                    .warn(msg::invalid_ratio(params.min, -1.0), param_pos);
             }
         }
         AggOp::Quantile => {
@@ -161,7 +177,8 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     let mut groups: Vec<Group> = vec![Group::default(); group_labels.len()];
     let mut cursors = vec![0usize; input.len()];
     // Outputs: plain aggregations fill one series per group; k-aggregations one per input.
-    let mut out_points: Vec<Vec<Point>> = vec![Vec::new(); if k_agg { input.len() } else { groups.len() }];
+    let mut out_points: Vec<Vec<Point>> =
+        vec![Vec::new(); if k_agg { input.len() } else { groups.len() }];
     let mut out_drop: Vec<bool> = vec![false; out_points.len()];
     let mut instant_order: Vec<usize> = Vec::new();
     let input_total = crate::value::total_points(&input);
@@ -245,7 +262,9 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                     }
                     _ => {
                         let offset = ratio_offset(&s.labels);
-                        if (ratio >= 0.0 && offset < ratio) || (ratio < 0.0 && offset >= 1.0 + ratio) {
+                        if (ratio >= 0.0 && offset < ratio)
+                            || (ratio < 0.0 && offset >= 1.0 + ratio)
+                        {
                             heap_push(&mut g.heap, (si, f), less_value);
                         }
                     }
@@ -265,7 +284,11 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 };
                 match a.op {
                     AggOp::Stddev | AggOp::Stdvar => {
-                        g.value = if f.is_nan() || f.is_infinite() { f64::NAN } else { 0.0 };
+                        g.value = if f.is_nan() || f.is_infinite() {
+                            f64::NAN
+                        } else {
+                            0.0
+                        };
                     }
                     AggOp::Quantile => {
                         g.values.clear();
@@ -298,16 +321,8 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                     (g.mean, g.c) = kahan_inc(f / g.count, q * g.mean, q * g.c);
                 }
                 AggOp::Group => {}
-                AggOp::Max => {
-                    if g.value < f || g.value.is_nan() {
-                        g.value = f;
-                    }
-                }
-                AggOp::Min => {
-                    if g.value > f || g.value.is_nan() {
-                        g.value = f;
-                    }
-                }
+                AggOp::Max if g.value < f || g.value.is_nan() => g.value = f,
+                AggOp::Min if g.value > f || g.value.is_nan() => g.value = f,
                 AggOp::Count => g.count += 1.0,
                 AggOp::Stddev | AggOp::Stdvar => {
                     g.count += 1.0;
@@ -517,7 +532,11 @@ fn ratio_offset(labels: &Labels) -> f64 {
     crate::xxhash::xxh64(&buf, 0) as f64 / u64::MAX as f64
 }
 
-fn count_values(ev: &mut Evaluator<'_>, a: &AggregateExpr, mut grouping: Vec<String>) -> Result<Matrix> {
+fn count_values(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    mut grouping: Vec<String>,
+) -> Result<Matrix> {
     let label = match a.param.as_ref().map(Expr::unwrap_parens) {
         Some(Expr::String { val, .. }) => val.clone(),
         _ => String::new(),
@@ -589,6 +608,9 @@ mod tests {
             }
         }
         insertion_sort(&mut h, |x, y| less_value(y, x));
-        assert_eq!(h.iter().map(|x| x.1).collect::<Vec<_>>(), vec![9.0, 6.0, 5.0]);
+        assert_eq!(
+            h.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![9.0, 6.0, 5.0]
+        );
     }
 }

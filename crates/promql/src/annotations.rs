@@ -199,7 +199,10 @@ pub(crate) mod msg {
     use crate::parser::printer_g;
 
     pub fn invalid_quantile(q: f64) -> String {
-        format!("quantile value should be between 0 and 1, got {}", printer_g(q))
+        format!(
+            "quantile value should be between 0 and 1, got {}",
+            printer_g(q)
+        )
     }
 
     pub fn invalid_ratio(q: f64, to: f64) -> String {

@@ -55,18 +55,20 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
     let op = b.op;
     let return_bool = b.return_bool;
     match (lt, rt) {
-        (ValueType::Scalar, ValueType::Scalar) => ev.range_eval(vec![lhs, rhs], move |_, ts, v, out| {
-            let l = v[0].first().map_or(f64::NAN, |e| e.v);
-            let r = v[1].first().map_or(f64::NAN, |e| e.v);
-            out.push(Elem {
-                labels: Labels::empty(),
-                v: scalar_binop(op, l, r),
-                t: ts,
-                drop_name: false,
-                si: 0,
-            });
-            Ok(())
-        }),
+        (ValueType::Scalar, ValueType::Scalar) => {
+            ev.range_eval(vec![lhs, rhs], move |_, ts, v, out| {
+                let l = v[0].first().map_or(f64::NAN, |e| e.v);
+                let r = v[1].first().map_or(f64::NAN, |e| e.v);
+                out.push(Elem {
+                    labels: Labels::empty(),
+                    v: scalar_binop(op, l, r),
+                    t: ts,
+                    drop_name: false,
+                    si: 0,
+                });
+                Ok(())
+            })
+        }
         (ValueType::Vector, ValueType::Scalar) | (ValueType::Scalar, ValueType::Vector) => {
             let swap = lt == ValueType::Scalar;
             let (vec_m, sc_m) = if swap { (rhs, lhs) } else { (lhs, rhs) };
@@ -97,7 +99,11 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
         }
         _ => {
             let matching = b.matching.clone().unwrap_or(VectorMatching {
-                card: if op.is_set() { Card::ManyToMany } else { Card::OneToOne },
+                card: if op.is_set() {
+                    Card::ManyToMany
+                } else {
+                    Card::OneToOne
+                },
                 matching_labels: Vec::new(),
                 on: false,
                 include: Vec::new(),

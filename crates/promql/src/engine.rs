@@ -122,7 +122,9 @@ impl Engine {
         opts: &QueryOptions,
     ) -> Result<QueryResult> {
         if step_ms <= 0 {
-            return Err(Error::exec("zero or negative query resolution step widths are not accepted. Try a positive integer"));
+            return Err(Error::exec(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
         }
         if end_ms < start_ms {
             return Err(Error::exec("end timestamp must not be before start time"));
@@ -263,7 +265,8 @@ impl Engine {
             let mut raw: Vec<Box<dyn m3query_storage::Series>> = Vec::new();
             while let Some(s) = set.next() {
                 raw.push(s?);
-                if opts.max_fetched_series > 0 && total_series + raw.len() > opts.max_fetched_series {
+                if opts.max_fetched_series > 0 && total_series + raw.len() > opts.max_fetched_series
+                {
                     if opts.require_exhaustive {
                         return Err(Error::TooManySeries {
                             limit: opts.max_fetched_series,
@@ -277,16 +280,20 @@ impl Engine {
             warnings.extend(set.warnings());
             total_series += raw.len();
             let (start, end) = (spec.hints.start_ms, spec.hints.end_ms);
-            let decode = |s: &Box<dyn m3query_storage::Series>| -> Result<SelSeries> {
+            let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
                 s.iter().append_range(start, end, &mut buf)?;
                 let points = buf.iter().map(|x| Point { t_ms: x.t, v: x.v }).collect();
                 Ok(SelSeries::new(s.labels().clone(), points))
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
-                raw.par_iter().map(decode).collect::<Result<_>>()?
+                raw.par_iter()
+                    .map(|s| decode(s.as_ref()))
+                    .collect::<Result<_>>()?
             } else {
-                raw.iter().map(decode).collect::<Result<_>>()?
+                raw.iter()
+                    .map(|s| decode(s.as_ref()))
+                    .collect::<Result<_>>()?
             };
             decoded.retain(|s| !s.points.is_empty());
             let samples: usize = decoded.iter().map(|s| s.points.len()).sum();

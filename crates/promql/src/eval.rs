@@ -14,8 +14,7 @@ use m3query_storage::{Context, Queryable};
 use crate::annotations::{Annotations, msg};
 use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
-    AggOp, BinOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType,
-    VectorSelector,
+    AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
 use crate::value::{ESeries, Elem, Matrix, Point, Val, total_points};
 use crate::{Error, Result, check_ctx};
@@ -34,7 +33,13 @@ pub(crate) struct SelSeries {
 impl SelSeries {
     pub fn new(labels: Labels, points: Vec<Point>) -> Self {
         let clean = if points.iter().any(|p| is_stale_nan(p.v)) {
-            Some(points.iter().copied().filter(|p| !is_stale_nan(p.v)).collect())
+            Some(
+                points
+                    .iter()
+                    .copied()
+                    .filter(|p| !is_stale_nan(p.v))
+                    .collect(),
+            )
         } else {
             None
         };
@@ -95,7 +100,9 @@ impl<'a> Evaluator<'a> {
 
     fn step_ts(&self) -> impl Iterator<Item = i64> + use<> {
         let (s, e, i) = (self.start, self.end, self.interval);
-        (0..self.num_steps() as i64).map(move |k| s + k * i).take_while(move |t| *t <= e)
+        (0..self.num_steps() as i64)
+            .map(move |k| s + k * i)
+            .take_while(move |t| *t <= e)
     }
 
     pub fn add_samples(&mut self, n: usize) -> Result<()> {
@@ -189,7 +196,11 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates an instant vector selector at every step. With `timestamps`, each point's
     /// value is the sample's timestamp in seconds (for `timestamp()`).
-    pub fn eval_vector_selector(&mut self, vs: &VectorSelector, timestamps: bool) -> Result<Matrix> {
+    pub fn eval_vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        timestamps: bool,
+    ) -> Result<Matrix> {
         let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
         let steps = self.num_steps();
         let mut out = Vec::with_capacity(data.len());
@@ -222,7 +233,11 @@ impl<'a> Evaluator<'a> {
                 if points.is_empty() {
                     points.reserve(steps);
                 }
-                let v = if timestamps { x.t_ms as f64 / 1000.0 } else { x.v };
+                let v = if timestamps {
+                    x.t_ms as f64 / 1000.0
+                } else {
+                    x.v
+                };
                 points.push(Point { t_ms: ts, v });
             }
             if !points.is_empty() {
@@ -295,7 +310,11 @@ impl<'a> Evaluator<'a> {
             } else {
                 wstart
             };
-            let fetch_end = if vs.smoothed { wend + self.lookback } else { wend };
+            let fetch_end = if vs.smoothed {
+                wend + self.lookback
+            } else {
+                wend
+            };
             let rp = s.range_points();
             let lo = rp.partition_point(|x| x.t_ms <= fetch_start);
             let hi = rp.partition_point(|x| x.t_ms <= fetch_end);
@@ -321,7 +340,8 @@ impl<'a> Evaluator<'a> {
         let (ostart, oend) = match sq.timestamp {
             Some(t) => (t, t),
             None => {
-                let aligned_end = self.start + ((self.end - self.start) / self.interval) * self.interval;
+                let aligned_end =
+                    self.start + ((self.end - self.start) / self.interval) * self.interval;
                 (self.start, aligned_end)
             }
         };
@@ -365,16 +385,20 @@ impl<'a> Evaluator<'a> {
             "info" => return crate::functions::info(self, c),
             _ => {}
         }
-        if matches!(name, "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc")
-            && self.start != self.end
+        if matches!(
+            name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ) && self.start != self.end
         {
             self.annos.warn(msg::sort_in_range_query(), c.pos);
         }
         // A range-vector argument makes this a rollup over windows.
-        let matrix_arg = c
-            .args
-            .iter()
-            .position(|a| matches!(a.unwrap_parens(), Expr::MatrixSelector(_) | Expr::Subquery(_)));
+        let matrix_arg = c.args.iter().position(|a| {
+            matches!(
+                a.unwrap_parens(),
+                Expr::MatrixSelector(_) | Expr::Subquery(_)
+            )
+        });
         match (kind, matrix_arg) {
             (FuncKind::Range(f), Some(idx)) => self.eval_range_call(c, idx, f),
             (FuncKind::Instant(f), _) => {
@@ -386,9 +410,13 @@ impl<'a> Evaluator<'a> {
                     }
                 }
                 let call = c;
-                self.range_eval(args, |ev_annos, ts, vecs, out| f(call, ts, vecs, out, ev_annos))
+                self.range_eval(args, |ev_annos, ts, vecs, out| {
+                    f(call, ts, vecs, out, ev_annos)
+                })
             }
-            _ => Err(Error::exec(format!("unexpected arguments to function {name:?}"))),
+            _ => Err(Error::exec(format!(
+                "unexpected arguments to function {name:?}"
+            ))),
         }
     }
 
@@ -466,13 +494,25 @@ impl<'a> Evaluator<'a> {
                         drop_name: s.drop_name,
                     })
                     .collect();
-                (inputs, sq.range_ms, sq.original_offset_ms, sq.timestamp, false, false, total)
+                (
+                    inputs,
+                    sq.range_ms,
+                    sq.original_offset_ms,
+                    sq.timestamp,
+                    false,
+                    false,
+                    total,
+                )
             }
             _ => return Err(Error::exec("expected a range vector argument")),
         };
 
         let keeps_name = matches!(name, "last_over_time" | "first_over_time");
-        let ext_left = if anchored || smoothed { self.lookback } else { 0 };
+        let ext_left = if anchored || smoothed {
+            self.lookback
+        } else {
+            0
+        };
         let ext_right = if smoothed { self.lookback } else { 0 };
         let mut out: Matrix = Vec::with_capacity(inputs.len());
         let mut rctx = RangeCtx {
@@ -485,8 +525,12 @@ impl<'a> Evaluator<'a> {
             smoothed,
             labels: Labels::empty(),
             pos: c.pos,
-            arg_pos: c.args[idx].pos(),
-            param_pos: c.args.iter().enumerate().find(|(i, _)| *i != idx).map(|(_, a)| a.pos()),
+            param_pos: c
+                .args
+                .iter()
+                .enumerate()
+                .find(|(i, _)| *i != idx)
+                .map(|(_, a)| a.pos()),
             annos: Annotations::new(),
             err: None,
         };
@@ -554,7 +598,8 @@ impl<'a> Evaluator<'a> {
                     && !mn.ends_with("_count")
                     && !mn.ends_with("_bucket")
                 {
-                    rctx.annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
+                    rctx.annos
+                        .info(msg::possible_non_counter(mn), c.args[idx].pos());
                 }
                 out.push(ESeries {
                     labels: input.labels.clone(),
@@ -693,7 +738,10 @@ pub(crate) fn duration_ms(
         .map_err(Error::Execution)?;
     let p = e.pos();
     if secs.is_nan() || secs.is_infinite() {
-        return Err(Error::exec(format!("{}:{}: duration is NaN or infinite", p.start, p.end)));
+        return Err(Error::exec(format!(
+            "{}:{}: duration is NaN or infinite",
+            p.start, p.end
+        )));
     }
     if secs <= 0.0 && !allow_negative {
         return Err(Error::exec(format!(
@@ -701,8 +749,11 @@ pub(crate) fn duration_ms(
             p.start, p.end
         )));
     }
-    if secs > 9_223_372_036.854_775 || secs < -9_223_372_036.854_775 {
-        return Err(Error::exec(format!("{}:{}: duration is out of range", p.start, p.end)));
+    if !(-9_223_372_036.854_775..=9_223_372_036.854_775).contains(&secs) {
+        return Err(Error::exec(format!(
+            "{}:{}: duration is out of range",
+            p.start, p.end
+        )));
     }
     Ok((secs * 1000.0) as i64)
 }
@@ -769,10 +820,8 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
 
 /// Whether an aggregation operator is one whose output series are input series.
 pub(crate) fn is_k_aggregation(op: AggOp) -> bool {
-    matches!(op, AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio)
-}
-
-/// Whether a binary operator is a comparison.
-pub(crate) fn is_comparison(op: BinOp) -> bool {
-    op.is_comparison()
+    matches!(
+        op,
+        AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio
+    )
 }

@@ -30,7 +30,6 @@ pub(crate) struct RangeCtx {
     pub smoothed: bool,
     pub labels: Labels,
     pub pos: PosRange,
-    pub arg_pos: PosRange,
     pub param_pos: Option<PosRange>,
     pub annos: Annotations,
     /// Set by a rollup to fail the query.
@@ -75,8 +74,12 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "avg_over_time" => Range(|w, _| Some(avg_over_time(w))),
         "sum_over_time" => Range(|w, _| Some(sum_over_time(w))),
         "count_over_time" => Range(|w, _| Some(w.len() as f64)),
-        "min_over_time" => Range(|w, _| compare_over_time(w, |cur, m| cur < m || m.is_nan(), false)),
-        "max_over_time" => Range(|w, _| compare_over_time(w, |cur, m| cur > m || m.is_nan(), false)),
+        "min_over_time" => {
+            Range(|w, _| compare_over_time(w, |cur, m| cur < m || m.is_nan(), false))
+        }
+        "max_over_time" => {
+            Range(|w, _| compare_over_time(w, |cur, m| cur > m || m.is_nan(), false))
+        }
         "ts_of_min_over_time" => {
             Range(|w, _| compare_over_time(w, |cur, m| cur <= m || m.is_nan(), true))
         }
@@ -248,12 +251,20 @@ pub(crate) fn kind(name: &str) -> FuncKind {
 
 /// Go's `math.Max`: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// Go's `math.Min`: NaN wins.
 fn go_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
 }
 
 fn scalar_elem(v: f64) -> Elem {
@@ -571,7 +582,9 @@ fn instant_value(w: &[Point], is_rate: bool) -> Option<f64> {
         return None;
     }
     let mut v = b.v;
-    if !is_rate || !(b.v < a.v) {
+    // NaN compares false, so a NaN pair takes the difference, as in Prometheus.
+    let reset = b.v < a.v;
+    if !is_rate || !reset {
         v = b.v - a.v;
     }
     if is_rate {
@@ -635,7 +648,11 @@ fn double_exponential_smoothing(w: &[Point], c: &mut RangeCtx) -> Option<f64> {
     let mut b = w[1].v - w[0].v;
     for (i, p) in w.iter().enumerate().skip(1) {
         let x = sf * p.v;
-        b = if i == 1 { b } else { tf * (s1 - s0) + (1.0 - tf) * b };
+        b = if i == 1 {
+            b
+        } else {
+            tf * (s1 - s0) + (1.0 - tf) * b
+        };
         let y = (1.0 - sf) * (s1 + b);
         s0 = s1;
         s1 = x + y;
@@ -644,7 +661,12 @@ fn double_exponential_smoothing(w: &[Point], c: &mut RangeCtx) -> Option<f64> {
 }
 
 /// `rate`, `increase`, `delta` with Prometheus's extrapolation.
-fn extrapolated_rate(w: &[Point], c: &mut RangeCtx, is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolated_rate(
+    w: &[Point],
+    c: &mut RangeCtx,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
     if c.anchored || c.smoothed {
         return extended_rate(w, c, is_counter, is_rate);
     }
@@ -795,11 +817,17 @@ pub(crate) fn extend_floats(f: &[Point], mint: i64, maxt: i64, smoothed: bool) -
         last_i -= 1;
     }
     let mut out = Vec::with_capacity(f.len() + 2);
-    out.push(Point { t_ms: mint, v: left });
+    out.push(Point {
+        t_ms: mint,
+        v: left,
+    });
     if (first as isize) <= last_i {
         out.extend_from_slice(&f[first..=last_i as usize]);
     }
-    out.push(Point { t_ms: maxt, v: right });
+    out.push(Point {
+        t_ms: maxt,
+        v: right,
+    });
     out
 }
 
@@ -812,7 +840,9 @@ pub(crate) fn label_replace(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> 
     let src = string_arg(c, 3);
     let re_str = string_arg(c, 4);
     let re = regex::Regex::new(&format!("^(?s:{re_str})$")).map_err(|_| {
-        Error::exec(format!("invalid regular expression in label_replace(): {re_str}"))
+        Error::exec(format!(
+            "invalid regular expression in label_replace(): {re_str}"
+        ))
     })?;
     if dst.is_empty() {
         return Err(Error::exec(format!(
@@ -938,7 +968,8 @@ mod tests {
         for f in FUNCTIONS {
             match kind(f.name) {
                 FuncKind::Unsupported(why) => assert!(
-                    matches!(f.name, "start" | "end" | "range" | "step") || why == NATIVE_HISTOGRAMS,
+                    matches!(f.name, "start" | "end" | "range" | "step")
+                        || why == NATIVE_HISTOGRAMS,
                     "{}",
                     f.name
                 ),
@@ -952,7 +983,9 @@ mod tests {
             }
             let f = crate::parser::get_function(name)
                 .unwrap_or_else(|| panic!("{name} is known to promql-parser but not to us"));
-            assert!(!matches!(kind(f.name), FuncKind::Unsupported(w) if w != NATIVE_HISTOGRAMS && !matches!(f.name, "start" | "end" | "range" | "step")));
+            assert!(
+                !matches!(kind(f.name), FuncKind::Unsupported(w) if w != NATIVE_HISTOGRAMS && !matches!(f.name, "start" | "end" | "range" | "step"))
+            );
         }
     }
 
@@ -961,35 +994,119 @@ mod tests {
 
     /// Every function in promql-parser 0.11.1's table.
     const PROMQL_PARSER_FUNCTIONS: &[&str] = &[
-        "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
-        "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
-        "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
-        "delta", "deriv", "double_exponential_smoothing", "end", "exp", "first_over_time",
-        "floor", "histogram_avg", "histogram_count", "histogram_fraction", "histogram_quantile",
-        "histogram_quantiles", "histogram_stddev", "histogram_stdvar", "histogram_sum", "hour",
-        "idelta", "increase", "info", "integral", "irate", "label_join", "label_replace",
-        "last_over_time", "ln", "log10", "log2", "mad_over_time", "max_of", "max_over_time",
-        "min_of", "min_over_time", "minute", "month", "pi", "predict_linear",
-        "present_over_time", "quantile_over_time", "rad", "range", "rate", "resets", "round",
-        "scalar", "sgn", "sin", "sinh", "sort", "sort_by_label", "sort_by_label_desc",
-        "sort_desc", "sqrt", "start", "start_timestamp", "stddev_over_time", "stdvar_over_time",
-        "step", "sum_over_time", "tan", "tanh", "time", "timestamp", "ts_of_first_over_time",
-        "ts_of_last_over_time", "ts_of_max_over_time", "ts_of_min_over_time", "vector", "year",
+        "abs",
+        "absent",
+        "absent_over_time",
+        "acos",
+        "acosh",
+        "asin",
+        "asinh",
+        "atan",
+        "atanh",
+        "avg_over_time",
+        "ceil",
+        "changes",
+        "clamp",
+        "clamp_max",
+        "clamp_min",
+        "cos",
+        "cosh",
+        "count_over_time",
+        "day_of_month",
+        "day_of_week",
+        "day_of_year",
+        "days_in_month",
+        "deg",
+        "delta",
+        "deriv",
+        "double_exponential_smoothing",
+        "end",
+        "exp",
+        "first_over_time",
+        "floor",
+        "histogram_avg",
+        "histogram_count",
+        "histogram_fraction",
+        "histogram_quantile",
+        "histogram_quantiles",
+        "histogram_stddev",
+        "histogram_stdvar",
+        "histogram_sum",
+        "hour",
+        "idelta",
+        "increase",
+        "info",
+        "integral",
+        "irate",
+        "label_join",
+        "label_replace",
+        "last_over_time",
+        "ln",
+        "log10",
+        "log2",
+        "mad_over_time",
+        "max_of",
+        "max_over_time",
+        "min_of",
+        "min_over_time",
+        "minute",
+        "month",
+        "pi",
+        "predict_linear",
+        "present_over_time",
+        "quantile_over_time",
+        "rad",
+        "range",
+        "rate",
+        "resets",
+        "round",
+        "scalar",
+        "sgn",
+        "sin",
+        "sinh",
+        "sort",
+        "sort_by_label",
+        "sort_by_label_desc",
+        "sort_desc",
+        "sqrt",
+        "start",
+        "start_timestamp",
+        "stddev_over_time",
+        "stdvar_over_time",
+        "step",
+        "sum_over_time",
+        "tan",
+        "tanh",
+        "time",
+        "timestamp",
+        "ts_of_first_over_time",
+        "ts_of_last_over_time",
+        "ts_of_max_over_time",
+        "ts_of_min_over_time",
+        "vector",
+        "year",
     ];
 
     /// The list above is promql-parser's: each name parses there as a known function.
     #[test]
     fn promql_parser_table_is_covered() {
         for name in PROMQL_PARSER_FUNCTIONS {
-            let err = promql_parser::parser::parse(&format!("{name}()")).err().unwrap_or_default();
-            assert!(!err.contains("unknown function"), "promql-parser lacks {name}: {err}");
+            let err = promql_parser::parser::parse(&format!("{name}()"))
+                .err()
+                .unwrap_or_default();
+            assert!(
+                !err.contains("unknown function"),
+                "promql-parser lacks {name}: {err}"
+            );
         }
     }
 
     #[test]
     fn rate_extrapolates_like_prometheus() {
         // 0..=10 every 60s, window (0, 600s]: samples at 60..600 (10 samples), counter +60/m.
-        let w = pts(&(1..=10).map(|i| (i * 60_000, i as f64 * 60.0)).collect::<Vec<_>>());
+        let w = pts(&(1..=10)
+            .map(|i| (i * 60_000, i as f64 * 60.0))
+            .collect::<Vec<_>>());
         let mut c = RangeCtx {
             ts: 600_000,
             range_start: 0,
@@ -1000,7 +1117,6 @@ mod tests {
             smoothed: false,
             labels: Labels::empty(),
             pos: PosRange::default(),
-            arg_pos: PosRange::default(),
             param_pos: None,
             annos: Annotations::new(),
             err: None,

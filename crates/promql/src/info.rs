@@ -140,8 +140,15 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
     if !id_values.is_empty() {
         let mut matchers = Vec::new();
         for (name, vals) in &id_values {
-            let re = vals.iter().map(|v| quote_meta(v)).collect::<Vec<_>>().join("|");
-            matchers.push(Matcher::new(MatchOp::RegexMatch, *name, re).map_err(|e| Error::exec(e.to_string()))?);
+            let re = vals
+                .iter()
+                .map(|v| quote_meta(v))
+                .collect::<Vec<_>>()
+                .join("|");
+            matchers.push(
+                Matcher::new(MatchOp::RegexMatch, *name, re)
+                    .map_err(|e| Error::exec(e.to_string()))?,
+            );
         }
         for m in data.values().flatten() {
             if m.name != METRIC_NAME {
@@ -295,7 +302,9 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
             match index.get(&labels) {
                 Some(&i) => {
                     if out[i].points.last().is_some_and(|q| q.t_ms == ts) {
-                        return Err(Error::exec("vector cannot contain metrics with the same labelset"));
+                        return Err(Error::exec(
+                            "vector cannot contain metrics with the same labelset",
+                        ));
                     }
                     out[i].points.push(Point { t_ms: ts, v: p.v });
                 }

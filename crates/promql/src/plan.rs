@@ -10,9 +10,9 @@
 use m3query_model::Matcher;
 use m3query_storage::SelectHints;
 
+use crate::Result;
 use crate::eval::duration_ms;
 use crate::parser::{AtSpecial, Expr, PosRange};
-use crate::Result;
 
 /// What one selector needs from storage.
 #[derive(Debug, Clone)]
@@ -135,12 +135,35 @@ struct Parent {
     by: bool,
 }
 
-fn walk(e: &mut Expr, t: &QueryTimes, path: SubqPath, parent: Option<&Parent>, out: &mut Vec<SelectSpec>) {
+fn walk(
+    e: &mut Expr,
+    t: &QueryTimes,
+    path: SubqPath,
+    parent: Option<&Parent>,
+    out: &mut Vec<SelectSpec>,
+) {
     match e {
         Expr::VectorSelector(vs) => {
             vs.id = out.len();
-            let (start, end) = time_range(t, path, vs.timestamp, vs.original_offset_ms, 0, vs.anchored, vs.smoothed);
-            out.push(spec(&vs.matchers, vs.to_string(), start, end, 0, t, path, parent));
+            let (start, end) = time_range(
+                t,
+                path,
+                vs.timestamp,
+                vs.original_offset_ms,
+                0,
+                vs.anchored,
+                vs.smoothed,
+            );
+            out.push(spec(
+                &vs.matchers,
+                vs.to_string(),
+                start,
+                end,
+                0,
+                t,
+                path,
+                parent,
+            ));
         }
         Expr::MatrixSelector(ms) => {
             ms.vs.id = out.len();
@@ -155,7 +178,16 @@ fn walk(e: &mut Expr, t: &QueryTimes, path: SubqPath, parent: Option<&Parent>, o
                 vs.smoothed,
             );
             let text = Expr::MatrixSelector(ms.clone()).to_string();
-            out.push(spec(&ms.vs.matchers, text, start, end, ms.range_ms, t, path, parent));
+            out.push(spec(
+                &ms.vs.matchers,
+                text,
+                start,
+                end,
+                ms.range_ms,
+                t,
+                path,
+                parent,
+            ));
         }
         Expr::Subquery(sq) => {
             let mut p = path;
@@ -166,7 +198,11 @@ fn walk(e: &mut Expr, t: &QueryTimes, path: SubqPath, parent: Option<&Parent>, o
                 p.range = sq.range_ms;
                 p.ts = Some(ts);
             }
-            p.step = if sq.step_ms > 0 { sq.step_ms } else { t.default_subquery_step };
+            p.step = if sq.step_ms > 0 {
+                sq.step_ms
+            } else {
+                t.default_subquery_step
+            };
             walk(&mut sq.expr, t, p, parent, out);
         }
         Expr::Call(c) => {
@@ -176,7 +212,11 @@ fn walk(e: &mut Expr, t: &QueryTimes, path: SubqPath, parent: Option<&Parent>, o
                 by: false,
             };
             // info()'s second argument only holds label matchers: it is never selected.
-            let n = if c.func.name == "info" { 1 } else { c.args.len() };
+            let n = if c.func.name == "info" {
+                1
+            } else {
+                c.args.len()
+            };
             for a in c.args.iter_mut().take(n) {
                 walk(a, t, path, Some(&par), out);
             }

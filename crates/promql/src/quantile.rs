@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use m3query_model::Labels;
 
+use crate::Result;
 use crate::annotations::{Annotations, msg};
 use crate::parser::{Call, Expr};
 use crate::value::Elem;
-use crate::Result;
 
 const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
 
@@ -67,7 +67,11 @@ pub(crate) fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
 }
 
 fn sort_and_coalesce(buckets: &mut Vec<Bucket>) {
-    buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
+    buckets.sort_by(|a, b| {
+        a.upper
+            .partial_cmp(&b.upper)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut out: Vec<Bucket> = Vec::with_capacity(buckets.len());
     for b in buckets.iter() {
         match out.last_mut() {
@@ -126,7 +130,11 @@ pub(crate) fn bucket_quantile(q: f64, mut buckets: Vec<Bucket>) -> (f64, Option<
     if q > 1.0 {
         return (f64::INFINITY, None);
     }
-    buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
+    buckets.sort_by(|a, b| {
+        a.upper
+            .partial_cmp(&b.upper)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     if buckets.last().is_none_or(|b| b.upper != f64::INFINITY) {
         return (f64::NAN, None);
     }
@@ -162,7 +170,11 @@ pub(crate) fn bucket_quantile(q: f64, mut buckets: Vec<Bucket>) -> (f64, Option<
 
 /// Prometheus's `BucketFraction`.
 pub(crate) fn bucket_fraction(lower: f64, upper: f64, mut buckets: Vec<Bucket>) -> f64 {
-    buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
+    buckets.sort_by(|a, b| {
+        a.upper
+            .partial_cmp(&b.upper)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     if buckets.last().is_none_or(|b| b.upper != f64::INFINITY) {
         return f64::NAN;
     }
@@ -244,11 +256,7 @@ fn parse_le(s: &str) -> Option<f64> {
 }
 
 /// Classic histograms of one step: buckets grouped by labels without `le`.
-fn group_buckets(
-    v: &[Elem],
-    arg: &Expr,
-    annos: &mut Annotations,
-) -> Vec<(Labels, Vec<Bucket>)> {
+fn group_buckets(v: &[Elem], arg: &Expr, annos: &mut Annotations) -> Vec<(Labels, Vec<Bucket>)> {
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
     for e in v {
@@ -271,10 +279,7 @@ fn group_buckets(
             groups.push((key, Vec::new()));
             groups.len() - 1
         });
-        groups[i].1.push(Bucket {
-            upper,
-            count: e.v,
-        });
+        groups[i].1.push(Bucket { upper, count: e.v });
     }
     groups
 }
@@ -381,8 +386,8 @@ pub(crate) fn histogram_quantiles(
         _ => String::new(),
     };
     let mut qs = Vec::new();
-    for i in 2..v.len() {
-        let q = v[i].first().map_or(f64::NAN, |e| e.v);
+    for (i, arg) in v.iter().enumerate().skip(2) {
+        let q = arg.first().map_or(f64::NAN, |e| e.v);
         if q.is_nan() || !(0.0..=1.0).contains(&q) {
             annos.warn(msg::invalid_quantile(q), c.args[i].pos());
         }
@@ -435,7 +440,10 @@ mod tests {
         let buckets = vec![b(0.1, 10.0), b(0.5, 20.0), b(f64::INFINITY, 20.0)];
         let (q, _) = bucket_quantile(0.5, buckets);
         assert!((q - 0.1).abs() < 1e-12, "{q}");
-        let (q, m) = bucket_quantile(0.75, vec![b(1.0, 10.0), b(2.0, 5.0), b(f64::INFINITY, 20.0)]);
+        let (q, m) = bucket_quantile(
+            0.75,
+            vec![b(1.0, 10.0), b(2.0, 5.0), b(f64::INFINITY, 20.0)],
+        );
         assert!(m.is_some_and(|m| m.forced));
         assert!(q.is_finite());
         assert!(bucket_quantile(0.5, vec![b(1.0, 1.0)]).0.is_nan());

@@ -317,7 +317,9 @@ impl Runner {
         if load.with_nhcb {
             // The converted native histograms `X{...}` of classic `X_bucket`/`_count`/`_sum`.
             for s in &load.series {
-                let Some(name) = s.labels.metric_name() else { continue };
+                let Some(name) = s.labels.metric_name() else {
+                    continue;
+                };
                 let base = name
                     .strip_suffix("_bucket")
                     .or_else(|| name.strip_suffix("_count"))
@@ -371,7 +373,9 @@ impl Runner {
                 self.engine
                     .range_query(&self.store, &ctx, &ev.expr, start, end, step, &qopts)
             }
-            None => self.engine.instant_query(&self.store, &ctx, &ev.expr, ev.at, &qopts),
+            None => self
+                .engine
+                .instant_query(&self.store, &ctx, &ev.expr, ev.at, &qopts),
         };
         let res = match res {
             Err(e) => {
@@ -396,7 +400,8 @@ impl Runner {
         }
         ev.check_annotations(&res.warnings, &res.infos)
             .map_err(|m| (Cause::Annotations, m))?;
-        ev.compare(&res.value).map_err(|m| (Cause::WrongResult, m))?;
+        ev.compare(&res.value)
+            .map_err(|m| (Cause::WrongResult, m))?;
 
         if opts.strict && ev.range.is_none() && !ev.excluded_from_range_mode() {
             self.range_mode_check(ev, &res)?;
@@ -423,7 +428,10 @@ impl Runner {
             return Ok(());
         }
         let Value::Matrix(m) = res.value else {
-            return Err((Cause::RangeMode, "range mode did not return a matrix".into()));
+            return Err((
+                Cause::RangeMode,
+                "range mode did not return a matrix".into(),
+            ));
         };
         let mut vec = Vec::new();
         for s in m {

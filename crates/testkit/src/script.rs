@@ -127,7 +127,11 @@ fn trimmed_lines(text: &str) -> Vec<String> {
     text.split('\n')
         .map(|l| {
             let l = l.trim();
-            if l.starts_with('#') { String::new() } else { l.to_string() }
+            if l.starts_with('#') {
+                String::new()
+            } else {
+                l.to_string()
+            }
         })
         .collect()
 }
@@ -154,13 +158,15 @@ fn dur(s: &str, line: usize) -> Result<i64, ScriptError> {
 /// Parses a whole script.
 pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
     let lines = trimmed_lines(text);
-    let re_instant = Regex::new(r"^eval(?:_(fail|warn|ordered|info))?\s+instant\s+(?:at\s+(.+?))?\s+(.+)$")
-        .map_err(|e| err(0, e.to_string()))?;
+    let re_instant =
+        Regex::new(r"^eval(?:_(fail|warn|ordered|info))?\s+instant\s+(?:at\s+(.+?))?\s+(.+)$")
+            .map_err(|e| err(0, e.to_string()))?;
     let re_range = Regex::new(
         r"^eval(?:_(fail|warn|info))?\s+range\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+?)\s+(.+)$",
     )
     .map_err(|e| err(0, e.to_string()))?;
-    let re_load = Regex::new(r"^load(?:_(with_nhcb))?\s+(.+?)$").map_err(|e| err(0, e.to_string()))?;
+    let re_load =
+        Regex::new(r"^load(?:_(with_nhcb))?\s+(.+?)$").map_err(|e| err(0, e.to_string()))?;
     let mut cmds = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -169,14 +175,21 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
             i += 1;
             continue;
         }
-        let first = l.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+        let first = l
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if first == "clear" {
             cmds.push(Command::Clear);
             i += 1;
         } else if first.starts_with("load") {
-            let caps = re_load
-                .captures(l)
-                .ok_or_else(|| err(i + 1, "invalid load command. (load[_with_nhcb] <step:duration>)"))?;
+            let caps = re_load.captures(l).ok_or_else(|| {
+                err(
+                    i + 1,
+                    "invalid load command. (load[_with_nhcb] <step:duration>)",
+                )
+            })?;
             let interval_ms = dur(&caps[2], i + 1)?;
             let with_nhcb = caps.get(1).is_some();
             let mut series = Vec::new();
@@ -264,7 +277,10 @@ fn parse_eval(
         modifier = c.get(1).map(|m| m.as_str().to_string());
         let (s, e, st) = (dur(&c[2], line)?, dur(&c[3], line)?, dur(&c[4], line)?);
         if e < s {
-            return Err(err(line, "invalid test definition, end timestamp is before start timestamp"));
+            return Err(err(
+                line,
+                "invalid test definition, end timestamp is before start timestamp",
+            ));
         }
         cmd.range = Some((s, e, st));
         cmd.at = e;
@@ -279,7 +295,10 @@ fn parse_eval(
         Some("info") => cmd.info = true,
         _ => {}
     }
-    let re_expect = Regex::new(r"^expect\s+(ordered|fail|warn|no_warn|info|no_info)(?:\s+(regex|msg):(.+))?$")
+    let re_expect =
+        Regex::new(r"^expect\s+(ordered|fail|warn|no_warn|info|no_info)(?:\s+(regex|msg):(.+))?$")
+            .map_err(|e| err(line, e.to_string()))?;
+    let re_expect_range = Regex::new(r"^\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+)$")
         .map_err(|e| err(line, e.to_string()))?;
     let mut series: Vec<(Labels, Vec<Option<f64>>)> = Vec::new();
     let mut j = i;
@@ -302,9 +321,7 @@ fn parse_eval(
             break;
         }
         if let Some(rest) = def.strip_prefix("expect range vector") {
-            let re = Regex::new(r"^\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+)$")
-                .map_err(|e| err(j + 1, e.to_string()))?;
-            let c = re
+            let c = re_expect_range
                 .captures(rest)
                 .ok_or_else(|| err(j + 1, format!("invalid range vector definition {def:?}")))?;
             let (s, e, st) = (dur(&c[1], j + 1)?, dur(&c[2], j + 1)?, dur(&c[3], j + 1)?);
@@ -458,7 +475,10 @@ fn read_name_or_string(s: &str, i: usize, line: usize) -> Result<(String, usize)
         j += 1;
     }
     if j == st {
-        return Err(err(line, format!("unexpected character in label set at {:?}", &s[st..])));
+        return Err(err(
+            line,
+            format!("unexpected character in label set at {:?}", &s[st..]),
+        ));
     }
     Ok((s[st..j].to_string(), j))
 }
@@ -497,8 +517,8 @@ fn parse_values(s: &str, line: usize) -> Result<(Vec<Option<f64>>, bool), Script
             let after = &rest[end..];
             let tok_end = after.find(char::is_whitespace).unwrap_or(after.len());
             let tok = &after[..tok_end];
-            if tok.starts_with('x') {
-                let n: usize = tok[1..].parse().unwrap_or(0);
+            if let Some(times) = tok.strip_prefix('x') {
+                let n: usize = times.parse().unwrap_or(0);
                 out.extend(std::iter::repeat_n(None, n + 1));
                 rest = after[tok_end..].trim_start();
             } else if tok.starts_with('+') || tok.starts_with('-') {
@@ -541,8 +561,13 @@ fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<()
     }
     // Repetition: `<expr>x<N>`.
     let (base, times) = match tok.rfind('x') {
-        Some(p) if p > 0 && tok[p + 1..].bytes().all(|c| c.is_ascii_digit()) && p + 1 < tok.len() => {
-            (&tok[..p], Some(tok[p + 1..].parse::<u64>().map_err(|_| bad())?))
+        Some(p)
+            if p > 0 && tok[p + 1..].bytes().all(|c| c.is_ascii_digit()) && p + 1 < tok.len() =>
+        {
+            (
+                &tok[..p],
+                Some(tok[p + 1..].parse::<u64>().map_err(|_| bad())?),
+            )
         }
         _ => (tok, None),
     };
@@ -714,7 +739,10 @@ impl EvalCmd {
                     return Err("expected ordered result, but query returned a matrix".into());
                 }
                 if let Expected::Scalar(_) = self.expected {
-                    return Err(format!("expected scalar result, but got {}", crate::describe(v)));
+                    return Err(format!(
+                        "expected scalar result, but got {}",
+                        crate::describe(v)
+                    ));
                 }
                 for w in m.windows(2) {
                     if w[0].labels > w[1].labels {
@@ -792,7 +820,10 @@ impl EvalCmd {
             }
             Value::Vector(vs) => {
                 if let Expected::Scalar(_) = self.expected {
-                    return Err(format!("expected scalar result, but got {}", crate::describe(v)));
+                    return Err(format!(
+                        "expected scalar result, but got {}",
+                        crate::describe(v)
+                    ));
                 }
                 for (pos, s) in vs.iter().enumerate() {
                     let Some((epos, vals)) = self.find(&s.labels) else {
@@ -840,7 +871,10 @@ impl EvalCmd {
                         Err(format!("expected scalar {} but got {}", f(e), f(*got)))
                     }
                 }
-                _ => Err(format!("expected vector or matrix result, but got scalar {}", f(*got))),
+                _ => Err(format!(
+                    "expected vector or matrix result, but got scalar {}",
+                    f(*got)
+                )),
             },
             Value::String { s, .. } => match &self.expected {
                 Expected::String(e) if e == s => Ok(()),
@@ -859,10 +893,15 @@ mod tests {
     fn series_notation() {
         let (v, h) = parse_values("1 2+3x2 _ stale _x2 -1-1x1 Inf 0x1F 1e3", 1).expect("parses");
         assert!(!h);
-        let got: Vec<String> = v.iter().map(|x| x.map_or("_".into(), crate::fmt_f)).collect();
+        let got: Vec<String> = v
+            .iter()
+            .map(|x| x.map_or("_".into(), crate::fmt_f))
+            .collect();
         assert_eq!(
             got,
-            vec!["1", "2", "5", "8", "_", "stale", "_", "_", "-1", "-2", "inf", "31", "1000"]
+            vec![
+                "1", "2", "5", "8", "_", "stale", "_", "_", "-1", "-2", "inf", "31", "1000"
+            ]
         );
         let (_, h) = parse_values("{{schema:1 sum:3 count:2}}x2 1", 1).expect("parses");
         assert!(h);
@@ -870,7 +909,8 @@ mod tests {
 
     #[test]
     fn metric_and_script() {
-        let (l, rest) = parse_metric("http_requests{job=\"api\", \"a.b\"=\"x y\"} 1 2", 1).expect("ok");
+        let (l, rest) =
+            parse_metric("http_requests{job=\"api\", \"a.b\"=\"x y\"} 1 2", 1).expect("ok");
         assert_eq!(l.get("job"), Some("api"));
         assert_eq!(l.get("a.b"), Some("x y"));
         assert_eq!(rest, "1 2");

@@ -133,7 +133,13 @@ impl BinOp {
     pub fn changes_metric_schema(self) -> bool {
         matches!(
             self,
-            BinOp::Add | BinOp::Sub | BinOp::Div | BinOp::Mul | BinOp::Pow | BinOp::Mod | BinOp::Atan2
+            BinOp::Add
+                | BinOp::Sub
+                | BinOp::Div
+                | BinOp::Mul
+                | BinOp::Pow
+                | BinOp::Mod
+                | BinOp::Atan2
         )
     }
 }
@@ -289,7 +295,12 @@ impl DurationExpr {
                         l % r
                     }
                     BinOp::Pow => l.powf(r),
-                    _ => return Err(format!("unexpected duration expression operator {:?}", op.as_str())),
+                    _ => {
+                        return Err(format!(
+                            "unexpected duration expression operator {:?}",
+                            op.as_str()
+                        ));
+                    }
                 }
             }
         })
@@ -305,7 +316,9 @@ impl DurationExpr {
             }
             DurationExpr::Binary { lhs, rhs, .. }
             | DurationExpr::MinOf(lhs, rhs, _)
-            | DurationExpr::MaxOf(lhs, rhs, _) => lhs.has_step_or_range() || rhs.has_step_or_range(),
+            | DurationExpr::MaxOf(lhs, rhs, _) => {
+                lhs.has_step_or_range() || rhs.has_step_or_range()
+            }
         }
     }
 }
@@ -440,7 +453,8 @@ impl Expr {
         match self {
             Expr::Aggregate(_) | Expr::VectorSelector(_) => ValueType::Vector,
             Expr::Binary(b) => {
-                if b.lhs.value_type() == ValueType::Scalar && b.rhs.value_type() == ValueType::Scalar
+                if b.lhs.value_type() == ValueType::Scalar
+                    && b.rhs.value_type() == ValueType::Scalar
                 {
                     ValueType::Scalar
                 } else {

@@ -365,7 +365,9 @@ impl Lexer<'_> {
                 },
                 b'!' => {
                     if self.peek() != Some(b'=') {
-                        let q = self.peek().map_or("EOF".to_string(), |_| self.char_at(self.pos));
+                        let q = self
+                            .peek()
+                            .map_or("EOF".to_string(), |_| self.char_at(self.pos));
                         return Err(self.err(start, format!("unexpected character after '!': {q}")));
                     }
                     self.pos += 1;
@@ -509,7 +511,10 @@ impl Lexer<'_> {
             _ => {
                 return Err(self.err(
                     start,
-                    format!("unexpected character inside braces: {}", self.char_at(start)),
+                    format!(
+                        "unexpected character inside braces: {}",
+                        self.char_at(start)
+                    ),
                 ));
             }
         }
@@ -603,10 +608,7 @@ impl Lexer<'_> {
 
     fn lex_keyword_or_identifier(&mut self) {
         let start = self.pos;
-        while self
-            .peek()
-            .is_some_and(|c| is_alnum(c) || c == b':')
-        {
+        while self.peek().is_some_and(|c| is_alnum(c) || c == b':') {
             self.pos += 1;
         }
         let word = &self.input[start..self.pos];
@@ -950,8 +952,17 @@ mod tests {
                 Tok::Eof
             ]
         );
-        assert_eq!(toks("0x1F Inf NaN .5"), vec![Tok::Number; 4].into_iter().chain([Tok::Eof]).collect::<Vec<_>>());
-        assert_eq!(toks("x[step()+1h30m:]")[2..5], [Tok::Step, Tok::LeftParen, Tok::RightParen]);
+        assert_eq!(
+            toks("0x1F Inf NaN .5"),
+            vec![Tok::Number; 4]
+                .into_iter()
+                .chain([Tok::Eof])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            toks("x[step()+1h30m:]")[2..5],
+            [Tok::Step, Tok::LeftParen, Tok::RightParen]
+        );
         assert!(lex("a[5m").is_err());
         assert!(lex("(a").is_err());
         assert!(lex("\"abc").is_err());

@@ -96,7 +96,10 @@ pub fn parse_with(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
         depth: 0,
     };
     if p.peek().tok == Tok::Eof {
-        return Err(with_pos(ParseError::new(PosRange::default(), "no expression found in input")));
+        return Err(with_pos(ParseError::new(
+            PosRange::default(),
+            "no expression found in input",
+        )));
     }
     let expr = p.parse_expr(0).map_err(with_pos)?;
     let t = p.peek();
@@ -185,7 +188,10 @@ impl Parser<'_> {
     fn enter(&mut self) -> PResult<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ParseError::new(self.peek().pos(), "expression nested too deeply"));
+            return Err(ParseError::new(
+                self.peek().pos(),
+                "expression nested too deeply",
+            ));
         }
         Ok(())
     }
@@ -265,7 +271,10 @@ impl Parser<'_> {
             Tok::String => {
                 self.next();
                 let val = lexer::unquote(self.text(t)).map_err(|e| {
-                    ParseError::new(t.pos(), format!("error unquoting string {:?}: {e}", self.text(t)))
+                    ParseError::new(
+                        t.pos(),
+                        format!("error unquoting string {:?}: {e}", self.text(t)),
+                    )
                 })?;
                 Ok(Expr::String { val, pos: t.pos() })
             }
@@ -277,7 +286,9 @@ impl Parser<'_> {
             }
             Tok::LeftBrace => {
                 let (matchers, pos) = self.parse_label_matchers()?;
-                Ok(Expr::VectorSelector(Box::new(new_selector(None, matchers, pos))))
+                Ok(Expr::VectorSelector(Box::new(new_selector(
+                    None, matchers, pos,
+                ))))
             }
             tok if tok.is_aggregator() => {
                 let next = self.peek_n(1).tok;
@@ -287,7 +298,12 @@ impl Parser<'_> {
                     self.parse_metric_selector()
                 }
             }
-            Tok::Identifier | Tok::Start | Tok::End | Tok::Step | Tok::Range | Tok::MinOf
+            Tok::Identifier
+            | Tok::Start
+            | Tok::End
+            | Tok::Step
+            | Tok::Range
+            | Tok::MinOf
             | Tok::MaxOf
                 if self.peek_n(1).tok == Tok::LeftParen =>
             {
@@ -325,7 +341,11 @@ impl Parser<'_> {
             pos.end = mpos.end;
         }
         matchers.push(Matcher::equal(m3query_model::METRIC_NAME, name.clone()));
-        Ok(Expr::VectorSelector(Box::new(new_selector(Some(name), matchers, pos))))
+        Ok(Expr::VectorSelector(Box::new(new_selector(
+            Some(name),
+            matchers,
+            pos,
+        ))))
     }
 
     fn parse_label_matchers(&mut self) -> PResult<(Vec<Matcher>, PosRange)> {
@@ -341,8 +361,12 @@ impl Parser<'_> {
                 Tok::Identifier | Tok::String => {
                     self.next();
                     let name = if t.tok == Tok::String {
-                        lexer::unquote(self.text(t))
-                            .map_err(|e| ParseError::new(t.pos(), format!("error unquoting string {:?}: {e}", self.text(t))))?
+                        lexer::unquote(self.text(t)).map_err(|e| {
+                            ParseError::new(
+                                t.pos(),
+                                format!("error unquoting string {:?}: {e}", self.text(t)),
+                            )
+                        })?
                     } else {
                         self.text(t).to_string()
                     };
@@ -374,7 +398,10 @@ impl Parser<'_> {
                             }
                             self.next();
                             let value = lexer::unquote(self.text(v)).map_err(|e| {
-                                ParseError::new(v.pos(), format!("error unquoting string {:?}: {e}", self.text(v)))
+                                ParseError::new(
+                                    v.pos(),
+                                    format!("error unquoting string {:?}: {e}", self.text(v)),
+                                )
                             })?;
                             let m = Matcher::new(op, name, value).map_err(|e| {
                                 ParseError::new(PosRange::new(t.start, v.end), e.to_string())
@@ -389,7 +416,11 @@ impl Parser<'_> {
                         }
                         Tok::RightBrace => {}
                         _ => {
-                            return Err(self.unexpected_tok(sep, "label matching", "\",\" or \"}\""));
+                            return Err(self.unexpected_tok(
+                                sep,
+                                "label matching",
+                                "\",\" or \"}\"",
+                            ));
                         }
                     }
                 }
@@ -426,7 +457,10 @@ impl Parser<'_> {
                 Tok::String => {
                     self.next();
                     let name = lexer::unquote(self.text(t)).map_err(|e| {
-                        ParseError::new(t.pos(), format!("error unquoting string {:?}: {e}", self.text(t)))
+                        ParseError::new(
+                            t.pos(),
+                            format!("error unquoting string {:?}: {e}", self.text(t)),
+                        )
                     })?;
                     if name.is_empty() {
                         return Err(ParseError::new(
@@ -629,7 +663,10 @@ impl Parser<'_> {
         }
         let pos = PosRange::new(t.start, end);
         if args.is_empty() {
-            return Err(ParseError::new(pos, "no arguments for aggregate expression provided"));
+            return Err(ParseError::new(
+                pos,
+                "no arguments for aggregate expression provided",
+            ));
         }
         let desired = if op.has_param() { 2 } else { 1 };
         if op.is_experimental() && !self.opts.experimental_functions {
@@ -650,7 +687,9 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let expr = args.pop().ok_or_else(|| ParseError::new(pos, "no arguments"))?;
+        let expr = args
+            .pop()
+            .ok_or_else(|| ParseError::new(pos, "no arguments"))?;
         let param = args.pop();
         Ok(Expr::Aggregate(Box::new(AggregateExpr {
             op,
@@ -813,7 +852,11 @@ impl Parser<'_> {
             if let (BinOp::Div | BinOp::Mod, Some(0.0)) = (op, rhs.literal()) {
                 return Err(ParseError::new(
                     t.pos(),
-                    if op == BinOp::Div { "division by zero" } else { "modulo by zero" },
+                    if op == BinOp::Div {
+                        "division by zero"
+                    } else {
+                        "modulo by zero"
+                    },
                 ));
             }
             lhs = DurationExpr::Binary {
@@ -828,7 +871,10 @@ impl Parser<'_> {
 
     fn check_duration_expr_enabled(&self, pos: PosRange) -> PResult<()> {
         if !self.opts.duration_expressions {
-            return Err(ParseError::new(pos, "experimental duration expression is not enabled"));
+            return Err(ParseError::new(
+                pos,
+                "experimental duration expression is not enabled",
+            ));
         }
         Ok(())
     }
@@ -905,9 +951,16 @@ impl Parser<'_> {
                 let e = self.parse_duration_expr(0)?;
                 let close = self.expect(Tok::RightParen, "duration expression", "\")\"")?;
                 self.check_duration_expr_enabled(t.pos())?;
-                Ok(DurationExpr::Paren(Box::new(e), PosRange::new(t.start, close.end)))
+                Ok(DurationExpr::Paren(
+                    Box::new(e),
+                    PosRange::new(t.start, close.end),
+                ))
             }
-            _ => Err(self.unexpected_tok(t, "duration expression", "number, duration, step(), or range()")),
+            _ => Err(self.unexpected_tok(
+                t,
+                "duration expression",
+                "number, duration, step(), or range()",
+            )),
         }
     }
 
@@ -922,7 +975,13 @@ impl Parser<'_> {
         let a = self.peek();
         if !matches!(
             a.tok,
-            Tok::Number | Tok::Duration | Tok::Step | Tok::Range | Tok::MinOf | Tok::MaxOf | Tok::LeftParen
+            Tok::Number
+                | Tok::Duration
+                | Tok::Step
+                | Tok::Range
+                | Tok::MinOf
+                | Tok::MaxOf
+                | Tok::LeftParen
         ) {
             return Err(self.unexpected_tok(a, "offset", "number, duration, step(), or range()"));
         }
@@ -1070,7 +1129,12 @@ impl Parser<'_> {
 
     fn set_anchored_smoothed(&mut self, e: Expr, anchored: bool) -> PResult<Expr> {
         let word = if anchored { "anchored" } else { "smoothed" };
-        let both = |pos| ParseError::new(pos, "anchored and smoothed modifiers cannot be used together");
+        let both = |pos| {
+            ParseError::new(
+                pos,
+                "anchored and smoothed modifiers cannot be used together",
+            )
+        };
         match e {
             Expr::VectorSelector(mut vs) => {
                 if (anchored && vs.smoothed) || (!anchored && vs.anchored) {
@@ -1098,7 +1162,10 @@ impl Parser<'_> {
                 PosRange::new(s.expr.pos().start, s.end_pos),
                 format!("{word} modifier is not supported for subqueries"),
             )),
-            e => Err(ParseError::new(e.pos(), format!("{word} modifier not implemented"))),
+            e => Err(ParseError::new(
+                e.pos(),
+                format!("{word} modifier not implemented"),
+            )),
         }
     }
 }
@@ -1172,7 +1239,8 @@ pub fn parse_number(s: &str) -> Option<f64> {
         i64::from_str_radix(o, 8).ok()
     } else if let Some(b) = lower.strip_prefix("0b") {
         i64::from_str_radix(b, 2).ok()
-    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|c| c.is_ascii_digit()) {
+    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|c| c.is_ascii_digit())
+    {
         i64::from_str_radix(&lower[1..], 8).ok()
     } else {
         lower.parse::<i64>().ok()
@@ -1207,7 +1275,7 @@ fn literal_or_expr(e: DurationExpr) -> (i64, Option<DurationExpr>) {
 }
 
 fn check_duration_range(v: f64, pos: PosRange) -> PResult<()> {
-    if v > 9_223_372_036.854_775 || v < -9_223_372_036.854_775 {
+    if !(-9_223_372_036.854_775..=9_223_372_036.854_775).contains(&v) {
         return Err(ParseError::new(pos, "duration out of range"));
     }
     Ok(())
@@ -1229,7 +1297,11 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
         Expr::Aggregate(a) => {
             expect_type(&a.expr, ValueType::Vector, "aggregation expression", input)?;
             match a.op {
-                AggOp::Topk | AggOp::Bottomk | AggOp::Quantile | AggOp::Limitk | AggOp::LimitRatio => {
+                AggOp::Topk
+                | AggOp::Bottomk
+                | AggOp::Quantile
+                | AggOp::Limitk
+                | AggOp::LimitRatio => {
                     if let Some(p) = &a.param {
                         expect_type(p, ValueType::Scalar, "aggregation parameter", input)?;
                     }
@@ -1247,10 +1319,20 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
             let rt = check_ast(&b.rhs, input)?;
             let op_range = b.op_pos;
             if b.return_bool && !b.op.is_comparison() {
-                return Err(ParseError::new(op_range, "bool modifier can only be used on comparison operators"));
+                return Err(ParseError::new(
+                    op_range,
+                    "bool modifier can only be used on comparison operators",
+                ));
             }
-            if b.op.is_comparison() && !b.return_bool && lt == ValueType::Scalar && rt == ValueType::Scalar {
-                return Err(ParseError::new(op_range, "comparisons between scalars must use BOOL modifier"));
+            if b.op.is_comparison()
+                && !b.return_bool
+                && lt == ValueType::Scalar
+                && rt == ValueType::Scalar
+            {
+                return Err(ParseError::new(
+                    op_range,
+                    "comparisons between scalars must use BOOL modifier",
+                ));
             }
             if let Some(m) = &b.matching
                 && m.on
@@ -1280,7 +1362,10 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
             if let Some(m) = &b.matching {
                 if lt != ValueType::Vector || rt != ValueType::Vector {
                     if !m.matching_labels.is_empty() || m.on {
-                        return Err(ParseError::new(pos, "vector matching only allowed between instant vectors"));
+                        return Err(ParseError::new(
+                            pos,
+                            "vector matching only allowed between instant vectors",
+                        ));
                     }
                     if m.fill_lhs.is_some() || m.fill_rhs.is_some() {
                         return Err(ParseError::new(
@@ -1290,17 +1375,26 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
                     }
                 } else if b.op.is_set() {
                     if matches!(m.card, Card::OneToMany | Card::ManyToOne) {
-                        return Err(ParseError::new(pos, format!("no grouping allowed for {:?} operation", b.op.as_str())));
+                        return Err(ParseError::new(
+                            pos,
+                            format!("no grouping allowed for {:?} operation", b.op.as_str()),
+                        ));
                     }
                     if m.fill_lhs.is_some() || m.fill_rhs.is_some() {
-                        return Err(ParseError::new(pos, "filling in missing series not allowed for set operators"));
+                        return Err(ParseError::new(
+                            pos,
+                            "filling in missing series not allowed for set operators",
+                        ));
                     }
                 }
             }
             if (lt == ValueType::Scalar || rt == ValueType::Scalar) && b.op.is_set() {
                 return Err(ParseError::new(
                     pos,
-                    format!("set operator {:?} not allowed in binary scalar expression", b.op.as_str()),
+                    format!(
+                        "set operator {:?} not allowed in binary scalar expression",
+                        b.op.as_str()
+                    ),
                 ));
             }
         }
@@ -1311,7 +1405,10 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
                 if nargs != got {
                     return Err(ParseError::new(
                         c.pos,
-                        format!("expected {nargs} argument(s) in call to {:?}, got {got}", c.func.name),
+                        format!(
+                            "expected {nargs} argument(s) in call to {:?}, got {got}",
+                            c.func.name
+                        ),
                     ));
                 }
             } else {
@@ -1319,14 +1416,20 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
                 if na > got {
                     return Err(ParseError::new(
                         c.pos,
-                        format!("expected at least {na} argument(s) in call to {:?}, got {got}", c.func.name),
+                        format!(
+                            "expected at least {na} argument(s) in call to {:?}, got {got}",
+                            c.func.name
+                        ),
                     ));
                 }
                 let max = na as i64 + c.func.variadic as i64;
                 if c.func.variadic > 0 && max < got as i64 {
                     return Err(ParseError::new(
                         c.pos,
-                        format!("expected at most {max} argument(s) in call to {:?}, got {got}", c.func.name),
+                        format!(
+                            "expected at most {max} argument(s) in call to {:?}, got {got}",
+                            c.func.name
+                        ),
                     ));
                 }
             }
@@ -1401,7 +1504,10 @@ fn check_ast(e: &Expr, input: &str) -> PResult<ValueType> {
             if t != ValueType::Vector {
                 return Err(ParseError::new(
                     e.pos(),
-                    format!("subquery is only allowed on instant vector, got {} instead", t.name()),
+                    format!(
+                        "subquery is only allowed on instant vector, got {} instead",
+                        t.name()
+                    ),
                 ));
             }
         }
@@ -1419,7 +1525,10 @@ fn check_selector(vs: &VectorSelector) -> PResult<()> {
             if m.name == m3query_model::METRIC_NAME {
                 return Err(ParseError::new(
                     vs.pos,
-                    format!("metric name must not be set twice: {name:?} or {:?}", m.value),
+                    format!(
+                        "metric name must not be set twice: {name:?} or {:?}",
+                        m.value
+                    ),
                 ));
             }
         }
@@ -1439,7 +1548,11 @@ fn expect_type(e: &Expr, want: ValueType, context: &str, input: &str) -> PResult
     if t != want {
         return Err(ParseError::new(
             e.pos(),
-            format!("expected type {} in {context}, got {}", want.documented(), t.documented()),
+            format!(
+                "expected type {} in {context}, got {}",
+                want.documented(),
+                t.documented()
+            ),
         ));
     }
     Ok(())
@@ -1465,7 +1578,10 @@ mod tests {
             ("a + on(b) group_left(c) d", "a + on (b) group_left (c) d"),
             ("foo offset 5m", "foo offset 5m"),
             ("foo[5m] @ 100", "foo[5m] @ 100.000"),
-            ("rate(foo[1m:10s] offset -1m)", "rate(foo[1m:10s] offset -1m)"),
+            (
+                "rate(foo[1m:10s] offset -1m)",
+                "rate(foo[1m:10s] offset -1m)",
+            ),
             ("x{a=\"b\",c=~\"d\"}", "x{a=\"b\",c=~\"d\"}"),
             ("foo[5m+1m]", "foo[5m + 1m]"),
             ("foo offset (2*1m)", "foo offset (2 * 1m)"),
@@ -1489,11 +1605,26 @@ mod tests {
     #[test]
     fn type_errors_match_prometheus() {
         let cases = [
-            ("rate(foo)", "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector"),
-            ("1 > 2", "1:3: parse error: comparisons between scalars must use BOOL modifier"),
-            ("{}", "1:1: parse error: vector selector must contain at least one non-empty matcher"),
-            ("sum(1, 2)", "1:1: parse error: wrong number of arguments for aggregate expression provided, expected 1, got 2"),
-            ("nope(x)", "1:1: parse error: unknown function with name \"nope\""),
+            (
+                "rate(foo)",
+                "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector",
+            ),
+            (
+                "1 > 2",
+                "1:3: parse error: comparisons between scalars must use BOOL modifier",
+            ),
+            (
+                "{}",
+                "1:1: parse error: vector selector must contain at least one non-empty matcher",
+            ),
+            (
+                "sum(1, 2)",
+                "1:1: parse error: wrong number of arguments for aggregate expression provided, expected 1, got 2",
+            ),
+            (
+                "nope(x)",
+                "1:1: parse error: unknown function with name \"nope\"",
+            ),
             ("", "1:1: parse error: no expression found in input"),
         ];
         for (input, want) in cases {
@@ -1530,7 +1661,10 @@ mod tests {
         ];
         for s in exprs {
             assert!(parse(s).is_ok(), "ours rejects {s}");
-            assert!(promql_parser::parser::parse(s).is_ok(), "promql-parser rejects {s}");
+            assert!(
+                promql_parser::parser::parse(s).is_ok(),
+                "promql-parser rejects {s}"
+            );
         }
     }
 }
