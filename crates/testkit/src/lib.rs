@@ -366,16 +366,39 @@ impl Runner {
         if let Err(e) = m3query_promql::parse(&ev.expr) {
             return Err((Cause::UnsupportedSyntax, format!("parse error: {e}")));
         }
+        if ev.range.is_some() {
+            return self.run_one(ev, &ev.expr, ev.at, opts);
+        }
+        // Instant evals: the query itself, then (strict) the same query with `@ <time>` on
+        // every selector at other evaluation times, as Prometheus's harness does.
+        self.run_one(ev, &ev.expr, ev.at, opts)?;
+        if opts.strict
+            && let Some(with_at) = at_modifier_variant(&ev.expr, ev.at)
+        {
+            let times: Vec<i64> = if ev.at == 0 {
+                vec![-1000, 0, 1000]
+            } else {
+                vec![-10 * ev.at, 0, ev.at / 5, ev.at, 10 * ev.at]
+            };
+            for t in times {
+                self.run_one(ev, &with_at, t, opts)
+                    .map_err(|(c, m)| (c, format!("with @ modifiers: {with_at} at {t}ms: {m}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_one(&self, ev: &EvalCmd, expr: &str, at: i64, opts: &RunOptions) -> EvalResult {
         let ctx = Context::background();
         let qopts = QueryOptions::default();
         let res = match ev.range {
             Some((start, end, step)) => {
                 self.engine
-                    .range_query(&self.store, &ctx, &ev.expr, start, end, step, &qopts)
+                    .range_query(&self.store, &ctx, expr, start, end, step, &qopts)
             }
             None => self
                 .engine
-                .instant_query(&self.store, &ctx, &ev.expr, ev.at, &qopts),
+                .instant_query(&self.store, &ctx, expr, at, &qopts),
         };
         let res = match res {
             Err(e) => {
@@ -402,24 +425,29 @@ impl Runner {
             .map_err(|m| (Cause::Annotations, m))?;
         ev.compare(&res.value)
             .map_err(|m| (Cause::WrongResult, m))?;
-
         if opts.strict && ev.range.is_none() && !ev.excluded_from_range_mode() {
-            self.range_mode_check(ev, &res)?;
+            self.range_mode_check(ev, expr, at, &res)?;
         }
         Ok(())
     }
 
     /// Prometheus's harness re-runs instant evals as a range query and checks the middle step.
-    fn range_mode_check(&self, ev: &EvalCmd, instant: &QueryResult) -> EvalResult {
+    fn range_mode_check(
+        &self,
+        ev: &EvalCmd,
+        expr: &str,
+        at: i64,
+        instant: &QueryResult,
+    ) -> EvalResult {
         let ctx = Context::background();
         let res = self
             .engine
             .range_query(
                 &self.store,
                 &ctx,
-                &ev.expr,
-                ev.at - 60_000,
-                ev.at + 60_000,
+                expr,
+                at - 60_000,
+                at + 60_000,
                 60_000,
                 &QueryOptions::default(),
             )
@@ -435,7 +463,7 @@ impl Runner {
         };
         let mut vec = Vec::new();
         for s in m {
-            if let Some(p) = s.points.iter().find(|p| p.t_ms == ev.at) {
+            if let Some(p) = s.points.iter().find(|p| p.t_ms == at) {
                 vec.push(m3query_promql::Sample {
                     labels: s.labels,
                     t_ms: p.t_ms,
@@ -445,7 +473,7 @@ impl Runner {
         }
         let v = match instant.value {
             Value::Scalar { .. } => Value::Scalar {
-                t_ms: ev.at,
+                t_ms: at,
                 v: vec.first().map_or(f64::NAN, |s| s.v),
             },
             _ => Value::Vector(vec),
@@ -453,6 +481,98 @@ impl Runner {
         ev.compare(&v)
             .map_err(|m| (Cause::RangeMode, format!("range mode: {m}")))
     }
+}
+
+/// Functions whose result depends on the evaluation time even with `@` on every selector.
+const AT_UNSAFE: &[&str] = &[
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "end",
+    "hour",
+    "minute",
+    "month",
+    "year",
+    "predict_linear",
+    "range",
+    "start",
+    "step",
+    "time",
+    "timestamp",
+];
+
+/// The expression with `@ <t>` on every selector and subquery lacking one (not inside a
+/// subquery that has one), printed back; `None` when it uses an @-unsafe function.
+fn at_modifier_variant(expr: &str, t: i64) -> Option<String> {
+    use m3query_promql::parser::Expr;
+    fn set(e: &mut Expr, t: i64, unsafe_fn: &mut bool) {
+        match e {
+            Expr::VectorSelector(vs) => {
+                if vs.timestamp.is_none() && vs.start_or_end.is_none() {
+                    vs.timestamp = Some(t);
+                }
+            }
+            Expr::MatrixSelector(ms) => {
+                if ms.vs.timestamp.is_none() && ms.vs.start_or_end.is_none() {
+                    ms.vs.timestamp = Some(t);
+                }
+            }
+            Expr::Subquery(s) => {
+                if s.timestamp.is_none() && s.start_or_end.is_none() {
+                    s.timestamp = Some(t);
+                }
+                // Selectors under a subquery with @ keep theirs; functions still count.
+                note_unsafe(&s.expr, unsafe_fn);
+            }
+            Expr::Call(c) => {
+                *unsafe_fn |= AT_UNSAFE.contains(&c.func.name);
+                c.args.iter_mut().for_each(|a| set(a, t, unsafe_fn));
+            }
+            Expr::Aggregate(a) => {
+                set(&mut a.expr, t, unsafe_fn);
+                if let Some(p) = &mut a.param {
+                    set(p, t, unsafe_fn);
+                }
+            }
+            Expr::Binary(b) => {
+                set(&mut b.lhs, t, unsafe_fn);
+                set(&mut b.rhs, t, unsafe_fn);
+            }
+            Expr::Paren(i, _) | Expr::StepInvariant(i) => set(i, t, unsafe_fn),
+            Expr::Unary { expr, .. } => set(expr, t, unsafe_fn),
+            Expr::Number { .. } | Expr::String { .. } => {}
+        }
+    }
+    fn note_unsafe(e: &Expr, unsafe_fn: &mut bool) {
+        match e {
+            Expr::Call(c) => {
+                *unsafe_fn |= AT_UNSAFE.contains(&c.func.name);
+                c.args.iter().for_each(|a| note_unsafe(a, unsafe_fn));
+            }
+            Expr::Aggregate(a) => {
+                note_unsafe(&a.expr, unsafe_fn);
+                if let Some(p) = &a.param {
+                    note_unsafe(p, unsafe_fn);
+                }
+            }
+            Expr::Binary(b) => {
+                note_unsafe(&b.lhs, unsafe_fn);
+                note_unsafe(&b.rhs, unsafe_fn);
+            }
+            Expr::Subquery(s) => note_unsafe(&s.expr, unsafe_fn),
+            Expr::Paren(i, _) | Expr::StepInvariant(i) => note_unsafe(i, unsafe_fn),
+            Expr::Unary { expr, .. } => note_unsafe(expr, unsafe_fn),
+            _ => {}
+        }
+    }
+    let mut e = m3query_promql::parse(expr).ok()?;
+    let mut unsafe_fn = false;
+    set(&mut e, t, &mut unsafe_fn);
+    if unsafe_fn {
+        return None;
+    }
+    Some(e.to_string())
 }
 
 fn collect_matchers(e: &m3query_promql::parser::Expr, out: &mut Vec<Vec<Matcher>>) {
