@@ -2,15 +2,13 @@
 //! all steps with each input series' group computed once (label hashes, no per-step
 //! re-grouping), numerics as Prometheus's `aggregation`/`aggregationK`.
 
-use std::collections::HashMap;
-
 use m3query_model::Labels;
 
 use crate::annotations::msg;
 use crate::eval::Evaluator;
 use crate::functions::kahan_inc;
 use crate::parser::{AggOp, AggregateExpr, Expr};
-use crate::value::{ESeries, Elem, Matrix, Point};
+use crate::value::{ESeries, Elem, FastMap, Matrix, Point};
 use crate::{Error, Result};
 
 /// Per-step values of an aggregation parameter (`k`, `q`, ratio).
@@ -96,7 +94,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     let input = ev.eval_matrix(&a.expr)?;
 
     // Group index per input series, computed once.
-    let mut key_to_group: HashMap<u64, usize> = HashMap::new();
+    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
     let mut group_labels: Vec<Labels> = Vec::new();
     let mut series_group: Vec<usize> = Vec::with_capacity(input.len());
     for s in &input {
@@ -554,7 +552,7 @@ fn count_values(
     let input = ev.eval_matrix(&a.expr)?;
     let without = a.without;
     ev.range_eval(vec![input], move |_, ts, vecs, out| {
-        let mut index: HashMap<u64, usize> = HashMap::new();
+        let mut index: FastMap<u64, usize> = FastMap::default();
         let mut res: Vec<(Labels, usize)> = Vec::new();
         for e in &vecs[0] {
             let mut b = e.labels.builder();

@@ -3,13 +3,11 @@
 //! `VectorBinop`/`VectorscalarBinop`. Each series' match signature is computed once for the
 //! whole query, not per step.
 
-use std::collections::{HashMap, HashSet};
-
 use m3query_model::{Labels, METRIC_NAME};
 
 use crate::eval::Evaluator;
 use crate::parser::{BinOp, BinaryExpr, Card, ValueType, VectorMatching};
-use crate::value::{Elem, Matrix};
+use crate::value::{Elem, FastMap, FastSet, Matrix};
 use crate::{Error, Result};
 
 fn scalar_binop(op: BinOp, l: f64, r: f64) -> f64 {
@@ -133,7 +131,7 @@ fn vector_vector(
     let mut names = m.matching_labels.clone();
     names.sort();
     // Signature ordinals, once per series.
-    let mut ord: HashMap<u64, usize> = HashMap::new();
+    let mut ord: FastMap<u64, usize> = FastMap::default();
     let mut sig = |l: &Labels| {
         let h = if m.on {
             l.hash_for_labels(&names)
@@ -150,8 +148,8 @@ fn vector_vector(
     let mut present = vec![false; num_sigs];
     let mut right_idx: Vec<usize> = vec![usize::MAX; num_sigs];
     let mut matched_one: Vec<bool> = vec![false; num_sigs];
-    let mut matched_many: Vec<HashSet<Labels>> = vec![HashSet::new(); num_sigs];
-    let mut result_cache: HashMap<(Labels, Labels), Labels> = HashMap::new();
+    let mut matched_many: Vec<FastSet<Labels>> = vec![FastSet::default(); num_sigs];
+    let mut result_cache: FastMap<(Labels, Labels), Labels> = FastMap::default();
 
     ev.range_eval(vec![lhs, rhs], move |_, _, v, out| {
         let (lv, rv) = (&v[0], &v[1]);
@@ -227,7 +225,7 @@ fn vector_vector(
         if m.card == Card::OneToOne {
             matched_one.iter_mut().for_each(|x| *x = false);
         } else {
-            matched_many.iter_mut().for_each(HashSet::clear);
+            matched_many.iter_mut().for_each(FastSet::clear);
         }
 
         let do_op = |ls: &Elem,
@@ -235,8 +233,8 @@ fn vector_vector(
                      s: usize,
                      out: &mut Vec<Elem>,
                      matched_one: &mut Vec<bool>,
-                     matched_many: &mut Vec<HashSet<Labels>>,
-                     result_cache: &mut HashMap<(Labels, Labels), Labels>|
+                     matched_many: &mut Vec<FastSet<Labels>>,
+                     result_cache: &mut FastMap<(Labels, Labels), Labels>|
          -> Result<()> {
             let (fl, fr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
             let (mut val, keep) = elem_binop(op, fl, fr);
@@ -315,7 +313,7 @@ fn vector_vector(
 
 /// The labels of a vector-vector result, as Prometheus's `resultMetric`.
 fn result_metric(
-    cache: &mut HashMap<(Labels, Labels), Labels>,
+    cache: &mut FastMap<(Labels, Labels), Labels>,
     lhs: &Labels,
     rhs: &Labels,
     op: BinOp,

@@ -201,6 +201,7 @@ impl Engine {
                 queryable: q,
                 sel: &selected,
                 max_samples: self.opts.max_samples,
+                parallel_threshold: self.opts.parallel_threshold.max(1),
                 counters: &mut counters,
                 annos: &mut annos,
                 default_subquery_step: self.opts.default_subquery_step_ms,
@@ -348,15 +349,13 @@ fn finish(expr: &Expr, val: Val, start: i64, instant: bool) -> Result<Value> {
     }
 }
 
+/// Drops empty series; `m` is sorted by labels already ([`cleanup_names`]).
 fn sorted(m: Vec<ESeries>) -> Vec<Series> {
-    let mut out: Vec<Series> = m
-        .into_iter()
+    m.into_iter()
         .filter(|s| !s.points.is_empty())
         .map(|s| Series {
             labels: s.labels,
             points: s.points,
         })
-        .collect();
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    out
+        .collect()
 }

@@ -6,8 +6,6 @@
 //! gathers one instant vector per step from its evaluated arguments (Prometheus's `rangeEval`),
 //! with per-series state (signatures, group indexes) computed once.
 
-use std::collections::HashMap;
-
 use m3query_model::{Labels, METRIC_NAME, is_stale_nan};
 use m3query_storage::{Context, Queryable};
 
@@ -16,7 +14,7 @@ use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
     AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
-use crate::value::{ESeries, Elem, Matrix, Point, Val, total_points};
+use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, Point, Val, total_points};
 use crate::{Error, Result, check_ctx};
 
 /// The series one selector selected, samples decoded in time order.
@@ -73,6 +71,7 @@ pub(crate) struct Evaluator<'a> {
     pub queryable: &'a dyn Queryable,
     pub sel: &'a [Vec<SelSeries>],
     pub max_samples: usize,
+    pub parallel_threshold: usize,
     pub counters: &'a mut Counters,
     pub annos: &'a mut Annotations,
     pub default_subquery_step: i64,
@@ -135,6 +134,7 @@ impl<'a> Evaluator<'a> {
             queryable: self.queryable,
             sel: self.sel,
             max_samples: self.max_samples,
+            parallel_threshold: self.parallel_threshold,
             counters: self.counters,
             annos: self.annos,
             default_subquery_step: self.default_subquery_step,
@@ -514,102 +514,79 @@ impl<'a> Evaluator<'a> {
             0
         };
         let ext_right = if smoothed { self.lookback } else { 0 };
-        let mut out: Matrix = Vec::with_capacity(inputs.len());
-        let mut rctx = RangeCtx {
-            ts: 0,
-            range_start: 0,
-            range_end: 0,
+        let param_pos = c
+            .args
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i != idx)
+            .map(|(_, a)| a.pos());
+        let spec = WindowSpec {
+            start: self.start,
+            interval: self.interval,
+            steps: self.num_steps(),
+            at,
+            offset_ms,
             range_ms,
-            params: Vec::with_capacity(scalars.len()),
+            ext_left,
+            ext_right,
             anchored,
             smoothed,
-            labels: Labels::empty(),
             pos: c.pos,
-            param_pos: c
-                .args
-                .iter()
-                .enumerate()
-                .find(|(i, _)| *i != idx)
-                .map(|(_, a)| a.pos()),
-            annos: Annotations::new(),
-            err: None,
+            param_pos,
+            scalars: &scalars,
+            f,
         };
-        for (si, input) in inputs.iter().enumerate() {
-            if si % 64 == 0 {
-                self.check()?;
+        // One rollup per series; series are independent, so large inputs are spread over
+        // threads. Each worker keeps its own context; annotations merge afterwards.
+        let results: Vec<SeriesRollup> = if inputs.len() >= self.parallel_threshold {
+            self.check()?;
+            use rayon::prelude::*;
+            inputs
+                .par_iter()
+                .map(|input| spec.run(&input.points))
+                .collect()
+        } else {
+            let mut v = Vec::with_capacity(inputs.len());
+            for (si, input) in inputs.iter().enumerate() {
+                if si % 256 == 0 {
+                    self.check()?;
+                }
+                v.push(spec.run(&input.points));
             }
-            let pts: &[Point] = &input.points;
-            rctx.labels = input.labels.clone();
-            let mut points: Vec<Point> = Vec::new();
-            let (mut lo, mut hi) = (0usize, 0usize);
-            let mut held = 0usize;
-            for (k, ts) in self.step_ts().enumerate() {
-                let wend = at.unwrap_or(ts) - offset_ms;
-                let wstart = wend - range_ms;
-                let fetch_start = wstart - ext_left;
-                let fetch_end = wend + ext_right;
-                if lo > 0 && pts[lo - 1].t_ms > fetch_start {
-                    lo = pts.partition_point(|p| p.t_ms <= fetch_start);
-                }
-                while lo < pts.len() && pts[lo].t_ms <= fetch_start {
-                    lo += 1;
-                }
-                if hi < lo {
-                    hi = lo;
-                }
-                if hi > 0 && pts[hi - 1].t_ms > fetch_end {
-                    hi = pts.partition_point(|p| p.t_ms <= fetch_end);
-                }
-                while hi < pts.len() && pts[hi].t_ms <= fetch_end {
-                    hi += 1;
-                }
-                let window = &pts[lo..hi.max(lo)];
-                // Points held by the window count towards the sample limit.
-                if window.len() != held {
-                    if window.len() > held {
-                        self.add_samples(window.len() - held)?;
-                    } else {
-                        self.release_samples(held - window.len());
-                    }
-                    held = window.len();
-                }
-                if window.is_empty() {
-                    continue;
-                }
-                rctx.ts = ts;
-                rctx.range_start = wstart;
-                rctx.range_end = wend;
-                rctx.params.clear();
-                rctx.params.extend(scalars.iter().map(|s| s[k]));
-                if let Some(v) = f(window, &mut rctx) {
-                    points.push(Point { t_ms: ts, v });
-                }
-                if let Some(e) = rctx.err.take() {
-                    return Err(e);
-                }
+            v
+        };
+        self.check()?;
+        let mut out: Matrix = Vec::with_capacity(inputs.len());
+        let mut annos = Annotations::new();
+        let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
+        self.add_samples(max_window)?;
+        self.release_samples(max_window);
+        for (input, r) in inputs.iter().zip(results) {
+            if let Some(e) = r.err {
+                return Err(e);
             }
-            self.release_samples(held);
-            if !points.is_empty() {
-                self.add_samples(points.len())?;
-                if matches!(name, "rate" | "increase")
-                    && let Some(mn) = input.labels.metric_name()
-                    && !mn.ends_with("_total")
-                    && !mn.ends_with("_sum")
-                    && !mn.ends_with("_count")
-                    && !mn.ends_with("_bucket")
-                {
-                    rctx.annos
-                        .info(msg::possible_non_counter(mn), c.args[idx].pos());
-                }
-                out.push(ESeries {
-                    labels: input.labels.clone(),
-                    points,
-                    drop_name: !keeps_name || input.drop_name,
-                });
+            annos.merge(r.annos);
+            if r.points.is_empty() {
+                continue;
             }
+            self.add_samples(r.points.len())?;
+            if matches!(name, "rate" | "increase")
+                && let Some(mn) = input.labels.metric_name()
+                && !mn.ends_with("_total")
+                && !mn.ends_with("_sum")
+                && !mn.ends_with("_count")
+                && !mn.ends_with("_bucket")
+            {
+                annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
+            }
+            out.push(ESeries {
+                labels: input.labels.clone(),
+                points: r.points,
+                drop_name: !keeps_name || input.drop_name,
+            });
         }
         self.release_samples(sub_total);
-        self.annos.merge(std::mem::take(&mut rctx.annos));
+        self.annos.merge(annos);
 
         if name == "absent_over_time" {
             let steps = self.num_steps();
@@ -653,7 +630,7 @@ impl<'a> Evaluator<'a> {
         let mut vecs: Vec<Vec<Elem>> = args.iter().map(|m| Vec::with_capacity(m.len())).collect();
         let mut out_vec: Vec<Elem> = Vec::new();
         let instant = self.start == self.end;
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut index: FastMap<Labels, usize> = FastMap::default();
         let mut result: Matrix = Vec::new();
         let steps = self.num_steps();
         let mut out_total = 0usize;
@@ -726,6 +703,105 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// Everything a rollup over one series needs, shared by all series of a call.
+struct WindowSpec<'s> {
+    start: i64,
+    interval: i64,
+    steps: usize,
+    /// The `@` time: the window end is then fixed.
+    at: Option<i64>,
+    offset_ms: i64,
+    range_ms: i64,
+    /// `anchored`/`smoothed` widen the fetched window by the lookback delta.
+    ext_left: i64,
+    ext_right: i64,
+    anchored: bool,
+    smoothed: bool,
+    pos: crate::parser::PosRange,
+    param_pos: Option<crate::parser::PosRange>,
+    /// Scalar arguments, one value per step.
+    scalars: &'s [Vec<f64>],
+    f: functions::RangeFn,
+}
+
+/// One series' rollup output.
+struct SeriesRollup {
+    points: Vec<Point>,
+    annos: Annotations,
+    err: Option<Error>,
+    /// Most points one window held.
+    max_window: usize,
+}
+
+impl WindowSpec<'_> {
+    /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
+    fn run(&self, pts: &[Point]) -> SeriesRollup {
+        let mut rctx = RangeCtx {
+            ts: 0,
+            range_start: 0,
+            range_end: 0,
+            range_ms: self.range_ms,
+            params: Vec::with_capacity(self.scalars.len()),
+            anchored: self.anchored,
+            smoothed: self.smoothed,
+            pos: self.pos,
+            param_pos: self.param_pos,
+            annos: Annotations::new(),
+            err: None,
+        };
+        let mut points = Vec::new();
+        let mut max_window = 0;
+        let (mut lo, mut hi) = (0usize, 0usize);
+        for k in 0..self.steps {
+            let ts = self.start + k as i64 * self.interval;
+            let wend = self.at.unwrap_or(ts) - self.offset_ms;
+            let wstart = wend - self.range_ms;
+            let fetch_start = wstart - self.ext_left;
+            let fetch_end = wend + self.ext_right;
+            if lo > 0 && pts[lo - 1].t_ms > fetch_start {
+                lo = pts.partition_point(|p| p.t_ms <= fetch_start);
+            }
+            while lo < pts.len() && pts[lo].t_ms <= fetch_start {
+                lo += 1;
+            }
+            if hi < lo {
+                hi = lo;
+            }
+            if hi > 0 && pts[hi - 1].t_ms > fetch_end {
+                hi = pts.partition_point(|p| p.t_ms <= fetch_end);
+            }
+            while hi < pts.len() && pts[hi].t_ms <= fetch_end {
+                hi += 1;
+            }
+            let window = &pts[lo..hi.max(lo)];
+            if window.is_empty() {
+                continue;
+            }
+            max_window = max_window.max(window.len());
+            rctx.ts = ts;
+            rctx.range_start = wstart;
+            rctx.range_end = wend;
+            rctx.params.clear();
+            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            if let Some(v) = (self.f)(window, &mut rctx) {
+                if points.is_empty() {
+                    points.reserve(self.steps - k);
+                }
+                points.push(Point { t_ms: ts, v });
+            }
+            if rctx.err.is_some() {
+                break;
+            }
+        }
+        SeriesRollup {
+            points,
+            annos: rctx.annos,
+            err: rctx.err,
+            max_window,
+        }
+    }
+}
+
 /// Evaluates a duration expression to milliseconds (Prometheus's `durationVisitor`).
 pub(crate) fn duration_ms(
     e: &DurationExpr,
@@ -759,7 +835,7 @@ pub(crate) fn duration_ms(
 }
 
 /// Final clean-up (delayed name removal): drop `__name__` where flagged, then merge series
-/// that became identical.
+/// that became identical. Matrices come back sorted by labels.
 pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
     let mut m: Matrix = m
         .into_iter()
@@ -770,29 +846,42 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
             s
         })
         .collect();
-    if m.len() <= 1 {
+    if instant_vector {
+        // Keep the evaluation order (sort() and friends), check for duplicates by hash.
+        let mut seen: FastSet<&Labels> =
+            FastSet::with_capacity_and_hasher(m.len(), Default::default());
+        for s in &m {
+            if !seen.insert(&s.labels) {
+                return Err(Error::exec(DUP_LABELSET));
+            }
+        }
         return Ok(m);
     }
-    let mut seen: HashMap<Labels, usize> = HashMap::with_capacity(m.len());
-    let mut dup = false;
-    for (i, s) in m.iter().enumerate() {
-        if seen.insert(s.labels.clone(), i).is_some() {
-            dup = true;
-            break;
+    m.sort_by(|a, b| a.labels.cmp(&b.labels));
+    if !m.windows(2).any(|w| w[0].labels == w[1].labels) {
+        return Ok(m);
+    }
+    let mut out: Matrix = Vec::with_capacity(m.len());
+    for s in m {
+        match out.last_mut() {
+            Some(last) if last.labels == s.labels => {
+                last.points.extend(s.points);
+                last.points.sort_by_key(|p| p.t_ms);
+                if last.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+                    return Err(Error::exec(DUP_LABELSET));
+                }
+            }
+            _ => out.push(s),
         }
     }
-    if !dup {
-        return Ok(m);
-    }
-    if instant_vector {
-        return Err(Error::exec(DUP_LABELSET));
-    }
-    merge_same_labelset(std::mem::take(&mut m))
+    Ok(out)
 }
 
-/// Merges series with identical labels; an error if two have a point at the same time.
+/// Merges series with identical labels (after `label_replace`/`label_join`); an error if two
+/// have a point at the same time.
 pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
-    let mut index: HashMap<Labels, usize> = HashMap::with_capacity(m.len());
+    let mut index: FastMap<Labels, usize> =
+        FastMap::with_capacity_and_hasher(m.len(), Default::default());
     let mut out: Matrix = Vec::with_capacity(m.len());
     let mut merged_any = false;
     for s in m {

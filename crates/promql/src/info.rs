@@ -4,14 +4,14 @@
 //! The info series are selected during evaluation, narrowed to the identifying label values
 //! the first argument actually produced.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use m3query_model::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
 use m3query_storage::SelectHints;
 
 use crate::eval::Evaluator;
 use crate::parser::{Call, Expr};
-use crate::value::{ESeries, Matrix, Point};
+use crate::value::{ESeries, FastMap, Matrix, Point};
 use crate::{Error, Result};
 
 const TARGET_INFO: &str = "target_info";
@@ -229,12 +229,12 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
     let steps = ev.num_steps();
     let mut cur_base = vec![0usize; mat.len()];
     let mut cur_info = vec![0usize; info_mat.len()];
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: FastMap<Labels, usize> = FastMap::default();
     let mut out: Matrix = Vec::new();
     for ts in (0..steps as i64).map(|k| ev.start + k * ev.interval) {
         crate::check_ctx(ev.ctx, "expression evaluation")?;
         // Newest info sample per signature at this step.
-        let mut right: HashMap<&Labels, (usize, f64)> = HashMap::new();
+        let mut right: FastMap<&Labels, (usize, f64)> = FastMap::default();
         for (ii, s) in info_mat.iter().enumerate() {
             let Some(p) = s.points.get(cur_info[ii]).filter(|p| p.t_ms == ts) else {
                 continue;

@@ -3,14 +3,12 @@
 //! Prometheus's `promql/quantile.go` (coalescing, monotonicity fix with its info annotation,
 //! small-delta tolerance).
 
-use std::collections::HashMap;
-
 use m3query_model::Labels;
 
 use crate::Result;
 use crate::annotations::{Annotations, msg};
 use crate::parser::{Call, Expr};
-use crate::value::Elem;
+use crate::value::{Elem, FastMap};
 
 const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
 
@@ -257,7 +255,7 @@ fn parse_le(s: &str) -> Option<f64> {
 
 /// Classic histograms of one step: buckets grouped by labels without `le`.
 fn group_buckets(v: &[Elem], arg: &Expr, annos: &mut Annotations) -> Vec<(Labels, Vec<Bucket>)> {
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: FastMap<Labels, usize> = FastMap::default();
     let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
     for e in v {
         let le_raw = e.labels.get("le").unwrap_or("");

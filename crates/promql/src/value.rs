@@ -2,6 +2,10 @@
 
 use m3query_model::Labels;
 
+/// Hash maps keyed by labels or hashes on hot paths: foldhash, not SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// One float point of a series.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Point {
