@@ -13,6 +13,9 @@ use crate::plan::{QueryTimes, SelectSpec, collect_selectors, preprocess};
 use crate::value::{ESeries, Point, Sample, Series, Val, Value};
 use crate::{Error, Result, check_ctx};
 
+/// The longest lookback accepted (a year), so time arithmetic stays far from overflow.
+const MAX_LOOKBACK_MS: i64 = 366 * 24 * 3_600_000;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -106,6 +109,10 @@ impl Engine {
         t_ms: i64,
         opts: &QueryOptions,
     ) -> Result<QueryResult> {
+        let t_ms = t_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
         self.exec(q, ctx, expr, t_ms, t_ms, 0, opts)
     }
 
@@ -121,6 +128,14 @@ impl Engine {
         step_ms: i64,
         opts: &QueryOptions,
     ) -> Result<QueryResult> {
+        let start_ms = start_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
+        let end_ms = end_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
         if step_ms <= 0 {
             return Err(Error::exec(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer",
@@ -128,6 +143,10 @@ impl Engine {
         }
         if end_ms < start_ms {
             return Err(Error::exec("end timestamp must not be before start time"));
+        }
+        // More steps than samples allowed cannot be answered (and must not be allocated).
+        if (end_ms.saturating_sub(start_ms)) / step_ms >= self.opts.max_samples as i64 {
+            return Err(Error::TooManySamples);
         }
         self.exec(q, ctx, expr, start_ms, end_ms, step_ms, opts)
     }
@@ -171,7 +190,8 @@ impl Engine {
             lookback: opts
                 .lookback_delta_ms
                 .filter(|l| *l > 0)
-                .unwrap_or(self.opts.lookback_delta_ms),
+                .unwrap_or(self.opts.lookback_delta_ms)
+                .clamp(1, MAX_LOOKBACK_MS),
             default_subquery_step: self.opts.default_subquery_step_ms,
         };
         let t1 = Instant::now();

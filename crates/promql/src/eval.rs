@@ -157,8 +157,8 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(inner, _) | Expr::StepInvariant(inner) => self.eval(inner),
             Expr::Number { val, .. } => {
                 let v = *val;
+                self.add_samples(self.num_steps())?;
                 let points: Vec<Point> = self.step_ts().map(|t| Point { t_ms: t, v }).collect();
-                self.add_samples(points.len())?;
                 Ok(Val::Matrix(vec![ESeries {
                     labels: Labels::empty(),
                     points,
@@ -362,6 +362,9 @@ impl<'a> Evaluator<'a> {
 
     pub fn eval_subquery(&mut self, sq: &SubqueryExpr) -> Result<Matrix> {
         let (start, end, interval) = self.subquery_range(sq);
+        if end >= start && (end - start) / interval >= self.max_samples as i64 {
+            return Err(Error::TooManySamples);
+        }
         let mut child = self.child(start, end, interval);
         child.eval_matrix(&sq.expr)
     }

@@ -111,7 +111,7 @@ pub fn parse_with(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
 }
 
 /// Nesting limit, so that hostile input cannot overflow the stack.
-const MAX_DEPTH: usize = 512;
+const MAX_DEPTH: usize = 256;
 
 struct Parser<'a> {
     input: &'a str,
@@ -1086,7 +1086,11 @@ impl Parser<'_> {
                         format!("timestamp out of bounds for @ modifier: {v:.6}"),
                     ));
                 }
-                ts = Some((v * 1000.0).round() as i64);
+                // Clamped to the API's time range so time arithmetic cannot overflow.
+                ts = Some(((v * 1000.0).round() as i64).clamp(
+                    m3query_model::time::MIN_TIME_MS,
+                    m3query_model::time::MAX_TIME_MS,
+                ));
             }
             _ => return Err(self.unexpected_tok(t, "@", "timestamp")),
         }
