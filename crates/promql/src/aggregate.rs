@@ -1,0 +1,614 @@
+//! Aggregation operators (`sum`, `avg`, ..., `topk`, `limitk`, `count_values`), evaluated over
+//! all steps with each input series' group computed once (label hashes, no per-step
+//! re-grouping), numerics as Prometheus's `aggregation`/`aggregationK`.
+
+use m3query_model::Labels;
+
+use crate::annotations::msg;
+use crate::eval::Evaluator;
+use crate::functions::kahan_inc;
+use crate::parser::{AggOp, AggregateExpr, Expr};
+use crate::value::{ESeries, Elem, FastMap, Matrix, Point};
+use crate::{Error, Result};
+
+/// Per-step values of an aggregation parameter (`k`, `q`, ratio).
+struct Params {
+    values: Vec<f64>,
+    min: f64,
+    max: f64,
+    any_nan: bool,
+}
+
+fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
+    let steps = ev.num_steps();
+    let Some(e) = e else {
+        return Ok(Params {
+            values: vec![0.0; steps],
+            min: 0.0,
+            max: 0.0,
+            any_nan: false,
+        });
+    };
+    let m = ev.eval_matrix(e)?;
+    let Some(s) = m.first() else {
+        return Ok(Params {
+            values: vec![0.0; steps],
+            min: 0.0,
+            max: 0.0,
+            any_nan: false,
+        });
+    };
+    let mut p = Params {
+        values: vec![0.0; steps],
+        min: f64::MAX,
+        max: -f64::MAX,
+        any_nan: false,
+    };
+    for pt in &s.points {
+        let k = ((pt.t_ms - ev.start) / ev.interval) as usize;
+        if k < steps {
+            p.values[k] = pt.v;
+        }
+        // Go's math.Max/Min propagate NaN.
+        p.max = if pt.v.is_nan() || p.max.is_nan() {
+            f64::NAN
+        } else {
+            p.max.max(pt.v)
+        };
+        p.min = if pt.v.is_nan() || p.min.is_nan() {
+            f64::NAN
+        } else {
+            p.min.min(pt.v)
+        };
+        p.any_nan |= pt.v.is_nan();
+    }
+    Ok(p)
+}
+
+#[derive(Clone, Default)]
+struct Group {
+    seen: bool,
+    value: f64,
+    mean: f64,
+    c: f64,
+    count: f64,
+    incremental: bool,
+    drop_name: bool,
+    values: Vec<f64>,
+    /// topk/bottomk/limitk/limit_ratio: (input series index, value), in Go heap order.
+    heap: Vec<(usize, f64)>,
+    complete: bool,
+}
+
+pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Result<Matrix> {
+    let mut grouping = a.grouping.clone();
+    grouping.sort();
+    if a.op == AggOp::CountValues {
+        return count_values(ev, a, grouping);
+    }
+    let params = if a.op.has_param() {
+        eval_params(ev, a.param.as_ref())?
+    } else {
+        eval_params(ev, None)?
+    };
+    let input = ev.eval_matrix(&a.expr)?;
+
+    // Group index per input series, computed once.
+    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let mut series_group: Vec<usize> = Vec::with_capacity(input.len());
+    for s in &input {
+        let key = if a.without {
+            s.labels.hash_without_labels(&grouping)
+        } else if grouping.is_empty() {
+            0
+        } else {
+            s.labels.hash_for_labels(&grouping)
+        };
+        let g = *key_to_group.entry(key).or_insert_with(|| {
+            group_labels.push(if a.without {
+                s.labels.without(&grouping)
+            } else if grouping.is_empty() {
+                Labels::empty()
+            } else {
+                s.labels.keep(&grouping)
+            });
+            group_labels.len() - 1
+        });
+        series_group.push(g);
+    }
+
+    let param_pos = a.param.as_ref().map_or(a.pos, Expr::pos);
+    match a.op {
+        AggOp::Topk | AggOp::Bottomk | AggOp::Limitk => {
+            if params.max < 1.0 {
+                return Ok(Vec::new());
+            }
+            if params.any_nan {
+                return Err(Error::exec("Parameter value is NaN"));
+            }
+            if params.min <= i64::MIN as f64 {
+                return Err(Error::exec(format!(
+                    "Scalar value {} underflows int64",
+                    go_v(params.min)
+                )));
+            }
+            if params.max >= i64::MAX as f64 {
+                return Err(Error::exec(format!(
+                    "Scalar value {} overflows int64",
+                    go_v(params.max)
+                )));
+            }
+        }
+        AggOp::LimitRatio => {
+            if params.max == 0.0 && params.min == 0.0 {
+                return Ok(Vec::new());
+            }
+            if params.any_nan {
+                return Err(Error::exec("Ratio value is NaN"));
+            }
+            if params.max > 1.0 {
+                ev.annos
+                    .warn(msg::invalid_ratio(params.max, 1.0), param_pos);
+            }
+            if params.min < -1.0 {
+                ev.annos
+                    .warn(msg::invalid_ratio(params.min, -1.0), param_pos);
+            }
+        }
+        AggOp::Quantile => {
+            if params.any_nan {
+                ev.annos.warn(msg::invalid_quantile(f64::NAN), param_pos);
+            }
+            if params.max > 1.0 {
+                ev.annos.warn(msg::invalid_quantile(params.max), param_pos);
+            }
+            if params.min < 0.0 {
+                ev.annos.warn(msg::invalid_quantile(params.min), param_pos);
+            }
+        }
+        _ => {}
+    }
+
+    let k_agg = crate::eval::is_k_aggregation(a.op);
+    let steps = ev.num_steps();
+    let mut groups: Vec<Group> = vec![Group::default(); group_labels.len()];
+    let mut cursors = vec![0usize; input.len()];
+    // Outputs: plain aggregations fill one series per group; k-aggregations one per input.
+    let mut out_points: Vec<Vec<Point>> =
+        vec![Vec::new(); if k_agg { input.len() } else { groups.len() }];
+    let mut out_drop: Vec<bool> = vec![false; out_points.len()];
+    let mut instant_order: Vec<usize> = Vec::new();
+    let input_total = crate::value::total_points(&input);
+
+    for (step, ts) in (0..steps).map(|k| (k, ev.start + k as i64 * ev.interval)) {
+        if step % 64 == 0 {
+            crate::check_ctx(ev.ctx, "expression evaluation")?;
+        }
+        let param = params.values.get(step).copied().unwrap_or(0.0);
+        for g in groups.iter_mut() {
+            g.seen = false;
+        }
+        let mut k_limit = 0i64;
+        let mut ratio = 0.0;
+        if k_agg {
+            match a.op {
+                AggOp::LimitRatio => {
+                    if param == 0.0 {
+                        advance_all(&input, &mut cursors, ts);
+                        continue;
+                    }
+                    ratio = param.clamp(-1.0, 1.0);
+                }
+                _ => {
+                    k_limit = (param as i64).min(input.len() as i64);
+                    if k_limit < 1 {
+                        advance_all(&input, &mut cursors, ts);
+                        continue;
+                    }
+                }
+            }
+        }
+        let mut groups_remaining = groups.len();
+        for (si, s) in input.iter().enumerate() {
+            let c = &mut cursors[si];
+            let Some(p) = s.points.get(*c).filter(|p| p.t_ms == ts) else {
+                continue;
+            };
+            *c += 1;
+            let f = p.v;
+            let g = &mut groups[series_group[si]];
+            if k_agg {
+                if !g.seen {
+                    *g = Group {
+                        seen: true,
+                        ..Default::default()
+                    };
+                }
+                match a.op {
+                    AggOp::Topk => {
+                        if (g.heap.len() as i64) < k_limit {
+                            heap_push(&mut g.heap, (si, f), less_value);
+                        } else if g.heap[0].1 < f || (g.heap[0].1.is_nan() && !f.is_nan()) {
+                            g.heap[0] = (si, f);
+                            if k_limit > 1 {
+                                heap_fix(&mut g.heap, 0, less_value);
+                            }
+                        }
+                    }
+                    AggOp::Bottomk => {
+                        if (g.heap.len() as i64) < k_limit {
+                            heap_push(&mut g.heap, (si, f), less_reverse);
+                        } else if g.heap[0].1 > f || (g.heap[0].1.is_nan() && !f.is_nan()) {
+                            g.heap[0] = (si, f);
+                            if k_limit > 1 {
+                                heap_fix(&mut g.heap, 0, less_reverse);
+                            }
+                        }
+                    }
+                    AggOp::Limitk => {
+                        if g.complete {
+                            continue;
+                        }
+                        if (g.heap.len() as i64) < k_limit {
+                            heap_push(&mut g.heap, (si, f), less_value);
+                        }
+                        if g.heap.len() as i64 == k_limit {
+                            g.complete = true;
+                            groups_remaining -= 1;
+                        }
+                    }
+                    _ => {
+                        let offset = ratio_offset(&s.labels);
+                        if (ratio >= 0.0 && offset < ratio)
+                            || (ratio < 0.0 && offset >= 1.0 + ratio)
+                        {
+                            heap_push(&mut g.heap, (si, f), less_value);
+                        }
+                    }
+                }
+                let _ = groups_remaining;
+                continue;
+            }
+            if !g.seen {
+                *g = Group {
+                    seen: true,
+                    value: f,
+                    mean: f,
+                    count: 1.0,
+                    drop_name: s.drop_name,
+                    values: std::mem::take(&mut g.values),
+                    ..Default::default()
+                };
+                match a.op {
+                    AggOp::Stddev | AggOp::Stdvar => {
+                        g.value = if f.is_nan() || f.is_infinite() {
+                            f64::NAN
+                        } else {
+                            0.0
+                        };
+                    }
+                    AggOp::Quantile => {
+                        g.values.clear();
+                        g.values.push(f);
+                    }
+                    AggOp::Group => g.value = 1.0,
+                    _ => {}
+                }
+                continue;
+            }
+            if s.drop_name {
+                g.drop_name = true;
+            }
+            match a.op {
+                AggOp::Sum => (g.value, g.c) = kahan_inc(f, g.value, g.c),
+                AggOp::Avg => {
+                    g.count += 1.0;
+                    if !g.incremental {
+                        let (nv, nc) = kahan_inc(f, g.value, g.c);
+                        if !nv.is_infinite() {
+                            g.value = nv;
+                            g.c = nc;
+                            continue;
+                        }
+                        g.incremental = true;
+                        g.mean = g.value / (g.count - 1.0);
+                        g.c /= g.count - 1.0;
+                    }
+                    let q = (g.count - 1.0) / g.count;
+                    (g.mean, g.c) = kahan_inc(f / g.count, q * g.mean, q * g.c);
+                }
+                AggOp::Group => {}
+                AggOp::Max if g.value < f || g.value.is_nan() => g.value = f,
+                AggOp::Min if g.value > f || g.value.is_nan() => g.value = f,
+                AggOp::Count => g.count += 1.0,
+                AggOp::Stddev | AggOp::Stdvar => {
+                    g.count += 1.0;
+                    let delta = f - g.mean;
+                    g.mean += delta / g.count;
+                    g.value += delta * (f - g.mean);
+                }
+                AggOp::Quantile => g.values.push(f),
+                _ => {}
+            }
+        }
+
+        // Emit this step.
+        if k_agg {
+            for g in groups.iter_mut().filter(|g| g.seen) {
+                let mut heap = std::mem::take(&mut g.heap);
+                match a.op {
+                    AggOp::Topk => insertion_sort(&mut heap, |x, y| less_value(y, x)),
+                    AggOp::Bottomk => insertion_sort(&mut heap, |x, y| less_reverse(y, x)),
+                    _ => {}
+                }
+                for (si, v) in heap.drain(..) {
+                    if out_points[si].is_empty() {
+                        out_drop[si] = input[si].drop_name;
+                    }
+                    out_points[si].push(Point { t_ms: ts, v });
+                    if steps == 1 {
+                        instant_order.push(si);
+                    }
+                }
+                g.heap = heap;
+            }
+        } else {
+            for (gi, g) in groups.iter_mut().enumerate() {
+                if !g.seen {
+                    continue;
+                }
+                let v = match a.op {
+                    AggOp::Avg => {
+                        if g.incremental {
+                            g.mean + g.c
+                        } else {
+                            g.value / g.count + g.c / g.count
+                        }
+                    }
+                    AggOp::Count => g.count,
+                    AggOp::Stdvar => g.value / g.count,
+                    AggOp::Stddev => (g.value / g.count).sqrt(),
+                    AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
+                    AggOp::Sum => {
+                        if g.value.is_infinite() {
+                            g.value
+                        } else {
+                            g.value + g.c
+                        }
+                    }
+                    _ => g.value,
+                };
+                if g.drop_name {
+                    out_drop[gi] = true;
+                }
+                out_points[gi].push(Point { t_ms: ts, v });
+            }
+        }
+        let held: usize = out_points.iter().map(Vec::len).sum();
+        if held > ev.max_samples {
+            return Err(Error::TooManySamples);
+        }
+    }
+    ev.release_samples(input_total);
+
+    let mut out: Matrix = Vec::new();
+    if k_agg {
+        let order: Vec<usize> = if steps == 1 {
+            instant_order
+        } else {
+            (0..input.len()).collect()
+        };
+        let mut input = input;
+        for si in order {
+            let points = std::mem::take(&mut out_points[si]);
+            if points.is_empty() {
+                continue;
+            }
+            out.push(ESeries {
+                labels: std::mem::take(&mut input[si].labels),
+                points,
+                drop_name: out_drop[si],
+            });
+        }
+    } else {
+        for (gi, labels) in group_labels.into_iter().enumerate() {
+            let points = std::mem::take(&mut out_points[gi]);
+            if points.is_empty() {
+                continue;
+            }
+            out.push(ESeries {
+                labels,
+                points,
+                drop_name: out_drop[gi],
+            });
+        }
+    }
+    ev.add_samples(crate::value::total_points(&out))?;
+    Ok(out)
+}
+
+fn advance_all(input: &Matrix, cursors: &mut [usize], ts: i64) {
+    for (si, s) in input.iter().enumerate() {
+        if s.points.get(cursors[si]).is_some_and(|p| p.t_ms == ts) {
+            cursors[si] += 1;
+        }
+    }
+}
+
+/// Go's `%v` of a float in error messages.
+fn go_v(v: f64) -> String {
+    crate::parser::printer_g(v)
+}
+
+/// `vectorByValueHeap.Less`: NaN first, then ascending.
+fn less_value(a: &(usize, f64), b: &(usize, f64)) -> bool {
+    if a.1.is_nan() {
+        return true;
+    }
+    a.1 < b.1
+}
+
+/// `vectorByReverseValueHeap.Less`: NaN first, then descending.
+fn less_reverse(a: &(usize, f64), b: &(usize, f64)) -> bool {
+    if a.1.is_nan() {
+        return true;
+    }
+    a.1 > b.1
+}
+
+type Less = fn(&(usize, f64), &(usize, f64)) -> bool;
+
+/// Go's `container/heap.Push`.
+fn heap_push(h: &mut Vec<(usize, f64)>, x: (usize, f64), less: Less) {
+    h.push(x);
+    let n = h.len() - 1;
+    heap_up(h, n, less);
+}
+
+fn heap_up(h: &mut [(usize, f64)], mut j: usize, less: Less) {
+    while j > 0 {
+        let i = (j - 1) / 2;
+        if !less(&h[j], &h[i]) {
+            break;
+        }
+        h.swap(i, j);
+        j = i;
+    }
+}
+
+fn heap_down(h: &mut [(usize, f64)], i0: usize, less: Less) -> bool {
+    let n = h.len();
+    let mut i = i0;
+    loop {
+        let j1 = 2 * i + 1;
+        if j1 >= n {
+            break;
+        }
+        let mut j = j1;
+        let j2 = j1 + 1;
+        if j2 < n && less(&h[j2], &h[j1]) {
+            j = j2;
+        }
+        if !less(&h[j], &h[i]) {
+            break;
+        }
+        h.swap(i, j);
+        i = j;
+    }
+    i > i0
+}
+
+/// Go's `container/heap.Fix`.
+fn heap_fix(h: &mut [(usize, f64)], i: usize, less: Less) {
+    if !heap_down(h, i, less) {
+        heap_up(h, i, less);
+    }
+}
+
+/// Go's insertion sort (what `sort.Sort` does for short inputs): stable.
+fn insertion_sort(v: &mut [(usize, f64)], less: impl Fn(&(usize, f64), &(usize, f64)) -> bool) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && less(&v[j], &v[j - 1]) {
+            v.swap(j, j - 1);
+            j -= 1;
+        }
+    }
+}
+
+/// `limit_ratio`'s deterministic sampling offset in `[0, 1]` from the series' label hash
+/// (Prometheus's `HashRatioSampler`, xxhash64 over the label bytes).
+fn ratio_offset(labels: &Labels) -> f64 {
+    let mut buf = Vec::with_capacity(128);
+    for l in labels.iter() {
+        buf.extend_from_slice(l.name.as_bytes());
+        buf.push(0xff);
+        buf.extend_from_slice(l.value.as_bytes());
+        buf.push(0xff);
+    }
+    crate::xxhash::xxh64(&buf, 0) as f64 / u64::MAX as f64
+}
+
+fn count_values(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    mut grouping: Vec<String>,
+) -> Result<Matrix> {
+    let label = match a.param.as_ref().map(Expr::unwrap_parens) {
+        Some(Expr::String { val, .. }) => val.clone(),
+        _ => String::new(),
+    };
+    if label.is_empty() {
+        return Err(Error::exec(format!(
+            "invalid label name {}",
+            crate::parser::go_quote(&label)
+        )));
+    }
+    if !a.without {
+        grouping.push(label.clone());
+        grouping.sort();
+    }
+    let input = ev.eval_matrix(&a.expr)?;
+    let without = a.without;
+    ev.range_eval(vec![input], move |_, ts, vecs, out| {
+        let mut index: FastMap<u64, usize> = FastMap::default();
+        let mut res: Vec<(Labels, usize)> = Vec::new();
+        for e in &vecs[0] {
+            let mut b = e.labels.builder();
+            b.set(label.as_str(), crate::parser::format_float_f_go(e.v));
+            let metric = b.labels();
+            let key = if without {
+                metric.hash_without_labels(&grouping)
+            } else {
+                metric.hash_for_labels(&grouping)
+            };
+            match index.get(&key) {
+                Some(&i) => res[i].1 += 1,
+                None => {
+                    index.insert(key, res.len());
+                    let l = if without {
+                        metric.without(&grouping)
+                    } else {
+                        metric.keep(&grouping)
+                    };
+                    res.push((l, 1));
+                }
+            }
+        }
+        for (labels, n) in res {
+            out.push(Elem {
+                labels,
+                v: n as f64,
+                t: ts,
+                drop_name: false,
+                si: 0,
+            });
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_heap_keeps_k_largest() {
+        let mut h = Vec::new();
+        let vals = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
+        for (i, v) in vals.iter().enumerate() {
+            if h.len() < 3 {
+                heap_push(&mut h, (i, *v), less_value);
+            } else if h[0].1 < *v {
+                h[0] = (i, *v);
+                heap_fix(&mut h, 0, less_value);
+            }
+        }
+        insertion_sort(&mut h, |x, y| less_value(y, x));
+        assert_eq!(
+            h.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![9.0, 6.0, 5.0]
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! PromQL annotations (warnings and infos), as Prometheus's `util/annotations`.
+//!
+//! Each annotation has a message and the position of the sub-expression it is about; they are
+//! deduplicated by message (the last position wins, as in Prometheus's map) and rendered as the
+//! HTTP API renders them: `PromQL warning: <msg> (line:col)`.
+
+use crate::parser::PosRange;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Warning,
+    Info,
+}
+
+#[derive(Clone, Debug)]
+struct Anno {
+    kind: Kind,
+    /// The message without the `PromQL warning: ` prefix and without position.
+    msg: String,
+    pos: PosRange,
+    /// For the histogram_quantile monotonicity info, which merges across steps.
+    mono: Option<Mono>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Mono {
+    min_ts: i64,
+    max_ts: i64,
+    min_bucket: f64,
+    max_bucket: f64,
+    max_diff: f64,
+    count: usize,
+}
+
+/// A set of annotations for one query.
+#[derive(Clone, Debug, Default)]
+pub struct Annotations {
+    items: Vec<Anno>,
+}
+
+impl Annotations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn add(&mut self, a: Anno) {
+        if let Some(prev) = self
+            .items
+            .iter_mut()
+            .find(|p| p.kind == a.kind && p.msg == a.msg)
+        {
+            match (prev.mono, a.mono) {
+                (Some(p), Some(n)) => {
+                    prev.mono = Some(Mono {
+                        min_ts: p.min_ts.min(n.min_ts),
+                        max_ts: p.max_ts.max(n.max_ts),
+                        min_bucket: p.min_bucket.min(n.min_bucket),
+                        max_bucket: p.max_bucket.max(n.max_bucket),
+                        max_diff: p.max_diff.max(n.max_diff),
+                        count: p.count + n.count + 1,
+                    });
+                    prev.pos = a.pos;
+                }
+                _ => *prev = a,
+            }
+            return;
+        }
+        self.items.push(a);
+    }
+
+    pub fn warn(&mut self, msg: impl Into<String>, pos: PosRange) {
+        self.add(Anno {
+            kind: Kind::Warning,
+            msg: msg.into(),
+            pos,
+            mono: None,
+        });
+    }
+
+    pub fn info(&mut self, msg: impl Into<String>, pos: PosRange) {
+        self.add(Anno {
+            kind: Kind::Info,
+            msg: msg.into(),
+            pos,
+            mono: None,
+        });
+    }
+
+    pub fn merge(&mut self, other: Annotations) {
+        for a in other.items {
+            self.add(a);
+        }
+    }
+
+    /// The histogram_quantile "fixed for monotonicity" info, merged over steps.
+    pub(crate) fn monotonicity_info(
+        &mut self,
+        metric_name: &str,
+        pos: PosRange,
+        ts: i64,
+        min_bucket: f64,
+        max_bucket: f64,
+        max_diff: f64,
+    ) {
+        let mut msg = String::from(
+            "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)",
+        );
+        if !metric_name.is_empty() {
+            msg.push_str(&format!(" for metric name {metric_name:?}"));
+        }
+        self.add(Anno {
+            kind: Kind::Info,
+            msg,
+            pos,
+            mono: Some(Mono {
+                min_ts: ts,
+                max_ts: ts,
+                min_bucket,
+                max_bucket,
+                max_diff,
+                count: 0,
+            }),
+        });
+    }
+
+    /// Renders warnings and infos against the query text, as the HTTP API does.
+    pub fn as_strings(&self, query: &str) -> (Vec<String>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut infos = Vec::new();
+        for a in &self.items {
+            let prefix = match a.kind {
+                Kind::Warning => "PromQL warning",
+                Kind::Info => "PromQL info",
+            };
+            let pos = a.pos.start_pos_input(query);
+            let s = match a.mono {
+                Some(m) => format!(
+                    "{prefix}: {}, from buckets {} to {}, with a max diff of {}, over {} samples from {} to {} ({pos})",
+                    a.msg,
+                    go_g(m.min_bucket),
+                    go_g(m.max_bucket),
+                    go_2g(m.max_diff),
+                    m.count + 1,
+                    rfc3339_secs(m.min_ts),
+                    rfc3339_secs(m.max_ts),
+                ),
+                None => format!("{prefix}: {} ({pos})", a.msg),
+            };
+            match a.kind {
+                Kind::Warning => warnings.push(s),
+                Kind::Info => infos.push(s),
+            }
+        }
+        (warnings, infos)
+    }
+}
+
+fn go_g(v: f64) -> String {
+    crate::parser::printer_g(v)
+}
+
+/// Go's `%.2g`.
+fn go_2g(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return go_g(v);
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if !(-4..2).contains(&exp) {
+        let s = format!("{v:.1e}");
+        if let Some((mant, e)) = s.split_once('e') {
+            let mant = mant.trim_end_matches('0').trim_end_matches('.');
+            let (sign, digits) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            return format!("{mant}e{sign}{digits:0>2}");
+        }
+        return s;
+    }
+    let decimals = (1 - exp).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn rfc3339_secs(ms: i64) -> String {
+    m3query_model::time::format_rfc3339(ms.div_euclid(1000) * 1000)
+}
+
+/// Message builders for the annotations the float engine raises.
+pub(crate) mod msg {
+    use crate::parser::printer_g;
+
+    pub fn invalid_quantile(q: f64) -> String {
+        format!(
+            "quantile value should be between 0 and 1, got {}",
+            printer_g(q)
+        )
+    }
+
+    pub fn invalid_ratio(q: f64, to: f64) -> String {
+        format!(
+            "ratio value should be between -1 and 1, got {}, capping to {}",
+            printer_g(q),
+            printer_g(to)
+        )
+    }
+
+    pub fn bad_bucket_label(metric: &str, le: &str) -> String {
+        let mut s = format!("bucket label \"le\" is missing or has a malformed value of {le:?}");
+        if !metric.is_empty() {
+            s.push_str(&format!(" for metric name {metric:?}"));
+        }
+        s
+    }
+
+    pub fn possible_non_counter(metric: &str) -> String {
+        format!(
+            "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"
+        )
+    }
+
+    pub fn sort_in_range_query() -> String {
+        "sort is ineffective for range queries since results are always ordered by labels".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_and_render() {
+        let mut a = Annotations::new();
+        a.warn(msg::invalid_quantile(1.5), PosRange::new(9, 12));
+        a.warn(msg::invalid_quantile(1.5), PosRange::new(0, 1));
+        a.info(msg::possible_non_counter("x"), PosRange::new(5, 6));
+        let (w, i) = a.as_strings("quantile(1.5, x)");
+        assert_eq!(
+            w,
+            vec!["PromQL warning: quantile value should be between 0 and 1, got 1.5 (1:1)"]
+        );
+        assert_eq!(i.len(), 1);
+        assert_eq!(go_2g(0.5), "0.5");
+        assert_eq!(go_2g(123.0), "1.2e+02");
+        assert_eq!(go_2g(0.001234), "0.0012");
+    }
+}

@@ -1,0 +1,381 @@
+//! The engine's public face: options, the two query kinds, results and statistics.
+
+use std::time::{Duration, Instant};
+
+use m3query_storage::{Context, Queryable};
+use rayon::prelude::*;
+use tracing::info_span;
+
+use crate::annotations::Annotations;
+use crate::eval::{Counters, Evaluator, SelSeries, cleanup_names};
+use crate::parser::{Expr, ValueType};
+use crate::plan::{QueryTimes, SelectSpec, collect_selectors, preprocess};
+use crate::value::{ESeries, Point, Sample, Series, Val, Value};
+use crate::{Error, Result, check_ctx};
+
+/// The longest lookback accepted (a year), so time arithmetic stays far from overflow.
+const MAX_LOOKBACK_MS: i64 = 366 * 24 * 3_600_000;
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back an instant selector looks for a sample (default 5m).
+    pub lookback_delta_ms: i64,
+    /// Most points held in memory at once by one query (default 100,000,000, M3's default).
+    pub max_samples: usize,
+    /// Whether experimental functions and aggregations (`limitk`, `info`, ...) are allowed.
+    pub enable_experimental_functions: bool,
+    /// The step of subqueries written without one (`[5m:]`), default 1m.
+    pub default_subquery_step_ms: i64,
+    /// Series at or above which a node's per-series work is spread over threads.
+    pub parallel_threshold: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lookback_delta_ms: 5 * 60_000,
+            max_samples: 100_000_000,
+            enable_experimental_functions: true,
+            default_subquery_step_ms: 60_000,
+            parallel_threshold: 512,
+        }
+    }
+}
+
+/// Per-query settings.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Overrides the engine's lookback delta.
+    pub lookback_delta_ms: Option<i64>,
+    /// At most this many series per query (0: no limit).
+    pub max_fetched_series: usize,
+    /// With a series limit: fail instead of truncating.
+    pub require_exhaustive: bool,
+    /// Collect per-phase timings and sample counts.
+    pub enable_stats: bool,
+}
+
+/// Where a query's time went and how much it touched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryStats {
+    pub parse: Duration,
+    /// Planning plus selecting and decoding series.
+    pub prepare: Duration,
+    pub eval: Duration,
+    pub total: Duration,
+    /// Points produced by evaluation in total.
+    pub total_samples: u64,
+    /// Most points held at once.
+    pub peak_samples: usize,
+    pub series_fetched: usize,
+    /// Raw samples decoded from storage.
+    pub samples_fetched: usize,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub value: Value,
+    /// Rendered as the HTTP API does: `PromQL warning: <msg> (line:col)` plus storage warnings.
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+    pub stats: QueryStats,
+    /// True when `max_fetched_series` truncated the series (M3's `M3-Results-Limited`).
+    pub series_limited: bool,
+}
+
+/// The PromQL engine. Cheap to share: it holds only options.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Self {
+        Engine { opts }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Evaluates `expr` at `t_ms`.
+    pub fn instant_query(
+        &self,
+        q: &dyn Queryable,
+        ctx: &Context,
+        expr: &str,
+        t_ms: i64,
+        opts: &QueryOptions,
+    ) -> Result<QueryResult> {
+        let t_ms = t_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
+        self.exec(q, ctx, expr, t_ms, t_ms, 0, opts)
+    }
+
+    /// Evaluates `expr` at `start_ms, start_ms+step_ms, ..., <= end_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn range_query(
+        &self,
+        q: &dyn Queryable,
+        ctx: &Context,
+        expr: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        opts: &QueryOptions,
+    ) -> Result<QueryResult> {
+        let start_ms = start_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
+        let end_ms = end_ms.clamp(
+            m3query_model::time::MIN_TIME_MS,
+            m3query_model::time::MAX_TIME_MS,
+        );
+        if step_ms <= 0 {
+            return Err(Error::exec(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(Error::exec("end timestamp must not be before start time"));
+        }
+        // More steps than samples allowed cannot be answered (and must not be allocated).
+        if (end_ms.saturating_sub(start_ms)) / step_ms >= self.opts.max_samples as i64 {
+            return Err(Error::TooManySamples);
+        }
+        self.exec(q, ctx, expr, start_ms, end_ms, step_ms, opts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec(
+        &self,
+        q: &dyn Queryable,
+        ctx: &Context,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        opts: &QueryOptions,
+    ) -> Result<QueryResult> {
+        let t0 = Instant::now();
+        let mut stats = QueryStats::default();
+        let parse_opts = crate::parser::ParseOptions {
+            experimental_functions: self.opts.enable_experimental_functions,
+            ..Default::default()
+        };
+        let mut expr = {
+            let _span = info_span!("promql.parse", query = query).entered();
+            crate::parser::parse_with(query, parse_opts)?
+        };
+        stats.parse = t0.elapsed();
+        let instant = step == 0;
+        if !instant {
+            let t = expr.value_type();
+            if t != ValueType::Vector && t != ValueType::Scalar {
+                return Err(Error::exec(format!(
+                    "invalid expression type {:?} for range query, must be Scalar or instant Vector",
+                    t.documented()
+                )));
+            }
+        }
+        let times = QueryTimes {
+            start,
+            end,
+            step,
+            lookback: opts
+                .lookback_delta_ms
+                .filter(|l| *l > 0)
+                .unwrap_or(self.opts.lookback_delta_ms)
+                .clamp(1, MAX_LOOKBACK_MS),
+            default_subquery_step: self.opts.default_subquery_step_ms,
+        };
+        let t1 = Instant::now();
+        preprocess(&mut expr, &times)?;
+        let specs = collect_selectors(&mut expr, &times);
+        let (selected, warnings, limited) = self.select_all(q, ctx, &specs, opts, &mut stats)?;
+        stats.prepare = t1.elapsed();
+
+        let t2 = Instant::now();
+        let eval_span = info_span!(
+            "promql.eval",
+            start_ms = start,
+            end_ms = end,
+            step_ms = step,
+            samples = tracing::field::Empty
+        );
+        let _guard = eval_span.enter();
+        let mut counters = Counters::default();
+        let mut annos = Annotations::new();
+        let val = {
+            let mut ev = Evaluator {
+                start,
+                end,
+                interval: step.max(1),
+                lookback: times.lookback,
+                ctx,
+                queryable: q,
+                sel: &selected,
+                max_samples: self.opts.max_samples,
+                parallel_threshold: self.opts.parallel_threshold.max(1),
+                counters: &mut counters,
+                annos: &mut annos,
+                default_subquery_step: self.opts.default_subquery_step_ms,
+            };
+            ev.eval(&expr)?
+        };
+        check_ctx(ctx, "expression evaluation")?;
+        let value = finish(&expr, val, start, instant)?;
+        eval_span.record("samples", counters.total);
+        drop(_guard);
+        stats.eval = t2.elapsed();
+        stats.total = t0.elapsed();
+        stats.total_samples = counters.total;
+        stats.peak_samples = counters.peak;
+        let (mut w, infos) = annos.as_strings(query);
+        let mut all_warnings = warnings;
+        all_warnings.append(&mut w);
+        Ok(QueryResult {
+            value,
+            warnings: all_warnings,
+            infos,
+            stats,
+            series_limited: limited,
+        })
+    }
+
+    /// Selects every selector's series once and decodes their samples.
+    fn select_all(
+        &self,
+        q: &dyn Queryable,
+        ctx: &Context,
+        specs: &[SelectSpec],
+        opts: &QueryOptions,
+        stats: &mut QueryStats,
+    ) -> Result<(Vec<Vec<SelSeries>>, Vec<String>, bool)> {
+        if specs.is_empty() {
+            return Ok((Vec::new(), Vec::new(), false));
+        }
+        let mint = specs.iter().map(|s| s.hints.start_ms).min().unwrap_or(0);
+        let maxt = specs.iter().map(|s| s.hints.end_ms).max().unwrap_or(0);
+        let querier = q.querier(mint, maxt)?;
+        let mut out = Vec::with_capacity(specs.len());
+        let mut warnings = m3query_storage::Warnings::new();
+        let mut total_series = 0usize;
+        let mut limited = false;
+        for spec in specs {
+            check_ctx(ctx, "query preparation")?;
+            let span = info_span!(
+                "storage.select",
+                matchers = %spec.text,
+                start_ms = spec.hints.start_ms,
+                end_ms = spec.hints.end_ms,
+                series = tracing::field::Empty,
+                samples = tracing::field::Empty
+            );
+            let _g = span.enter();
+            let mut hints = spec.hints.clone();
+            if opts.max_fetched_series > 0 {
+                hints.limit = opts.max_fetched_series.saturating_sub(total_series) + 1;
+            }
+            let mut set = querier.select(ctx, false, &hints, &spec.matchers)?;
+            let mut raw: Vec<Box<dyn m3query_storage::Series>> = Vec::new();
+            while let Some(s) = set.next() {
+                raw.push(s?);
+                if opts.max_fetched_series > 0 && total_series + raw.len() > opts.max_fetched_series
+                {
+                    if opts.require_exhaustive {
+                        return Err(Error::TooManySeries {
+                            limit: opts.max_fetched_series,
+                        });
+                    }
+                    raw.pop();
+                    limited = true;
+                    break;
+                }
+            }
+            warnings.extend(set.warnings());
+            total_series += raw.len();
+            let (start, end) = (spec.hints.start_ms, spec.hints.end_ms);
+            let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
+                let mut buf = Vec::new();
+                s.iter().append_range(start, end, &mut buf)?;
+                let points = buf.iter().map(|x| Point { t_ms: x.t, v: x.v }).collect();
+                Ok(SelSeries::new(s.labels().clone(), points))
+            };
+            let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
+                raw.par_iter()
+                    .map(|s| decode(s.as_ref()))
+                    .collect::<Result<_>>()?
+            } else {
+                raw.iter()
+                    .map(|s| decode(s.as_ref()))
+                    .collect::<Result<_>>()?
+            };
+            decoded.retain(|s| !s.points.is_empty());
+            let samples: usize = decoded.iter().map(|s| s.points.len()).sum();
+            span.record("series", decoded.len());
+            span.record("samples", samples);
+            stats.series_fetched += decoded.len();
+            stats.samples_fetched += samples;
+            out.push(decoded);
+        }
+        Ok((out, warnings.into_vec(), limited))
+    }
+}
+
+/// Turns the evaluator's matrix into the query's result type.
+fn finish(expr: &Expr, val: Val, start: i64, instant: bool) -> Result<Value> {
+    let m = match val {
+        Val::String(s) => return Ok(Value::String { t_ms: start, s }),
+        Val::Matrix(m) => m,
+    };
+    let t = expr.value_type();
+    if instant {
+        match t {
+            ValueType::Vector => {
+                let m = cleanup_names(m, true)?;
+                Ok(Value::Vector(
+                    m.into_iter()
+                        .filter_map(|s| {
+                            s.points.first().map(|p| Sample {
+                                labels: s.labels,
+                                t_ms: start,
+                                v: p.v,
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+            ValueType::Scalar => {
+                let v = m
+                    .first()
+                    .and_then(|s| s.points.first())
+                    .map_or(f64::NAN, |p| p.v);
+                Ok(Value::Scalar { t_ms: start, v })
+            }
+            _ => {
+                let m = cleanup_names(m, false)?;
+                Ok(Value::Matrix(sorted(m)))
+            }
+        }
+    } else {
+        let m = cleanup_names(m, false)?;
+        Ok(Value::Matrix(sorted(m)))
+    }
+}
+
+/// Drops empty series; `m` is sorted by labels already ([`cleanup_names`]).
+fn sorted(m: Vec<ESeries>) -> Vec<Series> {
+    m.into_iter()
+        .filter(|s| !s.points.is_empty())
+        .map(|s| Series {
+            labels: s.labels,
+            points: s.points,
+        })
+        .collect()
+}

@@ -1,0 +1,919 @@
+//! The evaluator: walks the syntax tree once per node, for all steps of the query at once.
+//!
+//! Every vector-typed node evaluates to a matrix whose points sit on the step timestamps
+//! (`start, start+interval, ..., end`); scalar-typed nodes to one label-less series. Range
+//! functions slide two-pointer windows over each selected series' decoded samples; the rest
+//! gathers one instant vector per step from its evaluated arguments (Prometheus's `rangeEval`),
+//! with per-series state (signatures, group indexes) computed once.
+
+use m3query_model::{Labels, METRIC_NAME, is_stale_nan};
+use m3query_storage::{Context, Queryable};
+
+use crate::annotations::{Annotations, msg};
+use crate::functions::{self, FuncKind, RangeCtx};
+use crate::parser::{
+    AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
+};
+use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, Point, Val, total_points};
+use crate::{Error, Result, check_ctx};
+
+/// The series one selector selected, samples decoded in time order.
+#[derive(Debug, Default)]
+pub(crate) struct SelSeries {
+    pub labels: Labels,
+    /// Every sample, staleness markers included (instant lookups need them).
+    pub points: Vec<Point>,
+    /// The samples without staleness markers, when there are markers (range windows skip
+    /// them); `None` when `points` has none.
+    pub clean: Option<Vec<Point>>,
+}
+
+impl SelSeries {
+    pub fn new(labels: Labels, points: Vec<Point>) -> Self {
+        let clean = if points.iter().any(|p| is_stale_nan(p.v)) {
+            Some(
+                points
+                    .iter()
+                    .copied()
+                    .filter(|p| !is_stale_nan(p.v))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        SelSeries {
+            labels,
+            points,
+            clean,
+        }
+    }
+
+    /// The samples a range window sees.
+    pub fn range_points(&self) -> &[Point] {
+        self.clean.as_deref().unwrap_or(&self.points)
+    }
+}
+
+/// Query-wide counters shared by nested evaluators.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub cur: usize,
+    pub peak: usize,
+    pub total: u64,
+}
+
+pub(crate) struct Evaluator<'a> {
+    pub start: i64,
+    pub end: i64,
+    pub interval: i64,
+    pub lookback: i64,
+    pub ctx: &'a Context,
+    pub queryable: &'a dyn Queryable,
+    pub sel: &'a [Vec<SelSeries>],
+    pub max_samples: usize,
+    pub parallel_threshold: usize,
+    pub counters: &'a mut Counters,
+    pub annos: &'a mut Annotations,
+    pub default_subquery_step: i64,
+}
+
+/// Label names Prometheus drops with the metric name (`DropReserved(IsMetadataLabel)`).
+pub(crate) fn drop_reserved(l: &Labels) -> Labels {
+    if !l.has(METRIC_NAME) && !l.has("__type__") && !l.has("__unit__") {
+        return l.clone();
+    }
+    let mut b = l.builder();
+    b.del(METRIC_NAME).del("__type__").del("__unit__");
+    b.labels()
+}
+
+const DUP_LABELSET: &str = "vector cannot contain metrics with the same labelset";
+
+impl<'a> Evaluator<'a> {
+    pub fn num_steps(&self) -> usize {
+        if self.end < self.start {
+            return 0;
+        }
+        ((self.end - self.start) / self.interval) as usize + 1
+    }
+
+    fn step_ts(&self) -> impl Iterator<Item = i64> + use<> {
+        let (s, e, i) = (self.start, self.end, self.interval);
+        (0..self.num_steps() as i64)
+            .map(move |k| s + k * i)
+            .take_while(move |t| *t <= e)
+    }
+
+    pub fn add_samples(&mut self, n: usize) -> Result<()> {
+        self.counters.cur += n;
+        self.counters.total += n as u64;
+        if self.counters.cur > self.counters.peak {
+            self.counters.peak = self.counters.cur;
+        }
+        if self.counters.cur > self.max_samples {
+            return Err(Error::TooManySamples);
+        }
+        Ok(())
+    }
+
+    pub fn release_samples(&mut self, n: usize) {
+        self.counters.cur = self.counters.cur.saturating_sub(n);
+    }
+
+    fn check(&self) -> Result<()> {
+        check_ctx(self.ctx, "expression evaluation")
+    }
+
+    fn child(&mut self, start: i64, end: i64, interval: i64) -> Evaluator<'_> {
+        Evaluator {
+            start,
+            end,
+            interval: interval.max(1),
+            lookback: self.lookback,
+            ctx: self.ctx,
+            queryable: self.queryable,
+            sel: self.sel,
+            max_samples: self.max_samples,
+            parallel_threshold: self.parallel_threshold,
+            counters: self.counters,
+            annos: self.annos,
+            default_subquery_step: self.default_subquery_step,
+        }
+    }
+
+    pub fn eval_matrix(&mut self, e: &Expr) -> Result<Matrix> {
+        match self.eval(e)? {
+            Val::Matrix(m) => Ok(m),
+            Val::String(_) => Err(Error::exec("unexpected string value")),
+        }
+    }
+
+    pub fn eval(&mut self, e: &Expr) -> Result<Val> {
+        self.check()?;
+        if self.end < self.start {
+            return Ok(Val::Matrix(Vec::new()));
+        }
+        match e {
+            Expr::Paren(inner, _) | Expr::StepInvariant(inner) => self.eval(inner),
+            Expr::Number { val, .. } => {
+                let v = *val;
+                self.add_samples(self.num_steps())?;
+                let points: Vec<Point> = self.step_ts().map(|t| Point { t_ms: t, v }).collect();
+                Ok(Val::Matrix(vec![ESeries {
+                    labels: Labels::empty(),
+                    points,
+                    drop_name: false,
+                }]))
+            }
+            Expr::String { val, .. } => Ok(Val::String(val.clone())),
+            Expr::VectorSelector(vs) => {
+                if vs.smoothed {
+                    return Ok(Val::Matrix(self.eval_smoothed_selector(vs)?));
+                }
+                Ok(Val::Matrix(self.eval_vector_selector(vs, false)?))
+            }
+            Expr::MatrixSelector(ms) => Ok(Val::Matrix(self.eval_matrix_selector(ms)?)),
+            Expr::Subquery(sq) => Ok(Val::Matrix(self.eval_subquery(sq)?)),
+            Expr::Unary { neg, expr, .. } => {
+                let mut m = self.eval_matrix(expr)?;
+                if *neg {
+                    for s in &mut m {
+                        s.drop_name = true;
+                        for p in &mut s.points {
+                            p.v = -p.v;
+                        }
+                    }
+                }
+                Ok(Val::Matrix(m))
+            }
+            Expr::Call(c) => self.eval_call(c).map(Val::Matrix),
+            Expr::Aggregate(a) => crate::aggregate::eval_aggregate(self, a).map(Val::Matrix),
+            Expr::Binary(b) => crate::binary::eval_binary(self, b).map(Val::Matrix),
+        }
+    }
+
+    // ---- Selectors ---------------------------------------------------------------------
+
+    /// Evaluates an instant vector selector at every step. With `timestamps`, each point's
+    /// value is the sample's timestamp in seconds (for `timestamp()`).
+    pub fn eval_vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        timestamps: bool,
+    ) -> Result<Matrix> {
+        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let steps = self.num_steps();
+        let mut out = Vec::with_capacity(data.len());
+        for (si, s) in data.iter().enumerate() {
+            if si % 256 == 0 {
+                self.check()?;
+            }
+            let mut points = Vec::new();
+            let samples = &s.points;
+            let mut j = 0usize;
+            for ts in self.step_ts() {
+                let r = match vs.timestamp {
+                    Some(t) => t - vs.original_offset_ms,
+                    None => ts - vs.original_offset_ms,
+                };
+                // Samples are sorted: advance to the first sample after r.
+                if j > 0 && samples[j - 1].t_ms > r {
+                    j = samples.partition_point(|x| x.t_ms <= r);
+                }
+                while j < samples.len() && samples[j].t_ms <= r {
+                    j += 1;
+                }
+                if j == 0 {
+                    continue;
+                }
+                let x = samples[j - 1];
+                if x.t_ms <= r - self.lookback || is_stale_nan(x.v) {
+                    continue;
+                }
+                if points.is_empty() {
+                    points.reserve(steps);
+                }
+                let v = if timestamps {
+                    x.t_ms as f64 / 1000.0
+                } else {
+                    x.v
+                };
+                points.push(Point { t_ms: ts, v });
+            }
+            if !points.is_empty() {
+                self.add_samples(points.len())?;
+                out.push(ESeries {
+                    labels: s.labels.clone(),
+                    points,
+                    drop_name: timestamps,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A smoothed instant selector: the value interpolated between the samples around each
+    /// step (Prometheus's `smoothSeries`).
+    fn eval_smoothed_selector(&mut self, vs: &VectorSelector) -> Result<Matrix> {
+        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let mut out = Vec::new();
+        for s in data {
+            let samples = s.range_points();
+            let mut points = Vec::new();
+            for ts in self.step_ts() {
+                let data_ts = match vs.timestamp {
+                    Some(t) => t - vs.original_offset_ms,
+                    None => ts - vs.original_offset_ms,
+                };
+                let lo = samples.partition_point(|x| x.t_ms <= data_ts - self.lookback);
+                let hi = samples.partition_point(|x| x.t_ms <= data_ts + self.lookback);
+                let w = &samples[lo..hi];
+                if w.is_empty() {
+                    continue;
+                }
+                // The last sample at or before data_ts, and the first after it.
+                let k = w.partition_point(|x| x.t_ms <= data_ts);
+                let v = match (k.checked_sub(1).map(|i| w[i]), w.get(k)) {
+                    (Some(a), _) if a.t_ms == data_ts => a.v,
+                    (Some(a), Some(b)) => {
+                        a.v + (b.v - a.v) * (data_ts - a.t_ms) as f64 / (b.t_ms - a.t_ms) as f64
+                    }
+                    (Some(a), None) => a.v,
+                    (None, Some(b)) => b.v,
+                    (None, None) => continue,
+                };
+                points.push(Point { t_ms: ts, v });
+            }
+            if !points.is_empty() {
+                self.add_samples(points.len())?;
+                out.push(ESeries {
+                    labels: s.labels.clone(),
+                    points,
+                    drop_name: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A range vector at the (single) evaluation time: raw samples with their timestamps.
+    fn eval_matrix_selector(&mut self, ms: &MatrixSelector) -> Result<Matrix> {
+        let vs = &ms.vs;
+        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let wend = vs.timestamp.unwrap_or(self.start) - vs.original_offset_ms;
+        let wstart = wend - ms.range_ms;
+        let mut out = Vec::new();
+        for s in data {
+            self.check()?;
+            let fetch_start = if vs.anchored || vs.smoothed {
+                wstart - self.lookback
+            } else {
+                wstart
+            };
+            let fetch_end = if vs.smoothed {
+                wend + self.lookback
+            } else {
+                wend
+            };
+            let rp = s.range_points();
+            let lo = rp.partition_point(|x| x.t_ms <= fetch_start);
+            let hi = rp.partition_point(|x| x.t_ms <= fetch_end);
+            let mut points: Vec<Point> = rp[lo..hi].to_vec();
+            if vs.anchored || vs.smoothed {
+                points = functions::extend_floats(&points, wstart, wend, vs.smoothed);
+            }
+            if !points.is_empty() {
+                self.add_samples(points.len())?;
+                out.push(ESeries {
+                    labels: s.labels.clone(),
+                    points,
+                    drop_name: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Start, end and step of a subquery's inner evaluation (Prometheus's `subqueryTimeRange`).
+    fn subquery_range(&self, sq: &SubqueryExpr) -> (i64, i64, i64) {
+        let offset = sq.original_offset_ms;
+        let (ostart, oend) = match sq.timestamp {
+            Some(t) => (t, t),
+            None => {
+                let aligned_end =
+                    self.start + ((self.end - self.start) / self.interval) * self.interval;
+                (self.start, aligned_end)
+            }
+        };
+        let interval = if sq.step_ms > 0 {
+            sq.step_ms
+        } else {
+            self.default_subquery_step
+        }
+        .max(1);
+        let end = oend - offset;
+        let lowest = ostart - offset - sq.range_ms;
+        let mut start = interval * (lowest / interval);
+        if start <= lowest {
+            start += interval;
+        }
+        (start, end, interval)
+    }
+
+    pub fn eval_subquery(&mut self, sq: &SubqueryExpr) -> Result<Matrix> {
+        let (start, end, interval) = self.subquery_range(sq);
+        if end >= start && (end - start) / interval >= self.max_samples as i64 {
+            return Err(Error::TooManySamples);
+        }
+        let mut child = self.child(start, end, interval);
+        child.eval_matrix(&sq.expr)
+    }
+
+    // ---- Function calls ----------------------------------------------------------------
+
+    fn eval_call(&mut self, c: &Call) -> Result<Matrix> {
+        let name = c.func.name;
+        let kind = functions::kind(name);
+        if let FuncKind::Unsupported(why) = kind {
+            return Err(Error::exec(why));
+        }
+        if name == "timestamp"
+            && let Some(Expr::VectorSelector(vs)) = c.args.first().map(Expr::unwrap_parens)
+        {
+            return self.eval_vector_selector(vs, true);
+        }
+        match name {
+            "label_replace" => return functions::label_replace(self, c),
+            "label_join" => return functions::label_join(self, c),
+            "info" => return crate::functions::info(self, c),
+            _ => {}
+        }
+        if matches!(
+            name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ) && self.start != self.end
+        {
+            self.annos.warn(msg::sort_in_range_query(), c.pos);
+        }
+        // A range-vector argument makes this a rollup over windows.
+        let matrix_arg = c.args.iter().position(|a| {
+            matches!(
+                a.unwrap_parens(),
+                Expr::MatrixSelector(_) | Expr::Subquery(_)
+            )
+        });
+        match (kind, matrix_arg) {
+            (FuncKind::Range(f), Some(idx)) => self.eval_range_call(c, idx, f),
+            (FuncKind::Instant(f), _) => {
+                let mut args = Vec::with_capacity(c.args.len());
+                for a in &c.args {
+                    match a.value_type() {
+                        ValueType::String => args.push(Vec::new()),
+                        _ => args.push(self.eval_matrix(a)?),
+                    }
+                }
+                let call = c;
+                self.range_eval(args, |ev_annos, ts, vecs, out| {
+                    f(call, ts, vecs, out, ev_annos)
+                })
+            }
+            _ => Err(Error::exec(format!(
+                "unexpected arguments to function {name:?}"
+            ))),
+        }
+    }
+
+    /// Evaluates a function over a range vector argument: per series, per step, a window.
+    fn eval_range_call(&mut self, c: &Call, idx: usize, f: functions::RangeFn) -> Result<Matrix> {
+        let name = c.func.name;
+        // Scalar arguments, one value per step.
+        let steps = self.num_steps();
+        let mut scalars: Vec<Vec<f64>> = Vec::new();
+        for (i, a) in c.args.iter().enumerate() {
+            if i == idx {
+                continue;
+            }
+            let m = self.eval_matrix(a)?;
+            let mut vals = vec![f64::NAN; steps];
+            if let Some(s) = m.first() {
+                for p in &s.points {
+                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    if k < steps {
+                        vals[k] = p.v;
+                    }
+                }
+            }
+            scalars.push(vals);
+        }
+
+        struct Input<'s> {
+            labels: Labels,
+            points: std::borrow::Cow<'s, [Point]>,
+            drop_name: bool,
+        }
+        let arg = c.args[idx].unwrap_parens();
+        let (inputs, range_ms, offset_ms, at, anchored, smoothed, sub_total) = match arg {
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                if vs.anchored && !functions::ANCHORED_SAFE.contains(&name) {
+                    return Err(Error::exec(format!(
+                        "anchored modifier can only be used with: {} - not with {name}",
+                        functions::ANCHORED_SAFE.join(", ")
+                    )));
+                }
+                if vs.smoothed && !functions::SMOOTHED_SAFE.contains(&name) {
+                    return Err(Error::exec(format!(
+                        "smoothed modifier can only be used with: {} - not with {name}",
+                        functions::SMOOTHED_SAFE.join(", ")
+                    )));
+                }
+                let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+                let inputs: Vec<Input<'_>> = data
+                    .iter()
+                    .map(|s| Input {
+                        labels: s.labels.clone(),
+                        points: std::borrow::Cow::Borrowed(s.range_points()),
+                        drop_name: false,
+                    })
+                    .collect();
+                (
+                    inputs,
+                    ms.range_ms,
+                    vs.original_offset_ms,
+                    vs.timestamp,
+                    vs.anchored,
+                    vs.smoothed,
+                    0,
+                )
+            }
+            Expr::Subquery(sq) => {
+                let m = self.eval_subquery(sq)?;
+                let total = total_points(&m);
+                let inputs = m
+                    .into_iter()
+                    .map(|s| Input {
+                        labels: s.labels,
+                        points: std::borrow::Cow::Owned(s.points),
+                        drop_name: s.drop_name,
+                    })
+                    .collect();
+                (
+                    inputs,
+                    sq.range_ms,
+                    sq.original_offset_ms,
+                    sq.timestamp,
+                    false,
+                    false,
+                    total,
+                )
+            }
+            _ => return Err(Error::exec("expected a range vector argument")),
+        };
+
+        let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+        let ext_left = if anchored || smoothed {
+            self.lookback
+        } else {
+            0
+        };
+        let ext_right = if smoothed { self.lookback } else { 0 };
+        let param_pos = c
+            .args
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i != idx)
+            .map(|(_, a)| a.pos());
+        let spec = WindowSpec {
+            start: self.start,
+            interval: self.interval,
+            steps: self.num_steps(),
+            at,
+            offset_ms,
+            range_ms,
+            ext_left,
+            ext_right,
+            anchored,
+            smoothed,
+            pos: c.pos,
+            param_pos,
+            scalars: &scalars,
+            f,
+        };
+        // One rollup per series; series are independent, so large inputs are spread over
+        // threads. Each worker keeps its own context; annotations merge afterwards.
+        let results: Vec<SeriesRollup> = if inputs.len() >= self.parallel_threshold {
+            self.check()?;
+            use rayon::prelude::*;
+            inputs
+                .par_iter()
+                .map(|input| spec.run(&input.points))
+                .collect()
+        } else {
+            let mut v = Vec::with_capacity(inputs.len());
+            for (si, input) in inputs.iter().enumerate() {
+                if si % 256 == 0 {
+                    self.check()?;
+                }
+                v.push(spec.run(&input.points));
+            }
+            v
+        };
+        self.check()?;
+        let mut out: Matrix = Vec::with_capacity(inputs.len());
+        let mut annos = Annotations::new();
+        let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
+        self.add_samples(max_window)?;
+        self.release_samples(max_window);
+        for (input, r) in inputs.iter().zip(results) {
+            if let Some(e) = r.err {
+                return Err(e);
+            }
+            annos.merge(r.annos);
+            if r.points.is_empty() {
+                continue;
+            }
+            self.add_samples(r.points.len())?;
+            if matches!(name, "rate" | "increase")
+                && let Some(mn) = input.labels.metric_name()
+                && !mn.ends_with("_total")
+                && !mn.ends_with("_sum")
+                && !mn.ends_with("_count")
+                && !mn.ends_with("_bucket")
+            {
+                annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
+            }
+            out.push(ESeries {
+                labels: input.labels.clone(),
+                points: r.points,
+                drop_name: !keeps_name || input.drop_name,
+            });
+        }
+        self.release_samples(sub_total);
+        self.annos.merge(annos);
+
+        if name == "absent_over_time" {
+            let steps = self.num_steps();
+            let mut present = vec![false; steps];
+            for s in &out {
+                for p in &s.points {
+                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    if k < steps {
+                        present[k] = true;
+                    }
+                }
+            }
+            let points: Vec<Point> = self
+                .step_ts()
+                .enumerate()
+                .filter(|(k, _)| !present[*k])
+                .map(|(_, t)| Point { t_ms: t, v: 1.0 })
+                .collect();
+            if points.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Ok(vec![ESeries {
+                labels: functions::absent_labels(&c.args[0]),
+                points,
+                drop_name: true,
+            }]);
+        }
+        Ok(out)
+    }
+
+    /// Prometheus's `rangeEval`: evaluates `f` on the instant vectors of every step.
+    ///
+    /// `f` gets the annotations, the step timestamp, one vector per argument, and appends its
+    /// result to the output vector.
+    pub fn range_eval<F>(&mut self, args: Vec<Matrix>, mut f: F) -> Result<Matrix>
+    where
+        F: FnMut(&mut Annotations, i64, &[Vec<Elem>], &mut Vec<Elem>) -> Result<()>,
+    {
+        let inputs_total: usize = args.iter().map(total_points).sum();
+        let mut cursors: Vec<Vec<usize>> = args.iter().map(|m| vec![0; m.len()]).collect();
+        let mut vecs: Vec<Vec<Elem>> = args.iter().map(|m| Vec::with_capacity(m.len())).collect();
+        let mut out_vec: Vec<Elem> = Vec::new();
+        let instant = self.start == self.end;
+        let mut index: FastMap<Labels, usize> = FastMap::default();
+        let mut result: Matrix = Vec::new();
+        let steps = self.num_steps();
+        let mut out_total = 0usize;
+        for ts in self.step_ts() {
+            self.check()?;
+            let mut gathered = 0;
+            for (ai, m) in args.iter().enumerate() {
+                let v = &mut vecs[ai];
+                v.clear();
+                for (si, s) in m.iter().enumerate() {
+                    let c = &mut cursors[ai][si];
+                    if let Some(p) = s.points.get(*c)
+                        && p.t_ms == ts
+                    {
+                        *c += 1;
+                        v.push(Elem {
+                            labels: s.labels.clone(),
+                            v: p.v,
+                            t: ts,
+                            drop_name: s.drop_name,
+                            si,
+                        });
+                        gathered += 1;
+                    }
+                }
+            }
+            self.add_samples(gathered)?;
+            out_vec.clear();
+            f(self.annos, ts, &vecs, &mut out_vec)?;
+            self.release_samples(gathered);
+            self.add_samples(out_vec.len())?;
+            out_total += out_vec.len();
+            if instant {
+                let mat = out_vec
+                    .drain(..)
+                    .map(|e| ESeries {
+                        labels: e.labels,
+                        points: vec![Point { t_ms: ts, v: e.v }],
+                        drop_name: e.drop_name,
+                    })
+                    .collect();
+                self.release_samples(inputs_total);
+                return Ok(mat);
+            }
+            for e in out_vec.drain(..) {
+                match index.get(&e.labels) {
+                    Some(&i) => {
+                        let s = &mut result[i];
+                        if s.points.last().is_some_and(|p| p.t_ms == ts) {
+                            return Err(Error::exec(DUP_LABELSET));
+                        }
+                        s.points.push(Point { t_ms: ts, v: e.v });
+                    }
+                    None => {
+                        index.insert(e.labels.clone(), result.len());
+                        let mut points = Vec::with_capacity(steps);
+                        points.push(Point { t_ms: ts, v: e.v });
+                        result.push(ESeries {
+                            labels: e.labels,
+                            points,
+                            drop_name: e.drop_name,
+                        });
+                    }
+                }
+            }
+        }
+        let _ = out_total;
+        self.release_samples(inputs_total);
+        Ok(result)
+    }
+}
+
+/// Everything a rollup over one series needs, shared by all series of a call.
+struct WindowSpec<'s> {
+    start: i64,
+    interval: i64,
+    steps: usize,
+    /// The `@` time: the window end is then fixed.
+    at: Option<i64>,
+    offset_ms: i64,
+    range_ms: i64,
+    /// `anchored`/`smoothed` widen the fetched window by the lookback delta.
+    ext_left: i64,
+    ext_right: i64,
+    anchored: bool,
+    smoothed: bool,
+    pos: crate::parser::PosRange,
+    param_pos: Option<crate::parser::PosRange>,
+    /// Scalar arguments, one value per step.
+    scalars: &'s [Vec<f64>],
+    f: functions::RangeFn,
+}
+
+/// One series' rollup output.
+struct SeriesRollup {
+    points: Vec<Point>,
+    annos: Annotations,
+    err: Option<Error>,
+    /// Most points one window held.
+    max_window: usize,
+}
+
+impl WindowSpec<'_> {
+    /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
+    fn run(&self, pts: &[Point]) -> SeriesRollup {
+        let mut rctx = RangeCtx {
+            ts: 0,
+            range_start: 0,
+            range_end: 0,
+            range_ms: self.range_ms,
+            params: Vec::with_capacity(self.scalars.len()),
+            anchored: self.anchored,
+            smoothed: self.smoothed,
+            pos: self.pos,
+            param_pos: self.param_pos,
+            annos: Annotations::new(),
+            err: None,
+        };
+        let mut points = Vec::new();
+        let mut max_window = 0;
+        let (mut lo, mut hi) = (0usize, 0usize);
+        for k in 0..self.steps {
+            let ts = self.start + k as i64 * self.interval;
+            let wend = self.at.unwrap_or(ts) - self.offset_ms;
+            let wstart = wend - self.range_ms;
+            let fetch_start = wstart - self.ext_left;
+            let fetch_end = wend + self.ext_right;
+            if lo > 0 && pts[lo - 1].t_ms > fetch_start {
+                lo = pts.partition_point(|p| p.t_ms <= fetch_start);
+            }
+            while lo < pts.len() && pts[lo].t_ms <= fetch_start {
+                lo += 1;
+            }
+            if hi < lo {
+                hi = lo;
+            }
+            if hi > 0 && pts[hi - 1].t_ms > fetch_end {
+                hi = pts.partition_point(|p| p.t_ms <= fetch_end);
+            }
+            while hi < pts.len() && pts[hi].t_ms <= fetch_end {
+                hi += 1;
+            }
+            let window = &pts[lo..hi.max(lo)];
+            if window.is_empty() {
+                continue;
+            }
+            max_window = max_window.max(window.len());
+            rctx.ts = ts;
+            rctx.range_start = wstart;
+            rctx.range_end = wend;
+            rctx.params.clear();
+            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            if let Some(v) = (self.f)(window, &mut rctx) {
+                if points.is_empty() {
+                    points.reserve(self.steps - k);
+                }
+                points.push(Point { t_ms: ts, v });
+            }
+            if rctx.err.is_some() {
+                break;
+            }
+        }
+        SeriesRollup {
+            points,
+            annos: rctx.annos,
+            err: rctx.err,
+            max_window,
+        }
+    }
+}
+
+/// Evaluates a duration expression to milliseconds (Prometheus's `durationVisitor`).
+pub(crate) fn duration_ms(
+    e: &DurationExpr,
+    step_ms: i64,
+    range_ms: i64,
+    allow_negative: bool,
+) -> Result<i64> {
+    let secs = e
+        .eval_seconds(step_ms as f64 / 1000.0, range_ms as f64 / 1000.0)
+        .map_err(Error::Execution)?;
+    let p = e.pos();
+    if secs.is_nan() || secs.is_infinite() {
+        return Err(Error::exec(format!(
+            "{}:{}: duration is NaN or infinite",
+            p.start, p.end
+        )));
+    }
+    if secs <= 0.0 && !allow_negative {
+        return Err(Error::exec(format!(
+            "{}:{}: duration must be greater than 0",
+            p.start, p.end
+        )));
+    }
+    if !(-9_223_372_036.854_775..=9_223_372_036.854_775).contains(&secs) {
+        return Err(Error::exec(format!(
+            "{}:{}: duration is out of range",
+            p.start, p.end
+        )));
+    }
+    Ok((secs * 1000.0) as i64)
+}
+
+/// Final clean-up (delayed name removal): drop `__name__` where flagged, then merge series
+/// that became identical. Matrices come back sorted by labels.
+pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
+    let mut m: Matrix = m
+        .into_iter()
+        .map(|mut s| {
+            if s.drop_name {
+                s.labels = drop_reserved(&s.labels);
+            }
+            s
+        })
+        .collect();
+    if instant_vector {
+        // Keep the evaluation order (sort() and friends), check for duplicates by hash.
+        let mut seen: FastSet<&Labels> =
+            FastSet::with_capacity_and_hasher(m.len(), Default::default());
+        for s in &m {
+            if !seen.insert(&s.labels) {
+                return Err(Error::exec(DUP_LABELSET));
+            }
+        }
+        return Ok(m);
+    }
+    m.sort_by(|a, b| a.labels.cmp(&b.labels));
+    if !m.windows(2).any(|w| w[0].labels == w[1].labels) {
+        return Ok(m);
+    }
+    let mut out: Matrix = Vec::with_capacity(m.len());
+    for s in m {
+        match out.last_mut() {
+            Some(last) if last.labels == s.labels => {
+                last.points.extend(s.points);
+                last.points.sort_by_key(|p| p.t_ms);
+                if last.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+                    return Err(Error::exec(DUP_LABELSET));
+                }
+            }
+            _ => out.push(s),
+        }
+    }
+    Ok(out)
+}
+
+/// Merges series with identical labels (after `label_replace`/`label_join`); an error if two
+/// have a point at the same time.
+pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
+    let mut index: FastMap<Labels, usize> =
+        FastMap::with_capacity_and_hasher(m.len(), Default::default());
+    let mut out: Matrix = Vec::with_capacity(m.len());
+    let mut merged_any = false;
+    for s in m {
+        match index.get(&s.labels) {
+            Some(&i) => {
+                out[i].points.extend(s.points);
+                merged_any = true;
+            }
+            None => {
+                index.insert(s.labels.clone(), out.len());
+                out.push(s);
+            }
+        }
+    }
+    if merged_any {
+        for s in &mut out {
+            s.points.sort_by_key(|p| p.t_ms);
+            if s.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+                return Err(Error::exec(DUP_LABELSET));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an aggregation operator is one whose output series are input series.
+pub(crate) fn is_k_aggregation(op: AggOp) -> bool {
+    matches!(
+        op,
+        AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio
+    )
+}

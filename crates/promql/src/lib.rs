@@ -1,0 +1,128 @@
+//! m3query's PromQL engine: parses and evaluates PromQL with Prometheus 3.x semantics over any
+//! [`Queryable`].
+//!
+//! ```no_run
+//! use m3query_promql::{Engine, EngineOptions, QueryOptions};
+//! use m3query_storage::{Context, memory::MemStorage};
+//!
+//! let store = MemStorage::new();
+//! let engine = Engine::new(EngineOptions::default());
+//! let res = engine
+//!     .range_query(&store, &Context::background(), "sum by (job) (rate(http_requests_total[5m]))",
+//!                  0, 3_600_000, 15_000, &QueryOptions::default())
+//!     .expect("query");
+//! println!("{:?}", res.value);
+//! ```
+//!
+//! How a query runs:
+//! 1. [`parser`] turns the text into an [`parser::Expr`] with byte positions (our own parser for the
+//!    full 3.x grammar; see its module doc for why not only `promql-parser`).
+//! 2. Planning (`plan`) folds `start()`/`end()`/`step()`/`range()` and duration expressions,
+//!    finds each selector's time range (Prometheus's `FindMinMaxTime`), opens one querier and
+//!    selects every selector's series **once**, decoding their samples into contiguous buffers
+//!    with `append_range`.
+//! 3. Evaluation (`eval`) walks the tree once per node for all steps of a range query: range
+//!    functions slide two-pointer windows over the decoded buffers (no re-reading per step),
+//!    aggregations group with label hashes computed once per series, binary operators match
+//!    with signatures computed once per series. Work is split across series with rayon where a
+//!    node has enough of them.
+//! 4. `__name__` is dropped at the end where Prometheus 3.x drops it (delayed name removal).
+//!
+//! Limits: `max_samples` (points held in memory at once, counted like Prometheus),
+//! `max_fetched_series`, the [`Context`]'s deadline and cancellation, checked between series
+//! and steps. Native histograms are refused with an execution error, never a wrong number:
+//! the storage seam carries floats only.
+
+mod aggregate;
+mod annotations;
+mod binary;
+mod engine;
+mod eval;
+pub(crate) mod functions;
+mod info;
+mod json;
+pub mod parser;
+mod plan;
+mod quantile;
+mod value;
+mod xxhash;
+
+pub use annotations::Annotations;
+pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
+pub use json::parse_query;
+pub use value::{Point, Sample, Series, Value};
+
+use m3query_storage::Context;
+
+/// Errors a query can end with. The HTTP layer maps them to statuses through
+/// [`Error::error_type`] in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The expression does not parse or type-check (HTTP 400 `bad_data`).
+    #[error("{0}")]
+    Parse(#[from] parser::ParseError),
+    /// Evaluation failed (HTTP 422 `execution`), e.g. duplicate series or bad arguments.
+    #[error("{0}")]
+    Execution(String),
+    /// More samples than `max_samples` would be held at once (HTTP 422 `execution`).
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples,
+    /// The deadline passed (HTTP 503 `timeout`).
+    #[error("query timed out in {0}")]
+    Timeout(&'static str),
+    /// The request was canceled (HTTP 499 `canceled`).
+    #[error("query was canceled in {0}")]
+    Canceled(&'static str),
+    /// More series than `max_fetched_series` with `require_exhaustive` (HTTP 422 `execution`).
+    #[error("query matched more than {limit} series (limit exceeded; require_exhaustive is set)")]
+    TooManySeries { limit: usize },
+    /// The store failed (HTTP 422 `execution` for refused selects, else 500 `internal`).
+    #[error("{0}")]
+    Storage(#[from] m3query_storage::Error),
+}
+
+impl Error {
+    /// Prometheus's `errorType` for the HTTP API.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::Parse(_) => "bad_data",
+            Error::Execution(_) | Error::TooManySamples | Error::TooManySeries { .. } => {
+                "execution"
+            }
+            Error::Timeout(_) => "timeout",
+            Error::Canceled(_) => "canceled",
+            Error::Storage(e) => match e {
+                m3query_storage::Error::Canceled => "canceled",
+                m3query_storage::Error::DeadlineExceeded => "timeout",
+                m3query_storage::Error::BadRequest(_)
+                | m3query_storage::Error::LimitExceeded(_) => "execution",
+                _ => "internal",
+            },
+        }
+    }
+
+    pub(crate) fn exec(msg: impl Into<String>) -> Self {
+        Error::Execution(msg.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks the context, mapping its errors to ours (`env` names the phase, as Prometheus does).
+pub(crate) fn check_ctx(ctx: &Context, env: &'static str) -> Result<()> {
+    ctx.check().map_err(|e| match e {
+        m3query_storage::Error::Canceled => Error::Canceled(env),
+        m3query_storage::Error::DeadlineExceeded => Error::Timeout(env),
+        e => Error::Storage(e),
+    })
+}
+
+/// Parses an expression, as `/api/v1/parse_query` and the engine do.
+pub fn parse(expr: &str) -> Result<parser::Expr> {
+    Ok(parser::parse(expr)?)
+}
+
+/// Formats an expression as `/api/v1/format_query` does (Prometheus's printer).
+pub fn format_query(expr: &str) -> Result<String> {
+    Ok(parser::parse(expr)?.to_string())
+}

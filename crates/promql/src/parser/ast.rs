@@ -1,0 +1,495 @@
+//! The PromQL syntax tree, with byte positions for annotations and errors.
+//!
+//! Shapes follow Prometheus's `promql/parser/ast.go`: selectors carry their offset (as written
+//! and as adjusted for `@`), the `@` timestamp, `anchored`/`smoothed`; ranges, steps and offsets
+//! may be duration expressions, folded to milliseconds before evaluation.
+
+use m3query_model::Matcher;
+
+use super::functions::Function;
+
+/// A byte range in the query text, `[start, end)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PosRange {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl PosRange {
+    pub fn new(start: usize, end: usize) -> Self {
+        PosRange { start, end }
+    }
+
+    /// `line:col` (1-based) of the start, as Prometheus's `StartPosInput` renders it.
+    pub fn start_pos_input(&self, query: &str) -> String {
+        if self.start > query.len() {
+            return "invalid position".into();
+        }
+        let mut line = 1;
+        let mut last_break: isize = -1;
+        for (i, c) in query.as_bytes()[..self.start].iter().enumerate() {
+            if *c == b'\n' {
+                last_break = i as isize;
+                line += 1;
+            }
+        }
+        format!("{}:{}", line, self.start as isize - last_break)
+    }
+}
+
+/// The type an expression evaluates to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    None,
+    Scalar,
+    Vector,
+    Matrix,
+    String,
+}
+
+impl ValueType {
+    /// Prometheus's `DocumentedType`.
+    pub fn documented(self) -> &'static str {
+        match self {
+            ValueType::None => "none",
+            ValueType::Scalar => "scalar",
+            ValueType::Vector => "instant vector",
+            ValueType::Matrix => "range vector",
+            ValueType::String => "string",
+        }
+    }
+
+    /// The name used in the JSON API (`resultType`) and in some messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::None => "none",
+            ValueType::Scalar => "scalar",
+            ValueType::Vector => "vector",
+            ValueType::Matrix => "matrix",
+            ValueType::String => "string",
+        }
+    }
+}
+
+/// Binary and unary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eqlc,
+    Neq,
+    Gtr,
+    Lss,
+    Gte,
+    Lte,
+    TrimUpper,
+    TrimLower,
+    And,
+    Or,
+    Unless,
+}
+
+impl BinOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+            BinOp::Pow => "^",
+            BinOp::Atan2 => "atan2",
+            BinOp::Eqlc => "==",
+            BinOp::Neq => "!=",
+            BinOp::Gtr => ">",
+            BinOp::Lss => "<",
+            BinOp::Gte => ">=",
+            BinOp::Lte => "<=",
+            BinOp::TrimUpper => "</",
+            BinOp::TrimLower => ">/",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+            BinOp::Unless => "unless",
+        }
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eqlc | BinOp::Neq | BinOp::Gtr | BinOp::Lss | BinOp::Gte | BinOp::Lte
+        )
+    }
+
+    pub fn is_set(self) -> bool {
+        matches!(self, BinOp::And | BinOp::Or | BinOp::Unless)
+    }
+
+    /// Arithmetic operators change the metric's meaning, so results lose `__name__`.
+    pub fn changes_metric_schema(self) -> bool {
+        matches!(
+            self,
+            BinOp::Add
+                | BinOp::Sub
+                | BinOp::Div
+                | BinOp::Mul
+                | BinOp::Pow
+                | BinOp::Mod
+                | BinOp::Atan2
+        )
+    }
+}
+
+/// Aggregation operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Count,
+    Min,
+    Max,
+    Group,
+    Stddev,
+    Stdvar,
+    Topk,
+    Bottomk,
+    CountValues,
+    Quantile,
+    Limitk,
+    LimitRatio,
+}
+
+impl AggOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggOp::Sum => "sum",
+            AggOp::Avg => "avg",
+            AggOp::Count => "count",
+            AggOp::Min => "min",
+            AggOp::Max => "max",
+            AggOp::Group => "group",
+            AggOp::Stddev => "stddev",
+            AggOp::Stdvar => "stdvar",
+            AggOp::Topk => "topk",
+            AggOp::Bottomk => "bottomk",
+            AggOp::CountValues => "count_values",
+            AggOp::Quantile => "quantile",
+            AggOp::Limitk => "limitk",
+            AggOp::LimitRatio => "limit_ratio",
+        }
+    }
+
+    pub fn has_param(self) -> bool {
+        matches!(
+            self,
+            AggOp::Topk
+                | AggOp::Bottomk
+                | AggOp::CountValues
+                | AggOp::Quantile
+                | AggOp::Limitk
+                | AggOp::LimitRatio
+        )
+    }
+
+    pub fn is_experimental(self) -> bool {
+        matches!(self, AggOp::Limitk | AggOp::LimitRatio)
+    }
+}
+
+/// `@ start()` / `@ end()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtSpecial {
+    Start,
+    End,
+}
+
+/// A duration expression (`[5m+1m]`, `offset (2*1m)`, `[step()]`), in seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DurationExpr {
+    Number {
+        val: f64,
+        duration: bool,
+        pos: PosRange,
+    },
+    Step(PosRange),
+    Range(PosRange),
+    Unary {
+        neg: bool,
+        expr: Box<DurationExpr>,
+        pos: PosRange,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<DurationExpr>,
+        rhs: Box<DurationExpr>,
+    },
+    MinOf(Box<DurationExpr>, Box<DurationExpr>, PosRange),
+    MaxOf(Box<DurationExpr>, Box<DurationExpr>, PosRange),
+    Paren(Box<DurationExpr>, PosRange),
+}
+
+impl DurationExpr {
+    pub fn pos(&self) -> PosRange {
+        match self {
+            DurationExpr::Number { pos, .. }
+            | DurationExpr::Step(pos)
+            | DurationExpr::Range(pos)
+            | DurationExpr::Unary { pos, .. }
+            | DurationExpr::MinOf(_, _, pos)
+            | DurationExpr::MaxOf(_, _, pos)
+            | DurationExpr::Paren(_, pos) => *pos,
+            DurationExpr::Binary { lhs, rhs, .. } => PosRange::new(lhs.pos().start, rhs.pos().end),
+        }
+    }
+
+    /// A plain literal, if that is all it is.
+    pub fn literal(&self) -> Option<f64> {
+        match self {
+            DurationExpr::Number { val, .. } => Some(*val),
+            _ => None,
+        }
+    }
+
+    /// Evaluates to seconds, as Prometheus's `durationVisitor`.
+    pub fn eval_seconds(&self, step_s: f64, range_s: f64) -> Result<f64, String> {
+        let pe = |msg: &str| {
+            let p = self.pos();
+            format!("{}:{}: {msg}", p.start, p.end)
+        };
+        Ok(match self {
+            DurationExpr::Number { val, .. } => *val,
+            DurationExpr::Step(_) => step_s,
+            DurationExpr::Range(_) => range_s,
+            DurationExpr::Unary { neg, expr, .. } => {
+                let v = expr.eval_seconds(step_s, range_s)?;
+                if *neg { -v } else { v }
+            }
+            DurationExpr::Paren(e, _) => e.eval_seconds(step_s, range_s)?,
+            DurationExpr::MinOf(a, b, _) => a
+                .eval_seconds(step_s, range_s)?
+                .min(b.eval_seconds(step_s, range_s)?),
+            DurationExpr::MaxOf(a, b, _) => a
+                .eval_seconds(step_s, range_s)?
+                .max(b.eval_seconds(step_s, range_s)?),
+            DurationExpr::Binary { op, lhs, rhs } => {
+                let l = lhs.eval_seconds(step_s, range_s)?;
+                let r = rhs.eval_seconds(step_s, range_s)?;
+                match op {
+                    BinOp::Add => l + r,
+                    BinOp::Sub => l - r,
+                    BinOp::Mul => l * r,
+                    BinOp::Div => {
+                        if r == 0.0 {
+                            return Err(pe("division by zero"));
+                        }
+                        l / r
+                    }
+                    BinOp::Mod => {
+                        if r == 0.0 {
+                            return Err(pe("modulo by zero"));
+                        }
+                        l % r
+                    }
+                    BinOp::Pow => l.powf(r),
+                    _ => {
+                        return Err(format!(
+                            "unexpected duration expression operator {:?}",
+                            op.as_str()
+                        ));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Whether it needs the query's step or range (so it is not a constant).
+    pub fn has_step_or_range(&self) -> bool {
+        match self {
+            DurationExpr::Number { .. } => false,
+            DurationExpr::Step(_) | DurationExpr::Range(_) => true,
+            DurationExpr::Unary { expr, .. } | DurationExpr::Paren(expr, _) => {
+                expr.has_step_or_range()
+            }
+            DurationExpr::Binary { lhs, rhs, .. }
+            | DurationExpr::MinOf(lhs, rhs, _)
+            | DurationExpr::MaxOf(lhs, rhs, _) => {
+                lhs.has_step_or_range() || rhs.has_step_or_range()
+            }
+        }
+    }
+}
+
+/// `name{matchers}` with modifiers.
+#[derive(Clone, Debug)]
+pub struct VectorSelector {
+    /// The metric name written outside the braces, if any.
+    pub name: Option<String>,
+    /// All matchers, including `__name__="<name>"` for a name outside the braces (last).
+    pub matchers: Vec<Matcher>,
+    /// The offset as written, in ms (0 when none).
+    pub original_offset_ms: i64,
+    pub offset_expr: Option<DurationExpr>,
+    /// The offset used for evaluation: `original_offset_ms` adjusted for `@`.
+    pub offset_ms: i64,
+    /// The `@` timestamp in ms.
+    pub timestamp: Option<i64>,
+    pub start_or_end: Option<AtSpecial>,
+    pub anchored: bool,
+    pub smoothed: bool,
+    /// For `info()`'s second argument: label matchers only, may all match empty.
+    pub bypass_empty_matcher_check: bool,
+    pub pos: PosRange,
+    /// Index into the engine's selected series (set by planning).
+    pub id: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct MatrixSelector {
+    pub vs: VectorSelector,
+    pub range_ms: i64,
+    pub range_expr: Option<DurationExpr>,
+    pub end_pos: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct SubqueryExpr {
+    pub expr: Expr,
+    pub range_ms: i64,
+    pub range_expr: Option<DurationExpr>,
+    /// 0: the engine's default subquery step.
+    pub step_ms: i64,
+    pub step_expr: Option<DurationExpr>,
+    pub original_offset_ms: i64,
+    pub offset_expr: Option<DurationExpr>,
+    pub offset_ms: i64,
+    pub timestamp: Option<i64>,
+    pub start_or_end: Option<AtSpecial>,
+    pub end_pos: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub func: &'static Function,
+    pub args: Vec<Expr>,
+    pub pos: PosRange,
+}
+
+#[derive(Clone, Debug)]
+pub struct AggregateExpr {
+    pub op: AggOp,
+    pub expr: Expr,
+    pub param: Option<Expr>,
+    pub grouping: Vec<String>,
+    pub without: bool,
+    pub pos: PosRange,
+}
+
+/// Vector matching cardinality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Card {
+    OneToOne,
+    ManyToOne,
+    OneToMany,
+    ManyToMany,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorMatching {
+    pub card: Card,
+    pub matching_labels: Vec<String>,
+    /// `on` (true) or `ignoring` (false).
+    pub on: bool,
+    /// `group_left`/`group_right` extra labels.
+    pub include: Vec<String>,
+    pub fill_lhs: Option<f64>,
+    pub fill_rhs: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BinaryExpr {
+    pub op: BinOp,
+    pub lhs: Expr,
+    pub rhs: Expr,
+    /// `None` unless both sides are vectors.
+    pub matching: Option<VectorMatching>,
+    pub return_bool: bool,
+    /// Position of the operator token (for annotations).
+    pub op_pos: PosRange,
+}
+
+#[derive(Clone, Debug)]
+pub enum Expr {
+    Aggregate(Box<AggregateExpr>),
+    Binary(Box<BinaryExpr>),
+    Call(Box<Call>),
+    MatrixSelector(Box<MatrixSelector>),
+    Number {
+        val: f64,
+        pos: PosRange,
+    },
+    Paren(Box<Expr>, PosRange),
+    String {
+        val: String,
+        pos: PosRange,
+    },
+    Subquery(Box<SubqueryExpr>),
+    Unary {
+        neg: bool,
+        expr: Box<Expr>,
+        start: usize,
+    },
+    VectorSelector(Box<VectorSelector>),
+    /// A subtree whose value does not change across steps (because of `@`), evaluated once.
+    StepInvariant(Box<Expr>),
+}
+
+impl Expr {
+    /// The static type of the expression.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Expr::Aggregate(_) | Expr::VectorSelector(_) => ValueType::Vector,
+            Expr::Binary(b) => {
+                if b.lhs.value_type() == ValueType::Scalar
+                    && b.rhs.value_type() == ValueType::Scalar
+                {
+                    ValueType::Scalar
+                } else {
+                    ValueType::Vector
+                }
+            }
+            Expr::Call(c) => c.func.return_type,
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => ValueType::Matrix,
+            Expr::Number { .. } => ValueType::Scalar,
+            Expr::String { .. } => ValueType::String,
+            Expr::Paren(e, _) | Expr::StepInvariant(e) => e.value_type(),
+            Expr::Unary { expr, .. } => expr.value_type(),
+        }
+    }
+
+    /// The position range, as Prometheus's `PositionRange()`.
+    pub fn pos(&self) -> PosRange {
+        match self {
+            Expr::Aggregate(a) => a.pos,
+            Expr::Binary(b) => PosRange::new(b.lhs.pos().start, b.rhs.pos().end),
+            Expr::Call(c) => c.pos,
+            Expr::MatrixSelector(m) => PosRange::new(m.vs.pos.start, m.end_pos),
+            Expr::Number { pos, .. } | Expr::String { pos, .. } | Expr::Paren(_, pos) => *pos,
+            Expr::Subquery(s) => PosRange::new(s.expr.pos().start, s.end_pos),
+            Expr::Unary { expr, start, .. } => PosRange::new(*start, expr.pos().end),
+            Expr::VectorSelector(v) => v.pos,
+            Expr::StepInvariant(e) => e.pos(),
+        }
+    }
+
+    /// Strips parentheses (and step-invariant wrappers).
+    pub fn unwrap_parens(&self) -> &Expr {
+        match self {
+            Expr::Paren(e, _) | Expr::StepInvariant(e) => e.unwrap_parens(),
+            e => e,
+        }
+    }
+}

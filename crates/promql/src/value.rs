@@ -1,0 +1,85 @@
+//! Query results (public) and the evaluator's intermediate values (crate-private).
+
+use m3query_model::Labels;
+
+/// Hash maps keyed by labels or hashes on hot paths: foldhash, not SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// One float point of a series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub t_ms: i64,
+    pub v: f64,
+}
+
+/// One element of an instant vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub labels: Labels,
+    pub t_ms: i64,
+    pub v: f64,
+}
+
+/// One series of a range result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub points: Vec<Point>,
+}
+
+/// A query's result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Scalar { t_ms: i64, v: f64 },
+    String { t_ms: i64, s: String },
+    Vector(Vec<Sample>),
+    Matrix(Vec<Series>),
+}
+
+impl Value {
+    /// The `resultType` of the JSON API.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Scalar { .. } => "scalar",
+            Value::String { .. } => "string",
+            Value::Vector(_) => "vector",
+            Value::Matrix(_) => "matrix",
+        }
+    }
+}
+
+/// A series during evaluation: points at step timestamps (or raw timestamps for range
+/// vectors), and whether `__name__` must go at the end (delayed name removal).
+#[derive(Clone, Debug)]
+pub(crate) struct ESeries {
+    pub labels: Labels,
+    pub points: Vec<Point>,
+    pub drop_name: bool,
+}
+
+pub(crate) type Matrix = Vec<ESeries>;
+
+/// One element of an instant vector during evaluation.
+#[derive(Clone, Debug)]
+pub(crate) struct Elem {
+    pub labels: Labels,
+    pub v: f64,
+    /// The sample's own timestamp (for `timestamp()`), else the step.
+    pub t: i64,
+    pub drop_name: bool,
+    /// Index of the series this element came from in its argument's matrix.
+    pub si: usize,
+}
+
+/// What evaluating a node yields.
+#[derive(Debug)]
+pub(crate) enum Val {
+    Matrix(Matrix),
+    String(String),
+}
+
+/// Total points in a matrix.
+pub(crate) fn total_points(m: &Matrix) -> usize {
+    m.iter().map(|s| s.points.len()).sum()
+}
