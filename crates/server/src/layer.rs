@@ -111,10 +111,24 @@ where
             req.headers(),
         );
         let fut = self.inner.call(req).instrument(span.span().clone());
-        let shared = self.shared.clone();
+        // Until a response exists, the request counts as abandoned by the client (499): if
+        // the future is dropped, `done` records that on the way out.
+        let mut done = Completion {
+            span,
+            start,
+            route: route.unwrap_or_else(|| "unknown".into()),
+            method,
+            status: client_closed(),
+            responded: false,
+            info: None,
+            shared: self.shared.clone(),
+        };
         Box::pin(async move {
             let mut resp = fut.await?;
             let status = resp.status();
+            done.status = status;
+            done.responded = true;
+            let span = &done.span;
             let failed = resp.extensions().get::<HandlerPanicked>().is_some();
             span.record_status(status.as_u16(), failed);
             if let Some(err) = resp.extensions().get::<ApiError>() {
@@ -131,16 +145,7 @@ where
             {
                 resp.headers_mut().insert("x-trace-id", v);
             }
-            let info = resp.extensions().get::<RequestInfo>().cloned();
-            let done = Completion {
-                span,
-                start,
-                route: route.unwrap_or_else(|| "unknown".into()),
-                method,
-                status,
-                info,
-                shared,
-            };
+            done.info = resp.extensions().get::<RequestInfo>().cloned();
             Ok(resp.map(|b| {
                 Body::new(TracedBody {
                     inner: b,
@@ -151,6 +156,11 @@ where
     }
 }
 
+/// 499, nginx's "client closed request", which Prometheus uses for canceled queries.
+fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// What happens once the body is sent (or dropped): metrics, slow log, span end.
 struct Completion {
     span: RequestSpan,
@@ -158,6 +168,8 @@ struct Completion {
     route: String,
     method: String,
     status: StatusCode,
+    /// False when the client went away before the handler answered.
+    responded: bool,
     info: Option<RequestInfo>,
     shared: Arc<Shared>,
 }
@@ -165,6 +177,16 @@ struct Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
+        if !self.responded {
+            self.span.record_status(self.status.as_u16(), false);
+            let _e = self.span.span().enter();
+            tracing::info!(
+                method = %self.method,
+                route = %self.route,
+                duration_ms = elapsed.as_millis() as u64,
+                "client disconnected before the response; request canceled (499)"
+            );
+        }
         self.shared.metrics.observe(
             &self.route,
             &self.method,

@@ -51,6 +51,8 @@ pub struct AppState {
     pub remote_metrics: metrics::RemoteWriteMetrics,
     /// Concurrent remote-read requests allowed (each may hold many series in memory).
     pub remote_read_slots: Arc<tokio::sync::Semaphore>,
+    /// The PromQL engine, configured from `query:` and `lookbackDuration`.
+    pub engine: Arc<m3query_promql::Engine>,
 }
 
 impl AppState {
@@ -113,6 +115,7 @@ impl Server {
         mut metrics: MetricsRegistry,
         propagation: Propagation,
     ) -> Server {
+        let config_for_engine = config.clone();
         let remote_metrics = metrics::RemoteWriteMetrics::default();
         remote_metrics.register(&mut metrics);
         let state = Arc::new(AppState {
@@ -126,6 +129,9 @@ impl Server {
             metadata: stores::MetadataStore::new(100_000),
             exemplars: stores::ExemplarStore::new(100_000),
             remote_metrics,
+            engine: Arc::new(m3query_promql::Engine::new(engine_options(
+                &config_for_engine,
+            ))),
         });
         metrics.register_collector(Box::new(LateCollector(state.clone())));
         let http = metrics.http();
@@ -190,6 +196,17 @@ impl Server {
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    }
+}
+
+/// Engine settings from the config.
+pub fn engine_options(cfg: &Config) -> m3query_promql::EngineOptions {
+    m3query_promql::EngineOptions {
+        lookback_delta_ms: cfg.lookback_duration.as_millis_i64(),
+        max_samples: usize::try_from(cfg.query.prometheus.max_samples_per_query)
+            .unwrap_or(usize::MAX),
+        enable_experimental_functions: cfg.query.experimental_functions,
+        ..m3query_promql::EngineOptions::default()
     }
 }
 

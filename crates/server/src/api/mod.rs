@@ -1,6 +1,7 @@
 //! Data routes of the Prometheus API: series and label metadata, remote write and read.
 
 pub mod params;
+pub mod query;
 pub mod selector;
 
 use std::collections::BTreeSet;

@@ -1,50 +1,41 @@
-//! Series selectors (`match[]`): `up{job="api"}`, `{__name__=~"http_.*"}`.
+//! Series selectors (`match[]`): `up{job="api"}`, `{__name__=~"http_.*"}`, parsed with the same
+//! parser as queries so both accept the same syntax (UTF-8 names in quotes included).
 
-use m3query_model::{MatchOp, Matcher};
-use promql_parser::label::MatchOp as PMatchOp;
-use promql_parser::parser::{self, Expr};
+use m3query_model::Matcher;
+use m3query_promql::parser::{self, Expr};
 
 use crate::error::ApiError;
+
+fn bad(param: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_data(format!("invalid parameter {param:?}: {msg}"))
+}
 
 /// Parses one series selector into matchers, as Prometheus's `ParseMetricSelector` does:
 /// only a plain vector selector is allowed, and it must select something.
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
-    let bad = |msg: String| ApiError::bad_data(format!("invalid parameter \"match[]\": {msg}"));
-    let expr = parser::parse(s).map_err(bad)?;
+    let expr = parser::parse(s).map_err(|e| bad("match[]", e))?;
     let Expr::VectorSelector(vs) = expr else {
-        return Err(bad(format!("{s:?} is not a series selector")));
+        return Err(bad("match[]", format!("{s:?} is not a series selector")));
     };
-    if vs.offset.is_some() || vs.at.is_some() {
-        return Err(bad(format!(
-            "{s:?}: a series selector takes no offset or @"
-        )));
-    }
-    if !vs.matchers.or_matchers.is_empty() {
-        return Err(bad(format!(
-            "{s:?}: `or` inside a selector is not supported"
-        )));
-    }
-    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
-    if let Some(name) = &vs.name {
-        out.push(Matcher::equal(m3query_model::METRIC_NAME, name.clone()));
-    }
-    for m in &vs.matchers.matchers {
-        let op = match &m.op {
-            PMatchOp::Equal => MatchOp::Equal,
-            PMatchOp::NotEqual => MatchOp::NotEqual,
-            PMatchOp::Re(_) => MatchOp::RegexMatch,
-            PMatchOp::NotRe(_) => MatchOp::RegexNoMatch,
-        };
-        out.push(
-            Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| bad(e.to_string()))?,
-        );
-    }
-    if !m3query_storage::matchers_select_something(&out) {
+    if vs.original_offset_ms != 0 || vs.offset_expr.is_some() {
         return Err(bad(
-            "match[] must contain at least one non-empty matcher".to_string()
+            "match[]",
+            format!("{s:?}: a series selector takes no offset"),
         ));
     }
-    Ok(out)
+    if vs.timestamp.is_some() || vs.start_or_end.is_some() {
+        return Err(bad(
+            "match[]",
+            format!("{s:?}: a series selector takes no @"),
+        ));
+    }
+    if !m3query_storage::matchers_select_something(&vs.matchers) {
+        return Err(bad(
+            "match[]",
+            "match[] must contain at least one non-empty matcher",
+        ));
+    }
+    Ok(vs.matchers)
 }
 
 /// Every `match[]` of a request.
@@ -52,6 +43,36 @@ pub fn parse_match_params<'a>(
     values: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<Vec<Matcher>>, ApiError> {
     values.map(parse_selector).collect()
+}
+
+/// The matchers of every selector in a PromQL expression (for `/api/v1/query_exemplars`).
+pub fn selectors_of(query: &str) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let expr = parser::parse(query).map_err(|e| bad("query", e))?;
+    let mut out = Vec::new();
+    collect(&expr, &mut out);
+    Ok(out)
+}
+
+fn collect(e: &Expr, out: &mut Vec<Vec<Matcher>>) {
+    match e {
+        Expr::VectorSelector(vs) => out.push(vs.matchers.clone()),
+        Expr::MatrixSelector(ms) => out.push(ms.vs.matchers.clone()),
+        Expr::Aggregate(a) => {
+            collect(&a.expr, out);
+            if let Some(p) = &a.param {
+                collect(p, out);
+            }
+        }
+        Expr::Binary(b) => {
+            collect(&b.lhs, out);
+            collect(&b.rhs, out);
+        }
+        Expr::Call(c) => c.args.iter().for_each(|a| collect(a, out)),
+        Expr::Subquery(s) => collect(&s.expr, out),
+        Expr::Paren(inner, _) | Expr::StepInvariant(inner) => collect(inner, out),
+        Expr::Unary { expr, .. } => collect(expr, out),
+        Expr::Number { .. } | Expr::String { .. } => {}
+    }
 }
 
 #[cfg(test)]
@@ -62,7 +83,7 @@ mod tests {
     fn selectors() {
         let m = parse_selector(r#"up{job=~"a|b", x!="y"}"#).expect("valid");
         assert_eq!(m.len(), 3);
-        assert_eq!(m[0].to_string(), r#"__name__="up""#);
+        assert!(m.iter().any(|m| m.to_string() == r#"__name__="up""#));
         assert!(parse_selector(r#"{__name__=~"http_.*"}"#).is_ok());
         for bad in [
             "rate(up[5m])",
@@ -75,5 +96,13 @@ mod tests {
             let e = parse_selector(bad).expect_err(bad);
             assert_eq!(e.kind, crate::ErrorType::BadData, "{bad}");
         }
+    }
+
+    #[test]
+    fn selectors_in_expressions() {
+        let s = selectors_of(r#"sum(rate(a[5m])) / on() b{x="1"} + max_over_time(c[1h:1m])"#)
+            .expect("parses");
+        assert_eq!(s.len(), 3);
+        assert!(selectors_of("1 +").is_err());
     }
 }

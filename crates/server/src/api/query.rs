@@ -1,0 +1,614 @@
+//! `/api/v1/query`, `/api/v1/query_range`, `/api/v1/format_query`, `/api/v1/parse_query` and
+//! `/api/v1/query_exemplars`.
+//!
+//! Parameters and errors follow Prometheus's `web/api/v1/api.go`; M3's request headers
+//! (`M3-Timeout`, `M3-Limit-Max-Series`, `M3-Limit-Require-Exhaustive`) are honoured and
+//! `M3-Results-Limited` / `M3-Series-Count` answered. The result JSON is written by hand
+//! ([`write_result`]): large matrices are the common case and serde's per-value overhead shows.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, header};
+use m3query_model::Labels;
+use m3query_promql::{QueryOptions, QueryResult, QueryStats, Value};
+use m3query_storage::Context;
+
+use super::params::Params;
+use super::{LabelsJson, blocking, selector};
+use crate::AppState;
+use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
+use crate::layer::RequestInfo;
+
+/// Maps an engine error to the API's, by Prometheus's error type.
+fn engine_error(e: m3query_promql::Error) -> ApiError {
+    let kind = match e.error_type() {
+        "bad_data" => ErrorType::BadData,
+        "execution" => ErrorType::Execution,
+        "timeout" => ErrorType::Timeout,
+        "canceled" => ErrorType::Canceled,
+        _ => ErrorType::Internal,
+    };
+    ApiError::new(kind, e.to_string())
+}
+
+/// Cancels the query's context when the handler's future is dropped (the client went away)
+/// and once it is done, so storage and evaluation stop promptly.
+struct CancelOnDrop(Context);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// What every query request shares: deadline, limits, lookback.
+struct Common {
+    ctx: Context,
+    opts: QueryOptions,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn common(state: &AppState, params: &Params, headers: &HeaderMap) -> Result<Common, ApiError> {
+    let cfg = &state.config;
+    let mut timeout = cfg.query.timeout.0;
+    if let Some(t) = params.duration("timeout")? {
+        if t <= 0 {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"timeout\": the timeout must be positive",
+            ));
+        }
+        timeout = timeout.min(Duration::from_millis(t as u64));
+    }
+    if let Some(t) = header_str(headers, "M3-Timeout") {
+        let d = m3query_model::time::parse_config_duration(t).map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid header \"M3-Timeout\": {t:?} is not a duration"
+            ))
+        })?;
+        timeout = timeout.min(d);
+    }
+    let mut max_series = cfg.limits.per_query.max_fetched_series;
+    if let Some(v) = header_str(headers, "M3-Limit-Max-Series") {
+        let n: u64 = v.parse().map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid header \"M3-Limit-Max-Series\": {v:?} is not a non-negative integer"
+            ))
+        })?;
+        // The header may lower the configured limit, never raise it.
+        max_series = match (max_series, n) {
+            (0, n) => n,
+            (m, 0) => m,
+            (m, n) => m.min(n),
+        };
+    }
+    let mut require_exhaustive = cfg.limits.per_query.require_exhaustive;
+    if let Some(v) = header_str(headers, "M3-Limit-Require-Exhaustive") {
+        require_exhaustive = v.parse().map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid header \"M3-Limit-Require-Exhaustive\": {v:?} is not true or false"
+            ))
+        })?;
+    }
+    let lookback = params.duration("lookback_delta")?;
+    if lookback.is_some_and(|l| l < 0) {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"lookback_delta\": must not be negative",
+        ));
+    }
+    let stats = params.get("stats").is_some_and(|s| !s.is_empty());
+    Ok(Common {
+        ctx: Context::with_deadline(Instant::now() + timeout),
+        opts: QueryOptions {
+            lookback_delta_ms: lookback.filter(|l| *l > 0),
+            max_fetched_series: usize::try_from(max_series).unwrap_or(usize::MAX),
+            require_exhaustive,
+            enable_stats: stats,
+        },
+    })
+}
+
+fn query_param(params: &Params) -> Result<String, ApiError> {
+    Ok(params.get("query").unwrap_or_default().to_string())
+}
+
+/// Records the query's figures on the request span.
+fn record_span(query: &str, start: Option<i64>, end: Option<i64>, step: Option<i64>) {
+    let span = tracing::Span::current();
+    span.record("query", query);
+    if let Some(s) = start {
+        span.record("start", s as f64 / 1000.0);
+    }
+    if let Some(e) = end {
+        span.record("end", e as f64 / 1000.0);
+    }
+    if let Some(s) = step {
+        span.record("step", s as f64 / 1000.0);
+    }
+}
+
+/// Runs `f` on a blocking thread inside the request span.
+async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    blocking(move || span.in_scope(f)).await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `GET|POST /api/v1/query`.
+pub async fn instant_query(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let query = query_param(&params)?;
+    let t = params.time("time", now_ms())?;
+    let c = common(&state, &params, &headers)?;
+    record_span(&query, Some(t), Some(t), None);
+    let queryable = state.services()?.queryable.clone();
+    let engine = state.engine.clone();
+    let _cancel = CancelOnDrop(c.ctx.clone());
+    let stats = c.opts.enable_stats;
+    let q2 = query.clone();
+    let result = run(move || {
+        engine
+            .instant_query(queryable.as_ref(), &c.ctx, &q2, t, &c.opts)
+            .map_err(engine_error)
+    })
+    .await?;
+    Ok(respond(result, query, stats))
+}
+
+/// `GET|POST /api/v1/query_range`.
+pub async fn range_query(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let query = query_param(&params)?;
+    let start = params.required_time("start")?;
+    let end = params.required_time("end")?;
+    if end < start {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    let step = match params.duration("step")? {
+        Some(s) => s,
+        None => {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"step\": cannot parse \"\" to a valid duration",
+            ));
+        }
+    };
+    if step <= 0 {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    let max_points = state.config.query.max_points_per_series;
+    if ((end - start) / step) as u64 > max_points {
+        return Err(ApiError::bad_data(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            group_thousands(max_points)
+        )));
+    }
+    let c = common(&state, &params, &headers)?;
+    record_span(&query, Some(start), Some(end), Some(step));
+    let queryable = state.services()?.queryable.clone();
+    let engine = state.engine.clone();
+    let _cancel = CancelOnDrop(c.ctx.clone());
+    let stats = c.opts.enable_stats;
+    let q2 = query.clone();
+    let result = run(move || {
+        engine
+            .range_query(queryable.as_ref(), &c.ctx, &q2, start, end, step, &c.opts)
+            .map_err(engine_error)
+    })
+    .await?;
+    Ok(respond(result, query, stats))
+}
+
+/// `11000` as Prometheus prints it in its message: `11,000`.
+fn group_thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Encodes a result (span `http.encode`) with M3's headers and the figures for the request
+/// layer.
+fn respond(result: QueryResult, query: String, stats: bool) -> Response {
+    let span = tracing::info_span!(
+        target: "m3query::http",
+        "http.encode",
+        result_type = result.value.type_name(),
+        series = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    );
+    let body = span.in_scope(|| {
+        let mut out = String::with_capacity(estimate(&result.value));
+        write_response(&mut out, &result, stats);
+        out
+    });
+    let series = match &result.value {
+        Value::Vector(v) => v.len(),
+        Value::Matrix(m) => m.len(),
+        _ => 1,
+    };
+    span.record("series", series as u64);
+    span.record("bytes", body.len() as u64);
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let h = resp.headers_mut();
+    if result.series_limited {
+        h.insert(
+            "M3-Results-Limited",
+            HeaderValue::from_static("max_fetch_series_limit_applied"),
+        );
+    }
+    h.insert(
+        "M3-Series-Count",
+        HeaderValue::from(result.stats.series_fetched as u64),
+    );
+    resp.extensions_mut().insert(RequestInfo {
+        query: Some(query),
+        series: Some(result.stats.series_fetched as u64),
+        samples: Some(result.stats.samples_fetched as u64),
+    });
+    resp
+}
+
+fn estimate(v: &Value) -> usize {
+    match v {
+        Value::Matrix(m) => m.iter().map(|s| 128 + s.points.len() * 28).sum::<usize>() + 64,
+        Value::Vector(v) => v.len() * 160 + 64,
+        _ => 128,
+    }
+}
+
+/// JSON string with the escapes JSON requires.
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Prometheus's timestamp rendering: unix seconds with the milliseconds as a 3-digit fraction
+/// when non-zero (`1435781451.781`, `1435781451`).
+fn write_ts(out: &mut String, t_ms: i64) {
+    let (neg, t) = if t_ms < 0 {
+        (true, t_ms.unsigned_abs())
+    } else {
+        (false, t_ms as u64)
+    };
+    if neg {
+        out.push('-');
+    }
+    let _ = write!(out, "{}", t / 1000);
+    let frac = t % 1000;
+    if frac != 0 {
+        let _ = write!(out, ".{frac:03}");
+    }
+}
+
+/// Prometheus's value rendering: Go's `FormatFloat(v, 'f', -1, 64)`, in quotes.
+fn write_val(out: &mut String, v: f64) {
+    out.push('"');
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+    out.push('"');
+}
+
+fn write_labels(out: &mut String, l: &Labels) {
+    out.push('{');
+    for (i, l) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, &l.name);
+        out.push(':');
+        write_str(out, &l.value);
+    }
+    out.push('}');
+}
+
+/// `"resultType":..,"result":..`
+pub fn write_result(out: &mut String, v: &Value) {
+    out.push_str("\"resultType\":");
+    write_str(out, v.type_name());
+    out.push_str(",\"result\":");
+    match v {
+        Value::Scalar { t_ms, v } => {
+            out.push('[');
+            write_ts(out, *t_ms);
+            out.push(',');
+            write_val(out, *v);
+            out.push(']');
+        }
+        Value::String { t_ms, s } => {
+            out.push('[');
+            write_ts(out, *t_ms);
+            out.push(',');
+            write_str(out, s);
+            out.push(']');
+        }
+        Value::Vector(samples) => {
+            out.push('[');
+            for (i, s) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(out, &s.labels);
+                out.push_str(",\"value\":[");
+                write_ts(out, s.t_ms);
+                out.push(',');
+                write_val(out, s.v);
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+        Value::Matrix(series) => {
+            out.push('[');
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(out, &s.labels);
+                out.push_str(",\"values\":[");
+                for (j, p) in s.points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    out.push('[');
+                    write_ts(out, p.t_ms);
+                    out.push(',');
+                    write_val(out, p.v);
+                    out.push(']');
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn write_seconds(out: &mut String, d: Duration) {
+    let _ = write!(out, "{}", d.as_secs_f64());
+}
+
+/// Prometheus's `stats=all` block.
+fn write_stats(out: &mut String, s: &QueryStats) {
+    out.push_str(",\"stats\":{\"timings\":{\"evalTotalTime\":");
+    write_seconds(out, s.eval + s.prepare);
+    out.push_str(",\"resultSortTime\":0,\"queryPreparationTime\":");
+    write_seconds(out, s.prepare);
+    out.push_str(",\"innerEvalTime\":");
+    write_seconds(out, s.eval);
+    out.push_str(",\"execQueueTime\":0,\"execTotalTime\":");
+    write_seconds(out, s.total);
+    out.push_str(",\"parseTime\":");
+    write_seconds(out, s.parse);
+    let _ = write!(
+        out,
+        "}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}},\"series\":{{\"fetched\":{}}}}}",
+        s.samples_fetched, s.peak_samples, s.series_fetched
+    );
+}
+
+fn write_strs(out: &mut String, key: &str, items: &[String]) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = write!(out, ",\"{key}\":[");
+    for (i, w) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, w);
+    }
+    out.push(']');
+}
+
+fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
+    out.push_str("{\"status\":\"success\",\"data\":{");
+    write_result(out, &r.value);
+    if stats {
+        write_stats(out, &r.stats);
+    }
+    out.push('}');
+    write_strs(out, "warnings", &r.warnings);
+    write_strs(out, "infos", &r.infos);
+    out.push('}');
+}
+
+/// `GET|POST /api/v1/format_query`.
+pub async fn format_query(params: Params) -> ApiResult<String> {
+    let q = params.get("query").unwrap_or_default();
+    m3query_promql::format_query(q)
+        .map(ApiResponse::new)
+        .map_err(engine_error)
+}
+
+/// `GET|POST /api/v1/parse_query`.
+pub async fn parse_query(params: Params) -> ApiResult<serde_json::Value> {
+    let q = params.get("query").unwrap_or_default();
+    m3query_promql::parse_query(q)
+        .map(ApiResponse::new)
+        .map_err(engine_error)
+}
+
+#[derive(serde::Serialize)]
+pub struct ExemplarJson {
+    labels: LabelsJson,
+    value: String,
+    timestamp: f64,
+}
+
+#[derive(serde::Serialize)]
+pub struct SeriesExemplars {
+    #[serde(rename = "seriesLabels")]
+    series_labels: LabelsJson,
+    exemplars: Vec<ExemplarJson>,
+}
+
+/// `GET|POST /api/v1/query_exemplars`: exemplars of the series the query's selectors select.
+pub async fn query_exemplars(
+    State(state): State<Arc<AppState>>,
+    params: Params,
+) -> ApiResult<Vec<SeriesExemplars>> {
+    let q = params.get("query").unwrap_or_default();
+    let (start, end) = params.time_range()?;
+    let selectors = selector::selectors_of(q)?;
+    let found = state.exemplars.query(&selectors, start, end);
+    Ok(ApiResponse::new(
+        found
+            .into_iter()
+            .map(|(series, ex)| SeriesExemplars {
+                series_labels: LabelsJson(series),
+                exemplars: ex
+                    .into_iter()
+                    .map(|e| {
+                        let mut v = String::new();
+                        write_val(&mut v, e.value);
+                        ExemplarJson {
+                            labels: LabelsJson(e.labels),
+                            value: v.trim_matches('"').to_string(),
+                            timestamp: e.t as f64 / 1000.0,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3query_promql::{Point, Sample, Series};
+
+    #[test]
+    fn prometheus_number_formats() {
+        let mut s = String::new();
+        for t in [1_435_781_451_781, 1_435_781_451_000, 1_500, 5, -1_500, 0] {
+            write_ts(&mut s, t);
+            s.push(' ');
+        }
+        assert_eq!(s, "1435781451.781 1435781451 1.500 0.005 -1.500 0 ");
+        let mut s = String::new();
+        for v in [
+            1.0,
+            0.1,
+            1e21,
+            1e-7,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+        ] {
+            write_val(&mut s, v);
+        }
+        assert_eq!(
+            s,
+            r#""1""0.1""1000000000000000000000""0.0000001""NaN""+Inf""-Inf""-0""#
+        );
+        assert_eq!(group_thousands(11000), "11,000");
+        assert_eq!(group_thousands(100), "100");
+    }
+
+    #[test]
+    fn result_shapes_parse_as_prometheus_json() {
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "a\"b\n")]);
+        let cases = [
+            (
+                Value::Vector(vec![Sample {
+                    labels: l.clone(),
+                    t_ms: 1000,
+                    v: 1.0,
+                }]),
+                serde_json::json!({"resultType": "vector", "result": [{"metric": {"__name__": "up", "job": "a\"b\n"}, "value": [1, "1"]}]}),
+            ),
+            (
+                Value::Matrix(vec![Series {
+                    labels: l,
+                    points: vec![
+                        Point { t_ms: 1500, v: 2.5 },
+                        Point {
+                            t_ms: 2500,
+                            v: f64::NAN,
+                        },
+                    ],
+                }]),
+                serde_json::json!({"resultType": "matrix", "result": [{"metric": {"__name__": "up", "job": "a\"b\n"}, "values": [[1.5, "2.5"], [2.5, "NaN"]]}]}),
+            ),
+            (
+                Value::Scalar { t_ms: 0, v: 3.0 },
+                serde_json::json!({"resultType": "scalar", "result": [0, "3"]}),
+            ),
+            (
+                Value::String {
+                    t_ms: 0,
+                    s: "x\u{1}".into(),
+                },
+                serde_json::json!({"resultType": "string", "result": [0, "x\u{1}"]}),
+            ),
+        ];
+        for (v, want) in cases {
+            let mut out = String::from("{");
+            write_result(&mut out, &v);
+            out.push('}');
+            let got: serde_json::Value = serde_json::from_str(&out).expect(&out);
+            assert_eq!(got, want);
+        }
+    }
+}
