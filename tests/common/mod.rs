@@ -48,16 +48,17 @@ impl M3Query {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> M3Query {
+        let data = dir.path().join("data");
+        let body = format!("storage:\n  path: {}\n{extra}", data.display());
+        Self::start_config(dir, &body, env)
+    }
+
+    /// Starts m3query with `body` as the whole config after `listenAddress`.
+    pub fn start_config(dir: tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> M3Query {
         let port = free_port();
         let config_path = dir.path().join("m3query.yml");
-        let data = dir.path().join("data");
         let mut f = std::fs::File::create(&config_path).expect("config file");
-        write!(
-            f,
-            "listenAddress: 127.0.0.1:{port}\nstorage:\n  path: {}\n{extra}",
-            data.display()
-        )
-        .expect("write config");
+        write!(f, "listenAddress: 127.0.0.1:{port}\n{body}").expect("write config");
         drop(f);
         let log_path = dir.path().join("m3query.log");
         let log = std::fs::File::create(&log_path).expect("log file");

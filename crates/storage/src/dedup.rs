@@ -4,10 +4,11 @@
 //! external label such as `replica="a"` / `replica="b"`, with samples at slightly different
 //! times and gaps where one of them was down. [`DedupQueryable`] drops the replica labels,
 //! groups the series that become identical, and merges each group into one series that
-//! follows one replica and switches to another only across a gap, the way Thanos's
-//! deduplicating iterator does: after taking a sample from one replica, the others are
-//! penalised by twice the last sample interval (5 s before any interval is known), so their
-//! slightly offset samples are not interleaved and the sample rate is not inflated.
+//! follows one replica and switches to another only across a gap, after Thanos's
+//! deduplicating iterator: after taking a sample from one replica, the others are penalised
+//! by twice the last sample interval (5 s before any interval is known), so their slightly
+//! offset samples are not interleaved and the sample rate is not inflated. See
+//! [`dedup_pair`] for where we differ.
 
 use std::collections::BTreeMap;
 
@@ -129,44 +130,63 @@ pub fn dedup_replicas(mut replicas: Vec<Vec<Sample>>) -> Vec<Sample> {
     acc
 }
 
-/// Merges two replicas of one series with the penalty rule described in the module docs.
-/// Samples a penalty skips are skipped for good, as in Thanos: a replica's tail within the
-/// penalty of the other's last sample is not used.
+/// Merges two replicas of one series.
+///
+/// The replica the last sample came from is "current". The other replica's next sample counts
+/// only if it is at least twice the last sample interval after the last sample (Thanos's
+/// penalty), so slightly offset replicas are not interleaved. When the current replica has a
+/// gap longer than that (or has ended), the other replica's samples count from half an
+/// interval after the last sample instead: this is where m3query differs from Thanos, which
+/// drops the other replica's first samples after a gap; replicas with identical timestamps
+/// then merge without losing any sample. Samples are never skipped for good: positions are
+/// recomputed from the last sample taken.
 pub fn dedup_pair(a: &[Sample], b: &[Sample]) -> Vec<Sample> {
     let mut out = Vec::with_capacity(a.len().max(b.len()));
-    // Next candidate sample of each replica.
-    let (mut i, mut j) = (0usize, 0usize);
-    let (mut pen_a, mut pen_b) = (0i64, 0i64);
-    let mut last_t: Option<i64> = None;
     let first_at_or_after =
         |s: &[Sample], from: usize, min: i64| from + s[from..].partition_point(|x| x.t < min);
+    let (mut i, mut j) = (0usize, 0usize);
+    // Which replica the last sample came from (true: a), its time, and the last interval.
+    let mut current: Option<bool> = None;
+    let mut last_t = i64::MIN;
+    let mut interval: Option<i64> = None;
     loop {
-        if let Some(lt) = last_t {
-            // Past the last sample taken, plus the replica's penalty.
-            i = first_at_or_after(a, i, lt.saturating_add(1).saturating_add(pen_a));
-            j = first_at_or_after(b, j, lt.saturating_add(1).saturating_add(pen_b));
-        }
-        let (ca, cb) = (a.get(i), b.get(j));
+        let floor = last_t.saturating_add(1);
+        i = first_at_or_after(a, i, floor);
+        j = first_at_or_after(b, j, floor);
+        let (ca, cb) = match current {
+            None => (a.get(i), b.get(j)),
+            Some(cur_is_a) => {
+                let penalty = interval.map_or(INITIAL_PENALTY_MS, |d| 2 * d);
+                let (cur, other, other_from) = if cur_is_a { (a, b, j) } else { (b, a, i) };
+                let cur_next = cur.get(if cur_is_a { i } else { j });
+                let gap = cur_next.is_none_or(|c| c.t > last_t.saturating_add(penalty));
+                let other_min = if gap {
+                    last_t.saturating_add((interval.unwrap_or(INITIAL_PENALTY_MS) / 2).max(1))
+                } else {
+                    last_t.saturating_add(1).saturating_add(penalty)
+                };
+                let other_next = other.get(first_at_or_after(other, other_from, other_min));
+                if cur_is_a {
+                    (cur_next, other_next)
+                } else {
+                    (other_next, cur_next)
+                }
+            }
+        };
         let take_a = match (ca, cb) {
             (None, None) => return out,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (Some(x), Some(y)) => x.t <= y.t,
         };
-        let x = if take_a { ca } else { cb };
-        let Some(&x) = x else { return out };
-        // The other replica is penalised only while it still has samples to offer.
-        let penalty = last_t.map_or(INITIAL_PENALTY_MS, |lt| 2 * (x.t - lt));
-        if take_a {
-            pen_a = 0;
-            pen_b = if cb.is_some() { penalty } else { 0 };
-            i += 1;
-        } else {
-            pen_b = 0;
-            pen_a = if ca.is_some() { penalty } else { 0 };
-            j += 1;
+        let Some(&x) = (if take_a { ca } else { cb }) else {
+            return out;
+        };
+        if current.is_some() {
+            interval = Some(x.t - last_t);
         }
-        last_t = Some(x.t);
+        current = Some(take_a);
+        last_t = x.t;
         out.push(x);
     }
 }
@@ -193,11 +213,27 @@ mod tests {
         );
         let out = dedup_pair(&a, &b);
         let ts: Vec<i64> = out.iter().map(|x| x.t).collect();
-        // a until its gap, then b across it (the penalty of twice a's interval skips 47), and
-        // b to its end: a's samples fall inside b's penalty window.
-        assert_eq!(ts, vec![0, 15_000, 30_000, 62_000, 77_000, 92_000, 107_000]);
+        // a until its gap, b across it and to its end, then a's last sample.
+        assert_eq!(
+            ts,
+            vec![
+                0, 15_000, 30_000, 47_000, 62_000, 77_000, 92_000, 107_000, 120_000
+            ]
+        );
         // No interleaving: the sample rate stays that of one replica.
         assert!(ts.windows(2).all(|w| w[1] - w[0] >= 13_000), "{ts:?}");
+    }
+
+    #[test]
+    fn identical_timestamps_lose_nothing_across_a_gap() {
+        let all: Vec<Sample> = (0..40).map(|i| Sample::new(i * 15_000, i as f64)).collect();
+        let a: Vec<Sample> = all
+            .iter()
+            .copied()
+            .filter(|s| !(100_000..250_000).contains(&s.t))
+            .collect();
+        assert_eq!(dedup_pair(&a, &all), all);
+        assert_eq!(dedup_pair(&all, &a), all);
     }
 
     #[test]
