@@ -1,0 +1,96 @@
+//! Chunk encode and decode throughput on scrape-like data (15 s interval with jitter,
+//! counters and gauges), 120 samples per chunk as the head cuts them.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use m3query_chunkenc::{XorAppender, XorIterator};
+
+fn chunks(n_chunks: usize) -> Vec<Vec<u8>> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n_chunks)
+        .map(|c| {
+            let mut a = XorAppender::new();
+            let mut t = 1_700_000_000_000i64 + c as i64 * 1_800_000;
+            let mut counter = 0.0f64;
+            for _ in 0..120 {
+                t += 15_000 + (rnd() % 5) as i64 - 2;
+                let v = if c % 2 == 0 {
+                    counter += (rnd() % 1000) as f64;
+                    counter
+                } else {
+                    (rnd() % 10_000) as f64 / 100.0
+                };
+                a.append(t, v).expect("120 samples fit");
+            }
+            a.into_bytes()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let cs = chunks(1000);
+    let total: u64 = 120 * cs.len() as u64;
+    let mut g = c.benchmark_group("xor");
+    g.throughput(Throughput::Elements(total));
+    g.bench_function("decode_append_range", |b| {
+        let mut out = Vec::with_capacity(200);
+        b.iter(|| {
+            let mut n = 0;
+            for ch in &cs {
+                out.clear();
+                let mut it = XorIterator::new(ch).expect("valid");
+                it.append_range(i64::MIN, i64::MAX, &mut out)
+                    .expect("valid");
+                n += out.len();
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("decode_next_sample", |b| {
+        b.iter(|| {
+            let mut sum = 0.0;
+            for ch in &cs {
+                let mut it = XorIterator::new(ch).expect("valid");
+                while let Some((_, v)) = it.next_sample().expect("valid") {
+                    sum += v;
+                }
+            }
+            black_box(sum)
+        })
+    });
+    let samples: Vec<(i64, f64)> = cs
+        .iter()
+        .flat_map(|ch| {
+            let mut it = XorIterator::new(ch).expect("valid");
+            let mut v = Vec::new();
+            while let Some(s) = it.next_sample().expect("valid") {
+                v.push(s);
+            }
+            v
+        })
+        .collect();
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            for ch in samples.chunks(120) {
+                let mut a = XorAppender::new();
+                for &(t, v) in ch {
+                    a.append(t, v).expect("fits");
+                }
+                bytes += a.bytes().len();
+            }
+            black_box(bytes)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

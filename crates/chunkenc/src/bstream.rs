@@ -1,0 +1,183 @@
+//! Bit streams, most significant bit first, as Prometheus's `bstream`.
+
+/// Appends bits to a byte vector. The last byte holds `free` unused low bits.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BitWriter {
+    pub(crate) buf: Vec<u8>,
+    /// Unused bits at the low end of the last byte (0 means the next bit starts a new byte).
+    pub(crate) free: u8,
+}
+
+impl BitWriter {
+    #[inline]
+    pub(crate) fn write_bit(&mut self, bit: bool) {
+        if self.free == 0 {
+            self.buf.push(0);
+            self.free = 8;
+        }
+        self.free -= 1;
+        if bit && let Some(last) = self.buf.last_mut() {
+            *last |= 1 << self.free;
+        }
+    }
+
+    /// Writes the `n` low bits of `v` (n <= 64), most significant first.
+    #[inline]
+    pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
+        let mut n = n;
+        while n > 0 {
+            if self.free == 0 {
+                self.buf.push(0);
+                self.free = 8;
+            }
+            let take = n.min(u32::from(self.free));
+            let shift = n - take;
+            let bits = ((v >> shift) & ((1u64 << take) - 1)) as u8;
+            self.free -= take as u8;
+            if let Some(last) = self.buf.last_mut() {
+                *last |= bits << self.free;
+            }
+            n -= take;
+        }
+    }
+
+    /// Writes whole bytes (used for varints, which Prometheus writes bit-aligned).
+    #[inline]
+    pub(crate) fn write_bytes(&mut self, bytes: &[u8]) {
+        if self.free == 0 {
+            self.buf.extend_from_slice(bytes);
+        } else {
+            for &b in bytes {
+                self.write_bits(u64::from(b), 8);
+            }
+        }
+    }
+}
+
+/// Reads bits from a byte slice. `buf` holds the next `valid` bits of the stream left-aligned;
+/// bits below them are either zero or the stream's following bits, never anything else.
+#[derive(Clone, Debug)]
+pub(crate) struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    buf: u64,
+    valid: u32,
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        BitReader {
+            data,
+            pos: 0,
+            buf: 0,
+            valid: 0,
+        }
+    }
+
+    /// Tops the buffer up to at least 56 valid bits, or to the end of the stream.
+    #[inline]
+    fn refill(&mut self) {
+        if let Some(w) = self.data.get(self.pos..self.pos + 8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            self.buf |= u64::from_be_bytes(a) >> self.valid;
+            let bytes = (63 - self.valid) >> 3;
+            self.pos += bytes as usize;
+            self.valid += bytes * 8;
+        } else {
+            while self.valid <= 56 {
+                let Some(&b) = self.data.get(self.pos) else {
+                    break;
+                };
+                self.buf |= u64::from(b) << (56 - self.valid);
+                self.valid += 8;
+                self.pos += 1;
+            }
+        }
+    }
+
+    /// Reads `n` bits, 1 <= n <= 56. `None` at the end of the stream.
+    #[inline(always)]
+    pub(crate) fn read_bits(&mut self, n: u32) -> Option<u64> {
+        debug_assert!((1..=56).contains(&n));
+        if self.valid < n {
+            self.refill();
+            if self.valid < n {
+                return None;
+            }
+        }
+        let v = self.buf >> (64 - n);
+        self.buf <<= n;
+        self.valid -= n;
+        Some(v)
+    }
+
+    /// Reads `n` bits, 1 <= n <= 64.
+    #[inline(always)]
+    pub(crate) fn read_bits_wide(&mut self, n: u32) -> Option<u64> {
+        if n <= 56 {
+            self.read_bits(n)
+        } else {
+            let hi = self.read_bits(n - 32)?;
+            let lo = self.read_bits(32)?;
+            Some((hi << 32) | lo)
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn read_bit(&mut self) -> Option<bool> {
+        self.read_bits(1).map(|b| b == 1)
+    }
+
+    /// Reads the '1'-prefix of a delta-of-delta control code, at most 4 bits: returns the
+    /// number of leading ones (0..=4), consuming them and the terminating zero (if < 4).
+    #[inline(always)]
+    pub(crate) fn read_dod_prefix(&mut self) -> Option<u32> {
+        if self.valid < 4 {
+            self.refill();
+        }
+        let ones = (!self.buf).leading_zeros().min(4);
+        let used = if ones < 4 { ones + 1 } else { 4 };
+        if self.valid < used {
+            return None;
+        }
+        self.buf <<= used;
+        self.valid -= used;
+        Some(ones)
+    }
+
+    /// Reads one byte (varints are byte-granular but not byte-aligned in the stream).
+    #[inline]
+    pub(crate) fn read_byte(&mut self) -> Option<u8> {
+        self.read_bits(8).map(|b| b as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_round_trip_across_byte_boundaries() {
+        let mut w = BitWriter::default();
+        let items: Vec<(u64, u32)> = (1..=64u32)
+            .map(|n| {
+                let v = 0xdead_beef_cafe_f00d_u64.rotate_left(n);
+                (if n == 64 { v } else { v & ((1 << n) - 1) }, n)
+            })
+            .collect();
+        for &(v, n) in &items {
+            w.write_bit(n % 3 == 0);
+            w.write_bits(v, n);
+            w.write_bytes(&[n as u8]);
+        }
+        let mut r = BitReader::new(&w.buf);
+        for &(v, n) in &items {
+            assert_eq!(r.read_bit(), Some(n % 3 == 0));
+            assert_eq!(r.read_bits_wide(n), Some(v), "width {n}");
+            assert_eq!(r.read_byte(), Some(n as u8));
+        }
+        // Only padding is left.
+        assert!(r.read_bits(8).is_none());
+    }
+}
