@@ -143,6 +143,9 @@ impl DbQuerier<'_> {
             if out.len() % CHECK_EVERY == CHECK_EVERY - 1 {
                 ctx.check()?;
             }
+            if !has_samples_in(&chunks, self.mint, self.maxt)? {
+                continue;
+            }
             out.push(TsdbSeries::new(labels, chunks, self.mint, self.maxt));
             if hints.limit > 0 && out.len() >= hints.limit {
                 break;
@@ -190,6 +193,26 @@ impl DbQuerier<'_> {
         all.dedup();
         Ok(all.iter().map(|s| s.to_string()).collect())
     }
+}
+
+/// Whether any chunk holds a sample in `[mint, maxt]`. A chunk inside the range does; only
+/// chunks straddling its ends are decoded, up to their first sample at or after `mint`.
+fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
+    if chunks.iter().any(|c| c.min_t >= mint && c.max_t <= maxt) {
+        return Ok(true);
+    }
+    for c in chunks {
+        let mut it = XorIterator::new(c.bytes.as_slice())?;
+        while let Some((t, _)) = it.next_sample()? {
+            if t >= mint {
+                if t <= maxt {
+                    return Ok(true);
+                }
+                break;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Values of `name` (or label names when `None`) among series matching `matchers` in one
