@@ -796,7 +796,7 @@ impl Appendable for Db {
         Box::new(DbAppender {
             db: &self.inner,
             series: Vec::new(),
-            by_hash: HashMap::new(),
+            by_hash: Default::default(),
             samples: Vec::new(),
             last: None,
             done: false,
@@ -816,7 +816,7 @@ struct PendingSeries {
 struct DbAppender<'a> {
     db: &'a DbInner,
     series: Vec<PendingSeries>,
-    by_hash: HashMap<u64, usize>,
+    by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
     last: Option<(Labels, usize)>,
     done: bool,
@@ -864,8 +864,7 @@ impl DbAppender<'_> {
         }
         self.done = true;
         for p in &self.series {
-            let mut d = p.s.data.lock();
-            d.pending = d.pending.saturating_sub(1);
+            p.s.unpin();
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender, XorIterator};
 use m3query_model::{Labels, Sample};
@@ -22,6 +22,10 @@ use crate::matchers::PostingsIndex;
 use crate::symbols::Symbols;
 
 const SHARDS: usize = 64;
+
+/// Hash maps keyed by integers we produce (label hashes, refs): no DoS concern, so a fast
+/// hasher instead of SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A closed head chunk.
 #[derive(Clone, Debug)]
@@ -47,8 +51,6 @@ pub(crate) struct SeriesData {
     /// Newest in-order sample (`i64::MIN`: none yet) and its value bits.
     pub(crate) max_t: i64,
     pub(crate) last_v: u64,
-    /// Appenders holding this series; it is not garbage-collected while non-zero.
-    pub(crate) pending: u32,
 }
 
 /// How a sample fits a series.
@@ -76,7 +78,6 @@ impl SeriesData {
             ooo: Vec::new(),
             max_t: i64::MIN,
             last_v: 0,
-            pending: 0,
         }
     }
 
@@ -295,7 +296,16 @@ impl SeriesData {
 pub(crate) struct MemSeries {
     pub(crate) r: u64,
     pub(crate) labels: Labels,
+    /// Appenders holding this series; it is not garbage-collected while non-zero. Raised
+    /// under the shard lock (see `Head::get_or_create`), lowered anywhere.
+    pub(crate) pending: AtomicU32,
     pub(crate) data: Mutex<SeriesData>,
+}
+
+impl MemSeries {
+    pub(crate) fn unpin(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Postings for the head: label name → value → sorted refs.
@@ -408,8 +418,8 @@ pub(crate) struct TruncateStats {
 /// The in-memory head block.
 #[derive(Debug)]
 pub(crate) struct Head {
-    by_hash: Box<[RwLock<HashMap<u64, Vec<Arc<MemSeries>>>>]>,
-    by_ref: Box<[RwLock<HashMap<u64, Arc<MemSeries>>>]>,
+    by_hash: Box<[RwLock<FastMap<u64, Vec<Arc<MemSeries>>>>]>,
+    by_ref: Box<[RwLock<FastMap<u64, Arc<MemSeries>>>]>,
     pub(crate) postings: RwLock<MemPostings>,
     pub(crate) symbols: Symbols,
     next_ref: AtomicU64,
@@ -426,8 +436,12 @@ pub(crate) struct Head {
 impl Head {
     pub(crate) fn new(chunk_range_ms: i64, ooo_window_ms: i64, min_valid_t: i64) -> Head {
         Head {
-            by_hash: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            by_ref: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            by_hash: (0..SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
+            by_ref: (0..SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
             postings: RwLock::new(MemPostings::default()),
             symbols: Symbols::default(),
             next_ref: AtomicU64::new(1),
@@ -482,11 +496,11 @@ impl Head {
         self.max_t.fetch_max(hi, Ordering::AcqRel);
     }
 
-    fn hash_shard(&self, h: u64) -> &RwLock<HashMap<u64, Vec<Arc<MemSeries>>>> {
+    fn hash_shard(&self, h: u64) -> &RwLock<FastMap<u64, Vec<Arc<MemSeries>>>> {
         &self.by_hash[(h as usize) % SHARDS]
     }
 
-    fn ref_shard(&self, r: u64) -> &RwLock<HashMap<u64, Arc<MemSeries>>> {
+    fn ref_shard(&self, r: u64) -> &RwLock<FastMap<u64, Arc<MemSeries>>> {
         &self.by_ref[(r as usize) % SHARDS]
     }
 
@@ -512,7 +526,7 @@ impl Head {
                 .and_then(|v| v.iter().find(|s| s.labels == *labels))
             {
                 if pin {
-                    s.data.lock().pending += 1;
+                    s.pending.fetch_add(1, Ordering::AcqRel);
                 }
                 return (s.clone(), false);
             }
@@ -523,7 +537,7 @@ impl Head {
             .and_then(|v| v.iter().find(|s| s.labels == *labels))
         {
             if pin {
-                s.data.lock().pending += 1;
+                s.pending.fetch_add(1, Ordering::AcqRel);
             }
             return (s.clone(), false);
         }
@@ -535,19 +549,18 @@ impl Head {
 
     fn insert_series(
         &self,
-        map: &mut HashMap<u64, Vec<Arc<MemSeries>>>,
+        map: &mut FastMap<u64, Vec<Arc<MemSeries>>>,
         hash: u64,
         r: u64,
         labels: &Labels,
         pending: u32,
     ) -> Arc<MemSeries> {
         let labels = self.symbols.intern_labels(labels);
-        let mut data = SeriesData::new();
-        data.pending = pending;
         let s = Arc::new(MemSeries {
             r,
             labels,
-            data: Mutex::new(data),
+            pending: AtomicU32::new(pending),
+            data: Mutex::new(SeriesData::new()),
         });
         map.entry(hash).or_default().push(s.clone());
         self.ref_shard(r).write().insert(r, s.clone());
@@ -619,7 +632,7 @@ impl Head {
                     let mut d = s.data.lock();
                     let tk = taken.get(&s.r).map(Vec::as_slice).unwrap_or(&[]);
                     stats.chunks_removed += d.truncate_persisted(t, tk);
-                    if d.is_empty() && d.pending == 0 {
+                    if d.is_empty() && s.pending.load(Ordering::Acquire) == 0 {
                         dead.insert(s.r);
                         dead_labels.push(s.labels.clone());
                         false

@@ -51,7 +51,7 @@ mod error;
 mod head;
 mod index;
 mod matchers;
-mod postings;
+pub mod postings;
 mod querier;
 mod symbols;
 mod wal;

@@ -23,7 +23,7 @@ fn gallop<T: Ord + Copy>(list: &[T], from: usize, x: T) -> usize {
 }
 
 /// `a ∩ b`.
-pub(crate) fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+pub fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     let mut out = Vec::with_capacity(small.len());
     if small.is_empty() {
@@ -60,7 +60,7 @@ pub(crate) fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
 }
 
 /// The intersection of several lists, smallest first so intermediate results stay small.
-pub(crate) fn intersect_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
+pub fn intersect_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
     lists.sort_by_key(Vec::len);
     let mut it = lists.into_iter();
     let Some(mut acc) = it.next() else {
@@ -76,7 +76,7 @@ pub(crate) fn intersect_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
 }
 
 /// `a ∪ b`.
-pub(crate) fn union<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+pub fn union<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
@@ -100,7 +100,7 @@ pub(crate) fn union<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
 
 /// The union of several lists: pairwise merges in a balanced tree, so each element is
 /// copied O(log k) times.
-pub(crate) fn union_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
+pub fn union_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
     lists.retain(|l| !l.is_empty());
     while lists.len() > 1 {
         let mut next = Vec::with_capacity(lists.len().div_ceil(2));
@@ -117,7 +117,7 @@ pub(crate) fn union_all<T: Ord + Copy>(mut lists: Vec<Vec<T>>) -> Vec<T> {
 }
 
 /// `a \ b`.
-pub(crate) fn subtract<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+pub fn subtract<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
     if b.is_empty() {
         return a.to_vec();
     }
