@@ -114,7 +114,7 @@ impl<'a> BitReader<'a> {
     /// Consumes `n` bits (1 <= n <= 63) that the caller checked are valid.
     #[inline(always)]
     pub(crate) fn take(&mut self, n: u32) -> u64 {
-        debug_assert!(n >= 1 && n <= 63 && n <= self.valid);
+        debug_assert!((1..=63).contains(&n) && n <= self.valid);
         let v = self.buf >> (64 - n);
         self.buf <<= n;
         self.valid -= n;

@@ -30,8 +30,14 @@ fn series_labels(n: usize) -> Vec<Labels> {
 }
 
 fn value(i: usize, k: i64) -> f64 {
-    // Counter-like with noise, as node_exporter's.
-    ((k * 1531 + i as i64 * 7) % 100_000) as f64 / 100.0 + k as f64
+    let i = i as i64;
+    if i % 2 == 0 {
+        // A counter: integer increments that vary per scrape.
+        (k * (i % 50 + 1) + (k * k * 7 + i) % 13) as f64
+    } else {
+        // A gauge moving in quarter steps.
+        ((i * 31 + k * 17 + (k * k) % 23) % 400) as f64 / 4.0
+    }
 }
 
 fn rss_bytes() -> u64 {

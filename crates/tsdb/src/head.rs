@@ -27,6 +27,11 @@ const SHARDS: usize = 64;
 /// hasher instead of SipHash.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A shard of series by label hash (a hash may hold several series: collisions).
+type HashShard = RwLock<FastMap<u64, Vec<Arc<MemSeries>>>>;
+/// A shard of series by ref.
+type RefShard = RwLock<FastMap<u64, Arc<MemSeries>>>;
+
 /// A closed head chunk.
 #[derive(Clone, Debug)]
 pub(crate) struct HeadChunk {
@@ -418,8 +423,8 @@ pub(crate) struct TruncateStats {
 /// The in-memory head block.
 #[derive(Debug)]
 pub(crate) struct Head {
-    by_hash: Box<[RwLock<FastMap<u64, Vec<Arc<MemSeries>>>>]>,
-    by_ref: Box<[RwLock<FastMap<u64, Arc<MemSeries>>>]>,
+    by_hash: Box<[HashShard]>,
+    by_ref: Box<[RefShard]>,
     pub(crate) postings: RwLock<MemPostings>,
     pub(crate) symbols: Symbols,
     next_ref: AtomicU64,
@@ -496,11 +501,11 @@ impl Head {
         self.max_t.fetch_max(hi, Ordering::AcqRel);
     }
 
-    fn hash_shard(&self, h: u64) -> &RwLock<FastMap<u64, Vec<Arc<MemSeries>>>> {
+    fn hash_shard(&self, h: u64) -> &HashShard {
         &self.by_hash[(h as usize) % SHARDS]
     }
 
-    fn ref_shard(&self, r: u64) -> &RwLock<FastMap<u64, Arc<MemSeries>>> {
+    fn ref_shard(&self, r: u64) -> &RefShard {
         &self.by_ref[(r as usize) % SHARDS]
     }
 
@@ -571,6 +576,8 @@ impl Head {
 
     /// Replay: the series with `labels`, created with ref `r` if missing.
     pub(crate) fn replay_series(&self, r: u64, labels: &Labels) -> Arc<MemSeries> {
+        // New refs must stay above every logged one, even refs mapped onto another series.
+        self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
         let hash = labels.stable_hash();
         let mut map = self.hash_shard(hash).write();
         if let Some(s) = map
@@ -579,7 +586,6 @@ impl Head {
         {
             return s.clone();
         }
-        self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
         self.insert_series(&mut map, hash, r, labels, 0)
     }
 

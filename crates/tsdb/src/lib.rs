@@ -60,3 +60,9 @@ pub use block::{BlockCompaction, BlockMeta, BlockParent, BlockStats};
 pub use db::{Db, DbMetrics, Options};
 pub use error::{Error, Result};
 pub use wal::{FSYNC_BUCKETS_S, Fsync};
+
+/// `Db` is shared across request threads behind an `Arc`.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Db>();
+};

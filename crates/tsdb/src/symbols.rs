@@ -2,7 +2,7 @@
 //! every series (and query result) that carries it.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use m3query_model::{Label, Labels};
@@ -28,9 +28,7 @@ impl Default for Symbols {
 
 impl Symbols {
     fn shard(&self, s: &str) -> &Mutex<HashSet<Arc<str>>> {
-        let mut h = self.hasher.build_hasher();
-        s.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(s) as usize) % SHARDS]
     }
 
     /// The shared copy of `s`.

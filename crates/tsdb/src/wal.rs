@@ -40,6 +40,9 @@ pub(crate) const REC_SERIES: u8 = 1;
 pub(crate) const REC_SAMPLES: u8 = 2;
 pub(crate) const REC_CHUNKS: u8 = 3;
 
+/// Writes one record (type, payload) into a checkpoint.
+pub(crate) type EmitRecord<'a> = dyn FnMut(u8, &[u8]) -> Result<()> + 'a;
+
 /// Upper bounds (seconds) of the fsync latency histogram buckets; the last bucket is +Inf.
 pub const FSYNC_BUCKETS_S: [f64; 11] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -226,7 +229,10 @@ pub(crate) struct ReplayStats {
     pub(crate) deleted_segments: usize,
 }
 
-fn list_wal(dir: &Path) -> Result<(Vec<u64>, Vec<(u64, PathBuf)>)> {
+/// Segment numbers and (number, path) of checkpoints, each sorted.
+type WalListing = (Vec<u64>, Vec<(u64, PathBuf)>);
+
+fn list_wal(dir: &Path) -> Result<WalListing> {
     let mut segs = Vec::new();
     let mut cps = Vec::new();
     for e in fs::read_dir(dir).ctx("read WAL directory", dir)? {
@@ -239,10 +245,11 @@ fn list_wal(dir: &Path) -> Result<(Vec<u64>, Vec<(u64, PathBuf)>)> {
             if let Ok(n) = n.parse::<u64>() {
                 cps.push((n, e.path()));
             }
-        } else if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = name.parse::<u64>() {
-                segs.push(n);
-            }
+        } else if !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = name.parse::<u64>()
+        {
+            segs.push(n);
         }
     }
     segs.sort_unstable();
@@ -579,7 +586,7 @@ impl Wal {
     pub(crate) fn checkpoint(
         &self,
         upto: u64,
-        write: &mut dyn FnMut(&mut dyn FnMut(u8, &[u8]) -> Result<()>) -> Result<()>,
+        write: &mut dyn FnMut(&mut EmitRecord<'_>) -> Result<()>,
     ) -> Result<u64> {
         let tmp = self.dir.join(format!("{}.tmp", checkpoint_name(upto)));
         if tmp.exists() {
@@ -631,7 +638,9 @@ impl Wal {
 mod tests {
     use super::*;
 
-    fn collect(dir: &Path) -> (Vec<(u64, i64, f64)>, Vec<u64>, ReplayStats, u64) {
+    type Collected = (Vec<(u64, i64, f64)>, Vec<u64>, ReplayStats, u64);
+
+    fn collect(dir: &Path) -> Collected {
         let mut samples = Vec::new();
         let mut series = Vec::new();
         let (stats, next) = replay(dir, &mut |r| match r {

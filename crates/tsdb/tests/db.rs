@@ -15,7 +15,7 @@ fn series(i: usize) -> Labels {
     Labels::from_pairs([
         ("__name__", "node_cpu_seconds_total"),
         ("instance", &*format!("host-{i:03}")),
-        ("job", if i % 2 == 0 { "node" } else { "app" }),
+        ("job", if i.is_multiple_of(2) { "node" } else { "app" }),
     ])
 }
 
@@ -317,4 +317,43 @@ fn second_open_of_same_dir_is_refused() {
         Db::open(dir.path(), Options::default()),
         Err(m3query_tsdb::Error::Locked(_))
     ));
+}
+
+#[test]
+fn every_fsync_policy_persists_committed_samples() {
+    for policy in [
+        Fsync::Always,
+        Fsync::GroupCommit,
+        Fsync::Interval(5),
+        Fsync::Never,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            fsync: policy,
+            maintenance_interval_ms: 10,
+            ..Options::default()
+        };
+        {
+            let db = Db::open(dir.path(), opts.clone()).expect("open");
+            for t in 0..20 {
+                let mut app = db.appender();
+                app.append(&series(0), t * 1000, t as f64).expect("append");
+                app.commit().expect("commit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let m = db.metrics();
+            match policy {
+                Fsync::Always => assert!(m.wal_fsyncs_total >= 20, "{policy:?}: {m:?}"),
+                Fsync::GroupCommit => assert!(m.wal_fsyncs_total >= 1, "{policy:?}: {m:?}"),
+                Fsync::Interval(_) => assert!(m.wal_fsyncs_total >= 1, "background fsync ran"),
+                Fsync::Never => assert_eq!(m.wal_fsyncs_total, 0),
+            }
+        }
+        let db = Db::open(dir.path(), opts).expect("reopen");
+        assert_eq!(
+            select_all(&db, 0, 100_000, &name())[0].samples.len(),
+            20,
+            "{policy:?}"
+        );
+    }
 }

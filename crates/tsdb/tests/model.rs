@@ -17,7 +17,14 @@ const SERIES: usize = 6;
 
 fn labels(i: usize) -> Labels {
     Labels::from_pairs([
-        ("__name__", if i % 2 == 0 { "req_total" } else { "up" }),
+        (
+            "__name__",
+            if i.is_multiple_of(2) {
+                "req_total"
+            } else {
+                "up"
+            },
+        ),
         ("job", ["api", "db", "web"][i % 3]),
         ("instance", &*format!("h{i}")),
     ])
