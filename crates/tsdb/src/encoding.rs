@@ -78,23 +78,30 @@ impl<'a> Decbuf<'a> {
         Ok(u64::from_be_bytes(a))
     }
 
+    #[inline]
     pub(crate) fn uvarint(&mut self) -> Result<u64, DecodeError> {
+        let rest = self.b.get(self.pos..).unwrap_or_default();
         let mut x = 0u64;
         let mut shift = 0u32;
-        for i in 0..10 {
-            let b = self.u8()?;
+        for (i, &b) in rest.iter().take(10).enumerate() {
             if b < 0x80 {
                 if i == 9 && b > 1 {
                     return Err(DecodeError("varint overflows 64 bits"));
                 }
+                self.pos += i + 1;
                 return Ok(x | (u64::from(b) << shift));
             }
             x |= u64::from(b & 0x7f) << shift;
             shift += 7;
         }
-        Err(DecodeError("varint overflows 64 bits"))
+        Err(if rest.len() < 10 {
+            DecodeError("unexpected end of data")
+        } else {
+            DecodeError("varint overflows 64 bits")
+        })
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> Result<i64, DecodeError> {
         let z = self.uvarint()?;
         Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
