@@ -24,21 +24,30 @@ impl BitWriter {
     /// Writes the `n` low bits of `v` (n <= 64), most significant first.
     #[inline]
     pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
         let mut n = n;
-        while n > 0 {
-            if self.free == 0 {
-                self.buf.push(0);
-                self.free = 8;
-            }
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        if self.free > 0 {
+            // Top up the last byte.
             let take = n.min(u32::from(self.free));
-            let shift = n - take;
-            let bits = ((v >> shift) & ((1u64 << take) - 1)) as u8;
+            let bits = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
             self.free -= take as u8;
             if let Some(last) = self.buf.last_mut() {
                 *last |= bits << self.free;
             }
             n -= take;
+            if n == 0 {
+                return;
+            }
         }
+        // Byte-aligned now: the remaining n bits, left-aligned, as whole bytes.
+        let rest = v << (64 - n);
+        let bytes = n.div_ceil(8);
+        self.buf
+            .extend_from_slice(&rest.to_be_bytes()[..bytes as usize]);
+        self.free = (bytes * 8 - n) as u8;
     }
 
     /// Writes whole bytes (used for varints, which Prometheus writes bit-aligned).
@@ -56,12 +65,12 @@ impl BitWriter {
 
 /// Reads bits from a byte slice. `buf` holds the next `valid` bits of the stream left-aligned;
 /// bits below them are either zero or the stream's following bits, never anything else.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
-    buf: u64,
-    valid: u32,
+    pub(crate) buf: u64,
+    pub(crate) valid: u32,
 }
 
 impl<'a> BitReader<'a> {
@@ -75,8 +84,8 @@ impl<'a> BitReader<'a> {
     }
 
     /// Tops the buffer up to at least 56 valid bits, or to the end of the stream.
-    #[inline]
-    fn refill(&mut self) {
+    #[inline(always)]
+    pub(crate) fn refill(&mut self) {
         if let Some(w) = self.data.get(self.pos..self.pos + 8) {
             let mut a = [0u8; 8];
             a.copy_from_slice(w);
@@ -85,31 +94,43 @@ impl<'a> BitReader<'a> {
             self.pos += bytes as usize;
             self.valid += bytes * 8;
         } else {
-            while self.valid <= 56 {
-                let Some(&b) = self.data.get(self.pos) else {
-                    break;
-                };
-                self.buf |= u64::from(b) << (56 - self.valid);
-                self.valid += 8;
-                self.pos += 1;
-            }
+            self.refill_tail();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill_tail(&mut self) {
+        while self.valid <= 56 {
+            let Some(&b) = self.data.get(self.pos) else {
+                break;
+            };
+            self.buf |= u64::from(b) << (56 - self.valid);
+            self.valid += 8;
+            self.pos += 1;
+        }
+    }
+
+    /// Consumes `n` bits (1 <= n <= 63) that the caller checked are valid.
+    #[inline(always)]
+    pub(crate) fn take(&mut self, n: u32) -> u64 {
+        debug_assert!((1..=63).contains(&n) && n <= self.valid);
+        let v = self.buf >> (64 - n);
+        self.buf <<= n;
+        self.valid -= n;
+        v
     }
 
     /// Reads `n` bits, 1 <= n <= 56. `None` at the end of the stream.
     #[inline(always)]
     pub(crate) fn read_bits(&mut self, n: u32) -> Option<u64> {
-        debug_assert!((1..=56).contains(&n));
         if self.valid < n {
             self.refill();
             if self.valid < n {
                 return None;
             }
         }
-        let v = self.buf >> (64 - n);
-        self.buf <<= n;
-        self.valid -= n;
-        Some(v)
+        Some(self.take(n))
     }
 
     /// Reads `n` bits, 1 <= n <= 64.
@@ -124,26 +145,9 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn read_bit(&mut self) -> Option<bool> {
         self.read_bits(1).map(|b| b == 1)
-    }
-
-    /// Reads the '1'-prefix of a delta-of-delta control code, at most 4 bits: returns the
-    /// number of leading ones (0..=4), consuming them and the terminating zero (if < 4).
-    #[inline(always)]
-    pub(crate) fn read_dod_prefix(&mut self) -> Option<u32> {
-        if self.valid < 4 {
-            self.refill();
-        }
-        let ones = (!self.buf).leading_zeros().min(4);
-        let used = if ones < 4 { ones + 1 } else { 4 };
-        if self.valid < used {
-            return None;
-        }
-        self.buf <<= used;
-        self.valid -= used;
-        Some(ones)
     }
 
     /// Reads one byte (varints are byte-granular but not byte-aligned in the stream).

@@ -181,17 +181,108 @@ impl XorAppender {
     }
 }
 
-/// Decodes an XOR chunk. Errors on bytes that cannot be a chunk; never panics.
-#[derive(Clone, Debug)]
-pub struct XorIterator<'a> {
+/// Decoder state, kept in a `Copy` struct so the hot loop can work on a local copy the
+/// compiler keeps in registers.
+#[derive(Clone, Copy, Debug)]
+struct State<'a> {
     br: BitReader<'a>,
     total: u16,
     read: u16,
     t: i64,
     v: u64,
     t_delta: u64,
-    leading: u8,
-    trailing: u8,
+    leading: u32,
+    trailing: u32,
+}
+
+/// Ran out of bits, or met an impossible value window.
+enum Bad {
+    Truncated,
+    Window,
+}
+
+impl State<'_> {
+    /// Decodes sample 2.. (delta-of-delta and XOR value).
+    #[inline(always)]
+    fn decode(&mut self) -> Result<(), Bad> {
+        let br = &mut self.br;
+        br.refill();
+        // Delta-of-delta: '0' | '10' 14b | '110' 17b | '1110' 20b | '1111' 64b.
+        let ones = (!br.buf).leading_zeros().min(4);
+        let used = if ones < 4 { ones + 1 } else { 4 };
+        if br.valid < used {
+            return Err(Bad::Truncated);
+        }
+        br.take(used);
+        let dod = match ones {
+            0 => 0,
+            4 => br.read_bits_wide(64).ok_or(Bad::Truncated)? as i64,
+            _ => {
+                let sz = 11 + 3 * ones; // 14, 17, 20
+                if br.valid < sz {
+                    return Err(Bad::Truncated);
+                }
+                let bits = br.take(sz) as i64;
+                // Values above 2^(sz-1) are negative (see `bit_range`).
+                if bits > (1 << (sz - 1)) {
+                    bits - (1 << sz)
+                } else {
+                    bits
+                }
+            }
+        };
+        self.t_delta = self.t_delta.wrapping_add(dod as u64);
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        // Value: '0' same | '10' previous window | '11' 5b leading 6b count, then bits.
+        if br.valid < 13 {
+            br.refill();
+        }
+        if br.valid == 0 {
+            return Err(Bad::Truncated);
+        }
+        if br.buf >> 63 == 0 {
+            br.take(1);
+            return Ok(());
+        }
+        if br.valid < 2 {
+            return Err(Bad::Truncated);
+        }
+        if br.take(2) == 0b11 {
+            if br.valid < 11 {
+                return Err(Bad::Truncated);
+            }
+            let lead = br.take(5) as u32;
+            let mut sig = br.take(6) as u32;
+            if sig == 0 {
+                sig = 64;
+            }
+            if lead + sig > 64 {
+                return Err(Bad::Window);
+            }
+            self.leading = lead;
+            self.trailing = 64 - lead - sig;
+        }
+        let sig = 64 - self.leading - self.trailing;
+        let bits = if sig <= 56 {
+            if br.valid < sig {
+                br.refill();
+                if br.valid < sig {
+                    return Err(Bad::Truncated);
+                }
+            }
+            br.take(sig)
+        } else {
+            br.read_bits_wide(sig).ok_or(Bad::Truncated)?
+        };
+        self.v ^= bits << self.trailing;
+        Ok(())
+    }
+}
+
+/// Decodes an XOR chunk. Errors on bytes that cannot be a chunk; never panics.
+#[derive(Clone, Debug)]
+pub struct XorIterator<'a> {
+    s: State<'a>,
 }
 
 impl<'a> XorIterator<'a> {
@@ -199,26 +290,31 @@ impl<'a> XorIterator<'a> {
     pub fn new(bytes: &'a [u8]) -> Result<Self> {
         let total = chunk_num_samples(bytes).ok_or(ChunkError::MissingHeader)?;
         Ok(XorIterator {
-            br: BitReader::new(&bytes[2..]),
-            total,
-            read: 0,
-            t: 0,
-            v: 0,
-            t_delta: 0,
-            leading: 0,
-            trailing: 0,
+            s: State {
+                br: BitReader::new(&bytes[2..]),
+                total,
+                read: 0,
+                t: 0,
+                v: 0,
+                t_delta: 0,
+                leading: 0,
+                trailing: 0,
+            },
         })
     }
 
     /// Samples in the chunk, per its header.
     pub fn num_samples(&self) -> u16 {
-        self.total
+        self.s.total
     }
 
-    fn truncated(&self) -> ChunkError {
-        ChunkError::Truncated {
-            read: self.read,
-            total: self.total,
+    fn err(&self, b: Bad) -> ChunkError {
+        match b {
+            Bad::Truncated => ChunkError::Truncated {
+                read: self.s.read,
+                total: self.s.total,
+            },
+            Bad::Window => ChunkError::Corrupt("value window exceeds 64 bits"),
         }
     }
 
@@ -226,7 +322,11 @@ impl<'a> XorIterator<'a> {
         let mut x = 0u64;
         let mut shift = 0u32;
         for i in 0..10 {
-            let b = self.br.read_byte().ok_or_else(|| self.truncated())?;
+            let b = self
+                .s
+                .br
+                .read_byte()
+                .ok_or_else(|| self.err(Bad::Truncated))?;
             if b < 0x80 {
                 if i == 9 && b > 1 {
                     return Err(ChunkError::Corrupt("varint overflows 64 bits"));
@@ -242,100 +342,115 @@ impl<'a> XorIterator<'a> {
     /// The next sample, `Ok(None)` after the last.
     #[inline]
     pub fn next_sample(&mut self) -> Result<Option<(i64, f64)>> {
-        if self.read == self.total {
+        if self.s.read == self.s.total {
             return Ok(None);
         }
-        if self.read < 2 {
+        if self.s.read < 2 {
             return self.next_slow().map(Some);
         }
-        let dod = match self.br.read_dod_prefix() {
-            Some(0) => 0i64,
-            Some(1) => self.read_dod(14)?,
-            Some(2) => self.read_dod(17)?,
-            Some(3) => self.read_dod(20)?,
-            Some(_) => self.br.read_bits_wide(64).ok_or_else(|| self.truncated())? as i64,
-            None => return Err(self.truncated()),
-        };
-        self.t_delta = self.t_delta.wrapping_add(dod as u64);
-        self.t = self.t.wrapping_add(self.t_delta as i64);
-        self.read_value()?;
-        self.read += 1;
-        Ok(Some((self.t, f64::from_bits(self.v))))
+        if let Err(b) = self.s.decode() {
+            return Err(self.err(b));
+        }
+        self.s.read += 1;
+        Ok(Some((self.s.t, f64::from_bits(self.s.v))))
     }
 
-    #[inline(always)]
-    fn read_dod(&mut self, sz: u32) -> Result<i64> {
-        let bits = self.br.read_bits(sz).ok_or_else(|| self.truncated())? as i64;
-        // Values above 2^(sz-1) are negative (see `bit_range`).
-        Ok(if bits > (1 << (sz - 1)) {
-            bits - (1 << sz)
-        } else {
-            bits
-        })
-    }
-
+    /// Samples 0 and 1 (varint timestamps, raw first value).
     #[cold]
     fn next_slow(&mut self) -> Result<(i64, f64)> {
-        if self.read == 0 {
+        if self.s.read == 0 {
             let zz = self.read_uvarint()?;
-            self.t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
-            self.v = self.br.read_bits_wide(64).ok_or_else(|| self.truncated())?;
+            self.s.t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            self.s.v = self
+                .s
+                .br
+                .read_bits_wide(64)
+                .ok_or_else(|| self.err(Bad::Truncated))?;
         } else {
-            self.t_delta = self.read_uvarint()?;
-            self.t = self.t.wrapping_add(self.t_delta as i64);
-            self.read_value()?;
-        }
-        self.read += 1;
-        Ok((self.t, f64::from_bits(self.v)))
-    }
-
-    #[inline(always)]
-    fn read_value(&mut self) -> Result<()> {
-        match self.br.read_bit() {
-            Some(false) => return Ok(()),
-            Some(true) => {}
-            None => return Err(self.truncated()),
-        }
-        match self.br.read_bit() {
-            Some(false) => {}
-            Some(true) => {
-                let lead = self.br.read_bits(5).ok_or_else(|| self.truncated())? as u8;
-                let mut sig = self.br.read_bits(6).ok_or_else(|| self.truncated())? as u8;
-                if sig == 0 {
-                    sig = 64;
-                }
-                if u32::from(lead) + u32::from(sig) > 64 {
-                    return Err(ChunkError::Corrupt("value window exceeds 64 bits"));
-                }
-                self.leading = lead;
-                self.trailing = 64 - lead - sig;
+            self.s.t_delta = self.read_uvarint()?;
+            self.s.t = self.s.t.wrapping_add(self.s.t_delta as i64);
+            // The value is encoded exactly as for later samples, after no dod.
+            let mut st = self.s;
+            st.br.refill();
+            let r = decode_value_only(&mut st);
+            if let Err(b) = r {
+                return Err(self.err(b));
             }
-            None => return Err(self.truncated()),
+            self.s = st;
         }
-        let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-        let bits = self
-            .br
-            .read_bits_wide(sig)
-            .ok_or_else(|| self.truncated())?;
-        self.v ^= bits << self.trailing;
-        Ok(())
+        self.s.read += 1;
+        Ok((self.s.t, f64::from_bits(self.s.v)))
     }
 
     /// Appends the remaining samples with `mint <= t <= maxt` to `out`. Returns `true` when
     /// it stopped at (and consumed) a sample after `maxt`, `false` at the end of the chunk.
     #[inline]
     pub fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<bool> {
-        out.reserve(usize::from(self.total - self.read));
-        while let Some((t, v)) = self.next_sample()? {
-            if t > maxt {
-                return Ok(true);
-            }
-            if t >= mint {
-                out.push(Sample { t, v });
+        out.reserve(usize::from(self.s.total - self.s.read));
+        while self.s.read < 2 {
+            match self.next_sample()? {
+                None => return Ok(false),
+                Some((t, _)) if t > maxt => return Ok(true),
+                Some((t, v)) => {
+                    if t >= mint {
+                        out.push(Sample { t, v });
+                    }
+                }
             }
         }
+        let mut st = self.s;
+        while st.read < st.total {
+            if let Err(b) = st.decode() {
+                self.s = st;
+                return Err(self.err(b));
+            }
+            st.read += 1;
+            if st.t > maxt {
+                self.s = st;
+                return Ok(true);
+            }
+            if st.t >= mint {
+                out.push(Sample {
+                    t: st.t,
+                    v: f64::from_bits(st.v),
+                });
+            }
+        }
+        self.s = st;
         Ok(false)
     }
+}
+
+/// The value part of [`State::decode`], for sample 1.
+fn decode_value_only(st: &mut State<'_>) -> Result<(), Bad> {
+    // Reuse the full decoder by pretending the dod was '0': decode from a state whose next
+    // bit is the value's first bit. Simplest is to inline the value logic here.
+    let br = &mut st.br;
+    if br.valid == 0 {
+        return Err(Bad::Truncated);
+    }
+    if br.take(1) == 0 {
+        return Ok(());
+    }
+    if br.valid == 0 {
+        return Err(Bad::Truncated);
+    }
+    if br.take(1) == 1 {
+        let lead = br.read_bits(5).ok_or(Bad::Truncated)? as u32;
+        let mut sig = br.read_bits(6).ok_or(Bad::Truncated)? as u32;
+        if sig == 0 {
+            sig = 64;
+        }
+        if lead + sig > 64 {
+            return Err(Bad::Window);
+        }
+        st.leading = lead;
+        st.trailing = 64 - lead - sig;
+    }
+    let sig = 64 - st.leading - st.trailing;
+    let bits = st.br.read_bits_wide(sig).ok_or(Bad::Truncated)?;
+    st.v ^= bits << st.trailing;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,253 @@
+//! Chunk data shared between the head, blocks and queries, and block chunk segment files
+//! (`docs/format/chunks.md`).
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use m3query_chunkenc::ENCODING_XOR;
+use memmap2::Mmap;
+
+use crate::encoding::{Decbuf, put_uvarint};
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+pub(crate) const CHUNKS_MAGIC: u32 = 0x85BD_40DD;
+pub(crate) const CHUNKS_VERSION: u8 = 1;
+const CHUNKS_HEADER: usize = 8;
+const MAX_SEGMENT_BYTES: u64 = 512 << 20;
+
+/// Chunk bytes without copying: a closed head chunk (or a copy of an open one), or a slice
+/// of a block's mmapped chunk file. Cloning is a reference count increment.
+#[derive(Clone)]
+pub(crate) enum ChunkBytes {
+    Heap(Arc<[u8]>),
+    Mapped {
+        map: Arc<Mmap>,
+        off: usize,
+        len: usize,
+    },
+}
+
+impl std::fmt::Debug for ChunkBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkBytes({} bytes)", self.as_slice().len())
+    }
+}
+
+impl ChunkBytes {
+    #[inline]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Heap(b) => b,
+            ChunkBytes::Mapped { map, off, len } => map.get(*off..*off + *len).unwrap_or(&[]),
+        }
+    }
+}
+
+/// A chunk and its time range (inclusive), as queries and compaction see it.
+#[derive(Clone, Debug)]
+pub(crate) struct QChunk {
+    pub(crate) min_t: i64,
+    pub(crate) max_t: i64,
+    pub(crate) bytes: ChunkBytes,
+}
+
+fn segment_path(dir: &Path, seq: u32) -> PathBuf {
+    dir.join(format!("{seq:06}"))
+}
+
+/// Writes chunk segment files; every file is fsynced by [`ChunkWriter::finish`].
+pub(crate) struct ChunkWriter {
+    dir: PathBuf,
+    cur: Option<(u32, BufWriter<File>)>,
+    off: u64,
+    done: Vec<(u32, BufWriter<File>)>,
+    scratch: Vec<u8>,
+    pub(crate) bytes: u64,
+}
+
+impl ChunkWriter {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).ctx("create chunks directory", dir)?;
+        Ok(ChunkWriter {
+            dir: dir.to_path_buf(),
+            cur: None,
+            off: 0,
+            done: Vec::new(),
+            scratch: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    fn next_segment(&mut self) -> Result<()> {
+        let seq = match self.cur.take() {
+            Some((seq, w)) => {
+                self.done.push((seq, w));
+                seq + 1
+            }
+            None => 1,
+        };
+        let path = segment_path(&self.dir, seq);
+        let f = File::create(&path).ctx("create chunk file", &path)?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut h = [0u8; CHUNKS_HEADER];
+        h[..4].copy_from_slice(&CHUNKS_MAGIC.to_be_bytes());
+        h[4] = CHUNKS_VERSION;
+        w.write_all(&h).ctx("write", &path)?;
+        self.off = CHUNKS_HEADER as u64;
+        self.bytes += CHUNKS_HEADER as u64;
+        self.cur = Some((seq, w));
+        Ok(())
+    }
+
+    /// Writes one XOR chunk; returns its reference.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<u64> {
+        self.scratch.clear();
+        put_uvarint(&mut self.scratch, data.len() as u64);
+        self.scratch.push(ENCODING_XOR);
+        self.scratch.extend_from_slice(data);
+        let crc = crc32c::crc32c(&self.scratch[self.scratch.len() - data.len() - 1..]);
+        self.scratch.extend_from_slice(&crc.to_be_bytes());
+        if self.cur.is_none() || self.off + self.scratch.len() as u64 > MAX_SEGMENT_BYTES {
+            self.next_segment()?;
+        }
+        let Some((seq, w)) = self.cur.as_mut() else {
+            return Err(Error::corruption("chunk writer", "no open segment"));
+        };
+        let r = (u64::from(*seq) << 32) | self.off;
+        w.write_all(&self.scratch)
+            .ctx("write chunk file", &segment_path(&self.dir, *seq))?;
+        self.off += self.scratch.len() as u64;
+        self.bytes += self.scratch.len() as u64;
+        Ok(r)
+    }
+
+    /// Flushes and fsyncs every file written.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        if self.cur.is_none() {
+            // A block without chunks still has one (empty) segment.
+            self.next_segment()?;
+        }
+        let cur = self.cur.take();
+        for (seq, w) in self.done.drain(..).chain(cur) {
+            let path = segment_path(&self.dir, seq);
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io(format!("flush {}", path.display()), e.into_error()))?;
+            f.sync_all().ctx("fsync", &path)?;
+        }
+        crate::wal::sync_dir(&self.dir)
+    }
+}
+
+/// Maps a file read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let f = File::open(path).ctx("open", path)?;
+    // SAFETY: block files are immutable once their directory is renamed into place; nothing
+    // in this process writes or truncates them, and deletion keeps existing mappings valid.
+    unsafe { Mmap::map(&f) }.ctx("mmap", path)
+}
+
+/// A block's chunk files, mmapped.
+pub(crate) struct ChunkReader {
+    dir: PathBuf,
+    segs: Vec<Arc<Mmap>>,
+}
+
+impl ChunkReader {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let mut names: Vec<(u32, PathBuf)> = fs::read_dir(dir)
+            .ctx("read chunks directory", dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        names.sort();
+        let mut segs = Vec::with_capacity(names.len());
+        for (i, (n, path)) in names.iter().enumerate() {
+            if *n as usize != i + 1 {
+                return Err(Error::corruption(
+                    dir.display().to_string(),
+                    format!("chunk files not numbered 1..: found {n} at position {i}"),
+                ));
+            }
+            let m = map_file(path)?;
+            let mut d = Decbuf::new(&m);
+            let magic = d.u32().unwrap_or(0);
+            let version = d.u8().unwrap_or(0);
+            if magic != CHUNKS_MAGIC || version != CHUNKS_VERSION {
+                return Err(Error::corruption(
+                    path.display().to_string(),
+                    "bad chunk file magic or version",
+                ));
+            }
+            segs.push(Arc::new(m));
+        }
+        Ok(ChunkReader {
+            dir: dir.to_path_buf(),
+            segs,
+        })
+    }
+
+    fn corrupt(&self, r: u64, why: &str) -> Error {
+        Error::corruption(
+            self.dir.display().to_string(),
+            format!("chunk ref {r:#x}: {why}"),
+        )
+    }
+
+    /// The chunk at `r`, and the offset just past its CRC.
+    fn locate(&self, r: u64) -> Result<(ChunkBytes, usize)> {
+        let seq = (r >> 32) as usize;
+        let off = (r & 0xffff_ffff) as usize;
+        let map = seq
+            .checked_sub(1)
+            .and_then(|i| self.segs.get(i))
+            .ok_or_else(|| self.corrupt(r, "no such chunk file"))?;
+        let mut d = Decbuf::new(
+            map.get(off..)
+                .ok_or_else(|| self.corrupt(r, "offset past end"))?,
+        );
+        let len = d.uvarint_usize().map_err(|e| self.corrupt(r, e.0))?;
+        let enc = d.u8().map_err(|e| self.corrupt(r, e.0))?;
+        if enc != ENCODING_XOR {
+            return Err(self.corrupt(r, "unknown chunk encoding"));
+        }
+        let start = off + d.position();
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e + 4 <= map.len())
+            .ok_or_else(|| self.corrupt(r, "chunk past end of file"))?;
+        Ok((
+            ChunkBytes::Mapped {
+                map: map.clone(),
+                off: start,
+                len,
+            },
+            end + 4,
+        ))
+    }
+
+    pub(crate) fn chunk(&self, r: u64) -> Result<ChunkBytes> {
+        self.locate(r).map(|(c, _)| c)
+    }
+
+    /// Checks the CRC of the chunk at `r`.
+    pub(crate) fn verify_chunk(&self, r: u64) -> Result<()> {
+        let (c, end) = self.locate(r)?;
+        let ChunkBytes::Mapped { map, off, .. } = &c else {
+            return Ok(());
+        };
+        let covered = &map[off - 1..end - 4];
+        let mut want = [0u8; 4];
+        want.copy_from_slice(&map[end - 4..end]);
+        if crc32c::crc32c(covered) != u32::from_be_bytes(want) {
+            return Err(self.corrupt(r, "checksum mismatch"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,989 @@
+//! `Db`: opening, writing, background maintenance (head cuts, compaction, retention,
+//! checkpoints) and metrics.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use m3query_chunkenc::XorIterator;
+use m3query_model::Labels;
+use m3query_storage::{
+    Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::block::{
+    Block, BlockCompaction, SeriesChunks, TMP_CREATION, TMP_DELETION, delete_block_dir, is_ulid,
+    read_meta, write_block,
+};
+use crate::chunks::QChunk;
+use crate::compact::{compact, plan, ranges, retention_victims};
+use crate::error::IoContext;
+use crate::head::{Fit, Head, MemSeries};
+use crate::querier::DbQuerier;
+use crate::wal::{
+    self, FSYNC_BUCKETS_S, Fsync, REC_CHUNKS, REC_SERIES, Record, SamplesEncoder, Wal,
+    encode_series,
+};
+use crate::{Error, Result};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Database options. `Default` gives Prometheus's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Blocks whose data ends more than this long before the newest block's end are deleted
+    /// (0: keep forever). Default 15 days.
+    pub retention_ms: i64,
+    /// Oldest blocks are deleted while blocks + WAL exceed this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Accept samples older than a series' newest by up to this much behind the head's
+    /// newest sample (0: refuse them, as Prometheus by default).
+    pub out_of_order_window_ms: i64,
+    /// Width of level-1 blocks and of the windows head chunks may not cross. Default 2 h.
+    pub block_range_ms: i64,
+    /// Largest compacted block. Default: 10 % of the retention, at most 31 days.
+    pub max_block_range_ms: Option<i64>,
+    /// WAL segment size. Default 128 MiB.
+    pub wal_segment_bytes: u64,
+    /// When a commit returns relative to the WAL fsync. Default group commit.
+    pub fsync: Fsync,
+    /// How often the background thread checks for work (it also wakes when the head is
+    /// ready to cut). Default 1 minute.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            retention_ms: 15 * DAY_MS,
+            retention_bytes: None,
+            out_of_order_window_ms: 0,
+            block_range_ms: 2 * HOUR_MS,
+            max_block_range_ms: None,
+            wal_segment_bytes: 128 << 20,
+            fsync: Fsync::GroupCommit,
+            maintenance_interval_ms: 60_000,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<()> {
+        if self.block_range_ms <= 0 {
+            return Err(Error::InvalidOptions(
+                "block_range_ms must be positive".into(),
+            ));
+        }
+        if self.retention_ms < 0 || self.out_of_order_window_ms < 0 {
+            return Err(Error::InvalidOptions(
+                "retention and out-of-order window must not be negative".into(),
+            ));
+        }
+        if self.wal_segment_bytes < 4096 {
+            return Err(Error::InvalidOptions(
+                "wal_segment_bytes must be >= 4096".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn compaction_ranges(&self) -> Vec<i64> {
+        let max = self.max_block_range_ms.unwrap_or_else(|| {
+            let by_retention = if self.retention_ms > 0 {
+                self.retention_ms / 10
+            } else {
+                31 * DAY_MS
+            };
+            by_retention.min(31 * DAY_MS)
+        });
+        ranges(self.block_range_ms, max)
+    }
+}
+
+/// A snapshot of the database's own metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DbMetrics {
+    pub head_series: u64,
+    pub head_chunks: u64,
+    /// Bytes of sample data (chunks, out-of-order buffers) held by the head.
+    pub head_chunk_bytes: u64,
+    /// `i64::MAX`/`i64::MIN` while the head is empty.
+    pub head_min_time_ms: i64,
+    pub head_max_time_ms: i64,
+    pub head_min_valid_time_ms: i64,
+    pub symbols: u64,
+    pub samples_appended_total: u64,
+    pub out_of_order_samples_appended_total: u64,
+    pub refused_out_of_order_total: u64,
+    pub refused_out_of_bounds_total: u64,
+    pub refused_too_old_total: u64,
+    pub refused_duplicate_total: u64,
+    /// Samples accepted by `append` but refused at commit (another commit got there first).
+    pub dropped_at_commit_total: u64,
+    pub wal_fsyncs_total: u64,
+    pub wal_fsync_seconds_sum: f64,
+    /// Cumulative (upper bound in seconds, count) pairs; the last bound is +Inf.
+    pub wal_fsync_buckets: Vec<(f64, u64)>,
+    pub wal_bytes_written_total: u64,
+    pub wal_records_total: u64,
+    pub wal_disk_bytes: u64,
+    pub wal_replay_seconds: f64,
+    pub wal_replay_unknown_refs_total: u64,
+    pub checkpoints_total: u64,
+    pub head_cuts_total: u64,
+    pub compactions_total: u64,
+    pub compactions_failed_total: u64,
+    pub retention_deleted_blocks_total: u64,
+    pub blocks: u64,
+    pub blocks_bytes: u64,
+    /// Blocks + WAL.
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    samples_appended: AtomicU64,
+    ooo_appended: AtomicU64,
+    refused_ooo: AtomicU64,
+    refused_bounds: AtomicU64,
+    refused_too_old: AtomicU64,
+    refused_dup: AtomicU64,
+    dropped_at_commit: AtomicU64,
+    checkpoints: AtomicU64,
+    head_cuts: AtomicU64,
+    compactions: AtomicU64,
+    compactions_failed: AtomicU64,
+    retention_deleted: AtomicU64,
+    replay_unknown: AtomicU64,
+    replay_nanos: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Shared state; `Db` owns it with the background thread.
+pub(crate) struct DbInner {
+    dir: PathBuf,
+    opts: Options,
+    pub(crate) head: Head,
+    wal: Wal,
+    /// Commits (apply + WAL write) and series creation hold it for reading; a checkpoint
+    /// holds it for writing while it cuts the WAL and snapshots the head.
+    gate: RwLock<()>,
+    pub(crate) blocks: RwLock<Arc<Vec<Arc<Block>>>>,
+    maintenance: Mutex<()>,
+    counters: Counters,
+    closed: AtomicBool,
+    wake: Mutex<bool>,
+    wake_cond: Condvar,
+    _lock: File,
+}
+
+/// The embedded time-series database. `Send + Sync`; share it behind an `Arc`.
+pub struct Db {
+    inner: Arc<DbInner>,
+    bg: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.display().to_string())),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("lock {}", path.display()), e)),
+    }
+}
+
+/// Opens the blocks in `dir`, removing temporary directories and blocks that a compacted
+/// block replaces.
+fn load_blocks(dir: &Path) -> Result<Vec<Arc<Block>>> {
+    let mut dirs = Vec::new();
+    for e in fs::read_dir(dir).ctx("read directory", dir)? {
+        let e = e.ctx("read directory", dir)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(TMP_CREATION) || name.ends_with(TMP_DELETION) {
+            tracing::info!(path = %e.path().display(), "removing unfinished block directory");
+            fs::remove_dir_all(e.path()).ctx("remove", &e.path())?;
+        } else if is_ulid(&name) && e.path().is_dir() {
+            dirs.push(e.path());
+        }
+    }
+    let mut metas = Vec::new();
+    for d in dirs {
+        match read_meta(&d) {
+            Ok(m) => metas.push((d, m)),
+            Err(e) => {
+                tracing::error!(block = %d.display(), error = %e, "skipping unreadable block")
+            }
+        }
+    }
+    let parents: std::collections::HashSet<String> = metas
+        .iter()
+        .flat_map(|(_, m)| m.compaction.parents.iter().map(|p| p.ulid.clone()))
+        .collect();
+    let mut blocks = Vec::new();
+    for (d, m) in metas {
+        if parents.contains(&m.ulid) {
+            tracing::info!(block = %d.display(), "removing block replaced by a compacted block");
+            delete_block_dir(&d)?;
+            continue;
+        }
+        match Block::open(&d) {
+            Ok(b) => blocks.push(Arc::new(b)),
+            Err(e) => {
+                tracing::error!(block = %d.display(), error = %e, "skipping unreadable block")
+            }
+        }
+    }
+    blocks.sort_by(|a, b| (a.meta.min_time, &a.meta.ulid).cmp(&(b.meta.min_time, &b.meta.ulid)));
+    Ok(blocks)
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`: removes unfinished blocks, opens blocks,
+    /// replays the WAL (repairing a torn tail) and starts the background thread.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).ctx("create database directory", &dir)?;
+        let lock = lock_dir(&dir)?;
+        let blocks = load_blocks(&dir)?;
+        let min_valid = blocks
+            .iter()
+            .map(|b| b.meta.max_time)
+            .max()
+            .unwrap_or(i64::MIN);
+        let head = Head::new(opts.block_range_ms, opts.out_of_order_window_ms, min_valid);
+        let counters = Counters::default();
+        let start = Instant::now();
+        let mut refs: HashMap<u64, Arc<MemSeries>> = HashMap::new();
+        let mut unknown = 0u64;
+        let (stats, next) = wal::replay(&dir.join("wal"), &mut |rec| match rec {
+            Record::Series(list) => {
+                for (r, l) in list {
+                    refs.insert(r, head.replay_series(r, &l));
+                }
+            }
+            Record::Samples(list) => {
+                for (r, t, v) in list {
+                    match refs.get(&r) {
+                        Some(s) => head.replay_sample(s, t, v),
+                        None => unknown += 1,
+                    }
+                }
+            }
+            Record::Chunks(r, chunks) => {
+                let Some(s) = refs.get(&r) else {
+                    unknown += 1;
+                    return;
+                };
+                for c in chunks {
+                    let Ok(mut it) = XorIterator::new(c) else {
+                        continue;
+                    };
+                    while let Ok(Some((t, v))) = it.next_sample() {
+                        head.replay_sample(s, t, v);
+                    }
+                }
+            }
+        })?;
+        drop(refs);
+        counters
+            .replay_nanos
+            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        counters.replay_unknown.store(unknown, Ordering::Relaxed);
+        if unknown > 0 {
+            tracing::warn!(
+                samples = unknown,
+                "WAL samples for unknown series refs were dropped"
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            blocks = blocks.len(),
+            head_series = head.num_series(),
+            wal_records = stats.records,
+            checkpoint = ?stats.checkpoint,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "tsdb opened"
+        );
+        let wal = Wal::create(&dir.join("wal"), next, opts.wal_segment_bytes, opts.fsync)?;
+        let inner = Arc::new(DbInner {
+            dir,
+            opts,
+            head,
+            wal,
+            gate: RwLock::new(()),
+            blocks: RwLock::new(Arc::new(blocks)),
+            maintenance: Mutex::new(()),
+            counters,
+            closed: AtomicBool::new(false),
+            wake: Mutex::new(true),
+            wake_cond: Condvar::new(),
+            _lock: lock,
+        });
+        let bg_inner = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("tsdb-maintenance".into())
+            .spawn(move || bg_inner.background())
+            .map_err(|e| Error::io("spawn tsdb maintenance thread", e))?;
+        Ok(Db {
+            inner,
+            bg: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops the background thread and flushes the WAL. Appends fail afterwards; queries
+    /// still work. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let first = !self.inner.closed.swap(true, Ordering::AcqRel);
+        {
+            *self.inner.wake.lock() = true;
+            self.inner.wake_cond.notify_all();
+        }
+        if let Some(h) = self.bg.lock().take() {
+            let _ = h.join();
+        }
+        if first {
+            self.inner.wal.sync_now()?;
+        }
+        Ok(())
+    }
+
+    /// Runs one round of maintenance now (head cut, compaction, retention, checkpoint), as
+    /// the background thread does. Useful for tests and operators.
+    pub fn run_maintenance(&self) -> Result<()> {
+        self.inner.maintain()
+    }
+
+    /// Writes every sample in the head to blocks (also the newest), then truncates the head
+    /// and checkpoints the WAL. Normal operation never needs this; tests and shutdown
+    /// snapshots can use it.
+    pub fn flush_head(&self) -> Result<()> {
+        let _m = self.inner.maintenance.lock();
+        let h = &self.inner.head;
+        if h.is_empty() {
+            return Ok(());
+        }
+        let r = self.inner.opts.block_range_ms;
+        let end = h.max_time().div_euclid(r) * r + r;
+        self.inner.persist_below(end)?;
+        self.inner.checkpoint()?;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Metadata of the current blocks, oldest first.
+    pub fn blocks(&self) -> Vec<crate::BlockMeta> {
+        self.inner
+            .blocks
+            .read()
+            .iter()
+            .map(|b| b.meta.clone())
+            .collect()
+    }
+
+    /// Opens every block afresh and checks all its checksums and stats.
+    pub fn verify_blocks(dir: impl AsRef<Path>) -> Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(dir.as_ref()).ctx("read directory", dir.as_ref())? {
+            let e = e.ctx("read directory", dir.as_ref())?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_ulid(&name) && e.path().is_dir() {
+                Block::open(&e.path())?.verify()?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn metrics(&self) -> DbMetrics {
+        self.inner.metrics()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing tsdb");
+        }
+    }
+}
+
+impl DbInner {
+    fn background(&self) {
+        let interval = Duration::from_millis(self.opts.maintenance_interval_ms.max(10));
+        let fsync_every = match self.opts.fsync {
+            Fsync::Interval(ms) => Some(Duration::from_millis(ms.max(1))),
+            _ => None,
+        };
+        let mut next_maint = Instant::now();
+        let mut next_sync = fsync_every.map(|d| Instant::now() + d);
+        loop {
+            {
+                let mut w = self.wake.lock();
+                if !*w && !self.closed.load(Ordering::Acquire) {
+                    let until = next_sync.map_or(next_maint, |s| s.min(next_maint));
+                    self.wake_cond.wait_until(&mut w, until);
+                }
+                if self.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if *w {
+                    next_maint = Instant::now();
+                }
+                *w = false;
+            }
+            let now = Instant::now();
+            if let (Some(at), Some(every)) = (next_sync, fsync_every)
+                && now >= at
+            {
+                if let Err(e) = self.wal.sync_now() {
+                    tracing::error!(error = %e, "periodic WAL fsync failed");
+                }
+                next_sync = Some(now + every);
+            }
+            if now >= next_maint {
+                if let Err(e) = self.maintain() {
+                    tracing::error!(error = %e, "tsdb maintenance failed");
+                }
+                next_maint = Instant::now() + interval;
+            }
+        }
+    }
+
+    fn head_compactable(&self) -> bool {
+        let h = &self.head;
+        if h.is_empty() {
+            return false;
+        }
+        let (min, max) = (h.min_time(), h.max_time());
+        min < h.min_valid_time() || max.saturating_sub(min) > self.opts.block_range_ms / 2 * 3
+    }
+
+    fn wake(&self) {
+        let mut w = self.wake.lock();
+        if !*w {
+            *w = true;
+            self.wake_cond.notify_one();
+        }
+    }
+
+    /// Head cuts, compactions, retention, and a checkpoint if the head was truncated.
+    fn maintain(&self) -> Result<()> {
+        let _m = self.maintenance.lock();
+        let r = self.opts.block_range_ms;
+        let mut truncated = false;
+        let mut rounds = 0;
+        while self.head_compactable() && rounds < 1000 {
+            rounds += 1;
+            let h = &self.head;
+            let (min, max, valid) = (h.min_time(), h.max_time(), h.min_valid_time());
+            let end = if min < valid && max.saturating_sub(min) <= r / 2 * 3 {
+                valid
+            } else {
+                min.div_euclid(r) * r + r
+            };
+            self.persist_below(end.max(valid))?;
+            truncated = true;
+        }
+        if truncated {
+            self.checkpoint()?;
+        }
+        self.compact_blocks();
+        self.apply_retention()?;
+        Ok(())
+    }
+
+    /// Writes all head data older than `end` to level-1 blocks (one per aligned window),
+    /// then drops it from the head.
+    fn persist_below(&self, end: i64) -> Result<()> {
+        let r = self.opts.block_range_ms;
+        let head = &self.head;
+        // From here on no in-order sample below `end` is accepted (checked under each
+        // series' lock), so the snapshot below holds every in-order chunk that ends before it.
+        head.raise_min_valid_time(end);
+        let mut windows: std::collections::BTreeMap<i64, Vec<SeriesChunks>> = Default::default();
+        let mut taken_ooo: HashMap<u64, Vec<i64>> = HashMap::new();
+        let mut series = head.all_series();
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        for s in &series {
+            let mut cs = Vec::new();
+            let ooo_ts = {
+                let d = s.data.lock();
+                d.chunks(i64::MIN, end - 1, &mut cs);
+                d.ooo_times_before(end)
+            };
+            if !ooo_ts.is_empty() {
+                taken_ooo.insert(s.r, ooo_ts);
+            }
+            // Group chunks by window; an out-of-order chunk spanning windows goes to each.
+            let mut by_w: std::collections::BTreeMap<i64, Vec<QChunk>> = Default::default();
+            for c in cs {
+                let (w0, w1) = (c.min_t.div_euclid(r), c.max_t.div_euclid(r));
+                for w in w0..=w1 {
+                    by_w.entry(w).or_default().push(c.clone());
+                }
+            }
+            for (w, chunks) in by_w {
+                windows.entry(w).or_default().push(SeriesChunks {
+                    labels: s.labels.clone(),
+                    chunks,
+                });
+            }
+        }
+        drop(series);
+        for (w, list) in windows {
+            let (mint, maxt) = (w * r, (w * r + r).min(end));
+            let compaction = BlockCompaction {
+                level: 1,
+                ..Default::default()
+            };
+            if let Some(meta) = write_block(&self.dir, mint, w * r + r, list, compaction)? {
+                let b = Arc::new(Block::open(&self.dir.join(&meta.ulid))?);
+                tracing::info!(ulid = %meta.ulid, min_time = mint, max_time = maxt,
+                    series = meta.stats.num_series, samples = meta.stats.num_samples, "head cut into block");
+                self.add_blocks(vec![b], &[]);
+                inc(&self.counters.head_cuts);
+            }
+        }
+        let st = head.truncate_persisted(end, &taken_ooo);
+        tracing::debug!(
+            end,
+            series_removed = st.series_removed,
+            chunks_removed = st.chunks_removed,
+            "head truncated"
+        );
+        Ok(())
+    }
+
+    /// Replaces `remove` (by ulid) with `add` in the block list.
+    fn add_blocks(&self, add: Vec<Arc<Block>>, remove: &[String]) {
+        let mut g = self.blocks.write();
+        let mut v: Vec<Arc<Block>> = g
+            .iter()
+            .filter(|b| !remove.contains(&b.meta.ulid))
+            .cloned()
+            .collect();
+        v.extend(add);
+        v.sort_by(|a, b| (a.meta.min_time, &a.meta.ulid).cmp(&(b.meta.min_time, &b.meta.ulid)));
+        *g = Arc::new(v);
+    }
+
+    /// Cuts the WAL and writes a checkpoint of the head as of the cut.
+    fn checkpoint(&self) -> Result<()> {
+        let (upto, snapshot) = {
+            let _g = self.gate.write();
+            let upto = self.wal.cut()?;
+            let snap: Vec<(u64, Labels, Vec<QChunk>)> = self
+                .head
+                .all_series()
+                .into_iter()
+                .map(|s| {
+                    let mut cs = Vec::new();
+                    s.data.lock().chunks(i64::MIN, i64::MAX, &mut cs);
+                    (s.r, s.labels.clone(), cs)
+                })
+                .collect();
+            (upto, snap)
+        };
+        let start = Instant::now();
+        let bytes = self.wal.checkpoint(upto, &mut |emit| {
+            let mut p = Vec::with_capacity(1 << 20);
+            for (r, l, _) in &snapshot {
+                encode_series(&mut p, *r, l);
+                if p.len() >= 1 << 20 {
+                    emit(REC_SERIES, &p)?;
+                    p.clear();
+                }
+            }
+            if !p.is_empty() {
+                emit(REC_SERIES, &p)?;
+            }
+            for (r, _, cs) in &snapshot {
+                if cs.is_empty() {
+                    continue;
+                }
+                p.clear();
+                p.extend_from_slice(&r.to_be_bytes());
+                crate::encoding::put_uvarint(&mut p, cs.len() as u64);
+                for c in cs {
+                    let b = c.bytes.as_slice();
+                    crate::encoding::put_uvarint(&mut p, b.len() as u64);
+                    p.extend_from_slice(b);
+                }
+                emit(REC_CHUNKS, &p)?;
+            }
+            Ok(())
+        })?;
+        inc(&self.counters.checkpoints);
+        tracing::info!(
+            upto,
+            series = snapshot.len(),
+            bytes,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "WAL checkpoint written"
+        );
+        Ok(())
+    }
+
+    fn compact_blocks(&self) {
+        let ranges = self.opts.compaction_ranges();
+        for _ in 0..100 {
+            let blocks = self.blocks.read().clone();
+            let metas: Vec<&crate::BlockMeta> = blocks.iter().map(|b| &b.meta).collect();
+            let Some(group) = plan(&metas, &ranges, self.head.min_valid_time()) else {
+                return;
+            };
+            let parents: Vec<Arc<Block>> = group.iter().map(|&i| blocks[i].clone()).collect();
+            let start = Instant::now();
+            let res = compact(&self.dir, &parents).and_then(|meta| {
+                let add = match &meta {
+                    Some(m) => vec![Arc::new(Block::open(&self.dir.join(&m.ulid))?)],
+                    None => Vec::new(),
+                };
+                Ok((meta, add))
+            });
+            match res {
+                Ok((meta, add)) => {
+                    let ulids: Vec<String> = parents.iter().map(|b| b.meta.ulid.clone()).collect();
+                    self.add_blocks(add, &ulids);
+                    for p in &parents {
+                        if let Err(e) = delete_block_dir(&p.dir) {
+                            tracing::error!(block = %p.dir.display(), error = %e, "deleting compacted block");
+                        }
+                    }
+                    inc(&self.counters.compactions);
+                    tracing::info!(parents = ?ulids, new = ?meta.map(|m| m.ulid), elapsed_ms = start.elapsed().as_millis() as u64, "compacted blocks");
+                }
+                Err(e) => {
+                    inc(&self.counters.compactions_failed);
+                    tracing::error!(error = %e, "compaction failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply_retention(&self) -> Result<()> {
+        let blocks = self.blocks.read().clone();
+        let victims = retention_victims(
+            &blocks,
+            self.opts.retention_ms,
+            self.opts.retention_bytes,
+            if self.opts.retention_bytes.is_some() {
+                self.wal.disk_bytes()
+            } else {
+                0
+            },
+        );
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let ulids: Vec<String> = victims
+            .iter()
+            .map(|&i| blocks[i].meta.ulid.clone())
+            .collect();
+        self.add_blocks(Vec::new(), &ulids);
+        for &i in &victims {
+            tracing::info!(block = %blocks[i].meta.ulid, "deleting block past retention");
+            delete_block_dir(&blocks[i].dir)?;
+            inc(&self.counters.retention_deleted);
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> DbMetrics {
+        let c = &self.counters;
+        let w = &self.wal.metrics;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let blocks = self.blocks.read().clone();
+        let blocks_bytes: u64 = blocks.iter().map(|b| b.size_bytes).sum();
+        let wal_disk = self.wal.disk_bytes();
+        let mut cum = 0;
+        let mut buckets = Vec::with_capacity(FSYNC_BUCKETS_S.len() + 1);
+        for (i, b) in w.fsync_buckets.iter().enumerate() {
+            cum += l(b);
+            buckets.push((
+                FSYNC_BUCKETS_S.get(i).copied().unwrap_or(f64::INFINITY),
+                cum,
+            ));
+        }
+        DbMetrics {
+            head_series: self.head.num_series(),
+            head_chunks: self.head.num_chunks.load(Ordering::Relaxed).max(0) as u64,
+            head_chunk_bytes: self.head.chunk_bytes() as u64,
+            head_min_time_ms: self.head.min_time(),
+            head_max_time_ms: self.head.max_time(),
+            head_min_valid_time_ms: self.head.min_valid_time(),
+            symbols: self.head.symbols.len() as u64,
+            samples_appended_total: l(&c.samples_appended),
+            out_of_order_samples_appended_total: l(&c.ooo_appended),
+            refused_out_of_order_total: l(&c.refused_ooo),
+            refused_out_of_bounds_total: l(&c.refused_bounds),
+            refused_too_old_total: l(&c.refused_too_old),
+            refused_duplicate_total: l(&c.refused_dup),
+            dropped_at_commit_total: l(&c.dropped_at_commit),
+            wal_fsyncs_total: l(&w.fsyncs),
+            wal_fsync_seconds_sum: l(&w.fsync_nanos) as f64 / 1e9,
+            wal_fsync_buckets: buckets,
+            wal_bytes_written_total: l(&w.bytes_written),
+            wal_records_total: l(&w.records),
+            wal_disk_bytes: wal_disk,
+            wal_replay_seconds: l(&c.replay_nanos) as f64 / 1e9,
+            wal_replay_unknown_refs_total: l(&c.replay_unknown),
+            checkpoints_total: l(&c.checkpoints),
+            head_cuts_total: l(&c.head_cuts),
+            compactions_total: l(&c.compactions),
+            compactions_failed_total: l(&c.compactions_failed),
+            retention_deleted_blocks_total: l(&c.retention_deleted),
+            blocks: blocks.len() as u64,
+            blocks_bytes,
+            disk_bytes: blocks_bytes + wal_disk,
+        }
+    }
+
+    fn count_refusal(&self, e: &StorageError) {
+        let c = &self.counters;
+        match e {
+            StorageError::OutOfOrderSample => inc(&c.refused_ooo),
+            StorageError::OutOfBounds => inc(&c.refused_bounds),
+            StorageError::TooOldSample => inc(&c.refused_too_old),
+            StorageError::DuplicateSampleForTimestamp => inc(&c.refused_dup),
+            _ => {}
+        }
+    }
+}
+
+impl Queryable for Db {
+    fn querier(&self, mint: i64, maxt: i64) -> SResult<Box<dyn Querier + '_>> {
+        Ok(Box::new(DbQuerier {
+            db: &self.inner,
+            mint,
+            maxt,
+        }))
+    }
+}
+
+impl Appendable for Db {
+    fn appender(&self) -> Box<dyn Appender + '_> {
+        Box::new(DbAppender {
+            db: &self.inner,
+            series: Vec::new(),
+            by_hash: Default::default(),
+            samples: Vec::new(),
+            last: None,
+            done: false,
+        })
+    }
+}
+
+struct PendingSeries {
+    s: Arc<MemSeries>,
+    /// Newest in-order sample appended in this transaction (`i64::MIN`: none).
+    max_t: i64,
+    last_v: u64,
+}
+
+/// A write transaction: validates samples as they are appended, applies and logs them on
+/// commit. Series it touches are pinned (not garbage-collected) until it ends.
+struct DbAppender<'a> {
+    db: &'a DbInner,
+    series: Vec<PendingSeries>,
+    by_hash: crate::head::FastMap<u64, usize>,
+    samples: Vec<(u32, i64, f64)>,
+    last: Option<(Labels, usize)>,
+    done: bool,
+}
+
+impl DbAppender<'_> {
+    fn series_index(&mut self, labels: &Labels) -> usize {
+        if let Some((l, i)) = &self.last
+            && l == labels
+        {
+            return *i;
+        }
+        let hash = labels.stable_hash();
+        let found = match self.by_hash.get(&hash) {
+            Some(&i) if self.series[i].s.labels == *labels => Some(i),
+            Some(_) => self.series.iter().position(|p| p.s.labels == *labels),
+            None => None,
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let db = self.db;
+                let (s, _) = {
+                    let _g = db.gate.read();
+                    db.head
+                        .get_or_create(labels, hash, true, |s| db.wal.log_series(s.r, &s.labels))
+                };
+                self.series.push(PendingSeries {
+                    s,
+                    max_t: i64::MIN,
+                    last_v: 0,
+                });
+                let i = self.series.len() - 1;
+                self.by_hash.entry(hash).or_insert(i);
+                i
+            }
+        };
+        self.last = Some((labels.clone(), i));
+        i
+    }
+
+    fn unpin(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for p in &self.series {
+            p.s.unpin();
+        }
+    }
+}
+
+impl Appender for DbAppender<'_> {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> SResult<()> {
+        if self.db.closed.load(Ordering::Acquire) || self.done {
+            return Err(StorageError::Closed);
+        }
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        labels.validate().map_err(StorageError::InvalidLabels)?;
+        let i = self.series_index(labels);
+        let bounds = self.db.head.bounds();
+        let p = &mut self.series[i];
+        let vb = v.to_bits();
+        let fit = {
+            let d = p.s.data.lock();
+            let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
+                (p.max_t, p.last_v)
+            } else {
+                (d.max_t, d.last_v)
+            };
+            d.fit(mt, lv, t, vb, bounds)
+        };
+        match fit {
+            Ok(Fit::Duplicate) => Ok(()),
+            Ok(f) => {
+                if f == Fit::InOrder {
+                    p.max_t = t;
+                    p.last_v = vb;
+                }
+                self.samples.push((i as u32, t, v));
+                Ok(())
+            }
+            Err(e) => {
+                self.db.count_refusal(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(mut self: Box<Self>) -> SResult<()> {
+        if self.done {
+            return Err(StorageError::Closed);
+        }
+        if self.samples.is_empty() {
+            self.unpin();
+            return Ok(());
+        }
+        let db = self.db;
+        let head = &db.head;
+        let range = head.chunk_range_ms;
+        let mut enc = SamplesEncoder::default();
+        enc.buf.reserve(self.samples.len() * 12 + 16);
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        let (mut ooo, mut dropped, mut chunks_cut) = (0u64, 0u64, 0i64);
+        let seq = {
+            let _g = db.gate.read();
+            let mut cur: Option<(u32, parking_lot::MutexGuard<'_, crate::head::SeriesData>)> = None;
+            for &(i, t, v) in &self.samples {
+                if cur.as_ref().is_none_or(|(ci, _)| *ci != i) {
+                    // Release one series before locking the next: two commits must never
+                    // hold two series locks each.
+                    drop(cur.take());
+                    cur = Some((i, self.series[i as usize].s.data.lock()));
+                }
+                let Some((_, d)) = cur.as_mut() else { continue };
+                // Bounds read under the series lock: see `persist_below`.
+                let b = head.bounds();
+                match d.fit(d.max_t, d.last_v, t, v.to_bits(), b) {
+                    Ok(Fit::Duplicate) => {}
+                    Ok(f) => {
+                        if d.store(f, t, v, range) {
+                            chunks_cut += 1;
+                        }
+                        if f == Fit::OutOfOrder {
+                            ooo += 1;
+                        }
+                        enc.push(self.series[i as usize].s.r, t, v);
+                        lo = lo.min(t);
+                        hi = hi.max(t);
+                    }
+                    Err(_) => dropped += 1,
+                }
+            }
+            drop(cur);
+            if enc.is_empty() {
+                None
+            } else {
+                head.observe(lo, hi);
+                head.num_chunks.fetch_add(chunks_cut, Ordering::Relaxed);
+                Some(db.wal.log_samples(&enc.buf))
+            }
+        };
+        self.unpin();
+        let c = &db.counters;
+        c.dropped_at_commit.fetch_add(dropped, Ordering::Relaxed);
+        c.ooo_appended.fetch_add(ooo, Ordering::Relaxed);
+        if let Some(seq) = seq {
+            let seq = seq?;
+            db.wal.wait_durable(seq)?;
+            c.samples_appended
+                .fetch_add(enc.count as u64, Ordering::Relaxed);
+        }
+        if db.head_compactable() {
+            db.wake();
+        }
+        Ok(())
+    }
+
+    fn rollback(mut self: Box<Self>) {
+        self.unpin();
+    }
+}
+
+impl Drop for DbAppender<'_> {
+    fn drop(&mut self) {
+        self.unpin();
+    }
+}

@@ -1,0 +1,774 @@
+//! The head: the in-memory block that takes writes.
+//!
+//! Series live in shards keyed by their label hash (a shard holds every series with that
+//! hash, so collisions are resolved by comparing labels) and, for lookups from postings and
+//! the WAL, in shards keyed by their ref. Each series owns its closed XOR chunks (exact-size
+//! `Arc<[u8]>`, shared with queries without copying), the open chunk it appends to, and a
+//! sorted buffer of out-of-order samples. Label strings are interned, so identical names and
+//! values share one allocation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender, XorIterator};
+use m3query_model::{Labels, Sample};
+use m3query_storage::Error as StorageError;
+use parking_lot::{Mutex, RwLock};
+
+use crate::Result;
+use crate::chunks::{ChunkBytes, QChunk};
+use crate::matchers::PostingsIndex;
+use crate::symbols::Symbols;
+
+const SHARDS: usize = 64;
+
+/// Hash maps keyed by integers we produce (label hashes, refs): no DoS concern, so a fast
+/// hasher instead of SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A shard of series by label hash (a hash may hold several series: collisions).
+type HashShard = RwLock<FastMap<u64, Vec<Arc<MemSeries>>>>;
+/// A shard of series by ref.
+type RefShard = RwLock<FastMap<u64, Arc<MemSeries>>>;
+
+/// A closed head chunk.
+#[derive(Clone, Debug)]
+pub(crate) struct HeadChunk {
+    pub(crate) min_t: i64,
+    pub(crate) max_t: i64,
+    pub(crate) bytes: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+struct OpenChunk {
+    app: XorAppender,
+    min_t: i64,
+}
+
+/// A series' samples. Guarded by the series' mutex.
+#[derive(Debug)]
+pub(crate) struct SeriesData {
+    closed: Vec<HeadChunk>,
+    open: Option<OpenChunk>,
+    /// Out-of-order samples, sorted by time, unique timestamps.
+    ooo: Vec<Sample>,
+    /// Newest in-order sample (`i64::MIN`: none yet) and its value bits.
+    pub(crate) max_t: i64,
+    pub(crate) last_v: u64,
+}
+
+/// How a sample fits a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    InOrder,
+    OutOfOrder,
+    /// Same timestamp and value bits as a stored sample: accepted, nothing to store.
+    Duplicate,
+}
+
+/// The time bounds appends are checked against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) min_valid_t: i64,
+    /// Oldest out-of-order sample accepted, when an out-of-order window is configured.
+    pub(crate) ooo_min_t: Option<i64>,
+}
+
+impl SeriesData {
+    fn new() -> Self {
+        SeriesData {
+            closed: Vec::new(),
+            open: None,
+            ooo: Vec::new(),
+            max_t: i64::MIN,
+            last_v: 0,
+        }
+    }
+
+    /// Where `(t, v)` fits given the newest in-order sample `(max_t, last_v)` (the stored one
+    /// or one pending in the caller's transaction), Prometheus's rules and errors.
+    pub(crate) fn fit(
+        &self,
+        max_t: i64,
+        last_v: u64,
+        t: i64,
+        vb: u64,
+        b: Bounds,
+    ) -> Result<Fit, StorageError> {
+        if max_t != i64::MIN && t == max_t {
+            return if vb == last_v {
+                Ok(Fit::Duplicate)
+            } else {
+                Err(StorageError::DuplicateSampleForTimestamp)
+            };
+        }
+        if t > max_t && t >= b.min_valid_t {
+            return Ok(Fit::InOrder);
+        }
+        match b.ooo_min_t {
+            Some(oldest) if t >= oldest => match self.ooo.binary_search_by_key(&t, |s| s.t) {
+                Ok(i) if self.ooo[i].v.to_bits() == vb => Ok(Fit::Duplicate),
+                Ok(_) => Err(StorageError::DuplicateSampleForTimestamp),
+                Err(_) => Ok(Fit::OutOfOrder),
+            },
+            Some(_) => Err(StorageError::TooOldSample),
+            None if t < b.min_valid_t => Err(StorageError::OutOfBounds),
+            None => Err(StorageError::OutOfOrderSample),
+        }
+    }
+
+    /// Stores a sample already judged by [`SeriesData::fit`]. Returns whether a chunk was cut.
+    pub(crate) fn store(&mut self, fit: Fit, t: i64, v: f64, chunk_range: i64) -> bool {
+        match fit {
+            Fit::Duplicate => false,
+            Fit::InOrder => self.append_in_order(t, v, chunk_range),
+            Fit::OutOfOrder => {
+                if let Err(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
+                    self.ooo.insert(i, Sample { t, v });
+                }
+                false
+            }
+        }
+    }
+
+    fn append_in_order(&mut self, t: i64, v: f64, chunk_range: i64) -> bool {
+        let cut = match &self.open {
+            None => true,
+            Some(o) => {
+                o.app.num_samples() >= TARGET_SAMPLES_PER_CHUNK
+                    || t.div_euclid(chunk_range) != o.min_t.div_euclid(chunk_range)
+            }
+        };
+        if cut {
+            self.close_open();
+            self.open = Some(OpenChunk {
+                app: XorAppender::new(),
+                min_t: t,
+            });
+        }
+        if let Some(o) = self.open.as_mut() {
+            // Cannot be full: chunks are cut at TARGET_SAMPLES_PER_CHUNK.
+            let _ = o.app.append(t, v);
+        }
+        self.max_t = t;
+        self.last_v = v.to_bits();
+        cut
+    }
+
+    fn close_open(&mut self) {
+        if let Some(o) = self.open.take()
+            && !o.app.is_empty()
+        {
+            let max_t = o.app.last_t();
+            self.closed.push(HeadChunk {
+                min_t: o.min_t,
+                max_t,
+                bytes: Arc::from(o.app.into_bytes()),
+            });
+        }
+    }
+
+    /// Replays a logged sample: no bounds, anything older than the newest goes out of order.
+    fn replay(&mut self, t: i64, v: f64, chunk_range: i64) {
+        if self.max_t == i64::MIN || t > self.max_t {
+            self.append_in_order(t, v, chunk_range);
+        } else if t != self.max_t
+            && let Err(i) = self.ooo.binary_search_by_key(&t, |s| s.t)
+        {
+            self.ooo.insert(i, Sample { t, v });
+        }
+    }
+
+    /// Oldest sample held, if any.
+    fn min_time(&self) -> Option<i64> {
+        let a = self
+            .closed
+            .first()
+            .map(|c| c.min_t)
+            .or(self.open.as_ref().map(|o| o.min_t));
+        let b = self.ooo.first().map(|s| s.t);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
+    }
+
+    /// Chunks overlapping `[mint, maxt]`, in time order: closed ones shared, the open one
+    /// copied, out-of-order samples in range encoded into one extra chunk.
+    pub(crate) fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<QChunk>) {
+        for c in &self.closed {
+            if c.max_t >= mint && c.min_t <= maxt {
+                out.push(QChunk {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    bytes: ChunkBytes::Heap(c.bytes.clone()),
+                });
+            }
+        }
+        if let Some(o) = &self.open {
+            let max_t = o.app.last_t();
+            if !o.app.is_empty() && max_t >= mint && o.min_t <= maxt {
+                out.push(QChunk {
+                    min_t: o.min_t,
+                    max_t,
+                    bytes: ChunkBytes::Heap(Arc::from(o.app.bytes())),
+                });
+            }
+        }
+        let lo = self.ooo.partition_point(|s| s.t < mint);
+        let hi = self.ooo.partition_point(|s| s.t <= maxt);
+        for part in self.ooo[lo..hi].chunks(TARGET_SAMPLES_PER_CHUNK) {
+            let mut app = XorAppender::new();
+            for s in part {
+                let _ = app.append(s.t, s.v);
+            }
+            if let (Some(first), Some(last)) = (part.first(), part.last()) {
+                out.push(QChunk {
+                    min_t: first.t,
+                    max_t: last.t,
+                    bytes: ChunkBytes::Heap(Arc::from(app.into_bytes())),
+                });
+            }
+        }
+    }
+
+    /// Timestamps of out-of-order samples older than `t`.
+    pub(crate) fn ooo_times_before(&self, t: i64) -> Vec<i64> {
+        let n = self.ooo.partition_point(|s| s.t < t);
+        self.ooo[..n].iter().map(|s| s.t).collect()
+    }
+
+    /// Drops in-order chunks that end before `t`, and the out-of-order samples whose
+    /// timestamps are in `taken` (those persisted; others may have arrived since).
+    fn truncate_persisted(&mut self, t: i64, taken: &[i64]) -> usize {
+        let removed = self.truncate_in_order(t);
+        if !taken.is_empty() {
+            self.ooo
+                .retain(|s| s.t >= t || taken.binary_search(&s.t).is_err());
+            if self.ooo.is_empty() {
+                self.ooo = Vec::new();
+            }
+        }
+        removed
+    }
+
+    /// Drops everything older than `t`. Returns the number of chunks removed.
+    #[cfg(test)]
+    fn truncate_before(&mut self, t: i64) -> usize {
+        let removed = self.truncate_in_order(t);
+        let cut = self.ooo.partition_point(|s| s.t < t);
+        self.ooo.drain(..cut);
+        removed
+    }
+
+    fn truncate_in_order(&mut self, t: i64) -> usize {
+        let before = self.closed.len();
+        self.closed.retain(|c| c.max_t >= t);
+        let mut removed = before - self.closed.len();
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| !o.app.is_empty() && o.app.last_t() < t)
+        {
+            self.open = None;
+            removed += 1;
+        }
+        removed
+    }
+
+    pub(crate) fn num_chunks(&self) -> usize {
+        self.closed.len() + usize::from(self.open.is_some())
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.closed
+            .iter()
+            .map(|c| c.bytes.len() + 16)
+            .sum::<usize>()
+            + self.closed.capacity() * std::mem::size_of::<HeadChunk>()
+            + self.open.as_ref().map_or(0, |o| o.app.allocated_bytes())
+            + self.ooo.capacity() * std::mem::size_of::<Sample>()
+    }
+}
+
+/// One series in the head.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub(crate) r: u64,
+    pub(crate) labels: Labels,
+    /// Appenders holding this series; it is not garbage-collected while non-zero. Raised
+    /// under the shard lock (see `Head::get_or_create`), lowered anywhere.
+    pub(crate) pending: AtomicU32,
+    pub(crate) data: Mutex<SeriesData>,
+}
+
+impl MemSeries {
+    pub(crate) fn unpin(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Postings for the head: label name → value → sorted refs.
+#[derive(Debug, Default)]
+pub(crate) struct MemPostings {
+    m: HashMap<Arc<str>, BTreeMap<Arc<str>, Vec<u64>>>,
+    all: Vec<u64>,
+}
+
+fn insert_sorted(v: &mut Vec<u64>, r: u64) {
+    match v.last() {
+        Some(&last) if last >= r => {
+            if let Err(i) = v.binary_search(&r) {
+                v.insert(i, r);
+            }
+        }
+        _ => v.push(r),
+    }
+}
+
+impl MemPostings {
+    fn add(&mut self, r: u64, labels: &Labels) {
+        for l in labels {
+            let list = self
+                .m
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default();
+            insert_sorted(list, r);
+        }
+        insert_sorted(&mut self.all, r);
+    }
+
+    fn delete(&mut self, dead: &HashSet<u64>, labels: &[Labels]) {
+        let mut touched: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
+        for ls in labels {
+            for l in ls {
+                touched.insert((l.name.clone(), l.value.clone()));
+            }
+        }
+        for (n, v) in touched {
+            let Some(values) = self.m.get_mut(&n) else {
+                continue;
+            };
+            if let Some(list) = values.get_mut(&v) {
+                list.retain(|r| !dead.contains(r));
+                if list.is_empty() {
+                    values.remove(&v);
+                } else {
+                    list.shrink_to_fit();
+                }
+            }
+            if values.is_empty() {
+                self.m.remove(&n);
+            }
+        }
+        self.all.retain(|r| !dead.contains(r));
+    }
+
+    pub(crate) fn label_names(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self.m.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl PostingsIndex for MemPostings {
+    type Ref = u64;
+    fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>> {
+        Ok(self
+            .m
+            .get(name)
+            .and_then(|vs| vs.get(value))
+            .cloned()
+            .unwrap_or_default())
+    }
+    fn all_postings(&self) -> Result<Vec<u64>> {
+        Ok(self.all.clone())
+    }
+    fn label_values(&self, name: &str) -> Result<Vec<Arc<str>>> {
+        Ok(self
+            .m
+            .get(name)
+            .map(|vs| vs.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+    fn label_values_with_prefix(&self, name: &str, prefix: &str) -> Result<Vec<Arc<str>>> {
+        let Some(vs) = self.m.get(name) else {
+            return Ok(Vec::new());
+        };
+        Ok(vs
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+/// What a head truncation did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TruncateStats {
+    pub(crate) series_removed: usize,
+    pub(crate) chunks_removed: usize,
+}
+
+/// The in-memory head block.
+#[derive(Debug)]
+pub(crate) struct Head {
+    by_hash: Box<[HashShard]>,
+    by_ref: Box<[RefShard]>,
+    pub(crate) postings: RwLock<MemPostings>,
+    pub(crate) symbols: Symbols,
+    next_ref: AtomicU64,
+    min_t: AtomicI64,
+    max_t: AtomicI64,
+    min_valid_t: AtomicI64,
+    num_series: AtomicU64,
+    pub(crate) num_chunks: AtomicI64,
+    /// Width of the aligned windows chunks may not cross (the block range).
+    pub(crate) chunk_range_ms: i64,
+    pub(crate) ooo_window_ms: i64,
+}
+
+impl Head {
+    pub(crate) fn new(chunk_range_ms: i64, ooo_window_ms: i64, min_valid_t: i64) -> Head {
+        Head {
+            by_hash: (0..SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
+            by_ref: (0..SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
+            postings: RwLock::new(MemPostings::default()),
+            symbols: Symbols::default(),
+            next_ref: AtomicU64::new(1),
+            min_t: AtomicI64::new(i64::MAX),
+            max_t: AtomicI64::new(i64::MIN),
+            min_valid_t: AtomicI64::new(min_valid_t),
+            num_series: AtomicU64::new(0),
+            num_chunks: AtomicI64::new(0),
+            chunk_range_ms,
+            ooo_window_ms,
+        }
+    }
+
+    pub(crate) fn min_time(&self) -> i64 {
+        self.min_t.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max_time(&self) -> i64 {
+        self.max_t.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn min_valid_time(&self) -> i64 {
+        self.min_valid_t.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.min_time() == i64::MAX
+    }
+
+    pub(crate) fn num_series(&self) -> u64 {
+        self.num_series.load(Ordering::Relaxed)
+    }
+
+    /// The bounds appends are checked against now.
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            min_valid_t: self.min_valid_time(),
+            ooo_min_t: (self.ooo_window_ms > 0).then(|| {
+                let m = self.max_time();
+                if m == i64::MIN {
+                    i64::MIN
+                } else {
+                    m.saturating_sub(self.ooo_window_ms)
+                }
+            }),
+        }
+    }
+
+    /// Records that samples in `[lo, hi]` were stored.
+    pub(crate) fn observe(&self, lo: i64, hi: i64) {
+        self.min_t.fetch_min(lo, Ordering::AcqRel);
+        self.max_t.fetch_max(hi, Ordering::AcqRel);
+    }
+
+    fn hash_shard(&self, h: u64) -> &HashShard {
+        &self.by_hash[(h as usize) % SHARDS]
+    }
+
+    fn ref_shard(&self, r: u64) -> &RefShard {
+        &self.by_ref[(r as usize) % SHARDS]
+    }
+
+    pub(crate) fn series(&self, r: u64) -> Option<Arc<MemSeries>> {
+        self.ref_shard(r).read().get(&r).cloned()
+    }
+
+    /// The series with `labels`, created if missing. With `pin`, its pending count is raised
+    /// (under the shard lock, so garbage collection cannot race it). `on_create` runs for a
+    /// new series before anyone else can see it (the WAL logs it there).
+    pub(crate) fn get_or_create(
+        &self,
+        labels: &Labels,
+        hash: u64,
+        pin: bool,
+        on_create: impl FnOnce(&MemSeries),
+    ) -> (Arc<MemSeries>, bool) {
+        let shard = self.hash_shard(hash);
+        {
+            let map = shard.read();
+            if let Some(s) = map
+                .get(&hash)
+                .and_then(|v| v.iter().find(|s| s.labels == *labels))
+            {
+                if pin {
+                    s.pending.fetch_add(1, Ordering::AcqRel);
+                }
+                return (s.clone(), false);
+            }
+        }
+        let mut map = shard.write();
+        if let Some(s) = map
+            .get(&hash)
+            .and_then(|v| v.iter().find(|s| s.labels == *labels))
+        {
+            if pin {
+                s.pending.fetch_add(1, Ordering::AcqRel);
+            }
+            return (s.clone(), false);
+        }
+        let r = self.next_ref.fetch_add(1, Ordering::Relaxed);
+        let s = self.insert_series(&mut map, hash, r, labels, u32::from(pin));
+        on_create(&s);
+        (s, true)
+    }
+
+    fn insert_series(
+        &self,
+        map: &mut FastMap<u64, Vec<Arc<MemSeries>>>,
+        hash: u64,
+        r: u64,
+        labels: &Labels,
+        pending: u32,
+    ) -> Arc<MemSeries> {
+        let labels = self.symbols.intern_labels(labels);
+        let s = Arc::new(MemSeries {
+            r,
+            labels,
+            pending: AtomicU32::new(pending),
+            data: Mutex::new(SeriesData::new()),
+        });
+        map.entry(hash).or_default().push(s.clone());
+        self.ref_shard(r).write().insert(r, s.clone());
+        self.postings.write().add(r, &s.labels);
+        self.num_series.fetch_add(1, Ordering::Relaxed);
+        s
+    }
+
+    /// Replay: the series with `labels`, created with ref `r` if missing.
+    pub(crate) fn replay_series(&self, r: u64, labels: &Labels) -> Arc<MemSeries> {
+        // New refs must stay above every logged one, even refs mapped onto another series.
+        self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
+        let hash = labels.stable_hash();
+        let mut map = self.hash_shard(hash).write();
+        if let Some(s) = map
+            .get(&hash)
+            .and_then(|v| v.iter().find(|s| s.labels == *labels))
+        {
+            return s.clone();
+        }
+        self.insert_series(&mut map, hash, r, labels, 0)
+    }
+
+    /// Replay: stores a logged sample.
+    pub(crate) fn replay_sample(&self, s: &MemSeries, t: i64, v: f64) {
+        let mut d = s.data.lock();
+        let before = d.num_chunks();
+        d.replay(t, v, self.chunk_range_ms);
+        let after = d.num_chunks();
+        drop(d);
+        self.num_chunks
+            .fetch_add(after as i64 - before as i64, Ordering::Relaxed);
+        self.observe(t, t);
+    }
+
+    /// Every series ref, for snapshots.
+    pub(crate) fn all_series(&self) -> Vec<Arc<MemSeries>> {
+        let mut out = Vec::with_capacity(self.num_series() as usize);
+        for s in self.by_ref.iter() {
+            out.extend(s.read().values().cloned());
+        }
+        out.sort_by_key(|s| s.r);
+        out
+    }
+
+    /// From now on, in-order samples older than `t` are out of bounds.
+    pub(crate) fn raise_min_valid_time(&self, t: i64) {
+        self.min_valid_t.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Drops persisted data older than `t` (in-order chunks ending before it, and the
+    /// out-of-order samples listed per series ref in `taken`), raises the minimum valid time
+    /// to `t`, and removes series left without data (unless an appender holds them).
+    pub(crate) fn truncate_persisted(
+        &self,
+        t: i64,
+        taken: &HashMap<u64, Vec<i64>>,
+    ) -> TruncateStats {
+        self.raise_min_valid_time(t);
+        let mut stats = TruncateStats::default();
+        let mut dead = HashSet::new();
+        let mut dead_labels = Vec::new();
+        let mut new_min = i64::MAX;
+        // Concurrent appends record their times into the fresh value; the scan adds the rest.
+        self.min_t.store(i64::MAX, Ordering::Release);
+        for shard in self.by_hash.iter() {
+            let mut map = shard.write();
+            map.retain(|_, list| {
+                list.retain(|s| {
+                    let mut d = s.data.lock();
+                    let tk = taken.get(&s.r).map(Vec::as_slice).unwrap_or(&[]);
+                    stats.chunks_removed += d.truncate_persisted(t, tk);
+                    if d.is_empty() && s.pending.load(Ordering::Acquire) == 0 {
+                        dead.insert(s.r);
+                        dead_labels.push(s.labels.clone());
+                        false
+                    } else {
+                        if let Some(m) = d.min_time() {
+                            new_min = new_min.min(m);
+                        }
+                        true
+                    }
+                });
+                !list.is_empty()
+            });
+        }
+        for r in &dead {
+            self.ref_shard(*r).write().remove(r);
+        }
+        if !dead.is_empty() {
+            self.postings.write().delete(&dead, &dead_labels);
+        }
+        stats.series_removed = dead.len();
+        self.num_series
+            .fetch_sub(dead.len() as u64, Ordering::Relaxed);
+        self.num_chunks
+            .fetch_sub(stats.chunks_removed as i64, Ordering::Relaxed);
+        drop(dead_labels);
+        self.symbols.gc();
+        self.min_t.fetch_min(new_min, Ordering::AcqRel);
+        stats
+    }
+
+    /// Approximate heap bytes held by sample data.
+    pub(crate) fn chunk_bytes(&self) -> usize {
+        let mut n = 0;
+        for s in self.by_ref.iter() {
+            for m in s.read().values() {
+                n += m.data.lock().heap_bytes();
+            }
+        }
+        n
+    }
+}
+
+/// Decodes chunks (any order, possibly overlapping) into time-ordered samples; at equal
+/// timestamps the sample from the earliest chunk in `chunks` wins.
+pub(crate) fn merge_chunks(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<Vec<Sample>> {
+    let mut all: Vec<(i64, usize, f64)> = Vec::new();
+    let mut buf = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        buf.clear();
+        XorIterator::new(c.bytes.as_slice())?.append_range(mint, maxt, &mut buf)?;
+        all.extend(buf.iter().map(|s| (s.t, i, s.v)));
+    }
+    all.sort_by_key(|&(t, i, _)| (t, i));
+    all.dedup_by_key(|x| x.0);
+    Ok(all.into_iter().map(|(t, _, v)| Sample { t, v }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(min_valid_t: i64, ooo: Option<i64>) -> Bounds {
+        Bounds {
+            min_valid_t,
+            ooo_min_t: ooo,
+        }
+    }
+
+    #[test]
+    fn fit_follows_prometheus_rules() {
+        let mut d = SeriesData::new();
+        let none = b(i64::MIN, None);
+        // An empty series takes any timestamp.
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, -5_000_000, 0, none),
+            Ok(Fit::InOrder)
+        ));
+        d.store(Fit::InOrder, 100, 1.0, 7_200_000);
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 100, 1f64.to_bits(), none),
+            Ok(Fit::Duplicate)
+        ));
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 100, 2f64.to_bits(), none),
+            Err(StorageError::DuplicateSampleForTimestamp)
+        ));
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 50, 0, none),
+            Err(StorageError::OutOfOrderSample)
+        ));
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 150, 0, b(200, None)),
+            Err(StorageError::OutOfBounds)
+        ));
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 50, 0, b(i64::MIN, Some(40))),
+            Ok(Fit::OutOfOrder)
+        ));
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 30, 0, b(i64::MIN, Some(40))),
+            Err(StorageError::TooOldSample)
+        ));
+        d.store(Fit::OutOfOrder, 50, 3.0, 7_200_000);
+        assert!(matches!(
+            d.fit(d.max_t, d.last_v, 50, 3f64.to_bits(), b(i64::MIN, Some(40))),
+            Ok(Fit::Duplicate)
+        ));
+        let mut cs = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut cs);
+        let s = merge_chunks(&cs, i64::MIN, i64::MAX).expect("valid");
+        assert_eq!(s, vec![Sample::new(50, 3.0), Sample::new(100, 1.0)]);
+    }
+
+    #[test]
+    fn chunks_cut_at_120_and_at_range_boundary() {
+        let mut d = SeriesData::new();
+        for i in 0..300 {
+            d.store(Fit::InOrder, i * 10, i as f64, 1000);
+        }
+        // 100 samples per 1000 ms window; never 120 in one window.
+        assert_eq!(d.num_chunks(), 3);
+        let mut d = SeriesData::new();
+        for i in 0..300 {
+            d.store(Fit::InOrder, i, i as f64, 1_000_000);
+        }
+        assert_eq!(d.num_chunks(), 3); // 120 + 120 + 60
+        let mut cs = Vec::new();
+        d.chunks(100, 130, &mut cs);
+        assert_eq!(cs.len(), 2);
+        assert_eq!(d.truncate_before(240), 2);
+        assert_eq!(d.min_time(), Some(240));
+    }
+}

@@ -1,0 +1,68 @@
+//! m3query's embedded time-series database, in the spirit of Prometheus's TSDB.
+//!
+//! [`Db`] implements the storage seam (`m3query_storage::Queryable` and `Appendable`):
+//!
+//! - **Head** (`head`): the in-memory block that takes writes. Series are sharded by label
+//!   hash; samples go into Gorilla XOR chunks (`m3query-chunkenc`) cut at 120 samples or at
+//!   the block-range boundary. Out-of-order samples get Prometheus's errors, or, within
+//!   [`Options::out_of_order_window_ms`], a per-series sorted buffer merged at query and
+//!   block-cut time. A series' first sample may have any timestamp not below the head's
+//!   minimum valid time (the end of what is already in blocks).
+//! - **WAL** (`wal`): segmented, checksummed records; [`Appender::commit`] returns once its
+//!   record is written and, per [`Fsync`], fsynced — by default through group commit, where
+//!   concurrent commits share one fsync. Replay truncates a torn tail instead of refusing to
+//!   start; checkpoints bound replay time.
+//! - **Index** (`postings`, `matchers`, `index`): postings per label pair, set algebra with
+//!   galloping, Prometheus's `PostingsForMatchers` resolution.
+//! - **Blocks** (`block`, `compact`): the head is cut into immutable 2 h blocks (temp dir,
+//!   fsync, rename), compacted 3× per level, deleted by time or size retention.
+//!
+//! On-disk formats are specified in `docs/format/*.md`. Background work runs on one thread
+//! owned by the `Db`; [`Db::close`] (or drop) stops it. No async runtime is needed.
+//!
+//! ```
+//! use m3query_model::{Labels, MatchOp, Matcher};
+//! use m3query_storage::{Appendable, Context, Queryable, SelectHints, collect_series};
+//! use m3query_tsdb::{Db, Options};
+//!
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let db = Db::open(dir.path(), Options::default()).expect("open");
+//! let up = Labels::from_pairs([("__name__", "up"), ("job", "api")]);
+//! let mut app = db.appender();
+//! app.append(&up, 1_000, 1.0).expect("append");
+//! app.append(&up, 16_000, 0.0).expect("append");
+//! app.commit().expect("commit");
+//!
+//! let q = db.querier(0, 60_000).expect("querier");
+//! let m = [Matcher::new(MatchOp::Equal, "job", "api").expect("matcher")];
+//! let mut set = q.select(&Context::background(), true, &SelectHints::default(), &m).expect("select");
+//! let (series, _) = collect_series(set.as_mut(), 0, 60_000).expect("read");
+//! assert_eq!(series[0].samples.len(), 2);
+//! ```
+//!
+//! [`Appender::commit`]: m3query_storage::Appender::commit
+
+mod block;
+mod chunks;
+mod compact;
+mod db;
+mod encoding;
+mod error;
+mod head;
+mod index;
+mod matchers;
+pub mod postings;
+mod querier;
+mod symbols;
+mod wal;
+
+pub use block::{BlockCompaction, BlockMeta, BlockParent, BlockStats};
+pub use db::{Db, DbMetrics, Options};
+pub use error::{Error, Result};
+pub use wal::{FSYNC_BUCKETS_S, Fsync};
+
+/// `Db` is shared across request threads behind an `Arc`.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Db>();
+};

@@ -1,0 +1,501 @@
+//! Reads: a querier over the head and every block overlapping its range.
+//!
+//! `select` resolves postings in each source, gathers each matching series' chunks (shared
+//! `Arc`s and mmapped slices; only the head's open chunk is copied), merges the sources by
+//! labels and hands out series that decode lazily. Sample iterators skip whole chunks outside
+//! the requested range by their min/max time and decode the rest in the codec's tight loop.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use m3query_chunkenc::XorIterator;
+use m3query_model::{Labels, Matcher, Sample};
+use m3query_storage::{
+    Context, Error as StorageError, LabelHints, LabelValues, Querier, Result as SResult,
+    SampleIterator, SelectHints, Series, SeriesSet, VecSeriesSet, Warnings,
+    matchers_select_something,
+};
+
+use crate::Result;
+use crate::block::Block;
+use crate::chunks::QChunk;
+use crate::db::DbInner;
+use crate::head::merge_chunks;
+use crate::index::ChunkMeta;
+use crate::matchers::{PostingsIndex, postings_for_matchers};
+use crate::postings::intersect;
+
+/// How often long loops poll the query context.
+const CHECK_EVERY: usize = 1024;
+
+pub(crate) struct DbQuerier<'a> {
+    pub(crate) db: &'a DbInner,
+    pub(crate) mint: i64,
+    pub(crate) maxt: i64,
+}
+
+type Part = (Labels, Vec<QChunk>);
+
+fn chunk_overlaps(m: &ChunkMeta, mint: i64, maxt: i64) -> bool {
+    m.max_t >= mint && m.min_t <= maxt
+}
+
+impl DbQuerier<'_> {
+    fn head_parts(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Vec<Part>> {
+        let head = &self.db.head;
+        let refs = {
+            let p = head.postings.read();
+            postings_for_matchers(&*p, matchers)?
+        };
+        let mut out = Vec::with_capacity(refs.len());
+        for (i, r) in refs.iter().enumerate() {
+            if i % CHECK_EVERY == CHECK_EVERY - 1 {
+                ctx.check()?;
+            }
+            let Some(s) = head.series(*r) else { continue };
+            let mut cs = Vec::new();
+            s.data.lock().chunks(self.mint, self.maxt, &mut cs);
+            if !cs.is_empty() {
+                out.push((s.labels.clone(), cs));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn block_parts(&self, ctx: &Context, b: &Block, matchers: &[Matcher]) -> Result<Vec<Part>> {
+        let ids = postings_for_matchers(&b.index, matchers)?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut metas = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if i % CHECK_EVERY == CHECK_EVERY - 1 {
+                ctx.check()?;
+            }
+            metas.clear();
+            let labels = b.index.series(*id, Some(&mut metas))?;
+            let mut cs = Vec::new();
+            for m in metas
+                .iter()
+                .filter(|m| chunk_overlaps(m, self.mint, self.maxt))
+            {
+                cs.push(QChunk {
+                    min_t: m.min_t,
+                    max_t: m.max_t,
+                    bytes: b.chunks.chunk(m.r)?,
+                });
+            }
+            if !cs.is_empty() {
+                out.push((labels, cs));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blocks overlapping the range, read after the head (a head cut adds its block before it
+    /// truncates the head, so data moving from one to the other is seen at least once).
+    fn blocks(&self) -> Arc<Vec<Arc<Block>>> {
+        self.db.blocks.read().clone()
+    }
+
+    fn select_inner(
+        &self,
+        ctx: &Context,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> Result<Vec<TsdbSeries>> {
+        let head = self.head_parts(ctx, matchers)?;
+        let blocks = self.blocks();
+        // Sources in precedence order for equal timestamps: older blocks first, head last.
+        let mut sources: Vec<std::vec::IntoIter<Part>> = Vec::new();
+        for b in blocks.iter().filter(|b| b.overlaps(self.mint, self.maxt)) {
+            sources.push(self.block_parts(ctx, b, matchers)?.into_iter());
+        }
+        sources.push(head.into_iter());
+        let mut heads: Vec<Option<Part>> = sources.iter_mut().map(Iterator::next).collect();
+        let mut out = Vec::new();
+        loop {
+            let mut min: Option<usize> = None;
+            for (i, h) in heads.iter().enumerate() {
+                if let Some((l, _)) = h {
+                    let better = match min.and_then(|m| heads[m].as_ref()) {
+                        None => true,
+                        Some((ml, _)) => l.cmp(ml) == Ordering::Less,
+                    };
+                    if better {
+                        min = Some(i);
+                    }
+                }
+            }
+            let Some(m) = min else { break };
+            let Some((labels, _)) = heads[m].as_ref() else {
+                break;
+            };
+            let labels = labels.clone();
+            let mut chunks = Vec::new();
+            for i in 0..heads.len() {
+                if heads[i].as_ref().is_some_and(|(l, _)| *l == labels) {
+                    if let Some((_, cs)) = heads[i].take() {
+                        chunks.extend(cs);
+                    }
+                    heads[i] = sources[i].next();
+                }
+            }
+            if out.len() % CHECK_EVERY == CHECK_EVERY - 1 {
+                ctx.check()?;
+            }
+            if !has_samples_in(&chunks, self.mint, self.maxt)? {
+                continue;
+            }
+            out.push(TsdbSeries::new(labels, chunks, self.mint, self.maxt));
+            if hints.limit > 0 && out.len() >= hints.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Label values (or, with `name` None, label names) per source, merged.
+    fn label_strings(
+        &self,
+        ctx: &Context,
+        name: Option<&str>,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>> {
+        let mut all: Vec<Arc<str>> = Vec::new();
+        let head = &self.db.head;
+        if head.max_time() >= self.mint {
+            let p = head.postings.read();
+            all.extend(collect_labels(
+                ctx,
+                &*p,
+                name,
+                matchers,
+                |r| Ok(head.series(r).map(|s| s.labels.clone())),
+                || Ok(p.label_names()),
+            )?);
+        }
+        for b in self
+            .blocks()
+            .iter()
+            .filter(|b| b.overlaps(self.mint, self.maxt))
+        {
+            let ix = &b.index;
+            all.extend(collect_labels(
+                ctx,
+                ix,
+                name,
+                matchers,
+                |id| ix.series(id, None).map(Some),
+                || Ok(ix.label_names().to_vec()),
+            )?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+/// Whether any chunk holds a sample in `[mint, maxt]`. A chunk inside the range does; only
+/// chunks straddling its ends are decoded, up to their first sample at or after `mint`.
+fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
+    if chunks.iter().any(|c| c.min_t >= mint && c.max_t <= maxt) {
+        return Ok(true);
+    }
+    for c in chunks {
+        let mut it = XorIterator::new(c.bytes.as_slice())?;
+        while let Some((t, _)) = it.next_sample()? {
+            if t >= mint {
+                if t <= maxt {
+                    return Ok(true);
+                }
+                break;
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Values of `name` (or label names when `None`) among series matching `matchers` in one
+/// index. With matchers and few values relative to matching series, tests each value's
+/// postings against the matches instead of reading every series' labels.
+fn collect_labels<I: PostingsIndex>(
+    ctx: &Context,
+    ix: &I,
+    name: Option<&str>,
+    matchers: &[Matcher],
+    labels_of: impl Fn(I::Ref) -> Result<Option<Labels>>,
+    names: impl Fn() -> Result<Vec<Arc<str>>>,
+) -> Result<Vec<Arc<str>>> {
+    if matchers.is_empty() {
+        return match name {
+            Some(n) => ix.label_values(n),
+            None => names(),
+        };
+    }
+    let refs = postings_for_matchers(ix, matchers)?;
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(n) = name {
+        let values = ix.label_values(n)?;
+        if values.len() * 8 < refs.len() {
+            let mut out = Vec::new();
+            for (i, v) in values.into_iter().enumerate() {
+                if i % CHECK_EVERY == CHECK_EVERY - 1 {
+                    ctx.check()?;
+                }
+                if !intersect(&ix.postings(n, &v)?, &refs).is_empty() {
+                    out.push(v);
+                }
+            }
+            return Ok(out);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, r) in refs.into_iter().enumerate() {
+        if i % CHECK_EVERY == CHECK_EVERY - 1 {
+            ctx.check()?;
+        }
+        let Some(ls) = labels_of(r)? else { continue };
+        match name {
+            Some(n) => {
+                if let Some(l) = ls.iter().find(|l| &*l.name == n) {
+                    out.push(l.value.clone());
+                }
+            }
+            None => out.extend(ls.iter().map(|l| l.name.clone())),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+impl Querier for DbQuerier<'_> {
+    fn select(
+        &self,
+        ctx: &Context,
+        _sort: bool,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> SResult<Box<dyn SeriesSet + '_>> {
+        ctx.check()?;
+        if !matchers_select_something(matchers) {
+            return Err(StorageError::BadRequest(
+                "vector selector must contain at least one non-empty matcher".into(),
+            ));
+        }
+        // Always sorted: merging sources needs it anyway.
+        let series = self.select_inner(ctx, hints, matchers)?;
+        Ok(Box::new(VecSeriesSet::new(series, Warnings::new())))
+    }
+
+    fn label_values(
+        &self,
+        ctx: &Context,
+        name: &str,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> SResult<LabelValues> {
+        ctx.check()?;
+        let mut values = self.label_strings(ctx, Some(name), matchers)?;
+        if hints.limit > 0 {
+            values.truncate(hints.limit);
+        }
+        Ok(LabelValues {
+            values,
+            warnings: Warnings::new(),
+        })
+    }
+
+    fn label_names(
+        &self,
+        ctx: &Context,
+        hints: &LabelHints,
+        matchers: &[Matcher],
+    ) -> SResult<LabelValues> {
+        ctx.check()?;
+        let mut values = self.label_strings(ctx, None, matchers)?;
+        if hints.limit > 0 {
+            values.truncate(hints.limit);
+        }
+        Ok(LabelValues {
+            values,
+            warnings: Warnings::new(),
+        })
+    }
+}
+
+/// A series from the TSDB: labels and chunks (from one or more sources) that decode on
+/// demand within the querier's range.
+pub(crate) struct TsdbSeries {
+    labels: Labels,
+    chunks: Vec<QChunk>,
+    mint: i64,
+    maxt: i64,
+    /// Chunks overlap in time (several sources, or out-of-order data): merge by timestamp.
+    overlapping: bool,
+}
+
+impl TsdbSeries {
+    fn new(labels: Labels, mut chunks: Vec<QChunk>, mint: i64, maxt: i64) -> Self {
+        // Stable, so chunks keep source precedence when they start at the same time.
+        let sorted = chunks.windows(2).all(|w| w[0].max_t < w[1].min_t);
+        let overlapping = if sorted {
+            false
+        } else {
+            let mut c = chunks.clone();
+            c.sort_by_key(|c| c.min_t);
+            let ov = !c.windows(2).all(|w| w[0].max_t < w[1].min_t);
+            if !ov {
+                chunks = c;
+            }
+            ov
+        };
+        TsdbSeries {
+            labels,
+            chunks,
+            mint,
+            maxt,
+            overlapping,
+        }
+    }
+}
+
+impl Series for TsdbSeries {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    fn iter(&self) -> Box<dyn SampleIterator + '_> {
+        if self.overlapping {
+            return Box::new(MergedIter {
+                src: Some((&self.chunks, self.mint, self.maxt)),
+                samples: Vec::new(),
+                pos: 0,
+            });
+        }
+        Box::new(ChunksIter {
+            chunks: &self.chunks,
+            idx: 0,
+            cur: None,
+            mint: self.mint,
+            maxt: self.maxt,
+            done: false,
+        })
+    }
+}
+
+fn cerr(e: impl Into<crate::Error>) -> StorageError {
+    e.into().into()
+}
+
+/// Iterates non-overlapping chunks in time order.
+struct ChunksIter<'a> {
+    chunks: &'a [QChunk],
+    idx: usize,
+    cur: Option<XorIterator<'a>>,
+    mint: i64,
+    maxt: i64,
+    done: bool,
+}
+
+impl ChunksIter<'_> {
+    fn open_next(&mut self) -> SResult<bool> {
+        let Some(c) = self.chunks.get(self.idx) else {
+            return Ok(false);
+        };
+        self.idx += 1;
+        self.cur = Some(XorIterator::new(c.bytes.as_slice()).map_err(cerr)?);
+        Ok(true)
+    }
+}
+
+impl SampleIterator for ChunksIter<'_> {
+    fn next(&mut self) -> SResult<Option<Sample>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let Some(it) = self.cur.as_mut() else {
+                if !self.open_next()? {
+                    self.done = true;
+                }
+                continue;
+            };
+            match it.next_sample().map_err(cerr)? {
+                Some((t, _)) if t < self.mint => {}
+                Some((t, _)) if t > self.maxt => {
+                    self.done = true;
+                }
+                Some((t, v)) => return Ok(Some(Sample { t, v })),
+                None => self.cur = None,
+            }
+        }
+    }
+
+    fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> SResult<()> {
+        let lo = mint.max(self.mint);
+        let hi = maxt.min(self.maxt);
+        loop {
+            if self.done {
+                return Ok(());
+            }
+            if let Some(it) = self.cur.as_mut() {
+                if it.append_range(lo, hi, out).map_err(cerr)? {
+                    // Stopped past `hi`: past the querier's range there is nothing more.
+                    if hi >= self.maxt {
+                        self.done = true;
+                    }
+                    return Ok(());
+                }
+                self.cur = None;
+                continue;
+            }
+            // Skip whole chunks that end before the range without decoding them.
+            while self.chunks.get(self.idx).is_some_and(|c| c.max_t < lo) {
+                self.idx += 1;
+            }
+            if !self.open_next()? {
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// Iterates overlapping chunks, merged and deduplicated on first use.
+struct MergedIter<'a> {
+    src: Option<(&'a [QChunk], i64, i64)>,
+    samples: Vec<Sample>,
+    pos: usize,
+}
+
+impl MergedIter<'_> {
+    fn load(&mut self) -> SResult<()> {
+        if let Some((chunks, mint, maxt)) = self.src.take() {
+            self.samples = merge_chunks(chunks, mint, maxt).map_err(cerr)?;
+        }
+        Ok(())
+    }
+}
+
+impl SampleIterator for MergedIter<'_> {
+    fn next(&mut self) -> SResult<Option<Sample>> {
+        self.load()?;
+        let s = self.samples.get(self.pos).copied();
+        self.pos += 1;
+        Ok(s)
+    }
+
+    fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> SResult<()> {
+        self.load()?;
+        let rest = self.samples.get(self.pos..).unwrap_or_default();
+        let lo = rest.partition_point(|s| s.t < mint);
+        let hi = rest.partition_point(|s| s.t <= maxt);
+        if lo < hi {
+            out.extend_from_slice(&rest[lo..hi]);
+        }
+        self.pos += (hi + 1).min(rest.len());
+        Ok(())
+    }
+}

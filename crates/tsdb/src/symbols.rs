@@ -1,0 +1,91 @@
+//! The head's string interner: every label name and value is stored once and shared by
+//! every series (and query result) that carries it.
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use m3query_model::{Label, Labels};
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+
+/// A sharded set of `Arc<str>`.
+#[derive(Debug)]
+pub(crate) struct Symbols {
+    shards: Box<[Mutex<HashSet<Arc<str>>>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Symbols {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl Symbols {
+    fn shard(&self, s: &str) -> &Mutex<HashSet<Arc<str>>> {
+        &self.shards[(self.hasher.hash_one(s) as usize) % SHARDS]
+    }
+
+    /// The shared copy of `s`.
+    pub(crate) fn intern(&self, s: &Arc<str>) -> Arc<str> {
+        let mut set = self.shard(s).lock();
+        if let Some(x) = set.get(&**s) {
+            return x.clone();
+        }
+        set.insert(s.clone());
+        s.clone()
+    }
+
+    /// A copy of `labels` whose strings are the interned ones.
+    pub(crate) fn intern_labels(&self, labels: &Labels) -> Labels {
+        let v: Vec<Label> = labels
+            .iter()
+            .map(|l| Label {
+                name: self.intern(&l.name),
+                value: self.intern(&l.value),
+            })
+            .collect();
+        Labels::from_sorted(v)
+    }
+
+    /// Drops strings no series uses any more (only the interner holds them).
+    pub(crate) fn gc(&self) -> usize {
+        let mut dropped = 0;
+        for s in self.shards.iter() {
+            let mut set = s.lock();
+            let before = set.len();
+            set.retain(|a| Arc::strong_count(a) > 1);
+            dropped += before - set.len();
+            set.shrink_to_fit();
+        }
+        dropped
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_labels_share_strings_and_gc_frees_unused() {
+        let s = Symbols::default();
+        let a = s.intern_labels(&Labels::from_pairs([("job", "api"), ("i", "1")]));
+        let b = s.intern_labels(&Labels::from_pairs([("job", "api"), ("i", "2")]));
+        let ja = &a.iter().find(|l| &*l.name == "job").expect("job").value;
+        let jb = &b.iter().find(|l| &*l.name == "job").expect("job").value;
+        assert!(Arc::ptr_eq(ja, jb));
+        assert_eq!(s.len(), 5); // job, api, i, 1, 2
+        drop(b);
+        assert_eq!(s.gc(), 1); // "2"
+        assert_eq!(s.len(), 4);
+    }
+}

@@ -1,0 +1,221 @@
+//! Crash safety: a writer process is SIGKILLed at random points, many times, while it
+//! appends, cuts the head into blocks and compacts them; after each kill every batch it had
+//! acknowledged must be there, and no half-written block may survive opening.
+//!
+//! The writer is this test binary re-executed with `CHILD_ENV` set, running only
+//! `crash_writer_child`; it prints `ACK <batch>` after each commit returns.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use m3query_model::{Labels, Matcher};
+use m3query_storage::{Appendable, Context, Queryable, SelectHints, collect_series};
+use m3query_tsdb::{Db, Options};
+
+const CHILD_ENV: &str = "M3QUERY_TSDB_CRASH_CHILD_DIR";
+const START_ENV: &str = "M3QUERY_TSDB_CRASH_START";
+const SERIES: usize = 25;
+const STEP_MS: i64 = 100;
+
+fn labels(s: usize) -> Labels {
+    Labels::from_pairs([
+        ("__name__", "crash_test"),
+        ("series", &*format!("s{s:02}")),
+        ("job", if s.is_multiple_of(3) { "a" } else { "b" }),
+    ])
+}
+
+fn value(batch: u64, s: usize) -> f64 {
+    (batch * 31 + s as u64) as f64 * 0.25
+}
+
+fn opts() -> Options {
+    Options {
+        // 20 batches per block: the head is cut and blocks compacted all the time.
+        block_range_ms: 2000,
+        maintenance_interval_ms: 20,
+        wal_segment_bytes: 64 << 10,
+        ..Options::default()
+    }
+}
+
+/// The writer. Does nothing unless re-executed by the parent test.
+#[test]
+fn crash_writer_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let start: u64 = std::env::var(START_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("start batch");
+    let db = Db::open(&dir, opts()).expect("child opens the database");
+    for batch in start.. {
+        let mut app = db.appender();
+        for s in 0..SERIES {
+            app.append(&labels(s), batch as i64 * STEP_MS, value(batch, s))
+                .expect("append");
+        }
+        app.commit().expect("commit");
+        println!("ACK {batch}");
+    }
+}
+
+/// Deterministic pseudo-random numbers (no extra dependency).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn leftover_tmp_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-for-"))
+        .count()
+}
+
+#[test]
+fn sigkill_at_random_points_loses_no_acknowledged_sample() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+    let mut max_acked: Option<u64> = None;
+    let mut killed_mid_block = 0;
+    let started = Instant::now();
+    let cycles = 12;
+    for cycle in 0..cycles {
+        let start = max_acked.map_or(0, |m| m + 1);
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .env(START_ENV, start.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer");
+        let acks = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let out = child.stdout.take().expect("stdout");
+        let reader = {
+            let acks = acks.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    // libtest prints `test crash_writer_child ... ` before the first ACK, on
+                    // the same line.
+                    let ack = line.find("ACK ").map(|i| &line[i + 4..]);
+                    if let Some(n) = ack.and_then(|n| n.trim().parse().ok()) {
+                        acks.lock().expect("acks").push(n);
+                    }
+                }
+            })
+        };
+        // Let it get going (open + replay), then kill it at a random point.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acks.lock().expect("acks").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if cycle % 2 == 1 {
+            // Aim at a block write: kill as soon as a temp block directory shows up.
+            let until = Instant::now() + Duration::from_millis(100 + rng.next() % 1500);
+            while Instant::now() < until && leftover_tmp_dirs(dir.path()) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50 + rng.next() % 700));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        reader.join().expect("reader");
+        let acks = acks.lock().expect("acks").clone();
+        assert!(
+            !acks.is_empty(),
+            "cycle {cycle}: the writer acknowledged nothing"
+        );
+        assert!(acks.windows(2).all(|w| w[1] == w[0] + 1));
+        assert_eq!(acks[0], start);
+        max_acked = acks.last().copied();
+
+        // A kill during a head cut or compaction leaves a temp block directory behind.
+        if leftover_tmp_dirs(dir.path()) > 0 {
+            killed_mid_block += 1;
+        }
+        // Every complete block verifies (checksums, stats), before and after opening.
+        Db::verify_blocks(dir.path()).expect("blocks verify after the kill");
+        let db = Db::open(
+            dir.path(),
+            Options {
+                maintenance_interval_ms: 3_600_000,
+                ..opts()
+            },
+        )
+        .expect("reopen after SIGKILL");
+        assert_eq!(
+            leftover_tmp_dirs(dir.path()),
+            0,
+            "open removes half-written blocks"
+        );
+        let last = max_acked.expect("acked");
+        let q = db.querier(0, last as i64 * STEP_MS).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "crash_test")],
+            )
+            .expect("select");
+        let (series, _) = collect_series(set.as_mut(), i64::MIN, i64::MAX).expect("read");
+        assert_eq!(series.len(), SERIES, "cycle {cycle}");
+        for s in &series {
+            let idx: usize = s.labels.get("series").expect("label")[1..]
+                .parse()
+                .expect("index");
+            // Every acknowledged batch, once, in order, with its value.
+            let want: Vec<(i64, f64)> = (0..=last)
+                .map(|b| (b as i64 * STEP_MS, value(b, idx)))
+                .collect();
+            let got: Vec<(i64, f64)> = s.samples.iter().map(|x| (x.t, x.v)).collect();
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "cycle {cycle}, series {idx}: missing samples"
+            );
+            assert_eq!(got, want, "cycle {cycle}, series {idx}");
+        }
+        drop(set);
+        drop(q);
+        let m = db.metrics();
+        db.close().expect("close");
+        drop(db);
+        eprintln!(
+            "cycle {cycle}: acked batches {}..={last}, blocks {}, wal replay {:.3}s, mid-block kills so far {killed_mid_block}",
+            start, m.blocks, m.wal_replay_seconds
+        );
+    }
+    assert!(killed_mid_block > 0, "no kill landed during a block write");
+    // Compactions happened (blocks above level 1) across the kills.
+    let db = Db::open(dir.path(), opts()).expect("final open");
+    let levels: Vec<u32> = db.blocks().iter().map(|b| b.compaction.level).collect();
+    assert!(
+        levels.iter().any(|&l| l > 1),
+        "no compacted block: {levels:?}"
+    );
+    eprintln!(
+        "{cycles} kills in {:.1}s, {killed_mid_block} during a block write; block levels {levels:?}",
+        started.elapsed().as_secs_f64()
+    );
+}
