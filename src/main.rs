@@ -123,26 +123,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "m3query starting"
     );
 
-    // Storage is in-memory until the embedded TSDB is wired in.
-    let store = cfg
-        .storage
-        .enabled
-        .then(|| Arc::new(m3query_storage::memory::MemStorage::new()));
-    let queryable = m3query_server::backends::queryable(
-        &cfg,
-        store
-            .clone()
-            .map(|s| s as Arc<dyn m3query_storage::Queryable>),
-        tokio::runtime::Handle::current(),
-    )
-    .map_err(anyhow::Error::msg)
-    .context("setting up storage")?;
-    server.set_services(Services {
-        queryable,
-        appendable: store.map(|s| s as Arc<dyn m3query_storage::Appendable>),
-        collector: None,
-    });
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = metrics_listener {
         let mut rx = stop_rx.clone();
@@ -155,13 +135,60 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let result = server
-        .serve(listener, async move {
-            m3query_server::shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        })
+    // Serve at once: /health answers while the store replays its WAL, /ready once it is open.
+    let state = server.state().clone();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        m3query_server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    }));
+
+    let db = if cfg.storage.enabled {
+        let path = cfg.storage.path.clone();
+        let opts = m3query_server::backends::tsdb_options(&cfg.storage);
+        let started = std::time::Instant::now();
+        let db = tokio::task::spawn_blocking(move || m3query_tsdb::Db::open(&path, opts))
+            .await
+            .context("opening storage")?
+            .with_context(|| format!("opening storage in {}", cfg.storage.path.display()))?;
+        tracing::info!(
+            path = %cfg.storage.path.display(),
+            seconds = started.elapsed().as_secs_f64(),
+            "storage open"
+        );
+        Some(Arc::new(db))
+    } else {
+        None
+    };
+    let queryable = m3query_server::backends::queryable(
+        &cfg,
+        db.clone().map(|d| d as Arc<dyn m3query_storage::Queryable>),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("setting up storage")?;
+    state.set_services(Services {
+        queryable,
+        appendable: db
+            .clone()
+            .map(|d| d as Arc<dyn m3query_storage::Appendable>),
+        collector: db.clone().map(|d| {
+            Box::new(m3query_server::tsdb_metrics::TsdbCollector(d))
+                as Box<dyn prometheus_client::collector::Collector>
+        }),
+    });
+
+    let result = serving
         .await
+        .context("server task failed")?
         .context("serving HTTP");
+    if let Some(db) = db {
+        let closed = tokio::task::spawn_blocking(move || db.close()).await;
+        match closed {
+            Ok(Ok(())) => tracing::info!("storage closed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "closing storage failed"),
+            Err(e) => tracing::error!(error = %e, "closing storage panicked"),
+        }
+    }
     telemetry.shutdown(std::time::Duration::from_secs(5));
     tracing::info!("m3query stopped");
     result

@@ -7,7 +7,25 @@ use m3query_storage::Queryable;
 use m3query_storage::dedup::DedupQueryable;
 use m3query_storage::merge::{Member, MergeQueryable};
 
-use crate::config::Config;
+use crate::config::{Config, StorageConfig, WalSync};
+
+/// The embedded store's options from `storage:`.
+pub fn tsdb_options(s: &StorageConfig) -> m3query_tsdb::Options {
+    m3query_tsdb::Options {
+        retention_ms: s.retention.as_millis_i64(),
+        retention_bytes: (s.retention_size.0 > 0).then_some(s.retention_size.0),
+        out_of_order_window_ms: s.out_of_order_window.as_millis_i64(),
+        fsync: match s.wal_sync {
+            WalSync::GroupCommit => m3query_tsdb::Fsync::GroupCommit,
+            WalSync::Always => m3query_tsdb::Fsync::Always,
+            WalSync::Interval => m3query_tsdb::Fsync::Interval(
+                u64::try_from(s.wal_sync_interval.as_millis_i64()).unwrap_or(1000),
+            ),
+            WalSync::Never => m3query_tsdb::Fsync::Never,
+        },
+        ..m3query_tsdb::Options::default()
+    }
+}
 
 /// Largest remote-read response one select accepts (compressed bytes).
 const MAX_REMOTE_RESPONSE_BYTES: usize = 1 << 30;

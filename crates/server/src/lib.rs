@@ -14,6 +14,7 @@ pub mod layer;
 pub mod metrics;
 mod routes;
 pub mod stores;
+pub mod tsdb_metrics;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -65,6 +66,13 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.services.get().is_some()
+    }
+
+    /// See [`Server::set_services`].
+    pub fn set_services(&self, services: Services) {
+        if self.services.set(services).is_err() {
+            tracing::warn!("services were already set; ignoring the second set");
+        }
     }
 }
 
@@ -152,9 +160,7 @@ impl Server {
 
     /// Makes the data routes available and `/ready` answer 200. Later calls are ignored.
     pub fn set_services(&self, services: Services) {
-        if self.state.services.set(services).is_err() {
-            tracing::warn!("services were already set; ignoring the second set");
-        }
+        self.state.set_services(services);
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish for at most

@@ -789,6 +789,16 @@ impl Queryable for Db {
             maxt,
         }))
     }
+
+    /// The oldest block's start, or the head's oldest sample when there are no blocks.
+    fn min_time(&self) -> Option<i64> {
+        let blocks = self.inner.blocks.read().first().map(|b| b.meta.min_time);
+        let head = (!self.inner.head.is_empty()).then(|| self.inner.head.min_time());
+        match (blocks, head) {
+            (Some(b), Some(h)) => Some(b.min(h)),
+            (b, h) => b.or(h),
+        }
+    }
 }
 
 impl Appendable for Db {

@@ -163,7 +163,8 @@ impl DbQuerier<'_> {
     ) -> Result<Vec<String>> {
         let mut all: Vec<Arc<str>> = Vec::new();
         let head = &self.db.head;
-        if head.max_time() >= self.mint {
+        // As Prometheus: the head answers when its time range overlaps the query's.
+        if head.max_time() >= self.mint && head.min_time() <= self.maxt {
             let p = head.postings.read();
             all.extend(collect_labels(
                 ctx,
