@@ -268,7 +268,8 @@ fn jaeger_fixture() -> String {
         "processes": {"p1": m3query_process},
         "warnings": null,
     });
-    json!({"data": [a, b, c], "total": 0, "limit": 0, "offset": 0, "errors": null}).to_string()
+    // Neither slowest-first nor newest-first: the scripts must sort.
+    json!({"data": [b, c, a], "total": 0, "limit": 0, "offset": 0, "errors": null}).to_string()
 }
 
 fn line_a(base: &str) -> String {
@@ -441,8 +442,8 @@ fn error_queries_with_min_duration_and_all_operations() {
     assert_eq!(r.param("operation"), None, "empty --operation searches all");
     assert_eq!(r.param("minDuration"), Some("1m30s"));
     assert_eq!(r.param("tags"), Some(r#"{"error":"true"}"#));
-    // Without an operation the root is m3query's top span: in trace A the one whose parent is
-    // Grafana's span, not its own child.
+    // Without an operation the root is m3query's earliest span: in trace A the one whose parent
+    // is Grafana's span (which starts earlier still), not its own child.
     let base = jaeger.url();
     assert_eq!(
         stdout(&out),

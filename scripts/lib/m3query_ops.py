@@ -334,9 +334,10 @@ def _tag_text(value: object) -> Optional[str]:
 
 
 def root_span(trace: dict, service: str, operation: str) -> Optional[dict]:
-    """m3query's request span in a trace: the earliest span of `service` named `operation`;
-    without an operation, the earliest span of `service` whose parent is not a span of the
-    same service (a trace may start in Grafana or a proxy). Falls back to the earliest span."""
+    """m3query's request span in a trace: the earliest span of `service` named `operation`
+    (or of any name when `operation` is empty). A trace may start elsewhere (Grafana, a proxy),
+    but within one process a child never starts before its parent, so the earliest span of the
+    service is its request span. Falls back to the earliest span of the trace."""
     spans = [s for s in trace.get("spans") or [] if isinstance(s, dict)]
     if not spans:
         return None
@@ -350,21 +351,8 @@ def root_span(trace: dict, service: str, operation: str) -> Optional[dict]:
         return int(span.get("startTime") or 0)
 
     own = [s for s in spans if not service or service_of(s) == service]
-    if operation:
-        named = [s for s in own if s.get("operationName") == operation]
-        if named:
-            return min(named, key=start)
-    by_id = {s.get("spanID"): s for s in spans}
-
-    def has_own_parent(span: dict) -> bool:
-        for ref in span.get("references") or []:
-            parent = by_id.get(ref.get("spanID"))
-            if parent is not None and service_of(parent) == service_of(span):
-                return True
-        return False
-
-    tops = [s for s in own if not has_own_parent(s)]
-    return min(tops or own or spans, key=start)
+    named = [s for s in own if not operation or s.get("operationName") == operation]
+    return min(named or own or spans, key=start)
 
 
 def summarize(trace: dict, service: str, operation: str) -> Optional[TraceLine]:
