@@ -1060,3 +1060,29 @@ fn readme_searches_are_the_scripts_searches() {
         assert_eq!(got, want, "{name} {args:?} vs README {url}");
     }
 }
+
+#[test]
+fn searching_a_child_operation_reports_that_span() {
+    // Jaeger finds traces with a span of the operation anywhere; the line shows that span, and
+    // traces without one fall back to the service's earliest (request) span.
+    let jaeger = FakeServer::start(200, jaeger_fixture());
+    let out = run(
+        "slow-queries",
+        &["--operation", "storage.select", "--min-duration", "0"],
+        &[("JAEGER_URL", &jaeger.url())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        jaeger.only_request().param("operation"),
+        Some("storage.select")
+    );
+    let base = jaeger.url();
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}\n2019-01-30T19:31:10.200Z  1.000s  status=-  step=child  query=-  {base}/trace/{TRACE_B}\n{}\n",
+            line_a(&base),
+            line_c(&base)
+        )
+    );
+}
