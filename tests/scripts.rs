@@ -263,7 +263,7 @@ fn jaeger_fixture() -> String {
         "traceID": TRACE_C,
         "spans": [
             span(TRACE_C, "00000000000000c1", "GET /api/v1/query_range", None,
-                (1_548_876_680_000_000, 1_000), vec![tag("http.status_code", json!(503))], "p1"),
+                (1_548_876_680_000_000, 1_000), vec![tag("http.status_code", json!(503.0))], "p1"),
         ],
         "processes": {"p1": m3query_process},
         "warnings": null,
@@ -535,6 +535,33 @@ fn nothing_found_unreachable_and_bad_answers_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("cannot reach {nobody}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // Errors Jaeger reports beside an HTTP 200: alone they fail the search; beside traces
+    // they are warnings.
+    let err_doc = |data: Value| {
+        json!({"data": data, "total": 0, "limit": 0, "offset": 0,
+            "errors": [{"code": 500, "msg": "one storage shard failed"}]})
+        .to_string()
+    };
+    let jaeger = FakeServer::start(200, err_doc(json!([])));
+    let out = run("slow-queries", &[], &[("JAEGER_URL", &jaeger.url())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Jaeger reported errors")
+            && stderr(&out).contains("one storage shard failed (code 500)"),
+        "{}",
+        stderr(&out)
+    );
+    let fixture: Value = serde_json::from_str(&jaeger_fixture()).expect("fixture");
+    let jaeger = FakeServer::start(200, err_doc(fixture["data"].clone()));
+    let out = run("slow-queries", &[], &[("JAEGER_URL", &jaeger.url())]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).lines().count(), 3);
+    assert!(
+        stderr(&out).contains("warning: Jaeger reported: one storage shard failed (code 500)"),
         "{}",
         stderr(&out)
     );

@@ -326,8 +326,7 @@ def _tag_map(span: dict) -> Dict[str, object]:
 def _tag_text(value: object) -> Optional[str]:
     if value is None:
         return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    # A status code some clients send as a double (503.0) reads as 503.
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
