@@ -875,6 +875,10 @@ fn load_demo_reports_http_errors() {
             400,
             "0 samples written; refused: 15 too old samples (out of bounds)",
         ),
+        (
+            400,
+            "10 samples written; refused: 5 out of order samples, 3 too old samples (out of bounds)",
+        ),
     ] {
         let body = json!({"status": "error", "errorType": "x", "error": error}).to_string();
         let m3 = FakeServer::start(status, body);
