@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{M3Query, Prometheus, client, eventually, remote_write_v1};
-use promql_parser::parser::Expr;
+use m3query_promql::parser::Expr;
 use serde_json::Value;
 
 fn root() -> &'static Path {
@@ -639,11 +639,11 @@ fn dashboard_queries() -> Vec<(String, String)> {
 }
 
 fn selectors(e: &Expr, out: &mut Vec<(String, Vec<(String, String)>)>) {
-    let mut add = |vs: &promql_parser::parser::VectorSelector| {
+    let mut add = |vs: &m3query_promql::parser::VectorSelector| {
         let labels = vs
             .matchers
-            .matchers
             .iter()
+            .filter(|m| m.name != "__name__")
             .map(|m| (m.name.clone(), m.value.clone()))
             .collect();
         out.push((vs.name.clone().expect("metric name"), labels));
@@ -655,21 +655,21 @@ fn selectors(e: &Expr, out: &mut Vec<(String, Vec<(String, String)>)>) {
                 selectors(p, out);
             }
         }
-        Expr::Unary(u) => selectors(&u.expr, out),
+        Expr::Unary { expr, .. } => selectors(expr, out),
         Expr::Binary(b) => {
             selectors(&b.lhs, out);
             selectors(&b.rhs, out);
         }
-        Expr::Paren(p) => selectors(&p.expr, out),
+        Expr::Paren(p, _) | Expr::StepInvariant(p) => selectors(p, out),
         Expr::Subquery(s) => selectors(&s.expr, out),
         Expr::VectorSelector(vs) => add(vs),
         Expr::MatrixSelector(ms) => add(&ms.vs),
         Expr::Call(c) => {
-            for a in &c.args.args {
+            for a in &c.args {
                 selectors(a, out);
             }
         }
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        Expr::Number { .. } | Expr::String { .. } => {}
     }
 }
 
@@ -701,7 +701,7 @@ fn dashboard_queries_parse_and_name_metrics_m3query_exports() {
     let mut names = BTreeSet::new();
     for (title, expr) in &queries {
         let ast =
-            promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
+            m3query_promql::parser::parse(expr).unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
         let mut found = Vec::new();
         selectors(&ast, &mut found);
         assert!(!found.is_empty(), "{title}: no selector");
