@@ -19,14 +19,16 @@ ARG RUNTIME_IMAGE=debian:trixie-20260406-slim
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Only what the binary is built from, so edits to docs, scripts or sample configs reuse the
-# cached build. build.rs records the commit when .git is present; in a plain build context
-# it records "unknown".
+# cached build. The context has no .git, so pass the commit for build info:
+#   --build-arg M3QUERY_GIT_REVISION=$(git rev-parse HEAD) --build-arg M3QUERY_GIT_BRANCH=main
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY crates ./crates
 COPY config/m3query.yml ./config/m3query.yml
 # Reproducible builds: pass --build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct).
 ARG SOURCE_DATE_EPOCH
+ARG M3QUERY_GIT_REVISION
+ARG M3QUERY_GIT_BRANCH
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin m3query \

@@ -10,9 +10,14 @@ fn run(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let revision = run("git", &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let branch =
-        run("git", &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A build without .git (a container build context) may pass them in the environment.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let revision = env("M3QUERY_GIT_REVISION")
+        .or_else(|| run("git", &["rev-parse", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let branch = env("M3QUERY_GIT_BRANCH")
+        .or_else(|| run("git", &["rev-parse", "--abbrev-ref", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let rust_version = run(&rustc, &["--version"])
         .and_then(|v| v.split_whitespace().nth(1).map(|s| format!("rustc{s}")))
@@ -31,4 +36,6 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=M3QUERY_GIT_REVISION");
+    println!("cargo:rerun-if-env-changed=M3QUERY_GIT_BRANCH");
 }
