@@ -1,0 +1,311 @@
+//! Engine behaviour through the public API: results, limits, cancellation, errors and their
+//! HTTP error types, annotations, stats, spans, format/parse helpers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use m3query_model::Labels;
+use m3query_promql::{Engine, EngineOptions, Error, QueryOptions, Value};
+use m3query_storage::memory::MemStorage;
+use m3query_storage::{Appendable, Context};
+
+fn store(series: usize) -> MemStorage {
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    for i in 0..series {
+        let l = Labels::from_pairs([
+            ("__name__", "http_requests_total".to_string()),
+            ("job", format!("job-{}", i % 3)),
+            ("instance", format!("i-{i}")),
+        ]);
+        for k in 0..=40i64 {
+            app.append(&l, k * 15_000, (k * 10) as f64).expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    s
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineOptions::default())
+}
+
+#[test]
+fn instant_and_range_results() {
+    let s = store(6);
+    let ctx = Context::background();
+    let r = engine()
+        .instant_query(
+            &s,
+            &ctx,
+            "sum by (job) (rate(http_requests_total[5m]))",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    let Value::Vector(v) = r.value else {
+        panic!("vector expected")
+    };
+    assert_eq!(v.len(), 3);
+    for smp in &v {
+        // Two series per job, each 10 per 15s = 2/3 per second.
+        assert!((smp.v - 4.0 / 3.0).abs() < 1e-9, "{smp:?}");
+        assert_eq!(smp.t_ms, 600_000);
+        assert!(smp.labels.metric_name().is_none());
+    }
+    let r = engine()
+        .range_query(
+            &s,
+            &ctx,
+            "http_requests_total{instance=\"i-0\"}",
+            0,
+            600_000,
+            60_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    let Value::Matrix(m) = r.value else {
+        panic!("matrix expected")
+    };
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].points.len(), 11);
+    assert_eq!(m[0].labels.metric_name(), Some("http_requests_total"));
+    let r = engine()
+        .instant_query(&s, &ctx, "1 + 2", 0, &QueryOptions::default())
+        .expect("query");
+    assert_eq!(r.value, Value::Scalar { t_ms: 0, v: 3.0 });
+    let r = engine()
+        .instant_query(&s, &ctx, "\"hi\"", 5, &QueryOptions::default())
+        .expect("query");
+    assert_eq!(
+        r.value,
+        Value::String {
+            t_ms: 5,
+            s: "hi".into()
+        }
+    );
+}
+
+#[test]
+fn errors_map_to_http_error_types() {
+    let s = store(3);
+    let ctx = Context::background();
+    let e = engine()
+        .instant_query(&s, &ctx, "sum(", 0, &QueryOptions::default())
+        .expect_err("parse error");
+    assert!(matches!(e, Error::Parse(_)));
+    assert_eq!(e.error_type(), "bad_data");
+    assert!(e.to_string().contains("parse error"), "{e}");
+
+    let e = engine()
+        .range_query(
+            &s,
+            &ctx,
+            "http_requests_total[5m]",
+            0,
+            60_000,
+            15_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("range vector in range query");
+    assert_eq!(e.error_type(), "execution");
+    assert_eq!(
+        e.to_string(),
+        "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector"
+    );
+
+    let s6 = store(6);
+    let e = engine()
+        .instant_query(
+            &s6,
+            &ctx,
+            "label_replace(http_requests_total, \"instance\", \"x\", \"job\", \".*\")",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("duplicate series");
+    assert_eq!(
+        e.to_string(),
+        "vector cannot contain metrics with the same labelset"
+    );
+    assert_eq!(e.error_type(), "execution");
+}
+
+#[test]
+fn too_many_samples() {
+    let s = store(20);
+    let small = Engine::new(EngineOptions {
+        max_samples: 100,
+        ..EngineOptions::default()
+    });
+    let e = small
+        .range_query(
+            &s,
+            &Context::background(),
+            "http_requests_total",
+            0,
+            600_000,
+            15_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("over the limit");
+    assert!(matches!(e, Error::TooManySamples));
+    assert_eq!(
+        e.to_string(),
+        "query processing would load too many samples into memory in query execution"
+    );
+    assert_eq!(e.error_type(), "execution");
+}
+
+#[test]
+fn series_limit_truncates_or_fails() {
+    let s = store(10);
+    let ctx = Context::background();
+    let opts = QueryOptions {
+        max_fetched_series: 4,
+        ..QueryOptions::default()
+    };
+    let r = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 600_000, &opts)
+        .expect("truncated");
+    assert!(r.series_limited);
+    let Value::Vector(v) = r.value else {
+        panic!("vector expected")
+    };
+    assert_eq!(v.len(), 4);
+    let opts = QueryOptions {
+        max_fetched_series: 4,
+        require_exhaustive: true,
+        ..QueryOptions::default()
+    };
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 600_000, &opts)
+        .expect_err("exhaustive");
+    assert!(matches!(e, Error::TooManySeries { limit: 4 }));
+}
+
+#[test]
+fn cancellation_and_deadline() {
+    let s = store(3);
+    let ctx = Context::background();
+    ctx.cancel();
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 0, &QueryOptions::default())
+        .expect_err("canceled");
+    assert_eq!(e.error_type(), "canceled");
+    let ctx = Context::with_deadline(Instant::now() - Duration::from_millis(1));
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 0, &QueryOptions::default())
+        .expect_err("timed out");
+    assert_eq!(e.error_type(), "timeout");
+}
+
+#[test]
+fn annotations_are_rendered_with_positions() {
+    let s = store(3);
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "quantile(1.5, http_requests_total)",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert_eq!(
+        r.warnings,
+        vec![
+            "PromQL warning: quantile value should be between 0 and 1, got 1.5 (1:10)".to_string()
+        ]
+    );
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "rate(http_requests_total[5m]) + rate(\nfoo[5m])",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert!(r.infos.is_empty(), "{:?}", r.infos);
+}
+
+#[test]
+fn stats_are_collected() {
+    let s = store(5);
+    let r = engine()
+        .range_query(
+            &s,
+            &Context::background(),
+            "rate(http_requests_total[1m])",
+            0,
+            600_000,
+            60_000,
+            &QueryOptions {
+                enable_stats: true,
+                ..QueryOptions::default()
+            },
+        )
+        .expect("query");
+    assert_eq!(r.stats.series_fetched, 5);
+    assert!(r.stats.samples_fetched > 0);
+    assert!(r.stats.total_samples > 0);
+    assert!(r.stats.peak_samples > 0);
+    assert!(r.stats.total >= r.stats.eval);
+}
+
+#[test]
+fn format_and_parse_query() {
+    assert_eq!(
+        m3query_promql::format_query("sum by(job)(rate( x[5m] ))").expect("formats"),
+        "sum by (job) (rate(x[5m]))"
+    );
+    let j = m3query_promql::parse_query("up == 1").expect("parses");
+    assert_eq!(j["type"], "binaryExpr");
+    assert_eq!(j["op"], "==");
+    assert!(m3query_promql::format_query("up ==").is_err());
+}
+
+/// Records span names, to check the engine's spans exist and nest under the caller's.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(attrs.metadata().name().to_string());
+        }
+    }
+}
+
+#[test]
+fn spans_are_emitted() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let names = Names::default();
+    let sub = tracing_subscriber::registry().with(names.clone());
+    let s = store(2);
+    tracing::subscriber::with_default(sub, || {
+        let _root = tracing::info_span!("request").entered();
+        engine()
+            .instant_query(
+                &s,
+                &Context::background(),
+                "sum(http_requests_total)",
+                600_000,
+                &QueryOptions::default(),
+            )
+            .expect("query");
+    });
+    let got = names.0.lock().map(|v| v.clone()).unwrap_or_default();
+    for want in ["promql.parse", "storage.select", "promql.eval"] {
+        assert!(
+            got.iter().any(|n| n == want),
+            "missing span {want}: {got:?}"
+        );
+    }
+}
