@@ -536,6 +536,15 @@ fn count_values(
     mut grouping: Vec<String>,
 ) -> Result<Matrix> {
     let label = match a.param.as_ref().map(Expr::unwrap_parens) {
+        Some(Expr::String {
+            invalid_utf8: Some(b),
+            ..
+        }) => {
+            return Err(Error::exec(format!(
+                "invalid label name {}",
+                crate::parser::lexer::go_quote_bytes(b)
+            )));
+        }
         Some(Expr::String { val, .. }) => val.clone(),
         _ => String::new(),
     };

@@ -320,6 +320,18 @@ fn string_arg(c: &Call, i: usize) -> String {
     }
 }
 
+/// A string argument usable as a label name: non-empty valid UTF-8 (Prometheus 3.x rules).
+fn label_name_arg(c: &Call, i: usize) -> std::result::Result<String, String> {
+    match c.args.get(i).map(Expr::unwrap_parens) {
+        Some(Expr::String {
+            invalid_utf8: Some(b),
+            ..
+        }) => Err(String::from_utf8_lossy(b).into_owned()),
+        Some(Expr::String { val, .. }) if !val.is_empty() => Ok(val.clone()),
+        _ => Err(String::new()),
+    }
+}
+
 fn sort_by_label(c: &Call, v: &[Vec<Elem>], o: &mut Vec<Elem>, desc: bool) -> Result<()> {
     let labels: Vec<String> = (1..c.args.len()).map(|i| string_arg(c, i)).collect();
     o.extend(v[0].iter().cloned());
@@ -834,7 +846,6 @@ pub(crate) fn extend_floats(f: &[Point], mint: i64, maxt: i64, smoothed: bool) -
 
 /// `label_replace(v, dst, replacement, src, regex)`.
 pub(crate) fn label_replace(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
-    let dst = string_arg(c, 1);
     let repl = string_arg(c, 2);
     let src = string_arg(c, 3);
     let re_str = string_arg(c, 4);
@@ -843,11 +854,11 @@ pub(crate) fn label_replace(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> 
             "invalid regular expression in label_replace(): {re_str}"
         ))
     })?;
-    if dst.is_empty() {
-        return Err(Error::exec(format!(
-            "invalid destination label name in label_replace(): {dst}"
-        )));
-    }
+    let dst = label_name_arg(c, 1).map_err(|d| {
+        Error::exec(format!(
+            "invalid destination label name in label_replace(): {d}"
+        ))
+    })?;
     let mut m = ev.eval_matrix(&c.args[0])?;
     for s in &mut m {
         let src_val = s.labels.get(&src).unwrap_or("").to_string();
@@ -917,21 +928,20 @@ fn expand_go_template(caps: &regex::Captures<'_>, template: &str, out: &mut Stri
 
 /// `label_join(v, dst, separator, src...)`.
 pub(crate) fn label_join(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
-    let dst = string_arg(c, 1);
     let sep = string_arg(c, 2);
-    let srcs: Vec<String> = (3..c.args.len()).map(|i| string_arg(c, i)).collect();
-    for s in &srcs {
-        if s.is_empty() {
-            return Err(Error::exec(format!(
-                "invalid source label name in label_join(): {s}"
-            )));
-        }
+    let mut srcs: Vec<String> = Vec::with_capacity(c.args.len().saturating_sub(3));
+    for i in 3..c.args.len() {
+        srcs.push(
+            label_name_arg(c, i).map_err(|s| {
+                Error::exec(format!("invalid source label name in label_join(): {s}"))
+            })?,
+        );
     }
-    if dst.is_empty() {
-        return Err(Error::exec(format!(
-            "invalid destination label name in label_join(): {dst}"
-        )));
-    }
+    let dst = label_name_arg(c, 1).map_err(|d| {
+        Error::exec(format!(
+            "invalid destination label name in label_join(): {d}"
+        ))
+    })?;
     let mut m = ev.eval_matrix(&c.args[0])?;
     for s in &mut m {
         let vals: Vec<&str> = srcs.iter().map(|l| s.labels.get(l).unwrap_or("")).collect();

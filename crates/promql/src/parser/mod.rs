@@ -270,13 +270,24 @@ impl Parser<'_> {
             }
             Tok::String => {
                 self.next();
-                let val = lexer::unquote(self.text(t)).map_err(|e| {
+                let bytes = lexer::unquote_bytes(self.text(t)).map_err(|e| {
                     ParseError::new(
                         t.pos(),
                         format!("error unquoting string {:?}: {e}", self.text(t)),
                     )
                 })?;
-                Ok(Expr::String { val, pos: t.pos() })
+                Ok(match String::from_utf8(bytes) {
+                    Ok(val) => Expr::String {
+                        val,
+                        pos: t.pos(),
+                        invalid_utf8: None,
+                    },
+                    Err(e) => Expr::String {
+                        val: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        pos: t.pos(),
+                        invalid_utf8: Some(e.into_bytes().into_boxed_slice()),
+                    },
+                })
             }
             Tok::LeftParen => {
                 self.next();

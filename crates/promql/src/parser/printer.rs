@@ -262,6 +262,10 @@ impl fmt::Display for Expr {
             }
             Expr::Number { val, .. } => f.write_str(&format_float_f(*val)),
             Expr::Paren(e, _) => write!(f, "({e})"),
+            Expr::String {
+                invalid_utf8: Some(b),
+                ..
+            } => f.write_str(&super::lexer::go_quote_bytes(b)),
             Expr::String { val, .. } => f.write_str(&go_quote(val)),
             Expr::Subquery(s) => {
                 write!(f, "{}[", s.expr)?;
