@@ -86,6 +86,9 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     if a.op == AggOp::CountValues {
         return count_values(ev, a, grouping);
     }
+    if let Some(out) = fused_over_rollup(ev, a, &grouping)? {
+        return Ok(out);
+    }
     let params = if a.op.has_param() {
         eval_params(ev, a.param.as_ref())?
     } else {
@@ -426,6 +429,217 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     }
     ev.add_samples(crate::value::total_points(&out))?;
     Ok(out)
+}
+
+/// Per (group, step) state of a fused aggregation.
+#[derive(Clone, Copy, Default)]
+struct Acc {
+    seen: bool,
+    incremental: bool,
+    value: f64,
+    mean: f64,
+    c: f64,
+    count: f64,
+}
+
+/// Series per group at or above which an aggregation of a rollup is fused.
+const FUSE_MIN_SERIES_PER_GROUP: usize = 4;
+/// Series whose rollups are materialized at once by a fused aggregation.
+const FUSE_CHUNK: usize = 4096;
+
+/// `sum|avg|count|min|max|group (rollup(selector[range]))` without materializing the rollup:
+/// each series' rollup is folded into its group's per-step state as soon as it is computed
+/// (VictoriaMetrics's incremental aggregation). Series are folded in input order, so every
+/// step sees the same additions in the same order as the plain path. `None` when the shape
+/// does not fit (or there are too few series per group to gain anything).
+fn fused_over_rollup(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    grouping: &[String],
+) -> Result<Option<Matrix>> {
+    if !matches!(
+        a.op,
+        AggOp::Sum | AggOp::Avg | AggOp::Count | AggOp::Min | AggOp::Max | AggOp::Group
+    ) {
+        return Ok(None);
+    }
+    let Expr::Call(c) = a.expr.unwrap_parens() else {
+        return Ok(None);
+    };
+    let crate::functions::FuncKind::Range(f) = crate::functions::kind(c.func.name) else {
+        return Ok(None);
+    };
+    if c.func.name == "absent_over_time" {
+        return Ok(None);
+    }
+    let Some((idx, Expr::MatrixSelector(ms))) = c
+        .args
+        .iter()
+        .map(Expr::unwrap_parens)
+        .enumerate()
+        .find(|(_, e)| matches!(e, Expr::MatrixSelector(_)))
+    else {
+        return Ok(None);
+    };
+    // Groups from the selected series' labels (a rollup keeps its input's labels).
+    let data = ev.sel.get(ms.vs.id).map(Vec::as_slice).unwrap_or_default();
+    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let mut series_group: Vec<usize> = Vec::with_capacity(data.len());
+    for s in data {
+        let key = if a.without {
+            s.labels.hash_without_labels(grouping)
+        } else if grouping.is_empty() {
+            0
+        } else {
+            s.labels.hash_for_labels(grouping)
+        };
+        let g = *key_to_group.entry(key).or_insert_with(|| {
+            group_labels.push(if a.without {
+                s.labels.without(grouping)
+            } else if grouping.is_empty() {
+                Labels::empty()
+            } else {
+                s.labels.keep(grouping)
+            });
+            group_labels.len() - 1
+        });
+        series_group.push(g);
+    }
+    if data.is_empty() || group_labels.len() * FUSE_MIN_SERIES_PER_GROUP > data.len() {
+        return Ok(None);
+    }
+
+    let name = c.func.name;
+    let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+    let prep = ev.prepare_range_call(c, idx)?;
+    let spec = ev.window_spec(c, idx, &prep, f);
+    let steps = ev.num_steps();
+    let ngroups = group_labels.len();
+    ev.add_samples(ngroups * steps)?;
+    let mut accs = vec![Acc::default(); ngroups * steps];
+    let mut group_drop = vec![false; ngroups];
+    let mut annos = crate::annotations::Annotations::new();
+    let arg_pos = c.args[idx].pos();
+    for (chunk_no, chunk) in prep.inputs.chunks(FUSE_CHUNK).enumerate() {
+        let results = ev.run_rollups(&spec, chunk)?;
+        let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
+        ev.add_samples(max_window)?;
+        ev.release_samples(max_window);
+        for (i, (input, r)) in chunk.iter().zip(results).enumerate() {
+            if let Some(e) = r.err {
+                return Err(e);
+            }
+            annos.merge(r.annos);
+            if r.points.is_empty() {
+                continue;
+            }
+            if matches!(name, "rate" | "increase")
+                && let Some(mn) = input.labels.metric_name()
+                && !mn.ends_with("_total")
+                && !mn.ends_with("_sum")
+                && !mn.ends_with("_count")
+                && !mn.ends_with("_bucket")
+            {
+                annos.info(msg::possible_non_counter(mn), arg_pos);
+            }
+            let g = series_group[chunk_no * FUSE_CHUNK + i];
+            group_drop[g] |= !keeps_name || input.drop_name;
+            let row = &mut accs[g * steps..(g + 1) * steps];
+            for p in &r.points {
+                let k = ((p.t_ms - ev.start) / ev.interval) as usize;
+                if let Some(acc) = row.get_mut(k) {
+                    fold(a.op, acc, p.v);
+                }
+            }
+        }
+    }
+    ev.annos.merge(annos);
+    ev.release_samples(ngroups * steps);
+    let mut out: Matrix = Vec::with_capacity(ngroups);
+    for (g, labels) in group_labels.into_iter().enumerate() {
+        let row = &accs[g * steps..(g + 1) * steps];
+        let points: Vec<Point> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, acc)| acc.seen)
+            .map(|(k, acc)| Point {
+                t_ms: ev.start + k as i64 * ev.interval,
+                v: finish(a.op, acc),
+            })
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        ev.add_samples(points.len())?;
+        out.push(ESeries {
+            labels,
+            points,
+            drop_name: group_drop[g],
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Folds one value into a group's state, exactly as the per-step path does.
+#[inline]
+fn fold(op: AggOp, g: &mut Acc, f: f64) {
+    if !g.seen {
+        *g = Acc {
+            seen: true,
+            value: if op == AggOp::Group { 1.0 } else { f },
+            mean: f,
+            count: 1.0,
+            ..Acc::default()
+        };
+        return;
+    }
+    match op {
+        AggOp::Sum => (g.value, g.c) = kahan_inc(f, g.value, g.c),
+        AggOp::Avg => {
+            g.count += 1.0;
+            if !g.incremental {
+                let (nv, nc) = kahan_inc(f, g.value, g.c);
+                if !nv.is_infinite() {
+                    g.value = nv;
+                    g.c = nc;
+                    return;
+                }
+                g.incremental = true;
+                g.mean = g.value / (g.count - 1.0);
+                g.c /= g.count - 1.0;
+            }
+            let q = (g.count - 1.0) / g.count;
+            (g.mean, g.c) = kahan_inc(f / g.count, q * g.mean, q * g.c);
+        }
+        AggOp::Max if g.value < f || g.value.is_nan() => g.value = f,
+        AggOp::Min if g.value > f || g.value.is_nan() => g.value = f,
+        AggOp::Count => g.count += 1.0,
+        _ => {}
+    }
+}
+
+/// A group's value at a step.
+#[inline]
+fn finish(op: AggOp, g: &Acc) -> f64 {
+    match op {
+        AggOp::Avg => {
+            if g.incremental {
+                g.mean + g.c
+            } else {
+                g.value / g.count + g.c / g.count
+            }
+        }
+        AggOp::Count => g.count,
+        AggOp::Sum => {
+            if g.value.is_infinite() {
+                g.value
+            } else {
+                g.value + g.c
+            }
+        }
+        _ => g.value,
+    }
 }
 
 fn advance_all(input: &Matrix, cursors: &mut [usize], ts: i64) {

@@ -423,10 +423,10 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Evaluates a function over a range vector argument: per series, per step, a window.
-    fn eval_range_call(&mut self, c: &Call, idx: usize, f: functions::RangeFn) -> Result<Matrix> {
+    /// Evaluates the arguments of a rollup call: its scalar arguments (one value per step)
+    /// and its range-vector input series.
+    pub(crate) fn prepare_range_call(&mut self, c: &Call, idx: usize) -> Result<RangeCallPrep<'a>> {
         let name = c.func.name;
-        // Scalar arguments, one value per step.
         let steps = self.num_steps();
         let mut scalars: Vec<Vec<f64>> = Vec::new();
         for (i, a) in c.args.iter().enumerate() {
@@ -445,14 +445,9 @@ impl<'a> Evaluator<'a> {
             }
             scalars.push(vals);
         }
-
-        struct Input<'s> {
-            labels: Labels,
-            points: std::borrow::Cow<'s, [Point]>,
-            drop_name: bool,
-        }
         let arg = c.args[idx].unwrap_parens();
-        let (inputs, range_ms, offset_ms, at, anchored, smoothed, sub_total) = match arg {
+        let sel: &'a [Vec<SelSeries>] = self.sel;
+        let prep = match arg {
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
                 if vs.anchored && !functions::ANCHORED_SAFE.contains(&name) {
@@ -467,97 +462,108 @@ impl<'a> Evaluator<'a> {
                         functions::SMOOTHED_SAFE.join(", ")
                     )));
                 }
-                let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
-                let inputs: Vec<Input<'_>> = data
-                    .iter()
-                    .map(|s| Input {
-                        labels: s.labels.clone(),
-                        points: std::borrow::Cow::Borrowed(s.range_points()),
-                        drop_name: false,
-                    })
-                    .collect();
-                (
-                    inputs,
-                    ms.range_ms,
-                    vs.original_offset_ms,
-                    vs.timestamp,
-                    vs.anchored,
-                    vs.smoothed,
-                    0,
-                )
+                let data = sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+                RangeCallPrep {
+                    inputs: data
+                        .iter()
+                        .map(|s| RollupInput {
+                            labels: s.labels.clone(),
+                            points: std::borrow::Cow::Borrowed(s.range_points()),
+                            drop_name: false,
+                        })
+                        .collect(),
+                    scalars,
+                    range_ms: ms.range_ms,
+                    offset_ms: vs.original_offset_ms,
+                    at: vs.timestamp,
+                    anchored: vs.anchored,
+                    smoothed: vs.smoothed,
+                    held: 0,
+                }
             }
             Expr::Subquery(sq) => {
                 let m = self.eval_subquery(sq)?;
-                let total = total_points(&m);
-                let inputs = m
-                    .into_iter()
-                    .map(|s| Input {
-                        labels: s.labels,
-                        points: std::borrow::Cow::Owned(s.points),
-                        drop_name: s.drop_name,
-                    })
-                    .collect();
-                (
-                    inputs,
-                    sq.range_ms,
-                    sq.original_offset_ms,
-                    sq.timestamp,
-                    false,
-                    false,
-                    total,
-                )
+                let held = total_points(&m);
+                RangeCallPrep {
+                    inputs: m
+                        .into_iter()
+                        .map(|s| RollupInput {
+                            labels: s.labels,
+                            points: std::borrow::Cow::Owned(s.points),
+                            drop_name: s.drop_name,
+                        })
+                        .collect(),
+                    scalars,
+                    range_ms: sq.range_ms,
+                    offset_ms: sq.original_offset_ms,
+                    at: sq.timestamp,
+                    anchored: false,
+                    smoothed: false,
+                    held,
+                }
             }
             _ => return Err(Error::exec("expected a range vector argument")),
         };
+        Ok(prep)
+    }
 
-        let keeps_name = matches!(name, "last_over_time" | "first_over_time");
-        let ext_left = if anchored || smoothed {
-            self.lookback
-        } else {
-            0
-        };
-        let ext_right = if smoothed { self.lookback } else { 0 };
-        let param_pos = c
-            .args
-            .iter()
-            .enumerate()
-            .find(|(i, _)| *i != idx)
-            .map(|(_, a)| a.pos());
-        let spec = WindowSpec {
+    /// The window parameters shared by every series of a rollup call.
+    pub(crate) fn window_spec<'s>(
+        &self,
+        c: &Call,
+        idx: usize,
+        prep: &'s RangeCallPrep<'_>,
+        f: functions::RangeFn,
+    ) -> WindowSpec<'s> {
+        let ext = prep.anchored || prep.smoothed;
+        WindowSpec {
             start: self.start,
             interval: self.interval,
             steps: self.num_steps(),
-            at,
-            offset_ms,
-            range_ms,
-            ext_left,
-            ext_right,
-            anchored,
-            smoothed,
+            at: prep.at,
+            offset_ms: prep.offset_ms,
+            range_ms: prep.range_ms,
+            ext_left: if ext { self.lookback } else { 0 },
+            ext_right: if prep.smoothed { self.lookback } else { 0 },
+            anchored: prep.anchored,
+            smoothed: prep.smoothed,
             pos: c.pos,
-            param_pos,
-            scalars: &scalars,
+            param_pos: c
+                .args
+                .iter()
+                .enumerate()
+                .find(|(i, _)| *i != idx)
+                .map(|(_, a)| a.pos()),
+            scalars: &prep.scalars,
             f,
-        };
+        }
+    }
+
+    /// Runs the rollup over `inputs`, in parallel when there are many.
+    pub(crate) fn run_rollups(
+        &self,
+        spec: &WindowSpec<'_>,
+        inputs: &[RollupInput<'_>],
+    ) -> Result<Vec<SeriesRollup>> {
+        self.check()?;
+        if inputs.len() >= self.parallel_threshold {
+            use rayon::prelude::*;
+            return Ok(inputs.par_iter().map(|i| spec.run(&i.points)).collect());
+        }
+        Ok(inputs.iter().map(|i| spec.run(&i.points)).collect())
+    }
+
+    /// Evaluates a function over a range vector argument: per series, per step, a window.
+    fn eval_range_call(&mut self, c: &Call, idx: usize, f: functions::RangeFn) -> Result<Matrix> {
+        let name = c.func.name;
+        let prep = self.prepare_range_call(c, idx)?;
+        let inputs = &prep.inputs;
+        let sub_total = prep.held;
+        let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+        let spec = self.window_spec(c, idx, &prep, f);
         // One rollup per series; series are independent, so large inputs are spread over
         // threads. Each worker keeps its own context; annotations merge afterwards.
-        let results: Vec<SeriesRollup> = if inputs.len() >= self.parallel_threshold {
-            self.check()?;
-            use rayon::prelude::*;
-            inputs
-                .par_iter()
-                .map(|input| spec.run(&input.points))
-                .collect()
-        } else {
-            let mut v = Vec::with_capacity(inputs.len());
-            for (si, input) in inputs.iter().enumerate() {
-                if si % 256 == 0 {
-                    self.check()?;
-                }
-                v.push(spec.run(&input.points));
-            }
-            v
-        };
+        let results = self.run_rollups(&spec, inputs)?;
         self.check()?;
         let mut out: Matrix = Vec::with_capacity(inputs.len());
         let mut annos = Annotations::new();
@@ -706,8 +712,28 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// One input series of a rollup.
+pub(crate) struct RollupInput<'s> {
+    pub labels: Labels,
+    pub points: std::borrow::Cow<'s, [Point]>,
+    pub drop_name: bool,
+}
+
+/// A rollup call's evaluated arguments.
+pub(crate) struct RangeCallPrep<'s> {
+    pub inputs: Vec<RollupInput<'s>>,
+    pub scalars: Vec<Vec<f64>>,
+    pub range_ms: i64,
+    pub offset_ms: i64,
+    pub at: Option<i64>,
+    pub anchored: bool,
+    pub smoothed: bool,
+    /// Points held by a subquery input (released when done).
+    pub held: usize,
+}
+
 /// Everything a rollup over one series needs, shared by all series of a call.
-struct WindowSpec<'s> {
+pub(crate) struct WindowSpec<'s> {
     start: i64,
     interval: i64,
     steps: usize,
@@ -728,12 +754,12 @@ struct WindowSpec<'s> {
 }
 
 /// One series' rollup output.
-struct SeriesRollup {
-    points: Vec<Point>,
-    annos: Annotations,
-    err: Option<Error>,
+pub(crate) struct SeriesRollup {
+    pub points: Vec<Point>,
+    pub annos: Annotations,
+    pub err: Option<Error>,
     /// Most points one window held.
-    max_window: usize,
+    pub max_window: usize,
 }
 
 impl WindowSpec<'_> {

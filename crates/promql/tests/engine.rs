@@ -309,3 +309,81 @@ fn spans_are_emitted() {
         );
     }
 }
+
+/// Aggregations fused with the rollup beneath them give bit-identical results to the plain
+/// path (`+rate(...)` is not fused).
+#[test]
+fn fused_aggregation_matches_plain_path() {
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    for i in 0..40 {
+        let l = Labels::from_pairs([
+            ("__name__", "m_total".to_string()),
+            ("job", format!("j{}", i % 3)),
+            ("instance", format!("i{i}")),
+        ]);
+        for k in 0..60i64 {
+            let v = match (i, k) {
+                (7, 30) => f64::NAN,
+                (9, _) => 1e308 * (k as f64),
+                _ => ((k * (i + 1)) % 97) as f64 * 1.1,
+            };
+            app.append(&l, k * 10_000, v).expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    let ctx = Context::background();
+    for op in ["sum", "avg", "count", "min", "max", "group"] {
+        for f in [
+            "rate",
+            "increase",
+            "max_over_time",
+            "last_over_time",
+            "avg_over_time",
+        ] {
+            for g in ["by (job)", "without (instance)", ""] {
+                let fused = format!("{op} {g} ({f}(m_total[2m]))");
+                let plain = format!("{op} {g} (+{f}(m_total[2m]))");
+                let a = engine()
+                    .range_query(
+                        &s,
+                        &ctx,
+                        &fused,
+                        0,
+                        600_000,
+                        30_000,
+                        &QueryOptions::default(),
+                    )
+                    .expect("fused");
+                let b = engine()
+                    .range_query(
+                        &s,
+                        &ctx,
+                        &plain,
+                        0,
+                        600_000,
+                        30_000,
+                        &QueryOptions::default(),
+                    )
+                    .expect("plain");
+                let (Value::Matrix(a), Value::Matrix(b)) = (a.value, b.value) else {
+                    panic!("matrices expected")
+                };
+                assert_eq!(a.len(), b.len(), "{fused}");
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.labels, y.labels, "{fused}");
+                    assert_eq!(x.points.len(), y.points.len(), "{fused}");
+                    for (p, q) in x.points.iter().zip(&y.points) {
+                        assert_eq!(p.t_ms, q.t_ms, "{fused}");
+                        assert!(
+                            p.v.to_bits() == q.v.to_bits() || (p.v.is_nan() && q.v.is_nan()),
+                            "{fused}: {} vs {}",
+                            p.v,
+                            q.v
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
