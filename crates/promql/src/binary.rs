@@ -148,8 +148,8 @@ fn vector_vector(
     let mut present = vec![false; num_sigs];
     let mut right_idx: Vec<usize> = vec![usize::MAX; num_sigs];
     let mut matched_one: Vec<bool> = vec![false; num_sigs];
-    let mut matched_many: Vec<FastSet<Labels>> = vec![FastSet::default(); num_sigs];
-    let mut result_cache: FastMap<(Labels, Labels), Labels> = FastMap::default();
+    let mut matched_many: Vec<FastSet<u32>> = vec![FastSet::default(); num_sigs];
+    let mut result_cache = ResultCache::default();
 
     ev.range_eval(vec![lhs, rhs], move |_, _, v, out| {
         let (lv, rv) = (&v[0], &v[1]);
@@ -233,15 +233,15 @@ fn vector_vector(
                      s: usize,
                      out: &mut Vec<Elem>,
                      matched_one: &mut Vec<bool>,
-                     matched_many: &mut Vec<FastSet<Labels>>,
-                     result_cache: &mut FastMap<(Labels, Labels), Labels>|
+                     matched_many: &mut Vec<FastSet<u32>>,
+                     result_cache: &mut ResultCache|
          -> Result<()> {
             let (fl, fr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
             let (mut val, keep) = elem_binop(op, fl, fr);
             if return_bool {
                 val = if keep { 1.0 } else { 0.0 };
             }
-            let metric = result_metric(result_cache, &ls.labels, &rs.labels, op, &m);
+            let (metric, metric_id) = result_cache.get(ls, rs, op, &m);
             if m.card == Card::OneToOne {
                 if matched_one[s] {
                     return Err(Error::exec(
@@ -249,7 +249,7 @@ fn vector_vector(
                     ));
                 }
                 matched_one[s] = true;
-            } else if !matched_many[s].insert(metric.clone()) {
+            } else if !matched_many[s].insert(metric_id) {
                 return Err(Error::exec(
                     "multiple matches for labels: grouping labels must ensure unique matches",
                 ));
@@ -281,7 +281,7 @@ fn vector_vector(
                     v: fill,
                     t: ls.t,
                     drop_name: false,
-                    si: 0,
+                    si: SYNTHESIZED,
                 };
                 do_op(ls, &rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
@@ -302,7 +302,7 @@ fn vector_vector(
                     v: fill,
                     t: rs.t,
                     drop_name: false,
-                    si: 0,
+                    si: SYNTHESIZED,
                 };
                 do_op(&ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
@@ -311,18 +311,32 @@ fn vector_vector(
     })
 }
 
-/// The labels of a vector-vector result, as Prometheus's `resultMetric`.
-fn result_metric(
-    cache: &mut FastMap<(Labels, Labels), Labels>,
-    lhs: &Labels,
-    rhs: &Labels,
-    op: BinOp,
-    m: &VectorMatching,
-) -> Labels {
-    let key = (lhs.clone(), rhs.clone());
-    if let Some(l) = cache.get(&key) {
-        return l.clone();
+/// The series index of an element made up from a fill value.
+const SYNTHESIZED: usize = usize::MAX;
+
+/// Result labels per (many-side series, one-side series) pair, computed once per query
+/// rather than per step, with a small id per distinct label set for duplicate checks.
+#[derive(Default)]
+struct ResultCache {
+    by_pair: FastMap<(usize, usize), (Labels, u32)>,
+    ids: FastMap<Labels, u32>,
+}
+
+impl ResultCache {
+    fn get(&mut self, ls: &Elem, rs: &Elem, op: BinOp, m: &VectorMatching) -> (Labels, u32) {
+        if let Some((l, id)) = self.by_pair.get(&(ls.si, rs.si)) {
+            return (l.clone(), *id);
+        }
+        let l = result_metric(&ls.labels, &rs.labels, op, m);
+        let n = self.ids.len() as u32;
+        let id = *self.ids.entry(l.clone()).or_insert(n);
+        self.by_pair.insert((ls.si, rs.si), (l.clone(), id));
+        (l, id)
     }
+}
+
+/// The labels of a vector-vector result, as Prometheus's `resultMetric`.
+fn result_metric(lhs: &Labels, rhs: &Labels, op: BinOp, m: &VectorMatching) -> Labels {
     let mut b = lhs.builder();
     if op.changes_metric_schema() {
         b.del(METRIC_NAME).del("__type__").del("__unit__");
@@ -346,7 +360,5 @@ fn result_metric(
             }
         }
     }
-    let l = b.labels();
-    cache.insert(key, l.clone());
-    l
+    b.labels()
 }
