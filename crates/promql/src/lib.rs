@@ -122,7 +122,8 @@ pub fn parse(expr: &str) -> Result<parser::Expr> {
     Ok(parser::parse(expr)?)
 }
 
-/// Formats an expression as `/api/v1/format_query` does (Prometheus's printer).
+/// Formats an expression as `/api/v1/format_query` does (Prometheus's prettier: one line
+/// up to 100 characters, longer expressions split and indented).
 pub fn format_query(expr: &str) -> Result<String> {
-    Ok(parser::parse(expr)?.to_string())
+    Ok(parser::pretty(&parser::parse(expr)?))
 }

@@ -14,7 +14,7 @@ pub mod functions;
 pub mod lexer;
 mod printer;
 
-pub use printer::{format_float_f, format_float_g as printer_g, go_quote};
+pub use printer::{format_float_f, format_float_g as printer_g, go_quote, pretty};
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
 pub fn format_float_f_go(v: f64) -> String {
     format_float_f(v)
