@@ -45,7 +45,7 @@ fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
         any_nan: false,
     };
     for pt in &s.points {
-        let k = ((pt.t_ms - ev.start) / ev.interval) as usize;
+        let k = ((pt.t - ev.start) / ev.interval) as usize;
         if k < steps {
             p.values[k] = pt.v;
         }
@@ -215,7 +215,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         let mut groups_remaining = groups.len();
         for (si, s) in input.iter().enumerate() {
             let c = &mut cursors[si];
-            let Some(p) = s.points.get(*c).filter(|p| p.t_ms == ts) else {
+            let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
                 continue;
             };
             *c += 1;
@@ -349,7 +349,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                     if out_points[si].is_empty() {
                         out_drop[si] = input[si].drop_name;
                     }
-                    out_points[si].push(Point { t_ms: ts, v });
+                    out_points[si].push(Point { t: ts, v });
                     if steps == 1 {
                         instant_order.push(si);
                     }
@@ -385,7 +385,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 if g.drop_name {
                     out_drop[gi] = true;
                 }
-                out_points[gi].push(Point { t_ms: ts, v });
+                out_points[gi].push(Point { t: ts, v });
             }
         }
         let held: usize = out_points.iter().map(Vec::len).sum();
@@ -547,7 +547,7 @@ fn fused_over_rollup(
             group_drop[g] |= !keeps_name || input.drop_name;
             let row = &mut accs[g * steps..(g + 1) * steps];
             for p in &r.points {
-                let k = ((p.t_ms - ev.start) / ev.interval) as usize;
+                let k = ((p.t - ev.start) / ev.interval) as usize;
                 if let Some(acc) = row.get_mut(k) {
                     fold(a.op, acc, p.v);
                 }
@@ -564,7 +564,7 @@ fn fused_over_rollup(
             .enumerate()
             .filter(|(_, acc)| acc.seen)
             .map(|(k, acc)| Point {
-                t_ms: ev.start + k as i64 * ev.interval,
+                t: ev.start + k as i64 * ev.interval,
                 v: finish(a.op, acc),
             })
             .collect();
@@ -644,7 +644,7 @@ fn finish(op: AggOp, g: &Acc) -> f64 {
 
 fn advance_all(input: &Matrix, cursors: &mut [usize], ts: i64) {
     for (si, s) in input.iter().enumerate() {
-        if s.points.get(cursors[si]).is_some_and(|p| p.t_ms == ts) {
+        if s.points.get(cursors[si]).is_some_and(|p| p.t == ts) {
             cursors[si] += 1;
         }
     }

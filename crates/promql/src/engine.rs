@@ -10,7 +10,7 @@ use crate::annotations::Annotations;
 use crate::eval::{Counters, Evaluator, SelSeries, cleanup_names};
 use crate::parser::{Expr, ValueType};
 use crate::plan::{QueryTimes, SelectSpec, collect_selectors, preprocess};
-use crate::value::{ESeries, Point, Sample, Series, Val, Value};
+use crate::value::{ESeries, Sample, Series, Val, Value};
 use crate::{Error, Result, check_ctx};
 
 /// The longest lookback accepted (a year), so time arithmetic stays far from overflow.
@@ -304,8 +304,7 @@ impl Engine {
             let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
                 s.iter().append_range(start, end, &mut buf)?;
-                let points = buf.iter().map(|x| Point { t_ms: x.t, v: x.v }).collect();
-                Ok(SelSeries::new(s.labels().clone(), points))
+                Ok(SelSeries::new(s.labels().clone(), buf))
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
                 raw.par_iter()

@@ -158,7 +158,7 @@ impl<'a> Evaluator<'a> {
             Expr::Number { val, .. } => {
                 let v = *val;
                 self.add_samples(self.num_steps())?;
-                let points: Vec<Point> = self.step_ts().map(|t| Point { t_ms: t, v }).collect();
+                let points: Vec<Point> = self.step_ts().map(|t| Point { t: t, v }).collect();
                 Ok(Val::Matrix(vec![ESeries {
                     labels: Labels::empty(),
                     points,
@@ -217,28 +217,24 @@ impl<'a> Evaluator<'a> {
                     None => ts - vs.original_offset_ms,
                 };
                 // Samples are sorted: advance to the first sample after r.
-                if j > 0 && samples[j - 1].t_ms > r {
-                    j = samples.partition_point(|x| x.t_ms <= r);
+                if j > 0 && samples[j - 1].t > r {
+                    j = samples.partition_point(|x| x.t <= r);
                 }
-                while j < samples.len() && samples[j].t_ms <= r {
+                while j < samples.len() && samples[j].t <= r {
                     j += 1;
                 }
                 if j == 0 {
                     continue;
                 }
                 let x = samples[j - 1];
-                if x.t_ms <= r - self.lookback || is_stale_nan(x.v) {
+                if x.t <= r - self.lookback || is_stale_nan(x.v) {
                     continue;
                 }
                 if points.is_empty() {
                     points.reserve(steps);
                 }
-                let v = if timestamps {
-                    x.t_ms as f64 / 1000.0
-                } else {
-                    x.v
-                };
-                points.push(Point { t_ms: ts, v });
+                let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
+                points.push(Point { t: ts, v });
             }
             if !points.is_empty() {
                 self.add_samples(points.len())?;
@@ -265,24 +261,24 @@ impl<'a> Evaluator<'a> {
                     Some(t) => t - vs.original_offset_ms,
                     None => ts - vs.original_offset_ms,
                 };
-                let lo = samples.partition_point(|x| x.t_ms <= data_ts - self.lookback);
-                let hi = samples.partition_point(|x| x.t_ms <= data_ts + self.lookback);
+                let lo = samples.partition_point(|x| x.t <= data_ts - self.lookback);
+                let hi = samples.partition_point(|x| x.t <= data_ts + self.lookback);
                 let w = &samples[lo..hi];
                 if w.is_empty() {
                     continue;
                 }
                 // The last sample at or before data_ts, and the first after it.
-                let k = w.partition_point(|x| x.t_ms <= data_ts);
+                let k = w.partition_point(|x| x.t <= data_ts);
                 let v = match (k.checked_sub(1).map(|i| w[i]), w.get(k)) {
-                    (Some(a), _) if a.t_ms == data_ts => a.v,
+                    (Some(a), _) if a.t == data_ts => a.v,
                     (Some(a), Some(b)) => {
-                        a.v + (b.v - a.v) * (data_ts - a.t_ms) as f64 / (b.t_ms - a.t_ms) as f64
+                        a.v + (b.v - a.v) * (data_ts - a.t) as f64 / (b.t - a.t) as f64
                     }
                     (Some(a), None) => a.v,
                     (None, Some(b)) => b.v,
                     (None, None) => continue,
                 };
-                points.push(Point { t_ms: ts, v });
+                points.push(Point { t: ts, v });
             }
             if !points.is_empty() {
                 self.add_samples(points.len())?;
@@ -316,8 +312,8 @@ impl<'a> Evaluator<'a> {
                 wend
             };
             let rp = s.range_points();
-            let lo = rp.partition_point(|x| x.t_ms <= fetch_start);
-            let hi = rp.partition_point(|x| x.t_ms <= fetch_end);
+            let lo = rp.partition_point(|x| x.t <= fetch_start);
+            let hi = rp.partition_point(|x| x.t <= fetch_end);
             let mut points: Vec<Point> = rp[lo..hi].to_vec();
             if vs.anchored || vs.smoothed {
                 points = functions::extend_floats(&points, wstart, wend, vs.smoothed);
@@ -437,7 +433,7 @@ impl<'a> Evaluator<'a> {
             let mut vals = vec![f64::NAN; steps];
             if let Some(s) = m.first() {
                 for p in &s.points {
-                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    let k = ((p.t - self.start) / self.interval) as usize;
                     if k < steps {
                         vals[k] = p.v;
                     }
@@ -602,7 +598,7 @@ impl<'a> Evaluator<'a> {
             let mut present = vec![false; steps];
             for s in &out {
                 for p in &s.points {
-                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    let k = ((p.t - self.start) / self.interval) as usize;
                     if k < steps {
                         present[k] = true;
                     }
@@ -612,7 +608,7 @@ impl<'a> Evaluator<'a> {
                 .step_ts()
                 .enumerate()
                 .filter(|(k, _)| !present[*k])
-                .map(|(_, t)| Point { t_ms: t, v: 1.0 })
+                .map(|(_, t)| Point { t: t, v: 1.0 })
                 .collect();
             if points.is_empty() {
                 return Ok(Vec::new());
@@ -652,7 +648,7 @@ impl<'a> Evaluator<'a> {
                 for (si, s) in m.iter().enumerate() {
                     let c = &mut cursors[ai][si];
                     if let Some(p) = s.points.get(*c)
-                        && p.t_ms == ts
+                        && p.t == ts
                     {
                         *c += 1;
                         v.push(Elem {
@@ -677,7 +673,7 @@ impl<'a> Evaluator<'a> {
                     .drain(..)
                     .map(|e| ESeries {
                         labels: e.labels,
-                        points: vec![Point { t_ms: ts, v: e.v }],
+                        points: vec![Point { t: ts, v: e.v }],
                         drop_name: e.drop_name,
                     })
                     .collect();
@@ -688,15 +684,15 @@ impl<'a> Evaluator<'a> {
                 match index.get(&e.labels) {
                     Some(&i) => {
                         let s = &mut result[i];
-                        if s.points.last().is_some_and(|p| p.t_ms == ts) {
+                        if s.points.last().is_some_and(|p| p.t == ts) {
                             return Err(Error::exec(DUP_LABELSET));
                         }
-                        s.points.push(Point { t_ms: ts, v: e.v });
+                        s.points.push(Point { t: ts, v: e.v });
                     }
                     None => {
                         index.insert(e.labels.clone(), result.len());
                         let mut points = Vec::with_capacity(steps);
-                        points.push(Point { t_ms: ts, v: e.v });
+                        points.push(Point { t: ts, v: e.v });
                         result.push(ESeries {
                             labels: e.labels,
                             points,
@@ -787,19 +783,19 @@ impl WindowSpec<'_> {
             let wstart = wend - self.range_ms;
             let fetch_start = wstart - self.ext_left;
             let fetch_end = wend + self.ext_right;
-            if lo > 0 && pts[lo - 1].t_ms > fetch_start {
-                lo = pts.partition_point(|p| p.t_ms <= fetch_start);
+            if lo > 0 && pts[lo - 1].t > fetch_start {
+                lo = pts.partition_point(|p| p.t <= fetch_start);
             }
-            while lo < pts.len() && pts[lo].t_ms <= fetch_start {
+            while lo < pts.len() && pts[lo].t <= fetch_start {
                 lo += 1;
             }
             if hi < lo {
                 hi = lo;
             }
-            if hi > 0 && pts[hi - 1].t_ms > fetch_end {
-                hi = pts.partition_point(|p| p.t_ms <= fetch_end);
+            if hi > 0 && pts[hi - 1].t > fetch_end {
+                hi = pts.partition_point(|p| p.t <= fetch_end);
             }
-            while hi < pts.len() && pts[hi].t_ms <= fetch_end {
+            while hi < pts.len() && pts[hi].t <= fetch_end {
                 hi += 1;
             }
             let window = &pts[lo..hi.max(lo)];
@@ -816,7 +812,7 @@ impl WindowSpec<'_> {
                 if points.is_empty() {
                     points.reserve(self.steps - k);
                 }
-                points.push(Point { t_ms: ts, v });
+                points.push(Point { t: ts, v });
             }
             if rctx.err.is_some() {
                 break;
@@ -895,8 +891,8 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
         match out.last_mut() {
             Some(last) if last.labels == s.labels => {
                 last.points.extend(s.points);
-                last.points.sort_by_key(|p| p.t_ms);
-                if last.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+                last.points.sort_by_key(|p| p.t);
+                if last.points.windows(2).any(|w| w[0].t == w[1].t) {
                     return Err(Error::exec(DUP_LABELSET));
                 }
             }
@@ -927,8 +923,8 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
     }
     if merged_any {
         for s in &mut out {
-            s.points.sort_by_key(|p| p.t_ms);
-            if s.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+            s.points.sort_by_key(|p| p.t);
+            if s.points.windows(2).any(|w| w[0].t == w[1].t) {
                 return Err(Error::exec(DUP_LABELSET));
             }
         }

@@ -87,8 +87,8 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         }
         "first_over_time" => Range(|w, _| w.first().map(|p| p.v)),
         "last_over_time" => Range(|w, _| w.last().map(|p| p.v)),
-        "ts_of_first_over_time" => Range(|w, _| w.first().map(|p| p.t_ms as f64 / 1000.0)),
-        "ts_of_last_over_time" => Range(|w, _| w.last().map(|p| p.t_ms as f64 / 1000.0)),
+        "ts_of_first_over_time" => Range(|w, _| w.first().map(|p| p.t as f64 / 1000.0)),
+        "ts_of_last_over_time" => Range(|w, _| w.last().map(|p| p.t as f64 / 1000.0)),
         "present_over_time" => Range(|_, _| Some(1.0)),
         "absent_over_time" => Range(|_, _| Some(1.0)),
         "stddev_over_time" => Range(|w, _| Some(variance_over_time(w).sqrt())),
@@ -101,7 +101,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
             if w.len() < 2 {
                 return None;
             }
-            Some(linear_regression(w, w[0].t_ms).0)
+            Some(linear_regression(w, w[0].t).0)
         }),
         "predict_linear" => Range(|w, c| {
             if w.len() < 2 {
@@ -504,11 +504,11 @@ fn sum_over_time(w: &[Point]) -> f64 {
 
 fn compare_over_time(w: &[Point], cmp: fn(f64, f64) -> bool, ts: bool) -> Option<f64> {
     let first = w.first()?;
-    let (mut m, mut t) = (first.v, first.t_ms);
+    let (mut m, mut t) = (first.v, first.t);
     for p in w {
         if cmp(p.v, m) {
             m = p.v;
-            t = p.t_ms;
+            t = p.t;
         }
     }
     Some(if ts { t as f64 / 1000.0 } else { m })
@@ -556,7 +556,7 @@ fn first_index(w: &[Point], c: &RangeCtx) -> Option<usize> {
     if !c.anchored {
         return Some(0);
     }
-    let after = w.partition_point(|p| p.t_ms <= c.range_start);
+    let after = w.partition_point(|p| p.t <= c.range_start);
     if after >= w.len() {
         return None;
     }
@@ -588,7 +588,7 @@ fn instant_value(w: &[Point], is_rate: bool) -> Option<f64> {
         return None;
     }
     let (a, b) = (w[w.len() - 2], w[w.len() - 1]);
-    let interval = b.t_ms - a.t_ms;
+    let interval = b.t - a.t;
     if interval == 0 {
         return None;
     }
@@ -615,7 +615,7 @@ pub(crate) fn linear_regression(w: &[Point], intercept_time: i64) -> (f64, f64) 
             const_y = false;
         }
         n += 1.0;
-        let x = (p.t_ms - intercept_time) as f64 / 1e3;
+        let x = (p.t - intercept_time) as f64 / 1e3;
         (sx, cx) = kahan_inc(x, sx, cx);
         (sy, cy) = kahan_inc(p.v, sy, cy);
         (sxy, cxy) = kahan_inc(x * p.v, sxy, cxy);
@@ -694,9 +694,9 @@ fn extrapolated_rate(
             }
         }
     }
-    let mut to_start = (first.t_ms - c.range_start) as f64 / 1000.0;
-    let mut to_end = (c.range_end - last.t_ms) as f64 / 1000.0;
-    let sampled = (last.t_ms - first.t_ms) as f64 / 1000.0;
+    let mut to_start = (first.t - c.range_start) as f64 / 1000.0;
+    let mut to_end = (c.range_end - last.t) as f64 / 1000.0;
+    let sampled = (last.t - first.t) as f64 / 1000.0;
     let avg = sampled / (w.len() - 1) as f64;
     let threshold = avg * 1.1;
     if to_start >= threshold {
@@ -730,18 +730,18 @@ fn interpolate(p1: Point, p2: Point, t: i64, is_counter: bool) -> f64 {
     if is_counter && y2 < y1 {
         y1 = 0.0;
     }
-    y1 + (y2 - y1) * (t - p1.t_ms) as f64 / (p2.t_ms - p1.t_ms) as f64
+    y1 + (y2 - y1) * (t - p1.t) as f64 / (p2.t - p1.t) as f64
 }
 
 fn pick_left(f: &[Point], first: usize, start: i64, smoothed: bool, counter: bool) -> f64 {
-    if smoothed && f[first].t_ms < start && first + 1 < f.len() {
+    if smoothed && f[first].t < start && first + 1 < f.len() {
         return interpolate(f[first], f[first + 1], start, counter);
     }
     f[first].v
 }
 
 fn pick_right(f: &[Point], last: usize, end: i64, smoothed: bool, counter: bool) -> f64 {
-    if smoothed && last > 0 && f[last].t_ms > end {
+    if smoothed && last > 0 && f[last].t > end {
         return interpolate(f[last - 1], f[last], end, counter);
     }
     f[last].v
@@ -759,25 +759,25 @@ fn extended_rate(f: &[Point], c: &mut RangeCtx, is_counter: bool, is_rate: bool)
     }
     let (rs, re) = (c.range_start, c.range_end);
     let mut last = f.len() - 1;
-    let mut first = search(last, |i| f[i].t_ms > rs).saturating_sub(1);
+    let mut first = search(last, |i| f[i].t > rs).saturating_sub(1);
     if c.smoothed {
-        last = search(last, |i| f[i].t_ms >= re);
+        last = search(last, |i| f[i].t >= re);
     }
-    if f[last].t_ms <= rs {
+    if f[last].t <= rs {
         return None;
     }
-    if c.smoothed && f[first].t_ms > re {
+    if c.smoothed && f[first].t > re {
         return None;
     }
     let left = pick_left(f, first, rs, c.smoothed, is_counter);
     let right = pick_right(f, last, re, c.smoothed, is_counter);
     let mut result = right - left;
     if is_counter {
-        if f[first].t_ms <= rs {
+        if f[first].t <= rs {
             first += 1;
         }
         let mut last_i = last as isize;
-        if f[last].t_ms >= re {
+        if f[last].t >= re {
             last_i -= 1;
         }
         let inner: &[Point] = if (first as isize) <= last_i {
@@ -811,34 +811,28 @@ pub(crate) fn extend_floats(f: &[Point], mint: i64, maxt: i64, smoothed: bool) -
         return Vec::new();
     }
     let mut last = f.len() - 1;
-    let mut first = search(last, |i| f[i].t_ms > mint).saturating_sub(1);
+    let mut first = search(last, |i| f[i].t > mint).saturating_sub(1);
     if smoothed {
-        last = search(last, |i| f[i].t_ms >= maxt);
+        last = search(last, |i| f[i].t >= maxt);
     }
-    if f[last].t_ms <= mint {
+    if f[last].t <= mint {
         return Vec::new();
     }
     let left = pick_left(f, first, mint, smoothed, false);
     let right = pick_right(f, last, maxt, smoothed, false);
-    if f[first].t_ms <= mint {
+    if f[first].t <= mint {
         first += 1;
     }
     let mut last_i = last as isize;
-    if f[last].t_ms >= maxt {
+    if f[last].t >= maxt {
         last_i -= 1;
     }
     let mut out = Vec::with_capacity(f.len() + 2);
-    out.push(Point {
-        t_ms: mint,
-        v: left,
-    });
+    out.push(Point { t: mint, v: left });
     if (first as isize) <= last_i {
         out.extend_from_slice(&f[first..=last_i as usize]);
     }
-    out.push(Point {
-        t_ms: maxt,
-        v: right,
-    });
+    out.push(Point { t: maxt, v: right });
     out
 }
 
@@ -967,7 +961,7 @@ mod tests {
     use crate::parser::FUNCTIONS;
 
     fn pts(v: &[(i64, f64)]) -> Vec<Point> {
-        v.iter().map(|&(t_ms, v)| Point { t_ms, v }).collect()
+        v.iter().map(|&(t, v)| Point { t, v }).collect()
     }
 
     /// Every function the parser knows has an implementation or an explicit refusal, and

@@ -6,12 +6,9 @@ use m3query_model::Labels;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// One float point of a series.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Point {
-    pub t_ms: i64,
-    pub v: f64,
-}
+/// One float point of a series: the storage's sample type (`t` in ms, `v`), so decoded
+/// samples become evaluation input without a copy.
+pub use m3query_model::Sample as Point;
 
 /// One element of an instant vector.
 #[derive(Clone, Debug, PartialEq)]

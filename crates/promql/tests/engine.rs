@@ -374,7 +374,7 @@ fn fused_aggregation_matches_plain_path() {
                     assert_eq!(x.labels, y.labels, "{fused}");
                     assert_eq!(x.points.len(), y.points.len(), "{fused}");
                     for (p, q) in x.points.iter().zip(&y.points) {
-                        assert_eq!(p.t_ms, q.t_ms, "{fused}");
+                        assert_eq!(p.t, q.t, "{fused}");
                         assert!(
                             p.v.to_bits() == q.v.to_bits() || (p.v.is_nan() && q.v.is_nan()),
                             "{fused}: {} vs {}",

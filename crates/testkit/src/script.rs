@@ -788,11 +788,11 @@ impl EvalCmd {
                         ));
                     }
                     for (i, ((t, e), p)) in exp.iter().zip(&s.points).enumerate() {
-                        if *t != p.t_ms {
+                        if *t != p.t {
                             return Err(format!(
                                 "expected point {i} of {} at t={t}, got t={}\n got: {}",
                                 s.labels,
-                                p.t_ms,
+                                p.t,
                                 crate::describe(v)
                             ));
                         }
