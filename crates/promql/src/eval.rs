@@ -158,7 +158,7 @@ impl<'a> Evaluator<'a> {
             Expr::Number { val, .. } => {
                 let v = *val;
                 self.add_samples(self.num_steps())?;
-                let points: Vec<Point> = self.step_ts().map(|t| Point { t: t, v }).collect();
+                let points: Vec<Point> = self.step_ts().map(|t| Point { t, v }).collect();
                 Ok(Val::Matrix(vec![ESeries {
                     labels: Labels::empty(),
                     points,
@@ -608,7 +608,7 @@ impl<'a> Evaluator<'a> {
                 .step_ts()
                 .enumerate()
                 .filter(|(k, _)| !present[*k])
-                .map(|(_, t)| Point { t: t, v: 1.0 })
+                .map(|(_, t)| Point { t, v: 1.0 })
                 .collect();
             if points.is_empty() {
                 return Ok(Vec::new());
