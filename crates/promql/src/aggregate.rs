@@ -8,7 +8,7 @@ use crate::annotations::msg;
 use crate::eval::Evaluator;
 use crate::functions::kahan_inc;
 use crate::parser::{AggOp, AggregateExpr, Expr};
-use crate::value::{ESeries, Elem, FastMap, Matrix, Point};
+use crate::value::{ESeries, Elem, FastMap, Matrix, NO_OID, Point};
 use crate::{Error, Result};
 
 /// Per-step values of an aggregation parameter (`k`, `q`, ratio).
@@ -806,6 +806,7 @@ fn count_values(
                 t: ts,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
         }
         Ok(())

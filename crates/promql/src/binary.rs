@@ -7,7 +7,7 @@ use m3query_model::{Labels, METRIC_NAME};
 
 use crate::eval::Evaluator;
 use crate::parser::{BinOp, BinaryExpr, Card, ValueType, VectorMatching};
-use crate::value::{Elem, FastMap, FastSet, Matrix};
+use crate::value::{Elem, FastMap, FastSet, Matrix, NO_OID};
 use crate::{Error, Result};
 
 fn scalar_binop(op: BinOp, l: f64, r: f64) -> f64 {
@@ -63,6 +63,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                     t: ts,
                     drop_name: false,
                     si: 0,
+                    oid: NO_OID,
                 });
                 Ok(())
             })
@@ -89,6 +90,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                             t: e.t,
                             drop_name: e.drop_name || op.changes_metric_schema() || return_bool,
                             si: e.si,
+                            oid: e.si as u32,
                         });
                     }
                 }
@@ -110,6 +112,14 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
             });
             vector_vector(ev, op, return_bool, matching, lhs, rhs)
         }
+    }
+}
+
+/// An element passed through unchanged, identified by its input series.
+fn with_oid(e: &Elem, oid: usize) -> Elem {
+    Elem {
+        oid: oid as u32,
+        ..e.clone()
     }
 }
 
@@ -141,6 +151,7 @@ fn vector_vector(
         let n = ord.len();
         *ord.entry(h).or_insert(n)
     };
+    let lhs_len = lhs.len();
     let lsig: Vec<usize> = lhs.iter().map(|s| sig(&s.labels)).collect();
     let rsig: Vec<usize> = rhs.iter().map(|s| sig(&s.labels)).collect();
     let num_sigs = ord.len();
@@ -162,33 +173,37 @@ fn vector_vector(
                 for e in rv {
                     present[rsig[e.si]] = true;
                 }
-                out.extend(lv.iter().filter(|e| present[lsig[e.si]]).cloned());
+                out.extend(lv.iter().filter(|e| present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
                 return Ok(());
             }
             BinOp::Or => {
                 if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().cloned());
-                    out.extend(rv.iter().cloned());
+                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
+                    out.extend(rv.iter().map(|e| with_oid(e, lhs_len + e.si)));
                     return Ok(());
                 }
                 present.iter_mut().for_each(|p| *p = false);
                 for e in lv {
                     present[lsig[e.si]] = true;
-                    out.push(e.clone());
+                    out.push(with_oid(e, e.si));
                 }
-                out.extend(rv.iter().filter(|e| !present[rsig[e.si]]).cloned());
+                out.extend(
+                    rv.iter()
+                        .filter(|e| !present[rsig[e.si]])
+                        .map(|e| with_oid(e, lhs_len + e.si)),
+                );
                 return Ok(());
             }
             BinOp::Unless => {
                 if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().cloned());
+                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
                     return Ok(());
                 }
                 present.iter_mut().for_each(|p| *p = false);
                 for e in rv {
                     present[rsig[e.si]] = true;
                 }
-                out.extend(lv.iter().filter(|e| !present[lsig[e.si]]).cloned());
+                out.extend(lv.iter().filter(|e| !present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
                 return Ok(());
             }
             _ => {}
@@ -263,6 +278,7 @@ fn vector_vector(
                 t: ls.t,
                 drop_name: return_bool,
                 si: 0,
+                oid: metric_id,
             });
             Ok(())
         };
@@ -282,6 +298,7 @@ fn vector_vector(
                     t: ls.t,
                     drop_name: false,
                     si: SYNTHESIZED,
+                    oid: NO_OID,
                 };
                 do_op(ls, &rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
@@ -303,6 +320,7 @@ fn vector_vector(
                     t: rs.t,
                     drop_name: false,
                     si: SYNTHESIZED,
+                    oid: NO_OID,
                 };
                 do_op(&ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }

@@ -14,7 +14,7 @@ use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
     AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
-use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, Point, Val, total_points};
+use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, NO_OID, Point, Val, total_points};
 use crate::{Error, Result, check_ctx};
 
 /// The series one selector selected, samples decoded in time order.
@@ -532,6 +532,12 @@ impl<'a> Evaluator<'a> {
                 .map(|(_, a)| a.pos()),
             scalars: &prep.scalars,
             f,
+            replicate: prep.at.is_some()
+                && c.func.name != "predict_linear"
+                && prep
+                    .scalars
+                    .iter()
+                    .all(|s| s.windows(2).all(|w| w[0].to_bits() == w[1].to_bits())),
         }
     }
 
@@ -636,6 +642,7 @@ impl<'a> Evaluator<'a> {
         let mut out_vec: Vec<Elem> = Vec::new();
         let instant = self.start == self.end;
         let mut index: FastMap<Labels, usize> = FastMap::default();
+        let mut by_oid: Vec<usize> = Vec::new();
         let mut result: Matrix = Vec::new();
         let steps = self.num_steps();
         let mut out_total = 0usize;
@@ -657,6 +664,7 @@ impl<'a> Evaluator<'a> {
                             t: ts,
                             drop_name: s.drop_name,
                             si,
+                            oid: NO_OID,
                         });
                         gathered += 1;
                     }
@@ -681,6 +689,33 @@ impl<'a> Evaluator<'a> {
                 return Ok(mat);
             }
             for e in out_vec.drain(..) {
+                if e.oid != NO_OID {
+                    // The producer knows the output series: no label hashing per step.
+                    let k = e.oid as usize;
+                    if k >= by_oid.len() {
+                        by_oid.resize(k + 1, usize::MAX);
+                    }
+                    match by_oid[k] {
+                        usize::MAX => {
+                            by_oid[k] = result.len();
+                            let mut points = Vec::with_capacity(steps);
+                            points.push(Point { t: ts, v: e.v });
+                            result.push(ESeries {
+                                labels: e.labels,
+                                points,
+                                drop_name: e.drop_name,
+                            });
+                        }
+                        i => {
+                            let s = &mut result[i];
+                            if s.points.last().is_some_and(|p| p.t == ts) {
+                                return Err(Error::exec(DUP_LABELSET));
+                            }
+                            s.points.push(Point { t: ts, v: e.v });
+                        }
+                    }
+                    continue;
+                }
                 match index.get(&e.labels) {
                     Some(&i) => {
                         let s = &mut result[i];
@@ -747,6 +782,9 @@ pub(crate) struct WindowSpec<'s> {
     /// Scalar arguments, one value per step.
     scalars: &'s [Vec<f64>],
     f: functions::RangeFn,
+    /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
+    /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
+    replicate: bool,
 }
 
 /// One series' rollup output.
@@ -777,7 +815,12 @@ impl WindowSpec<'_> {
         let mut points = Vec::new();
         let mut max_window = 0;
         let (mut lo, mut hi) = (0usize, 0usize);
-        for k in 0..self.steps {
+        let steps = if self.replicate {
+            self.steps.min(1)
+        } else {
+            self.steps
+        };
+        for k in 0..steps {
             let ts = self.start + k as i64 * self.interval;
             let wend = self.at.unwrap_or(ts) - self.offset_ms;
             let wstart = wend - self.range_ms;
@@ -817,6 +860,16 @@ impl WindowSpec<'_> {
             if rctx.err.is_some() {
                 break;
             }
+        }
+        if self.replicate
+            && let Some(first) = points.first().copied()
+        {
+            points = (0..self.steps)
+                .map(|k| Point {
+                    t: self.start + k as i64 * self.interval,
+                    v: first.v,
+                })
+                .collect();
         }
         SeriesRollup {
             points,

@@ -13,7 +13,7 @@ use m3query_model::{Labels, METRIC_NAME, MatchOp};
 use crate::annotations::{Annotations, msg};
 use crate::eval::Evaluator;
 use crate::parser::{Call, Expr, PosRange};
-use crate::value::{Elem, Matrix, Point};
+use crate::value::{Elem, Matrix, NO_OID, Point};
 use crate::{Error, Result};
 
 /// Context a rollup sees for one window.
@@ -162,6 +162,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 t: 0,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
             Ok(())
         }),
@@ -197,6 +198,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                     t: e.t,
                     drop_name: true,
                     si: 0,
+                    oid: NO_OID,
                 });
             }
             Ok(())
@@ -211,6 +213,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 t: 0,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
             Ok(())
         }),
@@ -273,6 +276,7 @@ fn scalar_elem(v: f64) -> Elem {
         t: 0,
         drop_name: false,
         si: 0,
+        oid: NO_OID,
     }
 }
 
@@ -287,7 +291,8 @@ fn simple(v: &[Vec<Elem>], o: &mut Vec<Elem>, f: impl Fn(f64) -> f64) -> Result<
             v: f(e.v),
             t: e.t,
             drop_name: true,
-            si: 0,
+            si: e.si,
+            oid: e.si as u32,
         });
     }
     Ok(())
@@ -416,6 +421,7 @@ fn date(
             t: e.t,
             drop_name: true,
             si: 0,
+            oid: NO_OID,
         });
     }
     Ok(())

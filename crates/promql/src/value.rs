@@ -67,7 +67,13 @@ pub(crate) struct Elem {
     pub drop_name: bool,
     /// Index of the series this element came from in its argument's matrix.
     pub si: usize,
+    /// Output series identity, when the producer knows it (`NO_OID`: look the labels up).
+    /// Elements with the same `oid` in one `range_eval` belong to the same output series.
+    pub oid: u32,
 }
+
+/// "No known output identity" for [`Elem::oid`].
+pub(crate) const NO_OID: u32 = u32::MAX;
 
 /// What evaluating a node yields.
 #[derive(Debug)]
