@@ -532,6 +532,7 @@ impl<'a> Evaluator<'a> {
                 .map(|(_, a)| a.pos()),
             scalars: &prep.scalars,
             f,
+            counter: matches!(c.func.name, "rate" | "increase") && !ext,
             replicate: prep.at.is_some()
                 && c.func.name != "predict_linear"
                 && prep
@@ -785,6 +786,8 @@ pub(crate) struct WindowSpec<'s> {
     /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
     /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
     replicate: bool,
+    /// `rate`/`increase` over plain windows: track counter resets per series once.
+    counter: bool,
 }
 
 /// One series' rollup output.
@@ -811,6 +814,22 @@ impl WindowSpec<'_> {
             param_pos: self.param_pos,
             annos: Annotations::new(),
             err: None,
+            no_resets: false,
+        };
+        // For counter rollups: resets_before[i] counts resets among pts[1..=i], so a window
+        // [lo, hi) holds resets[lo+1..hi] = resets_before[hi-1] - resets_before[lo].
+        let resets_before: Vec<u32> = if self.counter {
+            let mut n = 0u32;
+            let mut v = Vec::with_capacity(pts.len());
+            for (i, p) in pts.iter().enumerate() {
+                if i > 0 && p.v < pts[i - 1].v {
+                    n += 1;
+                }
+                v.push(n);
+            }
+            v
+        } else {
+            Vec::new()
         };
         let mut points = Vec::new();
         let mut max_window = 0;
@@ -851,6 +870,10 @@ impl WindowSpec<'_> {
             rctx.range_end = wend;
             rctx.params.clear();
             rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            if self.counter {
+                let hi_i = lo + window.len() - 1;
+                rctx.no_resets = resets_before[hi_i] == resets_before[lo];
+            }
             if let Some(v) = (self.f)(window, &mut rctx) {
                 if points.is_empty() {
                     points.reserve(self.steps - k);

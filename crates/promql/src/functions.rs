@@ -33,6 +33,9 @@ pub(crate) struct RangeCtx {
     pub annos: Annotations,
     /// Set by a rollup to fail the query.
     pub err: Option<Error>,
+    /// True when the caller knows the window holds no counter reset (a value lower than the
+    /// one before it), so `rate`/`increase` can skip looking for them.
+    pub no_resets: bool,
 }
 
 /// A rollup: the value for one window, or `None` for no output at this step.
@@ -693,7 +696,7 @@ fn extrapolated_rate(
     let first = w[0];
     let last = w[w.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
+    if is_counter && !c.no_resets {
         for pair in w.windows(2) {
             if pair[1].v < pair[0].v {
                 result += pair[0].v;
@@ -1128,6 +1131,7 @@ mod tests {
             param_pos: None,
             annos: Annotations::new(),
             err: None,
+            no_resets: false,
         };
         let r = extrapolated_rate(&w, &mut c, true, true).expect("value");
         assert!((r - 1.0).abs() < 1e-9, "{r}");
