@@ -290,6 +290,8 @@ fn spans_are_emitted() {
     let sub = tracing_subscriber::registry().with(names.clone());
     let s = store(2);
     tracing::subscriber::with_default(sub, || {
+        // Other tests in this process may have cached "no subscriber is interested".
+        tracing::callsite::rebuild_interest_cache();
         let _root = tracing::info_span!("request").entered();
         engine()
             .instant_query(
