@@ -65,7 +65,12 @@ fn cpu_time() -> std::time::Duration {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the comm field.
     std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

@@ -510,7 +510,10 @@ impl<'a> Evaluator<'a> {
         idx: usize,
         prep: &'s RangeCallPrep<'_>,
         f: functions::RangeFn,
-    ) -> WindowSpec<'s> {
+    ) -> WindowSpec<'s>
+    where
+        'a: 's,
+    {
         let ext = prep.anchored || prep.smoothed;
         WindowSpec {
             start: self.start,
@@ -533,6 +536,7 @@ impl<'a> Evaluator<'a> {
             scalars: &prep.scalars,
             f,
             counter: matches!(c.func.name, "rate" | "increase") && !ext,
+            ctx: self.ctx,
             replicate: prep.at.is_some()
                 && c.func.name != "predict_linear"
                 && prep
@@ -788,6 +792,8 @@ pub(crate) struct WindowSpec<'s> {
     replicate: bool,
     /// `rate`/`increase` over plain windows: track counter resets per series once.
     counter: bool,
+    /// Checked before each series, so cancellation and deadlines stop parallel rollups too.
+    ctx: &'s Context,
 }
 
 /// One series' rollup output.
@@ -802,6 +808,14 @@ pub(crate) struct SeriesRollup {
 impl WindowSpec<'_> {
     /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
     fn run(&self, pts: &[Point]) -> SeriesRollup {
+        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
+            return SeriesRollup {
+                points: Vec::new(),
+                annos: Annotations::new(),
+                err: Some(e),
+                max_window: 0,
+            };
+        }
         let mut rctx = RangeCtx {
             ts: 0,
             range_start: 0,

@@ -1,7 +1,6 @@
 //! Engine behaviour through the public API: results, limits, cancellation, errors and their
 //! HTTP error types, annotations, stats, spans, format/parse helpers.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use m3query_model::Labels;
@@ -264,52 +263,6 @@ fn format_and_parse_query() {
     assert_eq!(j["type"], "binaryExpr");
     assert_eq!(j["op"], "==");
     assert!(m3query_promql::format_query("up ==").is_err());
-}
-
-/// Records span names, to check the engine's spans exist and nest under the caller's.
-#[derive(Clone, Default)]
-struct Names(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _id: &tracing::span::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(attrs.metadata().name().to_string());
-        }
-    }
-}
-
-#[test]
-fn spans_are_emitted() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let names = Names::default();
-    let sub = tracing_subscriber::registry().with(names.clone());
-    let s = store(2);
-    tracing::subscriber::with_default(sub, || {
-        // Other tests in this process may have cached "no subscriber is interested".
-        tracing::callsite::rebuild_interest_cache();
-        let _root = tracing::info_span!("request").entered();
-        engine()
-            .instant_query(
-                &s,
-                &Context::background(),
-                "sum(http_requests_total)",
-                600_000,
-                &QueryOptions::default(),
-            )
-            .expect("query");
-    });
-    let got = names.0.lock().map(|v| v.clone()).unwrap_or_default();
-    for want in ["promql.parse", "storage.select", "promql.eval"] {
-        assert!(
-            got.iter().any(|n| n == want),
-            "missing span {want}: {got:?}"
-        );
-    }
 }
 
 /// Aggregations fused with the rollup beneath them give bit-identical results to the plain
