@@ -732,14 +732,23 @@ fn insertion_sort(v: &mut [(usize, f64)], less: impl Fn(&(usize, f64), &(usize, 
 }
 
 /// `limit_ratio`'s deterministic sampling offset in `[0, 1]` from the series' label hash
-/// (Prometheus's `HashRatioSampler`, xxhash64 over the label bytes).
+/// (Prometheus's `HashRatioSampler`: `labels.Hash()`, which in its default `stringlabels`
+/// build is XXH64 over the encoded labels, each string prefixed by its length: one byte
+/// below 255, else 0xFF and three little-endian bytes).
 fn ratio_offset(labels: &Labels) -> f64 {
+    fn put(buf: &mut Vec<u8>, s: &str) {
+        let n = s.len();
+        if n < 255 {
+            buf.push(n as u8);
+        } else {
+            buf.extend_from_slice(&[255, n as u8, (n >> 8) as u8, (n >> 16) as u8]);
+        }
+        buf.extend_from_slice(s.as_bytes());
+    }
     let mut buf = Vec::with_capacity(128);
     for l in labels.iter() {
-        buf.extend_from_slice(l.name.as_bytes());
-        buf.push(0xff);
-        buf.extend_from_slice(l.value.as_bytes());
-        buf.push(0xff);
+        put(&mut buf, &l.name);
+        put(&mut buf, &l.value);
     }
     crate::xxhash::xxh64(&buf, 0) as f64 / u64::MAX as f64
 }
