@@ -374,7 +374,7 @@ fn sorted(m: Vec<ESeries>) -> Vec<Series> {
         .filter(|s| !s.points.is_empty())
         .map(|s| Series {
             labels: s.labels,
-            points: s.points,
+            samples: s.points,
         })
         .collect()
 }

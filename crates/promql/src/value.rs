@@ -18,11 +18,11 @@ pub struct Sample {
     pub v: f64,
 }
 
-/// One series of a range result.
+/// One series of a range result: its labels and samples in time order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub labels: Labels,
-    pub points: Vec<Point>,
+    pub samples: Vec<Point>,
 }
 
 /// A query's result.

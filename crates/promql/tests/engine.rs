@@ -67,7 +67,7 @@ fn instant_and_range_results() {
         panic!("matrix expected")
     };
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0].points.len(), 11);
+    assert_eq!(m[0].samples.len(), 11);
     assert_eq!(m[0].labels.metric_name(), Some("http_requests_total"));
     let r = engine()
         .instant_query(&s, &ctx, "1 + 2", 0, &QueryOptions::default())
@@ -327,8 +327,8 @@ fn fused_aggregation_matches_plain_path() {
                 assert_eq!(a.len(), b.len(), "{fused}");
                 for (x, y) in a.iter().zip(&b) {
                     assert_eq!(x.labels, y.labels, "{fused}");
-                    assert_eq!(x.points.len(), y.points.len(), "{fused}");
-                    for (p, q) in x.points.iter().zip(&y.points) {
+                    assert_eq!(x.samples.len(), y.samples.len(), "{fused}");
+                    for (p, q) in x.samples.iter().zip(&y.samples) {
                         assert_eq!(p.t, q.t, "{fused}");
                         assert!(
                             p.v.to_bits() == q.v.to_bits() || (p.v.is_nan() && q.v.is_nan()),

@@ -463,7 +463,7 @@ impl Runner {
         };
         let mut vec = Vec::new();
         for s in m {
-            if let Some(p) = s.points.iter().find(|p| p.t == at) {
+            if let Some(p) = s.samples.iter().find(|p| p.t == at) {
                 vec.push(m3query_promql::Sample {
                     labels: s.labels,
                     t_ms: p.t,
@@ -614,7 +614,7 @@ pub fn describe(v: &Value) -> String {
             let mut out = format!("matrix of {}:", ms.len());
             for s in ms.iter().take(20) {
                 let pts: Vec<String> = s
-                    .points
+                    .samples
                     .iter()
                     .take(30)
                     .map(|p| format!("{}@{}", fmt_f(p.v), p.t))
