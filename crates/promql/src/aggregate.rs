@@ -482,7 +482,11 @@ fn fused_over_rollup(
         return Ok(None);
     };
     // Groups from the selected series' labels (a rollup keeps its input's labels).
-    let data = ev.sel.get(ms.vs.id).map(Vec::as_slice).unwrap_or_default();
+    let data = ev
+        .sel
+        .get(ms.vs.id)
+        .map(|v| v.as_slice())
+        .unwrap_or_default();
     let mut key_to_group: FastMap<u64, usize> = FastMap::default();
     let mut group_labels: Vec<Labels> = Vec::new();
     let mut series_group: Vec<usize> = Vec::with_capacity(data.len());

@@ -69,7 +69,7 @@ pub(crate) struct Evaluator<'a> {
     pub lookback: i64,
     pub ctx: &'a Context,
     pub queryable: &'a dyn Queryable,
-    pub sel: &'a [Vec<SelSeries>],
+    pub sel: &'a [std::sync::Arc<Vec<SelSeries>>],
     pub max_samples: usize,
     pub parallel_threshold: usize,
     pub counters: &'a mut Counters,
@@ -201,7 +201,11 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         timestamps: bool,
     ) -> Result<Matrix> {
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let steps = self.num_steps();
         let mut out = Vec::with_capacity(data.len());
         for (si, s) in data.iter().enumerate() {
@@ -251,7 +255,11 @@ impl<'a> Evaluator<'a> {
     /// A smoothed instant selector: the value interpolated between the samples around each
     /// step (Prometheus's `smoothSeries`).
     fn eval_smoothed_selector(&mut self, vs: &VectorSelector) -> Result<Matrix> {
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for s in data {
             let samples = s.range_points();
@@ -295,7 +303,11 @@ impl<'a> Evaluator<'a> {
     /// A range vector at the (single) evaluation time: raw samples with their timestamps.
     fn eval_matrix_selector(&mut self, ms: &MatrixSelector) -> Result<Matrix> {
         let vs = &ms.vs;
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let wend = vs.timestamp.unwrap_or(self.start) - vs.original_offset_ms;
         let wstart = wend - ms.range_ms;
         let mut out = Vec::new();
@@ -442,7 +454,7 @@ impl<'a> Evaluator<'a> {
             scalars.push(vals);
         }
         let arg = c.args[idx].unwrap_parens();
-        let sel: &'a [Vec<SelSeries>] = self.sel;
+        let sel: &'a [std::sync::Arc<Vec<SelSeries>>] = self.sel;
         let prep = match arg {
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
@@ -458,7 +470,7 @@ impl<'a> Evaluator<'a> {
                         functions::SMOOTHED_SAFE.join(", ")
                     )));
                 }
-                let data = sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+                let data = sel.get(vs.id).map(|v| v.as_slice()).unwrap_or_default();
                 RangeCallPrep {
                     inputs: data
                         .iter()
