@@ -151,21 +151,32 @@ impl Parser<'_> {
         self.tokens[self.i - 1].end
     }
 
+    /// Prometheus's `unexpected`: `unexpected <item> [in <context>][, expected <what>]`, the
+    /// item described as its `Item.desc()` does.
     fn unexpected_tok(&self, t: Token, context: &str, expected: &str) -> ParseError {
-        let mut msg = String::from("unexpected ");
-        if t.tok == Tok::Eof {
-            msg.push_str("end of input");
-        } else if matches!(t.tok, Tok::Identifier | Tok::MetricIdentifier) {
-            msg.push_str(&format!("identifier {:?}", self.text(t)));
-        } else if t.tok == Tok::Number || t.tok == Tok::Duration {
-            msg.push_str(&format!("{} {:?}", t.tok.describe(), self.text(t)));
-        } else if t.tok == Tok::String {
-            msg.push_str(&format!("string {}", self.text(t)));
-        } else if t.tok.binary_precedence().is_some() || t.tok.is_keyword_name() {
-            msg.push_str(&format!("<{}>", self.text(t).to_ascii_lowercase()));
-        } else {
-            msg.push_str(t.tok.describe());
-        }
+        let text = self.text(t);
+        let quoted = || {
+            if text.chars().count() > 10 {
+                let head: String = text.chars().take(10).collect();
+                format!("{head:?}...")
+            } else {
+                format!("{text:?}")
+            }
+        };
+        let desc = match t.tok {
+            Tok::Eof => "end of input".to_string(),
+            Tok::Identifier => format!("identifier {text:?}"),
+            Tok::MetricIdentifier => format!("metric identifier {text:?}"),
+            Tok::Number => format!("number {}", quoted()),
+            Tok::Duration => format!("duration {}", quoted()),
+            Tok::String => format!("string {}", quoted()),
+            tok if tok.is_aggregator() => format!("<aggr:{}>", text.to_ascii_lowercase()),
+            tok if tok.binary_precedence().is_some() => format!("<op:{text}>"),
+            Tok::EqlRegex | Tok::NeqRegex | Tok::At => format!("<op:{text}>"),
+            tok if tok.is_keyword_name() => format!("<{}>", text.to_ascii_lowercase()),
+            _ => format!("{text:?}"),
+        };
+        let mut msg = format!("unexpected {desc}");
         if !context.is_empty() {
             msg.push_str(" in ");
             msg.push_str(context);
