@@ -1,5 +1,5 @@
 //! m3query's PromQL engine: parses and evaluates PromQL with Prometheus 3.x semantics over any
-//! [`Queryable`].
+//! [`Queryable`](m3query_storage::Queryable).
 //!
 //! ```no_run
 //! use m3query_promql::{Engine, EngineOptions, QueryOptions};

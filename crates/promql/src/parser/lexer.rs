@@ -137,7 +137,7 @@ impl Tok {
             )
     }
 
-    /// How Prometheus names the token in "unexpected <x>" messages.
+    /// How Prometheus names the token in "unexpected `<x>`" messages.
     pub fn describe(self) -> &'static str {
         match self {
             Tok::Eof => "end of input",
