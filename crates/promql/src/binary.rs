@@ -6,7 +6,7 @@
 use m3query_model::{Labels, METRIC_NAME};
 
 use crate::eval::Evaluator;
-use crate::parser::{BinOp, BinaryExpr, Card, ValueType, VectorMatching};
+use crate::parser::{BinOp, BinaryExpr, Card, PosRange, ValueType, VectorMatching};
 use crate::value::{Elem, FastMap, FastSet, Matrix, NO_OID};
 use crate::{Error, Result};
 
@@ -71,8 +71,12 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
         (ValueType::Vector, ValueType::Scalar) | (ValueType::Scalar, ValueType::Vector) => {
             let swap = lt == ValueType::Scalar;
             let (vec_m, sc_m) = if swap { (rhs, lhs) } else { (lhs, rhs) };
-            ev.range_eval(vec![vec_m, sc_m], move |_, _, v, out| {
+            let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
+            ev.range_eval(vec![vec_m, sc_m], move |annos, _, v, out| {
                 let s = v[1].first().map_or(f64::NAN, |e| e.v);
+                if is_trim(op) && !v[0].is_empty() {
+                    annos.info(incompatible_types(op), pos);
+                }
                 for e in &v[0] {
                     let (lf, rf) = if swap { (s, e.v) } else { (e.v, s) };
                     let (mut val, mut keep) = elem_binop(op, lf, rf);
@@ -110,7 +114,8 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                 fill_lhs: None,
                 fill_rhs: None,
             });
-            vector_vector(ev, op, return_bool, matching, lhs, rhs)
+            let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
+            vector_vector(ev, op, return_bool, matching, lhs, rhs, pos)
         }
     }
 }
@@ -134,6 +139,7 @@ fn vector_vector(
     mut m: VectorMatching,
     lhs: Matrix,
     rhs: Matrix,
+    pos: PosRange,
 ) -> Result<Matrix> {
     if op.is_set() {
         m.card = Card::ManyToMany;
@@ -162,7 +168,7 @@ fn vector_vector(
     let mut matched_many: Vec<FastSet<u32>> = vec![FastSet::default(); num_sigs];
     let mut result_cache = ResultCache::default();
 
-    ev.range_eval(vec![lhs, rhs], move |_, _, v, out| {
+    ev.range_eval(vec![lhs, rhs], move |annos, _, v, out| {
         let (lv, rv) = (&v[0], &v[1]);
         match op {
             BinOp::And => {
@@ -243,7 +249,8 @@ fn vector_vector(
             matched_many.iter_mut().for_each(FastSet::clear);
         }
 
-        let do_op = |ls: &Elem,
+        let mut trimmed = false;
+        let mut do_op = |ls: &Elem,
                      rs: &Elem,
                      s: usize,
                      out: &mut Vec<Elem>,
@@ -253,6 +260,7 @@ fn vector_vector(
          -> Result<()> {
             let (fl, fr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
             let (mut val, keep) = elem_binop(op, fl, fr);
+            trimmed |= is_trim(op);
             if return_bool {
                 val = if keep { 1.0 } else { 0.0 };
             }
@@ -325,8 +333,24 @@ fn vector_vector(
                 do_op(&ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
         }
+        if trimmed {
+            annos.info(incompatible_types(op), pos);
+        }
         Ok(())
     })
+}
+
+/// `</` and `>/` trim native histogram buckets; on floats they yield nothing and an info.
+fn is_trim(op: BinOp) -> bool {
+    matches!(op, BinOp::TrimUpper | BinOp::TrimLower)
+}
+
+fn incompatible_types(op: BinOp) -> String {
+    format!(
+        "incompatible sample types encountered for binary operator {:?}: float {} float",
+        op.as_str(),
+        op.as_str()
+    )
 }
 
 /// The series index of an element made up from a fill value.

@@ -342,3 +342,22 @@ fn fused_aggregation_matches_plain_path() {
         }
     }
 }
+
+#[test]
+fn trim_operators_on_floats_yield_nothing_and_an_info() {
+    let s = store(2);
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "http_requests_total </ 5",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert_eq!(r.value, Value::Vector(vec![]));
+    assert_eq!(
+        r.infos,
+        vec!["PromQL info: incompatible sample types encountered for binary operator \"</\": float </ float (1:1)".to_string()]
+    );
+}
