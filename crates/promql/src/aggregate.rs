@@ -463,30 +463,44 @@ fn fused_over_rollup(
     ) {
         return Ok(None);
     }
-    let Expr::Call(c) = a.expr.unwrap_parens() else {
-        return Ok(None);
-    };
-    let crate::functions::FuncKind::Range(f) = crate::functions::kind(c.func.name) else {
-        return Ok(None);
-    };
-    if c.func.name == "absent_over_time" {
-        return Ok(None);
+    // The input: a rollup over a range selector, or a plain instant selector.
+    enum Src<'e> {
+        Rollup(
+            &'e crate::parser::Call,
+            usize,
+            crate::functions::RangeFn,
+            &'e crate::parser::MatrixSelector,
+        ),
+        Instant(&'e crate::parser::VectorSelector),
     }
-    let Some((idx, Expr::MatrixSelector(ms))) = c
-        .args
-        .iter()
-        .map(Expr::unwrap_parens)
-        .enumerate()
-        .find(|(_, e)| matches!(e, Expr::MatrixSelector(_)))
-    else {
-        return Ok(None);
+    let src = match a.expr.unwrap_parens() {
+        Expr::VectorSelector(vs) if !vs.smoothed => Src::Instant(vs),
+        Expr::Call(c) => {
+            let crate::functions::FuncKind::Range(f) = crate::functions::kind(c.func.name) else {
+                return Ok(None);
+            };
+            if c.func.name == "absent_over_time" {
+                return Ok(None);
+            }
+            let Some((idx, Expr::MatrixSelector(ms))) = c
+                .args
+                .iter()
+                .map(Expr::unwrap_parens)
+                .enumerate()
+                .find(|(_, e)| matches!(e, Expr::MatrixSelector(_)))
+            else {
+                return Ok(None);
+            };
+            Src::Rollup(c, idx, f, ms)
+        }
+        _ => return Ok(None),
+    };
+    let sel_id = match &src {
+        Src::Rollup(_, _, _, ms) => ms.vs.id,
+        Src::Instant(vs) => vs.id,
     };
     // Groups from the selected series' labels (a rollup keeps its input's labels).
-    let data = ev
-        .sel
-        .get(ms.vs.id)
-        .map(|v| v.as_slice())
-        .unwrap_or_default();
+    let data = ev.sel.get(sel_id).map(|v| v.as_slice()).unwrap_or_default();
     let mut key_to_group: FastMap<u64, usize> = FastMap::default();
     let mut group_labels: Vec<Labels> = Vec::new();
     let mut series_group: Vec<usize> = Vec::with_capacity(data.len());
@@ -514,46 +528,76 @@ fn fused_over_rollup(
         return Ok(None);
     }
 
-    let name = c.func.name;
-    let keeps_name = matches!(name, "last_over_time" | "first_over_time");
-    let prep = ev.prepare_range_call(c, idx)?;
-    let spec = ev.window_spec(c, idx, &prep, f);
     let steps = ev.num_steps();
     let ngroups = group_labels.len();
     ev.add_samples(ngroups * steps)?;
     let mut accs = vec![Acc::default(); ngroups * steps];
     let mut group_drop = vec![false; ngroups];
     let mut annos = crate::annotations::Annotations::new();
-    let arg_pos = c.args[idx].pos();
-    for (chunk_no, chunk) in prep.inputs.chunks(FUSE_CHUNK).enumerate() {
-        let results = ev.run_rollups(&spec, chunk)?;
-        let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
-        ev.add_samples(max_window)?;
-        ev.release_samples(max_window);
-        for (i, (input, r)) in chunk.iter().zip(results).enumerate() {
-            if let Some(e) = r.err {
-                return Err(e);
+    let (start, interval) = (ev.start, ev.interval);
+    let mut fold_series = |g: usize, points: &[Point], drop: bool| {
+        group_drop[g] |= drop;
+        let row = &mut accs[g * steps..(g + 1) * steps];
+        for p in points {
+            let k = ((p.t - start) / interval) as usize;
+            if let Some(acc) = row.get_mut(k) {
+                fold(a.op, acc, p.v);
             }
-            annos.merge(r.annos);
-            if r.points.is_empty() {
-                continue;
+        }
+    };
+    match src {
+        Src::Instant(vs) => {
+            for (chunk_no, chunk) in data.chunks(FUSE_CHUNK).enumerate() {
+                crate::check_ctx(ev.ctx, "expression evaluation")?;
+                let points: Vec<Vec<Point>> = if chunk.len() >= ev.parallel_threshold {
+                    use rayon::prelude::*;
+                    chunk
+                        .par_iter()
+                        .map(|s| ev.lookup_series(vs, &s.points, false))
+                        .collect()
+                } else {
+                    chunk
+                        .iter()
+                        .map(|s| ev.lookup_series(vs, &s.points, false))
+                        .collect()
+                };
+                for (i, p) in points.iter().enumerate() {
+                    if !p.is_empty() {
+                        fold_series(series_group[chunk_no * FUSE_CHUNK + i], p, false);
+                    }
+                }
             }
-            if matches!(name, "rate" | "increase")
-                && let Some(mn) = input.labels.metric_name()
-                && !mn.ends_with("_total")
-                && !mn.ends_with("_sum")
-                && !mn.ends_with("_count")
-                && !mn.ends_with("_bucket")
-            {
-                annos.info(msg::possible_non_counter(mn), arg_pos);
-            }
-            let g = series_group[chunk_no * FUSE_CHUNK + i];
-            group_drop[g] |= !keeps_name || input.drop_name;
-            let row = &mut accs[g * steps..(g + 1) * steps];
-            for p in &r.points {
-                let k = ((p.t - ev.start) / ev.interval) as usize;
-                if let Some(acc) = row.get_mut(k) {
-                    fold(a.op, acc, p.v);
+        }
+        Src::Rollup(c, idx, f, _) => {
+            let name = c.func.name;
+            let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+            let prep = ev.prepare_range_call(c, idx)?;
+            let spec = ev.window_spec(c, idx, &prep, f);
+            let arg_pos = c.args[idx].pos();
+            for (chunk_no, chunk) in prep.inputs.chunks(FUSE_CHUNK).enumerate() {
+                let results = ev.run_rollups(&spec, chunk)?;
+                for (i, (input, r)) in chunk.iter().zip(results).enumerate() {
+                    if let Some(e) = r.err {
+                        return Err(e);
+                    }
+                    annos.merge(r.annos);
+                    if r.points.is_empty() {
+                        continue;
+                    }
+                    if matches!(name, "rate" | "increase")
+                        && let Some(mn) = input.labels.metric_name()
+                        && !mn.ends_with("_total")
+                        && !mn.ends_with("_sum")
+                        && !mn.ends_with("_count")
+                        && !mn.ends_with("_bucket")
+                    {
+                        annos.info(msg::possible_non_counter(mn), arg_pos);
+                    }
+                    fold_series(
+                        series_group[chunk_no * FUSE_CHUNK + i],
+                        &r.points,
+                        !keeps_name || input.drop_name,
+                    );
                 }
             }
         }

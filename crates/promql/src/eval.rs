@@ -206,40 +206,12 @@ impl<'a> Evaluator<'a> {
             .get(vs.id)
             .map(|v| v.as_slice())
             .unwrap_or_default();
-        let steps = self.num_steps();
         let mut out = Vec::with_capacity(data.len());
         for (si, s) in data.iter().enumerate() {
             if si % 256 == 0 {
                 self.check()?;
             }
-            let mut points = Vec::new();
-            let samples = &s.points;
-            let mut j = 0usize;
-            for ts in self.step_ts() {
-                let r = match vs.timestamp {
-                    Some(t) => t - vs.original_offset_ms,
-                    None => ts - vs.original_offset_ms,
-                };
-                // Samples are sorted: advance to the first sample after r.
-                if j > 0 && samples[j - 1].t > r {
-                    j = samples.partition_point(|x| x.t <= r);
-                }
-                while j < samples.len() && samples[j].t <= r {
-                    j += 1;
-                }
-                if j == 0 {
-                    continue;
-                }
-                let x = samples[j - 1];
-                if x.t <= r - self.lookback || is_stale_nan(x.v) {
-                    continue;
-                }
-                if points.is_empty() {
-                    points.reserve(steps);
-                }
-                let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
-                points.push(Point { t: ts, v });
-            }
+            let points = self.lookup_series(vs, &s.points, timestamps);
             if !points.is_empty() {
                 self.add_samples(points.len())?;
                 out.push(ESeries {
@@ -250,6 +222,45 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// One series' instant-selector values at every step: the latest sample within the
+    /// lookback, unless it is a staleness marker. With `timestamps`, the sample's time in
+    /// seconds instead of its value.
+    pub(crate) fn lookup_series(
+        &self,
+        vs: &VectorSelector,
+        samples: &[Point],
+        timestamps: bool,
+    ) -> Vec<Point> {
+        let mut points = Vec::new();
+        let mut j = 0usize;
+        for ts in self.step_ts() {
+            let r = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            // Samples are sorted: advance to the first sample after r.
+            if j > 0 && samples[j - 1].t > r {
+                j = samples.partition_point(|x| x.t <= r);
+            }
+            while j < samples.len() && samples[j].t <= r {
+                j += 1;
+            }
+            if j == 0 {
+                continue;
+            }
+            let x = samples[j - 1];
+            if x.t <= r - self.lookback || is_stale_nan(x.v) {
+                continue;
+            }
+            if points.is_empty() {
+                points.reserve(self.num_steps());
+            }
+            let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
+            points.push(Point { t: ts, v });
+        }
+        points
     }
 
     /// A smoothed instant selector: the value interpolated between the samples around each
