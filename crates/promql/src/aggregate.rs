@@ -576,6 +576,11 @@ fn fused_over_rollup(
             let arg_pos = c.args[idx].pos();
             for (chunk_no, chunk) in prep.inputs.chunks(FUSE_CHUNK).enumerate() {
                 let results = ev.run_rollups(&spec, chunk)?;
+                // The largest window held counts towards the sample limit, as in the plain path.
+                let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
+                if ev.counters.cur + max_window > ev.max_samples {
+                    return Err(Error::TooManySamples);
+                }
                 for (i, (input, r)) in chunk.iter().zip(results).enumerate() {
                     if let Some(e) = r.err {
                         return Err(e);
