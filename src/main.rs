@@ -30,6 +30,21 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Runs Prometheus's PromQL test scripts (the promqltest `.test` format) against the
+    /// engine and in-memory storage; prints each failing eval, a breakdown by cause, and
+    /// `N passed, M failed`. Exits 0 when every eval passed, 1 otherwise.
+    Promqltest {
+        /// `.test` files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only the primary query of each eval, without Prometheus's harness's extra checks
+        /// (re-running instant evals with `@` and as range queries).
+        #[arg(long)]
+        lenient: bool,
+        /// Print only the breakdown and the summary line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 fn build_info() -> BuildInfo {
@@ -57,6 +72,25 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Promqltest {
+            files,
+            lenient,
+            quiet,
+        }) => {
+            let opts = m3query_testkit::RunOptions {
+                strict: !lenient,
+                show_failures: !quiet,
+            };
+            let mut out = std::io::stdout().lock();
+            match m3query_testkit::run_and_report(&files, &opts, &mut out) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("m3query: writing the report: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => {
             let cfg = match &cli.config {
                 Some(path) => match Config::load(path) {

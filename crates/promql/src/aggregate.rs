@@ -8,7 +8,7 @@ use crate::annotations::msg;
 use crate::eval::Evaluator;
 use crate::functions::kahan_inc;
 use crate::parser::{AggOp, AggregateExpr, Expr};
-use crate::value::{ESeries, Elem, FastMap, Matrix, Point};
+use crate::value::{ESeries, Elem, FastMap, Matrix, NO_OID, Point};
 use crate::{Error, Result};
 
 /// Per-step values of an aggregation parameter (`k`, `q`, ratio).
@@ -45,7 +45,7 @@ fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
         any_nan: false,
     };
     for pt in &s.points {
-        let k = ((pt.t_ms - ev.start) / ev.interval) as usize;
+        let k = ((pt.t - ev.start) / ev.interval) as usize;
         if k < steps {
             p.values[k] = pt.v;
         }
@@ -85,6 +85,9 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     grouping.sort();
     if a.op == AggOp::CountValues {
         return count_values(ev, a, grouping);
+    }
+    if let Some(out) = fused_over_rollup(ev, a, &grouping)? {
+        return Ok(out);
     }
     let params = if a.op.has_param() {
         eval_params(ev, a.param.as_ref())?
@@ -212,7 +215,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         let mut groups_remaining = groups.len();
         for (si, s) in input.iter().enumerate() {
             let c = &mut cursors[si];
-            let Some(p) = s.points.get(*c).filter(|p| p.t_ms == ts) else {
+            let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
                 continue;
             };
             *c += 1;
@@ -346,7 +349,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                     if out_points[si].is_empty() {
                         out_drop[si] = input[si].drop_name;
                     }
-                    out_points[si].push(Point { t_ms: ts, v });
+                    out_points[si].push(Point { t: ts, v });
                     if steps == 1 {
                         instant_order.push(si);
                     }
@@ -382,7 +385,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 if g.drop_name {
                     out_drop[gi] = true;
                 }
-                out_points[gi].push(Point { t_ms: ts, v });
+                out_points[gi].push(Point { t: ts, v });
             }
         }
         let held: usize = out_points.iter().map(Vec::len).sum();
@@ -428,9 +431,273 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     Ok(out)
 }
 
+/// Per (group, step) state of a fused aggregation.
+#[derive(Clone, Copy, Default)]
+struct Acc {
+    seen: bool,
+    incremental: bool,
+    value: f64,
+    mean: f64,
+    c: f64,
+    count: f64,
+}
+
+/// Series per group at or above which an aggregation of a rollup is fused.
+const FUSE_MIN_SERIES_PER_GROUP: usize = 4;
+/// Series whose rollups are materialized at once by a fused aggregation.
+const FUSE_CHUNK: usize = 4096;
+
+/// `sum|avg|count|min|max|group (rollup(selector[range]))` without materializing the rollup:
+/// each series' rollup is folded into its group's per-step state as soon as it is computed
+/// (VictoriaMetrics's incremental aggregation). Series are folded in input order, so every
+/// step sees the same additions in the same order as the plain path. `None` when the shape
+/// does not fit (or there are too few series per group to gain anything).
+fn fused_over_rollup(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    grouping: &[String],
+) -> Result<Option<Matrix>> {
+    if !matches!(
+        a.op,
+        AggOp::Sum | AggOp::Avg | AggOp::Count | AggOp::Min | AggOp::Max | AggOp::Group
+    ) {
+        return Ok(None);
+    }
+    // The input: a rollup over a range selector, or a plain instant selector.
+    enum Src<'e> {
+        Rollup(
+            &'e crate::parser::Call,
+            usize,
+            crate::functions::RangeFn,
+            &'e crate::parser::MatrixSelector,
+        ),
+        Instant(&'e crate::parser::VectorSelector),
+    }
+    let src = match a.expr.unwrap_parens() {
+        Expr::VectorSelector(vs) if !vs.smoothed => Src::Instant(vs),
+        Expr::Call(c) => {
+            let crate::functions::FuncKind::Range(f) = crate::functions::kind(c.func.name) else {
+                return Ok(None);
+            };
+            if c.func.name == "absent_over_time" {
+                return Ok(None);
+            }
+            let Some((idx, Expr::MatrixSelector(ms))) = c
+                .args
+                .iter()
+                .map(Expr::unwrap_parens)
+                .enumerate()
+                .find(|(_, e)| matches!(e, Expr::MatrixSelector(_)))
+            else {
+                return Ok(None);
+            };
+            Src::Rollup(c, idx, f, ms)
+        }
+        _ => return Ok(None),
+    };
+    let sel_id = match &src {
+        Src::Rollup(_, _, _, ms) => ms.vs.id,
+        Src::Instant(vs) => vs.id,
+    };
+    // Groups from the selected series' labels (a rollup keeps its input's labels).
+    let data = ev.sel.get(sel_id).map(|v| v.as_slice()).unwrap_or_default();
+    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let mut series_group: Vec<usize> = Vec::with_capacity(data.len());
+    for s in data {
+        let key = if a.without {
+            s.labels.hash_without_labels(grouping)
+        } else if grouping.is_empty() {
+            0
+        } else {
+            s.labels.hash_for_labels(grouping)
+        };
+        let g = *key_to_group.entry(key).or_insert_with(|| {
+            group_labels.push(if a.without {
+                s.labels.without(grouping)
+            } else if grouping.is_empty() {
+                Labels::empty()
+            } else {
+                s.labels.keep(grouping)
+            });
+            group_labels.len() - 1
+        });
+        series_group.push(g);
+    }
+    if data.is_empty() || group_labels.len() * FUSE_MIN_SERIES_PER_GROUP > data.len() {
+        return Ok(None);
+    }
+
+    let steps = ev.num_steps();
+    let ngroups = group_labels.len();
+    ev.add_samples(ngroups * steps)?;
+    let mut accs = vec![Acc::default(); ngroups * steps];
+    let mut group_drop = vec![false; ngroups];
+    let mut annos = crate::annotations::Annotations::new();
+    let (start, interval) = (ev.start, ev.interval);
+    let mut fold_series = |g: usize, points: &[Point], drop: bool| {
+        group_drop[g] |= drop;
+        let row = &mut accs[g * steps..(g + 1) * steps];
+        for p in points {
+            let k = ((p.t - start) / interval) as usize;
+            if let Some(acc) = row.get_mut(k) {
+                fold(a.op, acc, p.v);
+            }
+        }
+    };
+    match src {
+        Src::Instant(vs) => {
+            for (chunk_no, chunk) in data.chunks(FUSE_CHUNK).enumerate() {
+                crate::check_ctx(ev.ctx, "expression evaluation")?;
+                let points: Vec<Vec<Point>> = if chunk.len() >= ev.parallel_threshold {
+                    use rayon::prelude::*;
+                    chunk
+                        .par_iter()
+                        .map(|s| ev.lookup_series(vs, &s.points, false))
+                        .collect()
+                } else {
+                    chunk
+                        .iter()
+                        .map(|s| ev.lookup_series(vs, &s.points, false))
+                        .collect()
+                };
+                for (i, p) in points.iter().enumerate() {
+                    if !p.is_empty() {
+                        fold_series(series_group[chunk_no * FUSE_CHUNK + i], p, false);
+                    }
+                }
+            }
+        }
+        Src::Rollup(c, idx, f, _) => {
+            let name = c.func.name;
+            let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+            let prep = ev.prepare_range_call(c, idx)?;
+            let spec = ev.window_spec(c, idx, &prep, f);
+            let arg_pos = c.args[idx].pos();
+            for (chunk_no, chunk) in prep.inputs.chunks(FUSE_CHUNK).enumerate() {
+                let results = ev.run_rollups(&spec, chunk)?;
+                // The largest window held counts towards the sample limit, as in the plain path.
+                let max_window = results.iter().map(|r| r.max_window).max().unwrap_or(0);
+                if ev.counters.cur + max_window > ev.max_samples {
+                    return Err(Error::TooManySamples);
+                }
+                for (i, (input, r)) in chunk.iter().zip(results).enumerate() {
+                    if let Some(e) = r.err {
+                        return Err(e);
+                    }
+                    annos.merge(r.annos);
+                    if r.points.is_empty() {
+                        continue;
+                    }
+                    if matches!(name, "rate" | "increase")
+                        && let Some(mn) = input.labels.metric_name()
+                        && !mn.ends_with("_total")
+                        && !mn.ends_with("_sum")
+                        && !mn.ends_with("_count")
+                        && !mn.ends_with("_bucket")
+                    {
+                        annos.info(msg::possible_non_counter(mn), arg_pos);
+                    }
+                    fold_series(
+                        series_group[chunk_no * FUSE_CHUNK + i],
+                        &r.points,
+                        !keeps_name || input.drop_name,
+                    );
+                }
+            }
+        }
+    }
+    ev.annos.merge(annos);
+    ev.release_samples(ngroups * steps);
+    let mut out: Matrix = Vec::with_capacity(ngroups);
+    for (g, labels) in group_labels.into_iter().enumerate() {
+        let row = &accs[g * steps..(g + 1) * steps];
+        let points: Vec<Point> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, acc)| acc.seen)
+            .map(|(k, acc)| Point {
+                t: ev.start + k as i64 * ev.interval,
+                v: finish(a.op, acc),
+            })
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        ev.add_samples(points.len())?;
+        out.push(ESeries {
+            labels,
+            points,
+            drop_name: group_drop[g],
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Folds one value into a group's state, exactly as the per-step path does.
+#[inline]
+fn fold(op: AggOp, g: &mut Acc, f: f64) {
+    if !g.seen {
+        *g = Acc {
+            seen: true,
+            value: if op == AggOp::Group { 1.0 } else { f },
+            mean: f,
+            count: 1.0,
+            ..Acc::default()
+        };
+        return;
+    }
+    match op {
+        AggOp::Sum => (g.value, g.c) = kahan_inc(f, g.value, g.c),
+        AggOp::Avg => {
+            g.count += 1.0;
+            if !g.incremental {
+                let (nv, nc) = kahan_inc(f, g.value, g.c);
+                if !nv.is_infinite() {
+                    g.value = nv;
+                    g.c = nc;
+                    return;
+                }
+                g.incremental = true;
+                g.mean = g.value / (g.count - 1.0);
+                g.c /= g.count - 1.0;
+            }
+            let q = (g.count - 1.0) / g.count;
+            (g.mean, g.c) = kahan_inc(f / g.count, q * g.mean, q * g.c);
+        }
+        AggOp::Max if g.value < f || g.value.is_nan() => g.value = f,
+        AggOp::Min if g.value > f || g.value.is_nan() => g.value = f,
+        AggOp::Count => g.count += 1.0,
+        _ => {}
+    }
+}
+
+/// A group's value at a step.
+#[inline]
+fn finish(op: AggOp, g: &Acc) -> f64 {
+    match op {
+        AggOp::Avg => {
+            if g.incremental {
+                g.mean + g.c
+            } else {
+                g.value / g.count + g.c / g.count
+            }
+        }
+        AggOp::Count => g.count,
+        AggOp::Sum => {
+            if g.value.is_infinite() {
+                g.value
+            } else {
+                g.value + g.c
+            }
+        }
+        _ => g.value,
+    }
+}
+
 fn advance_all(input: &Matrix, cursors: &mut [usize], ts: i64) {
     for (si, s) in input.iter().enumerate() {
-        if s.points.get(cursors[si]).is_some_and(|p| p.t_ms == ts) {
+        if s.points.get(cursors[si]).is_some_and(|p| p.t == ts) {
             cursors[si] += 1;
         }
     }
@@ -518,14 +785,23 @@ fn insertion_sort(v: &mut [(usize, f64)], less: impl Fn(&(usize, f64), &(usize, 
 }
 
 /// `limit_ratio`'s deterministic sampling offset in `[0, 1]` from the series' label hash
-/// (Prometheus's `HashRatioSampler`, xxhash64 over the label bytes).
+/// (Prometheus's `HashRatioSampler`: `labels.Hash()`, which in its default `stringlabels`
+/// build is XXH64 over the encoded labels, each string prefixed by its length: one byte
+/// below 255, else 0xFF and three little-endian bytes).
 fn ratio_offset(labels: &Labels) -> f64 {
+    fn put(buf: &mut Vec<u8>, s: &str) {
+        let n = s.len();
+        if n < 255 {
+            buf.push(n as u8);
+        } else {
+            buf.extend_from_slice(&[255, n as u8, (n >> 8) as u8, (n >> 16) as u8]);
+        }
+        buf.extend_from_slice(s.as_bytes());
+    }
     let mut buf = Vec::with_capacity(128);
     for l in labels.iter() {
-        buf.extend_from_slice(l.name.as_bytes());
-        buf.push(0xff);
-        buf.extend_from_slice(l.value.as_bytes());
-        buf.push(0xff);
+        put(&mut buf, &l.name);
+        put(&mut buf, &l.value);
     }
     crate::xxhash::xxh64(&buf, 0) as f64 / u64::MAX as f64
 }
@@ -536,6 +812,15 @@ fn count_values(
     mut grouping: Vec<String>,
 ) -> Result<Matrix> {
     let label = match a.param.as_ref().map(Expr::unwrap_parens) {
+        Some(Expr::String {
+            invalid_utf8: Some(b),
+            ..
+        }) => {
+            return Err(Error::exec(format!(
+                "invalid label name {}",
+                crate::parser::lexer::go_quote_bytes(b)
+            )));
+        }
         Some(Expr::String { val, .. }) => val.clone(),
         _ => String::new(),
     };
@@ -583,6 +868,7 @@ fn count_values(
                 t: ts,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
         }
         Ok(())

@@ -6,8 +6,8 @@
 use m3query_model::{Labels, METRIC_NAME};
 
 use crate::eval::Evaluator;
-use crate::parser::{BinOp, BinaryExpr, Card, ValueType, VectorMatching};
-use crate::value::{Elem, FastMap, FastSet, Matrix};
+use crate::parser::{BinOp, BinaryExpr, Card, PosRange, ValueType, VectorMatching};
+use crate::value::{Elem, FastMap, FastSet, Matrix, NO_OID};
 use crate::{Error, Result};
 
 fn scalar_binop(op: BinOp, l: f64, r: f64) -> f64 {
@@ -63,6 +63,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                     t: ts,
                     drop_name: false,
                     si: 0,
+                    oid: NO_OID,
                 });
                 Ok(())
             })
@@ -70,8 +71,12 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
         (ValueType::Vector, ValueType::Scalar) | (ValueType::Scalar, ValueType::Vector) => {
             let swap = lt == ValueType::Scalar;
             let (vec_m, sc_m) = if swap { (rhs, lhs) } else { (lhs, rhs) };
-            ev.range_eval(vec![vec_m, sc_m], move |_, _, v, out| {
+            let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
+            ev.range_eval(vec![vec_m, sc_m], move |annos, _, v, out| {
                 let s = v[1].first().map_or(f64::NAN, |e| e.v);
+                if is_trim(op) && !v[0].is_empty() {
+                    annos.info(incompatible_types(op), pos);
+                }
                 for e in &v[0] {
                     let (lf, rf) = if swap { (s, e.v) } else { (e.v, s) };
                     let (mut val, mut keep) = elem_binop(op, lf, rf);
@@ -89,6 +94,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                             t: e.t,
                             drop_name: e.drop_name || op.changes_metric_schema() || return_bool,
                             si: e.si,
+                            oid: e.si as u32,
                         });
                     }
                 }
@@ -108,8 +114,17 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                 fill_lhs: None,
                 fill_rhs: None,
             });
-            vector_vector(ev, op, return_bool, matching, lhs, rhs)
+            let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
+            vector_vector(ev, op, return_bool, matching, lhs, rhs, pos)
         }
+    }
+}
+
+/// An element passed through unchanged, identified by its input series.
+fn with_oid(e: &Elem, oid: usize) -> Elem {
+    Elem {
+        oid: oid as u32,
+        ..e.clone()
     }
 }
 
@@ -124,6 +139,7 @@ fn vector_vector(
     mut m: VectorMatching,
     lhs: Matrix,
     rhs: Matrix,
+    pos: PosRange,
 ) -> Result<Matrix> {
     if op.is_set() {
         m.card = Card::ManyToMany;
@@ -141,6 +157,7 @@ fn vector_vector(
         let n = ord.len();
         *ord.entry(h).or_insert(n)
     };
+    let lhs_len = lhs.len();
     let lsig: Vec<usize> = lhs.iter().map(|s| sig(&s.labels)).collect();
     let rsig: Vec<usize> = rhs.iter().map(|s| sig(&s.labels)).collect();
     let num_sigs = ord.len();
@@ -148,10 +165,10 @@ fn vector_vector(
     let mut present = vec![false; num_sigs];
     let mut right_idx: Vec<usize> = vec![usize::MAX; num_sigs];
     let mut matched_one: Vec<bool> = vec![false; num_sigs];
-    let mut matched_many: Vec<FastSet<Labels>> = vec![FastSet::default(); num_sigs];
-    let mut result_cache: FastMap<(Labels, Labels), Labels> = FastMap::default();
+    let mut matched_many: Vec<FastSet<u32>> = vec![FastSet::default(); num_sigs];
+    let mut result_cache = ResultCache::default();
 
-    ev.range_eval(vec![lhs, rhs], move |_, _, v, out| {
+    ev.range_eval(vec![lhs, rhs], move |annos, _, v, out| {
         let (lv, rv) = (&v[0], &v[1]);
         match op {
             BinOp::And => {
@@ -162,33 +179,37 @@ fn vector_vector(
                 for e in rv {
                     present[rsig[e.si]] = true;
                 }
-                out.extend(lv.iter().filter(|e| present[lsig[e.si]]).cloned());
+                out.extend(lv.iter().filter(|e| present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
                 return Ok(());
             }
             BinOp::Or => {
                 if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().cloned());
-                    out.extend(rv.iter().cloned());
+                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
+                    out.extend(rv.iter().map(|e| with_oid(e, lhs_len + e.si)));
                     return Ok(());
                 }
                 present.iter_mut().for_each(|p| *p = false);
                 for e in lv {
                     present[lsig[e.si]] = true;
-                    out.push(e.clone());
+                    out.push(with_oid(e, e.si));
                 }
-                out.extend(rv.iter().filter(|e| !present[rsig[e.si]]).cloned());
+                out.extend(
+                    rv.iter()
+                        .filter(|e| !present[rsig[e.si]])
+                        .map(|e| with_oid(e, lhs_len + e.si)),
+                );
                 return Ok(());
             }
             BinOp::Unless => {
                 if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().cloned());
+                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
                     return Ok(());
                 }
                 present.iter_mut().for_each(|p| *p = false);
                 for e in rv {
                     present[rsig[e.si]] = true;
                 }
-                out.extend(lv.iter().filter(|e| !present[lsig[e.si]]).cloned());
+                out.extend(lv.iter().filter(|e| !present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
                 return Ok(());
             }
             _ => {}
@@ -228,20 +249,22 @@ fn vector_vector(
             matched_many.iter_mut().for_each(FastSet::clear);
         }
 
-        let do_op = |ls: &Elem,
+        let mut trimmed = false;
+        let mut do_op = |ls: &Elem,
                      rs: &Elem,
                      s: usize,
                      out: &mut Vec<Elem>,
                      matched_one: &mut Vec<bool>,
-                     matched_many: &mut Vec<FastSet<Labels>>,
-                     result_cache: &mut FastMap<(Labels, Labels), Labels>|
+                     matched_many: &mut Vec<FastSet<u32>>,
+                     result_cache: &mut ResultCache|
          -> Result<()> {
             let (fl, fr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
             let (mut val, keep) = elem_binop(op, fl, fr);
+            trimmed |= is_trim(op);
             if return_bool {
                 val = if keep { 1.0 } else { 0.0 };
             }
-            let metric = result_metric(result_cache, &ls.labels, &rs.labels, op, &m);
+            let (metric, metric_id) = result_cache.get(ls, rs, op, &m);
             if m.card == Card::OneToOne {
                 if matched_one[s] {
                     return Err(Error::exec(
@@ -249,7 +272,7 @@ fn vector_vector(
                     ));
                 }
                 matched_one[s] = true;
-            } else if !matched_many[s].insert(metric.clone()) {
+            } else if !matched_many[s].insert(metric_id) {
                 return Err(Error::exec(
                     "multiple matches for labels: grouping labels must ensure unique matches",
                 ));
@@ -263,6 +286,7 @@ fn vector_vector(
                 t: ls.t,
                 drop_name: return_bool,
                 si: 0,
+                oid: metric_id,
             });
             Ok(())
         };
@@ -281,7 +305,8 @@ fn vector_vector(
                     v: fill,
                     t: ls.t,
                     drop_name: false,
-                    si: 0,
+                    si: SYNTHESIZED,
+                    oid: NO_OID,
                 };
                 do_op(ls, &rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
@@ -302,27 +327,58 @@ fn vector_vector(
                     v: fill,
                     t: rs.t,
                     drop_name: false,
-                    si: 0,
+                    si: SYNTHESIZED,
+                    oid: NO_OID,
                 };
                 do_op(&ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
             }
+        }
+        if trimmed {
+            annos.info(incompatible_types(op), pos);
         }
         Ok(())
     })
 }
 
-/// The labels of a vector-vector result, as Prometheus's `resultMetric`.
-fn result_metric(
-    cache: &mut FastMap<(Labels, Labels), Labels>,
-    lhs: &Labels,
-    rhs: &Labels,
-    op: BinOp,
-    m: &VectorMatching,
-) -> Labels {
-    let key = (lhs.clone(), rhs.clone());
-    if let Some(l) = cache.get(&key) {
-        return l.clone();
+/// `</` and `>/` trim native histogram buckets; on floats they yield nothing and an info.
+fn is_trim(op: BinOp) -> bool {
+    matches!(op, BinOp::TrimUpper | BinOp::TrimLower)
+}
+
+fn incompatible_types(op: BinOp) -> String {
+    format!(
+        "incompatible sample types encountered for binary operator {:?}: float {} float",
+        op.as_str(),
+        op.as_str()
+    )
+}
+
+/// The series index of an element made up from a fill value.
+const SYNTHESIZED: usize = usize::MAX;
+
+/// Result labels per (many-side series, one-side series) pair, computed once per query
+/// rather than per step, with a small id per distinct label set for duplicate checks.
+#[derive(Default)]
+struct ResultCache {
+    by_pair: FastMap<(usize, usize), (Labels, u32)>,
+    ids: FastMap<Labels, u32>,
+}
+
+impl ResultCache {
+    fn get(&mut self, ls: &Elem, rs: &Elem, op: BinOp, m: &VectorMatching) -> (Labels, u32) {
+        if let Some((l, id)) = self.by_pair.get(&(ls.si, rs.si)) {
+            return (l.clone(), *id);
+        }
+        let l = result_metric(&ls.labels, &rs.labels, op, m);
+        let n = self.ids.len() as u32;
+        let id = *self.ids.entry(l.clone()).or_insert(n);
+        self.by_pair.insert((ls.si, rs.si), (l.clone(), id));
+        (l, id)
     }
+}
+
+/// The labels of a vector-vector result, as Prometheus's `resultMetric`.
+fn result_metric(lhs: &Labels, rhs: &Labels, op: BinOp, m: &VectorMatching) -> Labels {
     let mut b = lhs.builder();
     if op.changes_metric_schema() {
         b.del(METRIC_NAME).del("__type__").del("__unit__");
@@ -346,7 +402,5 @@ fn result_metric(
             }
         }
     }
-    let l = b.labels();
-    cache.insert(key, l.clone());
-    l
+    b.labels()
 }

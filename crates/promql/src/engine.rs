@@ -1,5 +1,6 @@
 //! The engine's public face: options, the two query kinds, results and statistics.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m3query_storage::{Context, Queryable};
@@ -10,7 +11,7 @@ use crate::annotations::Annotations;
 use crate::eval::{Counters, Evaluator, SelSeries, cleanup_names};
 use crate::parser::{Expr, ValueType};
 use crate::plan::{QueryTimes, SelectSpec, collect_selectors, preprocess};
-use crate::value::{ESeries, Point, Sample, Series, Val, Value};
+use crate::value::{ESeries, Sample, Series, Val, Value};
 use crate::{Error, Result, check_ctx};
 
 /// The longest lookback accepted (a year), so time arithmetic stays far from overflow.
@@ -256,7 +257,7 @@ impl Engine {
         specs: &[SelectSpec],
         opts: &QueryOptions,
         stats: &mut QueryStats,
-    ) -> Result<(Vec<Vec<SelSeries>>, Vec<String>, bool)> {
+    ) -> Result<Selected> {
         if specs.is_empty() {
             return Ok((Vec::new(), Vec::new(), false));
         }
@@ -267,8 +268,18 @@ impl Engine {
         let mut warnings = m3query_storage::Warnings::new();
         let mut total_series = 0usize;
         let mut limited = false;
+        // Identical selectors over the same time range are selected once.
+        let mut seen: Vec<(&SelectSpec, Arc<Vec<SelSeries>>)> = Vec::new();
         for spec in specs {
             check_ctx(ctx, "query preparation")?;
+            if let Some((_, data)) = seen.iter().find(|(s, _)| {
+                s.matchers == spec.matchers
+                    && s.hints.start_ms == spec.hints.start_ms
+                    && s.hints.end_ms == spec.hints.end_ms
+            }) {
+                out.push(data.clone());
+                continue;
+            }
             let span = info_span!(
                 "storage.select",
                 matchers = %spec.text,
@@ -304,8 +315,7 @@ impl Engine {
             let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
                 s.iter().append_range(start, end, &mut buf)?;
-                let points = buf.iter().map(|x| Point { t_ms: x.t, v: x.v }).collect();
-                Ok(SelSeries::new(s.labels().clone(), points))
+                Ok(SelSeries::new(s.labels().clone(), buf))
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
                 raw.par_iter()
@@ -322,11 +332,17 @@ impl Engine {
             span.record("samples", samples);
             stats.series_fetched += decoded.len();
             stats.samples_fetched += samples;
+            let decoded = Arc::new(decoded);
+            seen.push((spec, decoded.clone()));
             out.push(decoded);
         }
         Ok((out, warnings.into_vec(), limited))
     }
 }
+
+/// Every selector's decoded series (shared between identical selectors), storage warnings,
+/// and whether the series limit truncated anything.
+type Selected = (Vec<Arc<Vec<SelSeries>>>, Vec<String>, bool);
 
 /// Turns the evaluator's matrix into the query's result type.
 fn finish(expr: &Expr, val: Val, start: i64, instant: bool) -> Result<Value> {
@@ -375,7 +391,7 @@ fn sorted(m: Vec<ESeries>) -> Vec<Series> {
         .filter(|s| !s.points.is_empty())
         .map(|s| Series {
             labels: s.labels,
-            points: s.points,
+            samples: s.points,
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
     AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
-use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, Point, Val, total_points};
+use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, NO_OID, Point, Val, total_points};
 use crate::{Error, Result, check_ctx};
 
 /// The series one selector selected, samples decoded in time order.
@@ -69,7 +69,7 @@ pub(crate) struct Evaluator<'a> {
     pub lookback: i64,
     pub ctx: &'a Context,
     pub queryable: &'a dyn Queryable,
-    pub sel: &'a [Vec<SelSeries>],
+    pub sel: &'a [std::sync::Arc<Vec<SelSeries>>],
     pub max_samples: usize,
     pub parallel_threshold: usize,
     pub counters: &'a mut Counters,
@@ -158,7 +158,7 @@ impl<'a> Evaluator<'a> {
             Expr::Number { val, .. } => {
                 let v = *val;
                 self.add_samples(self.num_steps())?;
-                let points: Vec<Point> = self.step_ts().map(|t| Point { t_ms: t, v }).collect();
+                let points: Vec<Point> = self.step_ts().map(|t| Point { t, v }).collect();
                 Ok(Val::Matrix(vec![ESeries {
                     labels: Labels::empty(),
                     points,
@@ -201,45 +201,17 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         timestamps: bool,
     ) -> Result<Matrix> {
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
-        let steps = self.num_steps();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(data.len());
         for (si, s) in data.iter().enumerate() {
             if si % 256 == 0 {
                 self.check()?;
             }
-            let mut points = Vec::new();
-            let samples = &s.points;
-            let mut j = 0usize;
-            for ts in self.step_ts() {
-                let r = match vs.timestamp {
-                    Some(t) => t - vs.original_offset_ms,
-                    None => ts - vs.original_offset_ms,
-                };
-                // Samples are sorted: advance to the first sample after r.
-                if j > 0 && samples[j - 1].t_ms > r {
-                    j = samples.partition_point(|x| x.t_ms <= r);
-                }
-                while j < samples.len() && samples[j].t_ms <= r {
-                    j += 1;
-                }
-                if j == 0 {
-                    continue;
-                }
-                let x = samples[j - 1];
-                if x.t_ms <= r - self.lookback || is_stale_nan(x.v) {
-                    continue;
-                }
-                if points.is_empty() {
-                    points.reserve(steps);
-                }
-                let v = if timestamps {
-                    x.t_ms as f64 / 1000.0
-                } else {
-                    x.v
-                };
-                points.push(Point { t_ms: ts, v });
-            }
+            let points = self.lookup_series(vs, &s.points, timestamps);
             if !points.is_empty() {
                 self.add_samples(points.len())?;
                 out.push(ESeries {
@@ -252,10 +224,53 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
+    /// One series' instant-selector values at every step: the latest sample within the
+    /// lookback, unless it is a staleness marker. With `timestamps`, the sample's time in
+    /// seconds instead of its value.
+    pub(crate) fn lookup_series(
+        &self,
+        vs: &VectorSelector,
+        samples: &[Point],
+        timestamps: bool,
+    ) -> Vec<Point> {
+        let mut points = Vec::new();
+        let mut j = 0usize;
+        for ts in self.step_ts() {
+            let r = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            // Samples are sorted: advance to the first sample after r.
+            if j > 0 && samples[j - 1].t > r {
+                j = samples.partition_point(|x| x.t <= r);
+            }
+            while j < samples.len() && samples[j].t <= r {
+                j += 1;
+            }
+            if j == 0 {
+                continue;
+            }
+            let x = samples[j - 1];
+            if x.t <= r - self.lookback || is_stale_nan(x.v) {
+                continue;
+            }
+            if points.is_empty() {
+                points.reserve(self.num_steps());
+            }
+            let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
+            points.push(Point { t: ts, v });
+        }
+        points
+    }
+
     /// A smoothed instant selector: the value interpolated between the samples around each
     /// step (Prometheus's `smoothSeries`).
     fn eval_smoothed_selector(&mut self, vs: &VectorSelector) -> Result<Matrix> {
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for s in data {
             let samples = s.range_points();
@@ -265,24 +280,24 @@ impl<'a> Evaluator<'a> {
                     Some(t) => t - vs.original_offset_ms,
                     None => ts - vs.original_offset_ms,
                 };
-                let lo = samples.partition_point(|x| x.t_ms <= data_ts - self.lookback);
-                let hi = samples.partition_point(|x| x.t_ms <= data_ts + self.lookback);
+                let lo = samples.partition_point(|x| x.t <= data_ts - self.lookback);
+                let hi = samples.partition_point(|x| x.t <= data_ts + self.lookback);
                 let w = &samples[lo..hi];
                 if w.is_empty() {
                     continue;
                 }
                 // The last sample at or before data_ts, and the first after it.
-                let k = w.partition_point(|x| x.t_ms <= data_ts);
+                let k = w.partition_point(|x| x.t <= data_ts);
                 let v = match (k.checked_sub(1).map(|i| w[i]), w.get(k)) {
-                    (Some(a), _) if a.t_ms == data_ts => a.v,
+                    (Some(a), _) if a.t == data_ts => a.v,
                     (Some(a), Some(b)) => {
-                        a.v + (b.v - a.v) * (data_ts - a.t_ms) as f64 / (b.t_ms - a.t_ms) as f64
+                        a.v + (b.v - a.v) * (data_ts - a.t) as f64 / (b.t - a.t) as f64
                     }
                     (Some(a), None) => a.v,
                     (None, Some(b)) => b.v,
                     (None, None) => continue,
                 };
-                points.push(Point { t_ms: ts, v });
+                points.push(Point { t: ts, v });
             }
             if !points.is_empty() {
                 self.add_samples(points.len())?;
@@ -299,7 +314,11 @@ impl<'a> Evaluator<'a> {
     /// A range vector at the (single) evaluation time: raw samples with their timestamps.
     fn eval_matrix_selector(&mut self, ms: &MatrixSelector) -> Result<Matrix> {
         let vs = &ms.vs;
-        let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
         let wend = vs.timestamp.unwrap_or(self.start) - vs.original_offset_ms;
         let wstart = wend - ms.range_ms;
         let mut out = Vec::new();
@@ -316,8 +335,8 @@ impl<'a> Evaluator<'a> {
                 wend
             };
             let rp = s.range_points();
-            let lo = rp.partition_point(|x| x.t_ms <= fetch_start);
-            let hi = rp.partition_point(|x| x.t_ms <= fetch_end);
+            let lo = rp.partition_point(|x| x.t <= fetch_start);
+            let hi = rp.partition_point(|x| x.t <= fetch_end);
             let mut points: Vec<Point> = rp[lo..hi].to_vec();
             if vs.anchored || vs.smoothed {
                 points = functions::extend_floats(&points, wstart, wend, vs.smoothed);
@@ -423,10 +442,10 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Evaluates a function over a range vector argument: per series, per step, a window.
-    fn eval_range_call(&mut self, c: &Call, idx: usize, f: functions::RangeFn) -> Result<Matrix> {
+    /// Evaluates the arguments of a rollup call: its scalar arguments (one value per step)
+    /// and its range-vector input series.
+    pub(crate) fn prepare_range_call(&mut self, c: &Call, idx: usize) -> Result<RangeCallPrep<'a>> {
         let name = c.func.name;
-        // Scalar arguments, one value per step.
         let steps = self.num_steps();
         let mut scalars: Vec<Vec<f64>> = Vec::new();
         for (i, a) in c.args.iter().enumerate() {
@@ -437,7 +456,7 @@ impl<'a> Evaluator<'a> {
             let mut vals = vec![f64::NAN; steps];
             if let Some(s) = m.first() {
                 for p in &s.points {
-                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    let k = ((p.t - self.start) / self.interval) as usize;
                     if k < steps {
                         vals[k] = p.v;
                     }
@@ -445,14 +464,9 @@ impl<'a> Evaluator<'a> {
             }
             scalars.push(vals);
         }
-
-        struct Input<'s> {
-            labels: Labels,
-            points: std::borrow::Cow<'s, [Point]>,
-            drop_name: bool,
-        }
         let arg = c.args[idx].unwrap_parens();
-        let (inputs, range_ms, offset_ms, at, anchored, smoothed, sub_total) = match arg {
+        let sel: &'a [std::sync::Arc<Vec<SelSeries>>] = self.sel;
+        let prep = match arg {
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
                 if vs.anchored && !functions::ANCHORED_SAFE.contains(&name) {
@@ -467,97 +481,119 @@ impl<'a> Evaluator<'a> {
                         functions::SMOOTHED_SAFE.join(", ")
                     )));
                 }
-                let data = self.sel.get(vs.id).map(Vec::as_slice).unwrap_or_default();
-                let inputs: Vec<Input<'_>> = data
-                    .iter()
-                    .map(|s| Input {
-                        labels: s.labels.clone(),
-                        points: std::borrow::Cow::Borrowed(s.range_points()),
-                        drop_name: false,
-                    })
-                    .collect();
-                (
-                    inputs,
-                    ms.range_ms,
-                    vs.original_offset_ms,
-                    vs.timestamp,
-                    vs.anchored,
-                    vs.smoothed,
-                    0,
-                )
+                let data = sel.get(vs.id).map(|v| v.as_slice()).unwrap_or_default();
+                RangeCallPrep {
+                    inputs: data
+                        .iter()
+                        .map(|s| RollupInput {
+                            labels: s.labels.clone(),
+                            points: std::borrow::Cow::Borrowed(s.range_points()),
+                            drop_name: false,
+                        })
+                        .collect(),
+                    scalars,
+                    range_ms: ms.range_ms,
+                    offset_ms: vs.original_offset_ms,
+                    at: vs.timestamp,
+                    anchored: vs.anchored,
+                    smoothed: vs.smoothed,
+                    held: 0,
+                }
             }
             Expr::Subquery(sq) => {
                 let m = self.eval_subquery(sq)?;
-                let total = total_points(&m);
-                let inputs = m
-                    .into_iter()
-                    .map(|s| Input {
-                        labels: s.labels,
-                        points: std::borrow::Cow::Owned(s.points),
-                        drop_name: s.drop_name,
-                    })
-                    .collect();
-                (
-                    inputs,
-                    sq.range_ms,
-                    sq.original_offset_ms,
-                    sq.timestamp,
-                    false,
-                    false,
-                    total,
-                )
+                let held = total_points(&m);
+                RangeCallPrep {
+                    inputs: m
+                        .into_iter()
+                        .map(|s| RollupInput {
+                            labels: s.labels,
+                            points: std::borrow::Cow::Owned(s.points),
+                            drop_name: s.drop_name,
+                        })
+                        .collect(),
+                    scalars,
+                    range_ms: sq.range_ms,
+                    offset_ms: sq.original_offset_ms,
+                    at: sq.timestamp,
+                    anchored: false,
+                    smoothed: false,
+                    held,
+                }
             }
             _ => return Err(Error::exec("expected a range vector argument")),
         };
+        Ok(prep)
+    }
 
-        let keeps_name = matches!(name, "last_over_time" | "first_over_time");
-        let ext_left = if anchored || smoothed {
-            self.lookback
-        } else {
-            0
-        };
-        let ext_right = if smoothed { self.lookback } else { 0 };
-        let param_pos = c
-            .args
-            .iter()
-            .enumerate()
-            .find(|(i, _)| *i != idx)
-            .map(|(_, a)| a.pos());
-        let spec = WindowSpec {
+    /// The window parameters shared by every series of a rollup call.
+    pub(crate) fn window_spec<'s>(
+        &self,
+        c: &Call,
+        idx: usize,
+        prep: &'s RangeCallPrep<'_>,
+        f: functions::RangeFn,
+    ) -> WindowSpec<'s>
+    where
+        'a: 's,
+    {
+        let ext = prep.anchored || prep.smoothed;
+        WindowSpec {
             start: self.start,
             interval: self.interval,
             steps: self.num_steps(),
-            at,
-            offset_ms,
-            range_ms,
-            ext_left,
-            ext_right,
-            anchored,
-            smoothed,
+            at: prep.at,
+            offset_ms: prep.offset_ms,
+            range_ms: prep.range_ms,
+            ext_left: if ext { self.lookback } else { 0 },
+            ext_right: if prep.smoothed { self.lookback } else { 0 },
+            anchored: prep.anchored,
+            smoothed: prep.smoothed,
             pos: c.pos,
-            param_pos,
-            scalars: &scalars,
+            param_pos: c
+                .args
+                .iter()
+                .enumerate()
+                .find(|(i, _)| *i != idx)
+                .map(|(_, a)| a.pos()),
+            scalars: &prep.scalars,
             f,
-        };
+            counter: matches!(c.func.name, "rate" | "increase") && !ext,
+            ctx: self.ctx,
+            replicate: prep.at.is_some()
+                && c.func.name != "predict_linear"
+                && prep
+                    .scalars
+                    .iter()
+                    .all(|s| s.windows(2).all(|w| w[0].to_bits() == w[1].to_bits())),
+        }
+    }
+
+    /// Runs the rollup over `inputs`, in parallel when there are many.
+    pub(crate) fn run_rollups(
+        &self,
+        spec: &WindowSpec<'_>,
+        inputs: &[RollupInput<'_>],
+    ) -> Result<Vec<SeriesRollup>> {
+        self.check()?;
+        if inputs.len() >= self.parallel_threshold {
+            use rayon::prelude::*;
+            return Ok(inputs.par_iter().map(|i| spec.run(&i.points)).collect());
+        }
+        Ok(inputs.iter().map(|i| spec.run(&i.points)).collect())
+    }
+
+    /// Evaluates a function over a range vector argument: per series, per step, a window.
+    fn eval_range_call(&mut self, c: &Call, idx: usize, f: functions::RangeFn) -> Result<Matrix> {
+        let name = c.func.name;
+        let prep = self.prepare_range_call(c, idx)?;
+        let inputs = &prep.inputs;
+        let sub_total = prep.held;
+        let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+        let spec = self.window_spec(c, idx, &prep, f);
         // One rollup per series; series are independent, so large inputs are spread over
         // threads. Each worker keeps its own context; annotations merge afterwards.
-        let results: Vec<SeriesRollup> = if inputs.len() >= self.parallel_threshold {
-            self.check()?;
-            use rayon::prelude::*;
-            inputs
-                .par_iter()
-                .map(|input| spec.run(&input.points))
-                .collect()
-        } else {
-            let mut v = Vec::with_capacity(inputs.len());
-            for (si, input) in inputs.iter().enumerate() {
-                if si % 256 == 0 {
-                    self.check()?;
-                }
-                v.push(spec.run(&input.points));
-            }
-            v
-        };
+        let results = self.run_rollups(&spec, inputs)?;
         self.check()?;
         let mut out: Matrix = Vec::with_capacity(inputs.len());
         let mut annos = Annotations::new();
@@ -596,7 +632,7 @@ impl<'a> Evaluator<'a> {
             let mut present = vec![false; steps];
             for s in &out {
                 for p in &s.points {
-                    let k = ((p.t_ms - self.start) / self.interval) as usize;
+                    let k = ((p.t - self.start) / self.interval) as usize;
                     if k < steps {
                         present[k] = true;
                     }
@@ -606,7 +642,7 @@ impl<'a> Evaluator<'a> {
                 .step_ts()
                 .enumerate()
                 .filter(|(k, _)| !present[*k])
-                .map(|(_, t)| Point { t_ms: t, v: 1.0 })
+                .map(|(_, t)| Point { t, v: 1.0 })
                 .collect();
             if points.is_empty() {
                 return Ok(Vec::new());
@@ -634,6 +670,7 @@ impl<'a> Evaluator<'a> {
         let mut out_vec: Vec<Elem> = Vec::new();
         let instant = self.start == self.end;
         let mut index: FastMap<Labels, usize> = FastMap::default();
+        let mut by_oid: Vec<usize> = Vec::new();
         let mut result: Matrix = Vec::new();
         let steps = self.num_steps();
         let mut out_total = 0usize;
@@ -646,7 +683,7 @@ impl<'a> Evaluator<'a> {
                 for (si, s) in m.iter().enumerate() {
                     let c = &mut cursors[ai][si];
                     if let Some(p) = s.points.get(*c)
-                        && p.t_ms == ts
+                        && p.t == ts
                     {
                         *c += 1;
                         v.push(Elem {
@@ -655,6 +692,7 @@ impl<'a> Evaluator<'a> {
                             t: ts,
                             drop_name: s.drop_name,
                             si,
+                            oid: NO_OID,
                         });
                         gathered += 1;
                     }
@@ -671,7 +709,7 @@ impl<'a> Evaluator<'a> {
                     .drain(..)
                     .map(|e| ESeries {
                         labels: e.labels,
-                        points: vec![Point { t_ms: ts, v: e.v }],
+                        points: vec![Point { t: ts, v: e.v }],
                         drop_name: e.drop_name,
                     })
                     .collect();
@@ -679,18 +717,45 @@ impl<'a> Evaluator<'a> {
                 return Ok(mat);
             }
             for e in out_vec.drain(..) {
+                if e.oid != NO_OID {
+                    // The producer knows the output series: no label hashing per step.
+                    let k = e.oid as usize;
+                    if k >= by_oid.len() {
+                        by_oid.resize(k + 1, usize::MAX);
+                    }
+                    match by_oid[k] {
+                        usize::MAX => {
+                            by_oid[k] = result.len();
+                            let mut points = Vec::with_capacity(steps);
+                            points.push(Point { t: ts, v: e.v });
+                            result.push(ESeries {
+                                labels: e.labels,
+                                points,
+                                drop_name: e.drop_name,
+                            });
+                        }
+                        i => {
+                            let s = &mut result[i];
+                            if s.points.last().is_some_and(|p| p.t == ts) {
+                                return Err(Error::exec(DUP_LABELSET));
+                            }
+                            s.points.push(Point { t: ts, v: e.v });
+                        }
+                    }
+                    continue;
+                }
                 match index.get(&e.labels) {
                     Some(&i) => {
                         let s = &mut result[i];
-                        if s.points.last().is_some_and(|p| p.t_ms == ts) {
+                        if s.points.last().is_some_and(|p| p.t == ts) {
                             return Err(Error::exec(DUP_LABELSET));
                         }
-                        s.points.push(Point { t_ms: ts, v: e.v });
+                        s.points.push(Point { t: ts, v: e.v });
                     }
                     None => {
                         index.insert(e.labels.clone(), result.len());
                         let mut points = Vec::with_capacity(steps);
-                        points.push(Point { t_ms: ts, v: e.v });
+                        points.push(Point { t: ts, v: e.v });
                         result.push(ESeries {
                             labels: e.labels,
                             points,
@@ -706,8 +771,28 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// One input series of a rollup.
+pub(crate) struct RollupInput<'s> {
+    pub labels: Labels,
+    pub points: std::borrow::Cow<'s, [Point]>,
+    pub drop_name: bool,
+}
+
+/// A rollup call's evaluated arguments.
+pub(crate) struct RangeCallPrep<'s> {
+    pub inputs: Vec<RollupInput<'s>>,
+    pub scalars: Vec<Vec<f64>>,
+    pub range_ms: i64,
+    pub offset_ms: i64,
+    pub at: Option<i64>,
+    pub anchored: bool,
+    pub smoothed: bool,
+    /// Points held by a subquery input (released when done).
+    pub held: usize,
+}
+
 /// Everything a rollup over one series needs, shared by all series of a call.
-struct WindowSpec<'s> {
+pub(crate) struct WindowSpec<'s> {
     start: i64,
     interval: i64,
     steps: usize,
@@ -725,20 +810,35 @@ struct WindowSpec<'s> {
     /// Scalar arguments, one value per step.
     scalars: &'s [Vec<f64>],
     f: functions::RangeFn,
+    /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
+    /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
+    replicate: bool,
+    /// `rate`/`increase` over plain windows: track counter resets per series once.
+    counter: bool,
+    /// Checked before each series, so cancellation and deadlines stop parallel rollups too.
+    ctx: &'s Context,
 }
 
 /// One series' rollup output.
-struct SeriesRollup {
-    points: Vec<Point>,
-    annos: Annotations,
-    err: Option<Error>,
+pub(crate) struct SeriesRollup {
+    pub points: Vec<Point>,
+    pub annos: Annotations,
+    pub err: Option<Error>,
     /// Most points one window held.
-    max_window: usize,
+    pub max_window: usize,
 }
 
 impl WindowSpec<'_> {
     /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
     fn run(&self, pts: &[Point]) -> SeriesRollup {
+        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
+            return SeriesRollup {
+                points: Vec::new(),
+                annos: Annotations::new(),
+                err: Some(e),
+                max_window: 0,
+            };
+        }
         let mut rctx = RangeCtx {
             ts: 0,
             range_start: 0,
@@ -751,29 +851,50 @@ impl WindowSpec<'_> {
             param_pos: self.param_pos,
             annos: Annotations::new(),
             err: None,
+            no_resets: false,
+        };
+        // For counter rollups: resets_before[i] counts resets among pts[1..=i], so a window
+        // [lo, hi) holds resets[lo+1..hi] = resets_before[hi-1] - resets_before[lo].
+        let resets_before: Vec<u32> = if self.counter {
+            let mut n = 0u32;
+            let mut v = Vec::with_capacity(pts.len());
+            for (i, p) in pts.iter().enumerate() {
+                if i > 0 && p.v < pts[i - 1].v {
+                    n += 1;
+                }
+                v.push(n);
+            }
+            v
+        } else {
+            Vec::new()
         };
         let mut points = Vec::new();
         let mut max_window = 0;
         let (mut lo, mut hi) = (0usize, 0usize);
-        for k in 0..self.steps {
+        let steps = if self.replicate {
+            self.steps.min(1)
+        } else {
+            self.steps
+        };
+        for k in 0..steps {
             let ts = self.start + k as i64 * self.interval;
             let wend = self.at.unwrap_or(ts) - self.offset_ms;
             let wstart = wend - self.range_ms;
             let fetch_start = wstart - self.ext_left;
             let fetch_end = wend + self.ext_right;
-            if lo > 0 && pts[lo - 1].t_ms > fetch_start {
-                lo = pts.partition_point(|p| p.t_ms <= fetch_start);
+            if lo > 0 && pts[lo - 1].t > fetch_start {
+                lo = pts.partition_point(|p| p.t <= fetch_start);
             }
-            while lo < pts.len() && pts[lo].t_ms <= fetch_start {
+            while lo < pts.len() && pts[lo].t <= fetch_start {
                 lo += 1;
             }
             if hi < lo {
                 hi = lo;
             }
-            if hi > 0 && pts[hi - 1].t_ms > fetch_end {
-                hi = pts.partition_point(|p| p.t_ms <= fetch_end);
+            if hi > 0 && pts[hi - 1].t > fetch_end {
+                hi = pts.partition_point(|p| p.t <= fetch_end);
             }
-            while hi < pts.len() && pts[hi].t_ms <= fetch_end {
+            while hi < pts.len() && pts[hi].t <= fetch_end {
                 hi += 1;
             }
             let window = &pts[lo..hi.max(lo)];
@@ -786,15 +907,29 @@ impl WindowSpec<'_> {
             rctx.range_end = wend;
             rctx.params.clear();
             rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            if self.counter {
+                let hi_i = lo + window.len() - 1;
+                rctx.no_resets = resets_before[hi_i] == resets_before[lo];
+            }
             if let Some(v) = (self.f)(window, &mut rctx) {
                 if points.is_empty() {
                     points.reserve(self.steps - k);
                 }
-                points.push(Point { t_ms: ts, v });
+                points.push(Point { t: ts, v });
             }
             if rctx.err.is_some() {
                 break;
             }
+        }
+        if self.replicate
+            && let Some(first) = points.first().copied()
+        {
+            points = (0..self.steps)
+                .map(|k| Point {
+                    t: self.start + k as i64 * self.interval,
+                    v: first.v,
+                })
+                .collect();
         }
         SeriesRollup {
             points,
@@ -869,8 +1004,8 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
         match out.last_mut() {
             Some(last) if last.labels == s.labels => {
                 last.points.extend(s.points);
-                last.points.sort_by_key(|p| p.t_ms);
-                if last.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+                last.points.sort_by_key(|p| p.t);
+                if last.points.windows(2).any(|w| w[0].t == w[1].t) {
                     return Err(Error::exec(DUP_LABELSET));
                 }
             }
@@ -901,8 +1036,8 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
     }
     if merged_any {
         for s in &mut out {
-            s.points.sort_by_key(|p| p.t_ms);
-            if s.points.windows(2).any(|w| w[0].t_ms == w[1].t_ms) {
+            s.points.sort_by_key(|p| p.t);
+            if s.points.windows(2).any(|w| w[0].t == w[1].t) {
                 return Err(Error::exec(DUP_LABELSET));
             }
         }

@@ -13,7 +13,7 @@ use m3query_model::{Labels, METRIC_NAME, MatchOp};
 use crate::annotations::{Annotations, msg};
 use crate::eval::Evaluator;
 use crate::parser::{Call, Expr, PosRange};
-use crate::value::{Elem, Matrix, Point};
+use crate::value::{Elem, Matrix, NO_OID, Point};
 use crate::{Error, Result};
 
 /// Context a rollup sees for one window.
@@ -33,6 +33,9 @@ pub(crate) struct RangeCtx {
     pub annos: Annotations,
     /// Set by a rollup to fail the query.
     pub err: Option<Error>,
+    /// True when the caller knows the window holds no counter reset (a value lower than the
+    /// one before it), so `rate`/`increase` can skip looking for them.
+    pub no_resets: bool,
 }
 
 /// A rollup: the value for one window, or `None` for no output at this step.
@@ -87,8 +90,8 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         }
         "first_over_time" => Range(|w, _| w.first().map(|p| p.v)),
         "last_over_time" => Range(|w, _| w.last().map(|p| p.v)),
-        "ts_of_first_over_time" => Range(|w, _| w.first().map(|p| p.t_ms as f64 / 1000.0)),
-        "ts_of_last_over_time" => Range(|w, _| w.last().map(|p| p.t_ms as f64 / 1000.0)),
+        "ts_of_first_over_time" => Range(|w, _| w.first().map(|p| p.t as f64 / 1000.0)),
+        "ts_of_last_over_time" => Range(|w, _| w.last().map(|p| p.t as f64 / 1000.0)),
         "present_over_time" => Range(|_, _| Some(1.0)),
         "absent_over_time" => Range(|_, _| Some(1.0)),
         "stddev_over_time" => Range(|w, _| Some(variance_over_time(w).sqrt())),
@@ -101,7 +104,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
             if w.len() < 2 {
                 return None;
             }
-            Some(linear_regression(w, w[0].t_ms).0)
+            Some(linear_regression(w, w[0].t).0)
         }),
         "predict_linear" => Range(|w, c| {
             if w.len() < 2 {
@@ -162,6 +165,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 t: 0,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
             Ok(())
         }),
@@ -197,6 +201,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                     t: e.t,
                     drop_name: true,
                     si: 0,
+                    oid: NO_OID,
                 });
             }
             Ok(())
@@ -211,6 +216,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 t: 0,
                 drop_name: false,
                 si: 0,
+                oid: NO_OID,
             });
             Ok(())
         }),
@@ -273,6 +279,7 @@ fn scalar_elem(v: f64) -> Elem {
         t: 0,
         drop_name: false,
         si: 0,
+        oid: NO_OID,
     }
 }
 
@@ -287,7 +294,8 @@ fn simple(v: &[Vec<Elem>], o: &mut Vec<Elem>, f: impl Fn(f64) -> f64) -> Result<
             v: f(e.v),
             t: e.t,
             drop_name: true,
-            si: 0,
+            si: e.si,
+            oid: e.si as u32,
         });
     }
     Ok(())
@@ -317,6 +325,18 @@ fn string_arg(c: &Call, i: usize) -> String {
     match c.args.get(i).map(Expr::unwrap_parens) {
         Some(Expr::String { val, .. }) => val.clone(),
         _ => String::new(),
+    }
+}
+
+/// A string argument usable as a label name: non-empty valid UTF-8 (Prometheus 3.x rules).
+fn label_name_arg(c: &Call, i: usize) -> std::result::Result<String, String> {
+    match c.args.get(i).map(Expr::unwrap_parens) {
+        Some(Expr::String {
+            invalid_utf8: Some(b),
+            ..
+        }) => Err(String::from_utf8_lossy(b).into_owned()),
+        Some(Expr::String { val, .. }) if !val.is_empty() => Ok(val.clone()),
+        _ => Err(String::new()),
     }
 }
 
@@ -404,6 +424,7 @@ fn date(
             t: e.t,
             drop_name: true,
             si: 0,
+            oid: NO_OID,
         });
     }
     Ok(())
@@ -492,11 +513,11 @@ fn sum_over_time(w: &[Point]) -> f64 {
 
 fn compare_over_time(w: &[Point], cmp: fn(f64, f64) -> bool, ts: bool) -> Option<f64> {
     let first = w.first()?;
-    let (mut m, mut t) = (first.v, first.t_ms);
+    let (mut m, mut t) = (first.v, first.t);
     for p in w {
         if cmp(p.v, m) {
             m = p.v;
-            t = p.t_ms;
+            t = p.t;
         }
     }
     Some(if ts { t as f64 / 1000.0 } else { m })
@@ -544,7 +565,7 @@ fn first_index(w: &[Point], c: &RangeCtx) -> Option<usize> {
     if !c.anchored {
         return Some(0);
     }
-    let after = w.partition_point(|p| p.t_ms <= c.range_start);
+    let after = w.partition_point(|p| p.t <= c.range_start);
     if after >= w.len() {
         return None;
     }
@@ -576,7 +597,7 @@ fn instant_value(w: &[Point], is_rate: bool) -> Option<f64> {
         return None;
     }
     let (a, b) = (w[w.len() - 2], w[w.len() - 1]);
-    let interval = b.t_ms - a.t_ms;
+    let interval = b.t - a.t;
     if interval == 0 {
         return None;
     }
@@ -603,7 +624,7 @@ pub(crate) fn linear_regression(w: &[Point], intercept_time: i64) -> (f64, f64) 
             const_y = false;
         }
         n += 1.0;
-        let x = (p.t_ms - intercept_time) as f64 / 1e3;
+        let x = (p.t - intercept_time) as f64 / 1e3;
         (sx, cx) = kahan_inc(x, sx, cx);
         (sy, cy) = kahan_inc(p.v, sy, cy);
         (sxy, cxy) = kahan_inc(x * p.v, sxy, cxy);
@@ -675,16 +696,16 @@ fn extrapolated_rate(
     let first = w[0];
     let last = w[w.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
+    if is_counter && !c.no_resets {
         for pair in w.windows(2) {
             if pair[1].v < pair[0].v {
                 result += pair[0].v;
             }
         }
     }
-    let mut to_start = (first.t_ms - c.range_start) as f64 / 1000.0;
-    let mut to_end = (c.range_end - last.t_ms) as f64 / 1000.0;
-    let sampled = (last.t_ms - first.t_ms) as f64 / 1000.0;
+    let mut to_start = (first.t - c.range_start) as f64 / 1000.0;
+    let mut to_end = (c.range_end - last.t) as f64 / 1000.0;
+    let sampled = (last.t - first.t) as f64 / 1000.0;
     let avg = sampled / (w.len() - 1) as f64;
     let threshold = avg * 1.1;
     if to_start >= threshold {
@@ -718,18 +739,18 @@ fn interpolate(p1: Point, p2: Point, t: i64, is_counter: bool) -> f64 {
     if is_counter && y2 < y1 {
         y1 = 0.0;
     }
-    y1 + (y2 - y1) * (t - p1.t_ms) as f64 / (p2.t_ms - p1.t_ms) as f64
+    y1 + (y2 - y1) * (t - p1.t) as f64 / (p2.t - p1.t) as f64
 }
 
 fn pick_left(f: &[Point], first: usize, start: i64, smoothed: bool, counter: bool) -> f64 {
-    if smoothed && f[first].t_ms < start && first + 1 < f.len() {
+    if smoothed && f[first].t < start && first + 1 < f.len() {
         return interpolate(f[first], f[first + 1], start, counter);
     }
     f[first].v
 }
 
 fn pick_right(f: &[Point], last: usize, end: i64, smoothed: bool, counter: bool) -> f64 {
-    if smoothed && last > 0 && f[last].t_ms > end {
+    if smoothed && last > 0 && f[last].t > end {
         return interpolate(f[last - 1], f[last], end, counter);
     }
     f[last].v
@@ -747,25 +768,25 @@ fn extended_rate(f: &[Point], c: &mut RangeCtx, is_counter: bool, is_rate: bool)
     }
     let (rs, re) = (c.range_start, c.range_end);
     let mut last = f.len() - 1;
-    let mut first = search(last, |i| f[i].t_ms > rs).saturating_sub(1);
+    let mut first = search(last, |i| f[i].t > rs).saturating_sub(1);
     if c.smoothed {
-        last = search(last, |i| f[i].t_ms >= re);
+        last = search(last, |i| f[i].t >= re);
     }
-    if f[last].t_ms <= rs {
+    if f[last].t <= rs {
         return None;
     }
-    if c.smoothed && f[first].t_ms > re {
+    if c.smoothed && f[first].t > re {
         return None;
     }
     let left = pick_left(f, first, rs, c.smoothed, is_counter);
     let right = pick_right(f, last, re, c.smoothed, is_counter);
     let mut result = right - left;
     if is_counter {
-        if f[first].t_ms <= rs {
+        if f[first].t <= rs {
             first += 1;
         }
         let mut last_i = last as isize;
-        if f[last].t_ms >= re {
+        if f[last].t >= re {
             last_i -= 1;
         }
         let inner: &[Point] = if (first as isize) <= last_i {
@@ -799,34 +820,28 @@ pub(crate) fn extend_floats(f: &[Point], mint: i64, maxt: i64, smoothed: bool) -
         return Vec::new();
     }
     let mut last = f.len() - 1;
-    let mut first = search(last, |i| f[i].t_ms > mint).saturating_sub(1);
+    let mut first = search(last, |i| f[i].t > mint).saturating_sub(1);
     if smoothed {
-        last = search(last, |i| f[i].t_ms >= maxt);
+        last = search(last, |i| f[i].t >= maxt);
     }
-    if f[last].t_ms <= mint {
+    if f[last].t <= mint {
         return Vec::new();
     }
     let left = pick_left(f, first, mint, smoothed, false);
     let right = pick_right(f, last, maxt, smoothed, false);
-    if f[first].t_ms <= mint {
+    if f[first].t <= mint {
         first += 1;
     }
     let mut last_i = last as isize;
-    if f[last].t_ms >= maxt {
+    if f[last].t >= maxt {
         last_i -= 1;
     }
     let mut out = Vec::with_capacity(f.len() + 2);
-    out.push(Point {
-        t_ms: mint,
-        v: left,
-    });
+    out.push(Point { t: mint, v: left });
     if (first as isize) <= last_i {
         out.extend_from_slice(&f[first..=last_i as usize]);
     }
-    out.push(Point {
-        t_ms: maxt,
-        v: right,
-    });
+    out.push(Point { t: maxt, v: right });
     out
 }
 
@@ -834,7 +849,6 @@ pub(crate) fn extend_floats(f: &[Point], mint: i64, maxt: i64, smoothed: bool) -
 
 /// `label_replace(v, dst, replacement, src, regex)`.
 pub(crate) fn label_replace(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
-    let dst = string_arg(c, 1);
     let repl = string_arg(c, 2);
     let src = string_arg(c, 3);
     let re_str = string_arg(c, 4);
@@ -843,11 +857,11 @@ pub(crate) fn label_replace(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> 
             "invalid regular expression in label_replace(): {re_str}"
         ))
     })?;
-    if dst.is_empty() {
-        return Err(Error::exec(format!(
-            "invalid destination label name in label_replace(): {dst}"
-        )));
-    }
+    let dst = label_name_arg(c, 1).map_err(|d| {
+        Error::exec(format!(
+            "invalid destination label name in label_replace(): {d}"
+        ))
+    })?;
     let mut m = ev.eval_matrix(&c.args[0])?;
     for s in &mut m {
         let src_val = s.labels.get(&src).unwrap_or("").to_string();
@@ -917,21 +931,20 @@ fn expand_go_template(caps: &regex::Captures<'_>, template: &str, out: &mut Stri
 
 /// `label_join(v, dst, separator, src...)`.
 pub(crate) fn label_join(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
-    let dst = string_arg(c, 1);
     let sep = string_arg(c, 2);
-    let srcs: Vec<String> = (3..c.args.len()).map(|i| string_arg(c, i)).collect();
-    for s in &srcs {
-        if s.is_empty() {
-            return Err(Error::exec(format!(
-                "invalid source label name in label_join(): {s}"
-            )));
-        }
+    let mut srcs: Vec<String> = Vec::with_capacity(c.args.len().saturating_sub(3));
+    for i in 3..c.args.len() {
+        srcs.push(
+            label_name_arg(c, i).map_err(|s| {
+                Error::exec(format!("invalid source label name in label_join(): {s}"))
+            })?,
+        );
     }
-    if dst.is_empty() {
-        return Err(Error::exec(format!(
-            "invalid destination label name in label_join(): {dst}"
-        )));
-    }
+    let dst = label_name_arg(c, 1).map_err(|d| {
+        Error::exec(format!(
+            "invalid destination label name in label_join(): {d}"
+        ))
+    })?;
     let mut m = ev.eval_matrix(&c.args[0])?;
     for s in &mut m {
         let vals: Vec<&str> = srcs.iter().map(|l| s.labels.get(l).unwrap_or("")).collect();
@@ -957,7 +970,7 @@ mod tests {
     use crate::parser::FUNCTIONS;
 
     fn pts(v: &[(i64, f64)]) -> Vec<Point> {
-        v.iter().map(|&(t_ms, v)| Point { t_ms, v }).collect()
+        v.iter().map(|&(t, v)| Point { t, v }).collect()
     }
 
     /// Every function the parser knows has an implementation or an explicit refusal, and
@@ -1118,6 +1131,7 @@ mod tests {
             param_pos: None,
             annos: Annotations::new(),
             err: None,
+            no_resets: false,
         };
         let r = extrapolated_rate(&w, &mut c, true, true).expect("value");
         assert!((r - 1.0).abs() < 1e-9, "{r}");

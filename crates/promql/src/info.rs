@@ -192,7 +192,7 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
                     continue;
                 }
                 points.push(Point {
-                    t_ms: ts,
+                    t: ts,
                     v: x.t as f64,
                 });
             }
@@ -236,7 +236,7 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
         // Newest info sample per signature at this step.
         let mut right: FastMap<&Labels, (usize, f64)> = FastMap::default();
         for (ii, s) in info_mat.iter().enumerate() {
-            let Some(p) = s.points.get(cur_info[ii]).filter(|p| p.t_ms == ts) else {
+            let Some(p) = s.points.get(cur_info[ii]).filter(|p| p.t == ts) else {
                 continue;
             };
             cur_info[ii] += 1;
@@ -258,7 +258,7 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
             }
         }
         for (bi, s) in mat.iter().enumerate() {
-            let Some(p) = s.points.get(cur_base[bi]).filter(|p| p.t_ms == ts) else {
+            let Some(p) = s.points.get(cur_base[bi]).filter(|p| p.t == ts) else {
                 continue;
             };
             cur_base[bi] += 1;
@@ -301,18 +301,18 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
             };
             match index.get(&labels) {
                 Some(&i) => {
-                    if out[i].points.last().is_some_and(|q| q.t_ms == ts) {
+                    if out[i].points.last().is_some_and(|q| q.t == ts) {
                         return Err(Error::exec(
                             "vector cannot contain metrics with the same labelset",
                         ));
                     }
-                    out[i].points.push(Point { t_ms: ts, v: p.v });
+                    out[i].points.push(Point { t: ts, v: p.v });
                 }
                 None => {
                     index.insert(labels.clone(), out.len());
                     out.push(ESeries {
                         labels,
-                        points: vec![Point { t_ms: ts, v: p.v }],
+                        points: vec![Point { t: ts, v: p.v }],
                         drop_name: s.drop_name,
                     });
                 }

@@ -1,5 +1,5 @@
 //! m3query's PromQL engine: parses and evaluates PromQL with Prometheus 3.x semantics over any
-//! [`Queryable`].
+//! [`Queryable`](m3query_storage::Queryable).
 //!
 //! ```no_run
 //! use m3query_promql::{Engine, EngineOptions, QueryOptions};
@@ -15,23 +15,31 @@
 //! ```
 //!
 //! How a query runs:
-//! 1. [`parser`] turns the text into an [`parser::Expr`] with byte positions (our own parser for the
-//!    full 3.x grammar; see its module doc for why not only `promql-parser`).
+//! 1. [`parser`] turns the text into a [`parser::Expr`] with byte positions: our own parser
+//!    for the full 3.x grammar, checked against `promql-parser` in tests (see the module doc
+//!    for why the crate alone does not do).
 //! 2. Planning (`plan`) folds `start()`/`end()`/`step()`/`range()` and duration expressions,
 //!    finds each selector's time range (Prometheus's `FindMinMaxTime`), opens one querier and
-//!    selects every selector's series **once**, decoding their samples into contiguous buffers
-//!    with `append_range`.
-//! 3. Evaluation (`eval`) walks the tree once per node for all steps of a range query: range
-//!    functions slide two-pointer windows over the decoded buffers (no re-reading per step),
-//!    aggregations group with label hashes computed once per series, binary operators match
-//!    with signatures computed once per series. Work is split across series with rayon where a
-//!    node has enough of them.
+//!    selects every selector's series **once** (identical selectors share one select), with
+//!    `SelectHints` pushed down, decoding samples into contiguous buffers with `append_range`
+//!    (in parallel for many series).
+//! 3. Evaluation (`eval`) walks the tree once per node for all steps of a range query:
+//!    - rollups (`rate`, `*_over_time`, ...) slide two-pointer windows over each series'
+//!      decoded samples, series spread over threads with rayon; under `@` a window is
+//!      computed once and repeated;
+//!    - `sum`/`avg`/`count`/`min`/`max`/`group` directly over a rollup are fused with it
+//!      (each series' rollup folds into its group as it is computed, in input order, so the
+//!      numbers are bit-identical to the plain path and no rollup matrix is materialized);
+//!    - other aggregations group with label hashes computed once per series;
+//!    - binary operators match with signatures computed once per series, and their result
+//!      labels once per series pair, not per step.
 //! 4. `__name__` is dropped at the end where Prometheus 3.x drops it (delayed name removal).
 //!
 //! Limits: `max_samples` (points held in memory at once, counted like Prometheus),
 //! `max_fetched_series`, the [`Context`]'s deadline and cancellation, checked between series
-//! and steps. Native histograms are refused with an execution error, never a wrong number:
-//! the storage seam carries floats only.
+//! and steps (and by every parallel worker). Native histograms are never evaluated: the
+//! storage seam carries floats only, and functions that read histograms yield nothing for
+//! float input, as in Prometheus.
 
 mod aggregate;
 mod annotations;
@@ -122,7 +130,8 @@ pub fn parse(expr: &str) -> Result<parser::Expr> {
     Ok(parser::parse(expr)?)
 }
 
-/// Formats an expression as `/api/v1/format_query` does (Prometheus's printer).
+/// Formats an expression as `/api/v1/format_query` does (Prometheus's prettier: one line
+/// up to 100 characters, longer expressions split and indented).
 pub fn format_query(expr: &str) -> Result<String> {
-    Ok(parser::parse(expr)?.to_string())
+    Ok(parser::pretty(&parser::parse(expr)?))
 }

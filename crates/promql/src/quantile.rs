@@ -8,7 +8,7 @@ use m3query_model::Labels;
 use crate::Result;
 use crate::annotations::{Annotations, msg};
 use crate::parser::{Call, Expr};
-use crate::value::{Elem, FastMap};
+use crate::value::{Elem, FastMap, NO_OID};
 
 const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
 
@@ -319,6 +319,7 @@ pub(crate) fn histogram_quantile(
             t: ts,
             drop_name: true,
             si: 0,
+            oid: NO_OID,
         });
     }
     Ok(())
@@ -348,6 +349,7 @@ pub(crate) fn histogram_fraction(
             t: ts,
             drop_name: true,
             si: 0,
+            oid: NO_OID,
         });
     }
     Ok(())
@@ -419,6 +421,7 @@ pub(crate) fn histogram_quantiles(
                 t: ts,
                 drop_name: true,
                 si: 0,
+                oid: NO_OID,
             });
         }
     }

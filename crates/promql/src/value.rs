@@ -6,12 +6,9 @@ use m3query_model::Labels;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// One float point of a series.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Point {
-    pub t_ms: i64,
-    pub v: f64,
-}
+/// One float point of a series: the storage's sample type (`t` in ms, `v`), so decoded
+/// samples become evaluation input without a copy.
+pub use m3query_model::Sample as Point;
 
 /// One element of an instant vector.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,11 +18,11 @@ pub struct Sample {
     pub v: f64,
 }
 
-/// One series of a range result.
+/// One series of a range result: its labels and samples in time order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub labels: Labels,
-    pub points: Vec<Point>,
+    pub samples: Vec<Point>,
 }
 
 /// A query's result.
@@ -70,7 +67,13 @@ pub(crate) struct Elem {
     pub drop_name: bool,
     /// Index of the series this element came from in its argument's matrix.
     pub si: usize,
+    /// Output series identity, when the producer knows it (`NO_OID`: look the labels up).
+    /// Elements with the same `oid` in one `range_eval` belong to the same output series.
+    pub oid: u32,
 }
+
+/// "No known output identity" for [`Elem::oid`].
+pub(crate) const NO_OID: u32 = u32::MAX;
 
 /// What evaluating a node yields.
 #[derive(Debug)]

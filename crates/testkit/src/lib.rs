@@ -463,10 +463,10 @@ impl Runner {
         };
         let mut vec = Vec::new();
         for s in m {
-            if let Some(p) = s.points.iter().find(|p| p.t_ms == at) {
+            if let Some(p) = s.samples.iter().find(|p| p.t == at) {
                 vec.push(m3query_promql::Sample {
                     labels: s.labels,
-                    t_ms: p.t_ms,
+                    t_ms: p.t,
                     v: p.v,
                 });
             }
@@ -614,10 +614,10 @@ pub fn describe(v: &Value) -> String {
             let mut out = format!("matrix of {}:", ms.len());
             for s in ms.iter().take(20) {
                 let pts: Vec<String> = s
-                    .points
+                    .samples
                     .iter()
                     .take(30)
-                    .map(|p| format!("{}@{}", fmt_f(p.v), p.t_ms))
+                    .map(|p| format!("{}@{}", fmt_f(p.v), p.t))
                     .collect();
                 out.push_str(&format!("\n    {} {}", s.labels, pts.join(" ")));
             }

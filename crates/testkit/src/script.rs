@@ -778,21 +778,21 @@ impl EvalCmd {
                             exp.push((ts, *e));
                         }
                     }
-                    if exp.len() != s.points.len() {
+                    if exp.len() != s.samples.len() {
                         return Err(format!(
                             "expected {} points for {}, got {}\n got: {}",
                             exp.len(),
                             s.labels,
-                            s.points.len(),
+                            s.samples.len(),
                             crate::describe(v)
                         ));
                     }
-                    for (i, ((t, e), p)) in exp.iter().zip(&s.points).enumerate() {
-                        if *t != p.t_ms {
+                    for (i, ((t, e), p)) in exp.iter().zip(&s.samples).enumerate() {
+                        if *t != p.t {
                             return Err(format!(
                                 "expected point {i} of {} at t={t}, got t={}\n got: {}",
                                 s.labels,
-                                p.t_ms,
+                                p.t,
                                 crate::describe(v)
                             ));
                         }

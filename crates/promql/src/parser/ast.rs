@@ -435,6 +435,9 @@ pub enum Expr {
     String {
         val: String,
         pos: PosRange,
+        /// The literal's bytes when they are not valid UTF-8 (`val` then holds a lossy copy);
+        /// such strings are never valid label names.
+        invalid_utf8: Option<Box<[u8]>>,
     },
     Subquery(Box<SubqueryExpr>),
     Unary {

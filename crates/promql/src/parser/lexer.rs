@@ -137,7 +137,7 @@ impl Tok {
             )
     }
 
-    /// How Prometheus names the token in "unexpected <x>" messages.
+    /// How Prometheus names the token in "unexpected `<x>`" messages.
     pub fn describe(self) -> &'static str {
         match self {
             Tok::Eof => "end of input",
@@ -805,8 +805,14 @@ pub fn go_quote_rune(c: char) -> String {
     }
 }
 
-/// Unquotes a PromQL string literal (with its quotes), as Prometheus's `strutil.Unquote`.
+/// Unquotes a PromQL string literal (with its quotes), as Prometheus's `strutil.Unquote`;
+/// an error if the result is not valid UTF-8.
 pub fn unquote(s: &str) -> Result<String, String> {
+    String::from_utf8(unquote_bytes(s)?).map_err(|_| "invalid syntax".to_string())
+}
+
+/// Unquotes a string literal to bytes: Go strings may hold any bytes (`"\xff"`).
+pub fn unquote_bytes(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
     if b.len() < 2 {
         return Err("invalid syntax".into());
@@ -820,31 +826,20 @@ pub fn unquote(s: &str) -> Result<String, String> {
         if inner.contains('`') {
             return Err("invalid syntax".into());
         }
-        return Ok(inner.to_string());
+        return Ok(inner.as_bytes().to_vec());
     }
     if quote != b'"' && quote != b'\'' {
         return Err("invalid syntax".into());
     }
-    if !inner.contains('\\') && !inner.contains(quote as char) {
-        return Ok(inner.to_string());
-    }
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars().peekable();
-    let mut bytes: Vec<u8> = Vec::new();
-    let flush = |bytes: &mut Vec<u8>, out: &mut String| -> Result<(), String> {
-        if !bytes.is_empty() {
-            let s = String::from_utf8(std::mem::take(bytes)).map_err(|_| "invalid syntax")?;
-            out.push_str(&s);
-        }
-        Ok(())
-    };
+    let mut out: Vec<u8> = Vec::with_capacity(inner.len());
+    let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         if c == quote as char {
             return Err("invalid syntax".into());
         }
         if c != '\\' {
-            flush(&mut bytes, &mut out)?;
-            out.push(c);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             continue;
         }
         let Some(e) = chars.next() else {
@@ -863,8 +858,8 @@ pub fn unquote(s: &str) -> Result<String, String> {
             _ => None,
         };
         if let Some(ch) = simple {
-            flush(&mut bytes, &mut out)?;
-            out.push(ch);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
             continue;
         }
         let (n, base, is_byte) = match e {
@@ -874,9 +869,8 @@ pub fn unquote(s: &str) -> Result<String, String> {
             'U' => (8, 16, false),
             _ => return Err("invalid syntax".into()),
         };
-        let mut v: u32 = 0;
         let mut digits = String::new();
-        if e.is_digit(8) && base == 8 {
+        if base == 8 {
             digits.push(e);
         }
         while digits.len() < n {
@@ -885,6 +879,7 @@ pub fn unquote(s: &str) -> Result<String, String> {
             };
             digits.push(d);
         }
+        let mut v: u32 = 0;
         for d in digits.chars() {
             let dv = d.to_digit(base).ok_or("invalid syntax")?;
             v = v * base + dv;
@@ -893,15 +888,43 @@ pub fn unquote(s: &str) -> Result<String, String> {
             if v > 255 {
                 return Err("invalid syntax".into());
             }
-            bytes.push(v as u8);
+            out.push(v as u8);
         } else {
-            flush(&mut bytes, &mut out)?;
             let ch = char::from_u32(v).ok_or("invalid syntax")?;
-            out.push(ch);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         }
     }
-    flush(&mut bytes, &mut out)?;
     Ok(out)
+}
+
+/// Go's `strconv.Quote` of bytes that may not be valid UTF-8 (invalid bytes as `\xNN`).
+pub fn go_quote_bytes(b: &[u8]) -> String {
+    let mut out = String::from("\"");
+    let mut rest = b;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                let q = super::go_quote(s);
+                out.push_str(&q[1..q.len() - 1]);
+                break;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                if let Ok(s) = std::str::from_utf8(good) {
+                    let q = super::go_quote(s);
+                    out.push_str(&q[1..q.len() - 1]);
+                }
+                let n = e.error_len().unwrap_or(bad.len()).max(1);
+                for x in &bad[..n] {
+                    out.push_str(&format!("\\x{x:02x}"));
+                }
+                rest = &bad[n..];
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]

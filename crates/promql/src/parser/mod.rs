@@ -14,7 +14,7 @@ pub mod functions;
 pub mod lexer;
 mod printer;
 
-pub use printer::{format_float_f, format_float_g as printer_g, go_quote};
+pub use printer::{format_float_f, format_float_g as printer_g, go_quote, pretty};
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
 pub fn format_float_f_go(v: f64) -> String {
     format_float_f(v)
@@ -151,21 +151,32 @@ impl Parser<'_> {
         self.tokens[self.i - 1].end
     }
 
+    /// Prometheus's `unexpected`: `unexpected <item> [in <context>][, expected <what>]`, the
+    /// item described as its `Item.desc()` does.
     fn unexpected_tok(&self, t: Token, context: &str, expected: &str) -> ParseError {
-        let mut msg = String::from("unexpected ");
-        if t.tok == Tok::Eof {
-            msg.push_str("end of input");
-        } else if matches!(t.tok, Tok::Identifier | Tok::MetricIdentifier) {
-            msg.push_str(&format!("identifier {:?}", self.text(t)));
-        } else if t.tok == Tok::Number || t.tok == Tok::Duration {
-            msg.push_str(&format!("{} {:?}", t.tok.describe(), self.text(t)));
-        } else if t.tok == Tok::String {
-            msg.push_str(&format!("string {}", self.text(t)));
-        } else if t.tok.binary_precedence().is_some() || t.tok.is_keyword_name() {
-            msg.push_str(&format!("<{}>", self.text(t).to_ascii_lowercase()));
-        } else {
-            msg.push_str(t.tok.describe());
-        }
+        let text = self.text(t);
+        let quoted = || {
+            if text.chars().count() > 10 {
+                let head: String = text.chars().take(10).collect();
+                format!("{head:?}...")
+            } else {
+                format!("{text:?}")
+            }
+        };
+        let desc = match t.tok {
+            Tok::Eof => "end of input".to_string(),
+            Tok::Identifier => format!("identifier {text:?}"),
+            Tok::MetricIdentifier => format!("metric identifier {text:?}"),
+            Tok::Number => format!("number {}", quoted()),
+            Tok::Duration => format!("duration {}", quoted()),
+            Tok::String => format!("string {}", quoted()),
+            tok if tok.is_aggregator() => format!("<aggr:{}>", text.to_ascii_lowercase()),
+            tok if tok.binary_precedence().is_some() => format!("<op:{text}>"),
+            Tok::EqlRegex | Tok::NeqRegex | Tok::At => format!("<op:{text}>"),
+            tok if tok.is_keyword_name() => format!("<{}>", text.to_ascii_lowercase()),
+            _ => format!("{text:?}"),
+        };
+        let mut msg = format!("unexpected {desc}");
         if !context.is_empty() {
             msg.push_str(" in ");
             msg.push_str(context);
@@ -270,13 +281,24 @@ impl Parser<'_> {
             }
             Tok::String => {
                 self.next();
-                let val = lexer::unquote(self.text(t)).map_err(|e| {
+                let bytes = lexer::unquote_bytes(self.text(t)).map_err(|e| {
                     ParseError::new(
                         t.pos(),
                         format!("error unquoting string {:?}: {e}", self.text(t)),
                     )
                 })?;
-                Ok(Expr::String { val, pos: t.pos() })
+                Ok(match String::from_utf8(bytes) {
+                    Ok(val) => Expr::String {
+                        val,
+                        pos: t.pos(),
+                        invalid_utf8: None,
+                    },
+                    Err(e) => Expr::String {
+                        val: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        pos: t.pos(),
+                        invalid_utf8: Some(e.into_bytes().into_boxed_slice()),
+                    },
+                })
             }
             Tok::LeftParen => {
                 self.next();

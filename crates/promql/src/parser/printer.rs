@@ -262,6 +262,10 @@ impl fmt::Display for Expr {
             }
             Expr::Number { val, .. } => f.write_str(&format_float_f(*val)),
             Expr::Paren(e, _) => write!(f, "({e})"),
+            Expr::String {
+                invalid_utf8: Some(b),
+                ..
+            } => f.write_str(&super::lexer::go_quote_bytes(b)),
             Expr::String { val, .. } => f.write_str(&go_quote(val)),
             Expr::Subquery(s) => {
                 write!(f, "{}[", s.expr)?;
@@ -291,6 +295,116 @@ impl fmt::Display for Expr {
             Expr::StepInvariant(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// Prometheus's prettier (`Pretty(0)`, what `/api/v1/format_query` returns): expressions
+/// longer than 100 characters are split over lines, two spaces per level.
+pub fn pretty(e: &Expr) -> String {
+    pretty_at(e, 0)
+}
+
+const MAX_LINE: usize = 100;
+
+fn indent(level: usize) -> String {
+    "  ".repeat(level)
+}
+
+fn pretty_at(e: &Expr, level: usize) -> String {
+    let flat = e.to_string();
+    let split = flat.len() > MAX_LINE;
+    match e {
+        Expr::Aggregate(a) if split => {
+            let mut s = indent(level);
+            s.push_str(a.op.as_str());
+            if a.without {
+                s.push_str(" without (");
+                s.push_str(&labels_str(&a.grouping));
+                s.push_str(") ");
+            } else if !a.grouping.is_empty() {
+                s.push_str(" by (");
+                s.push_str(&labels_str(&a.grouping));
+                s.push_str(") ");
+            }
+            s.push_str("(\n");
+            if let Some(p) = &a.param {
+                s.push_str(&pretty_at(p, level + 1));
+                s.push_str(",\n");
+            }
+            s.push_str(&pretty_at(&a.expr, level + 1));
+            s.push('\n');
+            s.push_str(&indent(level));
+            s.push(')');
+            s
+        }
+        Expr::Binary(b) if split => {
+            let full = e.to_string();
+            // The operator with bool and matching, as printed between the operands.
+            let lhs = b.lhs.to_string();
+            let rhs = b.rhs.to_string();
+            let mid = full
+                .strip_prefix(&lhs)
+                .and_then(|r| r.strip_suffix(&rhs))
+                .map(str::trim)
+                .unwrap_or(b.op.as_str())
+                .to_string();
+            format!(
+                "{}\n{}{}\n{}",
+                pretty_at(&b.lhs, level + 1),
+                indent(level),
+                mid,
+                pretty_at(&b.rhs, level + 1)
+            )
+        }
+        Expr::Call(c) if split => {
+            let args: Vec<String> = c.args.iter().map(|a| pretty_at(a, level + 1)).collect();
+            format!(
+                "{}{}(\n{}\n{})",
+                indent(level),
+                c.func.name,
+                args.join(",\n"),
+                indent(level)
+            )
+        }
+        Expr::Paren(inner, _) if split => {
+            format!(
+                "{}(\n{}\n{})",
+                indent(level),
+                pretty_at(inner, level + 1),
+                indent(level)
+            )
+        }
+        Expr::Subquery(sq) if split => {
+            let inner = sq.expr.to_string();
+            let suffix = flat.strip_prefix(&inner).unwrap_or("").to_string();
+            format!("{}{}", pretty_at(&sq.expr, level), suffix)
+        }
+        Expr::Subquery(_) => flat,
+        Expr::StepInvariant(inner) => pretty_at(inner, level),
+        Expr::Unary { neg, expr, .. } => {
+            let child = pretty_at(expr, level);
+            format!(
+                "{}{}{}",
+                indent(level),
+                if *neg { "-" } else { "+" },
+                child.trim()
+            )
+        }
+        _ => format!("{}{}", indent(level), flat),
+    }
+}
+
+fn labels_str(labels: &[String]) -> String {
+    labels
+        .iter()
+        .map(|l| {
+            if is_valid_legacy_label_name(l) {
+                l.clone()
+            } else {
+                go_quote(l)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Go's `%v` for a float64 (`%g` with shortest representation).
@@ -336,6 +450,20 @@ pub fn format_float_g(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prettier_splits_long_expressions() {
+        let e = crate::parser::parse(
+            "sum by (job) (rate(http_requests_total{job=\"api\",code=~\"5..\"}[5m])) / sum by (job) (rate(http_requests_total{job=\"api\"}[5m]))",
+        )
+        .expect("parses");
+        assert_eq!(
+            pretty(&e),
+            "  sum by (job) (rate(http_requests_total{code=~\"5..\",job=\"api\"}[5m]))\n/\n  sum by (job) (rate(http_requests_total{job=\"api\"}[5m]))"
+        );
+        let short = crate::parser::parse("sum(rate(x[5m]))").expect("parses");
+        assert_eq!(pretty(&short), "sum(rate(x[5m]))");
+    }
 
     #[test]
     fn float_formats() {

@@ -282,7 +282,7 @@ fn respond(result: QueryResult, query: String, stats: bool) -> Response {
 
 fn estimate(v: &Value) -> usize {
     match v {
-        Value::Matrix(m) => m.iter().map(|s| 128 + s.points.len() * 28).sum::<usize>() + 64,
+        Value::Matrix(m) => m.iter().map(|s| 128 + s.samples.len() * 28).sum::<usize>() + 64,
         Value::Vector(v) => v.len() * 160 + 64,
         _ => 128,
     }
@@ -405,12 +405,12 @@ pub fn write_result(out: &mut String, v: &Value) {
                 out.push_str("{\"metric\":");
                 write_labels(out, &s.labels);
                 out.push_str(",\"values\":[");
-                for (j, p) in s.points.iter().enumerate() {
+                for (j, p) in s.samples.iter().enumerate() {
                     if j > 0 {
                         out.push(',');
                     }
                     out.push('[');
-                    write_ts(out, p.t_ms);
+                    write_ts(out, p.t);
                     out.push(',');
                     write_val(out, p.v);
                     out.push(']');

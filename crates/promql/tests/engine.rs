@@ -1,0 +1,363 @@
+//! Engine behaviour through the public API: results, limits, cancellation, errors and their
+//! HTTP error types, annotations, stats, spans, format/parse helpers.
+
+use std::time::{Duration, Instant};
+
+use m3query_model::Labels;
+use m3query_promql::{Engine, EngineOptions, Error, QueryOptions, Value};
+use m3query_storage::memory::MemStorage;
+use m3query_storage::{Appendable, Context};
+
+fn store(series: usize) -> MemStorage {
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    for i in 0..series {
+        let l = Labels::from_pairs([
+            ("__name__", "http_requests_total".to_string()),
+            ("job", format!("job-{}", i % 3)),
+            ("instance", format!("i-{i}")),
+        ]);
+        for k in 0..=40i64 {
+            app.append(&l, k * 15_000, (k * 10) as f64).expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    s
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineOptions::default())
+}
+
+#[test]
+fn instant_and_range_results() {
+    let s = store(6);
+    let ctx = Context::background();
+    let r = engine()
+        .instant_query(
+            &s,
+            &ctx,
+            "sum by (job) (rate(http_requests_total[5m]))",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    let Value::Vector(v) = r.value else {
+        panic!("vector expected")
+    };
+    assert_eq!(v.len(), 3);
+    for smp in &v {
+        // Two series per job, each 10 per 15s = 2/3 per second.
+        assert!((smp.v - 4.0 / 3.0).abs() < 1e-9, "{smp:?}");
+        assert_eq!(smp.t_ms, 600_000);
+        assert!(smp.labels.metric_name().is_none());
+    }
+    let r = engine()
+        .range_query(
+            &s,
+            &ctx,
+            "http_requests_total{instance=\"i-0\"}",
+            0,
+            600_000,
+            60_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    let Value::Matrix(m) = r.value else {
+        panic!("matrix expected")
+    };
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].samples.len(), 11);
+    assert_eq!(m[0].labels.metric_name(), Some("http_requests_total"));
+    let r = engine()
+        .instant_query(&s, &ctx, "1 + 2", 0, &QueryOptions::default())
+        .expect("query");
+    assert_eq!(r.value, Value::Scalar { t_ms: 0, v: 3.0 });
+    let r = engine()
+        .instant_query(&s, &ctx, "\"hi\"", 5, &QueryOptions::default())
+        .expect("query");
+    assert_eq!(
+        r.value,
+        Value::String {
+            t_ms: 5,
+            s: "hi".into()
+        }
+    );
+}
+
+#[test]
+fn errors_map_to_http_error_types() {
+    let s = store(3);
+    let ctx = Context::background();
+    let e = engine()
+        .instant_query(&s, &ctx, "sum(", 0, &QueryOptions::default())
+        .expect_err("parse error");
+    assert!(matches!(e, Error::Parse(_)));
+    assert_eq!(e.error_type(), "bad_data");
+    assert!(e.to_string().contains("parse error"), "{e}");
+
+    let e = engine()
+        .range_query(
+            &s,
+            &ctx,
+            "http_requests_total[5m]",
+            0,
+            60_000,
+            15_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("range vector in range query");
+    assert_eq!(e.error_type(), "execution");
+    assert_eq!(
+        e.to_string(),
+        "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector"
+    );
+
+    let s6 = store(6);
+    let e = engine()
+        .instant_query(
+            &s6,
+            &ctx,
+            "label_replace(http_requests_total, \"instance\", \"x\", \"job\", \".*\")",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("duplicate series");
+    assert_eq!(
+        e.to_string(),
+        "vector cannot contain metrics with the same labelset"
+    );
+    assert_eq!(e.error_type(), "execution");
+}
+
+#[test]
+fn too_many_samples() {
+    let s = store(20);
+    let small = Engine::new(EngineOptions {
+        max_samples: 100,
+        ..EngineOptions::default()
+    });
+    let e = small
+        .range_query(
+            &s,
+            &Context::background(),
+            "http_requests_total",
+            0,
+            600_000,
+            15_000,
+            &QueryOptions::default(),
+        )
+        .expect_err("over the limit");
+    assert!(matches!(e, Error::TooManySamples));
+    assert_eq!(
+        e.to_string(),
+        "query processing would load too many samples into memory in query execution"
+    );
+    assert_eq!(e.error_type(), "execution");
+}
+
+#[test]
+fn series_limit_truncates_or_fails() {
+    let s = store(10);
+    let ctx = Context::background();
+    let opts = QueryOptions {
+        max_fetched_series: 4,
+        ..QueryOptions::default()
+    };
+    let r = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 600_000, &opts)
+        .expect("truncated");
+    assert!(r.series_limited);
+    let Value::Vector(v) = r.value else {
+        panic!("vector expected")
+    };
+    assert_eq!(v.len(), 4);
+    let opts = QueryOptions {
+        max_fetched_series: 4,
+        require_exhaustive: true,
+        ..QueryOptions::default()
+    };
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 600_000, &opts)
+        .expect_err("exhaustive");
+    assert!(matches!(e, Error::TooManySeries { limit: 4 }));
+}
+
+#[test]
+fn cancellation_and_deadline() {
+    let s = store(3);
+    let ctx = Context::background();
+    ctx.cancel();
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 0, &QueryOptions::default())
+        .expect_err("canceled");
+    assert_eq!(e.error_type(), "canceled");
+    let ctx = Context::with_deadline(Instant::now() - Duration::from_millis(1));
+    let e = engine()
+        .instant_query(&s, &ctx, "http_requests_total", 0, &QueryOptions::default())
+        .expect_err("timed out");
+    assert_eq!(e.error_type(), "timeout");
+}
+
+#[test]
+fn annotations_are_rendered_with_positions() {
+    let s = store(3);
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "quantile(1.5, http_requests_total)",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert_eq!(
+        r.warnings,
+        vec![
+            "PromQL warning: quantile value should be between 0 and 1, got 1.5 (1:10)".to_string()
+        ]
+    );
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "rate(http_requests_total[5m]) + rate(\nfoo[5m])",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert!(r.infos.is_empty(), "{:?}", r.infos);
+}
+
+#[test]
+fn stats_are_collected() {
+    let s = store(5);
+    let r = engine()
+        .range_query(
+            &s,
+            &Context::background(),
+            "rate(http_requests_total[1m])",
+            0,
+            600_000,
+            60_000,
+            &QueryOptions {
+                enable_stats: true,
+                ..QueryOptions::default()
+            },
+        )
+        .expect("query");
+    assert_eq!(r.stats.series_fetched, 5);
+    assert!(r.stats.samples_fetched > 0);
+    assert!(r.stats.total_samples > 0);
+    assert!(r.stats.peak_samples > 0);
+    assert!(r.stats.total >= r.stats.eval);
+}
+
+#[test]
+fn format_and_parse_query() {
+    assert_eq!(
+        m3query_promql::format_query("sum by(job)(rate( x[5m] ))").expect("formats"),
+        "sum by (job) (rate(x[5m]))"
+    );
+    let j = m3query_promql::parse_query("up == 1").expect("parses");
+    assert_eq!(j["type"], "binaryExpr");
+    assert_eq!(j["op"], "==");
+    assert!(m3query_promql::format_query("up ==").is_err());
+}
+
+/// Aggregations fused with the rollup beneath them give bit-identical results to the plain
+/// path (`+rate(...)` is not fused).
+#[test]
+fn fused_aggregation_matches_plain_path() {
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    for i in 0..40 {
+        let l = Labels::from_pairs([
+            ("__name__", "m_total".to_string()),
+            ("job", format!("j{}", i % 3)),
+            ("instance", format!("i{i}")),
+        ]);
+        for k in 0..60i64 {
+            let v = match (i, k) {
+                (7, 30) => f64::NAN,
+                (9, _) => 1e308 * (k as f64),
+                _ => ((k * (i + 1)) % 97) as f64 * 1.1,
+            };
+            app.append(&l, k * 10_000, v).expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    let ctx = Context::background();
+    for op in ["sum", "avg", "count", "min", "max", "group"] {
+        for f in [
+            "rate",
+            "increase",
+            "max_over_time",
+            "last_over_time",
+            "avg_over_time",
+        ] {
+            for g in ["by (job)", "without (instance)", ""] {
+                let fused = format!("{op} {g} ({f}(m_total[2m]))");
+                let plain = format!("{op} {g} (+{f}(m_total[2m]))");
+                let a = engine()
+                    .range_query(
+                        &s,
+                        &ctx,
+                        &fused,
+                        0,
+                        600_000,
+                        30_000,
+                        &QueryOptions::default(),
+                    )
+                    .expect("fused");
+                let b = engine()
+                    .range_query(
+                        &s,
+                        &ctx,
+                        &plain,
+                        0,
+                        600_000,
+                        30_000,
+                        &QueryOptions::default(),
+                    )
+                    .expect("plain");
+                let (Value::Matrix(a), Value::Matrix(b)) = (a.value, b.value) else {
+                    panic!("matrices expected")
+                };
+                assert_eq!(a.len(), b.len(), "{fused}");
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.labels, y.labels, "{fused}");
+                    assert_eq!(x.samples.len(), y.samples.len(), "{fused}");
+                    for (p, q) in x.samples.iter().zip(&y.samples) {
+                        assert_eq!(p.t, q.t, "{fused}");
+                        assert!(
+                            p.v.to_bits() == q.v.to_bits() || (p.v.is_nan() && q.v.is_nan()),
+                            "{fused}: {} vs {}",
+                            p.v,
+                            q.v
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn trim_operators_on_floats_yield_nothing_and_an_info() {
+    let s = store(2);
+    let r = engine()
+        .instant_query(
+            &s,
+            &Context::background(),
+            "http_requests_total </ 5",
+            600_000,
+            &QueryOptions::default(),
+        )
+        .expect("query");
+    assert_eq!(r.value, Value::Vector(vec![]));
+    assert_eq!(
+        r.infos,
+        vec!["PromQL info: incompatible sample types encountered for binary operator \"</\": float </ float (1:1)".to_string()]
+    );
+}

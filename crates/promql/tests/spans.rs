@@ -1,0 +1,76 @@
+//! The engine's tracing spans (`promql.parse`, `storage.select`, `promql.eval`) exist and
+//! nest under the caller's span. Alone in its test binary: tracing caches callsite interest
+//! process-wide, which other tests running in parallel would disturb.
+
+use std::sync::{Arc, Mutex};
+
+use m3query_model::Labels;
+use m3query_promql::{Engine, EngineOptions, QueryOptions};
+use m3query_storage::memory::MemStorage;
+use m3query_storage::{Appendable, Context};
+
+fn store(series: usize) -> MemStorage {
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    for i in 0..series {
+        let l = Labels::from_pairs([
+            ("__name__", "http_requests_total".to_string()),
+            ("instance", format!("i-{i}")),
+        ]);
+        for k in 0..=40i64 {
+            app.append(&l, k * 15_000, (k * 10) as f64).expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    s
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineOptions::default())
+}
+
+/// Records span names, to check the engine's spans exist and nest under the caller's.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(attrs.metadata().name().to_string());
+        }
+    }
+}
+
+#[test]
+fn spans_are_emitted() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let names = Names::default();
+    let sub = tracing_subscriber::registry().with(names.clone());
+    let s = store(2);
+    tracing::subscriber::with_default(sub, || {
+        // Other tests in this process may have cached "no subscriber is interested".
+        tracing::callsite::rebuild_interest_cache();
+        let _root = tracing::info_span!("request").entered();
+        engine()
+            .instant_query(
+                &s,
+                &Context::background(),
+                "sum(http_requests_total)",
+                600_000,
+                &QueryOptions::default(),
+            )
+            .expect("query");
+    });
+    let got = names.0.lock().map(|v| v.clone()).unwrap_or_default();
+    for want in ["promql.parse", "storage.select", "promql.eval"] {
+        assert!(
+            got.iter().any(|n| n == want),
+            "missing span {want}: {got:?}"
+        );
+    }
+}
