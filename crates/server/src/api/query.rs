@@ -581,10 +581,10 @@ mod tests {
             (
                 Value::Matrix(vec![Series {
                     labels: l,
-                    points: vec![
-                        Point { t_ms: 1500, v: 2.5 },
+                    samples: vec![
+                        Point { t: 1500, v: 2.5 },
                         Point {
-                            t_ms: 2500,
+                            t: 2500,
                             v: f64::NAN,
                         },
                     ],
