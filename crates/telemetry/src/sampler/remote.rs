@@ -243,7 +243,10 @@ impl Poller {
                 let mut last: Option<Strategy> = None;
                 runtime.block_on(async move {
                     loop {
-                        poll_once(&client, &url, &sampler, &counters, &log, &mut last).await;
+                        tokio::select! {
+                            _ = poll_once(&client, &url, &sampler, &counters, &log, &mut last) => {}
+                            _ = &mut stop_rx => return,
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(interval) => {}
                             _ = &mut stop_rx => return,
@@ -258,7 +261,7 @@ impl Poller {
         })
     }
 
-    /// Stops polling (a poll in flight is abandoned).
+    /// Stops polling at once (a poll in flight is abandoned).
     pub(crate) fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
