@@ -243,6 +243,10 @@ impl TelemetryBuilder {
                     .with_threads(false)
                     .with_target(false)
                     .with_tracked_inactivity(false)
+                    // Parents come from tracing's own span tree; attaching the OpenTelemetry
+                    // context on every poll of a request's future would cost each request for
+                    // nothing (no code here reads `Context::current`).
+                    .with_context_activation(false)
                     // Spans only from INFO up: dependencies' debug spans (hyper, h2) stay out,
                     // and nothing the exporters do is traced (no spans about exporting spans).
                     .with_filter(LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(

@@ -10,9 +10,10 @@
 //!   with the exporter.
 //! - One worker thread per exporter runs a single-threaded tokio runtime (so tonic, reqwest
 //!   and UDP exporters all work whatever runtime the application uses, and never share its
-//!   workers). It moves spans into a batch and exports when the batch reaches `max_batch`
-//!   spans or every `flush_interval` (Jaeger's `bufferFlushInterval`), each export bounded
-//!   by `export_timeout`.
+//!   workers). Every `flush_interval` (Jaeger's `bufferFlushInterval`), or as soon as the
+//!   queue is half full, it drains the queue and exports in batches of at most `max_batch`
+//!   spans, each export bounded by `export_timeout`. It is not woken per span: that would
+//!   cost every sampled request a futex wake-up.
 //! - `force_flush` and `shutdown_with_timeout` wait at most their timeout; shutdown drains
 //!   what is queued, exports it, and stops the thread.
 
@@ -26,7 +27,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::logging::LogLimiter;
 use crate::metrics::{BackendCounters, DropReason};
@@ -76,6 +77,9 @@ enum Control {
 pub(crate) struct QueueProcessor {
     spans: mpsc::Sender<SpanData>,
     control: mpsc::UnboundedSender<Control>,
+    /// Wakes the worker early; notified when free capacity falls to `wake_below`.
+    wake: Arc<Notify>,
+    wake_below: usize,
     queue_full: prometheus_client::metrics::counter::Counter,
     after_shutdown: prometheus_client::metrics::counter::Counter,
     shut_down: AtomicBool,
@@ -105,6 +109,9 @@ impl QueueProcessor {
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(opts.queue_size.max(1));
+        let wake = Arc::new(Notify::new());
+        let worker_wake = wake.clone();
+        let wake_below = opts.queue_size.max(1) / 2;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -123,7 +130,7 @@ impl QueueProcessor {
                 match exporter {
                     Ok(e) => {
                         let _ = ready_tx.send(Ok(()));
-                        runtime.block_on(worker(e, opts, rx, ctl_rx, worker_counters));
+                        runtime.block_on(worker(e, opts, rx, ctl_rx, worker_wake, worker_counters));
                     }
                     Err(msg) => {
                         let _ = ready_tx.send(Err(msg));
@@ -142,6 +149,8 @@ impl QueueProcessor {
         Ok(QueueProcessor {
             spans: tx,
             control: ctl_tx,
+            wake,
+            wake_below,
             queue_full: counters.dropped(DropReason::QueueFull),
             after_shutdown: counters.dropped(DropReason::Shutdown),
             shut_down: AtomicBool::new(false),
@@ -177,7 +186,11 @@ impl SpanProcessor for QueueProcessor {
             return;
         }
         match self.spans.try_send(span) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.spans.capacity() <= self.wake_below {
+                    self.wake.notify_one();
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.queue_full.inc();
                 if let Some(suppressed) = self.log_full.check() {
@@ -227,10 +240,9 @@ async fn worker<E: SpanExporter>(
     opts: QueueOptions,
     mut rx: mpsc::Receiver<SpanData>,
     mut ctl: mpsc::UnboundedReceiver<Control>,
+    wake: Arc<Notify>,
     counters: BackendCounters,
 ) {
-    let max_batch = opts.max_batch.max(1);
-    let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
     let mut tick = tokio::time::interval(opts.flush_interval.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout_log = LogLimiter::new(Duration::from_secs(60));
@@ -239,58 +251,31 @@ async fn worker<E: SpanExporter>(
         counters: &counters,
         timeout_log: &timeout_log,
     };
+    // The worker never waits on the span channel itself: a receiver parked there would be
+    // woken (a futex syscall on the request's thread) for every span. It drains on the flush
+    // tick, and early when the queue is half full.
     loop {
         tokio::select! {
             biased;
             c = ctl.recv() => match c {
                 Some(Control::SetResource(r)) => exporter.set_resource(&r),
                 Some(Control::Flush(done)) => {
-                    while let Ok(s) = rx.try_recv() {
-                        batch.push(s);
-                        if batch.len() >= max_batch {
-                            ctx.export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(max_batch))).await;
-                        }
-                    }
-                    if !batch.is_empty() {
-                        ctx.export(&exporter, std::mem::take(&mut batch)).await;
-                    }
+                    ctx.drain(&exporter, &mut rx).await;
                     let _ = exporter.force_flush();
                     let _ = done.try_send(());
                 }
                 Some(Control::Shutdown(done)) => {
                     rx.close();
-                    while let Some(s) = rx.recv().await {
-                        batch.push(s);
-                        if batch.len() >= max_batch {
-                            ctx.export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(max_batch))).await;
-                        }
-                    }
-                    if !batch.is_empty() {
-                        ctx.export(&exporter, std::mem::take(&mut batch)).await;
-                    }
+                    ctx.drain(&exporter, &mut rx).await;
                     let _ = exporter.shutdown();
                     let _ = done.try_send(());
                     return;
                 }
-                None => {
-                    // The processor was dropped without shutdown: stop quietly.
-                    return;
-                }
-            },
-            s = rx.recv() => match s {
-                Some(s) => {
-                    batch.push(s);
-                    if batch.len() >= max_batch {
-                        ctx.export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(max_batch))).await;
-                    }
-                }
+                // The processor was dropped without shutdown: stop quietly.
                 None => return,
             },
-            _ = tick.tick() => {
-                if !batch.is_empty() {
-                    ctx.export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(max_batch))).await;
-                }
-            }
+            _ = wake.notified() => ctx.drain(&exporter, &mut rx).await,
+            _ = tick.tick() => ctx.drain(&exporter, &mut rx).await,
         }
     }
 }
@@ -302,6 +287,21 @@ struct ExportCtx<'a> {
 }
 
 impl ExportCtx<'_> {
+    /// Exports everything queued, in batches of at most `max_batch`.
+    async fn drain<E: SpanExporter>(&self, exporter: &E, rx: &mut mpsc::Receiver<SpanData>) {
+        let max_batch = self.opts.max_batch.max(1);
+        let mut batch = Vec::with_capacity(max_batch.min(rx.len()));
+        while let Ok(s) = rx.try_recv() {
+            batch.push(s);
+            if batch.len() >= max_batch {
+                self.export(exporter, std::mem::take(&mut batch)).await;
+            }
+        }
+        if !batch.is_empty() {
+            self.export(exporter, batch).await;
+        }
+    }
+
     async fn export<E: SpanExporter>(&self, exporter: &E, batch: Vec<SpanData>) {
         let n = batch.len() as u64;
         if self.opts.log_spans {
