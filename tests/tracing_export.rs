@@ -27,9 +27,16 @@ const REQUESTS: &[(&str, &str, u16)] = &[
     ("/health", "GET /health", 200),
 ];
 
+/// One client for the whole test binary (building one per request starts a runtime each
+/// time).
+fn http() -> &'static reqwest::blocking::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(client)
+}
+
 /// The value of one series on `/metrics` (0 when absent).
 fn metric(m: &M3Query, series: &str) -> f64 {
-    let text = client()
+    let text = http()
         .get(m.url("/metrics"))
         .send()
         .and_then(|r| r.text())
@@ -63,7 +70,7 @@ fn wait_metric(m: &M3Query, series: &str, at_least: f64) -> f64 {
 
 /// GETs `path`; returns (status, X-Trace-Id).
 fn get(m: &M3Query, path: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
-    let mut req = client().get(m.url(path));
+    let mut req = http().get(m.url(path));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -524,10 +531,14 @@ fn dead_backends_never_fail_requests_and_drops_are_counted() {
         "tracing:\n  backend: otlp\n  otlp: {{endpoint: \"http://127.0.0.1:{}\", timeout: 2s, queue_size: 10}}\n",
         common::free_port()
     ));
+    // Agent: a name that does not resolve.
+    let no_dns = M3Query::start(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {type: const, param: 1}\n    reporter: {localAgentHostPort: \"no-such-agent.invalid:6831\", bufferFlushInterval: 100ms}\n",
+    );
     let rss = |m: &M3Query| metric(m, "process_resident_memory_bytes");
     let before = rss(&coll);
     for i in 0..300 {
-        for m in [&agent, &coll, &otlp] {
+        for m in [&agent, &coll, &otlp, &no_dns] {
             let (status, _) = get(m, "/api/v1/status/buildinfo", &[]);
             assert_eq!(status, 200, "request {i} failed with the backend down");
         }
@@ -551,6 +562,23 @@ fn dead_backends_never_fail_requests_and_drops_are_counted() {
         &otlp,
         r#"m3query_tracing_spans_dropped_total{backend="otlp",reason="export_failed"}"#,
         1.0,
+    );
+    wait_metric(
+        &no_dns,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_agent",reason="send_failed"}"#,
+        1.0,
+    );
+    let dns_log = no_dns.log();
+    assert!(
+        dns_log.contains("cannot resolve the Jaeger agent address"),
+        "{dns_log}"
+    );
+    assert!(
+        dns_log
+            .matches("cannot resolve the Jaeger agent address")
+            .count()
+            <= 2,
+        "DNS failures are rate-limited in the log:\n{dns_log}"
     );
     let started = metric(
         &coll,

@@ -67,8 +67,8 @@ struct Agent {
 }
 
 impl JaegerAgentExporter {
-    /// Sends to `target` (`host:port`), resolved now and again after failures; with
-    /// `reresolve_every`, also periodically (the agent may move).
+    /// Sends to `target` (`host:port`), resolved at the first send and again after
+    /// failures; with `reresolve_every`, also periodically (the agent may move).
     pub(crate) fn new(
         target: HostPort,
         process: &JaegerProcess,
@@ -76,7 +76,7 @@ impl JaegerAgentExporter {
         max_packet: usize,
         counters: BackendCounters,
     ) -> JaegerAgentExporter {
-        let mut agent = Agent {
+        let agent = Agent {
             target,
             reresolve_every,
             max_packet: max_packet.min(MAX_PACKET_SIZE),
@@ -95,7 +95,8 @@ impl JaegerAgentExporter {
             #[cfg(test)]
             captured: None,
         };
-        agent.connect();
+        // Resolved on the first send, on the export thread: a slow or failing DNS lookup
+        // must not hold up startup.
         JaegerAgentExporter {
             inner: Mutex::new(agent),
         }
