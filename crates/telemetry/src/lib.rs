@@ -8,6 +8,15 @@
 //!
 //! The per-request root span lives in [`http::RequestSpan`]; inbound trace context is parsed
 //! by [`propagation::Propagation`]; the `tracing:` keys are in [`config`].
+//!
+//! Where spans go is chosen from `tracing.effective_backend()` ([`export`]): the Jaeger agent
+//! (compact Thrift over UDP) or collector (binary Thrift over HTTP), OTLP, or LightStep over
+//! OTLP. Export runs on its own thread behind a bounded queue, so a slow or dead backend costs
+//! dropped spans, never request latency. Root spans are sampled as jaeger-client-go samples
+//! them (`const`, `probabilistic`, `ratelimiting`, `remote` with per-operation strategies).
+//! [`Telemetry::metrics_collector`] exposes spans started, sampled, exported and dropped (by
+//! reason) and sampler refreshes for `/metrics`; [`Telemetry::shutdown`] flushes within a
+//! bounded time.
 
 pub mod config;
 pub mod export;

@@ -1,4 +1,5 @@
-//! Span export: the bounded queue ([`queue`]) in front of one exporter per backend.
+//! Span export: a bounded queue (its own thread, drops counted) in front of one exporter per
+//! backend.
 //!
 //! | `tracing:` | exporter | metrics `backend` label |
 //! | --- | --- | --- |
