@@ -697,3 +697,133 @@ fn udp_send_to_a_closed_port_is_counted_as_failed() {
     }
     panic!("no send failure counted for an agent that is not listening");
 }
+
+#[test]
+fn thousand_spans_through_the_queue_arrive_over_udp_in_bounded_datagrams() {
+    use crate::export::queue::{Accounting, QueueOptions, QueueProcessor};
+    use opentelemetry_sdk::trace::SpanProcessor as _;
+
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // Room for every datagram even if the reader falls behind.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt reads one c_int we own, for a socket we own.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let addr = sock.local_addr().expect("addr");
+    let reader = std::thread::spawn(move || {
+        let mut grams = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        while let Ok(n) = sock.recv(&mut buf) {
+            grams.push(buf[..n].to_vec());
+        }
+        grams
+    });
+
+    let c = counters();
+    let exporter_counters = c.clone();
+    let p = QueueProcessor::start(
+        move || {
+            Ok(super::JaegerAgentExporter::new(
+                crate::config::HostPort(addr.to_string()),
+                &process(),
+                None,
+                MAX_PACKET_SIZE,
+                exporter_counters,
+            ))
+        },
+        QueueOptions {
+            queue_size: 1000,
+            max_batch: 1000,
+            flush_interval: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(5),
+            log_spans: false,
+            accounting: Accounting::Exporter,
+            thread_name: "test-jaeger".into(),
+        },
+        c.clone(),
+    )
+    .expect("processor");
+    let payload = "q".repeat(300);
+    for i in 1..=1000u64 {
+        let mut a = http_attrs("GET", "/api/v1/query_range", 200);
+        a.push(KeyValue::new("query", format!("rate(x_{i}[1m]) {payload}")));
+        p.on_end(span("GET /api/v1/query_range", i, a, Status::Unset));
+    }
+    p.shutdown_with_timeout(Duration::from_secs(10))
+        .expect("shutdown flushes");
+    let grams = reader.join().expect("reader");
+    assert!(grams.len() > 1, "{} datagrams", grams.len());
+    let mut ids = Vec::new();
+    for g in &grams {
+        assert!(g.len() <= 65_000, "{} bytes", g.len());
+        ids.extend(decode_datagram(g).spans.into_iter().map(|s| s.span_id));
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=1000).collect::<Vec<i64>>());
+    assert_eq!(c.exported.get(), 1000);
+    assert_eq!(c.dropped(crate::metrics::DropReason::QueueFull).get(), 0);
+    // Once shut down, spans are counted as dropped, not queued.
+    p.on_end(span("GET /late", 5000, vec![], Status::Unset));
+    assert_eq!(c.dropped(crate::metrics::DropReason::Shutdown).get(), 1);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_blocking() {
+    use crate::export::queue::{Accounting, QueueOptions, QueueProcessor};
+    use opentelemetry_sdk::trace::SpanProcessor as _;
+
+    /// An exporter that never finishes, like a blackholed collector.
+    #[derive(Debug)]
+    struct Stuck;
+    impl opentelemetry_sdk::trace::SpanExporter for Stuck {
+        async fn export(&self, _: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+    let c = counters();
+    let p = QueueProcessor::start(
+        || Ok(Stuck),
+        QueueOptions {
+            queue_size: 10,
+            max_batch: 10,
+            flush_interval: Duration::from_millis(10),
+            export_timeout: Duration::from_millis(300),
+            log_spans: false,
+            accounting: Accounting::ByResult,
+            thread_name: "test-stuck".into(),
+        },
+        c.clone(),
+    )
+    .expect("processor");
+    // on_end never waits for the exporter: all 1000 return while it is stuck.
+    for i in 1..=1000u64 {
+        p.on_end(span("GET /x", i, vec![], Status::Unset));
+    }
+    let full = c.dropped(crate::metrics::DropReason::QueueFull).get();
+    assert!(full >= 980, "{full} dropped as queue_full of 1000");
+    // The stuck export times out and its batch is counted too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.dropped(crate::metrics::DropReason::ExportTimeout).get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no export timeout counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.exported.get(), 0);
+    // Shutdown returns within its timeout even with an exporter that never answers (a hang
+    // here would hang the test).
+    let _ = p.shutdown_with_timeout(Duration::from_millis(200));
+    p.on_end(span("GET /late", 5000, vec![], Status::Unset));
+    assert_eq!(c.dropped(crate::metrics::DropReason::Shutdown).get(), 1);
+}
