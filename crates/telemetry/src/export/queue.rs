@@ -185,6 +185,10 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
+        if self.shut_down.load(Ordering::Relaxed) {
+            self.after_shutdown.inc();
+            return;
+        }
         match self.spans.try_send(span) {
             Ok(()) => {
                 if self.spans.capacity() <= self.wake_below {
