@@ -143,7 +143,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let metrics = MetricsRegistry::new(&build_info());
+    let mut metrics = MetricsRegistry::new(&build_info());
+    metrics.register_collector(telemetry.metrics_collector());
     let server = Server::new(
         cfg.clone(),
         build_info(),

@@ -133,8 +133,6 @@ impl Drop for M3Query {
 }
 
 pub fn client() -> reqwest::blocking::Client {
-    // reqwest is built without a bundled TLS provider (the workspace uses ring).
-    m3query_remote::client::ensure_crypto_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

@@ -50,15 +50,6 @@ pub struct RemoteConfig {
     pub max_response_bytes: usize,
 }
 
-/// Installs rustls's ring crypto provider as the process default if none is installed yet, so
-/// HTTPS works without every caller configuring TLS.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Fails only if another thread installed one first, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
 /// A remote-read store.
 pub struct RemoteReadClient {
     cfg: RemoteConfig,
@@ -78,7 +69,6 @@ impl std::fmt::Debug for RemoteReadClient {
 impl RemoteReadClient {
     /// Builds the client; `runtime` runs its HTTP calls.
     pub fn new(cfg: RemoteConfig, runtime: tokio::runtime::Handle) -> Result<Self> {
-        ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("m3query/", env!("CARGO_PKG_VERSION")))
             .timeout(cfg.timeout)

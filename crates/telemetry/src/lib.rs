@@ -8,12 +8,26 @@
 //!
 //! The per-request root span lives in [`http::RequestSpan`]; inbound trace context is parsed
 //! by [`propagation::Propagation`]; the `tracing:` keys are in [`config`].
+//!
+//! Where spans go is chosen from `tracing.effective_backend()` ([`export`]): the Jaeger agent
+//! (compact Thrift over UDP) or collector (binary Thrift over HTTP), OTLP, or LightStep over
+//! OTLP. Export runs on its own thread behind a bounded queue, so a slow or dead backend costs
+//! dropped spans, never request latency. Root spans are sampled as jaeger-client-go samples
+//! them (`const`, `probabilistic`, `ratelimiting`, `remote` with per-operation strategies).
+//! [`Telemetry::metrics_collector`] exposes spans started, sampled, exported and dropped (by
+//! reason) and sampler refreshes for `/metrics`; [`Telemetry::shutdown`] flushes within a
+//! bounded time.
 
 pub mod config;
+pub mod export;
+mod host;
 pub mod http;
+mod logging;
+mod metrics;
 pub mod propagation;
 mod sampler;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -22,10 +36,11 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 
 pub use config::{Backend, TracingConfig};
+pub use prometheus_client::collector::Collector as MetricsCollector;
 pub use propagation::Propagation;
 
 /// Our version, as reported in process tags and build info.
@@ -135,16 +150,84 @@ impl TelemetryBuilder {
         };
 
         let service_name = self.tracing.effective_service_name().to_string();
-        let provider = match (self.exporter.take(), self.tracing.effective_backend()) {
-            (Some(install), _) => Some(install(self.provider_builder(&service_name)).build()),
-            (None, Backend::None) => None,
-            (None, backend) => {
-                return Err(Error::Backend {
-                    backend: format!("{backend:?}").to_lowercase(),
-                    reason: "no exporter is built into this version".into(),
-                });
+        let metrics = Arc::new(metrics::Metrics::default());
+        let backend = self.tracing.effective_backend();
+        let backend_err = |reason: String| Error::Backend {
+            backend: format!("{backend:?}").to_lowercase(),
+            reason,
+        };
+        let mut notices: Vec<String> = Vec::new();
+        let (provider, remote) = match self.exporter.take() {
+            Some(install) => {
+                let built = sampler::build(
+                    &self.tracing,
+                    metrics.backend("custom"),
+                    sampler::rate_limiter::system_clock(),
+                );
+                let b = self
+                    .provider_builder(&service_name)
+                    .with_sampler(built.sampler);
+                (Some(install(b).build()), built.remote)
+            }
+            None => {
+                match export::build(&self.tracing, &service_name, &metrics).map_err(backend_err)? {
+                    None => (None, None),
+                    Some(e) => {
+                        let built = sampler::build(
+                            &self.tracing,
+                            metrics.backend(e.label),
+                            sampler::rate_limiter::system_clock(),
+                        );
+                        notices.push(format!("tracing to {}", e.target));
+                        let b = self
+                            .provider_builder(&service_name)
+                            .with_sampler(built.sampler)
+                            .with_span_processor(e.processor);
+                        (Some(b.build()), built.remote)
+                    }
+                }
             }
         };
+        let poller = match (&remote, &self.tracing.jaeger) {
+            (Some(r), j) => {
+                let s = j.as_ref().map(|j| j.sampler.clone()).unwrap_or_default();
+                let label = if self
+                    .tracing
+                    .jaeger
+                    .as_ref()
+                    .is_some_and(|j| j.reporter.collector_endpoint.is_some())
+                {
+                    "jaeger_collector"
+                } else {
+                    "jaeger_agent"
+                };
+                Some(
+                    sampler::remote::Poller::start(
+                        r.clone(),
+                        &s.sampling_server_url.0,
+                        &service_name,
+                        s.sampling_refresh_interval.0,
+                        metrics.backend(label),
+                    )
+                    .map_err(backend_err)?,
+                )
+            }
+            (None, _) => None,
+        };
+        let mut warnings = Vec::new();
+        if backend == Backend::Lightstep
+            && self
+                .tracing
+                .lightstep
+                .as_ref()
+                .is_none_or(|l| l.access_token.is_empty())
+        {
+            warnings.push(
+                "tracing.lightstep.access_token is empty: LightStep's public ingest will refuse \
+                 spans (a satellite may accept them)"
+                    .to_string(),
+            );
+        }
 
         let propagation = Propagation {
             jaeger_header: self
@@ -161,39 +244,81 @@ impl TelemetryBuilder {
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
         };
 
-        let otel_layer = provider.as_ref().map(|p| {
-            tracing_opentelemetry::layer()
-                .with_tracer(p.tracer("m3query"))
-                .with_location(false)
-                .with_threads(false)
-                .with_target(false)
-                .with_tracked_inactivity(false)
-                // Spans only from INFO up: dependencies' debug spans (hyper, h2) stay out.
-                .with_filter(LevelFilter::INFO)
-        });
+        let otel_layer =
+            provider.as_ref().map(|p| {
+                tracing_opentelemetry::layer()
+                    .with_tracer(p.tracer("m3query"))
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_target(false)
+                    .with_tracked_inactivity(false)
+                    // Parents come from tracing's own span tree; attaching the OpenTelemetry
+                    // context on every poll of a request's future would cost each request for
+                    // nothing (no code here reads `Context::current`).
+                    .with_context_activation(false)
+                    // Spans only from INFO up: dependencies' debug spans (hyper, h2) stay out,
+                    // and nothing the exporters do is traced (no spans about exporting spans).
+                    .with_filter(LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(
+                        |_| !export::queue::on_export_thread(),
+                    )))
+            });
         let subscriber = tracing_subscriber::registry()
             .with(fmt_layer)
             .with(otel_layer);
+        let dispatch = tracing::Dispatch::new(subscriber);
+        tracing::dispatcher::with_default(&dispatch, || {
+            for n in &notices {
+                tracing::info!(target: "m3query::tracing", service = %service_name, "{n}");
+            }
+            for w in &warnings {
+                tracing::warn!(target: "m3query::tracing", "{w}");
+            }
+        });
         Ok(Telemetry {
             provider,
-            dispatch: tracing::Dispatch::new(subscriber),
+            dispatch,
             propagation,
+            metrics,
+            poller: parking_lot::Mutex::new(poller),
+            notices: notices.into_iter().chain(warnings).collect(),
         })
     }
 
+    /// The provider with its resource: `service.name`, `service.version`, `host.name`, and
+    /// per backend the configured tags (LightStep: `lightstep.component_name` too).
     fn provider_builder(&self, service_name: &str) -> ProviderBuilder {
         let mut attrs = vec![
             KeyValue::new("service.name", service_name.to_string()),
             KeyValue::new("service.version", VERSION),
         ];
-        if let Some(j) = &self.tracing.jaeger {
-            for (k, v) in &j.tags.0 {
-                attrs.push(KeyValue::new(k.clone(), v.to_string()));
+        if let Some(h) = host::hostname() {
+            attrs.push(KeyValue::new("host.name", h));
+        }
+        let tags = match self.tracing.effective_backend() {
+            Backend::Lightstep => {
+                attrs.push(KeyValue::new(
+                    "lightstep.component_name",
+                    service_name.to_string(),
+                ));
+                self.tracing.lightstep.as_ref().map(|l| &l.tags)
             }
+            _ => self.tracing.jaeger.as_ref().map(|j| &j.tags),
+        };
+        for (k, v) in tags.map(|t| t.0.iter()).into_iter().flatten() {
+            attrs.retain(|kv| kv.key.as_str() != k);
+            attrs.push(KeyValue::new(k.clone(), tag_value(v)));
         }
         SdkTracerProvider::builder()
-            .with_sampler(sampler::build(&self.tracing))
             .with_resource(Resource::builder_empty().with_attributes(attrs).build())
+    }
+}
+
+fn tag_value(v: &config::TagValue) -> opentelemetry::Value {
+    match v {
+        config::TagValue::Bool(b) => (*b).into(),
+        config::TagValue::Int(i) => (*i).into(),
+        config::TagValue::Float(f) => (*f).into(),
+        config::TagValue::String(s) => s.clone().into(),
     }
 }
 
@@ -202,6 +327,9 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     dispatch: tracing::Dispatch,
     propagation: Propagation,
+    metrics: Arc<metrics::Metrics>,
+    poller: parking_lot::Mutex<Option<sampler::remote::Poller>>,
+    notices: Vec<String>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -242,8 +370,24 @@ impl Telemetry {
         self.provider.is_some()
     }
 
-    /// Flushes and stops exporters, waiting at most `timeout`.
+    /// Tracing's own counters (spans started, sampled, exported, dropped by reason, sampler
+    /// refreshes) for `/metrics`; register it once.
+    pub fn metrics_collector(&self) -> Box<dyn MetricsCollector> {
+        Box::new(metrics::MetricsCollector(self.metrics.clone()))
+    }
+
+    /// What tracing said at startup: where spans go, and warnings (an empty LightStep
+    /// token). They are also logged through this subscriber when built.
+    pub fn startup_notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// Stops the sampling poller, then flushes and stops the exporter, waiting at most
+    /// `timeout` for what is queued to be sent.
     pub fn shutdown(&self, timeout: Duration) {
+        if let Some(mut p) = self.poller.lock().take() {
+            p.stop();
+        }
         if let Some(p) = &self.provider
             && let Err(e) = p.shutdown_with_timeout(timeout)
         {

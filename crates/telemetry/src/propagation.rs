@@ -98,6 +98,15 @@ fn remote(
     } else {
         TraceFlags::default()
     };
+    // W3C flags have no debug bit (0x02 means "random" there), so Jaeger's debug flag
+    // travels in the trace state, where the sampler and the Jaeger exporter look for it.
+    let state = if debug {
+        state
+            .insert(crate::export::jaeger::model::DEBUG_TRACE_STATE_KEY, "1")
+            .unwrap_or_default()
+    } else {
+        state
+    };
     Some(RemoteParent {
         span_context: SpanContext::new(
             TraceId::from_bytes(trace.to_be_bytes()),
@@ -255,6 +264,7 @@ mod tests {
             "00000000000000000000000000000abc"
         );
         assert!(p.debug && p.span_context.is_sampled());
+        assert_eq!(p.span_context.trace_state().get("jaeger-debug"), Some("1"));
         let p = Propagation::default()
             .extract(&headers(&[("uber-trace-id", "1%3A2%3A0%3A0")]))
             .expect("url-encoded");

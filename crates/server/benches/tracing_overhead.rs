@@ -1,0 +1,189 @@
+//! What tracing costs a request, in-process: the router answering
+//! `GET /api/v1/status/buildinfo` (our cheapest handler, so the ratio is the worst case)
+//! with tracing off, on but unsampled (Jaeger, `const` 0), and on with every request
+//! sampled (Jaeger, `const` 1) and exported over UDP to a local socket that a thread drains.
+//!
+//!     CARGO_TARGET_DIR=/work/target/telemetry cargo bench -p m3query-server --bench tracing_overhead
+//!
+//! A small harness rather than criterion: the three set-ups run interleaved, round after
+//! round (rotating which goes first), so drift in machine load (other builds on a shared
+//! 2-core box) hits all three alike; it reports the median and minimum of the per-round
+//! mean latency (wall clock) and of the request thread's CPU time, and the ratios of the
+//! medians against tracing off. `M3Q_BENCH_ROUNDS` (default 30) and `M3Q_BENCH_REQUESTS`
+//! (per round and set-up, default 20000) tune it. The export counters are printed so a run
+//! where the exporter fell behind (drops) shows.
+//!
+//! Goal (issue 6): unsampled <= 1.01x off, sampled <= 1.03x off.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::Request;
+use http_body_util::BodyExt;
+use m3query_server::{BuildInfo, Config, MetricsRegistry, Server, Services};
+use m3query_storage::memory::MemStorage;
+use m3query_telemetry::config::{Backend, HostPort, JaegerConfig, SamplerType};
+use m3query_telemetry::{LoggingConfig, Telemetry, TracingConfig};
+use tower::ServiceExt;
+
+fn telemetry(sampled: Option<bool>, agent: &str) -> Telemetry {
+    let tracing = match sampled {
+        None => TracingConfig::default(),
+        Some(on) => {
+            let mut j = JaegerConfig::default();
+            j.sampler.sampler_type = SamplerType::Const;
+            j.sampler.param = if on { 1.0 } else { 0.0 };
+            j.reporter.local_agent_host_port = HostPort(agent.to_string());
+            j.reporter.queue_size = 2000;
+            TracingConfig {
+                backend: Backend::Jaeger,
+                jaeger: Some(j),
+                ..TracingConfig::default()
+            }
+        }
+    };
+    Telemetry::builder(tracing, LoggingConfig::default())
+        .with_log_writer(m3query_telemetry::LogWriter::new(std::io::sink))
+        .build()
+        .expect("telemetry")
+}
+
+fn router(t: &Telemetry) -> axum::Router {
+    let server = Server::new(
+        Config::default(),
+        BuildInfo::default(),
+        MetricsRegistry::new(&BuildInfo::default()),
+        t.propagation().clone(),
+    );
+    let store = Arc::new(MemStorage::new());
+    server.set_services(Services {
+        queryable: store.clone(),
+        appendable: Some(store),
+        collector: None,
+    });
+    server.router()
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run one short
+    // round then, as a smoke test.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let rounds = if smoke {
+        1
+    } else {
+        env("M3Q_BENCH_ROUNDS", 30)
+    };
+    let n = if smoke {
+        100
+    } else {
+        env("M3Q_BENCH_REQUESTS", 20_000)
+    };
+
+    let agent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let agent_addr = agent.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while agent.recv(&mut buf).is_ok() {}
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let setups: Vec<(&str, Telemetry)> = [
+        ("tracing off", None),
+        ("on, unsampled", Some(false)),
+        ("on, sampled", Some(true)),
+    ]
+    .into_iter()
+    .map(|(name, s)| (name, telemetry(s, &agent_addr)))
+    .collect();
+    let routers: Vec<axum::Router> = setups.iter().map(|(_, t)| router(t)).collect();
+    let request = || {
+        Request::get("/api/v1/status/buildinfo")
+            .body(Body::empty())
+            .expect("request")
+    };
+
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    // Round 0 warms up and is not counted.
+    for round in 0..=rounds {
+        for k in 0..setups.len() {
+            let i = (round + k) % setups.len();
+            let _guard = tracing::dispatcher::set_default(setups[i].1.dispatch());
+            let (t0, c0) = (Instant::now(), thread_cpu());
+            for _ in 0..n {
+                rt.block_on(async {
+                    let resp = routers[i]
+                        .clone()
+                        .oneshot(request())
+                        .await
+                        .expect("infallible");
+                    // The request span ends once the body is sent.
+                    resp.into_body().collect().await.expect("body")
+                });
+            }
+            if round > 0 {
+                wall[i].push(t0.elapsed().as_secs_f64() * 1e6 / n as f64);
+                cpu[i].push((thread_cpu() - c0).as_secs_f64() * 1e6 / n as f64);
+            }
+        }
+    }
+
+    println!("{rounds} rounds x {n} requests per set-up, GET /api/v1/status/buildinfo in-process");
+    println!(
+        "{:<16} {:>12} {:>10} {:>12} {:>10} {:>10}",
+        "set-up", "median us", "min us", "cpu med us", "ratio", "cpu ratio"
+    );
+    let base_w = median(&mut wall[0].clone());
+    let base_c = median(&mut cpu[0].clone());
+    for (i, (name, _)) in setups.iter().enumerate() {
+        let w = median(&mut wall[i]);
+        let c = median(&mut cpu[i]);
+        let min = wall[i].iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{name:<16} {w:>12.3} {min:>10.3} {c:>12.3} {:>9.3}x {:>9.3}x",
+            w / base_w,
+            c / base_c
+        );
+    }
+    for (name, t) in &setups {
+        t.shutdown(Duration::from_secs(5));
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(t.metrics_collector());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("m3query_tracing_spans") && !l.ends_with(" 0"))
+            .collect();
+        if !lines.is_empty() {
+            println!("{name}: {}", lines.join(", "));
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! Black-box trace export: the real binary against independent receivers (Jaeger's own
+//! Thrift code in `jaeger_agent_sink.py`, OpenTelemetry's protobuf classes in
+//! `otlp_sink.py`), the remote sampler against a live strategy server, and dead backends.
+//! Waits are generous and nothing asserts on latency, so CI timing does not matter.
+
+mod common;
+mod trace_sinks;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{M3Query, client};
+use serde_json::Value;
+use trace_sinks::{Sink, free_udp_port};
+
+/// Requests every Jaeger test sends: (path, operation the span must be named, status).
+/// Add `("/api/v1/query_range?...", "GET /api/v1/query_range", 200)` once the query API
+/// lands.
+const REQUESTS: &[(&str, &str, u16)] = &[
+    (
+        "/api/v1/status/buildinfo",
+        "GET /api/v1/status/buildinfo",
+        200,
+    ),
+    ("/api/v1/does/not/exist", "GET unknown", 404),
+    ("/health", "GET /health", 200),
+];
+
+/// One client for the whole test binary (building one per request starts a runtime each
+/// time).
+fn http() -> &'static reqwest::blocking::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(client)
+}
+
+/// The value of one series on `/metrics` (0 when absent).
+fn metric(m: &M3Query, series: &str) -> f64 {
+    let text = http()
+        .get(m.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_metric(m: &M3Query, series: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = metric(m, series);
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {v} (< {at_least}); log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GETs `path`; returns (status, X-Trace-Id).
+fn get(m: &M3Query, path: &str, headers: &[(&str, &str)]) -> (u16, Option<String>) {
+    let mut req = http().get(m.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().expect("request");
+    let id = r
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (r.status().as_u16(), id)
+}
+
+fn by_op<'a>(spans: &'a [Value], op: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|s| s["operationName"] == op || s["name"] == op)
+        .collect()
+}
+
+fn jaeger_config(agent_port: u16, sampler: &str, extra_reporter: &str) -> String {
+    format!(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    tags: [{{key: env, value: ci}}, {{key: shard, value: 3}}]\n    sampler: {sampler}\n    reporter: {{localAgentHostPort: \"127.0.0.1:{agent_port}\", bufferFlushInterval: 100ms{extra_reporter}}}\n"
+    )
+}
+
+#[test]
+fn jaeger_agent_gets_request_spans_decoded_by_jaeger_code() {
+    let sink = Sink::jaeger_agent();
+    let m = M3Query::start(&jaeger_config(
+        sink.port,
+        "{type: const, param: 1}",
+        ", logSpans: true",
+    ));
+    let mut trace_ids = Vec::new();
+    for (path, _, status) in REQUESTS {
+        let (s, id) = get(&m, path, &[]);
+        assert_eq!(s, *status, "{path}");
+        trace_ids.push(id.expect("a sampled request answers X-Trace-Id"));
+    }
+    let (_, debug_id) = get(&m, "/health", &[("jaeger-debug-id", "find-me")]);
+    let (_, child_id) = get(
+        &m,
+        "/health",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    );
+    assert_eq!(
+        child_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+
+    let spans = sink.wait_for("every request's span", |s| {
+        REQUESTS.iter().all(|(_, op, _)| !by_op(s, op).is_empty())
+            && s.iter()
+                .any(|x| x["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+            && s.iter()
+                .any(|x| Some(x["traceId"].as_str().unwrap_or("")) == debug_id.as_deref())
+    });
+    for ((_, op, status), trace_id) in REQUESTS.iter().zip(&trace_ids) {
+        let s = by_op(&spans, op)[0];
+        assert_eq!(
+            s["traceId"],
+            trace_id.as_str(),
+            "X-Trace-Id is the exported id"
+        );
+        assert_eq!(s["serviceName"], "m3query");
+        assert_eq!(s["tags"]["http.status_code"], *status);
+        assert_eq!(s["tagTypes"]["http.status_code"], "LONG");
+        assert_eq!(s["tags"]["span.kind"], "server");
+        assert!(
+            s["tags"].get("error").is_none(),
+            "no error tag on {status}: {s}"
+        );
+        assert_eq!(s["tags"]["sampler.type"], "const");
+        assert_eq!(s["tags"]["sampler.param"], true);
+        assert_eq!(s["tagTypes"]["sampler.param"], "BOOL");
+        assert_eq!(s["flags"], 1);
+        assert!(s.get("duplicateTagKeys").is_none(), "{s}");
+        assert!(s["duration"].as_i64().is_some_and(|d| d >= 0));
+        let p = &s["processTags"];
+        assert_eq!(
+            p["jaeger.version"],
+            format!("Rust-m3query-{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert!(p["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{p}");
+        assert_eq!(p["env"], "ci");
+        assert_eq!(s["processTagTypes"]["shard"], "LONG");
+    }
+    let unknown = by_op(&spans, "GET unknown")[0];
+    assert!(
+        unknown["logs"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["fields"]["event"] == "request refused")),
+        "a 4xx leaves a log: {unknown}"
+    );
+    let debug = spans
+        .iter()
+        .find(|x| Some(x["traceId"].as_str().unwrap_or("")) == debug_id.as_deref())
+        .expect("debug span");
+    assert_eq!(debug["flags"], 3, "sampled + debug");
+    assert_eq!(debug["tags"]["jaeger-debug-id"], "find-me");
+    let child = spans
+        .iter()
+        .find(|x| x["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("child of the remote parent");
+    assert_eq!(child["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(child["references"][0]["refType"], "CHILD_OF");
+    assert_eq!(child["references"][0]["spanId"], "00f067aa0ba902b7");
+    assert!(
+        child["tags"].get("sampler.type").is_none(),
+        "only roots carry sampler tags"
+    );
+    assert!(
+        wait_metric(
+            &m,
+            r#"m3query_tracing_spans_exported_total{backend="jaeger_agent"}"#,
+            5.0
+        ) >= 5.0
+    );
+    let log = m.log();
+    assert!(
+        log.contains("reporting span") && log.contains("GET /api/v1/status/buildinfo"),
+        "logSpans logs each reported span:\n{log}"
+    );
+}
+
+#[test]
+fn shutdown_flushes_what_is_queued() {
+    let sink = Sink::jaeger_agent();
+    // Nothing would be sent for a minute but for the flush at shutdown.
+    let mut m = M3Query::start(&format!(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {{type: const, param: 1}}\n    reporter: {{localAgentHostPort: \"127.0.0.1:{}\", bufferFlushInterval: 1m}}\n",
+        sink.port
+    ));
+    let (_, id) = get(&m, "/api/v1/status/buildinfo", &[]);
+    let id = id.expect("sampled");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sink.spans().iter().any(|s| s["traceId"] == id.as_str()),
+        "sent before the flush interval"
+    );
+    let status = m.stop();
+    assert!(status.success(), "{status}: {}", m.log());
+    sink.wait_for("the span flushed at shutdown", |s| {
+        s.iter().any(|x| x["traceId"] == id.as_str())
+    });
+}
+
+/// Sends `GET /health` and buildinfo alternately for at least `secs` and at least
+/// `requests` rounds; returns how many of each were sampled and sent, and the seconds it
+/// took.
+fn mixed_load(m: &M3Query, secs: f64, requests: usize) -> ((usize, usize), (usize, usize), f64) {
+    let start = Instant::now();
+    let (mut health, mut build) = ((0, 0), (0, 0));
+    while start.elapsed().as_secs_f64() < secs || build.1 < requests {
+        let (_, h) = get(m, "/health", &[]);
+        health.1 += 1;
+        health.0 += usize::from(h.is_some());
+        let (_, b) = get(m, "/api/v1/status/buildinfo", &[]);
+        build.1 += 1;
+        build.0 += usize::from(b.is_some());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (health, build, start.elapsed().as_secs_f64())
+}
+
+/// The most a 1/s lower bound may sample in `secs`: one credit at the start (or left over),
+/// one per second, and one for a refill racing the clock.
+fn lower_bound_max(secs: f64) -> usize {
+    secs.ceil() as usize + 2
+}
+
+#[test]
+fn remote_sampler_obeys_per_operation_strategy_and_keeps_it_when_the_server_goes() {
+    let sink = Sink::jaeger_agent();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strategies = dir.path().join("strategies.json");
+    std::fs::write(
+        &strategies,
+        r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":0.0},
+            "operationSampling":{"defaultSamplingProbability":0.0,
+              "defaultLowerBoundTracesPerSecond":1.0,
+              "perOperationStrategies":[
+                {"operation":"GET /api/v1/status/buildinfo","probabilisticSampling":{"samplingRate":0.0}},
+                {"operation":"GET /health","probabilisticSampling":{"samplingRate":1.0}}]}}"#,
+    )
+    .expect("strategies");
+    let mut server = Sink::sampling_server(&strategies);
+    let m = M3Query::start(&jaeger_config(
+        sink.port,
+        &format!(
+            "{{type: remote, param: 0, samplingServerURL: \"http://127.0.0.1:{}/sampling\", samplingRefreshInterval: 200ms}}",
+            server.port
+        ),
+        "",
+    ));
+    let updated = r#"m3query_tracing_sampler_refreshes_total{result="updated"}"#;
+    wait_metric(&m, updated, 1.0);
+
+    // Probability 1 for /health: every request sampled. Probability 0 with a lower bound of
+    // 1/s for buildinfo: about one per second (the bucket starts with one credit).
+    let (health, build, secs) = mixed_load(&m, 3.0, 30);
+    assert_eq!(health.0, health.1, "every /health sampled: {health:?}");
+    assert!(
+        (1..=lower_bound_max(secs)).contains(&build.0),
+        "buildinfo sampled ~1/s by the lower bound: {build:?} in {secs:.1}s"
+    );
+    let spans = sink.wait_for("the sampled spans", |s| {
+        by_op(s, "GET /health").len() >= health.0
+            && by_op(s, "GET /api/v1/status/buildinfo").len() >= build.0
+    });
+    for s in by_op(&spans, "GET /api/v1/status/buildinfo") {
+        assert_eq!(s["tags"]["sampler.type"], "lowerbound", "{s}");
+        assert_eq!(s["tags"]["sampler.param"], 0.0);
+    }
+    for s in by_op(&spans, "GET /health") {
+        assert_eq!(s["tags"]["sampler.type"], "probabilistic", "{s}");
+        assert_eq!(s["tags"]["sampler.param"], 1.0);
+    }
+
+    // Garbage from the server (a probability of 7): rejected, the strategy stays.
+    std::fs::write(
+        &strategies,
+        r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":7}}"#,
+    )
+    .expect("garbage");
+    wait_metric(
+        &m,
+        r#"m3query_tracing_sampler_refreshes_total{result="rejected"}"#,
+        2.0,
+    );
+    let (health, build, secs) = mixed_load(&m, 1.5, 15);
+    assert_eq!(
+        health.0, health.1,
+        "strategy kept after garbage: {health:?}"
+    );
+    assert!(build.0 <= lower_bound_max(secs), "{build:?} in {secs:.1}s");
+
+    // The server goes away: fetches fail, the last good strategy stays (the initial
+    // probabilistic 0 would sample no /health at all).
+    server.stop();
+    let failed = r#"m3query_tracing_sampler_refreshes_total{result="fetch_failed"}"#;
+    wait_metric(&m, failed, 2.0);
+    let (health, build, secs) = mixed_load(&m, 2.0, 20);
+    assert_eq!(
+        health.0, health.1,
+        "strategy kept with the server down: {health:?}"
+    );
+    assert!(build.0 <= lower_bound_max(secs), "{build:?} in {secs:.1}s");
+    let log = m.log();
+    assert!(
+        log.matches("cannot fetch the sampling strategy").count() <= 2,
+        "failures are rate-limited in the log:\n{log}"
+    );
+}
+
+#[test]
+fn otlp_grpc_and_http_reach_the_collector() {
+    let sink = Sink::otlp();
+    let grpc = M3Query::start(&format!(
+        "tracing:\n  serviceName: m3query-grpc\n  backend: otlp\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    headers: {{x-api-key: grpc-key}}\n",
+        sink.second_port
+    ));
+    let http = M3Query::start(&format!(
+        "tracing:\n  serviceName: m3query-http\n  backend: otlp\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n    headers: {{x-api-key: http-key}}\n",
+        sink.port
+    ));
+    for m in [&grpc, &http] {
+        for (path, _, _) in REQUESTS {
+            get(m, path, &[]);
+        }
+    }
+    let spans = sink.wait_for("spans from both", |s| {
+        ["m3query-grpc", "m3query-http"]
+            .iter()
+            .all(|svc| s.iter().filter(|x| x["serviceName"] == *svc).count() >= REQUESTS.len())
+    });
+    for (svc, transport, key) in [
+        ("m3query-grpc", "grpc", "grpc-key"),
+        ("m3query-http", "http", "http-key"),
+    ] {
+        let mine: Vec<&Value> = spans.iter().filter(|x| x["serviceName"] == svc).collect();
+        for (_, op, status) in REQUESTS {
+            let s = mine
+                .iter()
+                .find(|x| x["name"] == *op)
+                .unwrap_or_else(|| panic!("{svc}: no {op}"));
+            assert_eq!(s["transport"], transport);
+            assert_eq!(s["headers"]["x-api-key"], key);
+            assert_eq!(s["kind"], "SPAN_KIND_SERVER");
+            assert_eq!(s["attributes"]["http.status_code"], *status);
+            assert_eq!(s["resource"]["service.version"], env!("CARGO_PKG_VERSION"));
+        }
+    }
+}
+
+#[test]
+fn lightstep_satellite_gets_the_token_and_component_name() {
+    let sink = Sink::otlp();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grpc = M3Query::start_in(
+        dir,
+        &format!(
+            "tracing:\n  serviceName: m3coordinator\n  backend: lightstep\n  lightstep:\n    access_token: ${{LIGHTSTEP_ACCESS_TOKEN:\"\"}}\n    collector: {{scheme: https, host: 127.0.0.1, port: {}, plaintext: true}}\n    tags: {{env: ci, zone: 2}}\n    reporting_period: 200ms\n",
+            sink.second_port
+        ),
+        &[("LIGHTSTEP_ACCESS_TOKEN", "ls-token-1")],
+    );
+    let http = M3Query::start(&format!(
+        "tracing:\n  serviceName: m3query-ls-http\n  backend: lightstep\n  lightstep:\n    access_token: ls-token-2\n    use_http: true\n    collector: {{scheme: http, host: 127.0.0.1, port: {}}}\n    reporting_period: 200ms\n",
+        sink.port
+    ));
+    get(&grpc, "/api/v1/status/buildinfo", &[]);
+    get(&http, "/api/v1/status/buildinfo", &[]);
+    let build = |x: &&Value| x["name"] == "GET /api/v1/status/buildinfo";
+    let spans = sink.wait_for("lightstep spans", |s| {
+        s.iter()
+            .filter(build)
+            .any(|x| x["serviceName"] == "m3coordinator")
+            && s.iter()
+                .filter(build)
+                .any(|x| x["serviceName"] == "m3query-ls-http")
+    });
+    let g = spans
+        .iter()
+        .filter(build)
+        .find(|x| x["serviceName"] == "m3coordinator")
+        .expect("grpc span");
+    assert_eq!(g["transport"], "grpc");
+    assert_eq!(g["headers"]["lightstep-access-token"], "ls-token-1");
+    assert_eq!(g["resource"]["lightstep.component_name"], "m3coordinator");
+    assert_eq!(g["resource"]["env"], "ci");
+    assert_eq!(g["resource"]["zone"], 2);
+    assert_eq!(g["name"], "GET /api/v1/status/buildinfo");
+    let h = spans
+        .iter()
+        .filter(build)
+        .find(|x| x["serviceName"] == "m3query-ls-http")
+        .expect("http span");
+    assert_eq!(h["transport"], "http");
+    assert_eq!(h["headers"]["lightstep-access-token"], "ls-token-2");
+    assert_eq!(h["resource"]["lightstep.component_name"], "m3query-ls-http");
+
+    // An empty token is a warning at startup, not a failure.
+    let m = M3Query::start(&format!(
+        "tracing:\n  backend: lightstep\n  lightstep:\n    access_token: \"\"\n    collector: {{scheme: http, host: 127.0.0.1, port: {}}}\n",
+        sink.second_port
+    ));
+    assert_eq!(get(&m, "/health", &[]).0, 200);
+    assert!(m.log().contains("access_token is empty"), "{}", m.log());
+}
+
+/// A minimal HTTP endpoint that records what it is sent and answers 202, or (blackhole)
+/// accepts connections and never answers.
+fn collector(blackhole: bool) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in l.incoming().take(200) {
+            let Ok(mut c) = conn else { return };
+            if blackhole {
+                held.push(c);
+                continue;
+            }
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 65536];
+            // Headers, then Content-Length bytes of body.
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let _ = c.write_all(
+                b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            let _ = tx.send(req);
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn jaeger_collector_gets_binary_thrift_with_auth_and_headers() {
+    let (port, rx) = collector(false);
+    let m = M3Query::start(&format!(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {{type: const, param: 1}}\n    reporter:\n      collectorEndpoint: http://127.0.0.1:{port}/api/traces\n      user: jaeger\n      password: s3cret\n      bufferFlushInterval: 100ms\n      http_headers: {{X-Scope-OrgID: team-a}}\n"
+    ));
+    get(&m, "/api/v1/status/buildinfo", &[]);
+    // Earlier POSTs may hold only the readiness probes' spans.
+    let req = loop {
+        let req = rx.recv_timeout(Duration::from_secs(30)).expect("a POST");
+        if req
+            .windows(b"GET /api/v1/status/buildinfo".len())
+            .any(|w| w == b"GET /api/v1/status/buildinfo")
+        {
+            break req;
+        }
+    };
+    let end = req
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers");
+    let head = String::from_utf8_lossy(&req[..end]).to_string();
+    let lower = head.to_lowercase();
+    assert!(head.starts_with("POST /api/traces HTTP/1.1"), "{head}");
+    assert!(
+        lower.contains("content-type: application/x-thrift"),
+        "{head}"
+    );
+    // base64("jaeger:s3cret")
+    assert!(head.contains("Basic amFlZ2VyOnMzY3JldA=="), "{head}");
+    assert!(lower.contains("x-scope-orgid: team-a"), "{head}");
+    let body = &req[end + 4..];
+    // A binary-Thrift Batch: field 1 (struct, type 12) first, then the service name.
+    assert_eq!(&body[..3], &[12, 0, 1], "{:?}", &body[..16.min(body.len())]);
+    let text = String::from_utf8_lossy(body);
+    assert!(text.contains("m3query"), "the process's service name");
+    wait_metric(
+        &m,
+        r#"m3query_tracing_spans_exported_total{backend="jaeger_collector"}"#,
+        1.0,
+    );
+}
+
+#[test]
+fn dead_backends_never_fail_requests_and_drops_are_counted() {
+    // Agent: nothing listens on the UDP port.
+    let dead_udp = free_udp_port();
+    let agent = M3Query::start(&jaeger_config(
+        dead_udp,
+        "{type: const, param: 1}",
+        ", queueSize: 10",
+    ));
+    // Collector: connections are accepted but never answered.
+    let (hole, _rx) = collector(true);
+    let coll = M3Query::start(&format!(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {{type: const, param: 1}}\n    reporter: {{collectorEndpoint: \"http://127.0.0.1:{hole}/api/traces\", queueSize: 10, bufferFlushInterval: 100ms}}\n"
+    ));
+    // OTLP gRPC: nothing listening.
+    let otlp = M3Query::start(&format!(
+        "tracing:\n  backend: otlp\n  otlp: {{endpoint: \"http://127.0.0.1:{}\", timeout: 2s, queue_size: 10}}\n",
+        common::free_port()
+    ));
+    // Agent: a name that does not resolve.
+    let no_dns = M3Query::start(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {type: const, param: 1}\n    reporter: {localAgentHostPort: \"no-such-agent.invalid:6831\", bufferFlushInterval: 100ms}\n",
+    );
+    let rss = |m: &M3Query| metric(m, "process_resident_memory_bytes");
+    let before = rss(&coll);
+    for i in 0..300 {
+        for m in [&agent, &coll, &otlp, &no_dns] {
+            let (status, _) = get(m, "/api/v1/status/buildinfo", &[]);
+            assert_eq!(status, 200, "request {i} failed with the backend down");
+        }
+    }
+    wait_metric(
+        &agent,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_agent",reason="send_failed"}"#,
+        1.0,
+    );
+    wait_metric(
+        &coll,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_collector",reason="queue_full"}"#,
+        1.0,
+    );
+    wait_metric(
+        &coll,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_collector",reason="export_failed"}"#,
+        1.0,
+    );
+    wait_metric(
+        &otlp,
+        r#"m3query_tracing_spans_dropped_total{backend="otlp",reason="export_failed"}"#,
+        1.0,
+    );
+    wait_metric(
+        &no_dns,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_agent",reason="send_failed"}"#,
+        1.0,
+    );
+    let dns_log = no_dns.log();
+    assert!(
+        dns_log.contains("cannot resolve the Jaeger agent address"),
+        "{dns_log}"
+    );
+    assert!(
+        dns_log
+            .matches("cannot resolve the Jaeger agent address")
+            .count()
+            <= 2,
+        "DNS failures are rate-limited in the log:\n{dns_log}"
+    );
+    let started = metric(
+        &coll,
+        r#"m3query_tracing_spans_started_total{backend="jaeger_collector"}"#,
+    );
+    assert!(started >= 300.0, "{started}");
+    let grown = rss(&coll) - before;
+    assert!(
+        grown < 64.0 * 1024.0 * 1024.0,
+        "memory grew {grown} bytes with the collector down"
+    );
+    let log = coll.log();
+    assert!(
+        log.matches("trace export queue is full").count() <= 2,
+        "drops are rate-limited in the log:\n{log}"
+    );
+}
