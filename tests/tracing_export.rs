@@ -25,6 +25,11 @@ const REQUESTS: &[(&str, &str, u16)] = &[
     ),
     ("/api/v1/does/not/exist", "GET unknown", 404),
     ("/health", "GET /health", 200),
+    (
+        "/api/v1/query_range?query=sum(rate(up[5m]))&start=0&end=600&step=60",
+        "GET /api/v1/query_range",
+        200,
+    ),
 ];
 
 /// One client for the whole test binary (building one per request starts a runtime each
@@ -161,6 +166,41 @@ fn jaeger_agent_gets_request_spans_decoded_by_jaeger_code() {
         assert_eq!(p["env"], "ci");
         assert_eq!(s["processTagTypes"]["shard"], "LONG");
     }
+    // A query's phases are child spans of its request span, with the figures an operator
+    // needs, and the request span carries the query.
+    let qr = by_op(&spans, "GET /api/v1/query_range")[0];
+    assert_eq!(qr["tags"]["query"], "sum(rate(up[5m]))");
+    assert_eq!(qr["tags"]["step"], 60.0);
+    let spans = sink.wait_for("the query's phase spans", |s| {
+        [
+            "promql.parse",
+            "storage.select",
+            "promql.eval",
+            "http.encode",
+        ]
+        .iter()
+        .all(|op| by_op(s, op).iter().any(|x| x["traceId"] == qr["traceId"]))
+    });
+    for op in [
+        "promql.parse",
+        "storage.select",
+        "promql.eval",
+        "http.encode",
+    ] {
+        let child = by_op(&spans, op)
+            .into_iter()
+            .find(|x| x["traceId"] == qr["traceId"])
+            .expect("phase span");
+        assert_eq!(
+            child["parentSpanId"], qr["spanId"],
+            "{op} is a child of the request"
+        );
+    }
+    let select = by_op(&spans, "storage.select")
+        .into_iter()
+        .find(|x| x["traceId"] == qr["traceId"])
+        .expect("select span");
+    assert!(select["tags"].get("series").is_some(), "{select}");
     let unknown = by_op(&spans, "GET unknown")[0];
     assert!(
         unknown["logs"]
@@ -528,7 +568,7 @@ fn dead_backends_never_fail_requests_and_drops_are_counted() {
     ));
     // OTLP gRPC: nothing listening.
     let otlp = M3Query::start(&format!(
-        "tracing:\n  backend: otlp\n  otlp: {{endpoint: \"http://127.0.0.1:{}\", timeout: 2s, queue_size: 10}}\n",
+        "tracing:\n  backend: otlp\n  otlp: {{endpoint: \"http://127.0.0.1:{}\", timeout: 2s, queueSize: 10}}\n",
         common::free_port()
     ));
     // Agent: a name that does not resolve.
@@ -595,4 +635,44 @@ fn dead_backends_never_fail_requests_and_drops_are_counted() {
         log.matches("trace export queue is full").count() <= 2,
         "drops are rate-limited in the log:\n{log}"
     );
+}
+
+/// The seed's searches: a failing `GET /api/v1/query_range` is found by `error=true` and by
+/// its `http.status_code`, and its `remote.read` child span names the store that failed.
+#[test]
+fn failing_query_range_is_tagged_for_the_error_searches() {
+    let sink = Sink::jaeger_agent();
+    let dead = common::free_port();
+    let cfg = format!(
+        "{}storage:\n  enabled: false\nquery:\n  partialResponse: false\nremoteRead:\n  - name: dead-store\n    url: http://127.0.0.1:{dead}/api/v1/read\n    timeout: 2s\n",
+        jaeger_config(sink.port, "{type: const, param: 1}", "")
+    );
+    let m = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let (status, id) = get(
+        &m,
+        "/api/v1/query_range?query=up&start=0&end=600&step=60",
+        &[],
+    );
+    assert_eq!(status, 503);
+    let id = id.expect("sampled");
+    let spans = sink.wait_for("the failed query's spans", |s| {
+        s.iter()
+            .any(|x| x["traceId"] == id.as_str() && x["operationName"] == "remote.read")
+            && s.iter().any(|x| {
+                x["traceId"] == id.as_str() && x["operationName"] == "GET /api/v1/query_range"
+            })
+    });
+    let root = spans
+        .iter()
+        .find(|x| x["traceId"] == id.as_str() && x["operationName"] == "GET /api/v1/query_range")
+        .expect("root");
+    assert_eq!(root["tags"]["error"], true, "{root}");
+    assert_eq!(root["tagTypes"]["error"], "BOOL");
+    assert_eq!(root["tags"]["http.status_code"], 503);
+    let read = spans
+        .iter()
+        .find(|x| x["traceId"] == id.as_str() && x["operationName"] == "remote.read")
+        .expect("remote.read");
+    assert_eq!(read["tags"]["store"], "dead-store");
+    assert_eq!(read["tags"]["error"], true, "{read}");
 }

@@ -104,6 +104,8 @@ impl Error {
                 m3query_storage::Error::DeadlineExceeded => "timeout",
                 m3query_storage::Error::BadRequest(_)
                 | m3query_storage::Error::LimitExceeded(_) => "execution",
+                // A store that cannot be reached: retryable, 503.
+                m3query_storage::Error::Unavailable { .. } => "unavailable",
                 _ => "internal",
             },
         }

@@ -672,7 +672,7 @@ pub enum OtlpProtocol {
 
 /// `tracing.otlp:`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OtlpConfig {
     /// gRPC: `http://host:4317`; HTTP: `http://host:4318` (`/v1/traces` is appended when the
     /// URL has no path).

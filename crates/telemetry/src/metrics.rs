@@ -52,6 +52,15 @@ pub(crate) enum DropReason {
 }
 
 impl DropReason {
+    const ALL: [DropReason; 6] = [
+        DropReason::QueueFull,
+        DropReason::TooLarge,
+        DropReason::SendFailed,
+        DropReason::ExportFailed,
+        DropReason::ExportTimeout,
+        DropReason::Shutdown,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
@@ -129,13 +138,19 @@ impl Metrics {
         let l = BackendLabels {
             backend: backend.to_string(),
         };
-        BackendCounters {
+        let counters = BackendCounters {
             started: self.started.get_or_create(&l).clone(),
             sampled: self.sampled.get_or_create(&l).clone(),
             exported: self.exported.get_or_create(&l).clone(),
             metrics: self.clone(),
             backend: backend.to_string(),
+        };
+        // Every reason is exported from the start, at 0, so rate() and alerts see the series
+        // before the first drop.
+        for r in DropReason::ALL {
+            counters.dropped(r);
         }
+        counters
     }
 }
 

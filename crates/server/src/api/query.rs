@@ -30,6 +30,7 @@ fn engine_error(e: m3query_promql::Error) -> ApiError {
         "execution" => ErrorType::Execution,
         "timeout" => ErrorType::Timeout,
         "canceled" => ErrorType::Canceled,
+        "unavailable" => ErrorType::Unavailable,
         _ => ErrorType::Internal,
     };
     ApiError::new(kind, e.to_string())
