@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use m3query_storage::{Context, Queryable};
 use rayon::prelude::*;
-use tracing::info_span;
+use tracing::debug_span;
 
 use crate::annotations::Annotations;
 use crate::eval::{Counters, Evaluator, SelSeries, cleanup_names};
@@ -170,7 +170,7 @@ impl Engine {
             ..Default::default()
         };
         let mut expr = {
-            let _span = info_span!("promql.parse", query = query).entered();
+            let _span = debug_span!("promql.parse", query = query).entered();
             crate::parser::parse_with(query, parse_opts)?
         };
         stats.parse = t0.elapsed();
@@ -202,7 +202,7 @@ impl Engine {
         stats.prepare = t1.elapsed();
 
         let t2 = Instant::now();
-        let eval_span = info_span!(
+        let eval_span = debug_span!(
             "promql.eval",
             start_ms = start,
             end_ms = end,
@@ -280,7 +280,7 @@ impl Engine {
                 out.push(data.clone());
                 continue;
             }
-            let span = info_span!(
+            let span = debug_span!(
                 "storage.select",
                 matchers = %spec.text,
                 start_ms = spec.hints.start_ms,

@@ -107,7 +107,7 @@ impl RemoteReadClient {
         hints: &SelectHints,
         matchers: &[Matcher],
     ) -> Result<Vec<RemoteSeries>> {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "m3query::remote",
             "remote.read",
             "otel.kind" = "client",

@@ -1,7 +1,8 @@
-//! What tracing costs a request, in-process: the router answering
-//! `GET /api/v1/status/buildinfo` (our cheapest handler, so the ratio is the worst case)
-//! with tracing off, on but unsampled (Jaeger, `const` 0), and on with every request
-//! sampled (Jaeger, `const` 1) and exported over UDP to a local socket that a thread drains.
+//! What tracing costs a request, in-process, for two requests: `GET /api/v1/status/buildinfo`
+//! (our cheapest handler, so the ratio is the worst case) and a dashboard-style instant query
+//! (`sum by (job) (rate(..[5m]))` over 200 series), each with tracing off, on but unsampled
+//! (Jaeger, `const` 0), and on with every request sampled (Jaeger, `const` 1) and exported
+//! over UDP to a local socket that a thread drains.
 //!
 //!     CARGO_TARGET_DIR=/work/target/telemetry cargo bench -p m3query-server --bench tracing_overhead
 //!
@@ -50,14 +51,34 @@ fn telemetry(sampled: Option<bool>, agent: &str) -> Telemetry {
         .expect("telemetry")
 }
 
-fn router(t: &Telemetry) -> axum::Router {
+/// 200 counters over 1h at 15s, in 4 jobs.
+fn store() -> Arc<MemStorage> {
+    use m3query_storage::Appendable;
+    let store = Arc::new(MemStorage::new());
+    let mut app = store.appender();
+    for i in 0..200 {
+        let l = m3query_model::Labels::from_pairs([
+            ("__name__", "http_requests_total".to_string()),
+            ("job", format!("job-{}", i % 4)),
+            ("instance", format!("host-{i}")),
+        ]);
+        for t in 0..240 {
+            app.append(&l, t * 15_000, (t * (i + 1)) as f64)
+                .expect("append");
+        }
+    }
+    app.commit().expect("commit");
+    store
+}
+
+fn router(t: &Telemetry, store: &Arc<MemStorage>) -> axum::Router {
     let server = Server::new(
         Config::default(),
         BuildInfo::default(),
         MetricsRegistry::new(&BuildInfo::default()),
         t.propagation().clone(),
     );
-    let store = Arc::new(MemStorage::new());
+    let store = store.clone();
     server.set_services(Services {
         queryable: store.clone(),
         appendable: Some(store),
@@ -122,12 +143,42 @@ fn main() {
     .into_iter()
     .map(|(name, s)| (name, telemetry(s, &agent_addr)))
     .collect();
-    let routers: Vec<axum::Router> = setups.iter().map(|(_, t)| router(t)).collect();
-    let request = || {
-        Request::get("/api/v1/status/buildinfo")
-            .body(Body::empty())
-            .expect("request")
-    };
+    let data = store();
+    let routers: Vec<axum::Router> = setups.iter().map(|(_, t)| router(t, &data)).collect();
+    for (path, n) in [
+        ("/api/v1/status/buildinfo", n),
+        (
+            "/api/v1/query?query=sum%20by%20(job)%20(rate(http_requests_total%5B5m%5D))&time=3600",
+            (n / 50).max(20),
+        ),
+    ] {
+        measure(&rt, &setups, &routers, path, rounds, n);
+    }
+    for (name, t) in &setups {
+        t.shutdown(Duration::from_secs(5));
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(t.metrics_collector());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("m3query_tracing_spans") && !l.ends_with(" 0"))
+            .collect();
+        if !lines.is_empty() {
+            println!("{name}: {}", lines.join(", "));
+        }
+    }
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    setups: &[(&str, Telemetry)],
+    routers: &[axum::Router],
+    path: &str,
+    rounds: usize,
+    n: usize,
+) {
+    let request = || Request::get(path).body(Body::empty()).expect("request");
 
     let mut wall: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
@@ -144,6 +195,7 @@ fn main() {
                         .oneshot(request())
                         .await
                         .expect("infallible");
+                    assert!(resp.status().is_success(), "{path}: {}", resp.status());
                     // The request span ends once the body is sent.
                     resp.into_body().collect().await.expect("body")
                 });
@@ -155,7 +207,7 @@ fn main() {
         }
     }
 
-    println!("{rounds} rounds x {n} requests per set-up, GET /api/v1/status/buildinfo in-process");
+    println!("{rounds} rounds x {n} requests per set-up, GET {path} in-process");
     println!(
         "{:<16} {:>12} {:>10} {:>12} {:>10} {:>10}",
         "set-up", "median us", "min us", "cpu med us", "ratio", "cpu ratio"
@@ -171,19 +223,5 @@ fn main() {
             w / base_w,
             c / base_c
         );
-    }
-    for (name, t) in &setups {
-        t.shutdown(Duration::from_secs(5));
-        let mut reg = prometheus_client::registry::Registry::default();
-        reg.register_collector(t.metrics_collector());
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
-        let lines: Vec<&str> = out
-            .lines()
-            .filter(|l| l.starts_with("m3query_tracing_spans") && !l.ends_with(" 0"))
-            .collect();
-        if !lines.is_empty() {
-            println!("{name}: {}", lines.join(", "));
-        }
     }
 }

@@ -12,6 +12,17 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::propagation::Propagation;
 
+/// Marks `span` so the OpenTelemetry layer leaves its subtree alone (see `crate::filter`).
+fn mark_unsampled(span: &tracing::Span) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+            && let Some(s) = tracing_subscriber::registry::LookupSpan::span(registry, id)
+        {
+            s.extensions_mut().insert(crate::filter::Unsampled);
+        }
+    });
+}
+
 /// The request's root span and what the response needs from it.
 #[derive(Debug)]
 pub struct RequestSpan {
@@ -75,6 +86,7 @@ impl RequestSpan {
             span.record("trace_id", id.as_str());
             Some(id)
         } else {
+            mark_unsampled(&span);
             None
         };
         RequestSpan { span, trace_id }

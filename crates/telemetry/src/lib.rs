@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod export;
+mod filter;
 mod host;
 pub mod http;
 mod logging;
@@ -36,7 +37,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 
 pub use config::{Backend, TracingConfig};
@@ -244,24 +245,20 @@ impl TelemetryBuilder {
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
         };
 
-        let otel_layer =
-            provider.as_ref().map(|p| {
-                tracing_opentelemetry::layer()
-                    .with_tracer(p.tracer("m3query"))
-                    .with_location(false)
-                    .with_threads(false)
-                    .with_target(false)
-                    .with_tracked_inactivity(false)
-                    // Parents come from tracing's own span tree; attaching the OpenTelemetry
-                    // context on every poll of a request's future would cost each request for
-                    // nothing (no code here reads `Context::current`).
-                    .with_context_activation(false)
-                    // Spans only from INFO up: dependencies' debug spans (hyper, h2) stay out,
-                    // and nothing the exporters do is traced (no spans about exporting spans).
-                    .with_filter(LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(
-                        |_| !export::queue::on_export_thread(),
-                    )))
-            });
+        let otel_layer = provider.as_ref().map(|p| {
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("m3query"))
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                // Parents come from tracing's own span tree; attaching the OpenTelemetry
+                // context on every poll of a request's future would cost each request for
+                // nothing (no code here reads `Context::current`).
+                .with_context_activation(false)
+                // Request roots, and what happens inside sampled requests only.
+                .with_filter(filter::SampledOnly)
+        });
         let subscriber = tracing_subscriber::registry()
             .with(fmt_layer)
             .with(otel_layer);

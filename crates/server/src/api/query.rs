@@ -242,7 +242,9 @@ fn group_thousands(n: u64) -> String {
 /// Encodes a result (span `http.encode`) with M3's headers and the figures for the request
 /// layer.
 fn respond(result: QueryResult, query: String, stats: bool) -> Response {
-    let span = tracing::info_span!(
+    // DEBUG: created only inside sampled requests (or with debug logging), see the
+    // telemetry crate's filter.
+    let span = tracing::debug_span!(
         target: "m3query::http",
         "http.encode",
         result_type = result.value.type_name(),
