@@ -1,6 +1,8 @@
 //! Starts the real `m3query` binary on a free loopback port, as a user would run it.
 #![allow(dead_code)]
 
+pub mod router;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
