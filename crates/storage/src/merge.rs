@@ -64,7 +64,7 @@ impl MergeQueryable {
         self
     }
 
-    /// Wraps plain stores, all required.
+    /// Wraps plain stores, all required, named `store-N`.
     pub fn from_stores(stores: Vec<Arc<dyn Queryable>>) -> Self {
         MergeQueryable::new(
             stores
@@ -118,29 +118,13 @@ struct Part<'a> {
 }
 
 /// A querier over several members' queriers.
-pub struct MergeQuerier<'a> {
+struct MergeQuerier<'a> {
     parts: Vec<Part<'a>>,
     /// Members that failed to open.
     warnings: Warnings,
 }
 
 impl<'a> MergeQuerier<'a> {
-    /// Merges plain queriers, all required.
-    pub fn new(queriers: Vec<Box<dyn Querier + 'a>>) -> Self {
-        MergeQuerier {
-            parts: queriers
-                .into_iter()
-                .enumerate()
-                .map(|(i, querier)| Part {
-                    name: format!("store-{i}"),
-                    partial_ok: false,
-                    querier,
-                })
-                .collect(),
-            warnings: Warnings::new(),
-        }
-    }
-
     /// Runs `f` on every part, concurrently when there are several, each thread inside the
     /// caller's span so per-member spans nest under the request.
     fn each<'s, T: Send>(&'s self, f: impl Fn(&'s Part<'a>) -> Result<T> + Sync) -> Vec<Result<T>> {
@@ -269,7 +253,7 @@ struct Source<'a> {
 }
 
 /// K-way merge of sorted series sets.
-pub struct MergeSeriesSet<'a> {
+struct MergeSeriesSet<'a> {
     sources: Vec<Source<'a>>,
     heads: Vec<Option<Box<dyn Series>>>,
     started: bool,
@@ -277,20 +261,6 @@ pub struct MergeSeriesSet<'a> {
 }
 
 impl<'a> MergeSeriesSet<'a> {
-    /// Merges sorted sets, all required.
-    pub fn new(sets: Vec<Box<dyn SeriesSet + 'a>>) -> Self {
-        let sources = sets
-            .into_iter()
-            .enumerate()
-            .map(|(i, set)| Source {
-                name: format!("store-{i}"),
-                partial_ok: false,
-                set,
-            })
-            .collect();
-        MergeSeriesSet::from_sources(sources, Warnings::new())
-    }
-
     fn from_sources(sources: Vec<Source<'a>>, warnings: Warnings) -> Self {
         let n = sources.len();
         MergeSeriesSet {
@@ -373,7 +343,7 @@ impl SeriesSet for MergeSeriesSet<'_> {
 }
 
 /// Several series with the same labels seen as one.
-pub struct ChainSeries {
+struct ChainSeries {
     labels: Labels,
     parts: Vec<Box<dyn Series>>,
 }
