@@ -103,7 +103,10 @@ fn main() {
     drop(txs);
     for h in handles {
         if h.join().is_err() {
-            failures.lock().expect("lock").push("a sender thread panicked".into());
+            failures
+                .lock()
+                .expect("lock")
+                .push("a sender thread panicked".into());
         }
     }
     let wall = t0.elapsed().as_secs_f64();

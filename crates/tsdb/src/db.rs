@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use m3query_chunkenc::XorIterator;
-use m3query_model::Labels;
+use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::{
     Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
 };
@@ -23,7 +23,7 @@ use crate::block::{
 use crate::chunks::QChunk;
 use crate::compact::{compact, plan, ranges, retention_victims};
 use crate::error::IoContext;
-use crate::head::{Fit, Head, MemSeries};
+use crate::head::{Bounds, Fit, Head, MemSeries, SeriesData, SeriesKey};
 use crate::querier::DbQuerier;
 use crate::wal::{
     self, FSYNC_BUCKETS_S, Fsync, REC_CHUNKS, REC_SERIES, Record, SamplesEncoder, Wal,
@@ -833,39 +833,76 @@ struct DbAppender<'a> {
 }
 
 impl DbAppender<'_> {
-    fn series_index(&mut self, labels: &Labels) -> usize {
+    /// The transaction's index of the series `key` names (hash `hash`), looked up in the
+    /// head (and created there) the first time the transaction meets it.
+    fn series_index(&mut self, key: SeriesKey<'_>, hash: u64) -> usize {
+        let found = match self.by_hash.get(&hash) {
+            Some(&i) if key.matches(&self.series[i].s.labels) => Some(i),
+            Some(_) => self.series.iter().position(|p| key.matches(&p.s.labels)),
+            None => None,
+        };
+        if let Some(i) = found {
+            return i;
+        }
+        let db = self.db;
+        let (s, _) = {
+            let _g = db.gate.read();
+            db.head
+                .get_or_create(key, hash, true, |s| db.wal.log_series(s.r, &s.labels))
+        };
+        self.series.push(PendingSeries {
+            s,
+            max_t: i64::MIN,
+            last_v: 0,
+        });
+        let i = self.series.len() - 1;
+        self.by_hash.entry(hash).or_insert(i);
+        i
+    }
+
+    fn series_index_for(&mut self, labels: &Labels) -> usize {
         if let Some((l, i)) = &self.last
             && l == labels
         {
             return *i;
         }
-        let hash = labels.stable_hash();
-        let found = match self.by_hash.get(&hash) {
-            Some(&i) if self.series[i].s.labels == *labels => Some(i),
-            Some(_) => self.series.iter().position(|p| p.s.labels == *labels),
-            None => None,
-        };
-        let i = match found {
-            Some(i) => i,
-            None => {
-                let db = self.db;
-                let (s, _) = {
-                    let _g = db.gate.read();
-                    db.head
-                        .get_or_create(labels, hash, true, |s| db.wal.log_series(s.r, &s.labels))
-                };
-                self.series.push(PendingSeries {
-                    s,
-                    max_t: i64::MIN,
-                    last_v: 0,
-                });
-                let i = self.series.len() - 1;
-                self.by_hash.entry(hash).or_insert(i);
-                i
-            }
-        };
+        let i = self.series_index(SeriesKey::Labels(labels), labels.stable_hash());
         self.last = Some((labels.clone(), i));
         i
+    }
+
+    fn check_open(&self) -> SResult<()> {
+        if self.db.closed.load(Ordering::Acquire) || self.done {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Checks `(t, v)` against the series (its stored newest sample, or the newest this
+    /// transaction appended) and queues it for commit. `d` is the series' data, locked.
+    fn queue(&mut self, i: usize, d: &SeriesData, t: i64, v: f64, bounds: Bounds) -> SResult<()> {
+        let p = &mut self.series[i];
+        let vb = v.to_bits();
+        let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
+            (p.max_t, p.last_v)
+        } else {
+            (d.max_t, d.last_v)
+        };
+        match d.fit(mt, lv, t, vb, bounds) {
+            Ok(Fit::Duplicate) => Ok(()),
+            Ok(f) => {
+                if f == Fit::InOrder {
+                    p.max_t = t;
+                    p.last_v = vb;
+                }
+                self.samples.push((i as u32, t, v));
+                Ok(())
+            }
+            Err(e) => {
+                self.db.count_refusal(&e);
+                Err(e)
+            }
+        }
     }
 
     fn unpin(&mut self) {
@@ -881,41 +918,45 @@ impl DbAppender<'_> {
 
 impl Appender for DbAppender<'_> {
     fn append(&mut self, labels: &Labels, t: i64, v: f64) -> SResult<()> {
-        if self.db.closed.load(Ordering::Acquire) || self.done {
-            return Err(StorageError::Closed);
-        }
+        self.check_open()?;
         if labels.is_empty() {
             return Err(StorageError::InvalidLabels("empty label set".into()));
         }
         labels.validate().map_err(StorageError::InvalidLabels)?;
-        let i = self.series_index(labels);
+        let i = self.series_index_for(labels);
         let bounds = self.db.head.bounds();
-        let p = &mut self.series[i];
-        let vb = v.to_bits();
-        let fit = {
-            let d = p.s.data.lock();
-            let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
-                (p.max_t, p.last_v)
-            } else {
-                (d.max_t, d.last_v)
-            };
-            d.fit(mt, lv, t, vb, bounds)
-        };
-        match fit {
-            Ok(Fit::Duplicate) => Ok(()),
-            Ok(f) => {
-                if f == Fit::InOrder {
-                    p.max_t = t;
-                    p.last_v = vb;
-                }
-                self.samples.push((i as u32, t, v));
-                Ok(())
-            }
-            Err(e) => {
-                self.db.count_refusal(&e);
-                Err(e)
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        self.queue(i, &d, t, v, bounds)
+    }
+
+    /// One series lookup (by a hash of the borrowed pairs, no label set built unless the
+    /// series is new) and one lock of the series for the whole run of samples.
+    fn append_samples(
+        &mut self,
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let i = self.series_index(SeriesKey::Pairs(labels), labels.stable_hash());
+        self.last = None;
+        let bounds = self.db.head.bounds();
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        self.samples.reserve(samples.len());
+        for (k, x) in samples.iter().enumerate() {
+            if let Err(e) = self.queue(i, &d, x.t, x.v, bounds) {
+                refused(k, e);
             }
         }
+        Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> SResult<()> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender, XorIterator};
-use m3query_model::{Labels, Sample};
+use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::Error as StorageError;
 use parking_lot::{Mutex, RwLock};
 
@@ -27,8 +27,93 @@ const SHARDS: usize = 64;
 /// hasher instead of SipHash.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A shard of series by label hash (a hash may hold several series: collisions).
-type HashShard = RwLock<FastMap<u64, Vec<Arc<MemSeries>>>>;
+/// Series by label hash. A hash almost always names one series, kept in `series` without a
+/// per-series allocation; the rare other series with the same hash (a collision) go to
+/// `conflicts`, as in Prometheus's `stripeSeries`.
+#[derive(Debug, Default)]
+pub(crate) struct HashMapShard {
+    series: FastMap<u64, Arc<MemSeries>>,
+    conflicts: FastMap<u64, Vec<Arc<MemSeries>>>,
+}
+
+impl HashMapShard {
+    fn get(&self, hash: u64, key: SeriesKey<'_>) -> Option<&Arc<MemSeries>> {
+        match self.series.get(&hash) {
+            Some(s) if key.matches(&s.labels) => Some(s),
+            Some(_) => self
+                .conflicts
+                .get(&hash)
+                .and_then(|v| v.iter().find(|s| key.matches(&s.labels))),
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, hash: u64, s: Arc<MemSeries>) {
+        match self.series.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(s);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.conflicts.entry(hash).or_default().push(s);
+            }
+        }
+    }
+
+    /// Keeps the series for which `keep` is true; a conflict moves up when the main entry
+    /// of its hash goes.
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<MemSeries>) -> bool) {
+        self.conflicts.retain(|_, v| {
+            v.retain(&mut keep);
+            !v.is_empty()
+        });
+        let conflicts = &mut self.conflicts;
+        let mut promote = Vec::new();
+        self.series.retain(|h, s| {
+            if keep(s) {
+                return true;
+            }
+            if conflicts.contains_key(h) {
+                promote.push(*h);
+            }
+            false
+        });
+        for h in promote {
+            if let Some(v) = self.conflicts.get_mut(&h)
+                && let Some(s) = v.pop()
+            {
+                if v.is_empty() {
+                    self.conflicts.remove(&h);
+                }
+                self.series.insert(h, s);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.series.len() + self.conflicts.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+type HashShard = RwLock<HashMapShard>;
+
+/// A series' identity as a writer has it: a built label set, or borrowed pairs straight
+/// from a request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SeriesKey<'a> {
+    Labels(&'a Labels),
+    Pairs(LabelPairs<'a>),
+}
+
+impl SeriesKey<'_> {
+    #[inline]
+    pub(crate) fn matches(&self, l: &Labels) -> bool {
+        match self {
+            SeriesKey::Labels(k) => *k == l,
+            SeriesKey::Pairs(p) => p.eq_labels(l),
+        }
+    }
+}
 /// A shard of series by ref.
 type RefShard = RwLock<FastMap<u64, Arc<MemSeries>>>;
 
@@ -442,7 +527,7 @@ impl Head {
     pub(crate) fn new(chunk_range_ms: i64, ooo_window_ms: i64, min_valid_t: i64) -> Head {
         Head {
             by_hash: (0..SHARDS)
-                .map(|_| RwLock::new(FastMap::default()))
+                .map(|_| RwLock::new(HashMapShard::default()))
                 .collect(),
             by_ref: (0..SHARDS)
                 .map(|_| RwLock::new(FastMap::default()))
@@ -513,12 +598,12 @@ impl Head {
         self.ref_shard(r).read().get(&r).cloned()
     }
 
-    /// The series with `labels`, created if missing. With `pin`, its pending count is raised
+    /// The series `key` names, created if missing. With `pin`, its pending count is raised
     /// (under the shard lock, so garbage collection cannot race it). `on_create` runs for a
     /// new series before anyone else can see it (the WAL logs it there).
     pub(crate) fn get_or_create(
         &self,
-        labels: &Labels,
+        key: SeriesKey<'_>,
         hash: u64,
         pin: bool,
         on_create: impl FnOnce(&MemSeries),
@@ -526,10 +611,7 @@ impl Head {
         let shard = self.hash_shard(hash);
         {
             let map = shard.read();
-            if let Some(s) = map
-                .get(&hash)
-                .and_then(|v| v.iter().find(|s| s.labels == *labels))
-            {
+            if let Some(s) = map.get(hash, key) {
                 if pin {
                     s.pending.fetch_add(1, Ordering::AcqRel);
                 }
@@ -537,37 +619,37 @@ impl Head {
             }
         }
         let mut map = shard.write();
-        if let Some(s) = map
-            .get(&hash)
-            .and_then(|v| v.iter().find(|s| s.labels == *labels))
-        {
+        if let Some(s) = map.get(hash, key) {
             if pin {
                 s.pending.fetch_add(1, Ordering::AcqRel);
             }
             return (s.clone(), false);
         }
         let r = self.next_ref.fetch_add(1, Ordering::Relaxed);
-        let s = self.insert_series(&mut map, hash, r, labels, u32::from(pin));
+        let s = self.insert_series(&mut map, hash, r, key, u32::from(pin));
         on_create(&s);
         (s, true)
     }
 
     fn insert_series(
         &self,
-        map: &mut FastMap<u64, Vec<Arc<MemSeries>>>,
+        map: &mut HashMapShard,
         hash: u64,
         r: u64,
-        labels: &Labels,
+        key: SeriesKey<'_>,
         pending: u32,
     ) -> Arc<MemSeries> {
-        let labels = self.symbols.intern_labels(labels);
+        let labels = match key {
+            SeriesKey::Labels(l) => self.symbols.intern_labels(l),
+            SeriesKey::Pairs(p) => self.symbols.intern_pairs(p),
+        };
         let s = Arc::new(MemSeries {
             r,
             labels,
             pending: AtomicU32::new(pending),
             data: Mutex::new(SeriesData::new()),
         });
-        map.entry(hash).or_default().push(s.clone());
+        map.insert(hash, s.clone());
         self.ref_shard(r).write().insert(r, s.clone());
         self.postings.write().add(r, &s.labels);
         self.num_series.fetch_add(1, Ordering::Relaxed);
@@ -579,14 +661,12 @@ impl Head {
         // New refs must stay above every logged one, even refs mapped onto another series.
         self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
         let hash = labels.stable_hash();
+        let key = SeriesKey::Labels(labels);
         let mut map = self.hash_shard(hash).write();
-        if let Some(s) = map
-            .get(&hash)
-            .and_then(|v| v.iter().find(|s| s.labels == *labels))
-        {
+        if let Some(s) = map.get(hash, key) {
             return s.clone();
         }
-        self.insert_series(&mut map, hash, r, labels, 0)
+        self.insert_series(&mut map, hash, r, key, 0)
     }
 
     /// Replay: stores a logged sample.
@@ -633,23 +713,20 @@ impl Head {
         self.min_t.store(i64::MAX, Ordering::Release);
         for shard in self.by_hash.iter() {
             let mut map = shard.write();
-            map.retain(|_, list| {
-                list.retain(|s| {
-                    let mut d = s.data.lock();
-                    let tk = taken.get(&s.r).map(Vec::as_slice).unwrap_or(&[]);
-                    stats.chunks_removed += d.truncate_persisted(t, tk);
-                    if d.is_empty() && s.pending.load(Ordering::Acquire) == 0 {
-                        dead.insert(s.r);
-                        dead_labels.push(s.labels.clone());
-                        false
-                    } else {
-                        if let Some(m) = d.min_time() {
-                            new_min = new_min.min(m);
-                        }
-                        true
+            map.retain(|s| {
+                let mut d = s.data.lock();
+                let tk = taken.get(&s.r).map(Vec::as_slice).unwrap_or(&[]);
+                stats.chunks_removed += d.truncate_persisted(t, tk);
+                if d.is_empty() && s.pending.load(Ordering::Acquire) == 0 {
+                    dead.insert(s.r);
+                    dead_labels.push(s.labels.clone());
+                    false
+                } else {
+                    if let Some(m) = d.min_time() {
+                        new_min = new_min.min(m);
                     }
-                });
-                !list.is_empty()
+                    true
+                }
             });
         }
         for r in &dead {
@@ -750,6 +827,51 @@ mod tests {
         d.chunks(i64::MIN, i64::MAX, &mut cs);
         let s = merge_chunks(&cs, i64::MIN, i64::MAX).expect("valid");
         assert_eq!(s, vec![Sample::new(50, 3.0), Sample::new(100, 1.0)]);
+    }
+
+    #[test]
+    fn hash_collisions_go_to_conflicts_and_move_up() {
+        let mk = |r: u64, v: &str| {
+            Arc::new(MemSeries {
+                r,
+                labels: Labels::from_pairs([("a", v)]),
+                pending: AtomicU32::new(0),
+                data: Mutex::new(SeriesData::new()),
+            })
+        };
+        let mut m = HashMapShard::default();
+        // Three series forced onto one hash, one on another.
+        for (r, v) in [(1, "x"), (2, "y"), (3, "z")] {
+            m.insert(7, mk(r, v));
+        }
+        m.insert(8, mk(4, "w"));
+        assert_eq!(m.len(), 4);
+        let get = |m: &HashMapShard, h: u64, v: &str| {
+            let l = Labels::from_pairs([("a", v)]);
+            let pairs = [("a", v)];
+            let by_pairs = m
+                .get(h, SeriesKey::Pairs(LabelPairs::new(&pairs).expect("valid")))
+                .map(|s| s.r);
+            assert_eq!(m.get(h, SeriesKey::Labels(&l)).map(|s| s.r), by_pairs);
+            by_pairs
+        };
+        assert_eq!(get(&m, 7, "x"), Some(1));
+        assert_eq!(get(&m, 7, "y"), Some(2));
+        assert_eq!(get(&m, 7, "z"), Some(3));
+        assert_eq!(get(&m, 7, "w"), None);
+        assert_eq!(get(&m, 8, "w"), Some(4));
+        // Dropping the main entry of hash 7 promotes a conflict; the others stay reachable.
+        m.retain(|s| s.r != 1);
+        assert_eq!(m.len(), 3);
+        assert_eq!(get(&m, 7, "x"), None);
+        assert_eq!(get(&m, 7, "y"), Some(2));
+        assert_eq!(get(&m, 7, "z"), Some(3));
+        m.retain(|s| s.r == 3 || s.r == 4);
+        assert_eq!(
+            (get(&m, 7, "z"), get(&m, 8, "w"), m.len()),
+            (Some(3), Some(4), 2)
+        );
+        assert!(m.conflicts.is_empty());
     }
 
     #[test]

@@ -267,19 +267,30 @@ pub async fn remote_write(
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
     let st = state.clone();
     let outcome = blocking(move || {
-        let raw = rwrite::decompress(&body, limit).map_err(write_error)?;
-        let mut app = appendable.appender();
-        let outcome = match rwrite::write(protocol, &raw, app.as_mut()) {
-            Ok(o) => o,
-            Err(e) => {
-                app.rollback();
-                return Err(write_error(e));
+        thread_local! {
+            /// Decompressed request bodies, reused by each request worker thread (bodies
+            /// are ~200 KiB; a fresh buffer per request only churns the allocator). Reset
+            /// when a rare huge body grew it past 8 MiB.
+            static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        RAW.with_borrow_mut(|raw| {
+            rwrite::decompress_into(&body, limit, raw).map_err(write_error)?;
+            let mut app = appendable.appender();
+            let outcome = match rwrite::write(protocol, raw, app.as_mut()) {
+                Ok(o) => o,
+                Err(e) => {
+                    app.rollback();
+                    return Err(write_error(e));
+                }
+            };
+            app.commit()
+                .map_err(|e| write_error(WriteError::Storage(e)))?;
+            if raw.capacity() > 8 << 20 {
+                *raw = Vec::new();
             }
-        };
-        app.commit()
-            .map_err(|e| write_error(WriteError::Storage(e)))?;
-        st.metadata.add(outcome.metadata.iter().cloned());
-        Ok(outcome)
+            st.metadata.add(outcome.metadata.iter().cloned());
+            Ok(outcome)
+        })
     })
     .await?;
     let mut outcome = outcome;
