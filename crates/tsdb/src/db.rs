@@ -634,6 +634,8 @@ impl DbInner {
                 p.extend_from_slice(&r.to_be_bytes());
                 crate::encoding::put_uvarint(&mut p, cs.len() as u64);
                 for c in cs {
+                    // Head chunks are always XOR, the encoding type 3 records hold.
+                    debug_assert_eq!(c.enc, m3query_chunkenc::ENCODING_XOR);
                     let b = c.bytes.as_slice();
                     crate::encoding::put_uvarint(&mut p, b.len() as u64);
                     p.extend_from_slice(b);

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender, XorIterator};
+use m3query_chunkenc::{ENCODING_XOR, TARGET_SAMPLES_PER_CHUNK, XorAppender};
 use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::Error as StorageError;
 use parking_lot::{Mutex, RwLock};
@@ -291,6 +291,7 @@ impl SeriesData {
                 out.push(QChunk {
                     min_t: c.min_t,
                     max_t: c.max_t,
+                    enc: ENCODING_XOR,
                     bytes: ChunkBytes::Heap(c.bytes.clone()),
                 });
             }
@@ -301,6 +302,7 @@ impl SeriesData {
                 out.push(QChunk {
                     min_t: o.min_t,
                     max_t,
+                    enc: ENCODING_XOR,
                     bytes: ChunkBytes::Heap(Arc::from(o.app.bytes())),
                 });
             }
@@ -316,6 +318,7 @@ impl SeriesData {
                 out.push(QChunk {
                     min_t: first.t,
                     max_t: last.t,
+                    enc: ENCODING_XOR,
                     bytes: ChunkBytes::Heap(Arc::from(app.into_bytes())),
                 });
             }
@@ -765,7 +768,7 @@ pub(crate) fn merge_chunks(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<Ve
     let mut buf = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         buf.clear();
-        XorIterator::new(c.bytes.as_slice())?.append_range(mint, maxt, &mut buf)?;
+        c.iter()?.append_range(mint, maxt, &mut buf)?;
         all.extend(buf.iter().map(|s| (s.t, i, s.v)));
     }
     all.sort_by_key(|&(t, i, _)| (t, i));

@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use m3query_chunkenc::XorIterator;
+use m3query_chunkenc::ChunkIterator;
 use m3query_model::{Labels, Matcher, Sample};
 use m3query_storage::{
     Context, Error as StorageError, LabelHints, LabelValues, Querier, Result as SResult,
@@ -78,10 +78,12 @@ impl DbQuerier<'_> {
                 .iter()
                 .filter(|m| chunk_overlaps(m, self.mint, self.maxt))
             {
+                let (enc, bytes) = b.chunks.chunk(m.r)?;
                 cs.push(QChunk {
                     min_t: m.min_t,
                     max_t: m.max_t,
-                    bytes: b.chunks.chunk(m.r)?,
+                    enc,
+                    bytes,
                 });
             }
             if !cs.is_empty() {
@@ -203,7 +205,7 @@ fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
         return Ok(true);
     }
     for c in chunks {
-        let mut it = XorIterator::new(c.bytes.as_slice())?;
+        let mut it = c.iter()?;
         while let Some((t, _)) = it.next_sample()? {
             if t >= mint {
                 if t <= maxt {
@@ -395,7 +397,7 @@ fn cerr(e: impl Into<crate::Error>) -> StorageError {
 struct ChunksIter<'a> {
     chunks: &'a [QChunk],
     idx: usize,
-    cur: Option<XorIterator<'a>>,
+    cur: Option<ChunkIterator<'a>>,
     mint: i64,
     maxt: i64,
     done: bool,
@@ -407,7 +409,7 @@ impl ChunksIter<'_> {
             return Ok(false);
         };
         self.idx += 1;
-        self.cur = Some(XorIterator::new(c.bytes.as_slice()).map_err(cerr)?);
+        self.cur = Some(c.iter().map_err(cerr)?);
         Ok(true)
     }
 }
