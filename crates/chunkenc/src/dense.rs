@@ -112,6 +112,18 @@ fn put_intseq(out: &mut Vec<u8>, xs: &[i64], scratch: &mut Vec<u8>) {
     }
 }
 
+/// The mantissa of `v` at scale `k`, if `decimal_value(m, k)` is bit-identical to `v`.
+#[inline]
+fn at_scale(v: f64, k: u8) -> Option<i64> {
+    let x = v * POW10[usize::from(k)];
+    // NaN and infinities fail the comparison too.
+    if x.is_nan() || x.abs() > MAX_MANTISSA as f64 {
+        return None;
+    }
+    let m = x.round() as i64;
+    (decimal_value(m, k).to_bits() == v.to_bits()).then_some(m)
+}
+
 /// The smallest scale `k` and mantissa with `decimal_value(m, k)` bit-identical to `v`.
 fn to_decimal(v: f64) -> Option<(i64, u8)> {
     if !v.is_finite() {
@@ -235,23 +247,47 @@ impl DenseEncoder {
 
     /// Writes the decimal value section into `self.decimal`; false when no scale fits.
     fn encode_decimal(&mut self, samples: &[Sample]) -> bool {
-        let mut dec: Vec<Option<(i64, u8)>> = samples.iter().map(|s| to_decimal(s.v)).collect();
-        let k = dec.iter().flatten().map(|&(_, k)| k).max().unwrap_or(0);
-        // Rescale to the common scale; values whose mantissa would overflow, or that do not
-        // round-trip at that scale, become exceptions.
-        for (d, s) in dec.iter_mut().zip(samples) {
-            if let Some((m, mk)) = *d {
-                let up = POW10[usize::from(k - mk)];
-                let scaled = (m as f64) * up;
-                let ok = scaled.abs() <= MAX_MANTISSA as f64
-                    && decimal_value(scaled as i64, k).to_bits() == s.v.to_bits();
-                *d = ok.then_some((scaled as i64, k));
+        // One common scale k for the chunk: each value is tried at the current k first (one
+        // multiply, round and divide), and only a value that does not fit searches its own
+        // smallest scale, raising k (and rescaling the mantissas so far) when it is larger.
+        // Values that fit no scale are exceptions; past half the samples, give up.
+        let mut k = 0u8;
+        let mut dec: Vec<Option<i64>> = Vec::with_capacity(samples.len());
+        let mut nexc = 0usize;
+        for s in samples {
+            if let Some(m) = at_scale(s.v, k) {
+                dec.push(Some(m));
+                continue;
+            }
+            match to_decimal(s.v) {
+                Some((m, mk)) if mk > k => {
+                    let up = POW10[usize::from(mk - k)];
+                    for (d, prev) in dec.iter_mut().zip(samples) {
+                        if let Some(pm) = *d {
+                            let scaled = pm as f64 * up;
+                            let ok = scaled.abs() <= MAX_MANTISSA as f64
+                                && decimal_value(scaled as i64, mk).to_bits() == prev.v.to_bits();
+                            if ok {
+                                *d = Some(scaled as i64);
+                            } else {
+                                *d = None;
+                                nexc += 1;
+                            }
+                        }
+                    }
+                    k = mk;
+                    dec.push(Some(m));
+                }
+                _ => {
+                    dec.push(None);
+                    nexc += 1;
+                }
+            }
+            if nexc * 2 > samples.len() {
+                return false;
             }
         }
-        let nexc = dec.iter().filter(|d| d.is_none()).count();
-        if nexc * 2 > samples.len() {
-            return false;
-        }
+        debug_assert_eq!(nexc, dec.iter().filter(|d| d.is_none()).count());
         let out = &mut self.decimal;
         out.push(VMODE_DECIMAL);
         out.push(k);
@@ -267,7 +303,7 @@ impl DenseEncoder {
         self.ints.clear();
         let mut prev = 0i64;
         for d in &dec {
-            let m = d.map_or(prev, |(m, _)| m);
+            let m = d.unwrap_or(prev);
             self.ints.push(m);
             prev = m;
         }

@@ -34,6 +34,33 @@ use crate::{Error, Result};
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// A chunk of any encoding as an XOR chunk.
+fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
+    let mut it = c.iter()?;
+    let mut app = m3query_chunkenc::XorAppender::new();
+    while let Some((t, v)) = it.next_sample()? {
+        app.append(t, v)?;
+    }
+    Ok(app.into_bytes())
+}
+
+/// Returns memory the allocator holds but no longer uses to the operating system, where the
+/// allocator can (glibc's `malloc_trim`; elsewhere a no-op).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let start = Instant::now();
+        // SAFETY: malloc_trim only walks and trims glibc's own heap; it takes no pointers and
+        // is safe to call from any thread at any time.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            released = released != 0,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "returned free heap memory to the OS"
+        );
+    }
+}
+
 /// Database options. `Default` gives Prometheus's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -179,6 +206,7 @@ pub(crate) struct DbInner {
     gate: RwLock<()>,
     pub(crate) blocks: RwLock<Arc<Vec<Arc<Block>>>>,
     maintenance: Mutex<()>,
+    append_buffers: Mutex<Vec<AppendBuffers>>,
     counters: Counters,
     closed: AtomicBool,
     wake: Mutex<bool>,
@@ -335,6 +363,7 @@ impl Db {
             gate: RwLock::new(()),
             blocks: RwLock::new(Arc::new(blocks)),
             maintenance: Mutex::new(()),
+            append_buffers: Mutex::new(Vec::new()),
             counters,
             closed: AtomicBool::new(false),
             wake: Mutex::new(true),
@@ -518,6 +547,11 @@ impl DbInner {
         }
         self.compact_blocks();
         self.apply_retention()?;
+        if truncated {
+            // A head cut frees most of the head's chunks, scattered between live
+            // allocations; without this glibc keeps those pages resident.
+            release_free_memory();
+        }
         Ok(())
     }
 
@@ -634,9 +668,15 @@ impl DbInner {
                 p.extend_from_slice(&r.to_be_bytes());
                 crate::encoding::put_uvarint(&mut p, cs.len() as u64);
                 for c in cs {
-                    // Head chunks are always XOR, the encoding type 3 records hold.
-                    debug_assert_eq!(c.enc, m3query_chunkenc::ENCODING_XOR);
-                    let b = c.bytes.as_slice();
+                    // Type 3 records hold XOR chunks (wal.md): sealed head chunks kept in
+                    // the dense encoding go back to XOR here.
+                    let xor;
+                    let b = if c.enc == m3query_chunkenc::ENCODING_XOR {
+                        c.bytes.as_slice()
+                    } else {
+                        xor = to_xor(c)?;
+                        &xor[..]
+                    };
                     crate::encoding::put_uvarint(&mut p, b.len() as u64);
                     p.extend_from_slice(b);
                 }
@@ -805,11 +845,13 @@ impl Queryable for Db {
 
 impl Appendable for Db {
     fn appender(&self) -> Box<dyn Appender + '_> {
+        let b = self.inner.append_buffers.lock().pop().unwrap_or_default();
         Box::new(DbAppender {
             db: &self.inner,
-            series: Vec::new(),
-            by_hash: Default::default(),
-            samples: Vec::new(),
+            series: b.series,
+            by_hash: b.by_hash,
+            samples: b.samples,
+            wal: b.wal,
             last: None,
             done: false,
         })
@@ -830,8 +872,27 @@ struct DbAppender<'a> {
     series: Vec<PendingSeries>,
     by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
+    /// The samples record being built at commit.
+    wal: Vec<u8>,
     last: Option<(Labels, usize)>,
     done: bool,
+}
+
+/// A transaction's buffers, kept by the `Db` between transactions: a remote-write request
+/// fills ~200 KiB of them, and allocating them afresh per request only fragments the heap.
+#[derive(Default)]
+pub(crate) struct AppendBuffers {
+    series: Vec<PendingSeries>,
+    by_hash: crate::head::FastMap<u64, usize>,
+    samples: Vec<(u32, i64, f64)>,
+    wal: Vec<u8>,
+}
+
+impl AppendBuffers {
+    /// Buffer sets kept: about as many as requests run at once.
+    const KEEP: usize = 8;
+    /// Larger sets (a huge transaction) are dropped rather than kept.
+    const MAX_SAMPLES: usize = 1 << 18;
 }
 
 impl DbAppender<'_> {
@@ -972,7 +1033,7 @@ impl Appender for DbAppender<'_> {
         let db = self.db;
         let head = &db.head;
         let range = head.chunk_range_ms;
-        let mut enc = SamplesEncoder::default();
+        let mut enc = SamplesEncoder::with_buf(std::mem::take(&mut self.wal));
         enc.buf.reserve(self.samples.len() * 12 + 16);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut ooo, mut dropped, mut chunks_cut) = (0u64, 0u64, 0i64);
@@ -1024,6 +1085,7 @@ impl Appender for DbAppender<'_> {
             c.samples_appended
                 .fetch_add(enc.count as u64, Ordering::Relaxed);
         }
+        self.wal = std::mem::take(&mut enc.buf);
         if db.head_compactable() {
             db.wake();
         }
@@ -1038,5 +1100,24 @@ impl Appender for DbAppender<'_> {
 impl Drop for DbAppender<'_> {
     fn drop(&mut self) {
         self.unpin();
+        if self.samples.capacity() > AppendBuffers::MAX_SAMPLES
+            || self.series.capacity() > AppendBuffers::MAX_SAMPLES
+        {
+            return;
+        }
+        self.series.clear();
+        self.by_hash.clear();
+        self.samples.clear();
+        self.wal.clear();
+        let b = AppendBuffers {
+            series: std::mem::take(&mut self.series),
+            by_hash: std::mem::take(&mut self.by_hash),
+            samples: std::mem::take(&mut self.samples),
+            wal: std::mem::take(&mut self.wal),
+        };
+        let mut pool = self.db.append_buffers.lock();
+        if pool.len() < AppendBuffers::KEEP {
+            pool.push(b);
+        }
     }
 }

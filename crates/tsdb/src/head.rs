@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use m3query_chunkenc::{ENCODING_XOR, TARGET_SAMPLES_PER_CHUNK, XorAppender};
+use m3query_chunkenc::{
+    DenseEncoder, ENCODING_DENSE, ENCODING_XOR, TARGET_SAMPLES_PER_CHUNK, XorAppender, XorIterator,
+};
 use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::Error as StorageError;
 use parking_lot::{Mutex, RwLock};
@@ -122,7 +124,31 @@ type RefShard = RwLock<FastMap<u64, Arc<MemSeries>>>;
 pub(crate) struct HeadChunk {
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
+    /// `ENCODING_DENSE` when that was smaller than the XOR the chunk was appended in.
+    pub(crate) enc: u8,
     pub(crate) bytes: Arc<[u8]>,
+}
+
+/// Re-encodes a full XOR chunk for keeping: the open chunk takes appends in XOR, but a
+/// closed chunk is immutable, so it is stored in the dense encoding when that is smaller
+/// (scraped data: ~2.5x smaller, and the head holds up to 3 h of every series).
+fn seal_chunk(xor: &[u8]) -> (u8, Arc<[u8]>) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(DenseEncoder, Vec<Sample>, Vec<u8>)> =
+            std::cell::RefCell::new((DenseEncoder::new(), Vec::new(), Vec::new()));
+    }
+    SCRATCH.with_borrow_mut(|(enc, samples, out)| {
+        samples.clear();
+        out.clear();
+        let ok = XorIterator::new(xor)
+            .and_then(|mut it| it.append_range(i64::MIN, i64::MAX, samples))
+            .and_then(|_| enc.encode(samples, out));
+        if ok.is_ok() && out.len() < xor.len() {
+            (ENCODING_DENSE, Arc::from(&out[..]))
+        } else {
+            (ENCODING_XOR, Arc::from(xor))
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -246,10 +272,15 @@ impl SeriesData {
             && !o.app.is_empty()
         {
             let max_t = o.app.last_t();
+            let (enc, bytes) = seal_chunk(o.app.bytes());
+            // Exact capacity: a chunk is sealed every ~30 min per series, so a realloc then
+            // is cheap, while doubling would leave up to half of every series' list unused.
+            self.closed.reserve_exact(1);
             self.closed.push(HeadChunk {
                 min_t: o.min_t,
                 max_t,
-                bytes: Arc::from(o.app.into_bytes()),
+                enc,
+                bytes,
             });
         }
     }
@@ -291,7 +322,7 @@ impl SeriesData {
                 out.push(QChunk {
                     min_t: c.min_t,
                     max_t: c.max_t,
-                    enc: ENCODING_XOR,
+                    enc: c.enc,
                     bytes: ChunkBytes::Heap(c.bytes.clone()),
                 });
             }
@@ -833,6 +864,38 @@ mod tests {
     }
 
     #[test]
+    fn sealed_chunks_keep_every_bit() {
+        let special = [
+            m3query_model::STALE_NAN,
+            f64::NAN,
+            -0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.1 + 0.2,
+        ];
+        let mut d = SeriesData::new();
+        let mut want = Vec::new();
+        for i in 0..250i64 {
+            let v = if i % 17 == 3 {
+                special[(i as usize / 17) % special.len()]
+            } else {
+                (i * 3) as f64 / 4.0
+            };
+            d.store(Fit::InOrder, i * 15_000 + i % 7, v, i64::MAX);
+            want.push((i * 15_000 + i % 7, v.to_bits()));
+        }
+        let mut all = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut all);
+        assert_eq!(all[0].enc, ENCODING_DENSE);
+        let got: Vec<(i64, u64)> = merge_chunks(&all, i64::MIN, i64::MAX)
+            .expect("decode")
+            .iter()
+            .map(|s| (s.t, s.v.to_bits()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn hash_collisions_go_to_conflicts_and_move_up() {
         let mk = |r: u64, v: &str| {
             Arc::new(MemSeries {
@@ -893,6 +956,18 @@ mod tests {
         let mut cs = Vec::new();
         d.chunks(100, 130, &mut cs);
         assert_eq!(cs.len(), 2);
+        // Sealed chunks are kept dense; the open one is XOR.
+        let mut all = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut all);
+        let encs: Vec<u8> = all.iter().map(|c| c.enc).collect();
+        assert_eq!(encs, vec![ENCODING_DENSE, ENCODING_DENSE, ENCODING_XOR]);
+        let got = merge_chunks(&all, i64::MIN, i64::MAX).expect("decode");
+        assert_eq!(
+            got,
+            (0..300)
+                .map(|i| Sample::new(i, i as f64))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(d.truncate_before(240), 2);
         assert_eq!(d.min_time(), Some(240));
     }
