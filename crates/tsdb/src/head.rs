@@ -1,10 +1,10 @@
 //! The head: the in-memory block that takes writes.
 //!
-//! Series live in shards keyed by their label hash (a shard holds every series with that
-//! hash, so collisions are resolved by comparing labels) and, for lookups from postings and
-//! the WAL, in shards keyed by their ref. Each series owns its closed XOR chunks (exact-size
-//! `Arc<[u8]>`, shared with queries without copying), the open chunk it appends to, and a
-//! sorted buffer of out-of-order samples. Label strings are interned, so identical names and
+//! Series live in shards keyed by their label hash (one series per hash, collisions in a
+//! side map, resolved by comparing labels) and, for lookups from postings and the WAL, in
+//! shards keyed by their ref. Each series owns its sealed chunks (dense when smaller, else
+//! XOR; exact-size `Arc<[u8]>`, shared with queries without copying), the open XOR chunk it
+//! appends to, and a sorted buffer of out-of-order samples. Label strings are interned, so identical names and
 //! values share one allocation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
