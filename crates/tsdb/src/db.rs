@@ -34,6 +34,9 @@ use crate::{Error, Result};
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// How long after the last query memory is trimmed.
+const TRIM_AFTER_QUERIES_QUIET: Duration = Duration::from_secs(1);
+
 /// A chunk of any encoding as an XOR chunk.
 fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
     let mut it = c.iter()?;
@@ -211,6 +214,11 @@ pub(crate) struct DbInner {
     closed: AtomicBool,
     wake: Mutex<bool>,
     wake_cond: Condvar,
+    /// A querier selected series since the last trim (see `DbInner::trim_due`).
+    trim_after_queries: AtomicBool,
+    /// When the last such querier was dropped, ns since `started`.
+    last_query_end_ns: AtomicU64,
+    started: Instant,
     _lock: File,
 }
 
@@ -368,6 +376,9 @@ impl Db {
             closed: AtomicBool::new(false),
             wake: Mutex::new(true),
             wake_cond: Condvar::new(),
+            trim_after_queries: AtomicBool::new(false),
+            last_query_end_ns: AtomicU64::new(0),
+            started: Instant::now(),
             _lock: lock,
         });
         let bg_inner = inner.clone();
@@ -478,7 +489,10 @@ impl DbInner {
             {
                 let mut w = self.wake.lock();
                 if !*w && !self.closed.load(Ordering::Acquire) {
-                    let until = next_sync.map_or(next_maint, |s| s.min(next_maint));
+                    let mut until = next_sync.map_or(next_maint, |s| s.min(next_maint));
+                    if let Some(t) = self.trim_due() {
+                        until = until.min(t);
+                    }
                     self.wake_cond.wait_until(&mut w, until);
                 }
                 if self.closed.load(Ordering::Acquire) {
@@ -490,6 +504,11 @@ impl DbInner {
                 *w = false;
             }
             let now = Instant::now();
+            if self.trim_due().is_some_and(|t| now >= t)
+                && self.trim_after_queries.swap(false, Ordering::AcqRel)
+            {
+                release_free_memory();
+            }
             if let (Some(at), Some(every)) = (next_sync, fsync_every)
                 && now >= at
             {
@@ -504,6 +523,29 @@ impl DbInner {
                 }
                 next_maint = Instant::now() + interval;
             }
+        }
+    }
+
+    /// When to return query memory to the OS: a quiet second after the last querier that
+    /// selected series was dropped (queries decode into buffers that glibc would otherwise
+    /// keep resident after the burst).
+    fn trim_due(&self) -> Option<Instant> {
+        if !self.trim_after_queries.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = Duration::from_nanos(self.last_query_end_ns.load(Ordering::Acquire));
+        Some(self.started + last + TRIM_AFTER_QUERIES_QUIET)
+    }
+
+    /// Called when a querier that selected series is dropped.
+    pub(crate) fn query_done(&self) {
+        self.last_query_end_ns
+            .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
+        if !self.trim_after_queries.swap(true, Ordering::AcqRel) {
+            // Under the lock, so the background thread cannot miss it between computing
+            // its deadline and waiting.
+            let _w = self.wake.lock();
+            self.wake_cond.notify_one();
         }
     }
 
@@ -829,6 +871,7 @@ impl Queryable for Db {
             db: &self.inner,
             mint,
             maxt,
+            selected: AtomicBool::new(false),
         }))
     }
 

@@ -32,6 +32,16 @@ pub(crate) struct DbQuerier<'a> {
     pub(crate) db: &'a DbInner,
     pub(crate) mint: i64,
     pub(crate) maxt: i64,
+    /// Whether a select returned series (their decoding is what grows the heap).
+    pub(crate) selected: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for DbQuerier<'_> {
+    fn drop(&mut self) {
+        if *self.selected.get_mut() {
+            self.db.query_done();
+        }
+    }
 }
 
 /// One source's view of a series: its labels and its chunks in the querier's range.
@@ -432,6 +442,10 @@ impl Querier for DbQuerier<'_> {
         }
         // Always sorted: merging sources needs it anyway.
         let series = self.select_inner(ctx, hints, matchers)?;
+        if !series.is_empty() {
+            self.selected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Box::new(VecSeriesSet::new(series, Warnings::new())))
     }
 
