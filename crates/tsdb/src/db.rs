@@ -36,6 +36,8 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// How long after the last query memory is trimmed.
 const TRIM_AFTER_QUERIES_QUIET: Duration = Duration::from_secs(1);
+/// Least time between two trims that queries trigger.
+const TRIM_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A chunk of any encoding as an XOR chunk.
 fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
@@ -218,6 +220,8 @@ pub(crate) struct DbInner {
     trim_after_queries: AtomicBool,
     /// When the last such querier was dropped, ns since `started`.
     last_query_end_ns: AtomicU64,
+    /// When queries last led to a trim, ns since `started`.
+    last_trim_ns: AtomicU64,
     started: Instant,
     _lock: File,
 }
@@ -378,6 +382,7 @@ impl Db {
             wake_cond: Condvar::new(),
             trim_after_queries: AtomicBool::new(false),
             last_query_end_ns: AtomicU64::new(0),
+            last_trim_ns: AtomicU64::new(0),
             started: Instant::now(),
             _lock: lock,
         });
@@ -508,6 +513,8 @@ impl DbInner {
                 && self.trim_after_queries.swap(false, Ordering::AcqRel)
             {
                 release_free_memory();
+                self.last_trim_ns
+                    .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
             }
             if let (Some(at), Some(every)) = (next_sync, fsync_every)
                 && now >= at
@@ -534,7 +541,10 @@ impl DbInner {
             return None;
         }
         let last = Duration::from_nanos(self.last_query_end_ns.load(Ordering::Acquire));
-        Some(self.started + last + TRIM_AFTER_QUERIES_QUIET)
+        let last_trim = Duration::from_nanos(self.last_trim_ns.load(Ordering::Acquire));
+        // Trimming locks each malloc arena while it walks it: on a large heap, not more
+        // often than every TRIM_MIN_INTERVAL.
+        Some(self.started + (last + TRIM_AFTER_QUERIES_QUIET).max(last_trim + TRIM_MIN_INTERVAL))
     }
 
     /// Called when a querier that selected series is dropped.
