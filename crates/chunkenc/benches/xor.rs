@@ -1,10 +1,11 @@
 //! Chunk encode and decode throughput on scrape-like data (15 s interval with jitter,
-//! counters and gauges), 120 samples per chunk as the head cuts them.
+//! counters and gauges), 120 samples per chunk as the head cuts them; and the same samples
+//! as dense chunks of 480, as blocks hold them.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use m3query_chunkenc::{XorAppender, XorIterator};
+use m3query_chunkenc::{DenseEncoder, DenseIterator, XorAppender, XorIterator, encode_dense};
 
 fn chunks(n_chunks: usize) -> Vec<Vec<u8>> {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -115,6 +116,57 @@ fn bench(c: &mut Criterion) {
                     a.append(t, v).expect("fits");
                 }
                 bytes += a.bytes().len();
+            }
+            black_box(bytes)
+        })
+    });
+    g.finish();
+
+    // The same samples as dense chunks of 480 (as blocks hold them).
+    let mut g = c.benchmark_group("dense");
+    g.throughput(Throughput::Elements(total));
+    let as_samples: Vec<m3query_model::Sample> = samples
+        .iter()
+        .map(|&(t, v)| m3query_model::Sample::new(t, v))
+        .collect();
+    let dense: Vec<Vec<u8>> = as_samples
+        .chunks(480)
+        .map(|ch| encode_dense(ch).expect("encode"))
+        .collect();
+    let xor_bytes: usize = cs.iter().map(Vec::len).sum();
+    let dense_bytes: usize = dense.iter().map(Vec::len).sum();
+    eprintln!(
+        "bench data: xor {:.2} bytes/sample, dense {:.2} bytes/sample",
+        xor_bytes as f64 / total as f64,
+        dense_bytes as f64 / total as f64
+    );
+    g.bench_function("decode_append_range_thread_cpu_time", |b| {
+        let mut out = Vec::with_capacity(500);
+        b.iter_custom(|iters| {
+            let t0 = thread_cpu_time();
+            for _ in 0..iters {
+                let mut n = 0;
+                for ch in &dense {
+                    out.clear();
+                    let mut it = DenseIterator::new(ch).expect("valid");
+                    it.append_range(i64::MIN, i64::MAX, &mut out)
+                        .expect("valid");
+                    n += out.len();
+                }
+                black_box(n);
+            }
+            thread_cpu_time() - t0
+        })
+    });
+    g.bench_function("encode", |b| {
+        let mut enc = DenseEncoder::new();
+        let mut out = Vec::new();
+        b.iter(|| {
+            let mut bytes = 0;
+            for ch in as_samples.chunks(480) {
+                out.clear();
+                enc.encode(ch, &mut out).expect("encode");
+                bytes += out.len();
             }
             black_box(bytes)
         })

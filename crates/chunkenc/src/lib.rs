@@ -1,4 +1,6 @@
-//! The Gorilla XOR chunk codec, byte for byte Prometheus's `XORChunk`.
+//! Chunk codecs: the Gorilla XOR chunk, byte for byte Prometheus's `XORChunk` (the head, the
+//! WAL and remote read use it), and our dense encoding for blocks ([`DenseEncoder`], specified
+//! in `crates/tsdb/docs/format/chunks.md`).
 //!
 //! A chunk holds up to 65,535 float samples of one series: timestamps as delta-of-delta,
 //! values XOR'd with their predecessor (Pelkonen et al., "Gorilla", VLDB 2015, with
@@ -32,12 +34,79 @@
 //! ```
 
 mod bstream;
+mod dense;
 mod xor;
 
+pub use dense::{DenseEncoder, DenseIterator, dense_num_samples, encode_dense};
 pub use xor::{XorAppender, XorIterator, chunk_num_samples};
 
 /// Prometheus's chunk encoding byte for XOR chunks (`chunkenc.EncXOR`).
 pub const ENCODING_XOR: u8 = 1;
+
+/// Our dense block chunk encoding (`crates/tsdb/docs/format/chunks.md`); a value Prometheus
+/// does not use.
+pub const ENCODING_DENSE: u8 = 16;
+
+/// Samples per dense chunk that blocks are written with: 2 h at a 15 s interval.
+pub const DENSE_SAMPLES_PER_CHUNK: usize = 480;
+
+/// An iterator over a chunk of either encoding.
+#[derive(Clone, Debug)]
+pub enum ChunkIterator<'a> {
+    Xor(XorIterator<'a>),
+    Dense(DenseIterator<'a>),
+}
+
+impl<'a> ChunkIterator<'a> {
+    /// An iterator over `bytes` in `encoding` ([`ENCODING_XOR`] or [`ENCODING_DENSE`]).
+    pub fn new(encoding: u8, bytes: &'a [u8]) -> Result<Self> {
+        match encoding {
+            ENCODING_XOR => XorIterator::new(bytes).map(ChunkIterator::Xor),
+            ENCODING_DENSE => DenseIterator::new(bytes).map(ChunkIterator::Dense),
+            _ => Err(ChunkError::Corrupt("unknown chunk encoding")),
+        }
+    }
+
+    pub fn num_samples(&self) -> u16 {
+        match self {
+            ChunkIterator::Xor(it) => it.num_samples(),
+            ChunkIterator::Dense(it) => it.num_samples(),
+        }
+    }
+
+    /// The next sample, `Ok(None)` after the last.
+    #[inline]
+    pub fn next_sample(&mut self) -> Result<Option<(i64, f64)>> {
+        match self {
+            ChunkIterator::Xor(it) => it.next_sample(),
+            ChunkIterator::Dense(it) => it.next_sample(),
+        }
+    }
+
+    /// Appends the remaining samples with `mint <= t <= maxt` to `out`. Returns `true` when
+    /// it stopped at (and consumed) a sample after `maxt`, `false` at the end of the chunk.
+    #[inline]
+    pub fn append_range(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<m3query_model::Sample>,
+    ) -> Result<bool> {
+        match self {
+            ChunkIterator::Xor(it) => it.append_range(mint, maxt, out),
+            ChunkIterator::Dense(it) => it.append_range(mint, maxt, out),
+        }
+    }
+}
+
+/// The sample count of a chunk of either encoding, if its header is readable.
+pub fn num_samples(encoding: u8, bytes: &[u8]) -> Option<u16> {
+    match encoding {
+        ENCODING_XOR => chunk_num_samples(bytes),
+        ENCODING_DENSE => dense_num_samples(bytes),
+        _ => None,
+    }
+}
 
 /// Samples per chunk at which Prometheus's head cuts a new chunk.
 pub const TARGET_SAMPLES_PER_CHUNK: usize = 120;

@@ -33,6 +33,9 @@ impl Default for XorAppender {
     }
 }
 
+/// Capacity an appender starts with and grows by.
+const GROW_BYTES: usize = 96;
+
 /// `-(2^(n-1) - 1) <= x <= 2^(n-1)`: Prometheus's (asymmetric) range for an n-bit dod.
 #[inline]
 fn bit_range(x: i64, n: u32) -> bool {
@@ -54,7 +57,7 @@ fn put_uvarint(buf: &mut [u8; 10], mut x: u64) -> usize {
 impl XorAppender {
     /// An empty chunk (2 header bytes).
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(128);
+        let mut buf = Vec::with_capacity(GROW_BYTES);
         buf.extend_from_slice(&[0, 0]);
         XorAppender {
             w: BitWriter { buf, free: 0 },
@@ -72,6 +75,12 @@ impl XorAppender {
     pub fn append(&mut self, t: i64, v: f64) -> Result<()> {
         if self.num == u16::MAX {
             return Err(ChunkError::Full);
+        }
+        // A sample takes at most 19 bytes (10-byte varint + 8-byte value + a partial byte).
+        // Grow in steps of GROW_BYTES rather than doubling: the head holds an open chunk for
+        // every series, and doubling leaves up to half of each unused.
+        if self.w.buf.capacity() - self.w.buf.len() < 19 {
+            self.w.buf.reserve_exact(GROW_BYTES);
         }
         let vb = v.to_bits();
         let mut t_delta = 0u64;

@@ -301,6 +301,72 @@ fn write_go_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_char('"')
 }
 
+/// A label set borrowed as name/value pairs, for write paths that look series up without
+/// building a [`Labels`] (and its `Arc`s) per request: sorted by name, names unique and
+/// non-empty, values non-empty — exactly the pairs a `Labels` would hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelPairs<'a>(&'a [(&'a str, &'a str)]);
+
+impl<'a> LabelPairs<'a> {
+    /// Checks the invariant; `Err` says what is wrong.
+    pub fn new(pairs: &'a [(&'a str, &'a str)]) -> Result<Self, String> {
+        for w in pairs.windows(2) {
+            if w[0].0 >= w[1].0 {
+                return Err(if w[0].0 == w[1].0 {
+                    format!("duplicate label name {:?}", w[0].0)
+                } else {
+                    "labels not sorted by name".to_string()
+                });
+            }
+        }
+        if pairs.iter().any(|(n, _)| n.is_empty()) {
+            return Err("empty label name".to_string());
+        }
+        if pairs.iter().any(|(_, v)| v.is_empty()) {
+            return Err("empty label value".to_string());
+        }
+        Ok(LabelPairs(pairs))
+    }
+
+    pub fn as_slice(&self) -> &'a [(&'a str, &'a str)] {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same set as a [`Labels`].
+    pub fn to_labels(&self) -> Labels {
+        Labels(self.0.iter().map(|&(n, v)| Label::new(n, v)).collect())
+    }
+
+    /// Equals [`Labels::stable_hash`] of [`LabelPairs::to_labels`].
+    pub fn stable_hash(&self) -> u64 {
+        let mut h = stable_hasher();
+        for (n, v) in self.0 {
+            h.write(n.as_bytes());
+            h.write_u8(0xff);
+            h.write(v.as_bytes());
+            h.write_u8(0xff);
+        }
+        h.finish()
+    }
+
+    /// Whether `labels` holds exactly these pairs.
+    pub fn eq_labels(&self, labels: &Labels) -> bool {
+        labels.len() == self.0.len()
+            && labels
+                .iter()
+                .zip(self.0)
+                .all(|(l, (n, v))| *l.name == **n && *l.value == **v)
+    }
+}
+
 impl<'a> IntoIterator for &'a Labels {
     type Item = &'a Label;
     type IntoIter = std::slice::Iter<'a, Label>;
@@ -412,6 +478,26 @@ mod tests {
 
     fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().map(|(a, b)| (*a, *b)))
+    }
+
+    #[test]
+    fn label_pairs_hash_and_compare_like_labels() {
+        let pairs = [("__name__", "up"), ("instance", "a:1"), ("job", "node")];
+        let p = LabelPairs::new(&pairs).expect("valid");
+        let l = ls(&pairs);
+        assert_eq!(p.to_labels(), l);
+        assert_eq!(p.stable_hash(), l.stable_hash());
+        assert!(p.eq_labels(&l));
+        assert!(!p.eq_labels(&ls(&[("__name__", "up"), ("instance", "a:1")])));
+        assert!(!p.eq_labels(&ls(&[
+            ("__name__", "up"),
+            ("instance", "a:1"),
+            ("job", "x")
+        ])));
+        assert!(LabelPairs::new(&[("b", "1"), ("a", "1")]).is_err());
+        assert!(LabelPairs::new(&[("a", "1"), ("a", "2")]).is_err());
+        assert!(LabelPairs::new(&[("", "1")]).is_err());
+        assert!(LabelPairs::new(&[("a", "")]).is_err());
     }
 
     #[test]

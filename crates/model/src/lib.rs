@@ -18,7 +18,8 @@ mod sample;
 pub mod time;
 
 pub use labels::{
-    Label, Labels, LabelsBuilder, METRIC_NAME, is_valid_label_name, is_valid_legacy_metric_name,
+    Label, LabelPairs, Labels, LabelsBuilder, METRIC_NAME, is_valid_label_name,
+    is_valid_legacy_metric_name,
 };
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use metadata::{Exemplar, Metadata, MetricType};

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 
-use m3query_model::{Exemplar, Labels, METRIC_NAME, Metadata, MetricType};
+use m3query_model::{Exemplar, LabelPairs, Labels, METRIC_NAME, Metadata, MetricType};
 use m3query_storage::{Appender, Error as StorageError};
 use prost::Message;
 
@@ -84,13 +84,25 @@ pub fn check_encoding(content_encoding: Option<&str>) -> Result<(), WriteError> 
 /// Snappy block decompression that refuses, before allocating, bodies that would decompress
 /// to more than `limit` bytes (the length is in the snappy header).
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, WriteError> {
+    let mut out = Vec::new();
+    decompress_into(body, limit, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into a caller's buffer (replacing its contents), so a request worker can
+/// reuse one buffer instead of allocating a fresh one per request.
+pub fn decompress_into(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), WriteError> {
     let size = snap::raw::decompress_len(body).map_err(|e| WriteError::Snappy(e.to_string()))?;
     if size > limit {
         return Err(WriteError::TooLarge { size, limit });
     }
-    snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| WriteError::Snappy(e.to_string()))
+    out.clear();
+    out.resize(size, 0);
+    let n = snap::raw::Decoder::new()
+        .decompress(body, out)
+        .map_err(|e| WriteError::Snappy(e.to_string()))?;
+    out.truncate(n);
+    Ok(())
 }
 
 /// Counts of what a request held and what became of it.
@@ -174,26 +186,30 @@ impl Outcome {
                 Ok(())
             }
             Err(e) if e.is_sample_error() => {
-                let first = match e {
-                    StorageError::OutOfOrderSample => {
-                        self.out_of_order += 1;
-                        self.out_of_order == 1
-                    }
-                    StorageError::DuplicateSampleForTimestamp => {
-                        self.duplicate += 1;
-                        self.duplicate == 1
-                    }
-                    _ => {
-                        self.too_old += 1;
-                        self.too_old == 1
-                    }
-                };
-                if first {
+                if self.count_refusal(&e) {
                     self.example(format!("{e} for series {labels} at timestamp {t}"));
                 }
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a refused sample; true when it is the first of its kind.
+    fn count_refusal(&mut self, e: &StorageError) -> bool {
+        match e {
+            StorageError::OutOfOrderSample => {
+                self.out_of_order += 1;
+                self.out_of_order == 1
+            }
+            StorageError::DuplicateSampleForTimestamp => {
+                self.duplicate += 1;
+                self.duplicate == 1
+            }
+            _ => {
+                self.too_old += 1;
+                self.too_old == 1
+            }
         }
     }
 
@@ -260,13 +276,7 @@ pub fn write(
     app: &mut dyn Appender,
 ) -> Result<Outcome, WriteError> {
     match protocol {
-        Protocol::V1 => {
-            let req = prompb::WriteRequest::decode(body).map_err(|e| WriteError::Decode {
-                what: "prometheus.WriteRequest",
-                reason: e.to_string(),
-            })?;
-            write_v1(&req, app)
-        }
+        Protocol::V1 => write_v1_bytes(body, app),
         Protocol::V2 => {
             let req = v2::Request::decode(body).map_err(|e| WriteError::Decode {
                 what: "io.prometheus.write.v2.Request",
@@ -323,6 +333,338 @@ pub fn write_v1(req: &prompb::WriteRequest, app: &mut dyn Appender) -> Result<Ou
         ));
     }
     Ok(out)
+}
+
+/// Protobuf wire reading for [`write_v1_bytes`]: just what `prometheus.WriteRequest` needs,
+/// with prost's rules (unknown fields skipped, last value of a repeated scalar wins, wrong wire
+/// types and truncation are errors).
+mod wire {
+    pub(super) type R<T> = Result<T, &'static str>;
+
+    pub(super) struct Reader<'a> {
+        pub(super) buf: &'a [u8],
+        pub(super) pos: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        pub(super) fn new(buf: &'a [u8]) -> Self {
+            Reader { buf, pos: 0 }
+        }
+
+        pub(super) fn done(&self) -> bool {
+            self.pos >= self.buf.len()
+        }
+
+        #[inline]
+        pub(super) fn varint(&mut self) -> R<u64> {
+            let mut x = 0u64;
+            for i in 0..10 {
+                let Some(&b) = self.buf.get(self.pos) else {
+                    return Err("buffer underflow");
+                };
+                self.pos += 1;
+                if i == 9 && b > 1 {
+                    return Err("invalid varint");
+                }
+                x |= u64::from(b & 0x7f) << (7 * i);
+                if b < 0x80 {
+                    return Ok(x);
+                }
+            }
+            Err("invalid varint")
+        }
+
+        /// A field key: (field number, wire type).
+        #[inline]
+        pub(super) fn key(&mut self) -> R<(u32, u8)> {
+            let k = self.varint()?;
+            if k > u64::from(u32::MAX) {
+                return Err("invalid key value");
+            }
+            let wt = (k & 7) as u8;
+            let field = (k >> 3) as u32;
+            if field == 0 {
+                return Err("invalid tag value: 0");
+            }
+            if wt > 5 {
+                return Err("invalid wire type value");
+            }
+            Ok((field, wt))
+        }
+
+        #[inline]
+        pub(super) fn bytes(&mut self) -> R<&'a [u8]> {
+            let n = self.varint()?;
+            let n = usize::try_from(n).map_err(|_| "buffer underflow")?;
+            let end = self.pos.checked_add(n).ok_or("buffer underflow")?;
+            let b = self.buf.get(self.pos..end).ok_or("buffer underflow")?;
+            self.pos = end;
+            Ok(b)
+        }
+
+        #[inline]
+        pub(super) fn fixed64(&mut self) -> R<u64> {
+            let b = self
+                .buf
+                .get(self.pos..self.pos + 8)
+                .ok_or("buffer underflow")?;
+            self.pos += 8;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(u64::from_le_bytes(a))
+        }
+
+        /// Skips a field of wire type `wt` (field `field`, for matching a group's end).
+        pub(super) fn skip(&mut self, field: u32, wt: u8) -> R<()> {
+            match wt {
+                0 => self.varint().map(|_| ()),
+                1 => self.fixed64().map(|_| ()),
+                2 => self.bytes().map(|_| ()),
+                3 => loop {
+                    let (f, w) = self.key()?;
+                    if w == 4 {
+                        return if f == field {
+                            Ok(())
+                        } else {
+                            Err("unexpected end group tag")
+                        };
+                    }
+                    self.skip(f, w)?;
+                },
+                5 => {
+                    let end = self.pos + 4;
+                    if end > self.buf.len() {
+                        return Err("buffer underflow");
+                    }
+                    self.pos = end;
+                    Ok(())
+                }
+                _ => Err("unexpected end group tag"),
+            }
+        }
+
+        /// Checks the wire type of a known field.
+        #[inline]
+        pub(super) fn expect(wt: u8, want: u8) -> R<()> {
+            if wt == want {
+                Ok(())
+            } else {
+                Err("invalid wire type")
+            }
+        }
+    }
+}
+
+/// Reusable buffers for decoding one series of a request.
+#[derive(Default)]
+struct V1Scratch<'a> {
+    raw: Vec<RawLabel<'a>>,
+    pairs: Vec<(&'a str, &'a str)>,
+    samples: Vec<m3query_model::Sample>,
+    exemplars: Vec<&'a [u8]>,
+    histograms: Vec<&'a [u8]>,
+}
+
+/// Checks raw label pairs as [`build_labels`] does, leaving them in `pairs` sorted, without
+/// empty values. On refusal, the message [`build_labels`] would give.
+fn check_pairs<'a>(
+    raw: &[RawLabel<'a>],
+    pairs: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(), String> {
+    pairs.clear();
+    for &(n, v) in raw {
+        let n = std::str::from_utf8(n).map_err(|_| "label name is not valid UTF-8".to_string())?;
+        let v = std::str::from_utf8(v)
+            .map_err(|_| format!("value of label {n:?} is not valid UTF-8"))?;
+        pairs.push((n, v));
+    }
+    if !pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+        pairs.sort_unstable();
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!("duplicate label name {:?}", w[0].0));
+        }
+    }
+    if pairs.iter().any(|(n, _)| n.is_empty()) {
+        return Err("empty label name".to_string());
+    }
+    pairs.retain(|(_, v)| !v.is_empty());
+    if !pairs.iter().any(|(n, _)| *n == METRIC_NAME) {
+        let labels = Labels::from_pairs(pairs.iter().copied());
+        return Err(format!(
+            "series {labels} has no metric name ({METRIC_NAME})"
+        ));
+    }
+    Ok(())
+}
+
+fn decode_err(reason: impl Into<String>) -> WriteError {
+    WriteError::Decode {
+        what: "prometheus.WriteRequest",
+        reason: reason.into(),
+    }
+}
+
+/// Appends a remote write 1.0 request straight from its protobuf bytes: labels and samples
+/// are read in place into reused buffers and handed to [`Appender::append_samples`], so the
+/// hot path builds no message structs and no label set (a store looks the series up by the
+/// borrowed pairs). Behaves as decoding with prost and calling [`write_v1`]; a malformed
+/// request is refused whole (the caller rolls the appender back).
+pub fn write_v1_bytes(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, WriteError> {
+    use wire::Reader;
+    let mut out = Outcome::default();
+    let mut sc = V1Scratch::default();
+    let mut r = Reader::new(body);
+    while !r.done() {
+        let (field, wt) = r.key().map_err(decode_err)?;
+        match field {
+            1 => {
+                Reader::expect(wt, 2).map_err(decode_err)?;
+                let ts = r.bytes().map_err(decode_err)?;
+                decode_series(ts, &mut sc).map_err(decode_err)?;
+                append_series(&mut sc, app, &mut out)?;
+            }
+            3 => {
+                Reader::expect(wt, 2).map_err(decode_err)?;
+                let m = prompb::MetricMetadata::decode(r.bytes().map_err(decode_err)?)
+                    .map_err(|e| decode_err(e.to_string()))?;
+                if m.metric_family_name.is_empty() {
+                    continue;
+                }
+                out.metadata.push((
+                    m.metric_family_name,
+                    Metadata {
+                        metric_type: metric_type_v1(m.r#type),
+                        help: m.help,
+                        unit: m.unit,
+                    },
+                ));
+            }
+            _ => r.skip(field, wt).map_err(decode_err)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one `TimeSeries` into the scratch buffers.
+fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
+    use wire::Reader;
+    sc.raw.clear();
+    sc.samples.clear();
+    sc.exemplars.clear();
+    sc.histograms.clear();
+    let mut r = Reader::new(ts);
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match field {
+            1 => {
+                Reader::expect(wt, 2)?;
+                let mut l = Reader::new(r.bytes()?);
+                let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+                while !l.done() {
+                    let (f, w) = l.key()?;
+                    match f {
+                        1 => {
+                            Reader::expect(w, 2)?;
+                            name = l.bytes()?;
+                        }
+                        2 => {
+                            Reader::expect(w, 2)?;
+                            value = l.bytes()?;
+                        }
+                        _ => l.skip(f, w)?,
+                    }
+                }
+                sc.raw.push((name, value));
+            }
+            2 => {
+                Reader::expect(wt, 2)?;
+                let mut x = Reader::new(r.bytes()?);
+                let (mut v, mut t) = (0u64, 0i64);
+                while !x.done() {
+                    let (f, w) = x.key()?;
+                    match f {
+                        1 => {
+                            Reader::expect(w, 1)?;
+                            v = x.fixed64()?;
+                        }
+                        2 => {
+                            Reader::expect(w, 0)?;
+                            t = x.varint()? as i64;
+                        }
+                        _ => x.skip(f, w)?,
+                    }
+                }
+                sc.samples.push(m3query_model::Sample {
+                    t,
+                    v: f64::from_bits(v),
+                });
+            }
+            3 => {
+                Reader::expect(wt, 2)?;
+                sc.exemplars.push(r.bytes()?);
+            }
+            4 => {
+                Reader::expect(wt, 2)?;
+                sc.histograms.push(r.bytes()?);
+            }
+            _ => r.skip(field, wt)?,
+        }
+    }
+    Ok(())
+}
+
+/// Appends the series in the scratch buffers, as [`write_v1`] does for one `TimeSeries`.
+fn append_series(
+    sc: &mut V1Scratch<'_>,
+    app: &mut dyn Appender,
+    out: &mut Outcome,
+) -> Result<(), WriteError> {
+    // Exemplars and histograms are rare: decode them with prost, which also checks them as
+    // decoding the whole request would.
+    let mut exemplars = Vec::with_capacity(sc.exemplars.len());
+    for e in &sc.exemplars {
+        exemplars.push(prompb::Exemplar::decode(*e).map_err(|e| decode_err(e.to_string()))?);
+    }
+    for h in &sc.histograms {
+        prompb::Histogram::decode(*h).map_err(|e| decode_err(e.to_string()))?;
+    }
+    out.histograms_refused += sc.histograms.len() as u64;
+    if let Err(why) = check_pairs(&sc.raw, &mut sc.pairs) {
+        out.invalid(why, sc.samples.len());
+        return Ok(());
+    }
+    let pairs = LabelPairs::new(&sc.pairs).map_err(|e| {
+        WriteError::Storage(StorageError::InvalidLabels(format!("checked pairs: {e}")))
+    })?;
+    let mut refused = 0u64;
+    app.append_samples(pairs, &sc.samples, &mut |i, e| {
+        refused += 1;
+        if out.count_refusal(&e) {
+            let t = sc.samples.get(i).map_or(0, |s| s.t);
+            out.example(format!(
+                "{e} for series {} at timestamp {t}",
+                pairs.to_labels()
+            ));
+        }
+    })?;
+    out.samples_written += sc.samples.len() as u64 - refused;
+    if !exemplars.is_empty() {
+        let labels = pairs.to_labels();
+        for e in exemplars {
+            match build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..]))) {
+                Ok(el) => out.exemplars.push((
+                    labels.clone(),
+                    Exemplar {
+                        labels: el,
+                        value: e.value,
+                        t: e.timestamp,
+                    },
+                )),
+                Err(why) => out.invalid(why, 0),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Exemplar labels may be empty and need no metric name.
@@ -657,6 +999,173 @@ mod tests {
             )]
         );
         assert_eq!(stored(&s, "http_requests_total"), vec![(100, 5.0)]);
+    }
+
+    /// Everything observable about one write: accepted or refused whole, the outcome's
+    /// counts and message, and what the store holds after commit.
+    fn observe(
+        body: &[u8],
+        f: impl Fn(&[u8], &mut dyn Appender) -> Result<Outcome, WriteError>,
+    ) -> String {
+        let s = MemStorage::new();
+        let mut app = s.appender();
+        match f(body, app.as_mut()) {
+            Err(WriteError::Decode { .. }) => {
+                app.rollback();
+                "decode error".to_string()
+            }
+            Err(e) => format!("error {e}"),
+            Ok(o) => {
+                app.commit().expect("commit");
+                let q = s.querier(i64::MIN, i64::MAX).expect("querier");
+                let mut set = q
+                    .select(
+                        &Context::background(),
+                        true,
+                        &SelectHints::default(),
+                        &[
+                            Matcher::new(m3query_model::MatchOp::RegexMatch, "__name__", ".+")
+                                .expect("matcher"),
+                        ],
+                    )
+                    .expect("select");
+                let (series, _) =
+                    collect_series(set.as_mut(), i64::MIN, i64::MAX).expect("collect");
+                let data: Vec<(String, Vec<(i64, u64)>)> = series
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.labels.to_string(),
+                            s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+                        )
+                    })
+                    .collect();
+                format!(
+                    "written {} hist {} ooo {} old {} dup {} invalid {}/{} refused {} msg {:?} meta {:?} ex {:?} data {:?}",
+                    o.samples_written,
+                    o.histograms_refused,
+                    o.out_of_order,
+                    o.too_old,
+                    o.duplicate,
+                    o.invalid_series,
+                    o.invalid_series_samples,
+                    o.histograms_refused,
+                    o.refusal(),
+                    o.metadata,
+                    o.exemplars,
+                    data
+                )
+            }
+        }
+    }
+
+    fn via_prost(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, WriteError> {
+        let req = prompb::WriteRequest::decode(body).map_err(|e| WriteError::Decode {
+            what: "prometheus.WriteRequest",
+            reason: e.to_string(),
+        })?;
+        write_v1(&req, app)
+    }
+
+    fn arb_request() -> impl proptest::strategy::Strategy<Value = prompb::WriteRequest> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec![
+            b"__name__".to_vec(),
+            b"job".to_vec(),
+            b"a".to_vec(),
+            b"zz".to_vec(),
+            Vec::new(),
+            vec![0xff, 0x61],
+        ]);
+        let value = prop::sample::select(vec![
+            b"up".to_vec(),
+            b"x".to_vec(),
+            Vec::new(),
+            b"\xc3\xa9t\xc3\xa9".to_vec(),
+            vec![0xc3],
+        ]);
+        let label = (name, value).prop_map(|(n, v)| prompb::Label {
+            name: n.into(),
+            value: v.into(),
+        });
+        let sample = (
+            prop::sample::select(vec![0i64, 5, 10, 10, 20, -3]),
+            prop::sample::select(vec![0.0f64, 1.0, -0.0, f64::NAN, 2.5]),
+        )
+            .prop_map(|(timestamp, value)| prompb::Sample { value, timestamp });
+        let exemplar =
+            prop::collection::vec(label.clone(), 0..2).prop_map(|labels| prompb::Exemplar {
+                labels,
+                value: 1.5,
+                timestamp: 7,
+            });
+        let ts = (
+            prop::collection::vec(label, 0..4),
+            prop::collection::vec(sample, 0..4),
+            prop::collection::vec(exemplar, 0..2),
+            0usize..2,
+        )
+            .prop_map(|(labels, samples, exemplars, h)| prompb::TimeSeries {
+                labels,
+                samples,
+                exemplars,
+                histograms: vec![prompb::Histogram::default(); h],
+            });
+        let meta = prop::sample::select(vec!["", "up"]).prop_map(|n| prompb::MetricMetadata {
+            r#type: 2,
+            metric_family_name: n.into(),
+            help: "h".into(),
+            unit: String::new(),
+        });
+        (
+            prop::collection::vec(ts, 0..6),
+            prop::collection::vec(meta, 0..2),
+        )
+            .prop_map(|(timeseries, metadata)| prompb::WriteRequest {
+                timeseries,
+                metadata,
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The in-place decoder behaves exactly as prost + `write_v1`, on valid requests and
+        /// on the same bytes with one byte changed or cut short.
+        #[test]
+        fn in_place_v1_decoder_equals_prost(
+            req in arb_request(),
+            flip in proptest::option::of((0usize..4096, 1u8..=255)),
+            cut in proptest::option::of(0usize..4096),
+            extra in proptest::option::of(proptest::collection::vec(0u8..=255, 1..6)),
+        ) {
+            let mut body = req.encode_to_vec();
+            if let Some((i, x)) = flip && !body.is_empty() {
+                let i = i % body.len();
+                body[i] ^= x;
+            }
+            if let Some(c) = cut && !body.is_empty() {
+                body.truncate(c % body.len());
+            }
+            if let Some(e) = extra {
+                body.extend(e);
+            }
+            proptest::prop_assert_eq!(observe(&body, via_prost), observe(&body, write_v1_bytes));
+        }
+    }
+
+    #[test]
+    fn in_place_v1_decoder_skips_unknown_fields_and_groups() {
+        // Field 5 (varint), field 6 (fixed32), field 7 (a group holding a varint) around one
+        // series: all skipped, by both decoders.
+        let req = prompb::WriteRequest {
+            timeseries: vec![series(&[("__name__", "up")], &[(1, 1.0)])],
+            metadata: vec![],
+        };
+        let mut body = vec![0x28, 0x01, 0x35, 1, 2, 3, 4, 0x3b, 0x08, 0x01, 0x3c];
+        body.extend(req.encode_to_vec());
+        let a = observe(&body, via_prost);
+        assert!(a.contains("written 1"), "{a}");
+        assert_eq!(a, observe(&body, write_v1_bytes));
     }
 
     #[test]

@@ -173,6 +173,21 @@ impl<T: Serialize> IntoResponse for ApiResponse<T> {
 
 pub type ApiResult<T> = Result<ApiResponse<T>, ApiError>;
 
+impl From<m3query_storage::Error> for ApiError {
+    fn from(e: m3query_storage::Error) -> Self {
+        use m3query_storage::Error as E;
+        let kind = match &e {
+            E::Canceled => ErrorType::Canceled,
+            E::DeadlineExceeded => ErrorType::Timeout,
+            E::BadRequest(_) | E::InvalidLabels(_) => ErrorType::BadData,
+            E::LimitExceeded(_) => ErrorType::Execution,
+            E::Unavailable { .. } => ErrorType::Unavailable,
+            _ => ErrorType::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,20 +236,5 @@ mod tests {
         )
         .await;
         assert_eq!(v["warnings"], serde_json::json!(["w"]));
-    }
-}
-
-impl From<m3query_storage::Error> for ApiError {
-    fn from(e: m3query_storage::Error) -> Self {
-        use m3query_storage::Error as E;
-        let kind = match &e {
-            E::Canceled => ErrorType::Canceled,
-            E::DeadlineExceeded => ErrorType::Timeout,
-            E::BadRequest(_) | E::InvalidLabels(_) => ErrorType::BadData,
-            E::LimitExceeded(_) => ErrorType::Execution,
-            E::Unavailable { .. } => ErrorType::Unavailable,
-            _ => ErrorType::Internal,
-        };
-        ApiError::new(kind, e.to_string())
     }
 }

@@ -25,7 +25,7 @@ pub use context::Context;
 pub use error::{Error, Result};
 pub use warnings::Warnings;
 
-use m3query_model::{Labels, Matcher, Sample};
+use m3query_model::{LabelPairs, Labels, Matcher, Sample};
 
 /// What a select is for, so a store can avoid reading or sending what the query will not use.
 /// All fields are advisory: a store may return more than asked, never less.
@@ -229,6 +229,27 @@ pub trait Appender: Send {
     /// Adds one sample. A per-sample error (out of order, too old, duplicate) refuses that
     /// sample only: the caller may go on appending the rest of its batch and commit.
     fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<()>;
+    /// Adds the samples of one series given as borrowed label pairs, as a write path that
+    /// decodes requests in place has them. A per-sample refusal is reported through
+    /// `refused` (index into `samples`, error) and the rest still go in; any other error
+    /// aborts. The default builds a [`Labels`] and calls [`Appender::append`] per sample;
+    /// stores override it to look the series up once, without building the label set.
+    fn append_samples(
+        &mut self,
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, Error),
+    ) -> Result<()> {
+        let labels = labels.to_labels();
+        for (i, s) in samples.iter().enumerate() {
+            match self.append(&labels, s.t, s.v) {
+                Ok(()) => {}
+                Err(e) if e.is_sample_error() => refused(i, e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// Makes every accepted sample durable and visible.
     fn commit(self: Box<Self>) -> Result<()>;
     /// Drops everything appended since the appender was created.

@@ -2,14 +2,14 @@
 //! and select + decode of 10k series over 6 h at a 15 s interval (4 h in blocks, 2 h in the
 //! head, as after a back-dated load). Also prints RSS per series after that load.
 //!
-//! `CARGO_TARGET_DIR=/work/target/tsdb cargo bench -p m3query-tsdb --bench tsdb`
+//! `cargo bench -p m3query-tsdb --bench tsdb`
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use m3query_model::{Labels, Matcher, Sample};
+use m3query_model::{LabelPairs, Labels, Matcher, Sample};
 use m3query_storage::{Appendable, Context, Queryable, SelectHints};
 use m3query_tsdb::{Db, Options, postings};
 
@@ -67,6 +67,29 @@ fn append_batches(db: &Db, labels: &[Labels], start_k: i64, iters: u64) -> Durat
     t0.elapsed()
 }
 
+/// As [`append_batches`], through `append_samples` with borrowed label pairs (one sample per
+/// series per batch), as the remote-write path appends.
+fn append_batches_by_pairs(db: &Db, labels: &[Labels], start_k: i64, iters: u64) -> Duration {
+    let pairs: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|l| l.iter().map(|x| (&*x.name, &*x.value)).collect())
+        .collect();
+    let t0 = Instant::now();
+    for k in 0..iters as i64 {
+        let kk = start_k + k;
+        let mut app = db.appender();
+        for (i, p) in pairs.iter().enumerate() {
+            let s = [Sample::new(kk * 15_000, value(i, kk))];
+            app.append_samples(LabelPairs::new(p).expect("sorted"), &s, &mut |_, e| {
+                panic!("refused: {e}")
+            })
+            .expect("append");
+        }
+        app.commit().expect("commit");
+    }
+    t0.elapsed()
+}
+
 /// CPU time of the calling thread: per-core figures that do not depend on how busy the
 /// (shared) machine is.
 fn thread_cpu_time() -> std::time::Duration {
@@ -96,6 +119,17 @@ fn bench_append(c: &mut Criterion) {
                 d
             })
         });
+        g.bench_function(
+            "1_thread_5000_samples_per_commit_by_pairs_thread_cpu_time",
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = thread_cpu_time();
+                    append_batches_by_pairs(&db, &labels, k, iters);
+                    k += iters as i64;
+                    thread_cpu_time() - t0
+                })
+            },
+        );
         // CPU spent by the appending thread (excludes time blocked in fsync).
         g.bench_function("1_thread_5000_samples_per_commit_thread_cpu_time", |b| {
             b.iter_custom(|iters| {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use m3query_chunkenc::{TARGET_SAMPLES_PER_CHUNK, XorAppender, chunk_num_samples};
+use m3query_chunkenc::{DENSE_SAMPLES_PER_CHUNK, DenseEncoder, ENCODING_DENSE};
 use m3query_model::Labels;
+use m3query_model::Sample;
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::{ChunkReader, ChunkWriter, QChunk};
@@ -19,7 +20,8 @@ use crate::wal::sync_dir;
 use crate::{Error, Result};
 
 pub(crate) const META_FORMAT: &str = "m3query-tsdb-block";
-pub(crate) const META_VERSION: u32 = 1;
+/// Version 2: chunk files may hold dense chunks. Version 1 blocks are still opened.
+pub(crate) const META_VERSION: u32 = 2;
 pub(crate) const TMP_CREATION: &str = ".tmp-for-creation";
 pub(crate) const TMP_DELETION: &str = ".tmp-for-deletion";
 
@@ -124,7 +126,7 @@ pub(crate) fn read_meta(dir: &Path) -> Result<BlockMeta> {
     let path = dir.join("meta.json");
     let b = fs::read(&path).ctx("read", &path)?;
     let meta: BlockMeta = serde_json::from_slice(&b)?;
-    if meta.format != META_FORMAT || meta.version != META_VERSION {
+    if meta.format != META_FORMAT || !(1..=META_VERSION).contains(&meta.version) {
         return Err(Error::corruption(
             path.display().to_string(),
             format!(
@@ -164,8 +166,23 @@ impl Block {
             self.index.series(id, Some(&mut metas))?;
             for m in &metas {
                 self.chunks.verify_chunk(m.r)?;
-                let c = self.chunks.chunk(m.r)?;
-                samples += u64::from(chunk_num_samples(c.as_slice()).unwrap_or(0));
+                let (enc, c) = self.chunks.chunk(m.r)?;
+                let mut it = m3query_chunkenc::ChunkIterator::new(enc, c.as_slice())?;
+                let n = it.num_samples();
+                // Every sample decodes, in time order, within the chunk's recorded range.
+                let mut buf = Vec::with_capacity(usize::from(n));
+                it.append_range(i64::MIN, i64::MAX, &mut buf)?;
+                if buf.len() != usize::from(n)
+                    || buf.first().is_some_and(|s| s.t != m.min_t)
+                    || buf.last().is_some_and(|s| s.t != m.max_t)
+                    || !buf.windows(2).all(|w| w[0].t < w[1].t)
+                {
+                    return Err(Error::corruption(
+                        self.dir.display().to_string(),
+                        format!("chunk {:#x} disagrees with its index entry", m.r),
+                    ));
+                }
+                samples += u64::from(n);
                 chunks += 1;
                 if m.min_t < self.meta.min_time || m.max_t >= self.meta.max_time {
                     return Err(Error::corruption(
@@ -196,10 +213,28 @@ pub(crate) struct SeriesChunks {
     pub(crate) chunks: Vec<QChunk>,
 }
 
-/// Chunks that can be copied as they are: sorted, non-overlapping, inside `[mint, maxt]`.
+/// Chunks that can be decoded one after another: sorted, non-overlapping, inside
+/// `[mint, maxt]`.
 fn clean(chunks: &[QChunk], mint: i64, maxt: i64) -> bool {
     chunks.iter().all(|c| c.min_t >= mint && c.max_t <= maxt)
         && chunks.windows(2).all(|w| w[0].max_t < w[1].min_t)
+}
+
+/// Every sample of `chunks` in `[mint, maxt]`, in time order, once: decoded in sequence when
+/// the chunks are clean, merged (first listed chunk wins at equal timestamps) otherwise.
+fn series_samples(chunks: &[QChunk], mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<()> {
+    out.clear();
+    let mut sorted = chunks.to_vec();
+    sorted.sort_by_key(|c| c.min_t);
+    if clean(&sorted, mint, maxt) {
+        for c in &sorted {
+            c.iter()?.append_range(mint, maxt, out)?;
+        }
+        return Ok(());
+    }
+    // Merging keeps the given order, which is the precedence for equal timestamps.
+    out.extend(merge_chunks(chunks, mint, maxt)?);
+    Ok(())
 }
 
 /// Writes a block covering `[mint, maxt)` from `series` (sorted by labels) into `db_dir`:
@@ -262,45 +297,31 @@ fn write_block_files(
     let mut cw = ChunkWriter::new(&dir.join("chunks"))?;
     let mut index_series: Vec<(Labels, Vec<ChunkMeta>)> = Vec::with_capacity(series.len());
     let mut stats = BlockStats::default();
+    let mut enc = DenseEncoder::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut buf = Vec::new();
     for s in series {
-        // Sorted for the clean check; merging keeps the given order, which is the
-        // precedence for samples with equal timestamps.
-        let mut sorted = s.chunks.clone();
-        sorted.sort_by_key(|c| c.min_t);
-        let mut metas = Vec::with_capacity(s.chunks.len());
-        if clean(&sorted, mint, last) {
-            for c in &sorted {
-                let b = c.bytes.as_slice();
-                let n = chunk_num_samples(b).unwrap_or(0);
-                if n == 0 {
-                    continue;
-                }
-                let r = cw.write(b)?;
-                metas.push(ChunkMeta {
-                    min_t: c.min_t,
-                    max_t: c.max_t,
-                    r,
-                });
-                stats.num_samples += u64::from(n);
-            }
-        } else {
-            let samples = merge_chunks(&s.chunks, mint, last)?;
-            for part in samples.chunks(TARGET_SAMPLES_PER_CHUNK) {
-                let mut app = XorAppender::new();
-                for x in part {
-                    app.append(x.t, x.v)?;
-                }
-                let (Some(first), Some(lastx)) = (part.first(), part.last()) else {
-                    continue;
-                };
-                let r = cw.write(app.bytes())?;
-                metas.push(ChunkMeta {
-                    min_t: first.t,
-                    max_t: lastx.t,
-                    r,
-                });
-                stats.num_samples += part.len() as u64;
-            }
+        // Every block is written in the dense encoding (chunks.md), in chunks of at most
+        // DENSE_SAMPLES_PER_CHUNK samples of even size.
+        series_samples(&s.chunks, mint, last, &mut samples)?;
+        let mut metas = Vec::new();
+        let per = samples
+            .len()
+            .div_ceil(samples.len().div_ceil(DENSE_SAMPLES_PER_CHUNK).max(1))
+            .max(1);
+        for part in samples.chunks(per) {
+            let (Some(first), Some(lastx)) = (part.first(), part.last()) else {
+                continue;
+            };
+            buf.clear();
+            enc.encode(part, &mut buf)?;
+            let r = cw.write(ENCODING_DENSE, &buf)?;
+            metas.push(ChunkMeta {
+                min_t: first.t,
+                max_t: lastx.t,
+                r,
+            });
+            stats.num_samples += part.len() as u64;
         }
         if metas.is_empty() {
             continue;
@@ -338,15 +359,167 @@ mod tests {
     use std::sync::Arc;
 
     fn chunk(samples: &[(i64, f64)]) -> QChunk {
-        let mut a = XorAppender::new();
+        let mut a = m3query_chunkenc::XorAppender::new();
         for &(t, v) in samples {
             a.append(t, v).expect("fits");
         }
         QChunk {
             min_t: samples[0].0,
             max_t: samples[samples.len() - 1].0,
+            enc: m3query_chunkenc::ENCODING_XOR,
             bytes: ChunkBytes::Heap(Arc::from(a.into_bytes())),
         }
+    }
+
+    /// Writes a block as version 1 did: XOR chunks in a version 1 chunk file, meta.json
+    /// version 1.
+    fn write_v1_block(
+        db_dir: &Path,
+        mint: i64,
+        maxt: i64,
+        series: &[(Labels, Vec<QChunk>)],
+    ) -> String {
+        let ulid = new_ulid();
+        let dir = db_dir.join(&ulid);
+        fs::create_dir_all(dir.join("chunks")).expect("mkdir");
+        let mut file = Vec::new();
+        file.extend_from_slice(&crate::chunks::CHUNKS_MAGIC.to_be_bytes());
+        file.extend_from_slice(&[1, 0, 0, 0]);
+        let mut index = Vec::new();
+        let mut stats = BlockStats::default();
+        for (l, cs) in series {
+            let mut metas = Vec::new();
+            for c in cs {
+                let r = (1u64 << 32) | file.len() as u64;
+                let data = c.bytes.as_slice();
+                crate::encoding::put_uvarint(&mut file, data.len() as u64);
+                let start = file.len();
+                file.push(m3query_chunkenc::ENCODING_XOR);
+                file.extend_from_slice(data);
+                let crc = crc32c::crc32c(&file[start..]);
+                file.extend_from_slice(&crc.to_be_bytes());
+                metas.push(ChunkMeta {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    r,
+                });
+                stats.num_chunks += 1;
+                stats.num_samples +=
+                    u64::from(m3query_chunkenc::chunk_num_samples(data).expect("header"));
+            }
+            index.push((l.clone(), metas));
+        }
+        stats.num_series = index.len() as u64;
+        fs::write(dir.join("chunks").join("000001"), &file).expect("write chunks");
+        write_index(&dir.join("index"), &index).expect("index");
+        let meta = BlockMeta {
+            format: META_FORMAT.into(),
+            version: 1,
+            ulid: ulid.clone(),
+            min_time: mint,
+            max_time: maxt,
+            stats,
+            compaction: BlockCompaction {
+                level: 1,
+                sources: vec![ulid.clone()],
+                parents: vec![],
+            },
+        };
+        fs::write(
+            dir.join("meta.json"),
+            serde_json::to_vec(&meta).expect("json"),
+        )
+        .expect("meta");
+        ulid
+    }
+
+    fn read_all(b: &Block) -> Vec<(Labels, Vec<(i64, u64)>)> {
+        let mut out = Vec::new();
+        for id in 0..b.index.num_series() {
+            let mut metas = Vec::new();
+            let l = b.index.series(id, Some(&mut metas)).expect("series");
+            let qs: Vec<QChunk> = metas
+                .iter()
+                .map(|m| {
+                    let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
+                    QChunk {
+                        min_t: m.min_t,
+                        max_t: m.max_t,
+                        enc,
+                        bytes,
+                    }
+                })
+                .collect();
+            let s = merge_chunks(&qs, i64::MIN, i64::MAX).expect("decode");
+            out.push((l, s.iter().map(|x| (x.t, x.v.to_bits())).collect()));
+        }
+        out
+    }
+
+    #[test]
+    fn version_1_blocks_open_and_compact_into_dense_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let samples = |k: i64| -> Vec<(i64, f64)> {
+            (0..300)
+                .map(|i| {
+                    (
+                        k * 10_000 + i * 15,
+                        if i == 7 {
+                            f64::NAN
+                        } else {
+                            (i * k) as f64 * 0.25
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mk = |k: i64| {
+            let s = samples(k);
+            vec![chunk(&s[..120]), chunk(&s[120..240]), chunk(&s[240..])]
+        };
+        let a = Labels::from_pairs([("__name__", "x"), ("i", "1")]);
+        let b = Labels::from_pairs([("__name__", "x"), ("i", "2")]);
+        let u1 = write_v1_block(
+            dir.path(),
+            10_000,
+            20_000,
+            &[(a.clone(), mk(1)), (b.clone(), mk(1))],
+        );
+        let u2 = write_v1_block(dir.path(), 20_000, 30_000, &[(a.clone(), mk(2))]);
+        let b1 = Arc::new(Block::open(&dir.path().join(&u1)).expect("open v1"));
+        let b2 = Arc::new(Block::open(&dir.path().join(&u2)).expect("open v1"));
+        b1.verify().expect("verify v1");
+        assert_eq!(b1.meta.version, 1);
+        let before: Vec<_> = read_all(&b1).into_iter().chain(read_all(&b2)).collect();
+        let meta = crate::compact::compact(dir.path(), &[b1, b2])
+            .expect("compact")
+            .expect("data");
+        assert_eq!(meta.version, META_VERSION);
+        let c = Block::open(&dir.path().join(&meta.ulid)).expect("open compacted");
+        c.verify().expect("verify compacted");
+        let after = read_all(&c);
+        // Series a's two blocks become one series; b is unchanged; all bits kept.
+        let mut want_a = before[0].1.clone();
+        want_a.extend(before[2].1.clone());
+        assert_eq!(after, vec![(a, want_a), (b, before[1].1.clone())]);
+        let mut metas = Vec::new();
+        c.index.series(0, Some(&mut metas)).expect("series");
+        assert_eq!(metas.len(), 2, "600 samples: two even dense chunks");
+        assert!(
+            metas
+                .iter()
+                .all(|m| c.chunks.chunk(m.r).expect("chunk").0 == ENCODING_DENSE)
+        );
+        // A chunk file from a newer format is refused with a clear error, not misread.
+        let f = dir.path().join(&meta.ulid).join("chunks").join("000001");
+        let mut data = fs::read(&f).expect("read");
+        data[4] = 3;
+        fs::write(&f, &data).expect("write");
+        let err = Block::open(&dir.path().join(&meta.ulid))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("version 3"), "{err}");
     }
 
     #[test]
@@ -399,10 +572,14 @@ mod tests {
         assert_eq!(l, Labels::from_pairs([("a", "2")]));
         let qs: Vec<QChunk> = metas
             .iter()
-            .map(|m| QChunk {
-                min_t: m.min_t,
-                max_t: m.max_t,
-                bytes: b.chunks.chunk(m.r).expect("chunk"),
+            .map(|m| {
+                let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
+                QChunk {
+                    min_t: m.min_t,
+                    max_t: m.max_t,
+                    enc,
+                    bytes,
+                }
             })
             .collect();
         let got = merge_chunks(&qs, i64::MIN, i64::MAX).expect("decode");

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use m3query_chunkenc::ENCODING_XOR;
+use m3query_chunkenc::{ENCODING_DENSE, ENCODING_XOR};
 use memmap2::Mmap;
 
 use crate::encoding::{Decbuf, put_uvarint};
@@ -14,7 +14,8 @@ use crate::error::IoContext;
 use crate::{Error, Result};
 
 pub(crate) const CHUNKS_MAGIC: u32 = 0x85BD_40DD;
-pub(crate) const CHUNKS_VERSION: u8 = 1;
+/// Version 2 files may hold dense chunks; version 1 files (XOR only) are still read.
+pub(crate) const CHUNKS_VERSION: u8 = 2;
 const CHUNKS_HEADER: usize = 8;
 const MAX_SEGMENT_BYTES: u64 = 512 << 20;
 
@@ -51,7 +52,16 @@ impl ChunkBytes {
 pub(crate) struct QChunk {
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
+    /// `ENCODING_XOR` (the head's chunks, version 1 blocks) or `ENCODING_DENSE`.
+    pub(crate) enc: u8,
     pub(crate) bytes: ChunkBytes,
+}
+
+impl QChunk {
+    /// A decoder for the chunk.
+    pub(crate) fn iter(&self) -> m3query_chunkenc::Result<m3query_chunkenc::ChunkIterator<'_>> {
+        m3query_chunkenc::ChunkIterator::new(self.enc, self.bytes.as_slice())
+    }
 }
 
 fn segment_path(dir: &Path, seq: u32) -> PathBuf {
@@ -102,11 +112,11 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Writes one XOR chunk; returns its reference.
-    pub(crate) fn write(&mut self, data: &[u8]) -> Result<u64> {
+    /// Writes one chunk of encoding `enc`; returns its reference.
+    pub(crate) fn write(&mut self, enc: u8, data: &[u8]) -> Result<u64> {
         self.scratch.clear();
         put_uvarint(&mut self.scratch, data.len() as u64);
-        self.scratch.push(ENCODING_XOR);
+        self.scratch.push(enc);
         self.scratch.extend_from_slice(data);
         let crc = crc32c::crc32c(&self.scratch[self.scratch.len() - data.len() - 1..]);
         self.scratch.extend_from_slice(&crc.to_be_bytes());
@@ -153,7 +163,8 @@ pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
 /// A block's chunk files, mmapped.
 pub(crate) struct ChunkReader {
     dir: PathBuf,
-    segs: Vec<Arc<Mmap>>,
+    /// Each segment and its file version.
+    segs: Vec<(Arc<Mmap>, u8)>,
 }
 
 impl ChunkReader {
@@ -179,13 +190,15 @@ impl ChunkReader {
             let mut d = Decbuf::new(&m);
             let magic = d.u32().unwrap_or(0);
             let version = d.u8().unwrap_or(0);
-            if magic != CHUNKS_MAGIC || version != CHUNKS_VERSION {
+            if magic != CHUNKS_MAGIC || !(1..=CHUNKS_VERSION).contains(&version) {
                 return Err(Error::corruption(
                     path.display().to_string(),
-                    "bad chunk file magic or version",
+                    format!(
+                        "bad chunk file magic or version {version} (this build reads 1..={CHUNKS_VERSION})"
+                    ),
                 ));
             }
-            segs.push(Arc::new(m));
+            segs.push((Arc::new(m), version));
         }
         Ok(ChunkReader {
             dir: dir.to_path_buf(),
@@ -200,11 +213,11 @@ impl ChunkReader {
         )
     }
 
-    /// The chunk at `r`, and the offset just past its CRC.
-    fn locate(&self, r: u64) -> Result<(ChunkBytes, usize)> {
+    /// The chunk at `r` (encoding, bytes), and the offset just past its CRC.
+    fn locate(&self, r: u64) -> Result<(u8, ChunkBytes, usize)> {
         let seq = (r >> 32) as usize;
         let off = (r & 0xffff_ffff) as usize;
-        let map = seq
+        let (map, version) = seq
             .checked_sub(1)
             .and_then(|i| self.segs.get(i))
             .ok_or_else(|| self.corrupt(r, "no such chunk file"))?;
@@ -214,7 +227,7 @@ impl ChunkReader {
         );
         let len = d.uvarint_usize().map_err(|e| self.corrupt(r, e.0))?;
         let enc = d.u8().map_err(|e| self.corrupt(r, e.0))?;
-        if enc != ENCODING_XOR {
+        if enc != ENCODING_XOR && (enc != ENCODING_DENSE || *version < 2) {
             return Err(self.corrupt(r, "unknown chunk encoding"));
         }
         let start = off + d.position();
@@ -223,6 +236,7 @@ impl ChunkReader {
             .filter(|&e| e + 4 <= map.len())
             .ok_or_else(|| self.corrupt(r, "chunk past end of file"))?;
         Ok((
+            enc,
             ChunkBytes::Mapped {
                 map: map.clone(),
                 off: start,
@@ -232,13 +246,14 @@ impl ChunkReader {
         ))
     }
 
-    pub(crate) fn chunk(&self, r: u64) -> Result<ChunkBytes> {
-        self.locate(r).map(|(c, _)| c)
+    /// The chunk at `r`: its encoding and bytes.
+    pub(crate) fn chunk(&self, r: u64) -> Result<(u8, ChunkBytes)> {
+        self.locate(r).map(|(e, c, _)| (e, c))
     }
 
     /// Checks the CRC of the chunk at `r`.
     pub(crate) fn verify_chunk(&self, r: u64) -> Result<()> {
-        let (c, end) = self.locate(r)?;
+        let (_, c, end) = self.locate(r)?;
         let ChunkBytes::Mapped { map, off, .. } = &c else {
             return Ok(());
         };

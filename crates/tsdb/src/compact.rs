@@ -76,10 +76,12 @@ pub(crate) fn block_series(block: &Block, out: &mut Vec<SeriesChunks>) -> Result
         let chunks = metas
             .iter()
             .map(|m| {
+                let (enc, bytes) = block.chunks.chunk(m.r)?;
                 Ok(QChunk {
                     min_t: m.min_t,
                     max_t: m.max_t,
-                    bytes: block.chunks.chunk(m.r)?,
+                    enc,
+                    bytes,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

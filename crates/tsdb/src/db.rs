@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use m3query_chunkenc::XorIterator;
-use m3query_model::Labels;
+use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::{
     Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
 };
@@ -23,7 +23,7 @@ use crate::block::{
 use crate::chunks::QChunk;
 use crate::compact::{compact, plan, ranges, retention_victims};
 use crate::error::IoContext;
-use crate::head::{Fit, Head, MemSeries};
+use crate::head::{Bounds, Fit, Head, MemSeries, SeriesData, SeriesKey};
 use crate::querier::DbQuerier;
 use crate::wal::{
     self, FSYNC_BUCKETS_S, Fsync, REC_CHUNKS, REC_SERIES, Record, SamplesEncoder, Wal,
@@ -33,6 +33,38 @@ use crate::{Error, Result};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// How long after the last query memory is trimmed.
+const TRIM_AFTER_QUERIES_QUIET: Duration = Duration::from_secs(1);
+/// Least time between two trims that queries trigger.
+const TRIM_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A chunk of any encoding as an XOR chunk.
+fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
+    let mut it = c.iter()?;
+    let mut app = m3query_chunkenc::XorAppender::new();
+    while let Some((t, v)) = it.next_sample()? {
+        app.append(t, v)?;
+    }
+    Ok(app.into_bytes())
+}
+
+/// Returns memory the allocator holds but no longer uses to the operating system, where the
+/// allocator can (glibc's `malloc_trim`; elsewhere a no-op).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let start = Instant::now();
+        // SAFETY: malloc_trim only walks and trims glibc's own heap; it takes no pointers and
+        // is safe to call from any thread at any time.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            released = released != 0,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "returned free heap memory to the OS"
+        );
+    }
+}
 
 /// Database options. `Default` gives Prometheus's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,10 +211,18 @@ pub(crate) struct DbInner {
     gate: RwLock<()>,
     pub(crate) blocks: RwLock<Arc<Vec<Arc<Block>>>>,
     maintenance: Mutex<()>,
+    append_buffers: Mutex<Vec<AppendBuffers>>,
     counters: Counters,
     closed: AtomicBool,
     wake: Mutex<bool>,
     wake_cond: Condvar,
+    /// A querier selected series since the last trim (see `DbInner::trim_due`).
+    trim_after_queries: AtomicBool,
+    /// When the last such querier was dropped, ns since `started`.
+    last_query_end_ns: AtomicU64,
+    /// When queries last led to a trim, ns since `started`.
+    last_trim_ns: AtomicU64,
+    started: Instant,
     _lock: File,
 }
 
@@ -335,10 +375,15 @@ impl Db {
             gate: RwLock::new(()),
             blocks: RwLock::new(Arc::new(blocks)),
             maintenance: Mutex::new(()),
+            append_buffers: Mutex::new(Vec::new()),
             counters,
             closed: AtomicBool::new(false),
             wake: Mutex::new(true),
             wake_cond: Condvar::new(),
+            trim_after_queries: AtomicBool::new(false),
+            last_query_end_ns: AtomicU64::new(0),
+            last_trim_ns: AtomicU64::new(0),
+            started: Instant::now(),
             _lock: lock,
         });
         let bg_inner = inner.clone();
@@ -449,7 +494,10 @@ impl DbInner {
             {
                 let mut w = self.wake.lock();
                 if !*w && !self.closed.load(Ordering::Acquire) {
-                    let until = next_sync.map_or(next_maint, |s| s.min(next_maint));
+                    let mut until = next_sync.map_or(next_maint, |s| s.min(next_maint));
+                    if let Some(t) = self.trim_due() {
+                        until = until.min(t);
+                    }
                     self.wake_cond.wait_until(&mut w, until);
                 }
                 if self.closed.load(Ordering::Acquire) {
@@ -461,6 +509,13 @@ impl DbInner {
                 *w = false;
             }
             let now = Instant::now();
+            if self.trim_due().is_some_and(|t| now >= t)
+                && self.trim_after_queries.swap(false, Ordering::AcqRel)
+            {
+                release_free_memory();
+                self.last_trim_ns
+                    .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
+            }
             if let (Some(at), Some(every)) = (next_sync, fsync_every)
                 && now >= at
             {
@@ -475,6 +530,32 @@ impl DbInner {
                 }
                 next_maint = Instant::now() + interval;
             }
+        }
+    }
+
+    /// When to return query memory to the OS: a quiet second after the last querier that
+    /// selected series was dropped (queries decode into buffers that glibc would otherwise
+    /// keep resident after the burst).
+    fn trim_due(&self) -> Option<Instant> {
+        if !self.trim_after_queries.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = Duration::from_nanos(self.last_query_end_ns.load(Ordering::Acquire));
+        let last_trim = Duration::from_nanos(self.last_trim_ns.load(Ordering::Acquire));
+        // Trimming locks each malloc arena while it walks it: on a large heap, not more
+        // often than every TRIM_MIN_INTERVAL.
+        Some(self.started + (last + TRIM_AFTER_QUERIES_QUIET).max(last_trim + TRIM_MIN_INTERVAL))
+    }
+
+    /// Called when a querier that selected series is dropped.
+    pub(crate) fn query_done(&self) {
+        self.last_query_end_ns
+            .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
+        if !self.trim_after_queries.swap(true, Ordering::AcqRel) {
+            // Under the lock, so the background thread cannot miss it between computing
+            // its deadline and waiting.
+            let _w = self.wake.lock();
+            self.wake_cond.notify_one();
         }
     }
 
@@ -518,6 +599,11 @@ impl DbInner {
         }
         self.compact_blocks();
         self.apply_retention()?;
+        if truncated {
+            // A head cut frees most of the head's chunks, scattered between live
+            // allocations; without this glibc keeps those pages resident.
+            release_free_memory();
+        }
         Ok(())
     }
 
@@ -634,7 +720,15 @@ impl DbInner {
                 p.extend_from_slice(&r.to_be_bytes());
                 crate::encoding::put_uvarint(&mut p, cs.len() as u64);
                 for c in cs {
-                    let b = c.bytes.as_slice();
+                    // Type 3 records hold XOR chunks (wal.md): sealed head chunks kept in
+                    // the dense encoding go back to XOR here.
+                    let xor;
+                    let b = if c.enc == m3query_chunkenc::ENCODING_XOR {
+                        c.bytes.as_slice()
+                    } else {
+                        xor = to_xor(c)?;
+                        &xor[..]
+                    };
                     crate::encoding::put_uvarint(&mut p, b.len() as u64);
                     p.extend_from_slice(b);
                 }
@@ -787,6 +881,7 @@ impl Queryable for Db {
             db: &self.inner,
             mint,
             maxt,
+            selected: AtomicBool::new(false),
         }))
     }
 
@@ -803,11 +898,13 @@ impl Queryable for Db {
 
 impl Appendable for Db {
     fn appender(&self) -> Box<dyn Appender + '_> {
+        let b = self.inner.append_buffers.lock().pop().unwrap_or_default();
         Box::new(DbAppender {
             db: &self.inner,
-            series: Vec::new(),
-            by_hash: Default::default(),
-            samples: Vec::new(),
+            series: b.series,
+            by_hash: b.by_hash,
+            samples: b.samples,
+            wal: b.wal,
             last: None,
             done: false,
         })
@@ -828,80 +925,86 @@ struct DbAppender<'a> {
     series: Vec<PendingSeries>,
     by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
+    /// The samples record being built at commit.
+    wal: Vec<u8>,
     last: Option<(Labels, usize)>,
     done: bool,
 }
 
+/// A transaction's buffers, kept by the `Db` between transactions: a remote-write request
+/// fills ~200 KiB of them, and allocating them afresh per request only fragments the heap.
+#[derive(Default)]
+pub(crate) struct AppendBuffers {
+    series: Vec<PendingSeries>,
+    by_hash: crate::head::FastMap<u64, usize>,
+    samples: Vec<(u32, i64, f64)>,
+    wal: Vec<u8>,
+}
+
+impl AppendBuffers {
+    /// Buffer sets kept: about as many as requests run at once.
+    const KEEP: usize = 8;
+    /// Larger sets (a huge transaction) are dropped rather than kept.
+    const MAX_SAMPLES: usize = 1 << 18;
+}
+
 impl DbAppender<'_> {
-    fn series_index(&mut self, labels: &Labels) -> usize {
+    /// The transaction's index of the series `key` names (hash `hash`), looked up in the
+    /// head (and created there) the first time the transaction meets it.
+    fn series_index(&mut self, key: SeriesKey<'_>, hash: u64) -> usize {
+        let found = match self.by_hash.get(&hash) {
+            Some(&i) if key.matches(&self.series[i].s.labels) => Some(i),
+            Some(_) => self.series.iter().position(|p| key.matches(&p.s.labels)),
+            None => None,
+        };
+        if let Some(i) = found {
+            return i;
+        }
+        let db = self.db;
+        let (s, _) = {
+            let _g = db.gate.read();
+            db.head
+                .get_or_create(key, hash, true, |s| db.wal.log_series(s.r, &s.labels))
+        };
+        self.series.push(PendingSeries {
+            s,
+            max_t: i64::MIN,
+            last_v: 0,
+        });
+        let i = self.series.len() - 1;
+        self.by_hash.entry(hash).or_insert(i);
+        i
+    }
+
+    fn series_index_for(&mut self, labels: &Labels) -> usize {
         if let Some((l, i)) = &self.last
             && l == labels
         {
             return *i;
         }
-        let hash = labels.stable_hash();
-        let found = match self.by_hash.get(&hash) {
-            Some(&i) if self.series[i].s.labels == *labels => Some(i),
-            Some(_) => self.series.iter().position(|p| p.s.labels == *labels),
-            None => None,
-        };
-        let i = match found {
-            Some(i) => i,
-            None => {
-                let db = self.db;
-                let (s, _) = {
-                    let _g = db.gate.read();
-                    db.head
-                        .get_or_create(labels, hash, true, |s| db.wal.log_series(s.r, &s.labels))
-                };
-                self.series.push(PendingSeries {
-                    s,
-                    max_t: i64::MIN,
-                    last_v: 0,
-                });
-                let i = self.series.len() - 1;
-                self.by_hash.entry(hash).or_insert(i);
-                i
-            }
-        };
+        let i = self.series_index(SeriesKey::Labels(labels), labels.stable_hash());
         self.last = Some((labels.clone(), i));
         i
     }
 
-    fn unpin(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        for p in &self.series {
-            p.s.unpin();
-        }
-    }
-}
-
-impl Appender for DbAppender<'_> {
-    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> SResult<()> {
+    fn check_open(&self) -> SResult<()> {
         if self.db.closed.load(Ordering::Acquire) || self.done {
             return Err(StorageError::Closed);
         }
-        if labels.is_empty() {
-            return Err(StorageError::InvalidLabels("empty label set".into()));
-        }
-        labels.validate().map_err(StorageError::InvalidLabels)?;
-        let i = self.series_index(labels);
-        let bounds = self.db.head.bounds();
+        Ok(())
+    }
+
+    /// Checks `(t, v)` against the series (its stored newest sample, or the newest this
+    /// transaction appended) and queues it for commit. `d` is the series' data, locked.
+    fn queue(&mut self, i: usize, d: &SeriesData, t: i64, v: f64, bounds: Bounds) -> SResult<()> {
         let p = &mut self.series[i];
         let vb = v.to_bits();
-        let fit = {
-            let d = p.s.data.lock();
-            let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
-                (p.max_t, p.last_v)
-            } else {
-                (d.max_t, d.last_v)
-            };
-            d.fit(mt, lv, t, vb, bounds)
+        let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
+            (p.max_t, p.last_v)
+        } else {
+            (d.max_t, d.last_v)
         };
-        match fit {
+        match d.fit(mt, lv, t, vb, bounds) {
             Ok(Fit::Duplicate) => Ok(()),
             Ok(f) => {
                 if f == Fit::InOrder {
@@ -918,6 +1021,60 @@ impl Appender for DbAppender<'_> {
         }
     }
 
+    fn unpin(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for p in &self.series {
+            p.s.unpin();
+        }
+    }
+}
+
+impl Appender for DbAppender<'_> {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        labels.validate().map_err(StorageError::InvalidLabels)?;
+        let i = self.series_index_for(labels);
+        let bounds = self.db.head.bounds();
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        self.queue(i, &d, t, v, bounds)
+    }
+
+    /// One series lookup (by a hash of the borrowed pairs, no label set built unless the
+    /// series is new) and one lock of the series for the whole run of samples.
+    fn append_samples(
+        &mut self,
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let i = self.series_index(SeriesKey::Pairs(labels), labels.stable_hash());
+        self.last = None;
+        let bounds = self.db.head.bounds();
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        self.samples.reserve(samples.len());
+        for (k, x) in samples.iter().enumerate() {
+            if let Err(e) = self.queue(i, &d, x.t, x.v, bounds) {
+                refused(k, e);
+            }
+        }
+        Ok(())
+    }
+
     fn commit(mut self: Box<Self>) -> SResult<()> {
         if self.done {
             return Err(StorageError::Closed);
@@ -929,7 +1086,7 @@ impl Appender for DbAppender<'_> {
         let db = self.db;
         let head = &db.head;
         let range = head.chunk_range_ms;
-        let mut enc = SamplesEncoder::default();
+        let mut enc = SamplesEncoder::with_buf(std::mem::take(&mut self.wal));
         enc.buf.reserve(self.samples.len() * 12 + 16);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut ooo, mut dropped, mut chunks_cut) = (0u64, 0u64, 0i64);
@@ -981,6 +1138,7 @@ impl Appender for DbAppender<'_> {
             c.samples_appended
                 .fetch_add(enc.count as u64, Ordering::Relaxed);
         }
+        self.wal = std::mem::take(&mut enc.buf);
         if db.head_compactable() {
             db.wake();
         }
@@ -995,5 +1153,24 @@ impl Appender for DbAppender<'_> {
 impl Drop for DbAppender<'_> {
     fn drop(&mut self) {
         self.unpin();
+        if self.samples.capacity() > AppendBuffers::MAX_SAMPLES
+            || self.series.capacity() > AppendBuffers::MAX_SAMPLES
+        {
+            return;
+        }
+        self.series.clear();
+        self.by_hash.clear();
+        self.samples.clear();
+        self.wal.clear();
+        let b = AppendBuffers {
+            series: std::mem::take(&mut self.series),
+            by_hash: std::mem::take(&mut self.by_hash),
+            samples: std::mem::take(&mut self.samples),
+            wal: std::mem::take(&mut self.wal),
+        };
+        let mut pool = self.db.append_buffers.lock();
+        if pool.len() < AppendBuffers::KEEP {
+            pool.push(b);
+        }
     }
 }

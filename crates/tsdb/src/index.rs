@@ -304,12 +304,6 @@ impl IndexReader {
         &self.names
     }
 
-    fn symbol(&self, i: u64) -> Result<&Arc<str>> {
-        self.symbols
-            .get(i as usize)
-            .ok_or_else(|| self.corrupt("symbol reference out of range"))
-    }
-
     /// The body of series `id` (without its length and CRC), and the CRC stored after it.
     fn series_body(&self, id: u32) -> Result<(&[u8], u32)> {
         if id >= self.num_series {
@@ -331,17 +325,36 @@ impl IndexReader {
 
     /// Labels of series `id`; with `chunks`, also its chunk metas.
     pub(crate) fn series(&self, id: u32, chunks: Option<&mut Vec<ChunkMeta>>) -> Result<Labels> {
+        let mut refs = Vec::new();
+        self.series_refs(id, &mut refs, chunks)?;
+        Ok(self.labels_from_refs(&refs))
+    }
+
+    /// Appends the labels of series `id` as (name, value) symbol references (checked in
+    /// range and sorted by name) to `refs`; with `chunks`, also its chunk metas. Readers that
+    /// only compare labels use this and [`IndexReader::symbol_str`] to build no label set.
+    pub(crate) fn series_refs(
+        &self,
+        id: u32,
+        refs: &mut Vec<(u32, u32)>,
+        chunks: Option<&mut Vec<ChunkMeta>>,
+    ) -> Result<()> {
         let (body, _) = self.series_body(id)?;
         let mut d = Decbuf::new(body);
         let c = |e: crate::encoding::DecodeError| self.corrupt(e.0);
         let n = d.uvarint_usize().map_err(c)?;
-        let mut ls = Vec::with_capacity(n.min(64));
+        let nsym = self.symbols.len() as u64;
+        let start = refs.len();
         for _ in 0..n {
-            let name = self.symbol(d.uvarint().map_err(c)?)?.clone();
-            let value = self.symbol(d.uvarint().map_err(c)?)?.clone();
-            ls.push(Label { name, value });
+            let name = d.uvarint().map_err(c)?;
+            let value = d.uvarint().map_err(c)?;
+            if name >= nsym || value >= nsym {
+                return Err(self.corrupt("symbol reference out of range"));
+            }
+            refs.push((name as u32, value as u32));
         }
-        if !ls.windows(2).all(|w| w[0].name < w[1].name) {
+        // The symbol table is sorted and unique, so names sort as their references do.
+        if !refs[start..].windows(2).all(|w| w[0].0 < w[1].0) {
             return Err(self.corrupt("series labels not sorted"));
         }
         if let Some(out) = chunks {
@@ -366,7 +379,31 @@ impl IndexReader {
                 prev = Some(m);
             }
         }
-        Ok(Labels::from_sorted(ls))
+        Ok(())
+    }
+
+    /// The string of a symbol reference that [`IndexReader::series_refs`] returned.
+    #[inline]
+    pub(crate) fn symbol_str(&self, r: u32) -> &str {
+        self.symbols.get(r as usize).map_or("", |s| s)
+    }
+
+    /// A label set from references [`IndexReader::series_refs`] returned.
+    pub(crate) fn labels_from_refs(&self, refs: &[(u32, u32)]) -> Labels {
+        let sym = |r: u32| {
+            self.symbols
+                .get(r as usize)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""))
+        };
+        Labels::from_sorted(
+            refs.iter()
+                .map(|&(n, v)| Label {
+                    name: sym(n),
+                    value: sym(v),
+                })
+                .collect(),
+        )
     }
 
     fn postings_at(&self, off: u64) -> Result<Vec<u32>> {

@@ -4,10 +4,12 @@
 //!
 //! - **Head** (`head`): the in-memory block that takes writes. Series are sharded by label
 //!   hash; samples go into Gorilla XOR chunks (`m3query-chunkenc`) cut at 120 samples or at
-//!   the block-range boundary. Out-of-order samples get Prometheus's errors, or, within
-//!   [`Options::out_of_order_window_ms`], a per-series sorted buffer merged at query and
-//!   block-cut time. A series' first sample may have any timestamp not below the head's
-//!   minimum valid time (the end of what is already in blocks).
+//!   the block-range boundary; a full chunk is sealed in the dense encoding when that is
+//!   smaller. Writers may append by borrowed label pairs ([`Appender::append_samples`]),
+//!   found by hash without building a label set. Out-of-order samples get Prometheus's
+//!   errors, or, within [`Options::out_of_order_window_ms`], a per-series sorted buffer
+//!   merged at query and block-cut time. A series' first sample may have any timestamp not
+//!   below the head's minimum valid time (the end of what is already in blocks).
 //! - **WAL** (`wal`): segmented, checksummed records; [`Appender::commit`] returns once its
 //!   record is written and, per [`Fsync`], fsynced — by default through group commit, where
 //!   concurrent commits share one fsync. Replay truncates a torn tail instead of refusing to
@@ -15,7 +17,8 @@
 //! - **Index** (`postings`, `matchers`, `index`): postings per label pair, set algebra with
 //!   galloping, Prometheus's `PostingsForMatchers` resolution.
 //! - **Blocks** (`block`, `compact`): the head is cut into immutable 2 h blocks (temp dir,
-//!   fsync, rename), compacted 3× per level, deleted by time or size retention.
+//!   fsync, rename) whose chunks use the dense encoding (`docs/format/chunks.md`), compacted
+//!   3× per level, deleted by time or size retention.
 //!
 //! On-disk formats are specified in `docs/format/*.md`. Background work runs on one thread
 //! owned by the `Db`; [`Db::close`] (or drop) stops it. No async runtime is needed.
@@ -41,6 +44,7 @@
 //! ```
 //!
 //! [`Appender::commit`]: m3query_storage::Appender::commit
+//! [`Appender::append_samples`]: m3query_storage::Appender::append_samples
 
 mod block;
 mod chunks;

@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use m3query_chunkenc::XorIterator;
+use m3query_chunkenc::ChunkIterator;
 use m3query_model::{Labels, Matcher, Sample};
 use m3query_storage::{
     Context, Error as StorageError, LabelHints, LabelValues, Querier, Result as SResult,
@@ -21,7 +21,7 @@ use crate::block::Block;
 use crate::chunks::QChunk;
 use crate::db::DbInner;
 use crate::head::merge_chunks;
-use crate::index::ChunkMeta;
+use crate::index::{ChunkMeta, IndexReader};
 use crate::matchers::{PostingsIndex, postings_for_matchers};
 use crate::postings::intersect;
 
@@ -32,16 +32,111 @@ pub(crate) struct DbQuerier<'a> {
     pub(crate) db: &'a DbInner,
     pub(crate) mint: i64,
     pub(crate) maxt: i64,
+    /// Whether a select returned series (their decoding is what grows the heap).
+    pub(crate) selected: std::sync::atomic::AtomicBool,
 }
 
-type Part = (Labels, Vec<QChunk>);
+impl Drop for DbQuerier<'_> {
+    fn drop(&mut self) {
+        if *self.selected.get_mut() {
+            self.db.query_done();
+        }
+    }
+}
+
+/// One source's view of a series: its labels and its chunks in the querier's range.
+struct Part {
+    labels: PartLabels,
+    chunks: Vec<QChunk>,
+}
+
+/// A head series carries its (interned) label set; a block series only the symbol
+/// references of its index entry, so merging sources builds a label set for a block series
+/// only when no newer source has one.
+enum PartLabels {
+    Head(Labels),
+    /// `refs[lo..hi]` of the block's source.
+    Block {
+        lo: usize,
+        hi: usize,
+    },
+}
+
+/// The parts of one source, in label order.
+struct Source<'a> {
+    parts: std::vec::IntoIter<Part>,
+    /// Symbol references of the block parts' labels.
+    refs: Vec<(u32, u32)>,
+    index: Option<&'a IndexReader>,
+}
+
+/// A part's labels as (name, value) strings.
+enum Pairs<'a> {
+    Head(std::slice::Iter<'a, m3query_model::Label>),
+    Block(&'a IndexReader, std::slice::Iter<'a, (u32, u32)>),
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a str, &'a str);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Pairs::Head(it) => it.next().map(|l| (&*l.name, &*l.value)),
+            Pairs::Block(ix, it) => it
+                .next()
+                .map(|&(n, v)| (ix.symbol_str(n), ix.symbol_str(v))),
+        }
+    }
+}
+
+impl Source<'_> {
+    fn pairs<'s>(&'s self, p: &'s Part) -> Pairs<'s> {
+        match (&p.labels, self.index) {
+            (PartLabels::Head(l), _) => Pairs::Head(l.iter()),
+            (PartLabels::Block { lo, hi }, Some(ix)) => {
+                Pairs::Block(ix, self.refs.get(*lo..*hi).unwrap_or(&[]).iter())
+            }
+            (PartLabels::Block { .. }, None) => Pairs::Head([].iter()),
+        }
+    }
+
+    fn labels(&self, p: &Part) -> Labels {
+        match (&p.labels, self.index) {
+            (PartLabels::Head(l), _) => l.clone(),
+            (PartLabels::Block { lo, hi }, Some(ix)) => {
+                ix.labels_from_refs(self.refs.get(*lo..*hi).unwrap_or(&[]))
+            }
+            (PartLabels::Block { .. }, None) => Labels::empty(),
+        }
+    }
+}
+
+/// Orders interned label sets (the head's): equal strings are one allocation, so most
+/// comparisons end at a pointer check instead of comparing bytes.
+fn cmp_interned(a: &Labels, b: &Labels) -> Ordering {
+    for (x, y) in a.iter().zip(b.iter()) {
+        if !std::sync::Arc::ptr_eq(&x.name, &y.name) {
+            match x.name.cmp(&y.name) {
+                Ordering::Equal => {}
+                o => return o,
+            }
+        }
+        if !std::sync::Arc::ptr_eq(&x.value, &y.value) {
+            match x.value.cmp(&y.value) {
+                Ordering::Equal => {}
+                o => return o,
+            }
+        }
+    }
+    a.len().cmp(&b.len())
+}
 
 fn chunk_overlaps(m: &ChunkMeta, mint: i64, maxt: i64) -> bool {
     m.max_t >= mint && m.min_t <= maxt
 }
 
 impl DbQuerier<'_> {
-    fn head_parts(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Vec<Part>> {
+    fn head_source(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Source<'static>> {
         let head = &self.db.head;
         let refs = {
             let p = head.postings.read();
@@ -56,39 +151,67 @@ impl DbQuerier<'_> {
             let mut cs = Vec::new();
             s.data.lock().chunks(self.mint, self.maxt, &mut cs);
             if !cs.is_empty() {
-                out.push((s.labels.clone(), cs));
+                out.push(Part {
+                    labels: PartLabels::Head(s.labels.clone()),
+                    chunks: cs,
+                });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        out.sort_unstable_by(|a, b| match (&a.labels, &b.labels) {
+            (PartLabels::Head(x), PartLabels::Head(y)) => cmp_interned(x, y),
+            _ => Ordering::Equal,
+        });
+        Ok(Source {
+            parts: out.into_iter(),
+            refs: Vec::new(),
+            index: None,
+        })
     }
 
-    fn block_parts(&self, ctx: &Context, b: &Block, matchers: &[Matcher]) -> Result<Vec<Part>> {
+    fn block_source<'b>(
+        &self,
+        ctx: &Context,
+        b: &'b Block,
+        matchers: &[Matcher],
+    ) -> Result<Source<'b>> {
         let ids = postings_for_matchers(&b.index, matchers)?;
         let mut out = Vec::with_capacity(ids.len());
+        let mut refs = Vec::with_capacity(ids.len() * 8);
         let mut metas = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             if i % CHECK_EVERY == CHECK_EVERY - 1 {
                 ctx.check()?;
             }
             metas.clear();
-            let labels = b.index.series(*id, Some(&mut metas))?;
+            let lo = refs.len();
+            b.index.series_refs(*id, &mut refs, Some(&mut metas))?;
             let mut cs = Vec::new();
             for m in metas
                 .iter()
                 .filter(|m| chunk_overlaps(m, self.mint, self.maxt))
             {
+                let (enc, bytes) = b.chunks.chunk(m.r)?;
                 cs.push(QChunk {
                     min_t: m.min_t,
                     max_t: m.max_t,
-                    bytes: b.chunks.chunk(m.r)?,
+                    enc,
+                    bytes,
                 });
             }
-            if !cs.is_empty() {
-                out.push((labels, cs));
+            if cs.is_empty() {
+                refs.truncate(lo);
+            } else {
+                out.push(Part {
+                    labels: PartLabels::Block { lo, hi: refs.len() },
+                    chunks: cs,
+                });
             }
         }
-        Ok(out)
+        Ok(Source {
+            parts: out.into_iter(),
+            refs,
+            index: Some(&b.index),
+        })
     }
 
     /// Blocks overlapping the range, read after the head (a head cut adds its block before it
@@ -103,42 +226,73 @@ impl DbQuerier<'_> {
         hints: &SelectHints,
         matchers: &[Matcher],
     ) -> Result<Vec<TsdbSeries>> {
-        let head = self.head_parts(ctx, matchers)?;
+        let head = self.head_source(ctx, matchers)?;
         let blocks = self.blocks();
         // Sources in precedence order for equal timestamps: older blocks first, head last.
-        let mut sources: Vec<std::vec::IntoIter<Part>> = Vec::new();
+        let mut sources: Vec<Source<'_>> = Vec::new();
         for b in blocks.iter().filter(|b| b.overlaps(self.mint, self.maxt)) {
-            sources.push(self.block_parts(ctx, b, matchers)?.into_iter());
+            sources.push(self.block_source(ctx, b, matchers)?);
         }
-        sources.push(head.into_iter());
-        let mut heads: Vec<Option<Part>> = sources.iter_mut().map(Iterator::next).collect();
+        sources.push(head);
+        let mut heads: Vec<Option<Part>> = sources.iter_mut().map(|s| s.parts.next()).collect();
         let mut out = Vec::new();
+        // Sources holding the current smallest label set.
+        let mut group: Vec<usize> = Vec::with_capacity(sources.len());
         loop {
-            let mut min: Option<usize> = None;
-            for (i, h) in heads.iter().enumerate() {
-                if let Some((l, _)) = h {
-                    let better = match min.and_then(|m| heads[m].as_ref()) {
-                        None => true,
-                        Some((ml, _)) => l.cmp(ml) == Ordering::Less,
-                    };
-                    if better {
-                        min = Some(i);
+            group.clear();
+            for i in 0..heads.len() {
+                let Some(p) = heads[i].as_ref() else { continue };
+                let Some(&m) = group.first() else {
+                    group.push(i);
+                    continue;
+                };
+                let Some(mp) = heads[m].as_ref() else {
+                    continue;
+                };
+                match sources[i].pairs(p).cmp(sources[m].pairs(mp)) {
+                    Ordering::Less => {
+                        group.clear();
+                        group.push(i);
                     }
+                    Ordering::Equal => group.push(i),
+                    Ordering::Greater => {}
                 }
             }
-            let Some(m) = min else { break };
-            let Some((labels, _)) = heads[m].as_ref() else {
+            if group.is_empty() {
                 break;
-            };
-            let labels = labels.clone();
-            let mut chunks = Vec::new();
-            for i in 0..heads.len() {
-                if heads[i].as_ref().is_some_and(|(l, _)| *l == labels) {
-                    if let Some((_, cs)) = heads[i].take() {
-                        chunks.extend(cs);
-                    }
-                    heads[i] = sources[i].next();
+            }
+            // The label set from the newest source that has it built (the head), else
+            // built once from a block's references.
+            let labels = {
+                let newest = group
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&i| {
+                        matches!(
+                            heads[i],
+                            Some(Part {
+                                labels: PartLabels::Head(_),
+                                ..
+                            })
+                        )
+                    })
+                    .unwrap_or(group[0]);
+                match heads[newest].as_ref() {
+                    Some(p) => sources[newest].labels(p),
+                    None => break,
                 }
+            };
+            let mut chunks = Vec::new();
+            for &i in &group {
+                if let Some(p) = heads[i].take() {
+                    if chunks.is_empty() {
+                        chunks = p.chunks;
+                    } else {
+                        chunks.extend(p.chunks);
+                    }
+                }
+                heads[i] = sources[i].parts.next();
             }
             if out.len() % CHECK_EVERY == CHECK_EVERY - 1 {
                 ctx.check()?;
@@ -203,7 +357,7 @@ fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
         return Ok(true);
     }
     for c in chunks {
-        let mut it = XorIterator::new(c.bytes.as_slice())?;
+        let mut it = c.iter()?;
         while let Some((t, _)) = it.next_sample()? {
             if t >= mint {
                 if t <= maxt {
@@ -288,6 +442,10 @@ impl Querier for DbQuerier<'_> {
         }
         // Always sorted: merging sources needs it anyway.
         let series = self.select_inner(ctx, hints, matchers)?;
+        if !series.is_empty() {
+            self.selected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Box::new(VecSeriesSet::new(series, Warnings::new())))
     }
 
@@ -395,7 +553,7 @@ fn cerr(e: impl Into<crate::Error>) -> StorageError {
 struct ChunksIter<'a> {
     chunks: &'a [QChunk],
     idx: usize,
-    cur: Option<XorIterator<'a>>,
+    cur: Option<ChunkIterator<'a>>,
     mint: i64,
     maxt: i64,
     done: bool,
@@ -407,7 +565,7 @@ impl ChunksIter<'_> {
             return Ok(false);
         };
         self.idx += 1;
-        self.cur = Some(XorIterator::new(c.bytes.as_slice()).map_err(cerr)?);
+        self.cur = Some(c.iter().map_err(cerr)?);
         Ok(true)
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use m3query_model::{Label, Labels};
+use m3query_model::{Label, LabelPairs, Labels};
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
@@ -39,6 +39,30 @@ impl Symbols {
         }
         set.insert(s.clone());
         s.clone()
+    }
+
+    /// The shared copy of `s`, allocated on first use.
+    pub(crate) fn intern_str(&self, s: &str) -> Arc<str> {
+        let mut set = self.shard(s).lock();
+        if let Some(x) = set.get(s) {
+            return x.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        set.insert(a.clone());
+        a
+    }
+
+    /// `pairs` as a label set of interned strings.
+    pub(crate) fn intern_pairs(&self, pairs: LabelPairs<'_>) -> Labels {
+        let v: Vec<Label> = pairs
+            .as_slice()
+            .iter()
+            .map(|&(n, v)| Label {
+                name: self.intern_str(n),
+                value: self.intern_str(v),
+            })
+            .collect();
+        Labels::from_sorted(v)
     }
 
     /// A copy of `labels` whose strings are the interned ones.

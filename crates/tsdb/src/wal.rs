@@ -97,6 +97,16 @@ pub(crate) struct SamplesEncoder {
 }
 
 impl SamplesEncoder {
+    /// An encoder writing into `buf` (cleared first), to reuse its allocation.
+    pub(crate) fn with_buf(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        SamplesEncoder {
+            buf,
+            base: None,
+            count: 0,
+        }
+    }
+
     pub(crate) fn push(&mut self, r: u64, t: i64, v: f64) {
         let (br, bt) = match self.base {
             Some(b) => b,

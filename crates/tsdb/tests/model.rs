@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use m3query_model::{Labels, MatchOp, Matcher, STALE_NAN};
+use m3query_model::{LabelPairs, Labels, MatchOp, Matcher, STALE_NAN, Sample};
 use m3query_storage::{Appendable, Context, LabelHints, Queryable, SelectHints, collect_series};
 use m3query_tsdb::{Db, Fsync, Options};
 use proptest::prelude::*;
@@ -42,8 +42,9 @@ fn value(i: usize, t: i64) -> f64 {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// (series, time offset from the clock); commit or roll back.
-    Batch(Vec<(usize, i64)>, bool),
+    /// (series, time offset from the clock); commit or roll back; through
+    /// `append_samples` (runs of one series as borrowed pairs) or `append`.
+    Batch(Vec<(usize, i64)>, bool, bool),
     Advance(i64),
     Maintenance,
     FlushHead,
@@ -53,8 +54,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (prop::collection::vec((0..SERIES, -1500i64..300), 1..40), prop::bool::weighted(0.9))
-            .prop_map(|(v, c)| Op::Batch(v, c)),
+        6 => (prop::collection::vec((0..SERIES, -1500i64..300), 1..40), prop::bool::weighted(0.9), prop::bool::ANY)
+            .prop_map(|(v, c, p)| Op::Batch(v, c, p)),
         3 => (0i64..2500).prop_map(Op::Advance),
         2 => Just(Op::Maintenance),
         1 => Just(Op::FlushHead),
@@ -172,14 +173,46 @@ proptest! {
         let mut clock = 0i64;
         for op in ops {
             match op {
-                Op::Batch(samples, commit) => {
+                Op::Batch(samples, commit, by_pairs) => {
                     let mut app = db.appender();
                     let mut pending = Vec::new();
-                    for (i, off) in samples {
-                        let t = clock + off;
-                        match app.append(&labels(i), t, value(i, t)) {
-                            Ok(()) => pending.push((i, t)),
-                            Err(e) => prop_assert!(e.is_sample_error(), "unexpected error {e}"),
+                    if by_pairs {
+                        for run in samples.chunk_by(|a, b| a.0 == b.0) {
+                            let i = run[0].0;
+                            let l = labels(i);
+                            let pairs: Vec<(&str, &str)> =
+                                l.iter().map(|x| (&*x.name, &*x.value)).collect();
+                            let xs: Vec<Sample> = run
+                                .iter()
+                                .map(|&(_, off)| Sample::new(clock + off, value(i, clock + off)))
+                                .collect();
+                            let mut refused = vec![false; xs.len()];
+                            let mut other = None;
+                            app.append_samples(
+                                LabelPairs::new(&pairs).expect("sorted"),
+                                &xs,
+                                &mut |k, e| {
+                                    if !e.is_sample_error() {
+                                        other = Some(e.to_string());
+                                    }
+                                    refused[k] = true;
+                                },
+                            )
+                            .expect("append_samples");
+                            prop_assert!(other.is_none(), "unexpected error {:?}", other);
+                            for (k, x) in xs.iter().enumerate() {
+                                if !refused[k] {
+                                    pending.push((i, x.t));
+                                }
+                            }
+                        }
+                    } else {
+                        for (i, off) in samples {
+                            let t = clock + off;
+                            match app.append(&labels(i), t, value(i, t)) {
+                                Ok(()) => pending.push((i, t)),
+                                Err(e) => prop_assert!(e.is_sample_error(), "unexpected error {e}"),
+                            }
                         }
                     }
                     if commit {

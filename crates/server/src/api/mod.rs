@@ -249,6 +249,31 @@ fn write_error(e: WriteError) -> ApiError {
 }
 
 /// `POST /api/v1/prom/remote/write` and `/api/v1/write`.
+/// Decompressed remote-write bodies (~200 KiB each) reused across requests instead of
+/// allocated per request: at most a few are kept (as many as requests usually run at once),
+/// and none past 8 MiB, so a rare huge body does not stay resident.
+struct BodyBuffers;
+
+static BODY_BUFFERS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+
+impl BodyBuffers {
+    const KEEP: usize = 4;
+    const MAX_BYTES: usize = 8 << 20;
+
+    fn take() -> Vec<u8> {
+        BODY_BUFFERS.lock().pop().unwrap_or_default()
+    }
+
+    fn put(buf: Vec<u8>) {
+        if buf.capacity() <= Self::MAX_BYTES {
+            let mut pool = BODY_BUFFERS.lock();
+            if pool.len() < Self::KEEP {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
 pub async fn remote_write(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -267,7 +292,8 @@ pub async fn remote_write(
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
     let st = state.clone();
     let outcome = blocking(move || {
-        let raw = rwrite::decompress(&body, limit).map_err(write_error)?;
+        let mut raw = BodyBuffers::take();
+        rwrite::decompress_into(&body, limit, &mut raw).map_err(write_error)?;
         let mut app = appendable.appender();
         let outcome = match rwrite::write(protocol, &raw, app.as_mut()) {
             Ok(o) => o,
@@ -278,6 +304,7 @@ pub async fn remote_write(
         };
         app.commit()
             .map_err(|e| write_error(WriteError::Storage(e)))?;
+        BodyBuffers::put(raw);
         st.metadata.add(outcome.metadata.iter().cloned());
         Ok(outcome)
     })

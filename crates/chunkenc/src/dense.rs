@@ -1,0 +1,870 @@
+//! The dense chunk encoding blocks are written in (`crates/tsdb/docs/format/chunks.md`):
+//! timestamps and decimal mantissas as delta or delta-of-delta sequences, frame-of-reference
+//! and gcd reduced, bit-packed; values that are not short decimals as exceptions, or the whole
+//! value column as a Gorilla XOR stream when that is smaller. Exact for every bit pattern.
+
+use m3query_model::Sample;
+
+use crate::bstream::{BitReader, BitWriter};
+use crate::{ChunkError, Result};
+
+/// Largest decimal scale: 10^22 is the largest power of ten a double holds exactly.
+const MAX_SCALE: u8 = 22;
+/// Mantissas up to 2^53 convert to doubles exactly.
+const MAX_MANTISSA: i64 = 1 << 53;
+const VMODE_DECIMAL: u8 = 0;
+const VMODE_XOR: u8 = 1;
+
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+#[inline]
+fn decimal_value(m: i64, k: u8) -> f64 {
+    if k == 0 {
+        m as f64
+    } else {
+        m as f64 / POW10[usize::from(k)]
+    }
+}
+
+fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+fn put_varint(out: &mut Vec<u8>, x: i64) {
+    put_uvarint(out, ((x << 1) ^ (x >> 63)) as u64);
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+fn bits_for(x: u64) -> u8 {
+    (64 - x.leading_zeros()) as u8
+}
+
+/// Appends `intseq(xs)` with the given order.
+fn put_intseq_order(out: &mut Vec<u8>, xs: &[i64], order: u8) {
+    out.push(order);
+    let mut resid: Vec<i64> = Vec::with_capacity(xs.len());
+    if order == 2 {
+        put_varint(out, xs[0]);
+        resid.extend(xs.windows(2).map(|w| w[1].wrapping_sub(w[0])));
+    } else {
+        resid.extend_from_slice(xs);
+    }
+    let Some(&base) = resid.iter().min() else {
+        return;
+    };
+    let g = resid
+        .iter()
+        .fold(0u64, |g, &r| gcd(g, r.wrapping_sub(base) as u64));
+    put_varint(out, base);
+    put_uvarint(out, g);
+    let w = if g == 0 {
+        0
+    } else {
+        resid
+            .iter()
+            .map(|&r| bits_for(r.wrapping_sub(base) as u64 / g))
+            .max()
+            .unwrap_or(0)
+    };
+    out.push(w);
+    if w == 0 {
+        return;
+    }
+    let mut acc: u128 = 0;
+    let mut nacc: u32 = 0;
+    for &r in &resid {
+        let q = r.wrapping_sub(base) as u64 / g;
+        acc |= u128::from(q) << nacc;
+        nacc += u32::from(w);
+        while nacc >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            nacc -= 8;
+        }
+    }
+    if nacc > 0 {
+        out.push(acc as u8);
+    }
+}
+
+/// Appends the shorter of the two orders of `intseq(xs)`.
+fn put_intseq(out: &mut Vec<u8>, xs: &[i64], scratch: &mut Vec<u8>) {
+    scratch.clear();
+    put_intseq_order(scratch, xs, 1);
+    let start = out.len();
+    put_intseq_order(out, xs, 2);
+    if scratch.len() < out.len() - start {
+        out.truncate(start);
+        out.extend_from_slice(scratch);
+    }
+}
+
+/// The mantissa of `v` at scale `k`, if `decimal_value(m, k)` is bit-identical to `v`.
+#[inline]
+fn at_scale(v: f64, k: u8) -> Option<i64> {
+    let x = v * POW10[usize::from(k)];
+    // NaN and infinities fail the comparison too.
+    if x.is_nan() || x.abs() > MAX_MANTISSA as f64 {
+        return None;
+    }
+    let m = x.round() as i64;
+    (decimal_value(m, k).to_bits() == v.to_bits()).then_some(m)
+}
+
+/// The smallest scale `k` and mantissa with `decimal_value(m, k)` bit-identical to `v`.
+fn to_decimal(v: f64) -> Option<(i64, u8)> {
+    if !v.is_finite() {
+        return None;
+    }
+    let bits = v.to_bits();
+    for k in 0..=MAX_SCALE {
+        let x = v * POW10[usize::from(k)];
+        if x.abs() > MAX_MANTISSA as f64 {
+            return None;
+        }
+        let m = x.round() as i64;
+        if decimal_value(m, k).to_bits() == bits {
+            return Some((m, k));
+        }
+    }
+    None
+}
+
+/// Gorilla's value stream, as in XOR chunks.
+struct XorValues {
+    w: BitWriter,
+    prev: u64,
+    leading: u8,
+    trailing: u8,
+    first: bool,
+}
+
+impl XorValues {
+    fn new() -> Self {
+        XorValues {
+            w: BitWriter::default(),
+            prev: 0,
+            leading: 0xff,
+            trailing: 0,
+            first: true,
+        }
+    }
+
+    fn push(&mut self, vb: u64) {
+        if self.first {
+            self.first = false;
+            self.w.write_bits(vb, 64);
+            self.prev = vb;
+            return;
+        }
+        let delta = vb ^ self.prev;
+        self.prev = vb;
+        if delta == 0 {
+            self.w.write_bit(false);
+            return;
+        }
+        self.w.write_bit(true);
+        let leading = (delta.leading_zeros() as u8).min(31);
+        let trailing = delta.trailing_zeros() as u8;
+        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+            self.w.write_bit(false);
+            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
+            self.w.write_bits(delta >> self.trailing, sig);
+        } else {
+            self.leading = leading;
+            self.trailing = trailing;
+            self.w.write_bit(true);
+            self.w.write_bits(u64::from(leading), 5);
+            let sig = 64 - u32::from(leading) - u32::from(trailing);
+            self.w.write_bits(u64::from(sig & 63), 6);
+            self.w.write_bits(delta >> trailing, sig);
+        }
+    }
+}
+
+/// Reused buffers for [`DenseEncoder::encode`].
+#[derive(Debug, Default)]
+pub struct DenseEncoder {
+    ints: Vec<i64>,
+    scratch: Vec<u8>,
+    decimal: Vec<u8>,
+}
+
+impl DenseEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends the dense chunk of `samples` (1..=65535 of them, in any order) to `out`.
+    pub fn encode(&mut self, samples: &[Sample], out: &mut Vec<u8>) -> Result<()> {
+        let n = samples.len();
+        if n == 0 {
+            return Err(ChunkError::Corrupt(
+                "a dense chunk needs at least one sample",
+            ));
+        }
+        if n > usize::from(u16::MAX) {
+            return Err(ChunkError::Full);
+        }
+        put_uvarint(out, n as u64);
+        put_varint(out, samples[0].t);
+        if n >= 2 {
+            self.ints.clear();
+            self.ints
+                .extend(samples.windows(2).map(|w| w[1].t.wrapping_sub(w[0].t)));
+            put_intseq(out, &self.ints, &mut self.scratch);
+        }
+        // Decimal, when every value has a mantissa (exceptions allowed); then xor; keep the
+        // smaller.
+        self.decimal.clear();
+        let have_decimal = self.encode_decimal(samples);
+        let mut x = XorValues::new();
+        for s in samples {
+            x.push(s.v.to_bits());
+        }
+        let xor_len = 1 + x.w.buf.len();
+        if have_decimal && self.decimal.len() <= xor_len {
+            out.extend_from_slice(&self.decimal);
+        } else {
+            out.push(VMODE_XOR);
+            out.extend_from_slice(&x.w.buf);
+        }
+        Ok(())
+    }
+
+    /// Writes the decimal value section into `self.decimal`; false when no scale fits.
+    fn encode_decimal(&mut self, samples: &[Sample]) -> bool {
+        // One common scale k for the chunk: each value is tried at the current k first (one
+        // multiply, round and divide), and only a value that does not fit searches its own
+        // smallest scale, raising k (and rescaling the mantissas so far) when it is larger.
+        // Values that fit no scale are exceptions; past half the samples, give up.
+        let mut k = 0u8;
+        let mut dec: Vec<Option<i64>> = Vec::with_capacity(samples.len());
+        let mut nexc = 0usize;
+        for s in samples {
+            if let Some(m) = at_scale(s.v, k) {
+                dec.push(Some(m));
+                continue;
+            }
+            match to_decimal(s.v) {
+                Some((m, mk)) if mk > k => {
+                    let up = POW10[usize::from(mk - k)];
+                    for (d, prev) in dec.iter_mut().zip(samples) {
+                        if let Some(pm) = *d {
+                            let scaled = pm as f64 * up;
+                            let ok = scaled.abs() <= MAX_MANTISSA as f64
+                                && decimal_value(scaled as i64, mk).to_bits() == prev.v.to_bits();
+                            if ok {
+                                *d = Some(scaled as i64);
+                            } else {
+                                *d = None;
+                                nexc += 1;
+                            }
+                        }
+                    }
+                    k = mk;
+                    dec.push(Some(m));
+                }
+                _ => {
+                    dec.push(None);
+                    nexc += 1;
+                }
+            }
+            if nexc * 2 > samples.len() {
+                return false;
+            }
+        }
+        debug_assert_eq!(nexc, dec.iter().filter(|d| d.is_none()).count());
+        let out = &mut self.decimal;
+        out.push(VMODE_DECIMAL);
+        out.push(k);
+        put_uvarint(out, nexc as u64);
+        let mut next = 0usize;
+        for (i, d) in dec.iter().enumerate() {
+            if d.is_none() {
+                put_uvarint(out, (i - next) as u64);
+                out.extend_from_slice(&samples[i].v.to_bits().to_le_bytes());
+                next = i + 1;
+            }
+        }
+        self.ints.clear();
+        let mut prev = 0i64;
+        for d in &dec {
+            let m = d.unwrap_or(prev);
+            self.ints.push(m);
+            prev = m;
+        }
+        put_varint(out, self.ints[0]);
+        if self.ints.len() >= 2 {
+            let deltas: Vec<i64> = self
+                .ints
+                .windows(2)
+                .map(|w| w[1].wrapping_sub(w[0]))
+                .collect();
+            put_intseq(out, &deltas, &mut self.scratch);
+        }
+        true
+    }
+}
+
+/// Encodes `samples` as one dense chunk (see [`DenseEncoder`] to reuse buffers).
+pub fn encode_dense(samples: &[Sample]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    DenseEncoder::new().encode(samples, &mut out)?;
+    Ok(out)
+}
+
+/// A byte cursor over a chunk's header sections.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+const BAD: ChunkError = ChunkError::Corrupt("dense chunk section runs past its end");
+
+impl<'a> Cursor<'a> {
+    fn u8(&mut self) -> Result<u8> {
+        let x = *self.b.get(self.pos).ok_or(BAD)?;
+        self.pos += 1;
+        Ok(x)
+    }
+
+    fn uvarint(&mut self) -> Result<u64> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(ChunkError::Corrupt("varint overflows 64 bits"));
+            }
+            x |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(x);
+            }
+        }
+        Err(ChunkError::Corrupt("varint overflows 64 bits"))
+    }
+
+    fn varint(&mut self) -> Result<i64> {
+        let z = self.uvarint()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or(BAD)?;
+        let s = self.b.get(self.pos..end).ok_or(BAD)?;
+        self.pos = end;
+        Ok(s)
+    }
+}
+
+/// Reads one intseq.
+#[derive(Clone, Copy, Debug)]
+struct IntSeq<'a> {
+    packed: &'a [u8],
+    /// Next value to return (order 2: the stored first value, before any residual).
+    first: Option<i64>,
+    order2: bool,
+    prev: i64,
+    base: i64,
+    g: u64,
+    w: u32,
+    bit: usize,
+}
+
+impl<'a> IntSeq<'a> {
+    /// Parses the header of an intseq of `len` values and skips its packed bits.
+    fn parse(c: &mut Cursor<'a>, len: usize) -> Result<Self> {
+        let order = c.u8()?;
+        let (first, resid) = match order {
+            1 => (None, len),
+            2 => (Some(c.varint()?), len - 1),
+            _ => return Err(ChunkError::Corrupt("unknown intseq order")),
+        };
+        let mut s = IntSeq {
+            packed: &[],
+            first,
+            order2: order == 2,
+            prev: 0,
+            base: 0,
+            g: 0,
+            w: 0,
+            bit: 0,
+        };
+        if resid == 0 {
+            return Ok(s);
+        }
+        s.base = c.varint()?;
+        s.g = c.uvarint()?;
+        let w = c.u8()?;
+        if w > 64 || (w > 0 && s.g == 0) {
+            return Err(ChunkError::Corrupt("bad intseq bit width"));
+        }
+        s.w = u32::from(w);
+        let bytes = (resid * w as usize).div_ceil(8);
+        s.packed = c.take(bytes)?;
+        Ok(s)
+    }
+
+    #[inline(always)]
+    fn unpack(&mut self) -> u64 {
+        if self.w == 0 {
+            return 0;
+        }
+        let byte = self.bit >> 3;
+        let shift = (self.bit & 7) as u32;
+        self.bit += self.w as usize;
+        let word = match self.packed.get(byte..byte + 16) {
+            Some(b) => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(b);
+                u128::from_le_bytes(a)
+            }
+            None => {
+                let mut a = [0u8; 16];
+                let tail = self.packed.get(byte..).unwrap_or(&[]);
+                a[..tail.len()].copy_from_slice(tail);
+                u128::from_le_bytes(a)
+            }
+        };
+        let mask = if self.w == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.w) - 1
+        };
+        ((word >> shift) as u64) & mask
+    }
+
+    /// The next value. The caller never asks for more than the sequence holds.
+    #[inline(always)]
+    fn next(&mut self) -> i64 {
+        if let Some(f) = self.first.take() {
+            self.prev = f;
+            return f;
+        }
+        let r = self
+            .base
+            .wrapping_add(self.unpack().wrapping_mul(self.g) as i64);
+        if self.order2 {
+            self.prev = self.prev.wrapping_add(r);
+            self.prev
+        } else {
+            r
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Values<'a> {
+    Decimal {
+        k: u8,
+        m: i64,
+        deltas: Option<IntSeq<'a>>,
+        /// Remaining exceptions (gap, bits) and the index of the next one.
+        exc: &'a [u8],
+        exc_left: usize,
+        next_exc: usize,
+    },
+    Xor {
+        br: BitReader<'a>,
+        v: u64,
+        leading: u32,
+        trailing: u32,
+    },
+}
+
+/// Decodes a dense chunk. Errors on bytes that cannot be one; never panics.
+#[derive(Clone, Debug)]
+pub struct DenseIterator<'a> {
+    total: u16,
+    read: u16,
+    t: i64,
+    deltas: Option<IntSeq<'a>>,
+    values: Values<'a>,
+}
+
+/// The sample count of a dense chunk, if its header is readable.
+pub fn dense_num_samples(bytes: &[u8]) -> Option<u16> {
+    let mut c = Cursor { b: bytes, pos: 0 };
+    c.uvarint().ok().and_then(|n| u16::try_from(n).ok())
+}
+
+impl<'a> DenseIterator<'a> {
+    pub fn new(bytes: &'a [u8]) -> Result<Self> {
+        let mut c = Cursor { b: bytes, pos: 0 };
+        let n = c.uvarint()?;
+        let total = u16::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(ChunkError::Corrupt("dense chunk sample count out of range"))?;
+        let n = usize::from(total);
+        let t = c.varint()?;
+        let deltas = if n >= 2 {
+            Some(IntSeq::parse(&mut c, n - 1)?)
+        } else {
+            None
+        };
+        let values = match c.u8()? {
+            VMODE_DECIMAL => {
+                let k = c.u8()?;
+                if k > MAX_SCALE {
+                    return Err(ChunkError::Corrupt("dense chunk decimal scale above 22"));
+                }
+                let nexc = usize::try_from(c.uvarint()?).map_err(|_| BAD)?;
+                if nexc > n {
+                    return Err(ChunkError::Corrupt("more exceptions than samples"));
+                }
+                let exc_start = c.pos;
+                let mut idx = 0usize;
+                let mut first_exc = n;
+                for i in 0..nexc {
+                    let gap = usize::try_from(c.uvarint()?).map_err(|_| BAD)?;
+                    idx = idx
+                        .checked_add(gap)
+                        .filter(|&x| x < n)
+                        .ok_or(ChunkError::Corrupt("exception index out of range"))?;
+                    if i == 0 {
+                        first_exc = idx;
+                    }
+                    c.take(8)?;
+                    idx += 1;
+                }
+                let exc = &bytes[exc_start..c.pos];
+                let m0 = c.varint()?;
+                let deltas = if n >= 2 {
+                    Some(IntSeq::parse(&mut c, n - 1)?)
+                } else {
+                    None
+                };
+                // Positioned on the first exception's bits, past its gap.
+                let exc = if nexc > 0 {
+                    let mut e = Cursor { b: exc, pos: 0 };
+                    e.uvarint()?;
+                    &exc[e.pos..]
+                } else {
+                    exc
+                };
+                Values::Decimal {
+                    k,
+                    m: m0,
+                    deltas,
+                    exc,
+                    exc_left: nexc,
+                    next_exc: first_exc,
+                }
+            }
+            VMODE_XOR => Values::Xor {
+                br: BitReader::new(&bytes[c.pos..]),
+                v: 0,
+                leading: 0,
+                trailing: 0,
+            },
+            _ => return Err(ChunkError::Corrupt("unknown dense value mode")),
+        };
+        Ok(DenseIterator {
+            total,
+            read: 0,
+            t,
+            deltas,
+            values,
+        })
+    }
+
+    pub fn num_samples(&self) -> u16 {
+        self.total
+    }
+
+    fn truncated(&self) -> ChunkError {
+        ChunkError::Truncated {
+            read: self.read,
+            total: self.total,
+        }
+    }
+
+    /// Decodes sample `self.read` (the caller checked one is left).
+    #[inline(always)]
+    fn decode(&mut self) -> Result<(i64, f64)> {
+        let i = usize::from(self.read);
+        if i > 0
+            && let Some(d) = self.deltas.as_mut()
+        {
+            self.t = self.t.wrapping_add(d.next());
+        }
+        let v = match &mut self.values {
+            Values::Decimal {
+                k,
+                m,
+                deltas,
+                exc,
+                exc_left,
+                next_exc,
+            } => {
+                if i > 0
+                    && let Some(d) = deltas.as_mut()
+                {
+                    *m = m.wrapping_add(d.next());
+                }
+                if *exc_left > 0 && i == *next_exc {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(exc.get(..8).ok_or(BAD)?);
+                    *exc = &exc[8..];
+                    *exc_left -= 1;
+                    if *exc_left > 0 {
+                        let mut e = Cursor { b: exc, pos: 0 };
+                        let gap = usize::try_from(e.uvarint()?).map_err(|_| BAD)?;
+                        *next_exc = i + 1 + gap;
+                        *exc = &exc[e.pos..];
+                    }
+                    f64::from_bits(u64::from_le_bytes(a))
+                } else {
+                    decimal_value(*m, *k)
+                }
+            }
+            Values::Xor {
+                br,
+                v,
+                leading,
+                trailing,
+            } => {
+                if i == 0 {
+                    *v = br.read_bits_wide(64).ok_or(BAD)?;
+                } else if !xor_next(br, v, leading, trailing)? {
+                    return Err(self.truncated());
+                }
+                f64::from_bits(*v)
+            }
+        };
+        self.read += 1;
+        Ok((self.t, v))
+    }
+
+    /// The next sample, `Ok(None)` after the last.
+    #[inline]
+    pub fn next_sample(&mut self) -> Result<Option<(i64, f64)>> {
+        if self.read == self.total {
+            return Ok(None);
+        }
+        self.decode().map(Some)
+    }
+
+    /// Appends the remaining samples with `mint <= t <= maxt` to `out`. Returns `true` when
+    /// it stopped at (and consumed) a sample after `maxt`, `false` at the end of the chunk.
+    pub fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<bool> {
+        out.reserve(usize::from(self.total - self.read));
+        while self.read < self.total {
+            let (t, v) = self.decode()?;
+            if t > maxt {
+                return Ok(true);
+            }
+            if t >= mint {
+                out.push(Sample { t, v });
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// One XOR-encoded value after the first. `Ok(false)` when the stream ends early.
+#[inline(always)]
+fn xor_next(
+    br: &mut BitReader<'_>,
+    v: &mut u64,
+    leading: &mut u32,
+    trailing: &mut u32,
+) -> Result<bool> {
+    let Some(ctl) = br.read_bits(1) else {
+        return Ok(false);
+    };
+    if ctl == 0 {
+        return Ok(true);
+    }
+    let Some(ctl) = br.read_bits(1) else {
+        return Ok(false);
+    };
+    if ctl == 1 {
+        let (Some(lead), Some(sig)) = (br.read_bits(5), br.read_bits(6)) else {
+            return Ok(false);
+        };
+        let lead = lead as u32;
+        let sig = if sig == 0 { 64 } else { sig as u32 };
+        if lead + sig > 64 {
+            return Err(ChunkError::Corrupt("value window exceeds 64 bits"));
+        }
+        *leading = lead;
+        *trailing = 64 - lead - sig;
+    }
+    let sig = 64 - *leading - *trailing;
+    if sig == 0 {
+        return Err(ChunkError::Corrupt("empty value window"));
+    }
+    let Some(bits) = br.read_bits_wide(sig) else {
+        return Ok(false);
+    };
+    *v ^= bits << *trailing;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(samples: &[Sample]) -> Vec<u8> {
+        let b = encode_dense(samples).expect("encode");
+        let mut it = DenseIterator::new(&b).expect("header");
+        assert_eq!(usize::from(it.num_samples()), samples.len());
+        assert_eq!(dense_num_samples(&b), Some(it.num_samples()));
+        for s in samples {
+            let (t, v) = it.next_sample().expect("valid").expect("present");
+            assert_eq!((t, v.to_bits()), (s.t, s.v.to_bits()));
+        }
+        assert_eq!(it.next_sample().expect("end"), None);
+        b
+    }
+
+    fn regular(n: usize, f: impl Fn(usize) -> f64) -> Vec<Sample> {
+        (0..n)
+            .map(|i| Sample::new(1_700_000_000_123 + i as i64 * 15_000, f(i)))
+            .collect()
+    }
+
+    #[test]
+    fn scrape_like_series_are_small() {
+        // A steady interval costs no bits per timestamp; integer counters a few bits.
+        let up = round_trip(&regular(480, |_| 1.0));
+        assert!(up.len() < 30, "{} bytes", up.len());
+        let counter = round_trip(&regular(480, |i| (i * 37 + (i * i) % 11) as f64));
+        assert!(counter.len() < 480 * 5 / 8 + 30, "{} bytes", counter.len());
+        let cpu = round_trip(&regular(480, |i| (123_456 + i * 37) as f64 / 100.0));
+        assert!(cpu.len() < 40, "{} bytes", cpu.len());
+        let bytes = round_trip(&regular(480, |i| ((i * 7919) % 1000 * 4096) as f64));
+        // Multiples of 4096: the gcd takes 12 bits off every delta.
+        assert!(bytes.len() < 480 * 11 / 8 + 30, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn special_values_are_exceptions_or_xor() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let mut s = regular(100, |i| i as f64);
+        s[3].v = stale;
+        s[50].v = -0.0;
+        s[51].v = f64::INFINITY;
+        s[99].v = f64::from_bits(0x7ff8_dead_beef_0001);
+        let b = round_trip(&s);
+        assert!(b.len() < 100, "{} bytes", b.len());
+        // Mostly non-decimal values fall back to xor.
+        round_trip(&regular(50, |i| (i as f64).sqrt()));
+        round_trip(&[Sample::new(-5, f64::NAN)]);
+        round_trip(&[Sample::new(i64::MIN, 0.1), Sample::new(i64::MAX, 1e300)]);
+        round_trip(&regular(3, |i| [5e-324, -1.7976931348623157e308, 1e22][i]));
+    }
+
+    #[test]
+    fn corrupt_input_errors_without_panic() {
+        let b = encode_dense(&regular(200, |i| (i * i) as f64 * 0.5)).expect("encode");
+        for cut in 0..b.len() {
+            let r = DenseIterator::new(&b[..cut]).and_then(|mut it| {
+                let mut out = Vec::new();
+                it.append_range(i64::MIN, i64::MAX, &mut out).map(|_| out)
+            });
+            if let Ok(out) = r {
+                // A cut inside the packed bits of the last section can still decode: it
+                // must then be a prefix-shaped result, never a panic.
+                assert!(out.len() <= 200);
+            }
+        }
+        for i in 0..b.len() {
+            for x in [1u8, 0x80, 0xff] {
+                let mut c = b.clone();
+                c[i] ^= x;
+                if let Ok(mut it) = DenseIterator::new(&c) {
+                    let mut out = Vec::new();
+                    let _ = it.append_range(i64::MIN, i64::MAX, &mut out);
+                }
+            }
+        }
+        assert!(DenseIterator::new(&[]).is_err());
+        assert!(DenseIterator::new(&[0]).is_err());
+    }
+
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            3 => (-1_000_000i64..1_000_000).prop_map(|x| x as f64),
+            3 => (-1_000_000i64..1_000_000, 0u32..6).prop_map(|(x, k)| x as f64 / 10f64.powi(k as i32)),
+            1 => any::<f64>(),
+            1 => any::<u64>().prop_map(f64::from_bits),
+            1 => prop::sample::select(vec![
+                f64::NAN, -0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY,
+                f64::from_bits(0x7ff0_0000_0000_0002), f64::MIN_POSITIVE, f64::MAX, 9007199254740993.0,
+            ]),
+        ]
+    }
+
+    fn times(n: usize) -> impl Strategy<Value = Vec<i64>> {
+        prop_oneof![
+            (any::<i64>(), 1i64..100_000).prop_map(move |(t0, d)| (0..n as i64)
+                .map(|i| t0.wrapping_add(i.wrapping_mul(d)))
+                .collect()),
+            (
+                0i64..2_000_000_000_000,
+                prop::collection::vec(14_990i64..15_010, n)
+            )
+                .prop_map(|(t0, ds)| {
+                    ds.iter()
+                        .scan(t0, |t, d| {
+                            *t += d;
+                            Some(*t)
+                        })
+                        .collect()
+                }),
+            prop::collection::vec(any::<i64>(), n),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        /// Bit-exact round trip of arbitrary timestamps and values, through next_sample and
+        /// append_range with arbitrary bounds.
+        #[test]
+        fn dense_round_trip(
+            (ts, vs) in (1usize..300).prop_flat_map(|n| (times(n), prop::collection::vec(value(), n))),
+            lo in any::<i64>(),
+            span in any::<u64>(),
+        ) {
+            let s: Vec<Sample> = ts.iter().zip(&vs).map(|(&t, &v)| Sample::new(t, v)).collect();
+            let b = encode_dense(&s).expect("encode");
+            let mut it = DenseIterator::new(&b).expect("header");
+            let mut got = Vec::new();
+            while let Some((t, v)) = it.next_sample().expect("valid") {
+                got.push((t, v.to_bits()));
+            }
+            let want: Vec<(i64, u64)> = s.iter().map(|x| (x.t, x.v.to_bits())).collect();
+            prop_assert_eq!(&got, &want);
+            // Never larger than xor values plus a few header bytes per section.
+            let hi = lo.saturating_add(span as i64 & i64::MAX);
+            let mut out = Vec::new();
+            let mut it = DenseIterator::new(&b).expect("header");
+            let stopped = it.append_range(lo, hi, &mut out).expect("valid");
+            let mut want_r = Vec::new();
+            let mut stop = false;
+            for x in &s {
+                if x.t > hi { stop = true; break; }
+                if x.t >= lo { want_r.push((x.t, x.v.to_bits())); }
+            }
+            prop_assert_eq!(stopped, stop);
+            prop_assert_eq!(out.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>(), want_r);
+        }
+    }
+}
