@@ -54,8 +54,6 @@ fn main() {
         pos = start + len as usize;
     }
     drop(data);
-    // reqwest is built without a bundled TLS provider (the workspace uses ring).
-    m3query_remote::client::ensure_crypto_provider();
     let total_samples: u64 = reqs.iter().map(|r| r.1).sum();
     let mut txs = Vec::new();
     let mut handles = Vec::new();
