@@ -255,3 +255,57 @@ async fn label_values_route_is_one_operation() {
     assert_eq!(a[0].name, "GET /api/v1/label/{name}/values");
     assert_eq!(a[0].name, b[0].name);
 }
+
+/// The sampling decision is made before the span exists (so an unsampled request never
+/// reaches the OpenTelemetry layer); the exported trace id must still be the one the
+/// probabilistic sampler judged, as jaeger-client-go's sampler judges the trace id, and each
+/// request must be counted once.
+#[tokio::test]
+async fn probabilistic_sampling_judges_the_exported_trace_id() {
+    let h = harness(SamplerType::Probabilistic, 0.5);
+    let max = u64::MAX >> 1;
+    let boundary = (max as f64 * 0.5) as u64;
+    let mut sampled = 0;
+    for _ in 0..400 {
+        let (status, trace_id, spans) = h.send(get("/health")).await;
+        assert_eq!(status, 200);
+        assert_eq!(spans.len(), usize::from(trace_id.is_some()));
+        if let Some(s) = spans.first() {
+            sampled += 1;
+            let id = u128::from_be_bytes(s.span_context.trace_id().to_bytes());
+            assert!(
+                (id as u64) & max <= boundary,
+                "{id:032x} was not sampled by its id"
+            );
+            assert_eq!(
+                trace_id.as_deref(),
+                Some(s.span_context.trace_id().to_string().as_str())
+            );
+            assert_eq!(attr(s, "sampler.type"), Some(&Value::from("probabilistic")));
+        }
+    }
+    assert!(
+        (100..=300).contains(&sampled),
+        "{sampled} of 400 sampled at 0.5"
+    );
+    let mut reg = prometheus_client::registry::Registry::default();
+    reg.register_collector(h.telemetry.metrics_collector());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+    let counter = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(
+        counter("m3query_tracing_spans_started_total"),
+        Some(400),
+        "{text}"
+    );
+    assert_eq!(
+        counter("m3query_tracing_spans_sampled_total"),
+        Some(sampled),
+        "{text}"
+    );
+}

@@ -1,23 +1,22 @@
 //! Which spans reach the OpenTelemetry layer.
 //!
-//! A request's root span always does (that is where the sampling decision is made). Any other
-//! span or event does only inside a sampled request: [`crate::http::RequestSpan`] marks an
-//! unsampled root with [`Unsampled`], and this filter keeps that root's whole subtree out of
-//! the layer, so an unsampled request pays for its root span alone, not for building and
-//! discarding an OpenTelemetry span per query phase. Spans outside any request are left out
-//! too: nothing here is traced on its own.
+//! A sampled request's root span does, and so does everything inside it. An unsampled
+//! request's root is opened under [`UNSAMPLED_TARGET`] (the decision is made before the span
+//! exists, see [`crate::http::RequestSpan`]), and this filter keeps it and its whole subtree
+//! out of the layer, so an unsampled request pays for neither an OpenTelemetry span nor one
+//! per query phase. Spans outside any request are left out too: nothing here is traced on its
+//! own.
 
 use tracing::Metadata;
 use tracing::subscriber::Interest;
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Extension on an unsampled request span.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Unsampled;
-
 /// The target and name of request root spans.
 pub(crate) const REQUEST_TARGET: &str = "m3query::http";
+/// The target of an unsampled request's root span (under `m3query::http`, so log filters
+/// for that target still apply).
+pub(crate) const UNSAMPLED_TARGET: &str = "m3query::http::unsampled";
 pub(crate) const REQUEST_SPAN: &str = "http.request";
 
 /// See the module docs.
@@ -32,8 +31,13 @@ where
         if crate::export::queue::on_export_thread() {
             return false;
         }
-        if meta.is_span() && meta.target() == REQUEST_TARGET && meta.name() == REQUEST_SPAN {
-            return true;
+        if meta.is_span() && meta.name() == REQUEST_SPAN {
+            if meta.target() == REQUEST_TARGET {
+                return true;
+            }
+            if meta.target() == UNSAMPLED_TARGET {
+                return false;
+            }
         }
         // Dependencies' spans (hyper, h2) stay out; our own phases may be DEBUG.
         let ours = meta.target().starts_with("m3query");
@@ -47,7 +51,7 @@ where
             None => false,
             Some(current) => current
                 .scope()
-                .all(|s| s.extensions().get::<Unsampled>().is_none()),
+                .all(|s| s.metadata().target() != UNSAMPLED_TARGET),
         }
     }
 

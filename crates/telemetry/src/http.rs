@@ -10,46 +10,20 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::filter::{REQUEST_TARGET, UNSAMPLED_TARGET};
 use crate::propagation::Propagation;
 
-/// Marks `span` so the OpenTelemetry layer leaves its subtree alone (see `crate::filter`).
-fn mark_unsampled(span: &tracing::Span) {
-    span.with_subscriber(|(id, dispatch)| {
-        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
-            && let Some(s) = tracing_subscriber::registry::LookupSpan::span(registry, id)
-        {
-            s.extensions_mut().insert(crate::filter::Unsampled);
-        }
-    });
-}
-
-/// The request's root span and what the response needs from it.
-#[derive(Debug)]
-pub struct RequestSpan {
-    span: tracing::Span,
-    trace_id: Option<String>,
-}
-
-impl RequestSpan {
-    /// Opens the span. The sampling decision is made here, with the final operation name and
-    /// the remote parent, so a per-operation sampler sees what Jaeger will show.
-    pub fn start(
-        propagation: &Propagation,
-        method: &str,
-        route: Option<&str>,
-        url: &str,
-        headers: &HeaderMap,
-    ) -> RequestSpan {
-        let route_name = route.unwrap_or("unknown");
-        let name = format!("{method} {route_name}");
-        let span = tracing::info_span!(
-            target: "m3query::http",
+/// The request span, under `target` (which decides whether the OpenTelemetry layer sees it).
+macro_rules! request_span {
+    ($target:expr, $name:expr, $method:expr, $route:expr, $url:expr) => {
+        tracing::info_span!(
+            target: $target,
             "http.request",
-            "otel.name" = %name,
+            "otel.name" = %$name,
             "otel.kind" = "server",
-            "http.method" = %method,
-            "http.route" = route,
-            "http.url" = %url,
+            "http.method" = %$method,
+            "http.route" = $route,
+            "http.url" = %$url,
             "http.status_code" = Empty,
             "component" = "m3query",
             "error" = Empty,
@@ -60,35 +34,66 @@ impl RequestSpan {
             "start" = Empty,
             "end" = Empty,
             "step" = Empty,
-        );
-        if span.is_disabled() {
+        )
+    };
+}
+
+/// The request's root span and what the response needs from it.
+#[derive(Debug)]
+pub struct RequestSpan {
+    span: tracing::Span,
+    trace_id: Option<String>,
+}
+
+impl RequestSpan {
+    /// Opens the span. The sampling decision is made first, with the final operation name and
+    /// the remote parent, so a per-operation sampler sees what Jaeger will show; an unsampled
+    /// request's span is opened under a target the OpenTelemetry layer ignores, so it costs
+    /// what a log-only span costs and nothing more.
+    pub fn start(
+        propagation: &Propagation,
+        method: &str,
+        route: Option<&str>,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> RequestSpan {
+        let route_name = route.unwrap_or("unknown");
+        let name = format!("{method} {route_name}");
+        let Some(sampler) = &propagation.sampler else {
+            // Nothing is exported: the span serves the logs only.
             return RequestSpan {
-                span,
+                span: request_span!(REQUEST_TARGET, name, method, route, url),
+                trace_id: None,
+            };
+        };
+        let parent = propagation.extract(headers).map(|p| p.to_context());
+        let debug_id = headers
+            .get(&propagation.debug_header)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        if !sampler.decide_root(parent.as_ref(), debug_id.is_some(), &name) {
+            return RequestSpan {
+                span: request_span!(UNSAMPLED_TARGET, name, method, route, url),
                 trace_id: None,
             };
         }
-        if let Some(debug_id) = headers
-            .get(&propagation.debug_header)
-            .and_then(|v| v.to_str().ok())
-            && !debug_id.is_empty()
-        {
+        let span = request_span!(REQUEST_TARGET, name, method, route, url);
+        if let Some(debug_id) = debug_id {
             span.record("jaeger.debug_id", debug_id);
         }
-        if let Some(parent) = propagation.extract(headers) {
-            // Only fails when no OpenTelemetry layer is installed, which `is_disabled` and the
-            // context check below already cover.
-            let _ = span.set_parent(parent.to_context());
+        if let Some(parent) = parent {
+            // Only fails when no OpenTelemetry layer is installed, which the context check
+            // below covers.
+            let _ = span.set_parent(parent);
         }
-        let cx = span.context();
-        let sc = cx.span().span_context().clone();
-        let trace_id = if sc.is_valid() && sc.is_sampled() {
+        // Builds the OpenTelemetry span now, which takes the decision made above.
+        let sc = span.context().span().span_context().clone();
+        crate::sampler::clear_decided();
+        let trace_id = (sc.is_valid() && sc.is_sampled()).then(|| {
             let id = sc.trace_id().to_string();
             span.record("trace_id", id.as_str());
-            Some(id)
-        } else {
-            mark_unsampled(&span);
-            None
-        };
+            id
+        });
         RequestSpan { span, trace_id }
     }
 

@@ -158,7 +158,7 @@ impl TelemetryBuilder {
             reason,
         };
         let mut notices: Vec<String> = Vec::new();
-        let (provider, remote) = match self.exporter.take() {
+        let (provider, remote, root_sampler) = match self.exporter.take() {
             Some(install) => {
                 let built = sampler::build(
                     &self.tracing,
@@ -167,12 +167,12 @@ impl TelemetryBuilder {
                 );
                 let b = self
                     .provider_builder(&service_name)
-                    .with_sampler(built.sampler);
-                (Some(install(b).build()), built.remote)
+                    .with_sampler(built.sampler.clone());
+                (Some(install(b).build()), built.remote, Some(built.sampler))
             }
             None => {
                 match export::build(&self.tracing, &service_name, &metrics).map_err(backend_err)? {
-                    None => (None, None),
+                    None => (None, None, None),
                     Some(e) => {
                         let built = sampler::build(
                             &self.tracing,
@@ -182,9 +182,9 @@ impl TelemetryBuilder {
                         notices.push(format!("tracing to {}", e.target));
                         let b = self
                             .provider_builder(&service_name)
-                            .with_sampler(built.sampler)
+                            .with_sampler(built.sampler.clone())
                             .with_span_processor(e.processor);
-                        (Some(b.build()), built.remote)
+                        (Some(b.build()), built.remote, Some(built.sampler))
                     }
                 }
             }
@@ -243,6 +243,7 @@ impl TelemetryBuilder {
                 .as_ref()
                 .map(|j| j.headers.jaeger_debug_header.clone())
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
+            sampler: root_sampler,
         };
 
         let otel_layer = provider.as_ref().map(|p| {
@@ -306,6 +307,7 @@ impl TelemetryBuilder {
             attrs.push(KeyValue::new(k.clone(), tag_value(v)));
         }
         SdkTracerProvider::builder()
+            .with_id_generator(sampler::DecidedIds::default())
             .with_resource(Resource::builder_empty().with_attributes(attrs).build())
     }
 }

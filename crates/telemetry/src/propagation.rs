@@ -30,6 +30,8 @@ pub struct Propagation {
     pub jaeger_header: String,
     /// A request carrying this header is sampled with the debug flag.
     pub debug_header: String,
+    /// Decides request roots before their span exists; `None` when nothing is exported.
+    pub(crate) sampler: Option<crate::sampler::Sampler>,
 }
 
 impl Default for Propagation {
@@ -37,6 +39,7 @@ impl Default for Propagation {
         Propagation {
             jaeger_header: "uber-trace-id".into(),
             debug_header: "jaeger-debug-id".into(),
+            sampler: None,
         }
     }
 }

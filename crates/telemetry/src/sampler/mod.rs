@@ -12,16 +12,26 @@
 //!   config (OTLP, LightStep) sample every root span.
 //!
 //! Every decision is counted (`spans_started`, `spans_sampled`).
+//!
+//! A request's root span is decided before it exists ([`Sampler::decide_root`]), so that an
+//! unsampled request never reaches the OpenTelemetry layer at all (see `crate::http`). A
+//! sampled one then goes through the SDK as usual, which asks [`Sampler::should_sample`] again
+//! on the same thread: the decision waits for it in a thread-local, together with the trace id
+//! it was made for, which [`DecidedIds`] hands the SDK so the exported trace id is the one a
+//! probabilistic sampler judged.
 
 pub(crate) mod jaeger;
 pub(crate) mod rate_limiter;
 pub(crate) mod remote;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::trace::{Link, SpanId, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult, ShouldSample,
+};
 
 use crate::config::{Backend, SamplerType, TracingConfig};
 use crate::export::jaeger::model::{DEBUG_ID_ATTRIBUTE, DEBUG_TRACE_STATE_KEY};
@@ -80,12 +90,31 @@ impl Sampler {
         }
     }
 
+    /// Decides a request's root span before it is created: `parent` is the inbound remote
+    /// parent, `debug` whether the request carries the debug header. A sampled decision waits
+    /// on this thread for the SDK to build the span (call [`clear_decided`] after that).
+    pub(crate) fn decide_root(&self, parent: Option<&Context>, debug: bool, name: &str) -> bool {
+        let trace_id = parent
+            .map(|cx| cx.span().span_context().clone())
+            .filter(|sc| sc.is_valid())
+            .map(|sc| sc.trace_id())
+            .unwrap_or_else(|| RandomIdGenerator::default().new_trace_id());
+        self.counters.started.inc();
+        let r = self.decide(parent, trace_id, name, debug);
+        if r.decision != SamplingDecision::RecordAndSample {
+            return false;
+        }
+        self.counters.sampled.inc();
+        DECIDED.with(|d| *d.borrow_mut() = Some((trace_id, r)));
+        true
+    }
+
     fn decide(
         &self,
         parent_context: Option<&Context>,
         trace_id: TraceId,
         name: &str,
-        attributes: &[KeyValue],
+        debug: bool,
     ) -> SamplingResult {
         if let Some(cx) = parent_context {
             let parent = cx.span();
@@ -102,10 +131,7 @@ impl Sampler {
                 };
             }
         }
-        if attributes
-            .iter()
-            .any(|kv| kv.key.as_str() == DEBUG_ID_ATTRIBUTE)
-        {
+        if debug {
             return SamplingResult {
                 decision: SamplingDecision::RecordAndSample,
                 attributes: Vec::new(),
@@ -153,12 +179,53 @@ impl ShouldSample for Sampler {
         attributes: &[KeyValue],
         _links: &[Link],
     ) -> SamplingResult {
+        // The request root decided by `decide_root`, now being built by the SDK.
+        if let Some(r) = DECIDED.with(|d| {
+            let mut d = d.borrow_mut();
+            match d.as_ref() {
+                Some((t, _)) if *t == trace_id => d.take().map(|(_, r)| r),
+                _ => None,
+            }
+        }) {
+            return r;
+        }
         self.counters.started.inc();
-        let r = self.decide(parent_context, trace_id, name, attributes);
+        let debug = attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == DEBUG_ID_ATTRIBUTE);
+        let r = self.decide(parent_context, trace_id, name, debug);
         if r.decision == SamplingDecision::RecordAndSample {
             self.counters.sampled.inc();
         }
         r
+    }
+}
+
+thread_local! {
+    /// The sampled decision `decide_root` made, and the trace id it was made for.
+    static DECIDED: RefCell<Option<(TraceId, SamplingResult)>> = const { RefCell::new(None) };
+}
+
+/// Forgets a decision the SDK did not pick up (no span was built), so it cannot leak into an
+/// unrelated span later on this thread.
+pub(crate) fn clear_decided() {
+    DECIDED.with(|d| d.borrow_mut().take());
+}
+
+/// The provider's id generator: random ids, except that a root span decided by
+/// `decide_root` gets the trace id its decision was made for.
+#[derive(Debug, Default)]
+pub(crate) struct DecidedIds(RandomIdGenerator);
+
+impl IdGenerator for DecidedIds {
+    fn new_trace_id(&self) -> TraceId {
+        DECIDED
+            .with(|d| d.borrow().as_ref().map(|(t, _)| *t))
+            .unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
     }
 }
 
