@@ -19,24 +19,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../crates/server/benches/rounds/mod.rs"]
+mod rounds;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::Instant;
 
 use common::M3Query;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// CPU time of process `pid` so far, in seconds: the sum of its threads' run time from
 /// `/proc/PID/task/*/schedstat` (nanoseconds, where `/proc/PID/stat` counts 10 ms ticks).
@@ -118,8 +108,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rounds = env("M3Q_BENCH_ROUNDS", 20);
-    let n = env("M3Q_BENCH_REQUESTS", 5000);
+    let rounds = rounds::env("M3Q_BENCH_ROUNDS", 20);
+    let n = rounds::env("M3Q_BENCH_REQUESTS", 5000);
 
     let agent = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let agent_addr = agent.local_addr().expect("addr");
@@ -192,40 +182,19 @@ fn main() {
 fn measure(setups: &[(&str, String)], servers: &[M3Query], path: &str, rounds: usize, n: usize) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
     let mut conns: Vec<Conn> = servers.iter().map(|s| Conn::new(s.port)).collect();
-    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    // Round 0 warms up and is not counted.
-    for round in 0..=rounds {
-        for k in 0..setups.len() {
-            let i = (round + k) % setups.len();
-            let pid = servers[i].child.id();
-            let (t0, c0) = (Instant::now(), process_cpu(pid));
-            for _ in 0..n {
-                let status = conns[i].get(&request);
-                assert_eq!(status, 200, "{path}");
-            }
-            if round > 0 {
-                wall[i].push(t0.elapsed().as_secs_f64() * 1e6 / n as f64);
-                cpu[i].push((process_cpu(pid) - c0) * 1e6 / n as f64);
-            }
+    let names: Vec<&str> = setups.iter().map(|(name, _)| *name).collect();
+    let title =
+        format!("{rounds} rounds x {n} requests per set-up, GET {path} over loopback HTTP/1.1");
+    rounds::run_and_report(&title, &names, "server cpu us", rounds, |i| {
+        let pid = servers[i].child.id();
+        let (t0, c0) = (Instant::now(), process_cpu(pid));
+        for _ in 0..n {
+            let status = conns[i].get(&request);
+            assert_eq!(status, 200, "{path}");
         }
-    }
-
-    println!("{rounds} rounds x {n} requests per set-up, GET {path} over loopback HTTP/1.1");
-    println!(
-        "{:<16} {:>12} {:>10} {:>14} {:>10} {:>10}",
-        "set-up", "median us", "min us", "server cpu us", "ratio", "cpu ratio"
-    );
-    let base_w = median(&mut wall[0].clone());
-    let base_c = median(&mut cpu[0].clone());
-    for (i, (name, _)) in setups.iter().enumerate() {
-        let w = median(&mut wall[i]);
-        let c = median(&mut cpu[i]);
-        let min = wall[i].iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "{name:<16} {w:>12.2} {min:>10.2} {c:>14.2} {:>9.3}x {:>9.3}x",
-            w / base_w,
-            c / base_c
-        );
-    }
+        (
+            t0.elapsed().as_secs_f64() * 1e6 / n as f64,
+            (process_cpu(pid) - c0) * 1e6 / n as f64,
+        )
+    });
 }

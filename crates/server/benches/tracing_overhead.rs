@@ -4,15 +4,15 @@
 //! (Jaeger, `const` 0), and on with every request sampled (Jaeger, `const` 1) and exported
 //! over UDP to a local socket that a thread drains.
 //!
-//!     CARGO_TARGET_DIR=/work/target/telemetry cargo bench -p m3query-server --bench tracing_overhead
+//!     cargo bench -p m3query-server --bench tracing_overhead
 //!
-//! A small harness rather than criterion: the three set-ups run interleaved, round after
-//! round (rotating which goes first), so drift in machine load (other builds on a shared
-//! 2-core box) hits all three alike; it reports the median and minimum of the per-round
-//! mean latency (wall clock) and of the request thread's CPU time, and the ratios of the
-//! medians against tracing off. `M3Q_BENCH_ROUNDS` (default 30) and `M3Q_BENCH_REQUESTS`
-//! (per round and set-up, default 20000) tune it. The export counters are printed so a run
-//! where the exporter fell behind (drops) shows.
+//! A small harness rather than criterion (`rounds/mod.rs`, shared with
+//! `benches/tracing_http.rs`, which measures the same over loopback HTTP against the real
+//! binary): interleaved rounds, medians and ratios against tracing off. The CPU column is
+//! the request thread's only: the exporter's own thread is not in it (the loopback bench
+//! counts the whole process). `M3Q_BENCH_ROUNDS` (default 30) and `M3Q_BENCH_REQUESTS` (per
+//! round and set-up, default 20000) tune it. The export counters are printed so a run where
+//! the exporter fell behind (drops) shows.
 //!
 //! Goal (issue 6): unsampled <= 1.01x off, sampled <= 1.03x off.
 
@@ -28,6 +28,8 @@ use m3query_storage::memory::MemStorage;
 use m3query_telemetry::config::{Backend, HostPort, JaegerConfig, SamplerType};
 use m3query_telemetry::{LoggingConfig, Telemetry, TracingConfig};
 use tower::ServiceExt;
+
+mod rounds;
 
 fn telemetry(sampled: Option<bool>, agent: &str) -> Telemetry {
     let tracing = match sampled {
@@ -98,18 +100,6 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run one short
     // round then, as a smoke test.
@@ -117,12 +107,12 @@ fn main() {
     let rounds = if smoke {
         1
     } else {
-        env("M3Q_BENCH_ROUNDS", 30)
+        rounds::env("M3Q_BENCH_ROUNDS", 30)
     };
     let n = if smoke {
         100
     } else {
-        env("M3Q_BENCH_REQUESTS", 20_000)
+        rounds::env("M3Q_BENCH_REQUESTS", 20_000)
     };
 
     let agent = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -179,49 +169,26 @@ fn measure(
     n: usize,
 ) {
     let request = || Request::get(path).body(Body::empty()).expect("request");
-
-    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    // Round 0 warms up and is not counted.
-    for round in 0..=rounds {
-        for k in 0..setups.len() {
-            let i = (round + k) % setups.len();
-            let _guard = tracing::dispatcher::set_default(setups[i].1.dispatch());
-            let (t0, c0) = (Instant::now(), thread_cpu());
-            for _ in 0..n {
-                rt.block_on(async {
-                    let resp = routers[i]
-                        .clone()
-                        .oneshot(request())
-                        .await
-                        .expect("infallible");
-                    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-                    // The request span ends once the body is sent.
-                    resp.into_body().collect().await.expect("body")
-                });
-            }
-            if round > 0 {
-                wall[i].push(t0.elapsed().as_secs_f64() * 1e6 / n as f64);
-                cpu[i].push((thread_cpu() - c0).as_secs_f64() * 1e6 / n as f64);
-            }
+    let names: Vec<&str> = setups.iter().map(|(name, _)| *name).collect();
+    let title = format!("{rounds} rounds x {n} requests per set-up, GET {path} in-process");
+    rounds::run_and_report(&title, &names, "cpu med us", rounds, |i| {
+        let _guard = tracing::dispatcher::set_default(setups[i].1.dispatch());
+        let (t0, c0) = (Instant::now(), thread_cpu());
+        for _ in 0..n {
+            rt.block_on(async {
+                let resp = routers[i]
+                    .clone()
+                    .oneshot(request())
+                    .await
+                    .expect("infallible");
+                assert!(resp.status().is_success(), "{path}: {}", resp.status());
+                // The request span ends once the body is sent.
+                resp.into_body().collect().await.expect("body")
+            });
         }
-    }
-
-    println!("{rounds} rounds x {n} requests per set-up, GET {path} in-process");
-    println!(
-        "{:<16} {:>12} {:>10} {:>12} {:>10} {:>10}",
-        "set-up", "median us", "min us", "cpu med us", "ratio", "cpu ratio"
-    );
-    let base_w = median(&mut wall[0].clone());
-    let base_c = median(&mut cpu[0].clone());
-    for (i, (name, _)) in setups.iter().enumerate() {
-        let w = median(&mut wall[i]);
-        let c = median(&mut cpu[i]);
-        let min = wall[i].iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "{name:<16} {w:>12.3} {min:>10.3} {c:>12.3} {:>9.3}x {:>9.3}x",
-            w / base_w,
-            c / base_c
-        );
-    }
+        (
+            t0.elapsed().as_secs_f64() * 1e6 / n as f64,
+            (thread_cpu() - c0).as_secs_f64() * 1e6 / n as f64,
+        )
+    });
 }
