@@ -211,10 +211,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let propagation = telemetry.propagation().clone();
     let queryable = m3query_server::backends::queryable(
         &cfg,
         db.clone().map(|d| d as Arc<dyn m3query_storage::Queryable>),
         tokio::runtime::Handle::current(),
+        Arc::new(move || propagation.outbound_headers()),
     )
     .map_err(anyhow::Error::msg)
     .context("setting up storage")?;

@@ -676,3 +676,68 @@ fn failing_query_range_is_tagged_for_the_error_searches() {
     assert_eq!(read["tags"]["store"], "dead-store");
     assert_eq!(read["tags"]["error"], true, "{read}");
 }
+
+/// A store behind `remoteRead` that is traced itself (here a second m3query) joins the
+/// query's trace: its request span is a child of our `remote.read` span, in the same trace,
+/// so Jaeger shows the fan-out and the store's own phases as one trace.
+#[test]
+fn remote_read_carries_the_trace_to_a_traced_store() {
+    let sink = Sink::jaeger_agent();
+    let store = M3Query::start(&format!(
+        "{}  serviceName: store\n",
+        jaeger_config(sink.port, "{type: const, param: 1}", "")
+    ));
+    let (status, body) = common::remote_write_v1(
+        &store.url("/api/v1/write"),
+        &[(vec![("__name__", "up"), ("job", "a")], vec![(0, 1.0)])],
+    );
+    assert_eq!(status, 204, "{body}");
+    let cfg = format!(
+        "{}storage:\n  enabled: false\nremoteRead:\n  - name: store\n    url: {}\n",
+        jaeger_config(sink.port, "{type: const, param: 1}", ""),
+        store.url("/api/v1/read")
+    );
+    let front = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let (status, id) = get(&front, "/api/v1/query?query=up&time=60", &[]);
+    assert_eq!(status, 200);
+    let id = id.expect("sampled");
+    let spans = sink.wait_for("the store's span in our trace", |s| {
+        s.iter()
+            .any(|x| x["traceId"] == id.as_str() && x["operationName"] == "POST /api/v1/read")
+            && s.iter()
+                .any(|x| x["traceId"] == id.as_str() && x["operationName"] == "remote.read")
+    });
+    let read = spans
+        .iter()
+        .find(|x| x["traceId"] == id.as_str() && x["operationName"] == "remote.read")
+        .expect("remote.read");
+    let served = spans
+        .iter()
+        .find(|x| x["traceId"] == id.as_str() && x["operationName"] == "POST /api/v1/read")
+        .expect("the store's span");
+    assert_eq!(served["serviceName"], "store", "{served}");
+    assert_eq!(read["serviceName"], "m3query", "{read}");
+    assert_eq!(served["parentSpanId"], read["spanId"], "{served}");
+
+    // An unsampled query sends no trace context: the store samples on its own.
+    drop(front);
+    let cfg = cfg.replace("{type: const, param: 1}", "{type: const, param: 0}");
+    let front = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let (status, id) = get(&front, "/api/v1/query?query=up&time=60", &[]);
+    assert_eq!((status, id), (200, None));
+    let spans = sink.wait_for("the store's own root span", |s| {
+        s.iter()
+            .filter(|x| x["operationName"] == "POST /api/v1/read")
+            .count()
+            >= 2
+    });
+    let second = spans
+        .iter()
+        .filter(|x| x["operationName"] == "POST /api/v1/read")
+        .nth(1)
+        .expect("second read");
+    assert!(
+        second["parentSpanId"].is_null() || second["parentSpanId"] == "0000000000000000",
+        "{second}"
+    );
+}

@@ -13,6 +13,7 @@
 //! Remote read has no label API: label names and values are derived from a select over the
 //! range (`{__name__=~".+"}` when no matcher is given), which costs what that select costs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,11 +51,16 @@ pub struct RemoteConfig {
     pub max_response_bytes: usize,
 }
 
+/// Produces the headers that carry the current trace to a store (see
+/// [`RemoteReadClient::with_trace_headers`]).
+pub type TraceHeaders = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
 /// A remote-read store.
 pub struct RemoteReadClient {
     cfg: RemoteConfig,
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    trace_headers: Option<TraceHeaders>,
 }
 
 impl std::fmt::Debug for RemoteReadClient {
@@ -75,7 +81,19 @@ impl RemoteReadClient {
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| StorageError::Other(format!("building HTTP client: {e}").into()))?;
-        Ok(RemoteReadClient { cfg, http, runtime })
+        Ok(RemoteReadClient {
+            cfg,
+            http,
+            runtime,
+            trace_headers: None,
+        })
+    }
+
+    /// Adds `f()`'s headers to every read, called inside its `remote.read` span, so the
+    /// store's own spans (a traced Thanos, Cortex or m3query) join the query's trace.
+    pub fn with_trace_headers(mut self, f: TraceHeaders) -> Self {
+        self.trace_headers = Some(f);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -155,6 +173,7 @@ impl RemoteReadClient {
                 .min(self.cfg.timeout),
             None => self.cfg.timeout,
         };
+        let trace_headers = self.trace_headers.as_ref().map(|f| f()).unwrap_or_default();
         let result = self.runtime.block_on(async {
             let mut rb = self
                 .http
@@ -164,7 +183,7 @@ impl RemoteReadClient {
                 .header("Content-Encoding", "snappy")
                 .header("X-Prometheus-Remote-Read-Version", "0.1.0")
                 .body(body);
-            for (k, v) in &self.cfg.headers {
+            for (k, v) in self.cfg.headers.iter().chain(&trace_headers) {
                 rb = rb.header(k.as_str(), v.as_str());
             }
             rb = match &self.cfg.auth {

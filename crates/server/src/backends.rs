@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use m3query_remote::client::{Auth, RemoteConfig, RemoteReadClient};
+use m3query_remote::client::{Auth, RemoteConfig, RemoteReadClient, TraceHeaders};
 use m3query_storage::Queryable;
 use m3query_storage::dedup::DedupQueryable;
 use m3query_storage::merge::{Member, MergeQueryable};
@@ -32,11 +32,13 @@ const MAX_REMOTE_RESPONSE_BYTES: usize = 1 << 30;
 
 /// The queryable behind the query API: `local` alone, or `local` plus every remote store
 /// merged (remote failures are warnings when `query.partialResponse` is on), with HA replica
-/// labels dropped and replicas deduplicated when any store lists `dedupLabels`.
+/// labels dropped and replicas deduplicated when any store lists `dedupLabels`. Reads carry
+/// `trace_headers()` to the stores.
 pub fn queryable(
     cfg: &Config,
     local: Option<Arc<dyn Queryable>>,
     runtime: tokio::runtime::Handle,
+    trace_headers: TraceHeaders,
 ) -> Result<Arc<dyn Queryable>, String> {
     if cfg.remote_read.is_empty() {
         return local.ok_or_else(|| "no local storage and no remoteRead stores".to_string());
@@ -77,7 +79,8 @@ pub fn queryable(
             },
             runtime.clone(),
         )
-        .map_err(|e| format!("remoteRead[{i}] ({name}): {e}"))?;
+        .map_err(|e| format!("remoteRead[{i}] ({name}): {e}"))?
+        .with_trace_headers(trace_headers.clone());
         members.push(Member {
             name,
             queryable: Arc::new(client),

@@ -116,3 +116,61 @@ impl RequestSpan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, JaegerConfig, SamplerType};
+    use crate::{LoggingConfig, Telemetry, TracingConfig};
+
+    fn telemetry(sampled: bool) -> Telemetry {
+        let mut j = JaegerConfig::default();
+        j.sampler.sampler_type = SamplerType::Const;
+        j.sampler.param = if sampled { 1.0 } else { 0.0 };
+        let cfg = TracingConfig {
+            backend: Backend::Jaeger,
+            jaeger: Some(j),
+            ..TracingConfig::default()
+        };
+        Telemetry::builder(cfg, LoggingConfig::default())
+            .with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+            .with_log_writer(crate::LogWriter::new(std::io::sink))
+            .build()
+            .expect("telemetry")
+    }
+
+    /// What a remote read sends is what our own inbound parsing (and so any W3C or Jaeger
+    /// peer) reads back as the current span, sampled.
+    #[test]
+    fn outbound_headers_carry_the_current_span_both_ways() {
+        let t = telemetry(true);
+        let p = t.propagation();
+        tracing::dispatcher::with_default(t.dispatch(), || {
+            let req = RequestSpan::start(p, "GET", Some("/q"), "/q", &HeaderMap::new());
+            let trace_id = req.trace_id().expect("sampled").to_string();
+            let _in = req.span().enter();
+            let child = tracing::debug_span!(target: "m3query::remote", "remote.read");
+            let _in_child = child.enter();
+            let span_id = child.context().span().span_context().span_id();
+            let out = p.outbound_headers();
+            for name in ["traceparent", "uber-trace-id"] {
+                let mut h = HeaderMap::new();
+                let (_, v) = out.iter().find(|(k, _)| k == name).expect(name);
+                h.insert(name, v.parse().expect("header value"));
+                let parent = p.extract(&h).expect(name);
+                let sc = &parent.span_context;
+                assert_eq!(sc.trace_id().to_string(), trace_id, "{name}: {v}");
+                assert_eq!(sc.span_id(), span_id, "{name}: {v}");
+                assert!(sc.is_sampled(), "{name}: {v}");
+            }
+        });
+        // Unsampled: nothing to join, nothing sent.
+        let t = telemetry(false);
+        let p = t.propagation();
+        tracing::dispatcher::with_default(t.dispatch(), || {
+            let req = RequestSpan::start(p, "GET", Some("/q"), "/q", &HeaderMap::new());
+            let _in = req.span().enter();
+            assert!(p.outbound_headers().is_empty());
+        });
+    }
+}

@@ -1,4 +1,5 @@
-//! Inbound trace context: which remote span, if any, a request continues.
+//! Trace context across services: which remote span, if any, a request continues, and what
+//! the requests we make to remote stores carry so a traced store joins our trace.
 //!
 //! Recognised, first match wins: W3C `traceparent` (+ `tracestate`), Jaeger's
 //! `uber-trace-id` (header name configurable, as in jaeger-client-go) with `uberctx-*` baggage
@@ -45,6 +46,45 @@ impl Default for Propagation {
 }
 
 impl Propagation {
+    /// Headers that carry the current span's context to a service it calls: W3C
+    /// `traceparent` (+ `tracestate`) and Jaeger's header (`uber-trace-id`, or as
+    /// configured), so a traced store joins the trace whichever propagation it speaks. Empty
+    /// when the current span is not traced (tracing off, or an unsampled request, which has
+    /// no trace to join: the store then decides for itself).
+    pub fn outbound_headers(&self) -> Vec<(String, String)> {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() || !sc.is_sampled() {
+            return Vec::new();
+        }
+        let debug = sc
+            .trace_state()
+            .get(crate::export::jaeger::model::DEBUG_TRACE_STATE_KEY)
+            == Some("1");
+        let mut out = vec![
+            (
+                "traceparent".to_string(),
+                format!("00-{}-{}-01", sc.trace_id(), sc.span_id()),
+            ),
+            (
+                self.jaeger_header.clone(),
+                format!(
+                    "{}:{}:0:{}",
+                    sc.trace_id(),
+                    sc.span_id(),
+                    if debug { 3 } else { 1 }
+                ),
+            ),
+        ];
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            out.push(("tracestate".to_string(), state));
+        }
+        out
+    }
+
     /// The remote parent carried by `headers`, if any is present and valid.
     pub fn extract(&self, headers: &HeaderMap) -> Option<RemoteParent> {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
