@@ -6,6 +6,7 @@
 use m3query_model::Sample;
 
 use crate::bstream::{BitReader, BitWriter};
+use crate::xor::XorWindow;
 use crate::{ChunkError, Result};
 
 /// Largest decimal scale: 10^22 is the largest power of ten a double holds exactly.
@@ -147,8 +148,7 @@ fn to_decimal(v: f64) -> Option<(i64, u8)> {
 struct XorValues {
     w: BitWriter,
     prev: u64,
-    leading: u8,
-    trailing: u8,
+    window: XorWindow,
     first: bool,
 }
 
@@ -157,8 +157,7 @@ impl XorValues {
         XorValues {
             w: BitWriter::default(),
             prev: 0,
-            leading: 0xff,
-            trailing: 0,
+            window: XorWindow::default(),
             first: true,
         }
     }
@@ -170,28 +169,8 @@ impl XorValues {
             self.prev = vb;
             return;
         }
-        let delta = vb ^ self.prev;
+        self.window.write(&mut self.w, vb ^ self.prev);
         self.prev = vb;
-        if delta == 0 {
-            self.w.write_bit(false);
-            return;
-        }
-        self.w.write_bit(true);
-        let leading = (delta.leading_zeros() as u8).min(31);
-        let trailing = delta.trailing_zeros() as u8;
-        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
-            self.w.write_bit(false);
-            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-            self.w.write_bits(delta >> self.trailing, sig);
-        } else {
-            self.leading = leading;
-            self.trailing = trailing;
-            self.w.write_bit(true);
-            self.w.write_bits(u64::from(leading), 5);
-            let sig = 64 - u32::from(leading) - u32::from(trailing);
-            self.w.write_bits(u64::from(sig & 63), 6);
-            self.w.write_bits(delta >> trailing, sig);
-        }
     }
 }
 

@@ -22,9 +22,7 @@ pub struct XorAppender {
     t: i64,
     v: u64,
     t_delta: u64,
-    /// 0xff until the first value window is chosen, as Prometheus's appender.
-    leading: u8,
-    trailing: u8,
+    window: XorWindow,
 }
 
 impl Default for XorAppender {
@@ -54,6 +52,54 @@ fn put_uvarint(buf: &mut [u8; 10], mut x: u64) -> usize {
     i + 1
 }
 
+/// The value half of the XOR encoding: each value's XOR with the previous one, written as
+/// '0' (same) | '10' + bits inside the previous window | '11' + 5-bit leading zeros, 6-bit
+/// length, bits. Shared by the XOR chunk and the dense block encoding's XOR value streams.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct XorWindow {
+    /// 0xff until the first window is chosen, as Prometheus's appender.
+    leading: u8,
+    trailing: u8,
+}
+
+impl Default for XorWindow {
+    fn default() -> Self {
+        XorWindow {
+            leading: 0xff,
+            trailing: 0,
+        }
+    }
+}
+
+impl XorWindow {
+    /// Writes `delta`, the XOR of a value with the one before it.
+    #[inline]
+    pub(crate) fn write(&mut self, w: &mut BitWriter, delta: u64) {
+        if delta == 0 {
+            w.write_bit(false);
+            return;
+        }
+        w.write_bit(true);
+        // Clamped to 31: the count has 5 bits.
+        let leading = (delta.leading_zeros() as u8).min(31);
+        let trailing = delta.trailing_zeros() as u8;
+        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+            w.write_bit(false);
+            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
+            w.write_bits(delta >> self.trailing, sig);
+        } else {
+            self.leading = leading;
+            self.trailing = trailing;
+            w.write_bit(true);
+            w.write_bits(u64::from(leading), 5);
+            let sig = 64 - u32::from(leading) - u32::from(trailing);
+            // 64 significant bits are written as 0 (6 bits cannot hold 64).
+            w.write_bits(u64::from(sig & 63), 6);
+            w.write_bits(delta >> trailing, sig);
+        }
+    }
+}
+
 impl XorAppender {
     /// An empty chunk (2 header bytes).
     pub fn new() -> Self {
@@ -65,8 +111,7 @@ impl XorAppender {
             t: 0,
             v: 0,
             t_delta: 0,
-            leading: 0xff,
-            trailing: 0,
+            window: XorWindow::default(),
         }
     }
 
@@ -131,29 +176,7 @@ impl XorAppender {
 
     #[inline]
     fn write_value(&mut self, vb: u64) {
-        let delta = vb ^ self.v;
-        if delta == 0 {
-            self.w.write_bit(false);
-            return;
-        }
-        self.w.write_bit(true);
-        // Clamped to 31: the count has 5 bits.
-        let leading = (delta.leading_zeros() as u8).min(31);
-        let trailing = delta.trailing_zeros() as u8;
-        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
-            self.w.write_bit(false);
-            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-            self.w.write_bits(delta >> self.trailing, sig);
-        } else {
-            self.leading = leading;
-            self.trailing = trailing;
-            self.w.write_bit(true);
-            self.w.write_bits(u64::from(leading), 5);
-            let sig = 64 - u32::from(leading) - u32::from(trailing);
-            // 64 significant bits are written as 0 (6 bits cannot hold 64).
-            self.w.write_bits(u64::from(sig & 63), 6);
-            self.w.write_bits(delta >> trailing, sig);
-        }
+        self.window.write(&mut self.w, vb ^ self.v);
     }
 
     pub fn num_samples(&self) -> usize {

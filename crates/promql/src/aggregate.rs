@@ -67,12 +67,9 @@ fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
 
 #[derive(Clone, Default)]
 struct Group {
-    seen: bool,
-    value: f64,
-    mean: f64,
-    c: f64,
-    count: f64,
-    incremental: bool,
+    /// The running value, shared with the fused path (`fold`, `finish`); stddev and stdvar
+    /// keep Welford's mean and sum of squares in it too.
+    acc: Acc,
     drop_name: bool,
     values: Vec<f64>,
     /// topk/bottomk/limitk/limit_ratio: (input series index, value), in Go heap order.
@@ -190,7 +187,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         }
         let param = params.values.get(step).copied().unwrap_or(0.0);
         for g in groups.iter_mut() {
-            g.seen = false;
+            g.acc.seen = false;
         }
         let mut k_limit = 0i64;
         let mut ratio = 0.0;
@@ -222,9 +219,12 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
             let f = p.v;
             let g = &mut groups[series_group[si]];
             if k_agg {
-                if !g.seen {
+                if !g.acc.seen {
                     *g = Group {
-                        seen: true,
+                        acc: Acc {
+                            seen: true,
+                            ..Acc::default()
+                        },
                         ..Default::default()
                     };
                 }
@@ -273,19 +273,12 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 let _ = groups_remaining;
                 continue;
             }
-            if !g.seen {
-                *g = Group {
-                    seen: true,
-                    value: f,
-                    mean: f,
-                    count: 1.0,
-                    drop_name: s.drop_name,
-                    values: std::mem::take(&mut g.values),
-                    ..Default::default()
-                };
+            if !g.acc.seen {
+                g.drop_name = s.drop_name;
+                fold(a.op, &mut g.acc, f);
                 match a.op {
                     AggOp::Stddev | AggOp::Stdvar => {
-                        g.value = if f.is_nan() || f.is_infinite() {
+                        g.acc.value = if f.is_nan() || f.is_infinite() {
                             f64::NAN
                         } else {
                             0.0
@@ -295,7 +288,6 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                         g.values.clear();
                         g.values.push(f);
                     }
-                    AggOp::Group => g.value = 1.0,
                     _ => {}
                 }
                 continue;
@@ -304,41 +296,21 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 g.drop_name = true;
             }
             match a.op {
-                AggOp::Sum => (g.value, g.c) = kahan_inc(f, g.value, g.c),
-                AggOp::Avg => {
-                    g.count += 1.0;
-                    if !g.incremental {
-                        let (nv, nc) = kahan_inc(f, g.value, g.c);
-                        if !nv.is_infinite() {
-                            g.value = nv;
-                            g.c = nc;
-                            continue;
-                        }
-                        g.incremental = true;
-                        g.mean = g.value / (g.count - 1.0);
-                        g.c /= g.count - 1.0;
-                    }
-                    let q = (g.count - 1.0) / g.count;
-                    (g.mean, g.c) = kahan_inc(f / g.count, q * g.mean, q * g.c);
-                }
-                AggOp::Group => {}
-                AggOp::Max if g.value < f || g.value.is_nan() => g.value = f,
-                AggOp::Min if g.value > f || g.value.is_nan() => g.value = f,
-                AggOp::Count => g.count += 1.0,
                 AggOp::Stddev | AggOp::Stdvar => {
+                    let g = &mut g.acc;
                     g.count += 1.0;
                     let delta = f - g.mean;
                     g.mean += delta / g.count;
                     g.value += delta * (f - g.mean);
                 }
                 AggOp::Quantile => g.values.push(f),
-                _ => {}
+                op => fold(op, &mut g.acc, f),
             }
         }
 
         // Emit this step.
         if k_agg {
-            for g in groups.iter_mut().filter(|g| g.seen) {
+            for g in groups.iter_mut().filter(|g| g.acc.seen) {
                 let mut heap = std::mem::take(&mut g.heap);
                 match a.op {
                     AggOp::Topk => insertion_sort(&mut heap, |x, y| less_value(y, x)),
@@ -358,29 +330,14 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
             }
         } else {
             for (gi, g) in groups.iter_mut().enumerate() {
-                if !g.seen {
+                if !g.acc.seen {
                     continue;
                 }
                 let v = match a.op {
-                    AggOp::Avg => {
-                        if g.incremental {
-                            g.mean + g.c
-                        } else {
-                            g.value / g.count + g.c / g.count
-                        }
-                    }
-                    AggOp::Count => g.count,
-                    AggOp::Stdvar => g.value / g.count,
-                    AggOp::Stddev => (g.value / g.count).sqrt(),
+                    AggOp::Stdvar => g.acc.value / g.acc.count,
+                    AggOp::Stddev => (g.acc.value / g.acc.count).sqrt(),
                     AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
-                    AggOp::Sum => {
-                        if g.value.is_infinite() {
-                            g.value
-                        } else {
-                            g.value + g.c
-                        }
-                    }
-                    _ => g.value,
+                    op => finish(op, &g.acc),
                 };
                 if g.drop_name {
                     out_drop[gi] = true;
@@ -431,7 +388,8 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     Ok(out)
 }
 
-/// Per (group, step) state of a fused aggregation.
+/// The running value of one group at one step: per step in `eval_aggregate`, per (group,
+/// step) in a fused aggregation.
 #[derive(Clone, Copy, Default)]
 struct Acc {
     seen: bool,
@@ -634,7 +592,8 @@ fn fused_over_rollup(
     Ok(Some(out))
 }
 
-/// Folds one value into a group's state, exactly as the per-step path does.
+/// Folds one value into a group's state (sum, avg, min, max, count, group; the first value
+/// initialises it).
 #[inline]
 fn fold(op: AggOp, g: &mut Acc, f: f64) {
     if !g.seen {

@@ -541,18 +541,6 @@ impl RemoteQuerier<'_> {
     }
 }
 
-fn finish(mut values: Vec<String>, limit: usize) -> LabelValues {
-    values.sort();
-    values.dedup();
-    if limit > 0 {
-        values.truncate(limit);
-    }
-    LabelValues {
-        values,
-        warnings: Warnings::new(),
-    }
-}
-
 impl Querier for RemoteQuerier<'_> {
     fn select(
         &self,
@@ -589,7 +577,7 @@ impl Querier for RemoteQuerier<'_> {
             .iter()
             .filter_map(|l| l.get(name).map(str::to_string))
             .collect();
-        Ok(finish(values, hints.limit))
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 
     fn label_names(
@@ -603,7 +591,7 @@ impl Querier for RemoteQuerier<'_> {
             .iter()
             .flat_map(|l| l.iter().map(|l| l.name.to_string()).collect::<Vec<_>>())
             .collect();
-        Ok(finish(values, hints.limit))
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 }
 

@@ -220,6 +220,16 @@ impl Outcome {
             self.example(why);
         }
     }
+
+    /// Keeps an exemplar of `series` whose own labels are `labels`, or counts them invalid.
+    fn exemplar(&mut self, series: &Labels, labels: Result<Labels, String>, value: f64, t: i64) {
+        match labels {
+            Ok(labels) => self
+                .exemplars
+                .push((series.clone(), Exemplar { labels, value, t })),
+            Err(why) => self.invalid(why, 0),
+        }
+    }
 }
 
 /// Builds a label set from raw pairs, enforcing what a series needs: valid UTF-8, non-empty
@@ -304,19 +314,8 @@ pub fn write_v1(req: &prompb::WriteRequest, app: &mut dyn Appender) -> Result<Ou
         }
         out.histograms_refused += ts.histograms.len() as u64;
         for e in &ts.exemplars {
-            match build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..]))) {
-                Ok(el) => {
-                    out.exemplars.push((
-                        labels.clone(),
-                        Exemplar {
-                            labels: el,
-                            value: e.value,
-                            t: e.timestamp,
-                        },
-                    ));
-                }
-                Err(why) => out.invalid(why, 0),
-            }
+            let el = build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..])));
+            out.exemplar(&labels, el, e.value, e.timestamp);
         }
     }
     for m in &req.metadata {
@@ -651,17 +650,8 @@ fn append_series(
     if !exemplars.is_empty() {
         let labels = pairs.to_labels();
         for e in exemplars {
-            match build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..]))) {
-                Ok(el) => out.exemplars.push((
-                    labels.clone(),
-                    Exemplar {
-                        labels: el,
-                        value: e.value,
-                        t: e.timestamp,
-                    },
-                )),
-                Err(why) => out.invalid(why, 0),
-            }
+            let el = build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..])));
+            out.exemplar(&labels, el, e.value, e.timestamp);
         }
     }
     Ok(())
@@ -733,19 +723,9 @@ pub fn write_v2(req: &v2::Request, app: &mut dyn Appender) -> Result<Outcome, Wr
         }
         out.histograms_refused += ts.histograms.len() as u64;
         for e in &ts.exemplars {
-            match resolve_refs(&req.symbols, &e.labels_refs)
-                .and_then(|pairs| build_exemplar_labels(pairs.into_iter()))
-            {
-                Ok(el) => out.exemplars.push((
-                    labels.clone(),
-                    Exemplar {
-                        labels: el,
-                        value: e.value,
-                        t: e.timestamp,
-                    },
-                )),
-                Err(why) => out.invalid(why, 0),
-            }
+            let el = resolve_refs(&req.symbols, &e.labels_refs)
+                .and_then(|pairs| build_exemplar_labels(pairs.into_iter()));
+            out.exemplar(&labels, el, e.value, e.timestamp);
         }
         if let Some(md) = &ts.metadata {
             let lookup = |r: u32| req.symbols.get(r as usize).cloned().unwrap_or_default();

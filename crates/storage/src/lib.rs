@@ -62,6 +62,18 @@ pub struct LabelValues {
     pub warnings: Warnings,
 }
 
+impl LabelValues {
+    /// `values` sorted and made unique, cut to the first `limit` (0: no limit).
+    pub fn limited(mut values: Vec<String>, limit: usize, warnings: Warnings) -> LabelValues {
+        values.sort_unstable();
+        values.dedup();
+        if limit > 0 {
+            values.truncate(limit);
+        }
+        LabelValues { values, warnings }
+    }
+}
+
 /// Something that can open read views over a time range.
 pub trait Queryable: Send + Sync {
     /// A querier over samples with `mint <= t <= maxt`.

@@ -122,19 +122,11 @@ impl Querier for MemQuerier<'_> {
     ) -> Result<LabelValues> {
         ctx.check()?;
         let map = self.store.series.read();
-        let mut values: Vec<String> = MemStorage::matching(&map, matchers)
+        let values: Vec<String> = MemStorage::matching(&map, matchers)
             .filter(|(_, s)| has_samples_in(s, self.mint, self.maxt))
             .filter_map(|(l, _)| l.get(name).map(str::to_string))
             .collect();
-        values.sort();
-        values.dedup();
-        if hints.limit > 0 {
-            values.truncate(hints.limit);
-        }
-        Ok(LabelValues {
-            values,
-            warnings: Warnings::new(),
-        })
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 
     fn label_names(
@@ -145,19 +137,11 @@ impl Querier for MemQuerier<'_> {
     ) -> Result<LabelValues> {
         ctx.check()?;
         let map = self.store.series.read();
-        let mut values: Vec<String> = MemStorage::matching(&map, matchers)
+        let values: Vec<String> = MemStorage::matching(&map, matchers)
             .filter(|(_, s)| has_samples_in(s, self.mint, self.maxt))
             .flat_map(|(l, _)| l.iter().map(|l| l.name.to_string()).collect::<Vec<_>>())
             .collect();
-        values.sort();
-        values.dedup();
-        if hints.limit > 0 {
-            values.truncate(hints.limit);
-        }
-        Ok(LabelValues {
-            values,
-            warnings: Warnings::new(),
-        })
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 }
 

@@ -182,12 +182,7 @@ fn merge_values(lists: Vec<LabelValues>, limit: usize) -> LabelValues {
         warnings.extend(l.warnings);
         values.extend(l.values);
     }
-    values.sort();
-    values.dedup();
-    if limit > 0 {
-        values.truncate(limit);
-    }
-    LabelValues { values, warnings }
+    LabelValues::limited(values, limit, warnings)
 }
 
 impl Querier for MergeQuerier<'_> {

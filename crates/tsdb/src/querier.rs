@@ -457,14 +457,8 @@ impl Querier for DbQuerier<'_> {
         matchers: &[Matcher],
     ) -> SResult<LabelValues> {
         ctx.check()?;
-        let mut values = self.label_strings(ctx, Some(name), matchers)?;
-        if hints.limit > 0 {
-            values.truncate(hints.limit);
-        }
-        Ok(LabelValues {
-            values,
-            warnings: Warnings::new(),
-        })
+        let values = self.label_strings(ctx, Some(name), matchers)?;
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 
     fn label_names(
@@ -474,14 +468,8 @@ impl Querier for DbQuerier<'_> {
         matchers: &[Matcher],
     ) -> SResult<LabelValues> {
         ctx.check()?;
-        let mut values = self.label_strings(ctx, None, matchers)?;
-        if hints.limit > 0 {
-            values.truncate(hints.limit);
-        }
-        Ok(LabelValues {
-            values,
-            warnings: Warnings::new(),
-        })
+        let values = self.label_strings(ctx, None, matchers)?;
+        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
     }
 }
 
