@@ -111,7 +111,7 @@ fn fan_out_equals_one_prometheus_and_survives_a_dead_store() {
         gap: (end_ms - 40 * 60_000, end_ms - 30 * 60_000),
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(common::python3())
         .arg(shared.join("bench/gen_load.py"))
         .args(["--instances", "16", "--duration", "2h", "--jobs", "4"])
         // No restarts: a counter that starts inside a rate window extrapolates differently in

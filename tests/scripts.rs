@@ -902,7 +902,7 @@ fn load_demo_reports_http_errors() {
 
 /// Runs Python code with `scripts/lib` importable; returns stdout bytes.
 fn python(code: &str) -> Vec<u8> {
-    let out = Command::new("python3")
+    let out = Command::new(common::python3())
         .arg("-c")
         .arg(code)
         .env("PYTHONPATH", script("lib"))

@@ -33,6 +33,18 @@ pub fn shared_dir() -> PathBuf {
     shared
 }
 
+/// The Python that has the receivers' packages: `.venv-test/bin/python3` when
+/// `scripts/test-deps` made it, else `python3` from PATH (which scripts/test points at the
+/// venv anyway), so `cargo test --test NAME` alone finds them too.
+pub fn python3() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python3");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 pub struct M3Query {
     pub child: Child,
     pub port: u16,

@@ -44,7 +44,7 @@ impl Sink {
         let out = dir.path().join("spans.jsonl");
         let log = dir.path().join("sink.log");
         let ready = dir.path().join("ready");
-        let child = Command::new("python3")
+        let child = Command::new(crate::common::python3())
             .arg(tool(script))
             .args(args)
             .arg("--out")
