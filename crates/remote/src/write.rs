@@ -113,6 +113,8 @@ pub struct Outcome {
     pub exemplars_written: u64,
     pub out_of_order: u64,
     pub too_old: u64,
+    /// Samples refused for being too far ahead of the store's clock.
+    pub too_far_in_future: u64,
     pub duplicate: u64,
     pub invalid_series: u64,
     /// Samples carried by series refused for invalid labels.
@@ -138,6 +140,7 @@ impl Outcome {
         };
         add(self.out_of_order, "out of order samples");
         add(self.too_old, "too old samples (out of bounds)");
+        add(self.too_far_in_future, "samples too far in the future");
         add(
             self.duplicate,
             "duplicate samples for a timestamp with a different value",
@@ -162,7 +165,11 @@ impl Outcome {
     }
 
     pub fn samples_refused(&self) -> u64 {
-        self.out_of_order + self.too_old + self.duplicate + self.invalid_series_samples
+        self.out_of_order
+            + self.too_old
+            + self.too_far_in_future
+            + self.duplicate
+            + self.invalid_series_samples
     }
 
     fn example(&mut self, s: String) {
@@ -205,6 +212,10 @@ impl Outcome {
             StorageError::DuplicateSampleForTimestamp => {
                 self.duplicate += 1;
                 self.duplicate == 1
+            }
+            StorageError::TooFarInFuture(_) => {
+                self.too_far_in_future += 1;
+                self.too_far_in_future == 1
             }
             _ => {
                 self.too_old += 1;

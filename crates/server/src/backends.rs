@@ -15,6 +15,7 @@ pub fn tsdb_options(s: &StorageConfig) -> m3query_tsdb::Options {
         retention_ms: s.retention.as_millis_i64(),
         retention_bytes: (s.retention_size.0 > 0).then_some(s.retention_size.0),
         out_of_order_window_ms: s.out_of_order_window.as_millis_i64(),
+        future_grace_period_ms: s.future_grace_period.as_millis_i64(),
         fsync: match s.wal_sync {
             WalSync::GroupCommit => m3query_tsdb::Fsync::GroupCommit,
             WalSync::Always => m3query_tsdb::Fsync::Always,

@@ -426,6 +426,9 @@ pub struct StorageConfig {
     pub retention_size: ByteSize,
     /// Accept samples up to this far behind a series' newest sample (0: in-order only).
     pub out_of_order_window: Duration,
+    /// Refuse samples more than this far ahead of the server's clock (0: no limit), as
+    /// Mimir's creation grace period.
+    pub future_grace_period: Duration,
     pub wal_sync: WalSync,
     /// Timer of `walSync: interval`.
     pub wal_sync_interval: Duration,
@@ -439,6 +442,7 @@ impl Default for StorageConfig {
             retention: Duration::from_secs(15 * 86_400),
             retention_size: ByteSize(0),
             out_of_order_window: Duration::from_secs(0),
+            future_grace_period: Duration::from_secs(600),
             wal_sync: WalSync::GroupCommit,
             wal_sync_interval: Duration::from_secs(1),
         }

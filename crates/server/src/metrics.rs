@@ -315,7 +315,7 @@ impl RemoteWriteMetrics {
     pub fn register(&self, r: &mut MetricsRegistry) {
         r.register(
             "m3query_remote_write_samples",
-            "Remote-write samples by result: written, out_of_order, too_old, duplicate, invalid_labels",
+            "Remote-write samples by result: written, out_of_order, too_old, too_far_in_future, duplicate, invalid_labels",
             self.samples.clone(),
         );
         r.register(
@@ -336,6 +336,7 @@ impl RemoteWriteMetrics {
             ("written", o.samples_written),
             ("out_of_order", o.out_of_order),
             ("too_old", o.too_old),
+            ("too_far_in_future", o.too_far_in_future),
             ("duplicate", o.duplicate),
             ("invalid_labels", o.invalid_series_samples),
         ] {

@@ -85,6 +85,8 @@ impl Collector for TsdbCollector {
             ("out_of_bounds", m.refused_out_of_bounds_total),
             ("too_old", m.refused_too_old_total),
             ("duplicate", m.refused_duplicate_total),
+            ("too_far_in_future", m.refused_too_far_in_future_total),
+            ("older_than_retention", m.refused_older_than_retention_total),
             ("dropped_at_commit", m.dropped_at_commit_total),
         ] {
             let labels = [("reason", reason)];
@@ -143,6 +145,34 @@ impl Collector for TsdbCollector {
             "How long the last WAL replay took",
             m.wal_replay_seconds,
         )?;
+        counter(
+            &mut e,
+            "m3query_tsdb_wal_corruptions",
+            "Damaged WAL stretches skipped by the last replay (each lost at least one record; the segments are kept in wal/corrupt-<ms>/)",
+            m.wal_corruptions_total as f64,
+        )?;
+        counter(
+            &mut e,
+            "m3query_tsdb_wal_corrupt_bytes_skipped",
+            "Bytes of damaged WAL skipped by the last replay",
+            m.wal_corrupt_bytes_total as f64,
+        )?;
+        counter(
+            &mut e,
+            "m3query_tsdb_wal_torn_bytes_truncated",
+            "Bytes of a torn WAL tail (a crash mid-write) cut by the last replay",
+            m.wal_truncated_bytes_total as f64,
+        )?;
+        let mut enc = e.encode_descriptor(
+            "m3query_tsdb_corrupt_blocks",
+            "Damaged blocks by reason: meta, index, chunks (unreadable at open, not queried), chunk_checksum (a chunk failed its CRC when read and is left out)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (reason, v) in &m.corrupt_blocks {
+            let labels = [("reason", reason.as_str())];
+            ConstGauge::new(*v as f64).encode(enc.encode_family(&labels)?)?;
+        }
         counter(
             &mut e,
             "m3query_tsdb_checkpoints",

@@ -10,6 +10,13 @@ pub enum Error {
     TooOldSample,
     #[error("duplicate sample for timestamp")]
     DuplicateSampleForTimestamp,
+    /// A sample further ahead of the store's clock than it accepts (after Mimir's creation
+    /// grace period); the detail names the limit.
+    #[error("sample timestamp too far in the future: {0}")]
+    TooFarInFuture(String),
+    /// A sample older than the store keeps; the detail names the limit.
+    #[error("sample older than the retention: {0}")]
+    OlderThanRetention(String),
     #[error("invalid labels: {0}")]
     InvalidLabels(String),
     #[error("query was canceled")]
@@ -55,6 +62,8 @@ impl Error {
                 | Error::OutOfBounds
                 | Error::TooOldSample
                 | Error::DuplicateSampleForTimestamp
+                | Error::TooFarInFuture(_)
+                | Error::OlderThanRetention(_)
         )
     }
 }

@@ -138,11 +138,37 @@ pub(crate) fn read_meta(dir: &Path) -> Result<BlockMeta> {
     Ok(meta)
 }
 
+/// The part of a block that could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockPart {
+    Meta,
+    Index,
+    Chunks,
+}
+
+impl BlockPart {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BlockPart::Meta => "meta",
+            BlockPart::Index => "index",
+            BlockPart::Chunks => "chunks",
+        }
+    }
+}
+
 impl Block {
     pub(crate) fn open(dir: &Path) -> Result<Block> {
-        let meta = read_meta(dir)?;
-        let index = IndexReader::open(&dir.join("index"))?;
-        let chunks = ChunkReader::open(&dir.join("chunks"))?;
+        Block::open_parts(dir).map_err(|(_, e)| e)
+    }
+
+    /// Opens a block, checking every checksum of its index (the query path then checks
+    /// each series entry, postings list and chunk it reads). On failure, says which part.
+    pub(crate) fn open_parts(dir: &Path) -> Result<Block, (BlockPart, Error)> {
+        let meta = read_meta(dir).map_err(|e| (BlockPart::Meta, e))?;
+        let index = IndexReader::open(&dir.join("index"))
+            .and_then(|ix| ix.verify().map(|()| ix))
+            .map_err(|e| (BlockPart::Index, e))?;
+        let chunks = ChunkReader::open(&dir.join("chunks")).map_err(|e| (BlockPart::Chunks, e))?;
         Ok(Block {
             dir: dir.to_path_buf(),
             meta,
@@ -516,8 +542,7 @@ mod tests {
         data[4] = 3;
         fs::write(&f, &data).expect("write");
         let err = Block::open(&dir.path().join(&meta.ulid))
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("version 3"), "{err}");
     }

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use m3query_chunkenc::XorIterator;
 use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::{
-    Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
+    Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult, Warnings,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::block::{
-    Block, BlockCompaction, SeriesChunks, TMP_CREATION, TMP_DELETION, delete_block_dir, is_ulid,
-    read_meta, write_block,
+    Block, BlockCompaction, BlockPart, SeriesChunks, TMP_CREATION, TMP_DELETION, delete_block_dir,
+    is_ulid, read_meta, write_block,
 };
 use crate::chunks::QChunk;
 use crate::compact::{compact, plan, ranges, retention_victims};
@@ -38,6 +38,30 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 const TRIM_AFTER_QUERIES_QUIET: Duration = Duration::from_secs(1);
 /// Least time between two trims that queries trigger.
 const TRIM_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A duration in ms as the config writes it (`15d`, `10m`, `90s`, `250ms`).
+fn fmt_ms(ms: i64) -> String {
+    for (unit, n) in [("d", DAY_MS), ("h", HOUR_MS), ("m", 60_000), ("s", 1000)] {
+        if ms >= n && ms % n == 0 {
+            return format!("{}{unit}", ms / n);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The timestamps appends accept regardless of series: not beyond the future grace period
+/// past the wall clock, not older than the retention before the newest data.
+#[derive(Debug, Clone, Copy)]
+struct TimeWindow {
+    oldest: i64,
+    newest: i64,
+}
 
 /// A chunk of any encoding as an XOR chunk.
 fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
@@ -88,6 +112,11 @@ pub struct Options {
     /// How often the background thread checks for work (it also wakes when the head is
     /// ready to cut). Default 1 minute.
     pub maintenance_interval_ms: u64,
+    /// Samples more than this far ahead of the wall clock are refused (0: no limit).
+    /// Default 10 minutes, as Mimir's creation grace period: one sample hours ahead would
+    /// move the head's newest time past the present, and the head cut that follows would
+    /// make every write at the present out of bounds until the clock caught up.
+    pub future_grace_period_ms: i64,
 }
 
 impl Default for Options {
@@ -101,6 +130,7 @@ impl Default for Options {
             wal_segment_bytes: 128 << 20,
             fsync: Fsync::GroupCommit,
             maintenance_interval_ms: 60_000,
+            future_grace_period_ms: 10 * 60_000,
         }
     }
 }
@@ -112,9 +142,13 @@ impl Options {
                 "block_range_ms must be positive".into(),
             ));
         }
-        if self.retention_ms < 0 || self.out_of_order_window_ms < 0 {
+        if self.retention_ms < 0
+            || self.out_of_order_window_ms < 0
+            || self.future_grace_period_ms < 0
+        {
             return Err(Error::InvalidOptions(
-                "retention and out-of-order window must not be negative".into(),
+                "retention, out-of-order window and future grace period must not be negative"
+                    .into(),
             ));
         }
         if self.wal_segment_bytes < 4096 {
@@ -156,6 +190,10 @@ pub struct DbMetrics {
     pub refused_out_of_bounds_total: u64,
     pub refused_too_old_total: u64,
     pub refused_duplicate_total: u64,
+    /// Samples beyond [`Options::future_grace_period_ms`] ahead of the wall clock.
+    pub refused_too_far_in_future_total: u64,
+    /// Samples older than [`Options::retention_ms`] before the newest data.
+    pub refused_older_than_retention_total: u64,
     /// Samples accepted by `append` but refused at commit (another commit got there first).
     pub dropped_at_commit_total: u64,
     pub wal_fsyncs_total: u64,
@@ -167,6 +205,16 @@ pub struct DbMetrics {
     pub wal_disk_bytes: u64,
     pub wal_replay_seconds: f64,
     pub wal_replay_unknown_refs_total: u64,
+    /// Damaged stretches of WAL (segments and checkpoint) skipped at the last open; each
+    /// lost at least one record. The damaged segments are kept in `wal/corrupt-<ms>/`.
+    pub wal_corruptions_total: u64,
+    /// Bytes in those stretches.
+    pub wal_corrupt_bytes_total: u64,
+    /// Bytes of torn records cut from the WAL's end at the last open (a crash mid-write).
+    pub wal_truncated_bytes_total: u64,
+    /// Damaged blocks by reason (`meta`, `index`, `chunks`: found at open and not queried;
+    /// `chunk_checksum`: a query found a chunk failing its CRC and left it out).
+    pub corrupt_blocks: Vec<(String, u64)>,
     pub checkpoints_total: u64,
     pub head_cuts_total: u64,
     pub compactions_total: u64,
@@ -186,7 +234,13 @@ pub(crate) struct Counters {
     refused_bounds: AtomicU64,
     refused_too_old: AtomicU64,
     refused_dup: AtomicU64,
+    refused_future: AtomicU64,
+    refused_retention: AtomicU64,
     dropped_at_commit: AtomicU64,
+    wal_corruptions: AtomicU64,
+    wal_corrupt_bytes: AtomicU64,
+    wal_truncated_bytes: AtomicU64,
+
     checkpoints: AtomicU64,
     head_cuts: AtomicU64,
     compactions: AtomicU64,
@@ -210,6 +264,8 @@ pub(crate) struct DbInner {
     /// holds it for writing while it cuts the WAL and snapshots the head.
     gate: RwLock<()>,
     pub(crate) blocks: RwLock<Arc<Vec<Arc<Block>>>>,
+    /// Blocks found damaged, at open or by queries.
+    pub(crate) corrupt_blocks: RwLock<Vec<CorruptBlock>>,
     maintenance: Mutex<()>,
     append_buffers: Mutex<Vec<AppendBuffers>>,
     counters: Counters,
@@ -253,9 +309,26 @@ fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
+/// A block that could not be opened, or whose data failed a checksum when read. Queries
+/// go on without it and say so in their warnings.
+#[derive(Debug, Clone)]
+pub(crate) struct CorruptBlock {
+    /// The block's directory name (its ULID).
+    pub(crate) name: String,
+    /// `meta`, `index`, `chunks` (found at open) or `chunk_checksum` (found by a query).
+    pub(crate) reason: &'static str,
+    /// The block's time range, when its meta.json was readable.
+    pub(crate) range: Option<(i64, i64)>,
+    pub(crate) error: String,
+}
+
+/// Reasons in [`DbMetrics::corrupt_blocks`], always all listed.
+const CORRUPT_REASONS: [&str; 4] = ["meta", "index", "chunks", "chunk_checksum"];
+
 /// Opens the blocks in `dir`, removing temporary directories and blocks that a compacted
-/// block replaces.
-fn load_blocks(dir: &Path) -> Result<Vec<Arc<Block>>> {
+/// block replaces. Blocks that cannot be opened are returned apart, not deleted: they may
+/// hold the only copy of their data.
+fn load_blocks(dir: &Path) -> Result<(Vec<Arc<Block>>, Vec<CorruptBlock>)> {
     let mut dirs = Vec::new();
     for e in fs::read_dir(dir).ctx("read directory", dir)? {
         let e = e.ctx("read directory", dir)?;
@@ -264,38 +337,49 @@ fn load_blocks(dir: &Path) -> Result<Vec<Arc<Block>>> {
             tracing::info!(path = %e.path().display(), "removing unfinished block directory");
             fs::remove_dir_all(e.path()).ctx("remove", &e.path())?;
         } else if is_ulid(&name) && e.path().is_dir() {
-            dirs.push(e.path());
+            dirs.push((name, e.path()));
         }
     }
+    let mut corrupt = Vec::new();
     let mut metas = Vec::new();
-    for d in dirs {
+    for (name, d) in dirs {
         match read_meta(&d) {
-            Ok(m) => metas.push((d, m)),
-            Err(e) => {
-                tracing::error!(block = %d.display(), error = %e, "skipping unreadable block")
-            }
+            Ok(m) => metas.push((name, d, m)),
+            Err(e) => corrupt.push(CorruptBlock {
+                name,
+                reason: BlockPart::Meta.as_str(),
+                range: None,
+                error: e.to_string(),
+            }),
         }
     }
     let parents: std::collections::HashSet<String> = metas
         .iter()
-        .flat_map(|(_, m)| m.compaction.parents.iter().map(|p| p.ulid.clone()))
+        .flat_map(|(_, _, m)| m.compaction.parents.iter().map(|p| p.ulid.clone()))
         .collect();
     let mut blocks = Vec::new();
-    for (d, m) in metas {
+    for (name, d, m) in metas {
         if parents.contains(&m.ulid) {
             tracing::info!(block = %d.display(), "removing block replaced by a compacted block");
             delete_block_dir(&d)?;
             continue;
         }
-        match Block::open(&d) {
+        match Block::open_parts(&d) {
             Ok(b) => blocks.push(Arc::new(b)),
-            Err(e) => {
-                tracing::error!(block = %d.display(), error = %e, "skipping unreadable block")
-            }
+            Err((part, e)) => corrupt.push(CorruptBlock {
+                name,
+                reason: part.as_str(),
+                range: Some((m.min_time, m.max_time)),
+                error: e.to_string(),
+            }),
         }
     }
+    for c in &corrupt {
+        tracing::error!(block = %c.name, reason = c.reason, error = %c.error,
+            "unreadable block: not queried, its data is missing from results (queries warn) until it is restored or removed");
+    }
     blocks.sort_by(|a, b| (a.meta.min_time, &a.meta.ulid).cmp(&(b.meta.min_time, &b.meta.ulid)));
-    Ok(blocks)
+    Ok((blocks, corrupt))
 }
 
 impl Db {
@@ -306,7 +390,7 @@ impl Db {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).ctx("create database directory", &dir)?;
         let lock = lock_dir(&dir)?;
-        let blocks = load_blocks(&dir)?;
+        let (blocks, corrupt_blocks) = load_blocks(&dir)?;
         let min_valid = blocks
             .iter()
             .map(|b| b.meta.max_time)
@@ -347,6 +431,16 @@ impl Db {
             }
         })?;
         drop(refs);
+        let empty = head.remove_empty_series();
+        counters
+            .wal_corruptions
+            .store(stats.corruptions, Ordering::Relaxed);
+        counters
+            .wal_corrupt_bytes
+            .store(stats.corrupt_bytes, Ordering::Relaxed);
+        counters
+            .wal_truncated_bytes
+            .store(stats.truncated_bytes, Ordering::Relaxed);
         counters
             .replay_nanos
             .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -363,6 +457,7 @@ impl Db {
             head_series = head.num_series(),
             wal_records = stats.records,
             checkpoint = ?stats.checkpoint,
+            empty_series_dropped = empty,
             elapsed_ms = start.elapsed().as_millis() as u64,
             "tsdb opened"
         );
@@ -374,6 +469,7 @@ impl Db {
             wal,
             gate: RwLock::new(()),
             blocks: RwLock::new(Arc::new(blocks)),
+            corrupt_blocks: RwLock::new(corrupt_blocks),
             maintenance: Mutex::new(()),
             append_buffers: Mutex::new(Vec::new()),
             counters,
@@ -843,6 +939,8 @@ impl DbInner {
             refused_out_of_bounds_total: l(&c.refused_bounds),
             refused_too_old_total: l(&c.refused_too_old),
             refused_duplicate_total: l(&c.refused_dup),
+            refused_too_far_in_future_total: l(&c.refused_future),
+            refused_older_than_retention_total: l(&c.refused_retention),
             dropped_at_commit_total: l(&c.dropped_at_commit),
             wal_fsyncs_total: l(&w.fsyncs),
             wal_fsync_seconds_sum: l(&w.fsync_nanos) as f64 / 1e9,
@@ -852,6 +950,21 @@ impl DbInner {
             wal_disk_bytes: wal_disk,
             wal_replay_seconds: l(&c.replay_nanos) as f64 / 1e9,
             wal_replay_unknown_refs_total: l(&c.replay_unknown),
+            wal_corruptions_total: l(&c.wal_corruptions),
+            wal_corrupt_bytes_total: l(&c.wal_corrupt_bytes),
+            wal_truncated_bytes_total: l(&c.wal_truncated_bytes),
+            corrupt_blocks: {
+                let cb = self.corrupt_blocks.read();
+                CORRUPT_REASONS
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.to_string(),
+                            cb.iter().filter(|c| c.reason == *r).count() as u64,
+                        )
+                    })
+                    .collect()
+            },
             checkpoints_total: l(&c.checkpoints),
             head_cuts_total: l(&c.head_cuts),
             compactions_total: l(&c.compactions),
@@ -863,6 +976,84 @@ impl DbInner {
         }
     }
 
+    /// Records that a query found `b` damaged (logged once per block and reason).
+    pub(crate) fn mark_corrupt(&self, b: &Block, reason: &'static str, e: &Error) {
+        let name = b.meta.ulid.clone();
+        {
+            let cb = self.corrupt_blocks.read();
+            if cb.iter().any(|c| c.name == name && c.reason == reason) {
+                return;
+            }
+        }
+        let mut cb = self.corrupt_blocks.write();
+        if cb.iter().any(|c| c.name == name && c.reason == reason) {
+            return;
+        }
+        tracing::error!(block = %name, reason, error = %e,
+            "damaged block data: left out of query results (queries warn)");
+        cb.push(CorruptBlock {
+            name,
+            reason,
+            range: Some((b.meta.min_time, b.meta.max_time)),
+            error: e.to_string(),
+        });
+    }
+
+    /// Warnings for blocks that could not be opened and may hold data in `[mint, maxt]`.
+    pub(crate) fn unreadable_block_warnings(&self, mint: i64, maxt: i64, w: &mut Warnings) {
+        for c in self.corrupt_blocks.read().iter() {
+            if c.reason == "chunk_checksum" {
+                continue; // Warned by the query that reads the damaged chunk.
+            }
+            if c.range.is_none_or(|(lo, hi)| lo <= maxt && hi > mint) {
+                w.push(format!(
+                    "tsdb block {} is unreadable ({}: {}) and was skipped: its data is missing from this result",
+                    c.name, c.reason, c.error
+                ));
+            }
+        }
+    }
+
+    /// The time window appends accept now (see [`TimeWindow`]).
+    fn time_window(&self) -> TimeWindow {
+        let newest = if self.opts.future_grace_period_ms > 0 {
+            now_ms().saturating_add(self.opts.future_grace_period_ms)
+        } else {
+            i64::MAX
+        };
+        let oldest = if self.opts.retention_ms > 0 {
+            // Relative to the newest data, as retention deletes blocks.
+            let head = (!self.head.is_empty()).then(|| self.head.max_time());
+            let block = self.blocks.read().last().map(|b| b.meta.max_time - 1);
+            match head.max(block) {
+                Some(t) => t.saturating_sub(self.opts.retention_ms),
+                None => i64::MIN,
+            }
+        } else {
+            i64::MIN
+        };
+        TimeWindow { oldest, newest }
+    }
+
+    /// Refuses `t` outside `w`, naming the limit.
+    fn check_window(&self, w: TimeWindow, t: i64) -> SResult<()> {
+        let e = if t > w.newest {
+            StorageError::TooFarInFuture(format!(
+                "more than {} ahead of the server's clock (storage.futureGracePeriod)",
+                fmt_ms(self.opts.future_grace_period_ms)
+            ))
+        } else if t < w.oldest {
+            StorageError::OlderThanRetention(format!(
+                "more than {} before the newest sample (storage.retention)",
+                fmt_ms(self.opts.retention_ms)
+            ))
+        } else {
+            return Ok(());
+        };
+        self.count_refusal(&e);
+        Err(e)
+    }
+
     fn count_refusal(&self, e: &StorageError) {
         let c = &self.counters;
         match e {
@@ -870,6 +1061,8 @@ impl DbInner {
             StorageError::OutOfBounds => inc(&c.refused_bounds),
             StorageError::TooOldSample => inc(&c.refused_too_old),
             StorageError::DuplicateSampleForTimestamp => inc(&c.refused_dup),
+            StorageError::TooFarInFuture(_) => inc(&c.refused_future),
+            StorageError::OlderThanRetention(_) => inc(&c.refused_retention),
             _ => {}
         }
     }
@@ -907,12 +1100,15 @@ impl Appendable for Db {
             wal: b.wal,
             last: None,
             done: false,
+            window: None,
         })
     }
 }
 
 struct PendingSeries {
     s: Arc<MemSeries>,
+    /// This transaction created the series.
+    created: bool,
     /// Newest in-order sample appended in this transaction (`i64::MIN`: none).
     max_t: i64,
     last_v: u64,
@@ -929,6 +1125,9 @@ struct DbAppender<'a> {
     wal: Vec<u8>,
     last: Option<(Labels, usize)>,
     done: bool,
+    /// The time window, read once per transaction (it moves slowly; reading the clock and
+    /// the block list per sample would not).
+    window: Option<TimeWindow>,
 }
 
 /// A transaction's buffers, kept by the `Db` between transactions: a remote-write request
@@ -961,13 +1160,14 @@ impl DbAppender<'_> {
             return i;
         }
         let db = self.db;
-        let (s, _) = {
+        let (s, created) = {
             let _g = db.gate.read();
             db.head
                 .get_or_create(key, hash, true, |s| db.wal.log_series(s.r, &s.labels))
         };
         self.series.push(PendingSeries {
             s,
+            created,
             max_t: i64::MIN,
             last_v: 0,
         });
@@ -985,6 +1185,10 @@ impl DbAppender<'_> {
         let i = self.series_index(SeriesKey::Labels(labels), labels.stable_hash());
         self.last = Some((labels.clone(), i));
         i
+    }
+
+    fn window(&mut self) -> TimeWindow {
+        *self.window.get_or_insert_with(|| self.db.time_window())
     }
 
     fn check_open(&self) -> SResult<()> {
@@ -1021,13 +1225,21 @@ impl DbAppender<'_> {
         }
     }
 
-    fn unpin(&mut self) {
+    /// Ends the transaction: unpins its series and removes those it left without samples
+    /// (that it created, or, when it `failed`, any): a write that changed nothing must
+    /// leave no series behind.
+    fn finish(&mut self, failed: bool) {
         if self.done {
             return;
         }
         self.done = true;
         for p in &self.series {
             p.s.unpin();
+        }
+        for p in &self.series {
+            if p.created || failed {
+                self.db.head.remove_if_unused(&p.s);
+            }
         }
     }
 }
@@ -1039,6 +1251,8 @@ impl Appender for DbAppender<'_> {
             return Err(StorageError::InvalidLabels("empty label set".into()));
         }
         labels.validate().map_err(StorageError::InvalidLabels)?;
+        let w = self.window();
+        self.db.check_window(w, t)?;
         let i = self.series_index_for(labels);
         let bounds = self.db.head.bounds();
         let s = self.series[i].s.clone();
@@ -1066,21 +1280,32 @@ impl Appender for DbAppender<'_> {
         let bounds = self.db.head.bounds();
         let s = self.series[i].s.clone();
         let d = s.data.lock();
+        let window = self.window();
         self.samples.reserve(samples.len());
         for (k, x) in samples.iter().enumerate() {
-            if let Err(e) = self.queue(i, &d, x.t, x.v, bounds) {
+            if let Err(e) = self
+                .db
+                .check_window(window, x.t)
+                .and_then(|()| self.queue(i, &d, x.t, x.v, bounds))
+            {
                 refused(k, e);
             }
         }
         Ok(())
     }
 
+    /// Logs the batch, then applies it: every series the batch touches is locked (in ref
+    /// order, so commits sharing series cannot deadlock) while its samples are judged, the
+    /// WAL record is written and the samples are stored. A failed WAL write therefore
+    /// leaves the head as it was, and the client's retry is judged as if the failed
+    /// attempt never happened. The fsync wait (per [`Fsync`]) comes after the locks are
+    /// released, so readers and other writers never wait for a disk flush.
     fn commit(mut self: Box<Self>) -> SResult<()> {
         if self.done {
             return Err(StorageError::Closed);
         }
         if self.samples.is_empty() {
-            self.unpin();
+            self.finish(false);
             return Ok(());
         }
         let db = self.db;
@@ -1090,50 +1315,83 @@ impl Appender for DbAppender<'_> {
         enc.buf.reserve(self.samples.len() * 12 + 16);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut ooo, mut dropped, mut chunks_cut) = (0u64, 0u64, 0i64);
-        let seq = {
+        let mut order: Vec<usize> = Vec::new();
+        {
+            let mut used = vec![false; self.series.len()];
+            for &(i, _, _) in &self.samples {
+                used[i as usize] = true;
+            }
+            order.extend((0..self.series.len()).filter(|&i| used[i]));
+        }
+        order.sort_unstable_by_key(|&i| self.series[i].s.r);
+        let logged = {
             let _g = db.gate.read();
-            let mut cur: Option<(u32, parking_lot::MutexGuard<'_, crate::head::SeriesData>)> = None;
+            let mut locked: Vec<Option<parking_lot::MutexGuard<'_, SeriesData>>> =
+                (0..self.series.len()).map(|_| None).collect();
+            for &i in &order {
+                locked[i] = Some(self.series[i].s.data.lock());
+            }
+            // Bounds read under the series locks: see `persist_below`.
+            let b = head.bounds();
+            // Each series' newest in-order sample as this batch extends it.
+            let mut newest: Vec<(i64, u64)> = locked
+                .iter()
+                .map(|d| d.as_ref().map_or((i64::MIN, 0), |d| (d.max_t, d.last_v)))
+                .collect();
+            let mut accepted: Vec<(u32, i64, f64, Fit)> = Vec::with_capacity(self.samples.len());
             for &(i, t, v) in &self.samples {
-                if cur.as_ref().is_none_or(|(ci, _)| *ci != i) {
-                    // Release one series before locking the next: two commits must never
-                    // hold two series locks each.
-                    drop(cur.take());
-                    cur = Some((i, self.series[i as usize].s.data.lock()));
-                }
-                let Some((_, d)) = cur.as_mut() else { continue };
-                // Bounds read under the series lock: see `persist_below`.
-                let b = head.bounds();
-                match d.fit(d.max_t, d.last_v, t, v.to_bits(), b) {
+                let Some(d) = locked[i as usize].as_deref() else {
+                    continue;
+                };
+                let (mt, lv) = newest[i as usize];
+                match d.fit(mt, lv, t, v.to_bits(), b) {
                     Ok(Fit::Duplicate) => {}
                     Ok(f) => {
-                        if d.store(f, t, v, range) {
-                            chunks_cut += 1;
-                        }
-                        if f == Fit::OutOfOrder {
-                            ooo += 1;
+                        if f == Fit::InOrder {
+                            newest[i as usize] = (t, v.to_bits());
                         }
                         enc.push(self.series[i as usize].s.r, t, v);
+                        accepted.push((i, t, v, f));
                         lo = lo.min(t);
                         hi = hi.max(t);
                     }
                     Err(_) => dropped += 1,
                 }
             }
-            drop(cur);
             if enc.is_empty() {
-                None
+                Ok(None)
             } else {
-                head.observe(lo, hi);
-                head.num_chunks.fetch_add(chunks_cut, Ordering::Relaxed);
-                Some(db.wal.log_samples(&enc.buf))
+                db.wal.log_samples(&enc.buf).map(|seq| {
+                    for &(i, t, v, f) in &accepted {
+                        if let Some(d) = locked[i as usize].as_deref_mut() {
+                            if d.store(f, t, v, range) {
+                                chunks_cut += 1;
+                            }
+                            if f == Fit::OutOfOrder {
+                                ooo += 1;
+                            }
+                        }
+                    }
+                    head.observe(lo, hi);
+                    head.num_chunks.fetch_add(chunks_cut, Ordering::Relaxed);
+                    Some(seq)
+                })
             }
         };
-        self.unpin();
         let c = &db.counters;
         c.dropped_at_commit.fetch_add(dropped, Ordering::Relaxed);
+        let seq = match logged {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.finish(true);
+                return Err(e.into());
+            }
+        };
+        self.finish(false);
         c.ooo_appended.fetch_add(ooo, Ordering::Relaxed);
         if let Some(seq) = seq {
-            let seq = seq?;
+            // The samples are in the head already: a failure here is answered with an error,
+            // and a retry finds them stored (identical samples are accepted as duplicates).
             db.wal.wait_durable(seq)?;
             c.samples_appended
                 .fetch_add(enc.count as u64, Ordering::Relaxed);
@@ -1146,13 +1404,13 @@ impl Appender for DbAppender<'_> {
     }
 
     fn rollback(mut self: Box<Self>) {
-        self.unpin();
+        self.finish(true);
     }
 }
 
 impl Drop for DbAppender<'_> {
     fn drop(&mut self) {
-        self.unpin();
+        self.finish(true);
         if self.samples.capacity() > AppendBuffers::MAX_SAMPLES
             || self.series.capacity() > AppendBuffers::MAX_SAMPLES
         {
@@ -1172,5 +1430,84 @@ impl Drop for DbAppender<'_> {
         if pool.len() < AppendBuffers::KEEP {
             pool.push(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3query_model::Matcher;
+    use m3query_storage::{Context, LabelHints, SelectHints, collect_series};
+
+    fn select(db: &Db) -> Vec<(String, Vec<(i64, f64)>)> {
+        let q = db.querier(0, 100_000).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "m")],
+            )
+            .expect("select");
+        let (series, _) = collect_series(set.as_mut(), 0, 100_000).expect("read");
+        series
+            .into_iter()
+            .map(|s| {
+                (
+                    s.labels.get("s").unwrap_or("").to_string(),
+                    s.samples.iter().map(|x| (x.t, x.v)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn label_values(db: &Db) -> Vec<String> {
+        let q = db.querier(0, 100_000).expect("querier");
+        q.label_values(&Context::background(), "s", &LabelHints::default(), &[])
+            .expect("label values")
+            .values
+    }
+
+    fn write_batch(db: &Db) -> SResult<()> {
+        let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let b = Labels::from_pairs([("__name__", "m"), ("s", "b")]);
+        let mut app = db.appender();
+        app.append(&a, 2000, 2.0)?;
+        app.append(&a, 3000, 3.0)?;
+        app.append(&b, 2000, 20.0)?;
+        app.commit()
+    }
+
+    /// A commit whose WAL write fails leaves the head as it was (no samples, no new series),
+    /// so the client's retry is accepted instead of being refused as out of order.
+    #[test]
+    fn failed_commit_changes_nothing_and_its_retry_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            fsync: Fsync::Never,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts.clone()).expect("open");
+        let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let mut app = db.appender();
+        app.append(&a, 1000, 1.0).expect("append");
+        app.commit().expect("commit");
+
+        *db.inner.wal.fail_next_write.lock() = Some(7);
+        assert!(write_batch(&db).is_err(), "the WAL write fails");
+        assert_eq!(select(&db), vec![("a".to_string(), vec![(1000, 1.0)])]);
+        assert_eq!(label_values(&db), vec!["a".to_string()]);
+        assert_eq!(db.metrics().head_series, 1);
+
+        write_batch(&db).expect("the retry is accepted");
+        let want = vec![
+            ("a".to_string(), vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]),
+            ("b".to_string(), vec![(2000, 20.0)]),
+        ];
+        assert_eq!(select(&db), want);
+        drop(db);
+        let db = Db::open(dir.path(), opts).expect("reopen");
+        assert_eq!(select(&db), want);
+        assert_eq!(label_values(&db), vec!["a".to_string(), "b".to_string()]);
     }
 }

@@ -91,6 +91,33 @@ impl HashMapShard {
         }
     }
 
+    /// Removes the series with ref `r` under `hash`; a conflict moves up if it was the main
+    /// entry. Returns whether it was there.
+    fn remove(&mut self, hash: u64, r: u64) -> bool {
+        if self.series.get(&hash).is_some_and(|s| s.r == r) {
+            self.series.remove(&hash);
+            if let Some(v) = self.conflicts.get_mut(&hash)
+                && let Some(s) = v.pop()
+            {
+                if v.is_empty() {
+                    self.conflicts.remove(&hash);
+                }
+                self.series.insert(hash, s);
+            }
+            return true;
+        }
+        let Some(v) = self.conflicts.get_mut(&hash) else {
+            return false;
+        };
+        let before = v.len();
+        v.retain(|s| s.r != r);
+        let removed = v.len() != before;
+        if v.is_empty() {
+            self.conflicts.remove(&hash);
+        }
+        removed
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.series.len() + self.conflicts.values().map(Vec::len).sum::<usize>()
@@ -217,6 +244,12 @@ impl SeriesData {
         if t > max_t && t >= b.min_valid_t {
             return Ok(Fit::InOrder);
         }
+        // A sample already stored with the same value bits: a client retrying a write that
+        // was applied but not acknowledged (its WAL fsync failed, or the response was lost)
+        // must not be refused for it. Only refusals pay for this lookup.
+        if b.ooo_min_t.is_none_or(|oldest| t < oldest) && self.holds(t, vb) {
+            return Ok(Fit::Duplicate);
+        }
         match b.ooo_min_t {
             Some(oldest) if t >= oldest => match self.ooo.binary_search_by_key(&t, |s| s.t) {
                 Ok(i) if self.ooo[i].v.to_bits() == vb => Ok(Fit::Duplicate),
@@ -226,6 +259,31 @@ impl SeriesData {
             Some(_) => Err(StorageError::TooOldSample),
             None if t < b.min_valid_t => Err(StorageError::OutOfBounds),
             None => Err(StorageError::OutOfOrderSample),
+        }
+    }
+
+    /// Whether an in-order sample `(t, value bits vb)` is stored: decodes at most the one
+    /// chunk whose time range holds `t`.
+    fn holds(&self, t: i64, vb: u64) -> bool {
+        let find = |mut it: m3query_chunkenc::ChunkIterator<'_>| {
+            while let Ok(Some((ct, v))) = it.next_sample() {
+                if ct >= t {
+                    return ct == t && v.to_bits() == vb;
+                }
+            }
+            false
+        };
+        let i = self.closed.partition_point(|c| c.max_t < t);
+        if let Some(c) = self.closed.get(i)
+            && c.min_t <= t
+        {
+            return m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..]).is_ok_and(&find);
+        }
+        match &self.open {
+            Some(o) if o.min_t <= t && !o.app.is_empty() && t <= o.app.last_t() => {
+                m3query_chunkenc::ChunkIterator::new(ENCODING_XOR, o.app.bytes()).is_ok_and(&find)
+            }
+            _ => false,
         }
     }
 
@@ -310,7 +368,7 @@ impl SeriesData {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
     }
 
@@ -713,6 +771,43 @@ impl Head {
         self.num_chunks
             .fetch_add(after as i64 - before as i64, Ordering::Relaxed);
         self.observe(t, t);
+    }
+
+    /// Removes `s` if it holds no samples and no appender holds it: a series created by a
+    /// transaction that failed or had every sample refused must not stay visible (in label
+    /// lookups, series counts) as if that write had happened.
+    pub(crate) fn remove_if_unused(&self, s: &MemSeries) {
+        let unused = || s.pending.load(Ordering::Acquire) == 0 && s.data.lock().is_empty();
+        if !unused() {
+            return;
+        }
+        let hash = s.labels.stable_hash();
+        {
+            let mut map = self.hash_shard(hash).write();
+            // Pins are raised under the shard lock (`get_or_create`): none can appear now.
+            if !unused() || !map.remove(hash, s.r) {
+                return;
+            }
+        }
+        self.ref_shard(s.r).write().remove(&s.r);
+        self.postings
+            .write()
+            .delete(&HashSet::from([s.r]), std::slice::from_ref(&s.labels));
+        self.num_series.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// After replay: drops series without samples (logged when created by a transaction
+    /// that then failed, rolled back or was cut short by a crash).
+    pub(crate) fn remove_empty_series(&self) -> usize {
+        let empty: Vec<Arc<MemSeries>> = self
+            .all_series()
+            .into_iter()
+            .filter(|s| s.data.lock().is_empty())
+            .collect();
+        for s in &empty {
+            self.remove_if_unused(s);
+        }
+        empty.len()
     }
 
     /// Every series ref, for snapshots.

@@ -339,7 +339,12 @@ impl IndexReader {
         refs: &mut Vec<(u32, u32)>,
         chunks: Option<&mut Vec<ChunkMeta>>,
     ) -> Result<()> {
-        let (body, _) = self.series_body(id)?;
+        let (body, crc) = self.series_body(id)?;
+        // Checked on every read, not only by `verify`: a flipped chunk reference or time
+        // would otherwise read the wrong chunk or skip a right one without an error.
+        if crc32c::crc32c(body) != crc {
+            return Err(self.corrupt(format!("series {id} checksum mismatch")));
+        }
         let mut d = Decbuf::new(body);
         let c = |e: crate::encoding::DecodeError| self.corrupt(e.0);
         let n = d.uvarint_usize().map_err(c)?;
@@ -411,6 +416,11 @@ impl IndexReader {
         let c = |e: crate::encoding::DecodeError| self.corrupt(e.0);
         let n = d.u32().map_err(c)? as usize;
         let b = d.bytes(n * 4).map_err(c)?;
+        let crc = d.u32().map_err(c)?;
+        let o = off as usize;
+        if crc32c::crc32c(&self.map[o..o + 4 + b.len()]) != crc {
+            return Err(self.corrupt("postings list checksum mismatch"));
+        }
         let out: Vec<u32> = b
             .chunks_exact(4)
             .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))

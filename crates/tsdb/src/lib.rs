@@ -9,16 +9,22 @@
 //!   found by hash without building a label set. Out-of-order samples get Prometheus's
 //!   errors, or, within [`Options::out_of_order_window_ms`], a per-series sorted buffer
 //!   merged at query and block-cut time. A series' first sample may have any timestamp not
-//!   below the head's minimum valid time (the end of what is already in blocks).
+//!   below the head's minimum valid time (the end of what is already in blocks). Samples
+//!   beyond [`Options::future_grace_period_ms`] ahead of the clock, or older than the
+//!   retention before the newest data, are refused.
 //! - **WAL** (`wal`): segmented, checksummed records; [`Appender::commit`] returns once its
 //!   record is written and, per [`Fsync`], fsynced — by default through group commit, where
-//!   concurrent commits share one fsync. Replay truncates a torn tail instead of refusing to
-//!   start; checkpoints bound replay time.
+//!   concurrent commits share one fsync; a failed write changes nothing in the head. Replay
+//!   truncates a torn tail and skips damaged records (resynchronising on the next valid
+//!   one, keeping a copy of the damaged segment) instead of refusing to start; checkpoints
+//!   bound replay time.
 //! - **Index** (`postings`, `matchers`, `index`): postings per label pair, set algebra with
 //!   galloping, Prometheus's `PostingsForMatchers` resolution.
 //! - **Blocks** (`block`, `compact`): the head is cut into immutable 2 h blocks (temp dir,
 //!   fsync, rename) whose chunks use the dense encoding (`docs/format/chunks.md`), compacted
-//!   3× per level, deleted by time or size retention.
+//!   3× per level, deleted by time or size retention. The index is verified when a block
+//!   opens, and every chunk, series entry and postings list read is checked against its CRC:
+//!   damaged data is left out of results with a warning naming the block, never served.
 //!
 //! On-disk formats are specified in `docs/format/*.md`. Background work runs on one thread
 //! owned by the `Db`; [`Db::close`] (or drop) stops it. No async runtime is needed.

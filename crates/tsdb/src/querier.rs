@@ -173,6 +173,7 @@ impl DbQuerier<'_> {
         ctx: &Context,
         b: &'b Block,
         matchers: &[Matcher],
+        warnings: &mut Warnings,
     ) -> Result<Source<'b>> {
         let ids = postings_for_matchers(&b.index, matchers)?;
         let mut out = Vec::with_capacity(ids.len());
@@ -190,7 +191,16 @@ impl DbQuerier<'_> {
                 .iter()
                 .filter(|m| chunk_overlaps(m, self.mint, self.maxt))
             {
-                let (enc, bytes) = b.chunks.chunk(m.r)?;
+                let (enc, bytes) = match b.chunks.chunk(m.r) {
+                    Ok(c) => c,
+                    Err(e @ crate::Error::Corruption { .. }) => {
+                        // A wrong value must never be served: leave the chunk out and say so.
+                        self.db.mark_corrupt(b, "chunk_checksum", &e);
+                        warnings.push(damaged_warning(b, &e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 cs.push(QChunk {
                     min_t: m.min_t,
                     max_t: m.max_t,
@@ -225,13 +235,25 @@ impl DbQuerier<'_> {
         ctx: &Context,
         hints: &SelectHints,
         matchers: &[Matcher],
+        warnings: &mut Warnings,
     ) -> Result<Vec<TsdbSeries>> {
         let head = self.head_source(ctx, matchers)?;
         let blocks = self.blocks();
+        self.db
+            .unreadable_block_warnings(self.mint, self.maxt, warnings);
         // Sources in precedence order for equal timestamps: older blocks first, head last.
         let mut sources: Vec<Source<'_>> = Vec::new();
         for b in blocks.iter().filter(|b| b.overlaps(self.mint, self.maxt)) {
-            sources.push(self.block_source(ctx, b, matchers)?);
+            match self.block_source(ctx, b, matchers, warnings) {
+                Ok(s) => sources.push(s),
+                Err(e @ crate::Error::Corruption { .. }) => {
+                    // A damaged index entry or postings list: the block's answer cannot be
+                    // trusted, so it is left out, with a warning.
+                    self.db.mark_corrupt(b, "index", &e);
+                    warnings.push(damaged_warning(b, &e));
+                }
+                Err(e) => return Err(e),
+            }
         }
         sources.push(head);
         let mut heads: Vec<Option<Part>> = sources.iter_mut().map(|s| s.parts.next()).collect();
@@ -314,6 +336,7 @@ impl DbQuerier<'_> {
         ctx: &Context,
         name: Option<&str>,
         matchers: &[Matcher],
+        warnings: &mut Warnings,
     ) -> Result<Vec<String>> {
         let mut all: Vec<Arc<str>> = Vec::new();
         let head = &self.db.head;
@@ -335,19 +358,36 @@ impl DbQuerier<'_> {
             .filter(|b| b.overlaps(self.mint, self.maxt))
         {
             let ix = &b.index;
-            all.extend(collect_labels(
+            match collect_labels(
                 ctx,
                 ix,
                 name,
                 matchers,
                 |id| ix.series(id, None).map(Some),
                 || Ok(ix.label_names().to_vec()),
-            )?);
+            ) {
+                Ok(v) => all.extend(v),
+                Err(e @ crate::Error::Corruption { .. }) => {
+                    self.db.mark_corrupt(b, "index", &e);
+                    warnings.push(damaged_warning(b, &e));
+                }
+                Err(e) => return Err(e),
+            }
         }
+        self.db
+            .unreadable_block_warnings(self.mint, self.maxt, warnings);
         all.sort();
         all.dedup();
         Ok(all.iter().map(|s| s.to_string()).collect())
     }
+}
+
+/// The warning for data of block `b` left out of a result because `e` found it damaged.
+fn damaged_warning(b: &Block, e: &crate::Error) -> String {
+    format!(
+        "tsdb block {} is damaged ({e}): its data there is missing from this result",
+        b.meta.ulid
+    )
 }
 
 /// Whether any chunk holds a sample in `[mint, maxt]`. A chunk inside the range does; only
@@ -441,12 +481,13 @@ impl Querier for DbQuerier<'_> {
             ));
         }
         // Always sorted: merging sources needs it anyway.
-        let series = self.select_inner(ctx, hints, matchers)?;
+        let mut warnings = Warnings::new();
+        let series = self.select_inner(ctx, hints, matchers, &mut warnings)?;
         if !series.is_empty() {
             self.selected
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(Box::new(VecSeriesSet::new(series, Warnings::new())))
+        Ok(Box::new(VecSeriesSet::new(series, warnings)))
     }
 
     fn label_values(
@@ -457,8 +498,9 @@ impl Querier for DbQuerier<'_> {
         matchers: &[Matcher],
     ) -> SResult<LabelValues> {
         ctx.check()?;
-        let values = self.label_strings(ctx, Some(name), matchers)?;
-        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        let mut w = Warnings::new();
+        let values = self.label_strings(ctx, Some(name), matchers, &mut w)?;
+        Ok(LabelValues::limited(values, hints.limit, w))
     }
 
     fn label_names(
@@ -468,8 +510,9 @@ impl Querier for DbQuerier<'_> {
         matchers: &[Matcher],
     ) -> SResult<LabelValues> {
         ctx.check()?;
-        let values = self.label_strings(ctx, None, matchers)?;
-        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        let mut w = Warnings::new();
+        let values = self.label_strings(ctx, None, matchers, &mut w)?;
+        Ok(LabelValues::limited(values, hints.limit, w))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,9 @@ pub(crate) type EmitRecord<'a> = dyn FnMut(u8, &[u8]) -> Result<()> + 'a;
 pub const FSYNC_BUCKETS_S: [f64; 11] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Least time between two logs of failed WAL writes.
+const WRITE_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn segment_name(n: u64) -> String {
     format!("{n:08}")
@@ -192,41 +196,87 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     }
 }
 
-/// Reads a segment's records until the end or the first bad one. Returns the byte length of
-/// the good prefix and, if reading stopped early, why.
-fn read_segment(data: &[u8], f: &mut dyn FnMut(Record<'_>)) -> (usize, Option<&'static str>) {
-    if data.len() < SEGMENT_HEADER {
-        return (0, (!data.is_empty()).then_some("short segment header"));
+/// The record framed at `pos`, if a valid one starts there: (type, payload, end).
+fn framed_at(data: &[u8], pos: usize) -> Result<(u8, &[u8], usize), &'static str> {
+    let Some(h) = data.get(pos..pos + RECORD_HEADER) else {
+        return Err("torn record header");
+    };
+    let typ = h[0];
+    if !(REC_SERIES..=REC_CHUNKS).contains(&typ) {
+        return Err("unknown record type");
     }
-    let mut d = Decbuf::new(data);
-    let magic = d.u32().unwrap_or(0);
-    let version = d.u8().unwrap_or(0);
-    if magic != SEGMENT_MAGIC || version != SEGMENT_VERSION {
-        return (0, Some("bad segment magic or version"));
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    let crc = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+    let start = pos + RECORD_HEADER;
+    let Some(payload) = start.checked_add(len).and_then(|end| data.get(start..end)) else {
+        return Err("torn record");
+    };
+    if crc32c::crc32c_append(crc32c::crc32c(&[typ]), payload) != crc {
+        return Err("record checksum mismatch");
+    }
+    Ok((typ, payload, start + len))
+}
+
+/// What reading one segment found.
+#[derive(Debug, Default)]
+struct SegmentScan {
+    /// Byte ranges of the records replayed, in order.
+    good: Vec<(usize, usize)>,
+    /// Byte ranges skipped as damaged, and why the first byte of each was not a record.
+    damaged: Vec<(usize, usize, &'static str)>,
+}
+
+impl SegmentScan {
+    fn damaged_bytes(&self) -> u64 {
+        self.damaged.iter().map(|(a, b, _)| (b - a) as u64).sum()
+    }
+}
+
+/// Reads a segment's records. A damaged stretch (bad header, length or CRC, undecodable
+/// payload) is skipped by looking for the next offset where a record with a valid CRC
+/// starts, so damage costs only the records it hits, as Prometheus's WAL reader does per
+/// page. A CRC32C over the type and payload makes a false resynchronisation a ~2^-32 event
+/// per candidate offset; only offsets holding a known type and a length that fits are tried.
+fn read_segment(data: &[u8], f: &mut dyn FnMut(Record<'_>)) -> SegmentScan {
+    let mut scan = SegmentScan::default();
+    if data.is_empty() {
+        return scan;
+    }
+    // (start, why) of the damaged stretch being skipped.
+    let mut bad: Option<(usize, &'static str)> = None;
+    if data.len() < SEGMENT_HEADER {
+        scan.damaged.push((0, data.len(), "short segment header"));
+        return scan;
+    }
+    if data[..4] != SEGMENT_MAGIC.to_be_bytes() || data[4] != SEGMENT_VERSION {
+        bad = Some((0, "bad segment magic or version"));
     }
     let mut pos = SEGMENT_HEADER;
     while pos < data.len() {
-        if data.len() - pos < RECORD_HEADER {
-            return (pos, Some("torn record header"));
-        }
-        let typ = data[pos];
-        let mut h = Decbuf::new(&data[pos + 1..pos + RECORD_HEADER]);
-        let len = h.u32().unwrap_or(u32::MAX) as usize;
-        let crc = h.u32().unwrap_or(0);
-        let start = pos + RECORD_HEADER;
-        let Some(payload) = start.checked_add(len).and_then(|end| data.get(start..end)) else {
-            return (pos, Some("torn record"));
+        let why = match framed_at(data, pos) {
+            Ok((typ, payload, end)) => match decode_record(typ, payload) {
+                Ok(r) => {
+                    if let Some((start, why)) = bad.take() {
+                        scan.damaged.push((start, pos, why));
+                    }
+                    f(r);
+                    scan.good.push((pos, end));
+                    pos = end;
+                    continue;
+                }
+                Err(e) => e.0,
+            },
+            Err(why) => why,
         };
-        if crc32c::crc32c_append(crc32c::crc32c(&[typ]), payload) != crc {
-            return (pos, Some("record checksum mismatch"));
+        if bad.is_none() {
+            bad = Some((pos, why));
         }
-        match decode_record(typ, payload) {
-            Ok(r) => f(r),
-            Err(e) => return (pos, Some(e.0)),
-        }
-        pos = start + len;
+        pos += 1;
     }
-    (pos, None)
+    if let Some((start, why)) = bad {
+        scan.damaged.push((start, data.len(), why));
+    }
+    scan
 }
 
 /// What replay found.
@@ -235,8 +285,12 @@ pub(crate) struct ReplayStats {
     pub(crate) checkpoint: Option<u64>,
     pub(crate) segments: usize,
     pub(crate) records: u64,
+    /// Bytes cut from the end of the last segment: a write torn by a crash.
     pub(crate) truncated_bytes: u64,
-    pub(crate) deleted_segments: usize,
+    /// Damaged stretches skipped (in segments and checkpoints); each lost ≥ 1 record.
+    pub(crate) corruptions: u64,
+    /// Bytes in those stretches.
+    pub(crate) corrupt_bytes: u64,
 }
 
 /// Segment numbers and (number, path) of checkpoints, each sorted.
@@ -248,7 +302,10 @@ fn list_wal(dir: &Path) -> Result<WalListing> {
     for e in fs::read_dir(dir).ctx("read WAL directory", dir)? {
         let e = e.ctx("read WAL directory", dir)?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        if name.ends_with(".repair") {
+            // A repair interrupted by a crash: the damaged segment is still in place.
+            fs::remove_file(e.path()).ctx("remove", &e.path())?;
+        } else if name.ends_with(".tmp") {
             tracing::info!(path = %e.path().display(), "removing unfinished WAL checkpoint");
             fs::remove_dir_all(e.path()).ctx("remove", &e.path())?;
         } else if let Some(n) = name.strip_prefix("checkpoint.") {
@@ -292,58 +349,114 @@ pub(crate) fn replay(dir: &Path, f: &mut dyn FnMut(Record<'_>)) -> Result<(Repla
         files.sort();
         for p in files {
             let data = fs::read(&p).ctx("read checkpoint", &p)?;
-            let (_, err) = read_segment(&data, &mut |r| count(r, &mut stats));
-            if let Some(why) = err {
+            let scan = read_segment(&data, &mut |r| count(r, &mut stats));
+            if let Some(&(start, _, why)) = scan.damaged.first() {
                 // Checkpoints are fsynced before they are renamed into place, so this is
-                // media corruption: keep what was readable, as for segments.
-                tracing::error!(path = %p.display(), reason = why, "corrupt WAL checkpoint; replayed its readable prefix");
+                // media corruption: replay what is readable, as for segments. The next
+                // checkpoint replaces the file.
+                stats.corruptions += scan.damaged.len() as u64;
+                stats.corrupt_bytes += scan.damaged_bytes();
+                tracing::error!(path = %p.display(), first_offset = start, reason = why,
+                    damaged_stretches = scan.damaged.len(), bytes_skipped = scan.damaged_bytes(),
+                    "corrupt WAL checkpoint: skipped the damaged records and replayed the rest");
             }
         }
     }
-    let mut stop_at: Option<usize> = None;
+    let mut aside: Option<PathBuf> = None;
     for (i, &n) in segs.iter().enumerate() {
         let path = dir.join(segment_name(n));
         if cp.as_ref().is_some_and(|(c, _)| n <= *c) {
             fs::remove_file(&path).ctx("remove checkpointed segment", &path)?;
             continue;
         }
-        if stop_at.is_some() {
-            break;
-        }
         next = n + 1;
         let data = fs::read(&path).ctx("read WAL segment", &path)?;
         stats.segments += 1;
-        let (good, err) = read_segment(&data, &mut |r| count(r, &mut stats));
-        if let Some(why) = err {
-            let lost = (data.len() - good) as u64;
-            stats.truncated_bytes += lost;
-            let later = segs.len() - i - 1;
-            if later > 0 {
-                tracing::error!(segment = %path.display(), offset = good, reason = why, later_segments = later,
-                    "corrupt WAL segment: truncating it and deleting the segments after it");
-            } else {
-                tracing::warn!(segment = %path.display(), offset = good, reason = why, bytes = lost,
-                    "torn WAL tail: truncating at the last good record");
-            }
+        let before = stats.records;
+        let scan = read_segment(&data, &mut |r| count(r, &mut stats));
+        let Some(&(start, end, why)) = scan.damaged.first() else {
+            continue;
+        };
+        if i + 1 == segs.len() && scan.damaged.len() == 1 && end == data.len() {
+            // Only the end of the newest segment: a write torn by a crash, expected.
+            stats.truncated_bytes += (end - start) as u64;
+            tracing::warn!(segment = %path.display(), offset = start, reason = why,
+                bytes = end - start, "torn WAL tail: truncating at the last good record");
             let file = OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .ctx("open", &path)?;
-            file.set_len(good as u64)
+            file.set_len(start as u64)
                 .ctx("truncate WAL segment", &path)?;
             file.sync_all().ctx("fsync", &path)?;
-            stop_at = Some(i);
+            continue;
         }
-    }
-    if let Some(i) = stop_at {
-        for &n in &segs[i + 1..] {
-            let path = dir.join(segment_name(n));
-            fs::remove_file(&path).ctx("remove WAL segment", &path)?;
-            stats.deleted_segments += 1;
-        }
+        let lost = scan.damaged_bytes();
+        stats.corruptions += scan.damaged.len() as u64;
+        stats.corrupt_bytes += lost;
+        let kept = repair_segment(dir, &path, &data, &scan, &mut aside);
+        tracing::error!(segment = %path.display(), first_offset = start, reason = why,
+            damaged_stretches = scan.damaged.len(), bytes_skipped = lost,
+            records_replayed = stats.records - before, copy = ?kept,
+            "corrupt WAL segment: skipped the damaged records and replayed the rest");
     }
     sync_dir(dir)?;
     Ok((stats, next))
+}
+
+/// Moves a damaged segment into `wal/corrupt-<unix ms>/` (one directory per replay, made on
+/// first use) and writes its good records back in its place, so the damage is reported
+/// once and kept for inspection. Returns where the damaged copy went; on any failure the
+/// damaged segment stays where it was (replay skips the damage again next time).
+fn repair_segment(
+    dir: &Path,
+    path: &Path,
+    data: &[u8],
+    scan: &SegmentScan,
+    aside: &mut Option<PathBuf>,
+) -> Option<PathBuf> {
+    let res = (|| -> Result<PathBuf> {
+        let to = match aside {
+            Some(d) => d.clone(),
+            None => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                let d = dir.join(format!("corrupt-{ms}"));
+                fs::create_dir_all(&d).ctx("create", &d)?;
+                *aside = Some(d.clone());
+                d
+            }
+        };
+        let name = path.file_name().unwrap_or_default();
+        let copy = to.join(name);
+        let mut good = Vec::with_capacity(data.len());
+        good.extend_from_slice(&segment_header());
+        for &(a, b) in &scan.good {
+            good.extend_from_slice(&data[a..b]);
+        }
+        let tmp = dir.join(format!("{}.repair", name.to_string_lossy()));
+        fs::write(&tmp, &good).ctx("write", &tmp)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .ctx("fsync", &tmp)?;
+        if let Err(e) = fs::rename(path, &copy).ctx("move damaged WAL segment", &copy) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, path).ctx("replace damaged WAL segment", path)?;
+        sync_dir(&to)?;
+        Ok(copy)
+    })();
+    match res {
+        Ok(copy) => Some(copy),
+        Err(e) => {
+            tracing::error!(segment = %path.display(), error = %e,
+                "could not set the damaged WAL segment aside; leaving it in place");
+            None
+        }
+    }
 }
 
 struct Writer {
@@ -381,12 +494,21 @@ pub(crate) struct Wal {
     sync: Mutex<SyncState>,
     synced: Condvar,
     pub(crate) metrics: WalMetrics,
+    /// When a failed write was last logged, and failures since.
+    write_errors: Mutex<(Option<Instant>, u64)>,
+    /// Test seam: the next segment write writes this many bytes, then fails with ENOSPC.
+    #[cfg(test)]
+    pub(crate) fail_next_write: Mutex<Option<usize>>,
 }
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal").field("dir", &self.dir).finish()
     }
+}
+
+fn raw_write(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    file.write_all_at(buf, at)
 }
 
 fn create_segment(dir: &Path, n: u64) -> Result<File> {
@@ -426,6 +548,9 @@ impl Wal {
             }),
             synced: Condvar::new(),
             metrics: WalMetrics::default(),
+            write_errors: Mutex::new((None, 0)),
+            #[cfg(test)]
+            fail_next_write: Mutex::new(None),
         })
     }
 
@@ -454,17 +579,65 @@ impl Wal {
         r
     }
 
+    /// Writes `buf` to a segment file at offset `at` (its current length).
+    fn write_segment(&self, file: &File, buf: &[u8], _at: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_next_write.lock().take() {
+            let n = n.min(buf.len());
+            raw_write(file, &buf[..n], _at)?;
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        raw_write(file, buf, _at)
+    }
+
+    /// Appends `buf` to the current segment at its length. On failure, whatever part of it
+    /// reached the file is cut off again, so the segment ends with its last good record;
+    /// a segment that cannot be cut is abandoned (`broken`) for a fresh one. Writes are
+    /// positional (`pwrite` at `seg_len`), so even then no write can land past a gap: a
+    /// zero-filled gap would end replay there and lose every record after it.
+    fn append(&self, w: &mut Writer, buf: &[u8]) -> Result<()> {
+        if let Err(e) = self.write_segment(&w.file, buf, w.seg_len) {
+            if w.file.set_len(w.seg_len).is_err() {
+                w.broken = true;
+            }
+            self.log_write_error(w.seg, &e);
+            return Err(Error::io(
+                format!(
+                    "write WAL segment {}",
+                    self.dir.join(segment_name(w.seg)).display()
+                ),
+                e,
+            ));
+        }
+        w.seg_len += buf.len() as u64;
+        self.metrics
+            .bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Logs a failed WAL write, at most once per [`WRITE_ERROR_LOG_EVERY`]: with a full
+    /// disk every commit fails, and each is already answered with an error.
+    fn log_write_error(&self, seg: u64, e: &std::io::Error) {
+        let mut l = self.write_errors.lock();
+        l.1 += 1;
+        if l.0.is_some_and(|at| at.elapsed() < WRITE_ERROR_LOG_EVERY) {
+            return;
+        }
+        tracing::error!(segment = seg, error = %e, failed_writes = l.1,
+            "WAL write failed: commits are refused until it succeeds");
+        *l = (Some(Instant::now()), 0);
+    }
+
     /// Closes the current segment (fsynced) and starts the next. Returns the closed one.
     fn roll(&self, w: &mut Writer) -> Result<u64> {
         let old = w.seg;
         if !w.broken {
             if !w.buf.is_empty() {
-                let path = self.dir.join(segment_name(old));
-                (&*w.file).write_all(&w.buf).ctx("write WAL", &path)?;
-                w.seg_len += w.buf.len() as u64;
-                self.metrics
-                    .bytes_written
-                    .fetch_add(w.buf.len() as u64, Ordering::Relaxed);
+                let buf = std::mem::take(&mut w.buf);
+                let r = self.append(w, &buf);
+                w.buf = buf;
+                r?;
                 w.buf.clear();
             }
             if self.policy != Fsync::Never {
@@ -484,7 +657,8 @@ impl Wal {
     }
 
     /// Writes a samples record (and any buffered series records before it). Returns the
-    /// write's sequence number for [`Wal::wait_durable`].
+    /// write's sequence number for [`Wal::wait_durable`]. On failure nothing of the record
+    /// stays in the log, and buffered series records (other writers' too) stay buffered.
     pub(crate) fn log_samples(&self, payload: &[u8]) -> Result<u64> {
         let mut w = self.w.lock();
         let rec_len = (RECORD_HEADER + payload.len()) as u64;
@@ -495,31 +669,16 @@ impl Wal {
             self.roll(&mut w)?;
         }
         let mut buf = std::mem::take(&mut w.buf);
+        let series_len = buf.len();
         frame_record(&mut buf, REC_SAMPLES, payload);
-        let res = (&*w.file).write_all(&buf);
-        if let Err(e) = res {
-            // A partial record would hide every later one from replay: cut it off, or give
-            // up on this segment.
-            let keep = w.seg_len;
-            if w.file.set_len(keep).is_err() {
-                w.broken = true;
-            }
-            w.buf = Vec::new();
-            return Err(Error::io(
-                format!(
-                    "write WAL segment {}",
-                    self.dir.join(segment_name(w.seg)).display()
-                ),
-                e,
-            ));
+        let res = self.append(&mut w, &buf);
+        buf.truncate(series_len);
+        if res.is_ok() {
+            buf.clear();
         }
-        w.seg_len += buf.len() as u64;
-        self.metrics
-            .bytes_written
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.metrics.records.fetch_add(1, Ordering::Relaxed);
-        buf.clear();
         w.buf = buf;
+        res?;
+        self.metrics.records.fetch_add(1, Ordering::Relaxed);
         w.written_seq += 1;
         Ok(w.written_seq)
     }
@@ -570,10 +729,10 @@ impl Wal {
             let mut w = self.w.lock();
             if !w.buf.is_empty() && !w.broken {
                 let buf = std::mem::take(&mut w.buf);
-                (&*w.file)
-                    .write_all(&buf)
-                    .map_err(|e| Error::io("write WAL", e))?;
-                w.seg_len += buf.len() as u64;
+                let r = self.append(&mut w, &buf);
+                w.buf = buf;
+                r?;
+                w.buf.clear();
             }
             (w.file.clone(), w.written_seq)
         };
@@ -693,8 +852,8 @@ mod tests {
         let (s2, _, stats, _) = collect(&wd);
         assert_eq!(s2.len(), 18);
         assert!(stats.truncated_bytes > 0);
-        // Corrupt a byte in the first segment's payload: that segment is cut there and all
-        // later segments go.
+        // Corrupt a byte in the first segment's last record: that record (2 samples) is
+        // lost, the segment is repaired and every later segment still replays.
         let (segs, _) = list_wal(&wd).expect("list");
         let first = wd.join(segment_name(segs[0]));
         let mut data = fs::read(&first).expect("read");
@@ -703,11 +862,15 @@ mod tests {
         fs::write(&first, &data).expect("write");
         let (s3, series3, stats, next3) = collect(&wd);
         assert_eq!(series3, vec![7]);
-        assert!(s3.len() < 18);
-        assert!(stats.deleted_segments > 0);
-        let (segs, _) = list_wal(&wd).expect("list");
-        assert_eq!(segs, vec![segs[0]]);
-        assert_eq!(next3, segs[0] + 1);
+        assert_eq!(s3.len(), 16);
+        assert_eq!(
+            (stats.corruptions, stats.truncated_bytes),
+            (1, 0),
+            "{stats:?}"
+        );
+        let (segs3, _) = list_wal(&wd).expect("list");
+        assert_eq!(segs3, segs);
+        assert_eq!(next3, next);
     }
 
     #[test]
@@ -738,5 +901,95 @@ mod tests {
         assert_eq!(stats.checkpoint, Some(upto));
         assert_eq!(series, vec![1]);
         assert_eq!(s.iter().map(|x| x.1).collect::<Vec<_>>(), vec![5, 6]);
+    }
+
+    fn one_sample(r: u64, t: i64) -> Vec<u8> {
+        let mut e = SamplesEncoder::default();
+        e.push(r, t, t as f64);
+        e.buf
+    }
+
+    /// Disk full mid-record: the failed write is cut off and every write after it lands
+    /// right behind the last good record, so replay finds all acknowledged records (the
+    /// old writer kept its file position past the truncation and left a zero hole).
+    #[test]
+    fn failed_write_leaves_no_hole_and_keeps_buffered_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wd = dir.path().join("wal");
+        let (_, next) = replay(&wd, &mut |_| {}).expect("replay");
+        let wal = Wal::create(&wd, next, 1 << 20, Fsync::Never).expect("create");
+        wal.log_series(7, &Labels::from_pairs([("a", "7")]));
+        wal.log_samples(&one_sample(7, 1)).expect("write");
+        // A series created by another writer waits in the buffer while this write fails.
+        wal.log_series(8, &Labels::from_pairs([("a", "8")]));
+        *wal.fail_next_write.lock() = Some(11);
+        assert!(wal.log_samples(&one_sample(7, 2)).is_err());
+        *wal.fail_next_write.lock() = Some(0);
+        assert!(wal.log_samples(&one_sample(7, 3)).is_err());
+        wal.log_samples(&one_sample(7, 4))
+            .expect("write after failure");
+        wal.log_samples(&one_sample(8, 5))
+            .expect("write after failure");
+        let seg = wd.join(segment_name(next));
+        drop(wal);
+        let (s, series, stats, _) = collect(&wd);
+        assert_eq!(s.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1, 4, 5]);
+        assert_eq!(series, vec![7, 8]);
+        assert_eq!(stats.truncated_bytes, 0, "{stats:?}");
+        // Header, two series records and three samples records of 35 bytes: nothing else.
+        let series_rec = RECORD_HEADER + 8 + 1 + 2 + 2;
+        let len = fs::metadata(&seg).expect("meta").len() as usize;
+        assert_eq!(len, SEGMENT_HEADER + 2 * series_rec + 3 * 35);
+    }
+
+    /// One flipped 4-byte run in the middle of the log costs only the records it hits:
+    /// replay resynchronises on the next valid record, keeps later segments, and keeps a
+    /// copy of the damaged segment.
+    #[test]
+    fn corruption_mid_wal_loses_only_damaged_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wd = dir.path().join("wal");
+        let (_, next) = replay(&wd, &mut |_| {}).expect("replay");
+        let wal = Wal::create(&wd, next, 1000, Fsync::Never).expect("create");
+        wal.log_series(7, &Labels::from_pairs([("a", "7")]));
+        let n = 300;
+        for t in 0..n {
+            wal.log_samples(&one_sample(7, t)).expect("write");
+        }
+        drop(wal);
+        let (segs, _) = list_wal(&wd).expect("list");
+        assert!(segs.len() > 5, "{segs:?}");
+        // Flip 4 bytes in the middle of the second segment.
+        let victim = wd.join(segment_name(segs[1]));
+        let mut data = fs::read(&victim).expect("read");
+        let mid = data.len() / 2;
+        for b in &mut data[mid..mid + 4] {
+            *b ^= 0xa5;
+        }
+        fs::write(&victim, &data).expect("write");
+        let (s, series, _, _) = collect(&wd);
+        assert_eq!(series, vec![7]);
+        let lost = n as usize - s.len();
+        assert!(lost <= 2, "lost {lost} of {n} samples");
+        assert!(s.iter().any(|x| x.1 == n - 1), "later segments replayed");
+        let (segs2, _) = list_wal(&wd).expect("list");
+        assert_eq!(segs2, segs, "no segment deleted");
+        let copies: Vec<_> = fs::read_dir(&wd)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("corrupt-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "a copy of the damaged segment is kept");
+        let copy = copies[0].path().join(segment_name(segs[1]));
+        assert_eq!(fs::read(&copy).expect("copy"), data);
+        // Repaired in place: a second replay finds the same records and nothing to repair.
+        let (s2, _, _, _) = collect(&wd);
+        assert_eq!(s2.len(), s.len());
+        let copies2 = fs::read_dir(&wd)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("corrupt-"))
+            .count();
+        assert_eq!(copies2, 1);
     }
 }
