@@ -165,6 +165,34 @@ impl FakeServer {
         self.received.lock().expect("lock").clone()
     }
 
+    /// The requests of a search for a bare route: one per method, GET then POST; checks
+    /// that they differ only in `operation`, and returns the GET one.
+    fn route_requests(&self, route: &str) -> Received {
+        let r = self.requests();
+        assert_eq!(r.len(), 2, "one search per method, got {r:?}");
+        assert_eq!(
+            r[0].param("operation"),
+            Some(format!("GET {route}").as_str())
+        );
+        assert_eq!(
+            r[1].param("operation"),
+            Some(format!("POST {route}").as_str())
+        );
+        let rest = |x: &Received| -> Vec<(String, String)> {
+            x.params
+                .iter()
+                .filter(|(k, _)| k != "operation")
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            rest(&r[0]),
+            rest(&r[1]),
+            "the searches differ only in operation"
+        );
+        r[0].clone()
+    }
+
     /// The one request a script made.
     fn only_request(&self) -> Received {
         let r = self.requests();
@@ -219,7 +247,7 @@ const QUERY_A: &str = r#"sum by (route) (rate(m3query_http_requests_total{code=~
 /// Three traces in the documented shape of Jaeger's `/api/traces` answer:
 /// A: a slow query_range (2.15s) whose root span has a remote parent in Grafana, with a
 ///    child span; B: a 500 with error=true, spans listed child first; C: the newest and
-///    shortest, a 503 without query tags.
+///    shortest, a 503 without query tags, sent by POST as Grafana does.
 fn jaeger_fixture() -> String {
     let m3query_process = json!({"serviceName": "m3query", "tags": [
         {"key": "hostname", "type": "string", "value": "m3query-0"},
@@ -262,7 +290,7 @@ fn jaeger_fixture() -> String {
     let c = json!({
         "traceID": TRACE_C,
         "spans": [
-            span(TRACE_C, "00000000000000c1", "GET /api/v1/query_range", None,
+            span(TRACE_C, "00000000000000c1", "POST /api/v1/query_range", None,
                 (1_548_876_680_000_000, 1_000), vec![tag("http.status_code", json!(503.0))], "p1"),
         ],
         "processes": {"p1": m3query_process},
@@ -274,19 +302,19 @@ fn jaeger_fixture() -> String {
 
 fn line_a(base: &str) -> String {
     format!(
-        r#"2019-01-30T19:31:12.544Z  2.150s  status=200  step=15  query="sum by (route) (rate(m3query_http_requests_total{{code=~\"5..\"}}[5m]))"  {base}/trace/{TRACE_A}"#
+        r#"2019-01-30T19:31:12.544Z  2.150s  GET /api/v1/query_range  status=200  step=15  query="sum by (route) (rate(m3query_http_requests_total{{code=~\"5..\"}}[5m]))"  {base}/trace/{TRACE_A}"#
     )
 }
 
 fn line_b(base: &str) -> String {
     format!(
-        r#"2019-01-30T19:31:10.100Z  1.200s  status=500  step=60s  query="up == 0"  {base}/trace/{TRACE_B}"#
+        r#"2019-01-30T19:31:10.100Z  1.200s  GET /api/v1/query_range  status=500  step=60s  query="up == 0"  {base}/trace/{TRACE_B}"#
     )
 }
 
 fn line_c(base: &str) -> String {
     format!(
-        "2019-01-30T19:31:20.000Z  1.000ms  status=503  step=-  query=-  {base}/trace/{TRACE_C}"
+        "2019-01-30T19:31:20.000Z  1.000ms  POST /api/v1/query_range  status=503  step=-  query=-  {base}/trace/{TRACE_C}"
     )
 }
 
@@ -310,7 +338,7 @@ fn slow_queries_sends_the_ui_search_and_prints_slowest_first() {
     let after = now_us();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
-    let r = jaeger.only_request();
+    let r = jaeger.route_requests("/api/v1/query_range");
     assert_eq!(r.method, "GET");
     assert_eq!(r.path, "/api/traces");
     assert_eq!(
@@ -344,6 +372,12 @@ fn slow_queries_sends_the_ui_search_and_prints_slowest_first() {
             "Jaeger UI: {base}/search?service=m3query&operation=GET%20%2Fapi%2Fv1%2Fquery_range&minDuration=1s&lookback=1h&limit=20&start="
         )),
         "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            " {base}/search?service=m3query&operation=POST%20%2Fapi%2Fv1%2Fquery_range&minDuration=1s&lookback=1h&limit=20&start="
+        )),
+        "one UI link per method: {err}"
     );
 }
 
@@ -397,7 +431,7 @@ fn error_queries_search_error_true_newest_first() {
     let out = run("error-queries", &[], &[("JAEGER_URL", &jaeger.url())]);
     let after = now_us();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = jaeger.only_request();
+    let r = jaeger.route_requests("/api/v1/query_range");
     assert_eq!(r.path, "/api/traces");
     assert_eq!(
         r.names(),
@@ -462,7 +496,7 @@ fn status_queries_search_the_status_code_tag() {
     );
     let after = now_us();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = jaeger.only_request();
+    let r = jaeger.route_requests("/api/v1/query_range");
     assert_eq!(r.param("service"), Some("m3query"));
     assert_eq!(r.param("operation"), Some("GET /api/v1/query_range"));
     assert_eq!(r.param("tags"), Some(r#"{"http.status_code":"500"}"#));
@@ -483,7 +517,7 @@ fn status_queries_search_the_status_code_tag() {
         &[("JAEGER_URL", &jaeger.url())],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = jaeger.only_request();
+    let r = jaeger.route_requests("/api/v1/query_range");
     assert_eq!(r.param("tags"), Some(r#"{"http.status_code":"503"}"#));
     assert_eq!(r.param("limit"), Some("3"));
 }
@@ -826,7 +860,7 @@ fn load_demo_writes_series_m3query_serves() {
         );
     }
 
-    // Running it again adds nothing twice: what m3query already has is reported, not failed.
+    // Running it again adds nothing twice.
     let out = run(
         "load-demo",
         &["--url", &m.url("/"), "--series", "20", "--duration", "1h"],
@@ -839,7 +873,9 @@ fn load_demo_writes_series_m3query_serves() {
         stdout(&out),
         stderr(&out)
     );
-    assert!(stdout(&out).contains("already stored"), "{}", stdout(&out));
+    // m3query takes a resent sample it already holds (same timestamp and value) as a no-op,
+    // so a retried write is not refused; the loader reports refusals only for other values.
+    assert!(!stdout(&out).contains("already stored"), "{}", stdout(&out));
     let again = read_demo(&m);
     assert_eq!(again.len(), 300);
     let now_ms = now_us() / 1000;
@@ -1040,7 +1076,8 @@ fn healthcheck_script_probes_health() {
     assert_eq!(sick.only_request().path, "/health");
 }
 
-/// The README's three Jaeger UI searches are the searches the scripts make.
+/// The README's Jaeger UI searches are the searches the scripts make: three searches, each
+/// for the GET and the POST request spans of query_range (Grafana sends POST).
 #[test]
 fn readme_searches_are_the_scripts_searches() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
@@ -1051,8 +1088,8 @@ fn readme_searches_are_the_scripts_searches() {
         .collect();
     assert_eq!(
         urls.len(),
-        3,
-        "the three search URLs, one per line: {urls:?}"
+        6,
+        "three searches by two methods, one URL per line: {urls:?}"
     );
     let params = |url: &str| -> BTreeMap<String, String> {
         reqwest::Url::parse(url)
@@ -1062,33 +1099,43 @@ fn readme_searches_are_the_scripts_searches() {
             .filter(|(k, _)| k != "start" && k != "end")
             .collect()
     };
-    for (url, name, args) in [
-        (urls[0], "slow-queries", &["--min-duration", "1s"][..]),
-        (urls[1], "error-queries", &[][..]),
+    for (pair, name, args) in [
+        (&urls[0..2], "slow-queries", &["--min-duration", "1s"][..]),
+        (&urls[2..4], "error-queries", &[][..]),
         (
-            urls[2],
+            &urls[4..6],
             "status-queries",
             &["--code", "500", "--lookback", "24h"][..],
         ),
     ] {
-        let want = params(url);
-        assert_eq!(want["service"], "m3query", "{url}");
-        assert_eq!(want["operation"], "GET /api/v1/query_range", "{url}");
-        // The search a script makes is the one it links to in the UI (on stderr).
+        let want: Vec<BTreeMap<String, String>> = pair.iter().map(|u| params(u)).collect();
+        for (w, method) in want.iter().zip(["GET", "POST"]) {
+            assert_eq!(w["service"], "m3query", "{pair:?}");
+            assert_eq!(
+                w["operation"],
+                format!("{method} /api/v1/query_range"),
+                "{pair:?}"
+            );
+        }
+        // The searches a script makes are the ones it links to in the UI (on stderr).
         let jaeger = FakeServer::start(200, jaeger_fixture());
         let out = run(name, args, &[("JAEGER_URL", &jaeger.url())]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let err = stderr(&out);
-        let link = err.split("Jaeger UI: ").nth(1).expect("a UI link").trim();
-        let got = params(link);
-        let sent: BTreeMap<String, String> = jaeger
-            .only_request()
-            .params
+        let links = err.split("Jaeger UI: ").nth(1).expect("UI links").trim();
+        let got: Vec<BTreeMap<String, String>> = links.split(' ').map(params).collect();
+        let sent: Vec<BTreeMap<String, String>> = jaeger
+            .requests()
             .into_iter()
-            .filter(|(k, _)| k != "start" && k != "end")
+            .map(|r| {
+                r.params
+                    .into_iter()
+                    .filter(|(k, _)| k != "start" && k != "end")
+                    .collect()
+            })
             .collect();
-        assert_eq!(got, sent, "{name}: the UI link is the search made");
-        assert_eq!(got, want, "{name} {args:?} vs README {url}");
+        assert_eq!(got, sent, "{name}: the UI links are the searches made");
+        assert_eq!(got, want, "{name} {args:?} vs README {pair:?}");
     }
 }
 
@@ -1111,7 +1158,7 @@ fn searching_a_child_operation_reports_that_span() {
     assert_eq!(
         stdout(&out),
         format!(
-            "{}\n2019-01-30T19:31:10.200Z  1.000s  status=-  step=child  query=-  {base}/trace/{TRACE_B}\n{}\n",
+            "{}\n2019-01-30T19:31:10.200Z  1.000s  storage.select  status=-  step=child  query=-  {base}/trace/{TRACE_B}\n{}\n",
             line_a(&base),
             line_c(&base)
         )

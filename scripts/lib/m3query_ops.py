@@ -35,7 +35,11 @@ EXIT_ERROR = 1
 DEFAULT_JAEGER_URL = "http://localhost:16686"
 DEFAULT_M3QUERY_URL = "http://localhost:7201"
 DEFAULT_SERVICE = "m3query"
-DEFAULT_OPERATION = "GET /api/v1/query_range"
+DEFAULT_OPERATION = "/api/v1/query_range"
+# An --operation that is a bare route (starts with "/") names the request spans of every
+# method m3query serves it with: Grafana's Prometheus data source sends POST by default,
+# curl and promtool send GET. Jaeger searches one operation at a time, so each is a search.
+ROUTE_METHODS = ("GET", "POST")
 USER_AGENT = "m3query-ops/1"
 
 EXIT_CODES_HELP = """exit codes:
@@ -193,7 +197,7 @@ class SearchKind:
 SLOW = SearchKind(
     prog="slow-queries",
     summary="Find m3query's slowest queries in Jaeger: traces of the operation (by default "
-    "GET /api/v1/query_range) lasting at least --min-duration, slowest first.",
+    "GET and POST /api/v1/query_range) lasting at least --min-duration, slowest first.",
     default_min_duration="1s",
     sort_by_duration=True,
 )
@@ -223,6 +227,8 @@ class TraceLine:
     status: Optional[str]
     step: Optional[str]
     query: Optional[str]
+    # The span's name: "METHOD route" for m3query's request spans.
+    operation: str = "-"
 
     def render(self, jaeger_url: str) -> str:
         query = json.dumps(self.query, ensure_ascii=False) if self.query is not None else "-"
@@ -230,6 +236,7 @@ class TraceLine:
             [
                 format_time_us(self.start_us),
                 format_duration_us(self.duration_us),
+                self.operation,
                 f"status={self.status if self.status is not None else '-'}",
                 f"step={self.step if self.step is not None else '-'}",
                 f"query={query}",
@@ -273,6 +280,15 @@ def search_params(
         ("end", str(end)),
     ]
     return params
+
+
+def operations_for(operation: str) -> List[str]:
+    """The Jaeger operations one --operation value searches: a bare route ("/api/v1/query")
+    is every method's request span; "" is every operation (one search without the
+    parameter); anything else is that span name."""
+    if operation.startswith("/"):
+        return [f"{m} {operation}" for m in ROUTE_METHODS]
+    return [operation]
 
 
 def search_traces(jaeger_url: str, params: Sequence[Tuple[str, str]], timeout: float) -> list:
@@ -334,7 +350,7 @@ def _tag_text(value: object) -> Optional[str]:
 
 def root_span(trace: dict, service: str, operation: str) -> Optional[dict]:
     """m3query's request span in a trace: the earliest span of `service` named `operation`
-    (or of any name when `operation` is empty). A trace may start elsewhere (Grafana, a proxy),
+    (or of any name when `operation` is empty; of any method when it is a bare route). A trace may start elsewhere (Grafana, a proxy),
     but within one process a child never starts before its parent, so the earliest span of the
     service is its request span. Falls back to the earliest span of the trace."""
     spans = [s for s in trace.get("spans") or [] if isinstance(s, dict)]
@@ -350,7 +366,8 @@ def root_span(trace: dict, service: str, operation: str) -> Optional[dict]:
         return int(span.get("startTime") or 0)
 
     own = [s for s in spans if not service or service_of(s) == service]
-    named = [s for s in own if not operation or s.get("operationName") == operation]
+    names = operations_for(operation) if operation else []
+    named = [s for s in own if not names or s.get("operationName") in names]
     return min(named or own or spans, key=start)
 
 
@@ -366,6 +383,7 @@ def summarize(trace: dict, service: str, operation: str) -> Optional[TraceLine]:
         status=_tag_text(tags.get("http.status_code")),
         step=_tag_text(tags.get("step")),
         query=_tag_text(tags.get("query")),
+        operation=str(span.get("operationName") or "-"),
     )
 
 
@@ -417,7 +435,8 @@ def search_main(kind: SearchKind, argv: Sequence[str]) -> int:
     parser.add_argument(
         "--operation",
         default=DEFAULT_OPERATION,
-        help=f'operation (root span name; default "{DEFAULT_OPERATION}"; "" for all)',
+        help=f'operation: a span name ("POST /api/v1/query"), a route for every method '
+        f'("/api/v1/query"; default "{DEFAULT_OPERATION}", GET and POST), or "" for all',
     )
     parser.add_argument(
         "--timeout",
@@ -435,35 +454,46 @@ def search_main(kind: SearchKind, argv: Sequence[str]) -> int:
         tags = {"http.status_code": str(args.code)}
 
     jaeger_url = jaeger_url_from_env()
-    params = search_params(
-        service=args.service,
-        operation=args.operation,
-        lookback=args.lookback,
-        limit=args.limit,
-        min_duration=args.min_duration,
-        tags=tags,
-        now_us=time.time_ns() // 1000,
-    )
+    now_us = time.time_ns() // 1000
+    searches = [
+        search_params(
+            service=args.service,
+            operation=op,
+            lookback=args.lookback,
+            limit=args.limit,
+            min_duration=args.min_duration,
+            tags=tags,
+            now_us=now_us,
+        )
+        for op in operations_for(args.operation)
+    ]
+    ops = operations_for(args.operation) if args.operation else []
     what = f"service {args.service!r}" + (
-        f", operation {args.operation!r}" if args.operation else ""
+        f", operation {' or '.join(repr(o) for o in ops)}" if ops else ""
     )
     if args.min_duration:
         what += f", at least {args.min_duration}"
     if tags:
         what += f", tags {json.dumps(tags)}"
     what += f", last {args.lookback}"
+    traces: Dict[str, dict] = {}
     try:
-        traces = search_traces(jaeger_url, params, args.timeout)
+        for params in searches:
+            for t in search_traces(jaeger_url, params, args.timeout):
+                if isinstance(t, dict):
+                    traces.setdefault(str(t.get("traceID") or len(traces)), t)
     except OpsError as e:
         print(f"{kind.prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
 
-    lines = [l for l in (summarize(t, args.service, args.operation) for t in traces) if l]
+    lines = [l for l in (summarize(t, args.service, args.operation) for t in traces.values()) if l]
     if kind.sort_by_duration:
         lines.sort(key=lambda l: (-l.duration_us, -l.start_us))
     else:
         lines.sort(key=lambda l: (-l.start_us, -l.duration_us))
-    link = ui_search_url(jaeger_url, params)
+    # Each search returns up to --limit traces; together they keep the --limit first.
+    lines = lines[: args.limit]
+    link = " ".join(ui_search_url(jaeger_url, params) for params in searches)
     if not lines:
         print(f"{kind.prog}: no traces found ({what}). Jaeger UI: {link}", file=sys.stderr)
         return EXIT_NOT_FOUND
