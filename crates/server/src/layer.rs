@@ -34,6 +34,65 @@ pub struct RequestInfo {
     pub samples: Option<u64>,
 }
 
+/// A run of identical 5xx errors (a full disk fails every write alike) is logged at ERROR
+/// at most once per this long; the span of each request still records its error status.
+const REPEATED_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The last 5xx message logged at ERROR, when, and how many identical ones were not since.
+struct RepeatedErrors(parking_lot::Mutex<Option<(String, Instant, u64)>>);
+
+impl RepeatedErrors {
+    const fn new() -> Self {
+        RepeatedErrors(parking_lot::Mutex::new(None))
+    }
+
+    /// Whether to log a 5xx with `message` at ERROR: `Some(identical errors not logged
+    /// since)`, or `None` within [`REPEATED_ERROR_LOG_EVERY`] of logging the same message.
+    fn check(&self, message: &str, now: Instant) -> Option<u64> {
+        let mut last = self.0.lock();
+        match last.as_mut() {
+            Some((m, at, n)) if m == message => {
+                if now.saturating_duration_since(*at) < REPEATED_ERROR_LOG_EVERY {
+                    *n += 1;
+                    return None;
+                }
+                let not_logged = *n;
+                *at = now;
+                *n = 0;
+                Some(not_logged)
+            }
+            _ => {
+                *last = Some((message.to_string(), now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+static SERVER_ERRORS: RepeatedErrors = RepeatedErrors::new();
+
+fn repeated_server_error(message: &str) -> Option<u64> {
+    SERVER_ERRORS.check(message, Instant::now())
+}
+
+#[cfg(test)]
+mod repeated_errors_tests {
+    use super::*;
+
+    #[test]
+    fn identical_server_errors_are_logged_once_per_interval() {
+        let r = RepeatedErrors::new();
+        let t0 = Instant::now();
+        let disk_full = "write WAL segment: No space left on device (os error 28)";
+        assert_eq!(r.check(disk_full, t0), Some(0));
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(2)), None);
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(11)), Some(2));
+        // A different error is logged at once.
+        assert_eq!(r.check("other", t0 + Duration::from_secs(12)), Some(0));
+    }
+}
+
 /// Marks a response produced from a handler panic.
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerPanicked;
@@ -135,7 +194,14 @@ where
                 // Recorded as a span event (a log in Jaeger) for 4xx too; only 5xx tag error.
                 let _e = span.span().enter();
                 if status.is_server_error() {
-                    tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, "request failed");
+                    match repeated_server_error(&err.message) {
+                        Some(not_logged) => {
+                            tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, identical_errors_not_logged = not_logged, "request failed")
+                        }
+                        None => {
+                            tracing::debug!(error.kind = err.kind.as_str(), error.message = %err.message, "request failed (repeat)")
+                        }
+                    }
                 } else {
                     tracing::info!(error.kind = err.kind.as_str(), error.message = %err.message, "request refused");
                 }

@@ -1510,4 +1510,25 @@ mod tests {
         assert_eq!(select(&db), want);
         assert_eq!(label_values(&db), vec!["a".to_string(), "b".to_string()]);
     }
+
+    /// A retry of a batch that was applied (its fsync failed, or the response was lost) is
+    /// accepted: samples identical to stored ones are duplicates, not out of order.
+    #[test]
+    fn retry_of_an_applied_batch_is_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        write_batch(&db).expect("first");
+        write_batch(&db).expect("the retry is accepted");
+        let m = db.metrics();
+        assert_eq!(m.refused_out_of_order_total, 0);
+        assert_eq!(m.samples_appended_total, 3);
+        // A different value at a stored timestamp is still refused.
+        let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let mut app = db.appender();
+        assert!(matches!(
+            app.append(&a, 2000, 9.0),
+            Err(StorageError::OutOfOrderSample)
+        ));
+        app.rollback();
+    }
 }
