@@ -41,8 +41,11 @@ pub(crate) enum DropReason {
     QueueFull,
     /// One span encodes larger than a datagram may be.
     TooLarge,
-    /// The UDP send failed (nothing listening, DNS failure, buffer full).
+    /// The UDP send failed (DNS failure, buffer full, no route).
     SendFailed,
+    /// The kernel refused the datagram: nothing listens on the agent's port (ICMP port
+    /// unreachable, seen as ECONNREFUSED on the connected socket).
+    AgentUnreachable,
     /// The backend refused the batch or could not be reached.
     ExportFailed,
     /// The export did not finish in time.
@@ -52,10 +55,11 @@ pub(crate) enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::TooLarge,
         DropReason::SendFailed,
+        DropReason::AgentUnreachable,
         DropReason::ExportFailed,
         DropReason::ExportTimeout,
         DropReason::Shutdown,
@@ -66,6 +70,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::TooLarge => "too_large",
             DropReason::SendFailed => "send_failed",
+            DropReason::AgentUnreachable => "agent_unreachable",
             DropReason::ExportFailed => "export_failed",
             DropReason::ExportTimeout => "export_timeout",
             DropReason::Shutdown => "shutdown",
