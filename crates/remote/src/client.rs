@@ -194,6 +194,10 @@ impl RemoteReadClient {
         let trace_headers = self.trace_headers.as_ref().map(|f| f()).unwrap_or_default();
         let mut decoder = Decoder {
             matchers,
+            mint,
+            maxt,
+            // Metadata selects (the series and label APIs) use labels only: keep no samples.
+            labels_only: hints.func.as_deref() == Some("series"),
             max_series: hints.limit,
             max_samples: self.cfg.max_samples,
             series: Vec::new(),
@@ -418,6 +422,14 @@ impl RemoteReadClient {
                             c.r#type
                         )));
                     }
+                    // Chunks outside the range (a store may send more than asked) and, for
+                    // metadata selects, all chunks are not kept.
+                    if decoder.labels_only
+                        || c.max_time_ms < decoder.mint
+                        || c.min_time_ms > decoder.maxt
+                    {
+                        continue;
+                    }
                     samples += usize::from(chunk_num_samples(&c.data).unwrap_or(0));
                     let start = data.len();
                     data.extend_from_slice(&c.data);
@@ -464,14 +476,26 @@ impl RemoteReadClient {
         for r in resp.results {
             for ts in r.timeseries {
                 let labels = wire_labels(&ts.labels).map_err(|e| self.unavailable(e))?;
-                let n = ts.samples.len();
+                let (mint, maxt) = (decoder.mint, decoder.maxt);
+                let in_range = || {
+                    ts.samples
+                        .iter()
+                        .filter(move |s| s.timestamp >= mint && s.timestamp <= maxt)
+                };
+                let n = if decoder.labels_only {
+                    0
+                } else {
+                    in_range().count()
+                };
+                let labels_only = decoder.labels_only;
                 let fed = decoder.feed(labels, n, || {
-                    SeriesData::Samples(
-                        ts.samples
-                            .iter()
+                    SeriesData::Samples(if labels_only {
+                        Vec::new()
+                    } else {
+                        in_range()
                             .map(|s| Sample::new(s.timestamp, s.value))
-                            .collect(),
-                    )
+                            .collect()
+                    })
                 });
                 fed.map_err(|e| self.limit_error(e))?;
                 if decoder.truncated {
@@ -493,6 +517,11 @@ enum LimitHit {
 /// limits while reading rather than after.
 struct Decoder<'a> {
     matchers: &'a [Matcher],
+    /// The read's time range: samples and chunks outside it are not kept.
+    mint: i64,
+    maxt: i64,
+    /// Keep labels only (metadata selects).
+    labels_only: bool,
     /// Keep at most this many distinct series, then stop reading (0: no limit): the engine
     /// asks for one more than it allows, so it still sees that the limit was passed.
     max_series: usize,
@@ -887,6 +916,8 @@ mod tests {
         trickle: bool,
         /// Answer with every series whatever the request's matchers.
         ignore_matchers: bool,
+        /// Answer with all data whatever the request's time range.
+        ignore_range: bool,
     }
 
     /// A minimal HTTP/1.1 remote-read server over `store`, answering `requests` requests.
@@ -930,9 +961,12 @@ mod tests {
                 } else {
                     let mut req = read::decode_request(&buf[head_end..head_end + len], 1 << 20)
                         .expect("request");
-                    if how.ignore_matchers {
-                        for q in &mut req.queries {
+                    for q in &mut req.queries {
+                        if how.ignore_matchers {
                             q.matchers = vec![to_wire_matcher(&Matcher::equal("__name__", "m"))];
+                        }
+                        if how.ignore_range {
+                            (q.start_timestamp_ms, q.end_timestamp_ms) = (0, i64::MAX);
                         }
                     }
                     let kind = read::negotiate(&req).expect("type");
@@ -1195,6 +1229,64 @@ mod tests {
         .expect("select");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].labels.get("i"), Some("1"));
+    }
+
+    #[test]
+    fn only_what_the_read_needs_is_kept() {
+        let rt = runtime();
+        for streamed in [true, false] {
+            let how = Serve {
+                ignore_range: true,
+                ..Default::default()
+            };
+            let c = RemoteReadClient::new(
+                config(serve_with(store(), 2, 200, how), streamed),
+                rt.handle().clone(),
+            )
+            .expect("client");
+            // Chunks and samples outside the read's range are dropped as they arrive.
+            let series = c
+                .read(
+                    &Context::background(),
+                    100_000,
+                    200_000,
+                    &SelectHints::default(),
+                    &[Matcher::equal("__name__", "m")],
+                )
+                .expect("read");
+            assert_eq!(series.len(), 3);
+            for s in &series {
+                let kept: usize = s
+                    .data
+                    .iter()
+                    .map(|d| match d {
+                        SeriesData::Samples(v) => v.len(),
+                        SeriesData::Chunks { chunks, .. } => chunks.len() * 120,
+                    })
+                    .sum();
+                assert!(kept <= 240, "streamed={streamed}: {kept} samples kept");
+            }
+            // A metadata select keeps labels only.
+            let hints = SelectHints {
+                func: Some("series".into()),
+                ..Default::default()
+            };
+            let series = c
+                .read(
+                    &Context::background(),
+                    0,
+                    i64::MAX,
+                    &hints,
+                    &[Matcher::equal("__name__", "m")],
+                )
+                .expect("read");
+            assert_eq!(series.len(), 3);
+            assert!(
+                series
+                    .iter()
+                    .all(|s| s.samples(0, i64::MAX).expect("samples").is_empty())
+            );
+        }
     }
 
     #[test]
