@@ -5,7 +5,7 @@
 //! | `m3query_tracing_spans_started_total` | backend | spans the sampler saw (sampled or not) |
 //! | `m3query_tracing_spans_sampled_total` | backend | spans sampled, so queued for export |
 //! | `m3query_tracing_spans_exported_total` | backend | spans the backend accepted (UDP: sent) |
-//! | `m3query_tracing_spans_dropped_total` | backend, reason | spans lost: `queue_full`, `too_large`, `send_failed`, `export_failed`, `export_timeout`, `shutdown` |
+//! | `m3query_tracing_spans_dropped_total` | backend, reason | spans lost: `queue_full`, `too_large`, `send_failed`, `agent_unreachable`, `export_failed`, `export_timeout`, `shutdown` |
 //! | `m3query_tracing_sampler_refreshes_total` | result | remote sampler polls: `updated`, `fetch_failed`, `rejected` |
 //!
 //! `backend` is `jaeger_agent`, `jaeger_collector`, `otlp`, `lightstep`, or `custom` for an
