@@ -122,7 +122,9 @@ fn main() -> ExitCode {
             match run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("m3query: {e:#}");
+                    // Not through the log (and its URL masking): mask URL passwords here.
+                    let msg = format!("{e:#}");
+                    eprintln!("m3query: {}", m3query_model::redact::redact_urls(&msg));
                     ExitCode::FAILURE
                 }
             }

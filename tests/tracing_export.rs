@@ -585,7 +585,7 @@ fn dead_backends_never_fail_requests_and_drops_are_counted() {
     }
     wait_metric(
         &agent,
-        r#"m3query_tracing_spans_dropped_total{backend="jaeger_agent",reason="send_failed"}"#,
+        r#"m3query_tracing_spans_dropped_total{backend="jaeger_agent",reason="agent_unreachable"}"#,
         1.0,
     );
     wait_metric(

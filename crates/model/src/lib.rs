@@ -6,6 +6,7 @@
 //!   paths for literals, prefixes and `a|b|c` alternations.
 //! - [`Sample`]: an `i64` millisecond timestamp and an `f64` value; the staleness marker's NaN
 //!   bit pattern is preserved exactly ([`STALE_NAN`]).
+//! - [`redact`]: secrets out of printed URLs and config errors.
 //! - [`time`]: Prometheus durations (`1h30m`) and API timestamps (RFC3339 or unix seconds).
 //!
 //! No I/O and no async here: this crate is shared by the storage engine, the PromQL engine,
@@ -14,6 +15,7 @@
 mod labels;
 mod matcher;
 mod metadata;
+pub mod redact;
 mod sample;
 pub mod time;
 

@@ -2,13 +2,22 @@
 //!
 //! Matchers and hints (start, end, step, func, grouping, range) are pushed down in the
 //! `ReadRequest`. With `prefer_streamed`, the client asks for `STREAMED_XOR_CHUNKS` first and
-//! `SAMPLES` second; streamed responses are read frame by frame and kept as compressed XOR
-//! chunks (about 1-2 bytes per sample), decoded only when a series is iterated. A response
-//! larger than `max_response_bytes` fails the select rather than exhausting memory.
+//! `SAMPLES` second. Streamed responses are decoded frame by frame as the body arrives (only a
+//! frame cut by a network read is buffered) and kept as compressed XOR chunks, one buffer per
+//! series (about 1-2 bytes per sample), decoded only when a series is iterated. A `SAMPLES`
+//! body is one snappy block, so it is buffered, up to the same cap. A response larger than
+//! `max_response_bytes` fails the select rather than exhausting memory.
+//!
+//! What a store sends is checked as it is read: series its selector's matchers do not match
+//! are dropped (a store must not leak other series into a query), reading stops once the
+//! select's series limit is reached, and more samples than `max_samples` fail the select with
+//! a limit error at once. A store's redirects are not followed (its credentials and headers
+//! must not reach another host), and its error bodies show up only as a short, sanitised
+//! first line.
 //!
 //! The storage traits are synchronous; the client runs its HTTP calls on the Tokio runtime
 //! given at construction, blocking the calling thread (a query worker, never an async task).
-//! Each select is one `remote.read` span (store, url, series, bytes, status).
+//! Each select is one `remote.read` span (store, url without password, series, bytes, status).
 //!
 //! Remote read has no label API: label names and values are derived from a select over the
 //! range (`{__name__=~".+"}` when no matcher is given), which costs what that select costs.
@@ -16,8 +25,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use m3query_chunkenc::XorIterator;
+use m3query_chunkenc::{XorIterator, chunk_num_samples};
+use m3query_model::redact::redact_urls;
 use m3query_model::{Labels, MatchOp, Matcher, Sample};
 use m3query_storage::{
     Context, Error as StorageError, LabelHints, LabelValues, Querier, Queryable, Result,
@@ -27,7 +36,6 @@ use prost::Message;
 use tracing::field::Empty;
 
 use crate::prompb;
-use crate::read::FrameReader;
 
 /// How to authenticate to a store.
 #[derive(Clone, Debug)]
@@ -49,6 +57,9 @@ pub struct RemoteConfig {
     pub prefer_streamed: bool,
     /// Largest response accepted (compressed body for SAMPLES, all frames for streamed).
     pub max_response_bytes: usize,
+    /// Most samples one read may bring (the query's sample limit; 0: no limit). Reading
+    /// stops with a limit error as soon as a response passes it.
+    pub max_samples: usize,
 }
 
 /// Produces the headers that carry the current trace to a store (see
@@ -67,7 +78,7 @@ impl std::fmt::Debug for RemoteReadClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteReadClient")
             .field("name", &self.cfg.name)
-            .field("url", &self.cfg.url)
+            .field("url", &redact_urls(&self.cfg.url))
             .finish()
     }
 }
@@ -79,6 +90,9 @@ impl RemoteReadClient {
             .user_agent(concat!("m3query/", env!("CARGO_PKG_VERSION")))
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            // No redirects, as Prometheus's remote read: following one would carry this
+            // store's credentials and custom headers to wherever the store points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| StorageError::Other(format!("building HTTP client: {e}").into()))?;
         Ok(RemoteReadClient {
@@ -100,10 +114,12 @@ impl RemoteReadClient {
         &self.cfg.name
     }
 
+    /// A store failure. URL passwords are masked: reqwest's errors quote the URL.
     fn unavailable(&self, message: impl Into<String>) -> StorageError {
+        let message = message.into();
         StorageError::Unavailable {
             store: self.cfg.name.clone(),
-            message: message.into(),
+            message: redact_urls(&message).into_owned(),
         }
     }
 
@@ -130,9 +146,11 @@ impl RemoteReadClient {
             "remote.read",
             "otel.kind" = "client",
             store = %self.cfg.name,
-            url = %self.cfg.url,
+            url = %redact_urls(&self.cfg.url),
             matchers = %DisplayMatchers(matchers),
             series = Empty,
+            dropped_series = Empty,
+            truncated = Empty,
             bytes = Empty,
             response_type = Empty,
             status = Empty,
@@ -174,6 +192,20 @@ impl RemoteReadClient {
             None => self.cfg.timeout,
         };
         let trace_headers = self.trace_headers.as_ref().map(|f| f()).unwrap_or_default();
+        let mut decoder = Decoder {
+            matchers,
+            mint,
+            maxt,
+            // Metadata selects (the series and label APIs) use labels only: keep no samples.
+            labels_only: hints.func.as_deref() == Some("series"),
+            max_series: hints.limit,
+            max_samples: self.cfg.max_samples,
+            series: Vec::new(),
+            distinct: 0,
+            samples: 0,
+            dropped: 0,
+            truncated: false,
+        };
         let result = self.runtime.block_on(async {
             let mut rb = self
                 .http
@@ -206,30 +238,49 @@ impl RemoteReadClient {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if !status.is_success() {
-                let text = resp.text().await.unwrap_or_default();
-                let text: String = text.chars().take(512).collect();
-                return Err(self.unavailable(format!("HTTP {status}: {}", text.trim())));
+            if status.is_redirection() {
+                // Redirects are not followed (as Prometheus's remote read): the credentials and
+                // headers of this store must not reach another host.
+                return Err(self.unavailable(format!(
+                    "HTTP {}: redirects are not followed; set url to the final address",
+                    status.as_u16()
+                )));
             }
-            let bytes = self.read_body(resp, ctx).await?;
-            Ok((content_type, bytes))
+            if !status.is_success() {
+                let summary = body_summary(resp).await;
+                return Err(self.unavailable(if summary.is_empty() {
+                    format!("HTTP {}", status.as_u16())
+                } else {
+                    format!("HTTP {}: {summary}", status.as_u16())
+                }));
+            }
+            if content_type.starts_with("application/x-streamed-protobuf") {
+                span.record("response_type", "STREAMED_XOR_CHUNKS");
+                self.read_streamed(resp, ctx, &mut decoder).await
+            } else {
+                span.record("response_type", "SAMPLES");
+                let body = self.read_body(resp, ctx).await?;
+                let n = body.len();
+                self.decode_samples(&body, &mut decoder)?;
+                Ok(n)
+            }
         });
-        let (content_type, bytes) = match result {
-            Ok(r) => r,
+        let bytes = match result {
+            Ok(n) => n,
             Err(e) => {
                 span.record("error", true);
                 tracing::warn!(target: "m3query::remote", store = %self.cfg.name, error = %e, "remote read failed");
                 return Err(e);
             }
         };
-        span.record("bytes", bytes.len() as u64);
-        let mut series = if content_type.starts_with("application/x-streamed-protobuf") {
-            span.record("response_type", "STREAMED_XOR_CHUNKS");
-            self.decode_streamed(&bytes)?
-        } else {
-            span.record("response_type", "SAMPLES");
-            self.decode_samples(&bytes)?
-        };
+        span.record("bytes", bytes as u64);
+        if decoder.dropped > 0 {
+            span.record("dropped_series", decoder.dropped as u64);
+        }
+        if decoder.truncated {
+            span.record("truncated", true);
+        }
+        let mut series = decoder.series;
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
         // Streams split a series across frames; join neighbours with equal labels.
         series.dedup_by(|next, prev| {
@@ -244,14 +295,12 @@ impl RemoteReadClient {
         Ok(series)
     }
 
-    /// Reads the body up to the size limit, checking the query context between chunks.
-    async fn read_body(&self, mut resp: reqwest::Response, ctx: &Context) -> Result<Bytes> {
+    /// Reads a `SAMPLES` body (one snappy block, so it must be whole) up to the size limit,
+    /// checking the query context between chunks.
+    async fn read_body(&self, mut resp: reqwest::Response, ctx: &Context) -> Result<Vec<u8>> {
         let limit = self.cfg.max_response_bytes;
-        if resp.content_length().is_some_and(|l| l as usize > limit) {
-            return Err(self.unavailable(format!(
-                "response of {} bytes is over the {limit}-byte limit",
-                resp.content_length().unwrap_or(0)
-            )));
+        if let Some(l) = resp.content_length().filter(|l| *l > limit as u64) {
+            return Err(self.over_limit(l));
         }
         let mut buf = Vec::new();
         loop {
@@ -259,13 +308,11 @@ impl RemoteReadClient {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if buf.len() + c.len() > limit {
-                        return Err(self.unavailable(format!(
-                            "response is over the {limit}-byte limit; narrow the query"
-                        )));
+                        return Err(self.over_limit((buf.len() + c.len()) as u64));
                     }
                     buf.extend_from_slice(&c);
                 }
-                Ok(None) => return Ok(Bytes::from(buf)),
+                Ok(None) => return Ok(buf),
                 Err(e) => {
                     return Err(self.unavailable(format!("reading response: {}", error_chain(&e))));
                 }
@@ -273,12 +320,151 @@ impl RemoteReadClient {
         }
     }
 
-    fn decode_samples(&self, body: &[u8]) -> Result<Vec<RemoteSeries>> {
+    fn over_limit(&self, bytes: u64) -> StorageError {
+        self.unavailable(format!(
+            "response of at least {bytes} bytes is over this store's {}-byte limit (remoteRead maxResponseBytes); narrow the query",
+            self.cfg.max_response_bytes
+        ))
+    }
+
+    /// Decodes `STREAMED_XOR_CHUNKS` frames as they arrive, so only the partial frame at the
+    /// end of what has arrived is buffered; stops early once the series limit is reached.
+    /// Returns the bytes read.
+    async fn read_streamed(
+        &self,
+        mut resp: reqwest::Response,
+        ctx: &Context,
+        decoder: &mut Decoder<'_>,
+    ) -> Result<usize> {
+        let limit = self.cfg.max_response_bytes;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        loop {
+            ctx.check()?;
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(self.unavailable(format!("reading response: {}", error_chain(&e))));
+                }
+            };
+            total += chunk.len();
+            if total > limit {
+                return Err(self.over_limit(total as u64));
+            }
+            // Frames wholly inside this network chunk are decoded from it directly; only a
+            // frame cut by the chunk's end is kept in `pending` until the rest arrives.
+            if pending.is_empty() {
+                let used = self.decode_frames(&chunk, decoder)?;
+                if decoder.truncated {
+                    return Ok(total);
+                }
+                pending.extend_from_slice(&chunk[used..]);
+            } else {
+                pending.extend_from_slice(&chunk);
+                let used = self.decode_frames(&pending, decoder)?;
+                if decoder.truncated {
+                    return Ok(total);
+                }
+                pending.drain(..used);
+            }
+            if pending.len() > limit {
+                return Err(self.over_limit(pending.len() as u64));
+            }
+        }
+        if !pending.is_empty() {
+            return Err(self.unavailable(format!(
+                "bad frame: response ended inside a frame ({} bytes left over)",
+                pending.len()
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Decodes the complete frames at the start of `buf`; returns how many bytes they took.
+    fn decode_frames(&self, buf: &[u8], decoder: &mut Decoder<'_>) -> Result<usize> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let rest = &buf[pos..];
+            let Some((len, header)) =
+                frame_header(rest).map_err(|e| self.unavailable(format!("bad frame: {e}")))?
+            else {
+                break;
+            };
+            if len > self.cfg.max_response_bytes {
+                return Err(self.over_limit(len as u64));
+            }
+            if rest.len() < header + len {
+                break;
+            }
+            let msg = &rest[header..header + len];
+            let crc = u32::from_be_bytes([
+                rest[header - 4],
+                rest[header - 3],
+                rest[header - 2],
+                rest[header - 1],
+            ]);
+            if crc32c::crc32c(msg) != crc {
+                return Err(self.unavailable("bad frame: frame checksum mismatch"));
+            }
+            pos += header + len;
+            let resp = prompb::ChunkedReadResponse::decode(msg)
+                .map_err(|e| self.unavailable(format!("cannot decode ChunkedReadResponse: {e}")))?;
+            for cs in resp.chunked_series {
+                let labels = wire_labels(&cs.labels).map_err(|e| self.unavailable(e))?;
+                let mut data = Vec::new();
+                let mut chunks = Vec::with_capacity(cs.chunks.len());
+                let mut samples = 0usize;
+                for c in &cs.chunks {
+                    if c.r#type != prompb::chunk::Encoding::Xor as i32 {
+                        return Err(self.unavailable(format!(
+                            "series {labels} has a chunk of encoding {} (native histograms are not supported)",
+                            c.r#type
+                        )));
+                    }
+                    // Chunks outside the range (a store may send more than asked) and, for
+                    // metadata selects, all chunks are not kept.
+                    if decoder.labels_only
+                        || c.max_time_ms < decoder.mint
+                        || c.min_time_ms > decoder.maxt
+                    {
+                        continue;
+                    }
+                    samples += usize::from(chunk_num_samples(&c.data).unwrap_or(0));
+                    let start = data.len();
+                    data.extend_from_slice(&c.data);
+                    chunks.push(RemoteChunk {
+                        min_t: c.min_time_ms,
+                        max_t: c.max_time_ms,
+                        range: start..data.len(),
+                    });
+                }
+                let fed = decoder.feed(labels, samples, || SeriesData::Chunks { data, chunks });
+                fed.map_err(|e| self.limit_error(e))?;
+                if decoder.truncated {
+                    return Ok(pos);
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    fn limit_error(&self, e: LimitHit) -> StorageError {
+        match e {
+            LimitHit::Samples(limit) => StorageError::LimitExceeded(format!(
+                "remote store {:?} sent more than {limit} samples, the query's sample limit (query.prometheus.maxSamplesPerQuery); narrow the query's matchers or time range",
+                self.cfg.name
+            )),
+        }
+    }
+
+    fn decode_samples(&self, body: &[u8], decoder: &mut Decoder<'_>) -> Result<()> {
         let size = snap::raw::decompress_len(body)
             .map_err(|e| self.unavailable(format!("bad snappy response: {e}")))?;
         if size > self.cfg.max_response_bytes.saturating_mul(8) {
             return Err(self.unavailable(format!(
-                "response decompresses to {size} bytes, over the limit"
+                "response decompresses to {size} bytes, over 8 times this store's {}-byte limit",
+                self.cfg.max_response_bytes
             )));
         }
         let raw = snap::raw::Decoder::new()
@@ -286,55 +472,166 @@ impl RemoteReadClient {
             .map_err(|e| self.unavailable(format!("bad snappy response: {e}")))?;
         let resp = prompb::ReadResponse::decode(raw.as_slice())
             .map_err(|e| self.unavailable(format!("cannot decode ReadResponse: {e}")))?;
-        let mut out = Vec::new();
+        drop(raw);
         for r in resp.results {
             for ts in r.timeseries {
                 let labels = wire_labels(&ts.labels).map_err(|e| self.unavailable(e))?;
-                let samples = ts
-                    .samples
-                    .iter()
-                    .map(|s| Sample::new(s.timestamp, s.value))
-                    .collect();
-                out.push(RemoteSeries {
-                    labels,
-                    data: vec![SeriesData::Samples(samples)],
+                let (mint, maxt) = (decoder.mint, decoder.maxt);
+                let in_range = || {
+                    ts.samples
+                        .iter()
+                        .filter(move |s| s.timestamp >= mint && s.timestamp <= maxt)
+                };
+                let n = if decoder.labels_only {
+                    0
+                } else {
+                    in_range().count()
+                };
+                let labels_only = decoder.labels_only;
+                let fed = decoder.feed(labels, n, || {
+                    SeriesData::Samples(if labels_only {
+                        Vec::new()
+                    } else {
+                        in_range()
+                            .map(|s| Sample::new(s.timestamp, s.value))
+                            .collect()
+                    })
                 });
-            }
-        }
-        Ok(out)
-    }
-
-    fn decode_streamed(&self, body: &[u8]) -> Result<Vec<RemoteSeries>> {
-        let mut out = Vec::new();
-        let mut frames = FrameReader::new(body);
-        while let Some(frame) = frames.next_frame() {
-            let msg = frame.map_err(|e| self.unavailable(format!("bad frame: {e}")))?;
-            let resp = prompb::ChunkedReadResponse::decode(msg)
-                .map_err(|e| self.unavailable(format!("cannot decode ChunkedReadResponse: {e}")))?;
-            for cs in resp.chunked_series {
-                let labels = wire_labels(&cs.labels).map_err(|e| self.unavailable(e))?;
-                let mut chunks = Vec::with_capacity(cs.chunks.len());
-                for c in cs.chunks {
-                    if c.r#type != prompb::chunk::Encoding::Xor as i32 {
-                        return Err(self.unavailable(format!(
-                            "series {labels} has a chunk of encoding {} (native histograms are not supported)",
-                            c.r#type
-                        )));
-                    }
-                    chunks.push(RemoteChunk {
-                        min_t: c.min_time_ms,
-                        max_t: c.max_time_ms,
-                        data: c.data,
-                    });
+                fed.map_err(|e| self.limit_error(e))?;
+                if decoder.truncated {
+                    return Ok(());
                 }
-                out.push(RemoteSeries {
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A limit a response ran into.
+enum LimitHit {
+    Samples(usize),
+}
+
+/// Collects a response's series as they are decoded: drops series the selector's matchers do
+/// not match (a store must not leak other series into results), and applies the query's
+/// limits while reading rather than after.
+struct Decoder<'a> {
+    matchers: &'a [Matcher],
+    /// The read's time range: samples and chunks outside it are not kept.
+    mint: i64,
+    maxt: i64,
+    /// Keep labels only (metadata selects).
+    labels_only: bool,
+    /// Keep at most this many distinct series, then stop reading (0: no limit): the engine
+    /// asks for one more than it allows, so it still sees that the limit was passed.
+    max_series: usize,
+    /// Fail once more samples than this arrived (0: no limit).
+    max_samples: usize,
+    series: Vec<RemoteSeries>,
+    distinct: usize,
+    samples: usize,
+    dropped: usize,
+    truncated: bool,
+}
+
+impl Decoder<'_> {
+    fn feed(
+        &mut self,
+        labels: Labels,
+        samples: usize,
+        data: impl FnOnce() -> SeriesData,
+    ) -> std::result::Result<(), LimitHit> {
+        if !self
+            .matchers
+            .iter()
+            .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+        {
+            self.dropped += 1;
+            return Ok(());
+        }
+        // A streamed series continues in the next frame with the same labels.
+        let continues = self.series.last().is_some_and(|s| s.labels == labels);
+        if !continues {
+            if self.max_series > 0 && self.distinct >= self.max_series {
+                self.truncated = true;
+                return Ok(());
+            }
+            self.distinct += 1;
+        }
+        self.samples += samples;
+        if self.max_samples > 0 && self.samples > self.max_samples {
+            return Err(LimitHit::Samples(self.max_samples));
+        }
+        match self.series.last_mut() {
+            Some(last) if continues => last.data.push(data()),
+            _ => {
+                if let Some(SeriesData::Chunks { data, chunks }) =
+                    self.series.last_mut().and_then(|s| s.data.last_mut())
+                {
+                    // The previous series is complete: give back its spare capacity.
+                    data.shrink_to_fit();
+                    chunks.shrink_to_fit();
+                }
+                self.series.push(RemoteSeries {
                     labels,
-                    data: vec![SeriesData::Chunks(chunks)],
+                    data: vec![data()],
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// A frame's `uvarint(len) | be32 crc` header: `Ok(Some((len, header_bytes)))`, or
+/// `Ok(None)` when `buf` does not hold the whole header yet.
+fn frame_header(buf: &[u8]) -> std::result::Result<Option<(usize, usize)>, String> {
+    let mut len: u64 = 0;
+    for (i, b) in buf.iter().enumerate().take(10) {
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let header = i + 1 + 4;
+            if buf.len() < header {
+                return Ok(None);
+            }
+            let len = usize::try_from(len).map_err(|_| "frame length overflows".to_string())?;
+            return Ok(Some((len, header)));
+        }
+    }
+    if buf.len() >= 10 {
+        return Err("bad frame length: varint longer than 10 bytes".into());
+    }
+    Ok(None)
+}
+
+/// A short, printable summary of a store's error body: its first line, control characters
+/// stripped, at most [`SUMMARY_CHARS`] characters. The body may hold secrets or text an
+/// attacker chose, so little of it travels into warnings and logs; only the first kilobyte
+/// is read.
+async fn body_summary(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < 1024 {
+        match resp.chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c[..c.len().min(1024 - buf.len())]),
+            _ => break,
+        }
+    }
+    summarize(&String::from_utf8_lossy(&buf))
+}
+
+/// Most characters of a store's error body shown.
+const SUMMARY_CHARS: usize = 100;
+
+fn summarize(text: &str) -> String {
+    let first = text.trim_start().lines().next().unwrap_or("");
+    let mut out: String = first
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(SUMMARY_CHARS)
+        .collect();
+    if first.chars().filter(|c| !c.is_control()).count() > SUMMARY_CHARS {
+        out.push('…');
+    }
+    redact_urls(out.trim()).into_owned()
 }
 
 /// An error with its sources, for messages (reqwest's Display stops at the top level).
@@ -389,15 +686,21 @@ fn wire_labels(ls: &[prompb::Label]) -> std::result::Result<Labels, String> {
     Labels::try_from_pairs(pairs)
 }
 
+/// One XOR chunk of a streamed series: its time range and where its bytes are in the
+/// series' buffer.
 struct RemoteChunk {
     min_t: i64,
     max_t: i64,
-    data: Bytes,
+    range: std::ops::Range<usize>,
 }
 
 enum SeriesData {
     Samples(Vec<Sample>),
-    Chunks(Vec<RemoteChunk>),
+    /// A series' chunks in one buffer (one allocation per series, not per chunk).
+    Chunks {
+        data: Vec<u8>,
+        chunks: Vec<RemoteChunk>,
+    },
 }
 
 /// A series as received: raw samples or compressed chunks, decoded when iterated.
@@ -415,12 +718,13 @@ impl RemoteSeries {
                 SeriesData::Samples(s) => {
                     out.extend(s.iter().filter(|x| x.t >= mint && x.t <= maxt).copied())
                 }
-                SeriesData::Chunks(cs) => {
-                    for c in cs {
+                SeriesData::Chunks { data, chunks } => {
+                    for c in chunks {
                         if c.max_t < mint || c.min_t > maxt {
                             continue;
                         }
-                        let mut it = XorIterator::new(&c.data)
+                        let bytes = data.get(c.range.clone()).unwrap_or_default();
+                        let mut it = XorIterator::new(bytes)
                             .map_err(|e| StorageError::Corruption(format!("remote chunk: {e}")))?;
                         it.append_range(mint, maxt, &mut out)
                             .map_err(|e| StorageError::Corruption(format!("remote chunk: {e}")))?;
@@ -605,8 +909,23 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::Arc;
 
+    /// How a test store misbehaves.
+    #[derive(Clone, Copy, Default)]
+    struct Serve {
+        /// Write the body a few bytes at a time, so frames arrive cut across reads.
+        trickle: bool,
+        /// Answer with every series whatever the request's matchers.
+        ignore_matchers: bool,
+        /// Answer with all data whatever the request's time range.
+        ignore_range: bool,
+    }
+
     /// A minimal HTTP/1.1 remote-read server over `store`, answering `requests` requests.
     fn serve(store: Arc<MemStorage>, requests: usize, status: u16) -> String {
+        serve_with(store, requests, status, Serve::default())
+    }
+
+    fn serve_with(store: Arc<MemStorage>, requests: usize, status: u16, how: Serve) -> String {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         std::thread::spawn(move || {
@@ -640,8 +959,16 @@ mod tests {
                 let (ct, body) = if status != 200 {
                     ("text/plain", b"boom".to_vec())
                 } else {
-                    let req = read::decode_request(&buf[head_end..head_end + len], 1 << 20)
+                    let mut req = read::decode_request(&buf[head_end..head_end + len], 1 << 20)
                         .expect("request");
+                    for q in &mut req.queries {
+                        if how.ignore_matchers {
+                            q.matchers = vec![to_wire_matcher(&Matcher::equal("__name__", "m"))];
+                        }
+                        if how.ignore_range {
+                            (q.start_timestamp_ms, q.end_timestamp_ms) = (0, i64::MAX);
+                        }
+                    }
                     let kind = read::negotiate(&req).expect("type");
                     let ctx = Context::background();
                     match kind {
@@ -670,7 +997,15 @@ mod tests {
                     body.len()
                 );
                 let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
+                if how.trickle {
+                    for part in body.chunks(7) {
+                        let _ = s.write_all(part);
+                        let _ = s.flush();
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                } else {
+                    let _ = s.write_all(&body);
+                }
             }
         });
         format!("http://{addr}/api/v1/read")
@@ -703,6 +1038,7 @@ mod tests {
             required_matchers: vec![],
             prefer_streamed,
             max_response_bytes: 1 << 20,
+            max_samples: 0,
         }
     }
 
@@ -789,5 +1125,193 @@ mod tests {
             .label_names(&ctx, &LabelHints { limit: 2 }, &[Matcher::equal("i", "1")])
             .expect("names");
         assert_eq!(n.values, vec!["__name__", "i"]);
+    }
+
+    fn select_with(
+        c: &RemoteReadClient,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+    ) -> Result<Vec<VecSeries>> {
+        let q = c.querier(0, i64::MAX)?;
+        let mut set = q.select(&Context::background(), true, hints, matchers)?;
+        Ok(collect_series(set.as_mut(), i64::MIN, i64::MAX)?.0)
+    }
+
+    #[test]
+    fn streamed_frames_split_across_network_reads_decode() {
+        let rt = runtime();
+        let s = store();
+        let whole =
+            RemoteReadClient::new(config(serve(s.clone(), 1, 200), false), rt.handle().clone())
+                .expect("client");
+        let trickled = RemoteReadClient::new(
+            config(
+                serve_with(
+                    s,
+                    1,
+                    200,
+                    Serve {
+                        trickle: true,
+                        ..Default::default()
+                    },
+                ),
+                true,
+            ),
+            rt.handle().clone(),
+        )
+        .expect("client");
+        let x = select_all(&whole, 0, i64::MAX).expect("samples");
+        let y = select_all(&trickled, 0, i64::MAX).expect("streamed");
+        assert_eq!(x.len(), 3);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn the_series_limit_stops_a_read_early() {
+        let rt = runtime();
+        for streamed in [true, false] {
+            let c = RemoteReadClient::new(
+                config(serve(store(), 1, 200), streamed),
+                rt.handle().clone(),
+            )
+            .expect("client");
+            let hints = SelectHints {
+                limit: 2,
+                ..Default::default()
+            };
+            let got = select_with(&c, &hints, &[Matcher::equal("__name__", "m")]).expect("select");
+            assert_eq!(got.len(), 2, "streamed={streamed}");
+        }
+    }
+
+    #[test]
+    fn the_sample_limit_fails_a_read_while_reading() {
+        let rt = runtime();
+        for streamed in [true, false] {
+            let mut cfg = config(serve(store(), 1, 200), streamed);
+            cfg.max_samples = 700;
+            let c = RemoteReadClient::new(cfg, rt.handle().clone()).expect("client");
+            match select_all(&c, 0, i64::MAX) {
+                Err(StorageError::LimitExceeded(m)) => {
+                    assert!(m.contains("700") && m.contains("\"r\""), "{m}")
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("expected the sample limit, streamed={streamed}"),
+            }
+        }
+    }
+
+    #[test]
+    fn series_the_matchers_do_not_select_are_dropped() {
+        let rt = runtime();
+        // This store ignores the request's matchers and answers with every series.
+        let c = RemoteReadClient::new(
+            config(
+                serve_with(
+                    store(),
+                    2,
+                    200,
+                    Serve {
+                        ignore_matchers: true,
+                        ..Default::default()
+                    },
+                ),
+                true,
+            ),
+            rt.handle().clone(),
+        )
+        .expect("client");
+        let got = select_with(
+            &c,
+            &SelectHints::default(),
+            &[Matcher::equal("__name__", "m"), Matcher::equal("i", "1")],
+        )
+        .expect("select");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels.get("i"), Some("1"));
+    }
+
+    #[test]
+    fn only_what_the_read_needs_is_kept() {
+        let rt = runtime();
+        for streamed in [true, false] {
+            let how = Serve {
+                ignore_range: true,
+                ..Default::default()
+            };
+            let c = RemoteReadClient::new(
+                config(serve_with(store(), 2, 200, how), streamed),
+                rt.handle().clone(),
+            )
+            .expect("client");
+            // Chunks and samples outside the read's range are dropped as they arrive.
+            let series = c
+                .read(
+                    &Context::background(),
+                    100_000,
+                    200_000,
+                    &SelectHints::default(),
+                    &[Matcher::equal("__name__", "m")],
+                )
+                .expect("read");
+            assert_eq!(series.len(), 3);
+            for s in &series {
+                let kept: usize = s
+                    .data
+                    .iter()
+                    .map(|d| match d {
+                        SeriesData::Samples(v) => v.len(),
+                        SeriesData::Chunks { chunks, .. } => chunks.len() * 120,
+                    })
+                    .sum();
+                assert!(kept <= 240, "streamed={streamed}: {kept} samples kept");
+            }
+            // A metadata select keeps labels only.
+            let hints = SelectHints {
+                func: Some("series".into()),
+                ..Default::default()
+            };
+            let series = c
+                .read(
+                    &Context::background(),
+                    0,
+                    i64::MAX,
+                    &hints,
+                    &[Matcher::equal("__name__", "m")],
+                )
+                .expect("read");
+            assert_eq!(series.len(), 3);
+            assert!(
+                series
+                    .iter()
+                    .all(|s| s.samples(0, i64::MAX).expect("samples").is_empty())
+            );
+        }
+    }
+
+    #[test]
+    fn the_response_cap_applies_to_streamed_reads() {
+        let rt = runtime();
+        let mut cfg = config(serve(store(), 1, 200), true);
+        cfg.max_response_bytes = 1000;
+        let c = RemoteReadClient::new(cfg, rt.handle().clone()).expect("client");
+        match select_all(&c, 0, i64::MAX) {
+            Err(StorageError::Unavailable { message, .. }) => {
+                assert!(message.contains("maxResponseBytes"), "{message}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected the response cap"),
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_summarised() {
+        assert_eq!(summarize("\n boom\x1b[0m\r\nsecond line"), "boom[0m");
+        let long = "y".repeat(500);
+        assert_eq!(summarize(&long).chars().count(), SUMMARY_CHARS + 1);
+        assert_eq!(
+            summarize("bad upstream http://u:pw@h/x"),
+            "bad upstream http://u:xxxxx@h/x"
+        );
     }
 }

@@ -28,9 +28,6 @@ pub fn tsdb_options(s: &StorageConfig) -> m3query_tsdb::Options {
     }
 }
 
-/// Largest remote-read response one select accepts (compressed bytes).
-const MAX_REMOTE_RESPONSE_BYTES: usize = 1 << 30;
-
 /// The queryable behind the query API: `local` alone, or `local` plus every remote store
 /// merged (remote failures are warnings when `query.partialResponse` is on), with HA replica
 /// labels dropped and replicas deduplicated when any store lists `dedupLabels`. Reads carry
@@ -76,7 +73,10 @@ pub fn queryable(
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 prefer_streamed: r.prefer_streamed,
-                max_response_bytes: MAX_REMOTE_RESPONSE_BYTES,
+                max_response_bytes: usize::try_from(r.max_response_bytes.0).unwrap_or(usize::MAX),
+                // The query's sample limit also bounds what one store may send.
+                max_samples: usize::try_from(cfg.query.prometheus.max_samples_per_query)
+                    .unwrap_or(usize::MAX),
             },
             runtime.clone(),
         )

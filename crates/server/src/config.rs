@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use m3query_model::redact::{redact_config_error, redact_urls};
 use m3query_telemetry::LoggingConfig;
 use m3query_telemetry::config::{Duration, HttpUrl, REDACTED, TracingConfig};
 use serde::de::{self, Deserializer};
@@ -487,10 +488,19 @@ pub struct RemoteReadConfig {
     /// Labels that tell HA replicas apart (`[replica]`): dropped, one replica kept per gap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dedup_labels: Vec<String>,
+    /// Largest answer one read may bring from this store (the compressed body of a SAMPLES
+    /// answer, all frames of a streamed one); over it the read fails.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: ByteSize,
 }
 
 fn default_remote_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// 1 GiB: the cap that was fixed before it became `remoteRead[].maxResponseBytes`.
+fn default_max_response_bytes() -> ByteSize {
+    ByteSize(1 << 30)
 }
 
 fn yes() -> bool {
@@ -514,10 +524,14 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        // Error messages quote config lines and echo values, secrets included (also those
+        // interpolated from the environment): every message goes through
+        // `redact_config_error` with the text it came from.
+        let raw = text;
         let text = interpolate(text, env).map_err(|(line, message)| ConfigError::Interpolate {
             path: name.to_string(),
             line,
-            message,
+            message: redact_config_error(&message, raw),
         })?;
         // An empty file (or only comments) is the default config.
         let cfg: Config = if text
@@ -528,12 +542,12 @@ impl Config {
         } else {
             serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
                 path: name.to_string(),
-                message: e.to_string(),
+                message: redact_config_error(&e.to_string(), &text),
             })?
         };
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: name.to_string(),
-            message,
+            message: redact_config_error(&message, &text),
         })?;
         Ok(cfg)
     }
@@ -583,6 +597,12 @@ impl Config {
                     r.url
                 ));
             }
+            if r.max_response_bytes.0 == 0 {
+                return Err(format!(
+                    "remoteRead[{i}] ({}): maxResponseBytes must be positive",
+                    self.remote_read_name(i)
+                ));
+            }
             if !names.insert(self.remote_read_name(i)) {
                 return Err(format!(
                     "remoteRead[{i}]: name {:?} is used twice; give each store a distinct name",
@@ -593,7 +613,8 @@ impl Config {
         Ok(())
     }
 
-    /// The name of remote store `i`: its `name`, else the URL's authority.
+    /// The name of remote store `i`: its `name`, else the URL's host and port (never its
+    /// userinfo: the name is in warnings, spans and metrics).
     pub fn remote_read_name(&self, i: usize) -> String {
         let r = &self.remote_read[i];
         if let Some(n) = &r.name {
@@ -603,15 +624,20 @@ impl Config {
             .0
             .parse::<http::Uri>()
             .ok()
-            .and_then(|u| u.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| r.url.0.clone())
+            .and_then(|u| {
+                u.authority()
+                    .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| redact_urls(&r.url.0).into_owned())
     }
 
-    /// A copy with every secret replaced by `<redacted>`: tokens, passwords, header values.
+    /// A copy with every secret replaced by `<redacted>`: tokens, passwords, header values,
+    /// and URL passwords by `xxxxx`.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.tracing = c.tracing.redacted();
         for r in &mut c.remote_read {
+            r.url = HttpUrl(redact_urls(&r.url.0).into_owned());
             for v in r.headers.values_mut() {
                 *v = REDACTED.into();
             }
@@ -732,6 +758,28 @@ remoteRead:
             .expect_err("nothing to query")
             .to_string();
         assert!(e.contains("nothing to query"), "{e}");
+    }
+
+    #[test]
+    fn remote_store_names_urls_and_caps_keep_secrets_out() {
+        let y = "remoteRead:\n  - url: http://u:pw9@prom:9090/api/v1/read\n  - url: http://b/api/v1/read\n    maxResponseBytes: 64MiB\n";
+        let c = Config::from_yaml("t", y, |_| None).expect("valid");
+        assert_eq!(c.remote_read_name(0), "prom:9090");
+        assert_eq!(c.remote_read[0].max_response_bytes, ByteSize(1 << 30));
+        assert_eq!(c.remote_read[1].max_response_bytes, ByteSize(64 << 20));
+        let shown = c.to_redacted_yaml();
+        assert!(
+            !shown.contains("pw9") && shown.contains("u:xxxxx@prom"),
+            "{shown}"
+        );
+        let e = Config::from_yaml(
+            "t",
+            "remoteRead:\n  - url: http://b/api/v1/read\n    bearerToken: ${T}\n    timeout: ${T}\n",
+            |_| Some("tok-77".into()),
+        )
+        .expect_err("bad timeout")
+        .to_string();
+        assert!(!e.contains("tok-77") && e.contains("line 4"), "{e}");
     }
 
     #[test]

@@ -209,7 +209,9 @@ impl Querier for MergeQuerier<'_> {
                     partial_ok: p.partial_ok,
                     set,
                 }),
-                Err(e) if p.partial_ok && !matches!(e, Error::Canceled) => {
+                Err(e)
+                    if p.partial_ok && !matches!(e, Error::Canceled | Error::LimitExceeded(_)) =>
+                {
                     warnings.push(partial_warning(&p.name, &e))
                 }
                 Err(e) => return Err(e),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::ToSocketAddrs;
 
+use m3query_model::redact::redact_urls;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -258,10 +259,16 @@ impl TracingConfig {
         Ok(())
     }
 
-    /// A copy with secrets (tokens, passwords, header values) replaced by [`REDACTED`].
+    /// A copy with secrets (tokens, passwords, header values) replaced by [`REDACTED`], and
+    /// URL passwords by `xxxxx`.
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
+        let url = |u: &mut HttpUrl| u.0 = redact_urls(&u.0).into_owned();
         if let Some(j) = &mut c.jaeger {
+            url(&mut j.sampler.sampling_server_url);
+            if let Some(e) = &mut j.reporter.collector_endpoint {
+                url(e);
+            }
             if j.reporter.password.as_ref().is_some_and(|p| !p.is_empty()) {
                 j.reporter.password = Some(REDACTED.into());
             }
@@ -273,6 +280,7 @@ impl TracingConfig {
             l.access_token = REDACTED.into();
         }
         if let Some(o) = &mut c.otlp {
+            url(&mut o.endpoint);
             redact_map(&mut o.headers);
         }
         c
@@ -772,5 +780,15 @@ mod tests {
             "{s}"
         );
         assert!(s.contains(REDACTED));
+        let c = parse(
+            "otlp: {endpoint: \"http://o:pw1@h:4318\"}\njaeger: {sampler: {samplingServerURL: \"http://s:pw2@h:5778/sampling\"}, reporter: {collectorEndpoint: \"https://c:pw3@h/api/traces\"}}\n",
+        )
+        .expect("valid");
+        let s = serde_saphyr::to_string(&c.redacted()).expect("serialize");
+        assert!(
+            !s.contains("pw1") && !s.contains("pw2") && !s.contains("pw3"),
+            "{s}"
+        );
+        assert!(s.contains("o:xxxxx@h:4318"), "{s}");
     }
 }

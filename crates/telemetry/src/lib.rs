@@ -135,6 +135,7 @@ impl TelemetryBuilder {
             .writer
             .take()
             .unwrap_or_else(|| LogWriter::new(std::io::stderr));
+        let writer = LogWriter::new(logging::RedactUrls(writer));
         let fmt_layer = match self.logging.format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
                 .with_writer(writer)

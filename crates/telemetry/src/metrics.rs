@@ -5,7 +5,7 @@
 //! | `m3query_tracing_spans_started_total` | backend | spans the sampler saw (sampled or not) |
 //! | `m3query_tracing_spans_sampled_total` | backend | spans sampled, so queued for export |
 //! | `m3query_tracing_spans_exported_total` | backend | spans the backend accepted (UDP: sent) |
-//! | `m3query_tracing_spans_dropped_total` | backend, reason | spans lost: `queue_full`, `too_large`, `send_failed`, `export_failed`, `export_timeout`, `shutdown` |
+//! | `m3query_tracing_spans_dropped_total` | backend, reason | spans lost: `queue_full`, `too_large`, `send_failed`, `agent_unreachable`, `export_failed`, `export_timeout`, `shutdown` |
 //! | `m3query_tracing_sampler_refreshes_total` | result | remote sampler polls: `updated`, `fetch_failed`, `rejected` |
 //!
 //! `backend` is `jaeger_agent`, `jaeger_collector`, `otlp`, `lightstep`, or `custom` for an
@@ -41,8 +41,11 @@ pub(crate) enum DropReason {
     QueueFull,
     /// One span encodes larger than a datagram may be.
     TooLarge,
-    /// The UDP send failed (nothing listening, DNS failure, buffer full).
+    /// The UDP send failed (DNS failure, buffer full, no route).
     SendFailed,
+    /// The kernel refused the datagram: nothing listens on the agent's port (ICMP port
+    /// unreachable, seen as ECONNREFUSED on the connected socket).
+    AgentUnreachable,
     /// The backend refused the batch or could not be reached.
     ExportFailed,
     /// The export did not finish in time.
@@ -52,10 +55,11 @@ pub(crate) enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::TooLarge,
         DropReason::SendFailed,
+        DropReason::AgentUnreachable,
         DropReason::ExportFailed,
         DropReason::ExportTimeout,
         DropReason::Shutdown,
@@ -66,6 +70,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::TooLarge => "too_large",
             DropReason::SendFailed => "send_failed",
+            DropReason::AgentUnreachable => "agent_unreachable",
             DropReason::ExportFailed => "export_failed",
             DropReason::ExportTimeout => "export_timeout",
             DropReason::Shutdown => "shutdown",

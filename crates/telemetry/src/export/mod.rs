@@ -77,7 +77,10 @@ pub(crate) fn build(
                 return Ok(Some(Built {
                     processor,
                     label: "jaeger_collector",
-                    target: format!("Jaeger collector {}", endpoint.0),
+                    target: format!(
+                        "Jaeger collector {}",
+                        m3query_model::redact::redact_urls(&endpoint.0)
+                    ),
                 }));
             }
             let counters = metrics.backend("jaeger_agent");
@@ -112,7 +115,7 @@ pub(crate) fn build(
             let desc = format!(
                 "OTLP {} {}",
                 if t.http { "HTTP" } else { "gRPC" },
-                t.endpoint
+                m3query_model::redact::redact_urls(&t.endpoint)
             );
             let opts = QueueOptions {
                 queue_size: c.queue_size.max(1),
@@ -137,7 +140,7 @@ pub(crate) fn build(
             let desc = format!(
                 "LightStep OTLP {} {}",
                 if t.http { "HTTP" } else { "gRPC" },
-                t.endpoint
+                m3query_model::redact::redact_urls(&t.endpoint)
             );
             let queue_size = c
                 .max_buffered_spans

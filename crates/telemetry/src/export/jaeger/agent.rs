@@ -5,7 +5,9 @@
 //! a datagram until the next one would push it past the limit (65,000 bytes, the agent's
 //! `max_packet_size`), and a span that cannot fit even alone is dropped and counted
 //! (`too_large`), never sent truncated. The socket is connected, so an agent that is not
-//! listening shows up as send errors (counted `send_failed`, logged at most once a minute);
+//! listening shows up as the kernel's refusal (ICMP port unreachable, checked right after
+//! each send): those spans are counted dropped as `agent_unreachable`, never exported; other
+//! send errors count as `send_failed`; both are logged at most once a minute;
 //! the address is resolved again after a failure and every `attemptReconnectInterval`, as
 //! jaeger-client-go's reconnecting UDP client does.
 
@@ -230,7 +232,16 @@ impl Agent {
         }
         self.maybe_reconnect();
         let result = match &self.socket {
-            Some((s, _)) => s.send(&self.packet).map(|_| ()),
+            Some((s, _)) => s.send(&self.packet).and_then(|_| {
+                // On a connected socket the kernel reports the agent's ICMP port unreachable
+                // as a pending error: on loopback it is already set when `send` returns, from
+                // a remote host it fails the next send. Either way the datagram was refused
+                // and is not counted as exported.
+                match s.take_error()? {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 "no agent address",
@@ -242,9 +253,25 @@ impl Agent {
                 self.log.reset();
             }
             Err(e) => {
-                self.counters.add_dropped(DropReason::SendFailed, n);
+                let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+                let reason = if refused {
+                    DropReason::AgentUnreachable
+                } else {
+                    DropReason::SendFailed
+                };
+                self.counters.add_dropped(reason, n);
                 self.stats.failed_to_emit += n as i64;
-                if e.kind() != std::io::ErrorKind::NotConnected {
+                if refused {
+                    // Keep the socket (the agent may come back on it, and later refusals are
+                    // counted the same way) but look the address up again, at most once a
+                    // second: the agent may have moved.
+                    if self
+                        .last_resolve
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        self.connect();
+                    }
+                } else if e.kind() != std::io::ErrorKind::NotConnected {
                     // Re-resolve and reconnect on the next batch.
                     self.socket = None;
                 }
@@ -255,7 +282,12 @@ impl Agent {
                         error = %e,
                         spans = n,
                         suppressed,
-                        "sending spans to the Jaeger agent failed"
+                        "{}",
+                        if refused {
+                            "the Jaeger agent refused spans: nothing listens on its port"
+                        } else {
+                            "sending spans to the Jaeger agent failed"
+                        }
                     );
                 }
             }

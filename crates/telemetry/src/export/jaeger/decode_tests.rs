@@ -691,7 +691,10 @@ fn udp_send_to_a_closed_port_is_counted_as_failed() {
         std::thread::sleep(Duration::from_millis(20));
         // The socket is reopened after a failure, at most once a second; keep going until
         // at least one failure is seen.
-        if c.dropped(crate::metrics::DropReason::SendFailed).get() > 0 {
+        if c.dropped(crate::metrics::DropReason::AgentUnreachable)
+            .get()
+            > 0
+        {
             return;
         }
     }
@@ -826,4 +829,41 @@ fn a_full_queue_drops_and_counts_without_blocking() {
     let _ = p.shutdown_with_timeout(Duration::from_millis(200));
     p.on_end(span("GET /late", 5000, vec![], Status::Unset));
     assert_eq!(c.dropped(crate::metrics::DropReason::Shutdown).get(), 1);
+}
+
+#[test]
+fn spans_sent_to_a_closed_agent_port_are_dropped_not_exported() {
+    // Bind then close: nothing listens on the port, so the kernel answers each datagram with
+    // ICMP port unreachable.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind")
+        .port();
+    let c = counters();
+    let exporter = super::JaegerAgentExporter::new(
+        crate::config::HostPort(format!("127.0.0.1:{port}")),
+        &process(),
+        None,
+        MAX_PACKET_SIZE,
+        c.clone(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    use opentelemetry_sdk::trace::SpanExporter as _;
+    for i in 1..=3u64 {
+        let r = rt.block_on(exporter.export(vec![span(
+            "GET /api/v1/query",
+            i,
+            http_attrs("GET", "/api/v1/query", 200),
+            Status::Unset,
+        )]));
+        assert!(r.is_err(), "export {i} reported success");
+    }
+    assert_eq!(c.exported.get(), 0, "refused spans counted as exported");
+    assert_eq!(
+        c.dropped(crate::metrics::DropReason::AgentUnreachable)
+            .get(),
+        3
+    );
 }
