@@ -4,6 +4,24 @@
 use std::time::Instant;
 
 fn main() {
+    // `--corpus FILE`: prints format_query and parse_query of each line (to diff versions).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--corpus") {
+        let text =
+            std::fs::read_to_string(args.get(2).map_or("", String::as_str)).unwrap_or_default();
+        for q in text.lines() {
+            println!("Q {q}");
+            match m3query_promql::format_query(q) {
+                Ok(s) => println!("F {s}"),
+                Err(e) => println!("FE {e}"),
+            }
+            match m3query_promql::parse_query(q) {
+                Ok(s) => println!("P {s}"),
+                Err(e) => println!("PE {e}"),
+            }
+        }
+        return;
+    }
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
