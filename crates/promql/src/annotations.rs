@@ -6,7 +6,7 @@
 
 use crate::parser::PosRange;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Warning,
     Info,
@@ -36,6 +36,9 @@ struct Mono {
 #[derive(Clone, Debug, Default)]
 pub struct Annotations {
     items: Vec<Anno>,
+    /// Where each (kind, message) is in `items`: a query of thousands of terms may raise
+    /// thousands of distinct annotations, and finding duplicates by scanning was quadratic.
+    index: foldhash::HashMap<(Kind, String), usize>,
 }
 
 impl Annotations {
@@ -48,11 +51,10 @@ impl Annotations {
     }
 
     fn add(&mut self, a: Anno) {
-        if let Some(prev) = self
-            .items
-            .iter_mut()
-            .find(|p| p.kind == a.kind && p.msg == a.msg)
-        {
+        let key = (a.kind, a.msg);
+        let found = self.index.get(&key).copied();
+        let a = Anno { msg: key.1, ..a };
+        if let Some(prev) = found.and_then(|i| self.items.get_mut(i)) {
             match (prev.mono, a.mono) {
                 (Some(p), Some(n)) => {
                     prev.mono = Some(Mono {
@@ -69,6 +71,7 @@ impl Annotations {
             }
             return;
         }
+        self.index.insert((a.kind, a.msg.clone()), self.items.len());
         self.items.push(a);
     }
 
@@ -131,12 +134,19 @@ impl Annotations {
     pub fn as_strings(&self, query: &str) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
         let mut infos = Vec::new();
+        // Line starts found once, not once per annotation (each scan is the query's length).
+        let breaks: Vec<usize> = query
+            .bytes()
+            .enumerate()
+            .filter(|(_, c)| *c == b'\n')
+            .map(|(i, _)| i)
+            .collect();
         for a in &self.items {
             let prefix = match a.kind {
                 Kind::Warning => "PromQL warning",
                 Kind::Info => "PromQL info",
             };
-            let pos = a.pos.start_pos_input(query);
+            let pos = start_pos_input(a.pos, query.len(), &breaks);
             let s = match a.mono {
                 Some(m) => format!(
                     "{prefix}: {}, from buckets {} to {}, with a max diff of {}, over {} samples from {} to {} ({pos})",
@@ -157,6 +167,19 @@ impl Annotations {
         }
         (warnings, infos)
     }
+}
+
+/// [`PosRange::start_pos_input`] given the positions of the query's line breaks.
+fn start_pos_input(pos: PosRange, len: usize, breaks: &[usize]) -> String {
+    if pos.start > len {
+        return "invalid position".into();
+    }
+    let before = breaks.partition_point(|b| *b < pos.start);
+    let col = match before.checked_sub(1).and_then(|i| breaks.get(i)) {
+        Some(b) => pos.start - b,
+        None => pos.start + 1,
+    };
+    format!("{}:{col}", before + 1)
 }
 
 fn go_g(v: f64) -> String {
@@ -251,5 +274,19 @@ mod tests {
         assert_eq!(go_2g(0.5), "0.5");
         assert_eq!(go_2g(123.0), "1.2e+02");
         assert_eq!(go_2g(0.001234), "0.0012");
+    }
+
+    #[test]
+    fn positions_match_the_scanning_rendering() {
+        let q = "a\n+ b\n\n  * c";
+        let breaks: Vec<usize> = q.match_indices('\n').map(|(i, _)| i).collect();
+        for start in 0..q.len() + 3 {
+            let p = PosRange::new(start, start);
+            assert_eq!(
+                start_pos_input(p, q.len(), &breaks),
+                p.start_pos_input(q),
+                "{start}"
+            );
+        }
     }
 }

@@ -152,8 +152,24 @@ impl Engine {
         self.exec(q, ctx, expr, start_ms, end_ms, step_ms, opts)
     }
 
+    /// Runs the query on a [`crate::deep`] stack: parsing, planning and evaluation recurse
+    /// once per tree level, and the tree is dropped there too.
     #[allow(clippy::too_many_arguments)]
     fn exec(
+        &self,
+        q: &dyn Queryable,
+        ctx: &Context,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        opts: &QueryOptions,
+    ) -> Result<QueryResult> {
+        crate::deep::run(|| self.exec_deep(q, ctx, query, start, end, step, opts))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_deep(
         &self,
         q: &dyn Queryable,
         ctx: &Context,
@@ -171,7 +187,7 @@ impl Engine {
         };
         let mut expr = {
             let _span = debug_span!("promql.parse", query = query).entered();
-            crate::parser::parse_with(query, parse_opts)?
+            crate::parser::parse_with_ctx(query, parse_opts, ctx)?
         };
         stats.parse = t0.elapsed();
         let instant = step == 0;

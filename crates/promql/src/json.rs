@@ -7,13 +7,49 @@
 
 use serde_json::{Value as J, json};
 
-use crate::Result;
-use crate::parser::{AtSpecial, Card, DurationExpr, Expr, format_float_f};
+use m3query_storage::Context;
 
-/// Parses `expr` and returns its syntax tree as Prometheus's `parse_query` JSON.
-pub fn parse_query(expr: &str) -> Result<J> {
-    let e = crate::parser::parse(expr)?;
-    Ok(translate(&e))
+use crate::Result;
+use crate::parser::{AtSpecial, Card, DurationExpr, Expr, ParseOptions, format_float_f};
+
+/// Parses `expr` and returns its syntax tree as Prometheus's `parse_query` JSON, as text.
+///
+/// Text, not a `serde_json::Value`: the value would be as deep as the tree, and serializing or
+/// dropping it recurses once per level, which a caller's small stack may not survive. Here it
+/// is built, serialized and dropped on a [`crate::deep`] stack.
+pub fn parse_query(expr: &str) -> Result<String> {
+    parse_query_ctx(expr, &Context::background())
+}
+
+/// [`parse_query`] that stops when `ctx` is canceled or past its deadline.
+pub fn parse_query_ctx(expr: &str, ctx: &Context) -> Result<String> {
+    crate::deep::run(|| {
+        let e = crate::parser::parse_with_ctx(expr, ParseOptions::default(), ctx)?;
+        let j = translate(&e, &mut Walk::new(Some(ctx)))?;
+        serde_json::to_string(&j).map_err(|e| crate::Error::exec(e.to_string()))
+    })
+}
+
+/// Counts nodes, to look at the context every so often.
+struct Walk<'a> {
+    ctx: Option<&'a Context>,
+    nodes: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn new(ctx: Option<&'a Context>) -> Self {
+        Walk { ctx, nodes: 0 }
+    }
+
+    fn check(&mut self) -> Result<()> {
+        self.nodes += 1;
+        if self.nodes.is_multiple_of(1024)
+            && let Some(ctx) = self.ctx
+        {
+            crate::check_ctx(ctx, "query translation")?;
+        }
+        Ok(())
+    }
 }
 
 fn start_or_end(s: Option<AtSpecial>) -> J {
@@ -49,17 +85,26 @@ fn translate_duration(d: &DurationExpr) -> J {
         }
         DurationExpr::Unary { neg, expr, .. } => json!({
             "type": "durationExpr", "op": if *neg { "-" } else { "+" },
-            "lhs": null, "rhs": translate_duration(expr), "wrapped": false
-        }),
+            "lhs": null, "rhs": null, "wrapped": false
+        })
+        .with([("rhs", translate_duration(expr))]),
         DurationExpr::Binary { op, lhs, rhs } => json!({
             "type": "durationExpr", "op": op.as_str(),
-            "lhs": translate_duration(lhs), "rhs": translate_duration(rhs), "wrapped": false
-        }),
+            "lhs": null, "rhs": null, "wrapped": false
+        })
+        .with([
+            ("lhs", translate_duration(lhs)),
+            ("rhs", translate_duration(rhs)),
+        ]),
         DurationExpr::MinOf(a, b, _) | DurationExpr::MaxOf(a, b, _) => json!({
             "type": "durationExpr",
             "op": if matches!(d, DurationExpr::MinOf(..)) { "min_of" } else { "max_of" },
-            "lhs": translate_duration(a), "rhs": translate_duration(b), "wrapped": false
-        }),
+            "lhs": null, "rhs": null, "wrapped": false
+        })
+        .with([
+            ("lhs", translate_duration(a)),
+            ("rhs", translate_duration(b)),
+        ]),
         DurationExpr::Paren(inner, _) => {
             let mut j = translate_duration(inner);
             if let Some(o) = j.as_object_mut()
@@ -72,20 +117,49 @@ fn translate_duration(d: &DurationExpr) -> J {
     }
 }
 
+/// Sets subtrees into a node built by `json!` with nulls in their place. `json!` would copy
+/// an interpolated `Value` (it serializes it again), so building a tree of depth d with it
+/// costs O(d^2): 5,000 chained terms took 90 s.
+trait With {
+    fn with<const N: usize>(self, fields: [(&str, J); N]) -> J;
+}
+
+impl With for J {
+    fn with<const N: usize>(mut self, fields: [(&str, J); N]) -> J {
+        if let Some(o) = self.as_object_mut() {
+            for (k, v) in fields {
+                o.insert(k.to_string(), v);
+            }
+        }
+        self
+    }
+}
+
 fn type_name(t: crate::parser::ValueType) -> &'static str {
     t.name()
 }
 
-fn translate(e: &Expr) -> J {
-    match e {
+fn translate(e: &Expr, w: &mut Walk<'_>) -> Result<J> {
+    w.check()?;
+    Ok(match e {
         Expr::Aggregate(a) => json!({
             "type": "aggregation",
             "op": a.op.as_str(),
-            "expr": translate(&a.expr),
-            "param": a.param.as_ref().map_or(J::Null, translate),
+            "expr": null,
+            "param": null,
             "grouping": a.grouping,
             "without": a.without,
-        }),
+        })
+        .with([
+            (
+                "param",
+                match &a.param {
+                    Some(p) => translate(p, w)?,
+                    None => J::Null,
+                },
+            ),
+            ("expr", translate(&a.expr, w)?),
+        ]),
         Expr::Binary(b) => {
             let matching = b.matching.as_ref().map_or(J::Null, |m| {
                 json!({
@@ -104,11 +178,15 @@ fn translate(e: &Expr) -> J {
             json!({
                 "type": "binaryExpr",
                 "op": b.op.as_str(),
-                "lhs": translate(&b.lhs),
-                "rhs": translate(&b.rhs),
+                "lhs": null,
+                "rhs": null,
                 "matching": matching,
                 "bool": b.return_bool,
             })
+            .with([
+                ("lhs", translate(&b.lhs, w)?),
+                ("rhs", translate(&b.rhs, w)?),
+            ])
         }
         Expr::Call(c) => json!({
             "type": "call",
@@ -118,8 +196,17 @@ fn translate(e: &Expr) -> J {
                 "variadic": c.func.variadic,
                 "returnType": type_name(c.func.return_type),
             },
-            "args": c.args.iter().map(translate).collect::<Vec<_>>(),
-        }),
+            "args": null,
+        })
+        .with([(
+            "args",
+            J::Array(
+                c.args
+                    .iter()
+                    .map(|a| translate(a, w))
+                    .collect::<Result<_>>()?,
+            ),
+        )]),
         Expr::MatrixSelector(m) => json!({
             "type": "matrixSelector",
             "name": m.vs.name.clone().unwrap_or_default(),
@@ -135,7 +222,7 @@ fn translate(e: &Expr) -> J {
         }),
         Expr::Subquery(s) => json!({
             "type": "subquery",
-            "expr": translate(&s.expr),
+            "expr": null,
             "range": s.range_ms,
             "rangeExpr": duration(&s.range_expr),
             "offset": s.original_offset_ms,
@@ -144,14 +231,18 @@ fn translate(e: &Expr) -> J {
             "stepExpr": duration(&s.step_expr),
             "timestamp": s.timestamp,
             "startOrEnd": start_or_end(s.start_or_end),
-        }),
+        })
+        .with([("expr", translate(&s.expr, w)?)]),
         Expr::Number { val, .. } => json!({"type": "numberLiteral", "val": format_float_f(*val)}),
-        Expr::Paren(inner, _) => json!({"type": "parenExpr", "expr": translate(inner)}),
-        Expr::StepInvariant(inner) => translate(inner),
+        Expr::Paren(inner, _) => {
+            json!({"type": "parenExpr", "expr": null}).with([("expr", translate(inner, w)?)])
+        }
+        Expr::StepInvariant(inner) => translate(inner, w)?,
         Expr::String { val, .. } => json!({"type": "stringLiteral", "val": val}),
         Expr::Unary { neg, expr, .. } => json!({
-            "type": "unaryExpr", "op": if *neg { "-" } else { "+" }, "expr": translate(expr)
-        }),
+            "type": "unaryExpr", "op": if *neg { "-" } else { "+" }, "expr": null
+        })
+        .with([("expr", translate(expr, w)?)]),
         Expr::VectorSelector(vs) => json!({
             "type": "vectorSelector",
             "name": vs.name.clone().unwrap_or_default(),
@@ -163,7 +254,7 @@ fn translate(e: &Expr) -> J {
             "anchored": vs.anchored,
             "smoothed": vs.smoothed,
         }),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -172,7 +263,9 @@ mod tests {
 
     #[test]
     fn shape_matches_prometheus() {
-        let j = parse_query("sum by (job) (rate(x[5m]))").expect("parses");
+        let j: J =
+            serde_json::from_str(&parse_query("sum by (job) (rate(x[5m]))").expect("parses"))
+                .expect("json");
         assert_eq!(j["type"], "aggregation");
         assert_eq!(j["op"], "sum");
         assert_eq!(j["grouping"], json!(["job"]));

@@ -44,6 +44,7 @@
 mod aggregate;
 mod annotations;
 mod binary;
+pub mod deep;
 mod engine;
 mod eval;
 pub(crate) mod functions;
@@ -57,7 +58,7 @@ mod xxhash;
 
 pub use annotations::Annotations;
 pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
-pub use json::parse_query;
+pub use json::{parse_query, parse_query_ctx};
 pub use value::{Point, Sample, Series, Value};
 
 use m3query_storage::Context;
@@ -84,6 +85,10 @@ pub enum Error {
     /// More series than `max_fetched_series` with `require_exhaustive` (HTTP 422 `execution`).
     #[error("query matched more than {limit} series (limit exceeded; require_exhaustive is set)")]
     TooManySeries { limit: usize },
+    /// An answer larger than the server gives (HTTP 400 `bad_data`), e.g. `format_query` of
+    /// a very long operator chain.
+    #[error("{0}")]
+    TooLarge(String),
     /// The store failed (HTTP 422 `execution` for refused selects, else 500 `internal`).
     #[error("{0}")]
     Storage(#[from] m3query_storage::Error),
@@ -93,7 +98,7 @@ impl Error {
     /// Prometheus's `errorType` for the HTTP API.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Error::Parse(_) => "bad_data",
+            Error::Parse(_) | Error::TooLarge(_) => "bad_data",
             Error::Execution(_) | Error::TooManySamples | Error::TooManySeries { .. } => {
                 "execution"
             }
@@ -120,14 +125,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Checks the context, mapping its errors to ours (`env` names the phase, as Prometheus does).
 pub(crate) fn check_ctx(ctx: &Context, env: &'static str) -> Result<()> {
-    ctx.check().map_err(|e| match e {
+    ctx.check().map_err(|e| ctx_error(e, env))
+}
+
+/// A context's error as ours.
+pub(crate) fn ctx_error(e: m3query_storage::Error, env: &'static str) -> Error {
+    match e {
         m3query_storage::Error::Canceled => Error::Canceled(env),
         m3query_storage::Error::DeadlineExceeded => Error::Timeout(env),
         e => Error::Storage(e),
-    })
+    }
 }
 
-/// Parses an expression, as `/api/v1/parse_query` and the engine do.
+/// Parses an expression, as `/api/v1/parse_query` and the engine do (on a [`deep`] stack).
 pub fn parse(expr: &str) -> Result<parser::Expr> {
     Ok(parser::parse(expr)?)
 }
@@ -135,5 +145,13 @@ pub fn parse(expr: &str) -> Result<parser::Expr> {
 /// Formats an expression as `/api/v1/format_query` does (Prometheus's prettier: one line
 /// up to 100 characters, longer expressions split and indented).
 pub fn format_query(expr: &str) -> Result<String> {
-    Ok(parser::pretty(&parser::parse(expr)?))
+    format_query_ctx(expr, &Context::background())
+}
+
+/// [`format_query`] that stops when `ctx` is canceled or past its deadline.
+pub fn format_query_ctx(expr: &str, ctx: &Context) -> Result<String> {
+    deep::run(|| {
+        let e = parser::parse_with_ctx(expr, parser::ParseOptions::default(), ctx)?;
+        parser::pretty_ctx(&e, ctx)
+    })
 }

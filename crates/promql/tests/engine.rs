@@ -259,7 +259,9 @@ fn format_and_parse_query() {
         m3query_promql::format_query("sum by(job)(rate( x[5m] ))").expect("formats"),
         "sum by (job) (rate(x[5m]))"
     );
-    let j = m3query_promql::parse_query("up == 1").expect("parses");
+    let j: serde_json::Value =
+        serde_json::from_str(&m3query_promql::parse_query("up == 1").expect("parses"))
+            .expect("json");
     assert_eq!(j["type"], "binaryExpr");
     assert_eq!(j["op"], "==");
     assert!(m3query_promql::format_query("up ==").is_err());

@@ -212,6 +212,77 @@ fn valid_expr() -> impl Strategy<Value = String> {
     })
 }
 
+/// One level of a deep expression, wrapped around what the levels below built.
+#[derive(Debug, Clone)]
+enum Layer {
+    Paren,
+    Call(&'static str),
+    Aggregate,
+    Neg,
+    Subquery,
+    /// `<below> op leaf op leaf ...`.
+    Chain(&'static str, &'static str, usize),
+}
+
+/// Deep and long expressions: hundreds of nested parentheses, calls, aggregations, unary
+/// minus and subqueries (past the parser's nesting limit), mixed with operator chains of
+/// thousands of terms, so that every recursive walk (parse, type check, plan, evaluation,
+/// printing, JSON, drop) meets trees deeper than any real query.
+fn deep_expr() -> impl Strategy<Value = String> {
+    let op = prop::sample::select(vec![
+        " + ",
+        " - ",
+        " * ",
+        " / ",
+        " ^ ",
+        " or ",
+        " and ",
+        " unless ",
+        " > bool ",
+        " atan2 ",
+        " + on(job) ",
+        " or ignoring(x) ",
+    ]);
+    let leaf = prop::sample::select(vec!["a", "1", "b_total", "-a", "time()", "(a)"]);
+    let layer = prop_oneof![
+        3 => Just(Layer::Paren),
+        2 => prop::sample::select(vec!["abs", "ceil", "sort", "vector_of_scalar"]).prop_map(Layer::Call),
+        1 => Just(Layer::Aggregate),
+        2 => Just(Layer::Neg),
+        1 => Just(Layer::Subquery),
+        2 => (op.clone(), leaf.clone(), 1usize..60).prop_map(|(o, l, n)| Layer::Chain(o, l, n)),
+        1 => (op, leaf.clone(), 500usize..3000).prop_map(|(o, l, n)| Layer::Chain(o, l, n)),
+    ];
+    (leaf, prop::collection::vec(layer, 0..1400)).prop_map(|(leaf, layers)| {
+        let mut s = leaf.to_string();
+        let mut subqueries = 0;
+        for l in layers {
+            s = match l {
+                Layer::Paren => format!("({s})"),
+                Layer::Call("vector_of_scalar") => format!("vector(scalar({s}))"),
+                Layer::Call(f) => format!("{f}({s})"),
+                Layer::Aggregate => format!("sum by (job) ({s})"),
+                Layer::Neg => format!("-{s}"),
+                // Each level re-evaluates the one below over a longer range: a few suffice.
+                Layer::Subquery if subqueries >= 30 => s,
+                Layer::Subquery => {
+                    subqueries += 1;
+                    format!("max_over_time(({s})[1m:20s])")
+                }
+                Layer::Chain(op, leaf, n) => {
+                    let mut c = s;
+                    for _ in 0..n {
+                        c.push_str(op);
+                        c.push_str(leaf);
+                    }
+                    c
+                }
+            };
+        }
+        s
+    })
+}
+
 fn run_both(s: &MemStorage, engine: &Engine, q: &str) {
     let ctx = Context::background();
     let opts = QueryOptions::default();
@@ -219,6 +290,18 @@ fn run_both(s: &MemStorage, engine: &Engine, q: &str) {
     let _ = engine.range_query(s, &ctx, q, -60_000, 600_000, 45_000, &opts);
     let _ = m3query_promql::format_query(q);
     let _ = m3query_promql::parse_query(q);
+}
+
+proptest! {
+    // Each case is up to ~20,000 tree levels: fewer cases, each a lot of work.
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn deep_and_long_expressions_never_crash(q in deep_expr()) {
+        let s = store();
+        let engine = Engine::new(EngineOptions { max_samples: 5_000_000, ..EngineOptions::default() });
+        run_both(&s, &engine, &q);
+    }
 }
 
 proptest! {

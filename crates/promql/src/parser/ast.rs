@@ -419,6 +419,65 @@ pub struct BinaryExpr {
     pub return_bool: bool,
     /// Position of the operator token (for annotations).
     pub op_pos: PosRange,
+    /// `lhs.start..rhs.end` and the result type, computed once by [`BinaryExpr::new`]:
+    /// operator chains are as deep as they are long, so deriving these from the operands on
+    /// every call made `pos()`/`value_type()` linear and the type check quadratic.
+    pos: PosRange,
+    value_type: ValueType,
+}
+
+impl BinaryExpr {
+    pub fn new(
+        op: BinOp,
+        lhs: Expr,
+        rhs: Expr,
+        matching: Option<VectorMatching>,
+        return_bool: bool,
+        op_pos: PosRange,
+    ) -> Self {
+        let pos = PosRange::new(lhs.pos().start, rhs.pos().end);
+        let value_type =
+            if lhs.value_type() == ValueType::Scalar && rhs.value_type() == ValueType::Scalar {
+                ValueType::Scalar
+            } else {
+                ValueType::Vector
+            };
+        BinaryExpr {
+            op,
+            lhs,
+            rhs,
+            matching,
+            return_bool,
+            op_pos,
+            pos,
+            value_type,
+        }
+    }
+}
+
+/// Dropping iteratively: a 100,000-term `a + a + ...` is a tree 100,000 levels deep, and the
+/// compiler's recursive drop glue would overflow any thread's stack on it. Other node kinds
+/// only nest as deep as the parser's nesting limit allows, so only operator chains need this.
+impl Drop for BinaryExpr {
+    fn drop(&mut self) {
+        // The boxes come out of the tree as they are: no copy, no new allocation per node.
+        #[allow(clippy::vec_box)]
+        fn take_binary(e: &mut Expr, stack: &mut Vec<Box<BinaryExpr>>) {
+            if matches!(e, Expr::Binary(_))
+                && let Expr::Binary(b) = std::mem::replace(e, Expr::placeholder())
+            {
+                stack.push(b);
+            }
+        }
+        let mut stack = Vec::new();
+        take_binary(&mut self.lhs, &mut stack);
+        take_binary(&mut self.rhs, &mut stack);
+        while let Some(mut b) = stack.pop() {
+            take_binary(&mut b.lhs, &mut stack);
+            take_binary(&mut b.rhs, &mut stack);
+            // `b` now has no binary children: dropping it recurses no further.
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -455,15 +514,7 @@ impl Expr {
     pub fn value_type(&self) -> ValueType {
         match self {
             Expr::Aggregate(_) | Expr::VectorSelector(_) => ValueType::Vector,
-            Expr::Binary(b) => {
-                if b.lhs.value_type() == ValueType::Scalar
-                    && b.rhs.value_type() == ValueType::Scalar
-                {
-                    ValueType::Scalar
-                } else {
-                    ValueType::Vector
-                }
-            }
+            Expr::Binary(b) => b.value_type,
             Expr::Call(c) => c.func.return_type,
             Expr::MatrixSelector(_) | Expr::Subquery(_) => ValueType::Matrix,
             Expr::Number { .. } => ValueType::Scalar,
@@ -477,7 +528,7 @@ impl Expr {
     pub fn pos(&self) -> PosRange {
         match self {
             Expr::Aggregate(a) => a.pos,
-            Expr::Binary(b) => PosRange::new(b.lhs.pos().start, b.rhs.pos().end),
+            Expr::Binary(b) => b.pos,
             Expr::Call(c) => c.pos,
             Expr::MatrixSelector(m) => PosRange::new(m.vs.pos.start, m.end_pos),
             Expr::Number { pos, .. } | Expr::String { pos, .. } | Expr::Paren(_, pos) => *pos,
@@ -486,6 +537,43 @@ impl Expr {
             Expr::VectorSelector(v) => v.pos,
             Expr::StepInvariant(e) => e.pos(),
         }
+    }
+
+    /// A leaf that owns nothing, put in place of a subtree moved out.
+    pub(crate) fn placeholder() -> Expr {
+        Expr::Number {
+            val: 0.0,
+            pos: PosRange::default(),
+        }
+    }
+
+    /// The direct subexpressions, in evaluation order.
+    pub fn children(&self) -> impl Iterator<Item = &Expr> {
+        let (a, b, rest): (Option<&Expr>, Option<&Expr>, &[Expr]) = match self {
+            Expr::Aggregate(a) => (a.param.as_ref(), Some(&a.expr), &[]),
+            Expr::Binary(b) => (Some(&b.lhs), Some(&b.rhs), &[]),
+            Expr::Call(c) => (None, None, &c.args),
+            Expr::Subquery(s) => (Some(&s.expr), None, &[]),
+            Expr::Paren(e, _) | Expr::StepInvariant(e) | Expr::Unary { expr: e, .. } => {
+                (Some(&**e), None, &[])
+            }
+            Expr::MatrixSelector(_)
+            | Expr::VectorSelector(_)
+            | Expr::Number { .. }
+            | Expr::String { .. } => (None, None, &[]),
+        };
+        a.into_iter().chain(b).chain(rest.iter())
+    }
+
+    /// The tree's depth (a leaf is 1), computed without recursion.
+    pub fn depth(&self) -> usize {
+        let mut max = 0;
+        let mut stack = vec![(self, 1usize)];
+        while let Some((e, d)) = stack.pop() {
+            max = max.max(d);
+            stack.extend(e.children().map(|c| (c, d + 1)));
+        }
+        max
     }
 
     /// Strips parentheses (and step-invariant wrappers).

@@ -14,7 +14,9 @@ pub mod functions;
 pub mod lexer;
 mod printer;
 
-pub use printer::{format_float_f, format_float_g as printer_g, go_quote, pretty};
+pub use printer::{
+    MAX_PRETTY_BYTES, format_float_f, format_float_g as printer_g, go_quote, pretty, pretty_ctx,
+};
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
 pub fn format_float_f_go(v: f64) -> String {
     format_float_f(v)
@@ -23,6 +25,7 @@ pub fn format_float_f_go(v: f64) -> String {
 use std::fmt;
 
 use m3query_model::{MatchOp, Matcher};
+use m3query_storage::Context;
 
 pub use ast::*;
 pub use functions::{FUNCTIONS, Function, get_function};
@@ -82,10 +85,42 @@ pub fn parse(input: &str) -> Result<Expr, ParseError> {
 }
 
 /// [`parse`] with explicit feature options.
+///
+/// Parsing recurses once per nesting level and the type check once per tree level, so it
+/// runs on a [`crate::deep`] stack, whatever the caller's.
 pub fn parse_with(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
+    crate::deep::run(|| parse_with_on_this_stack(input, opts))
+}
+
+fn parse_with_on_this_stack(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
+    match parse_inner(input, opts, None) {
+        Ok(e) => Ok(e),
+        Err(Stop::Parse(e)) => Err(e),
+        // Without a context nothing cancels.
+        Err(Stop::Canceled(e)) => Err(ParseError::new(PosRange::default(), e.to_string())),
+    }
+}
+
+/// [`parse_with`] that gives up when `ctx` is canceled or past its deadline (checked every
+/// few thousand operators), for requests whose client may go away.
+pub fn parse_with_ctx(input: &str, opts: ParseOptions, ctx: &Context) -> crate::Result<Expr> {
+    crate::deep::run(|| match parse_inner(input, opts, Some(ctx)) {
+        Ok(e) => Ok(e),
+        Err(Stop::Parse(e)) => Err(crate::Error::Parse(e)),
+        Err(Stop::Canceled(e)) => Err(crate::ctx_error(e, "query parsing")),
+    })
+}
+
+/// Why a parse ended without a tree.
+enum Stop {
+    Parse(ParseError),
+    Canceled(m3query_storage::Error),
+}
+
+fn parse_inner(input: &str, opts: ParseOptions, cancel: Option<&Context>) -> Result<Expr, Stop> {
     let with_pos = |mut e: ParseError| {
         e.position = e.pos.start_pos_input(input);
-        e
+        Stop::Parse(e)
     };
     let tokens = lexer::lex(input).map_err(with_pos)?;
     let mut p = Parser {
@@ -94,6 +129,9 @@ pub fn parse_with(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
         i: 0,
         opts,
         depth: 0,
+        cancel,
+        reductions: 0,
+        canceled: None,
     };
     if p.peek().tok == Tok::Eof {
         return Err(with_pos(ParseError::new(
@@ -101,17 +139,47 @@ pub fn parse_with(input: &str, opts: ParseOptions) -> Result<Expr, ParseError> {
             "no expression found in input",
         )));
     }
-    let expr = p.parse_expr(0).map_err(with_pos)?;
+    let expr = match p.parse_expr(0) {
+        Ok(e) => e,
+        Err(e) => {
+            return Err(match p.canceled.take() {
+                Some(c) => Stop::Canceled(c),
+                None => with_pos(e),
+            });
+        }
+    };
     let t = p.peek();
     if t.tok != Tok::Eof {
         return Err(with_pos(p.unexpected_tok(t, "", "")));
+    }
+    // Checked before anything walks the tree recursively (the type check is the first).
+    let depth = expr.depth();
+    if depth > MAX_TREE_DEPTH {
+        return Err(with_pos(ParseError::new(
+            expr.pos(),
+            format!(
+                "expression nested too deeply: its tree is {depth} levels deep, more than {MAX_TREE_DEPTH} (each binary operator in a chain adds one)"
+            ),
+        )));
     }
     check_ast(&expr, input).map_err(with_pos)?;
     Ok(expr)
 }
 
-/// Nesting limit, so that hostile input cannot overflow the stack.
-const MAX_DEPTH: usize = 256;
+/// How deep parentheses, calls, aggregations, subqueries, unary operators and duration
+/// expressions may nest. Each level is a few recursive calls in the parser and in every walk
+/// over the tree; the bound keeps them far inside the stack of the threads queries run on
+/// ([`crate::deep`]), and no real query comes near it.
+pub const MAX_NESTING: usize = 1_000;
+
+/// How deep the whole tree may be, operator chains included (`a + a + ...` with n terms is n
+/// levels deep): evaluation, planning and printing recurse once per level, and this bound
+/// times their deepest frames stays within [`crate::deep::STACK_SIZE`] with a wide margin
+/// (the `deep_expressions` tests check it on a thread of exactly that size).
+pub const MAX_TREE_DEPTH: usize = 20_000;
+
+/// How often (in tokens consumed) the parser looks at the request's cancellation.
+const CANCEL_CHECK_EVERY: usize = 4096;
 
 struct Parser<'a> {
     input: &'a str,
@@ -119,6 +187,19 @@ struct Parser<'a> {
     i: usize,
     opts: ParseOptions,
     depth: usize,
+    cancel: Option<&'a Context>,
+    reductions: usize,
+    /// Set when the parse stopped because `cancel` said so.
+    canceled: Option<m3query_storage::Error>,
+}
+
+/// A binary operator waiting for its right operand (see [`Parser::parse_expr`]).
+struct PendingOp {
+    op: BinOp,
+    prec: u8,
+    tok: Token,
+    return_bool: bool,
+    matching: VectorMatching,
 }
 
 type PResult<T> = Result<T, ParseError>;
@@ -198,20 +279,41 @@ impl Parser<'_> {
 
     fn enter(&mut self) -> PResult<()> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
+        if self.depth > MAX_NESTING {
             return Err(ParseError::new(
                 self.peek().pos(),
-                "expression nested too deeply",
+                format!(
+                    "expression nested too deeply: more than {MAX_NESTING} levels of parentheses, function calls, aggregations, subqueries or unary operators"
+                ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Stops a parse whose request went away (checked every few thousand operators).
+    fn check_cancel(&mut self) -> PResult<()> {
+        self.reductions += 1;
+        if self.reductions.is_multiple_of(CANCEL_CHECK_EVERY)
+            && let Some(ctx) = self.cancel
+            && let Err(e) = ctx.check()
+        {
+            let err = ParseError::new(self.peek().pos(), e.to_string());
+            self.canceled = Some(e);
+            return Err(err);
         }
         Ok(())
     }
 
     // ---- Expressions -------------------------------------------------------------------
 
+    /// Operators of at least `min_prec`, by precedence climbing without recursion: operands
+    /// and pending operators wait on two stacks, so `a + a + ...` (left-associative) and
+    /// `a ^ a ^ ...` (right-associative) of any length cost no stack. Only real nesting
+    /// (parentheses, calls, aggregations, unary operators) recurses, up to [`MAX_NESTING`].
     fn parse_expr(&mut self, min_prec: u8) -> PResult<Expr> {
         self.enter()?;
-        let mut lhs = self.parse_unary()?;
+        let mut operands = vec![self.parse_unary()?];
+        let mut ops: Vec<PendingOp> = Vec::new();
         loop {
             let t = self.peek();
             let Some(prec) = t.tok.binary_precedence() else {
@@ -220,30 +322,58 @@ impl Parser<'_> {
             if prec < min_prec {
                 break;
             }
-            self.next();
-            let op = tok_to_binop(t.tok);
-            let (return_bool, matching) = self.parse_bin_modifiers()?;
-            let next_min = if t.tok == Tok::Pow { prec } else { prec + 1 };
-            let rhs = self.parse_expr(next_min)?;
-            if (matching.fill_lhs.is_some() || matching.fill_rhs.is_some())
-                && !self.opts.binop_fill_modifiers
-            {
-                return Err(ParseError::new(
-                    PosRange::new(lhs.pos().start, rhs.pos().end),
-                    "binop fill modifiers are experimental and not enabled",
-                ));
+            // Operators already waiting that bind at least as tight (strictly tighter for the
+            // right-associative `^`) take their operands now.
+            while let Some(top) = ops.last() {
+                if top.prec > prec || (top.prec == prec && t.tok != Tok::Pow) {
+                    self.reduce(&mut operands, &mut ops)?;
+                } else {
+                    break;
+                }
             }
-            lhs = Expr::Binary(Box::new(BinaryExpr {
-                op,
-                lhs,
-                rhs,
-                matching: Some(matching),
+            self.next();
+            let (return_bool, matching) = self.parse_bin_modifiers()?;
+            ops.push(PendingOp {
+                op: tok_to_binop(t.tok),
+                prec,
+                tok: t,
                 return_bool,
-                op_pos: t.pos(),
-            }));
+                matching,
+            });
+            operands.push(self.parse_unary()?);
+        }
+        while !ops.is_empty() {
+            self.reduce(&mut operands, &mut ops)?;
         }
         self.depth -= 1;
-        Ok(lhs)
+        operands
+            .pop()
+            .ok_or_else(|| ParseError::new(self.peek().pos(), "missing operand"))
+    }
+
+    /// Applies the topmost pending operator to the two topmost operands.
+    fn reduce(&mut self, operands: &mut Vec<Expr>, ops: &mut Vec<PendingOp>) -> PResult<()> {
+        let (Some(o), Some(rhs), Some(lhs)) = (ops.pop(), operands.pop(), operands.pop()) else {
+            return Err(ParseError::new(self.peek().pos(), "missing operand"));
+        };
+        if (o.matching.fill_lhs.is_some() || o.matching.fill_rhs.is_some())
+            && !self.opts.binop_fill_modifiers
+        {
+            return Err(ParseError::new(
+                PosRange::new(lhs.pos().start, rhs.pos().end),
+                "binop fill modifiers are experimental and not enabled",
+            ));
+        }
+        self.check_cancel()?;
+        operands.push(Expr::Binary(Box::new(BinaryExpr::new(
+            o.op,
+            lhs,
+            rhs,
+            Some(o.matching),
+            o.return_bool,
+            o.tok.pos(),
+        ))));
+        Ok(())
     }
 
     fn parse_unary(&mut self) -> PResult<Expr> {
@@ -854,6 +984,9 @@ impl Parser<'_> {
     /// A duration expression with operators (inside brackets).
     fn parse_duration_expr(&mut self, min_prec: u8) -> PResult<DurationExpr> {
         self.enter()?;
+        // Every operator here deepens the (recursively walked) duration tree by one, so each
+        // counts as a nesting level; duration expressions are short in any real query.
+        let depth_before = self.depth;
         let mut lhs = self.parse_duration_unary()?;
         loop {
             let t = self.peek();
@@ -868,6 +1001,7 @@ impl Parser<'_> {
             }
             self.next();
             self.check_duration_expr_enabled(t.pos())?;
+            self.enter()?;
             let next_min = if t.tok == Tok::Pow { prec } else { prec + 1 };
             let rhs = self.parse_duration_expr(next_min)?;
             let op = tok_to_binop(t.tok);
@@ -887,7 +1021,7 @@ impl Parser<'_> {
                 rhs: Box::new(rhs),
             };
         }
-        self.depth -= 1;
+        self.depth = depth_before - 1;
         Ok(lhs)
     }
 

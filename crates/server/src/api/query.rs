@@ -474,20 +474,34 @@ fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
     out.push('}');
 }
 
-/// `GET|POST /api/v1/format_query`.
-pub async fn format_query(params: Params) -> ApiResult<String> {
-    let q = params.get("query").unwrap_or_default();
-    m3query_promql::format_query(q)
+/// `GET|POST /api/v1/format_query`. Parsing and printing are CPU work on the blocking pool
+/// (the engine moves them to its own large stack), under the query timeout, and stop when
+/// the client goes away.
+pub async fn format_query(State(state): State<Arc<AppState>>, params: Params) -> ApiResult<String> {
+    let q = query_param(&params)?;
+    let ctx = super::context(&state);
+    let _cancel = CancelOnDrop(ctx.clone());
+    run(move || m3query_promql::format_query_ctx(&q, &ctx).map_err(engine_error))
+        .await
         .map(ApiResponse::new)
-        .map_err(engine_error)
 }
 
-/// `GET|POST /api/v1/parse_query`.
-pub async fn parse_query(params: Params) -> ApiResult<serde_json::Value> {
-    let q = params.get("query").unwrap_or_default();
-    m3query_promql::parse_query(q)
-        .map(ApiResponse::new)
-        .map_err(engine_error)
+/// `GET|POST /api/v1/parse_query`, like [`format_query`]. The tree comes back as JSON text:
+/// as a `serde_json::Value` it would be as deep as the expression, and serializing it here
+/// would recurse once per level on an async worker's small stack.
+pub async fn parse_query(
+    State(state): State<Arc<AppState>>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let q = query_param(&params)?;
+    let ctx = super::context(&state);
+    let _cancel = CancelOnDrop(ctx.clone());
+    let tree = run(move || m3query_promql::parse_query_ctx(&q, &ctx).map_err(engine_error)).await?;
+    let mut body = String::with_capacity(tree.len() + 32);
+    body.push_str("{\"status\":\"success\",\"data\":");
+    body.push_str(&tree);
+    body.push('}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(serde::Serialize)]
@@ -511,7 +525,9 @@ pub async fn query_exemplars(
 ) -> ApiResult<Vec<SeriesExemplars>> {
     let q = params.get("query").unwrap_or_default();
     let (start, end) = params.time_range()?;
-    let selectors = selector::selectors_of(q)?;
+    // Parsing is CPU work: on the blocking pool, like the queries'.
+    let q = q.to_string();
+    let selectors = run(move || selector::selectors_of(&q)).await?;
     let found = state.exemplars.query(&selectors, start, end);
     Ok(ApiResponse::new(
         found

@@ -53,25 +53,20 @@ pub fn selectors_of(query: &str) -> Result<Vec<Vec<Matcher>>, ApiError> {
     Ok(out)
 }
 
+/// Without recursion: the tree may be thousands of levels deep (`a + a + ...`).
 fn collect(e: &Expr, out: &mut Vec<Vec<Matcher>>) {
-    match e {
-        Expr::VectorSelector(vs) => out.push(vs.matchers.clone()),
-        Expr::MatrixSelector(ms) => out.push(ms.vs.matchers.clone()),
-        Expr::Aggregate(a) => {
-            collect(&a.expr, out);
-            if let Some(p) = &a.param {
-                collect(p, out);
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::VectorSelector(vs) => out.push(vs.matchers.clone()),
+            Expr::MatrixSelector(ms) => out.push(ms.vs.matchers.clone()),
+            // Children pushed in reverse, so selectors come out in the order written.
+            e => {
+                let n = stack.len();
+                stack.extend(e.children());
+                stack[n..].reverse();
             }
         }
-        Expr::Binary(b) => {
-            collect(&b.lhs, out);
-            collect(&b.rhs, out);
-        }
-        Expr::Call(c) => c.args.iter().for_each(|a| collect(a, out)),
-        Expr::Subquery(s) => collect(&s.expr, out),
-        Expr::Paren(inner, _) | Expr::StepInvariant(inner) => collect(inner, out),
-        Expr::Unary { expr, .. } => collect(expr, out),
-        Expr::Number { .. } | Expr::String { .. } => {}
     }
 }
 
