@@ -292,6 +292,11 @@ pub struct QueryConfig {
     pub experimental_functions: bool,
     /// Longest query range in points per series (Prometheus: 11,000).
     pub max_points_per_series: u64,
+    /// Queries (instant and range) evaluated at once, as Prometheus's
+    /// `--query.max-concurrency` (default 20). More wait in a queue, up to their deadline.
+    pub max_concurrent: usize,
+    /// Queries that may wait for a slot; beyond this a query is refused at once with 503.
+    pub max_queued: usize,
 }
 
 impl Default for QueryConfig {
@@ -302,6 +307,8 @@ impl Default for QueryConfig {
             partial_response: true,
             experimental_functions: false,
             max_points_per_series: 11_000,
+            max_concurrent: 20,
+            max_queued: 500,
         }
     }
 }
@@ -384,6 +391,17 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Remote-read requests served at once; more wait (Prometheus's default 10).
     pub remote_read_concurrency: usize,
+    /// Remote-write requests decompressed and decoded at once; more wait in a queue.
+    pub remote_write_concurrency: usize,
+    /// Remote-write requests that may wait; beyond this 503, which senders retry.
+    pub remote_write_queue: usize,
+    /// A request's headers must arrive within this (also how long an idle keep-alive
+    /// connection is kept); otherwise the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this from the request's start; otherwise 408.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -393,6 +411,11 @@ impl Default for HttpConfig {
             max_decompressed_body_bytes: ByteSize(256 << 20),
             shutdown_timeout: Duration::from_secs(10),
             remote_read_concurrency: 10,
+            remote_write_concurrency: 8,
+            remote_write_queue: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 }
@@ -567,6 +590,18 @@ impl Config {
                 "storage.enabled is false and there is no remoteRead store: nothing to query"
                     .into(),
             );
+        }
+        if self.query.max_concurrent == 0 {
+            return Err("query.maxConcurrent must be at least 1".into());
+        }
+        if self.http.remote_write_concurrency == 0 {
+            return Err("http.remoteWriteConcurrency must be at least 1".into());
+        }
+        if self.http.max_connections == 0 {
+            return Err("http.maxConnections must be at least 1".into());
+        }
+        if self.http.header_read_timeout.0.is_zero() || self.http.body_read_timeout.0.is_zero() {
+            return Err("http.headerReadTimeout and http.bodyReadTimeout must be positive".into());
         }
         if self.http.max_request_body_bytes.0 == 0 || self.http.max_decompressed_body_bytes.0 == 0 {
             return Err("http body limits must be positive".into());

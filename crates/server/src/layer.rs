@@ -34,6 +34,26 @@ pub struct RequestInfo {
     pub samples: Option<u64>,
 }
 
+/// When the request arrived (its headers were read): deadlines count from here, so time spent
+/// waiting for a body or for an execution slot is part of a query's timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestStart {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestStart>()
+            .copied()
+            .unwrap_or_else(|| RequestStart(Instant::now())))
+    }
+}
+
 /// Marks a response produced from a handler panic.
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerPanicked;
@@ -90,8 +110,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
+        req.extensions_mut().insert(RequestStart(start));
         let method = req.method().as_str().to_string();
         let route = req
             .extensions()
