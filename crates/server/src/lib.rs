@@ -147,7 +147,7 @@ impl Server {
                     limit_key: "query.maxConcurrent",
                     queue_key: "query.maxQueued",
                 },
-                config.query.max_concurrent,
+                config.query_max_concurrent(),
                 config.query.max_queued,
                 admission_metrics.clone(),
             ),
