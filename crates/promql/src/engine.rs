@@ -328,9 +328,18 @@ impl Engine {
             warnings.extend(set.warnings());
             total_series += raw.len();
             let (start, end) = (spec.hints.start_ms, spec.hints.end_ms);
+            // Selected samples stay in memory for the whole evaluation, so they count against
+            // the sample budget as they are decoded: otherwise a selector over many long
+            // series loads any amount before evaluation's own count starts.
+            let loaded = std::sync::atomic::AtomicUsize::new(stats.samples_fetched);
+            let max_samples = self.opts.max_samples;
             let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
                 s.iter().append_range(start, end, &mut buf)?;
+                let n = buf.len();
+                if loaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > max_samples {
+                    return Err(Error::TooManySamples);
+                }
                 Ok(SelSeries::new(s.labels().clone(), buf))
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {

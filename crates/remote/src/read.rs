@@ -73,8 +73,9 @@ pub fn decode_request(
     body: &[u8],
     max_decompressed: usize,
 ) -> Result<prompb::ReadRequest, ReadError> {
-    let size = snap::raw::decompress_len(body)
-        .map_err(|e| ReadError::BadRequest(format!("snappy decompression failed: {e}")))?;
+    // Refuses a header claiming more than the body can hold before allocating anything.
+    let size = crate::write::snappy_checked_len(body, usize::MAX)
+        .map_err(|e| ReadError::BadRequest(e.to_string()))?;
     if size > max_decompressed {
         return Err(ReadError::LimitExceeded(format!(
             "request decompresses to {size} bytes, over the {max_decompressed}-byte limit"

@@ -40,6 +40,26 @@ pub enum WriteError {
     Snappy(String),
     #[error("request body decompresses to {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
+    /// The snappy header claims more than the compressed bytes can possibly hold: refused
+    /// before allocating, so a few bytes cannot make the server reserve hundreds of MiB.
+    #[error(
+        "snappy header claims {claimed} bytes, but {compressed} compressed bytes decode to at most {max} bytes"
+    )]
+    ImpossibleLength {
+        claimed: usize,
+        compressed: usize,
+        max: usize,
+    },
+    /// A non-empty body that held no series and no metadata: almost always a body of one
+    /// protocol version sent with the other version's content type, which would otherwise be
+    /// acknowledged while nothing was written.
+    #[error(
+        "the request body holds no series and no metadata when decoded as {expected} (from its Content-Type); {hint}"
+    )]
+    NothingDecoded {
+        expected: &'static str,
+        hint: &'static str,
+    },
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
     #[error("writing to storage: {0}")]
@@ -81,8 +101,43 @@ pub fn check_encoding(content_encoding: Option<&str>) -> Result<(), WriteError> 
     }
 }
 
+/// The most bytes `n` bytes of snappy elements (after the length header) can decode to.
+///
+/// Every element of a snappy block is a literal (a tag byte, maybe length bytes, then the
+/// bytes themselves: never more out than in) or a copy: 2 bytes for up to 11 bytes out
+/// (1-byte offset), 3 bytes for up to 64 (2-byte offset), 5 bytes for up to 64 (4-byte
+/// offset). The best ratio is 64 out per 3 in, so `n` bytes yield at most `ceil(n * 64 / 3)`.
+pub fn snappy_max_decoded_len(n: usize) -> usize {
+    n.saturating_mul(64).div_ceil(3)
+}
+
+/// The decompressed length a snappy block declares, checked against `limit` and against what
+/// the block can really hold, before anything is allocated.
+pub fn snappy_checked_len(body: &[u8], limit: usize) -> Result<usize, WriteError> {
+    let claimed = snap::raw::decompress_len(body).map_err(|e| WriteError::Snappy(e.to_string()))?;
+    // decompress_len succeeded, so the header is a well-formed varint: its bytes are those
+    // with the high bit set, plus the last one.
+    let header = body.iter().take_while(|b| **b >= 0x80).count() + 1;
+    let compressed = body.len().saturating_sub(header);
+    let max = snappy_max_decoded_len(compressed);
+    if claimed > max {
+        return Err(WriteError::ImpossibleLength {
+            claimed,
+            compressed,
+            max,
+        });
+    }
+    if claimed > limit {
+        return Err(WriteError::TooLarge {
+            size: claimed,
+            limit,
+        });
+    }
+    Ok(claimed)
+}
+
 /// Snappy block decompression that refuses, before allocating, bodies that would decompress
-/// to more than `limit` bytes (the length is in the snappy header).
+/// to more than `limit` bytes or more than the body can hold ([`snappy_checked_len`]).
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, WriteError> {
     let mut out = Vec::new();
     decompress_into(body, limit, &mut out)?;
@@ -92,10 +147,7 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, WriteError> {
 /// [`decompress`] into a caller's buffer (replacing its contents), so a request worker can
 /// reuse one buffer instead of allocating a fresh one per request.
 pub fn decompress_into(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), WriteError> {
-    let size = snap::raw::decompress_len(body).map_err(|e| WriteError::Snappy(e.to_string()))?;
-    if size > limit {
-        return Err(WriteError::TooLarge { size, limit });
-    }
+    let size = snappy_checked_len(body, limit)?;
     out.clear();
     out.resize(size, 0);
     let n = snap::raw::Decoder::new()
@@ -120,6 +172,9 @@ pub struct Outcome {
     /// Samples carried by series refused for invalid labels.
     pub invalid_series_samples: u64,
     pub histograms_refused: u64,
+    /// Series and metadata entries the request held, valid or not.
+    pub series_received: u64,
+    pub metadata_received: u64,
     /// The first refusal of each kind, for the error message.
     examples: Vec<String>,
     /// Metadata by metric family name, to be stored by the caller.
@@ -296,21 +351,40 @@ pub fn write(
     body: &[u8],
     app: &mut dyn Appender,
 ) -> Result<Outcome, WriteError> {
-    match protocol {
-        Protocol::V1 => write_v1_bytes(body, app),
+    let out = match protocol {
+        Protocol::V1 => write_v1_bytes(body, app)?,
         Protocol::V2 => {
             let req = v2::Request::decode(body).map_err(|e| WriteError::Decode {
                 what: "io.prometheus.write.v2.Request",
                 reason: e.to_string(),
             })?;
-            write_v2(&req, app)
+            write_v2(&req, app)?
         }
+    };
+    // Each version's fields are unknown (and so skipped) by the other's decoder: a body of the
+    // wrong version decodes cleanly to nothing. Nothing was appended, so refusing is safe.
+    if !body.is_empty() && out.series_received == 0 && out.metadata_received == 0 {
+        return Err(match protocol {
+            Protocol::V1 => WriteError::NothingDecoded {
+                expected: "prometheus.WriteRequest",
+                hint: "a remote write 2.0 body needs Content-Type: application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            },
+            Protocol::V2 => WriteError::NothingDecoded {
+                expected: "io.prometheus.write.v2.Request",
+                hint: "a remote write 1.0 body needs Content-Type: application/x-protobuf (or proto=prometheus.WriteRequest)",
+            },
+        });
     }
+    Ok(out)
 }
 
 /// Appends a remote write 1.0 request.
 pub fn write_v1(req: &prompb::WriteRequest, app: &mut dyn Appender) -> Result<Outcome, WriteError> {
-    let mut out = Outcome::default();
+    let mut out = Outcome {
+        series_received: req.timeseries.len() as u64,
+        metadata_received: req.metadata.len() as u64,
+        ..Outcome::default()
+    };
     for ts in &req.timeseries {
         let labels = match build_labels(ts.labels.iter().map(|l| (&l.name[..], &l.value[..]))) {
             Ok(l) => l,
@@ -530,6 +604,7 @@ pub fn write_v1_bytes(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, Wr
             1 => {
                 Reader::expect(wt, 2).map_err(decode_err)?;
                 let ts = r.bytes().map_err(decode_err)?;
+                out.series_received += 1;
                 decode_series(ts, &mut sc).map_err(decode_err)?;
                 append_series(&mut sc, app, &mut out)?;
             }
@@ -537,6 +612,7 @@ pub fn write_v1_bytes(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, Wr
                 Reader::expect(wt, 2).map_err(decode_err)?;
                 let m = prompb::MetricMetadata::decode(r.bytes().map_err(decode_err)?)
                     .map_err(|e| decode_err(e.to_string()))?;
+                out.metadata_received += 1;
                 if m.metric_family_name.is_empty() {
                     continue;
                 }
@@ -718,6 +794,7 @@ pub fn write_v2(req: &v2::Request, app: &mut dyn Appender) -> Result<Outcome, Wr
             reason: "symbols[0] must be the empty string".into(),
         });
     }
+    out.series_received = req.timeseries.len() as u64;
     for ts in &req.timeseries {
         let labels = match resolve_refs(&req.symbols, &ts.labels_refs)
             .and_then(|pairs| build_labels(pairs.into_iter()))
@@ -844,14 +921,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A header that claims 2^32-1 bytes: refused by the header, not by allocation.
-        let lie = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
-        assert!(matches!(
-            decompress(&lie, 1 << 20),
-            Err(WriteError::TooLarge { .. })
-        ));
+        // The best case of the format (runs of 64-byte copies) still decodes under the bound.
+        assert_eq!(
+            decompress(&compressed, 2 << 20).expect("zeros").len(),
+            1 << 20
+        );
+        // A header that claims 2^32-1 bytes, or 250 MiB, with one or two bytes behind it:
+        // refused by what the body can hold, whatever the limit, before allocating.
+        for lie in [
+            &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00][..],
+            &[0x80, 0x80, 0x80, 0x7d, 0x00, 0x41],
+        ] {
+            match decompress(lie, usize::MAX) {
+                Err(WriteError::ImpossibleLength {
+                    compressed, max, ..
+                }) => {
+                    assert!(compressed <= 2 && max <= 43, "{compressed} {max}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(snappy_max_decoded_len(3), 64);
+        assert_eq!(snappy_max_decoded_len(0), 0);
+        // Garbage fails on its header's claim, or in decoding.
         assert!(matches!(
             decompress(b"\xffnot snappy", 1 << 20),
+            Err(WriteError::Snappy(_) | WriteError::ImpossibleLength { .. })
+        ));
+        assert!(matches!(
+            decompress(b"\x05nope!", 1 << 20),
             Err(WriteError::Snappy(_))
         ));
     }
@@ -1157,6 +1255,44 @@ mod tests {
         let a = observe(&body, via_prost);
         assert!(a.contains("written 1"), "{a}");
         assert_eq!(a, observe(&body, write_v1_bytes));
+    }
+
+    #[test]
+    fn a_body_of_the_other_version_is_refused_not_acknowledged() {
+        let s = MemStorage::new();
+        let v1 = prompb::WriteRequest {
+            timeseries: vec![series(&[("__name__", "a")], &[(1, 1.0)])],
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let v2 = v2::Request {
+            symbols: vec![String::new(), "__name__".into(), "a".into()],
+            timeseries: vec![v2::TimeSeries {
+                labels_refs: vec![1, 2],
+                samples: vec![v2::Sample {
+                    value: 1.0,
+                    timestamp: 1,
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        for (protocol, body, expected) in [
+            (Protocol::V2, &v1, "io.prometheus.write.v2.Request"),
+            (Protocol::V1, &v2, "prometheus.WriteRequest"),
+        ] {
+            let mut app = s.appender();
+            match write(protocol, body, app.as_mut()) {
+                Err(e @ WriteError::NothingDecoded { .. }) => {
+                    assert!(e.to_string().contains(expected), "{e}");
+                }
+                other => panic!("{protocol:?}: {other:?}"),
+            }
+        }
+        // An empty body is an empty request of either version.
+        let mut app = s.appender();
+        assert!(write(Protocol::V1, &[], app.as_mut()).is_ok());
+        assert!(write(Protocol::V2, &[], app.as_mut()).is_ok());
     }
 
     #[test]

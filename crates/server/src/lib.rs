@@ -6,13 +6,17 @@
 //! stores are open: `/health` answers at once, `/ready` and the data routes answer 503 until
 //! [`Server::set_services`] is called.
 
+pub mod admission;
 pub mod api;
 pub mod backends;
+pub mod body;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod layer;
 pub mod metrics;
 mod routes;
+pub mod serve;
 pub mod stores;
 pub mod tsdb_metrics;
 
@@ -52,6 +56,10 @@ pub struct AppState {
     pub remote_metrics: metrics::RemoteWriteMetrics,
     /// Concurrent remote-read requests allowed (each may hold many series in memory).
     pub remote_read_slots: Arc<tokio::sync::Semaphore>,
+    /// Queries evaluated at once (`query.maxConcurrent`), and how many may wait.
+    pub query_gate: admission::Gate,
+    /// Remote-write bodies decoded at once (`http.remoteWriteConcurrency`).
+    pub write_gate: admission::Gate,
     /// The PromQL engine, configured from `query:` and `lookbackDuration`.
     pub engine: Arc<m3query_promql::Engine>,
 }
@@ -126,10 +134,34 @@ impl Server {
         let config_for_engine = config.clone();
         let remote_metrics = metrics::RemoteWriteMetrics::default();
         remote_metrics.register(&mut metrics);
+        let admission_metrics = admission::AdmissionMetrics::default();
+        admission_metrics.register(&mut metrics);
         let state = Arc::new(AppState {
             remote_read_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.http.remote_read_concurrency.max(1),
             )),
+            query_gate: admission::Gate::new(
+                admission::GateSpec {
+                    pool: "query",
+                    what: "queries",
+                    limit_key: "query.maxConcurrent",
+                    queue_key: "query.maxQueued",
+                },
+                config.query_max_concurrent(),
+                config.query.max_queued,
+                admission_metrics.clone(),
+            ),
+            write_gate: admission::Gate::new(
+                admission::GateSpec {
+                    pool: "remote_write",
+                    what: "remote writes",
+                    limit_key: "http.remoteWriteConcurrency",
+                    queue_key: "http.remoteWriteQueue",
+                },
+                config.http.remote_write_concurrency,
+                config.http.remote_write_queue,
+                admission_metrics,
+            ),
             config,
             build,
             metrics: OnceLock::new(),
@@ -170,24 +202,8 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let grace = self.state.config.http.shutdown_timeout.0;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let serve = axum::serve(listener, self.router.clone()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let mut stop_rx2 = stop_rx.clone();
-        let deadline = async move {
-            let _ = stop_rx2.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            r = serve => r,
-            _ = deadline => {
-                tracing::warn!(grace_seconds = grace.as_secs_f64(), "in-flight requests still running after the shutdown grace period; stopping anyway");
-                Ok(())
-            }
-        }
+        let limits = conn_limits(&self.state.config);
+        serve::serve(listener, self.router.clone(), limits, shutdown).await
     }
 
     /// Serves only the metrics route on a second listener (`metrics.prometheus.listenAddress`).
@@ -197,11 +213,16 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
         let router = routes::metrics_router(self.state.clone());
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        let limits = conn_limits(&self.state.config);
+        serve::serve(listener, router, limits, shutdown)
+    }
+}
+
+fn conn_limits(cfg: &Config) -> serve::ConnLimits {
+    serve::ConnLimits {
+        header_read_timeout: cfg.http.header_read_timeout.0,
+        max_connections: cfg.http.max_connections,
+        grace: cfg.http.shutdown_timeout.0,
     }
 }
 

@@ -11,7 +11,8 @@ use http::{Method, StatusCode, header};
 use m3query_telemetry::Propagation;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::error::{ApiError, ApiResponse, ApiResult};
+use crate::body::BodyLimits;
+use crate::error::{ApiError, ApiResponse, ApiResult, prometheus_shaped};
 use crate::layer::{HandlerPanicked, RequestLayer};
 use crate::metrics::{BuildInfo, HttpMetrics};
 use crate::{AppState, api};
@@ -59,6 +60,14 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(BodyLimits {
+                max_bytes: cfg.http.max_request_body_bytes.0,
+                read_timeout: cfg.http.body_read_timeout.0,
+            }),
+            crate::body::enforce,
+        ))
+        .layer(axum::middleware::map_response(prometheus_shaped))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RequestLayer::new(propagation, http, slow))
         .with_state(state)
@@ -69,6 +78,7 @@ pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(&path, get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(prometheus_shaped))
         .with_state(state)
 }
 

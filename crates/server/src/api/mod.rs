@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::AppState;
+use crate::body::read_body;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
 use crate::layer::RequestInfo;
 use params::Params;
@@ -54,6 +55,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 const TRUNCATED: &str = "results truncated due to limit";
+
+/// `http.maxRequestBodyBytes`, for handlers that read their body themselves.
+fn body_limit(state: &AppState) -> usize {
+    usize::try_from(state.config.http.max_request_body_bytes.0).unwrap_or(usize::MAX)
+}
 
 /// `GET|POST /api/v1/series`.
 pub async fn series(
@@ -242,7 +248,10 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::TooLarge { .. } => {
             ApiError::bad_data(e.to_string()).with_status(StatusCode::PAYLOAD_TOO_LARGE)
         }
-        WriteError::Snappy(_) | WriteError::Decode { .. } => ApiError::bad_data(e.to_string()),
+        WriteError::Snappy(_)
+        | WriteError::Decode { .. }
+        | WriteError::ImpossibleLength { .. }
+        | WriteError::NothingDecoded { .. } => ApiError::bad_data(e.to_string()),
         // Anything else means the store failed: 5xx, so the sender retries.
         WriteError::Storage(s) => ApiError::internal(format!("writing to storage: {s}")),
     }
@@ -277,7 +286,7 @@ impl BodyBuffers {
 pub async fn remote_write(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let services = state.services()?;
     let Some(appendable) = services.appendable.clone() else {
@@ -290,8 +299,13 @@ pub async fn remote_write(
     rwrite::check_encoding(header(header::CONTENT_ENCODING)).map_err(write_error)?;
     let limit =
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
+    // The slot is taken before the body is read, so waiting writers hold a connection, not
+    // their body; it moves into the decoding work and is released when that ends.
+    let permit = state.write_gate.acquire(None).await?;
+    let body = read_body(body, body_limit(&state)).await?;
     let st = state.clone();
     let outcome = blocking(move || {
+        let _permit = permit;
         let mut raw = BodyBuffers::take();
         rwrite::decompress_into(&body, limit, &mut raw).map_err(write_error)?;
         let mut app = appendable.appender();
@@ -361,8 +375,9 @@ fn read_error(e: ReadError) -> ApiError {
 /// `POST /api/v1/prom/remote/read` and `/api/v1/read`.
 pub async fn remote_read(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let body = read_body(body, body_limit(&state)).await?;
     let queryable = state.services()?.queryable.clone();
     let limit =
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);

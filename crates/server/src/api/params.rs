@@ -3,8 +3,7 @@
 //! (`match[]`), times as RFC3339 or unix seconds, durations as Prometheus durations or seconds.
 
 use axum::extract::{FromRequest, Request};
-use bytes::Bytes;
-use http::{Method, StatusCode, header};
+use http::{Method, header};
 use m3query_model::time::{MAX_TIME_MS, MIN_TIME_MS, parse_api_duration, parse_api_time};
 
 use crate::error::ApiError;
@@ -94,8 +93,54 @@ impl Params {
     }
 }
 
-fn parse_into(out: &mut Vec<(String, String)>, raw: &[u8]) {
-    out.extend(form_urlencoded::parse(raw).map(|(k, v)| (k.into_owned(), v.into_owned())));
+/// Decodes `application/x-www-form-urlencoded` pairs strictly, as Go's `url.ParseQuery`
+/// does for Prometheus: an invalid escape (`%zz`) or bytes that are not UTF-8 (`%ff`) are a 400,
+/// not silently replaced by U+FFFD (which would run a different query than the one sent).
+fn parse_into(out: &mut Vec<(String, String)>, raw: &[u8]) -> Result<(), ApiError> {
+    for pair in raw.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let key = unescape(k)?;
+        let value = unescape(v)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter {key:?}: {}", e.message)))?;
+        out.push((key, value));
+    }
+    Ok(())
+}
+
+/// Percent- and `+`-decoding of one key or value.
+fn unescape(raw: &[u8]) -> Result<String, ApiError> {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = |j: usize| raw.get(j).and_then(|c| (*c as char).to_digit(16));
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(h), Some(l)) => bytes.push((h * 16 + l) as u8),
+                    _ => {
+                        let end = (i + 3).min(raw.len());
+                        return Err(ApiError::bad_data(format!(
+                            "invalid URL escape {:?}",
+                            String::from_utf8_lossy(&raw[i..end])
+                        )));
+                    }
+                }
+                i += 2;
+            }
+            _ => bytes.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_data(format!(
+            "invalid UTF-8 in the URL or form after decoding escapes (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 fn is_form(req: &Request) -> bool {
@@ -110,26 +155,27 @@ fn is_form(req: &Request) -> bool {
         })
 }
 
+/// The form body limit when no [`crate::body::enforce`] layer set one (in-process tests).
+const DEFAULT_FORM_BODY_LIMIT: usize = 32 << 20;
+
 impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let mut pairs = Vec::new();
         let query = req.uri().query().map(|q| q.as_bytes().to_vec());
         if req.method() == Method::POST && is_form(&req) {
-            let body = Bytes::from_request(req, state).await.map_err(|e| {
-                let status = e.status();
-                let err = ApiError::bad_data(format!("cannot read request body: {e}"));
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    err.with_status(status)
-                } else {
-                    err
-                }
-            })?;
-            parse_into(&mut pairs, &body);
+            let limit = req
+                .extensions()
+                .get::<crate::body::BodyLimits>()
+                .map_or(DEFAULT_FORM_BODY_LIMIT, |l| {
+                    usize::try_from(l.max_bytes).unwrap_or(usize::MAX)
+                });
+            let body = crate::body::read_body(req.into_body(), limit).await?;
+            parse_into(&mut pairs, &body)?;
         }
         if let Some(q) = query {
-            parse_into(&mut pairs, &q);
+            parse_into(&mut pairs, &q)?;
         }
         Ok(Params { pairs })
     }

@@ -20,8 +20,9 @@ use m3query_storage::Context;
 use super::params::Params;
 use super::{LabelsJson, blocking, selector};
 use crate::AppState;
+use crate::admission::Permit;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
-use crate::layer::RequestInfo;
+use crate::layer::{RequestInfo, RequestStart};
 
 /// Maps an engine error to the API's, by Prometheus's error type.
 fn engine_error(e: m3query_promql::Error) -> ApiError {
@@ -50,6 +51,8 @@ impl Drop for CancelOnDrop {
 struct Common {
     ctx: Context,
     opts: QueryOptions,
+    /// The request's arrival plus its timeout: queueing and evaluation both count.
+    deadline: Instant,
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -59,7 +62,12 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-fn common(state: &AppState, params: &Params, headers: &HeaderMap) -> Result<Common, ApiError> {
+fn common(
+    state: &AppState,
+    params: &Params,
+    headers: &HeaderMap,
+    arrival: RequestStart,
+) -> Result<Common, ApiError> {
     let cfg = &state.config;
     let mut timeout = cfg.query.timeout.0;
     if let Some(t) = params.duration("timeout")? {
@@ -107,8 +115,10 @@ fn common(state: &AppState, params: &Params, headers: &HeaderMap) -> Result<Comm
         ));
     }
     let stats = params.get("stats").is_some_and(|s| !s.is_empty());
+    let deadline = arrival.0 + timeout;
     Ok(Common {
-        ctx: Context::with_deadline(Instant::now() + timeout),
+        deadline,
+        ctx: Context::with_deadline(deadline),
         opts: QueryOptions {
             lookback_delta_ms: lookback.filter(|l| *l > 0),
             max_fetched_series: usize::try_from(max_series).unwrap_or(usize::MAX),
@@ -137,6 +147,27 @@ fn record_span(query: &str, start: Option<i64>, end: Option<i64>, step: Option<i
     }
 }
 
+/// Waits for one of the `query.maxConcurrent` slots, up to the query's deadline.
+async fn admit(state: &AppState, c: &Common) -> Result<Permit, ApiError> {
+    Ok(state.query_gate.acquire(Some(c.deadline)).await?)
+}
+
+/// Answers at the deadline even if the work is still running: the handler returns, its
+/// [`CancelOnDrop`] cancels the context, and the work stops at its next check (its slot is
+/// released then, not now, so the concurrency limit bounds the work really running).
+async fn by_deadline<T>(
+    deadline: Instant,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            ErrorType::Timeout,
+            "query timed out in expression evaluation",
+        )),
+    }
+}
+
 /// Runs `f` on a blocking thread inside the request span.
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -155,23 +186,30 @@ fn now_ms() -> i64 {
 /// `GET|POST /api/v1/query`.
 pub async fn instant_query(
     State(state): State<Arc<AppState>>,
+    arrival: RequestStart,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     let query = query_param(&params)?;
     let t = params.time("time", now_ms())?;
-    let c = common(&state, &params, &headers)?;
+    let c = common(&state, &params, &headers, arrival)?;
     record_span(&query, Some(t), Some(t), None);
     let queryable = state.services()?.queryable.clone();
     let engine = state.engine.clone();
     let _cancel = CancelOnDrop(c.ctx.clone());
     let stats = c.opts.enable_stats;
     let q2 = query.clone();
-    let result = run(move || {
-        engine
-            .instant_query(queryable.as_ref(), &c.ctx, &q2, t, &c.opts)
-            .map_err(engine_error)
-    })
+    let permit = admit(&state, &c).await?;
+    let deadline = c.deadline;
+    let result = by_deadline(
+        deadline,
+        run(move || {
+            let _permit = permit;
+            engine
+                .instant_query(queryable.as_ref(), &c.ctx, &q2, t, &c.opts)
+                .map_err(engine_error)
+        }),
+    )
     .await?;
     Ok(respond(result, query, stats))
 }
@@ -179,6 +217,7 @@ pub async fn instant_query(
 /// `GET|POST /api/v1/query_range`.
 pub async fn range_query(
     State(state): State<Arc<AppState>>,
+    arrival: RequestStart,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
@@ -210,18 +249,24 @@ pub async fn range_query(
             group_thousands(max_points)
         )));
     }
-    let c = common(&state, &params, &headers)?;
+    let c = common(&state, &params, &headers, arrival)?;
     record_span(&query, Some(start), Some(end), Some(step));
     let queryable = state.services()?.queryable.clone();
     let engine = state.engine.clone();
     let _cancel = CancelOnDrop(c.ctx.clone());
     let stats = c.opts.enable_stats;
     let q2 = query.clone();
-    let result = run(move || {
-        engine
-            .range_query(queryable.as_ref(), &c.ctx, &q2, start, end, step, &c.opts)
-            .map_err(engine_error)
-    })
+    let permit = admit(&state, &c).await?;
+    let deadline = c.deadline;
+    let result = by_deadline(
+        deadline,
+        run(move || {
+            let _permit = permit;
+            engine
+                .range_query(queryable.as_ref(), &c.ctx, &q2, start, end, step, &c.opts)
+                .map_err(engine_error)
+        }),
+    )
     .await?;
     Ok(respond(result, query, stats))
 }
