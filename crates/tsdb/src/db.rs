@@ -1209,7 +1209,6 @@ impl DbAppender<'_> {
             (d.max_t, d.last_v)
         };
         match d.fit(mt, lv, t, vb, bounds) {
-            Ok(Fit::Duplicate) => Ok(()),
             Ok(f) => {
                 if f == Fit::InOrder {
                     p.max_t = t;
@@ -1314,7 +1313,7 @@ impl Appender for DbAppender<'_> {
         let mut enc = SamplesEncoder::with_buf(std::mem::take(&mut self.wal));
         enc.buf.reserve(self.samples.len() * 12 + 16);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        let (mut ooo, mut dropped, mut chunks_cut) = (0u64, 0u64, 0i64);
+        let (mut ooo, mut dropped, mut chunks_cut, mut dups) = (0u64, 0u64, 0i64, 0u64);
         let mut order: Vec<usize> = Vec::new();
         {
             let mut used = vec![false; self.series.len()];
@@ -1345,10 +1344,11 @@ impl Appender for DbAppender<'_> {
                 };
                 let (mt, lv) = newest[i as usize];
                 match d.fit(mt, lv, t, v.to_bits(), b) {
-                    Ok(Fit::Duplicate) => {}
                     Ok(f) => {
-                        if f == Fit::InOrder {
-                            newest[i as usize] = (t, v.to_bits());
+                        match f {
+                            Fit::InOrder => newest[i as usize] = (t, v.to_bits()),
+                            Fit::Duplicate => dups += 1,
+                            Fit::OutOfOrder => {}
                         }
                         enc.push(self.series[i as usize].s.r, t, v);
                         accepted.push((i, t, v, f));
@@ -1391,10 +1391,11 @@ impl Appender for DbAppender<'_> {
         c.ooo_appended.fetch_add(ooo, Ordering::Relaxed);
         if let Some(seq) = seq {
             // The samples are in the head already: a failure here is answered with an error,
-            // and a retry finds them stored (identical samples are accepted as duplicates).
+            // and a retry finds them stored: identical samples are accepted as duplicates and
+            // logged again, so the retry's acknowledgement is as durable as it says.
             db.wal.wait_durable(seq)?;
             c.samples_appended
-                .fetch_add(enc.count as u64, Ordering::Relaxed);
+                .fetch_add(enc.count as u64 - dups, Ordering::Relaxed);
         }
         self.wal = std::mem::take(&mut enc.buf);
         if db.head_compactable() {
@@ -1518,10 +1519,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(dir.path(), Options::default()).expect("open");
         write_batch(&db).expect("first");
+        let records = db.metrics().wal_records_total;
         write_batch(&db).expect("the retry is accepted");
         let m = db.metrics();
         assert_eq!(m.refused_out_of_order_total, 0);
         assert_eq!(m.samples_appended_total, 3);
+        // Logged again: the first attempt's record may not have survived a failed fsync.
+        assert_eq!(m.wal_records_total, records + 1);
+        drop(db);
+        let db = Db::open(dir.path(), Options::default()).expect("reopen");
+        let want = vec![
+            ("a".to_string(), vec![(2000, 2.0), (3000, 3.0)]),
+            ("b".to_string(), vec![(2000, 20.0)]),
+        ];
+        assert_eq!(select(&db), want, "replayed once, not doubled out of order");
         // A different value at a stored timestamp is still refused.
         let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
         let mut app = db.appender();

@@ -201,7 +201,10 @@ pub(crate) struct SeriesData {
 pub(crate) enum Fit {
     InOrder,
     OutOfOrder,
-    /// Same timestamp and value bits as a stored sample: accepted, nothing to store.
+    /// Same timestamp and value bits as a stored sample: accepted, nothing to store. The
+    /// commit still logs it, so the retry of a write whose acknowledgement failed (its
+    /// fsync failed after the samples were applied, or the response was lost) is as
+    /// durable as its own acknowledgement says.
     Duplicate,
 }
 
@@ -348,8 +351,10 @@ impl SeriesData {
         if self.max_t == i64::MIN || t > self.max_t {
             self.append_in_order(t, v, chunk_range);
         } else if t != self.max_t
+            && !self.holds(t, v.to_bits())
             && let Err(i) = self.ooo.binary_search_by_key(&t, |s| s.t)
         {
+            // Not a logged retry of a stored sample (see `Fit::Duplicate`): out of order.
             self.ooo.insert(i, Sample { t, v });
         }
     }

@@ -445,7 +445,12 @@ fn repair_segment(
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, path).ctx("replace damaged WAL segment", path)?;
+        if let Err(e) = fs::rename(&tmp, path).ctx("replace damaged WAL segment", path) {
+            // Put the damaged segment back: its good records must stay in the log.
+            let _ = fs::rename(&copy, path);
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         sync_dir(&to)?;
         Ok(copy)
     })();
