@@ -33,15 +33,31 @@ fn engine() -> Engine {
 #[derive(Clone, Default)]
 struct Names(Arc<Mutex<Vec<String>>>);
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+impl<S> tracing_subscriber::Layer<S> for Names
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
         _id: &tracing::span::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
+        // The parent as the span itself will have it: explicit, or the thread's current span.
+        let parent = if attrs.is_contextual() {
+            ctx.lookup_current().map(|p| p.name().to_string())
+        } else {
+            attrs
+                .parent()
+                .and_then(|id| ctx.span(id))
+                .map(|p| p.name().to_string())
+        };
         if let Ok(mut v) = self.0.lock() {
-            v.push(attrs.metadata().name().to_string());
+            v.push(format!(
+                "{}<{}",
+                attrs.metadata().name(),
+                parent.unwrap_or_default()
+            ));
         }
     }
 }
@@ -67,7 +83,12 @@ fn spans_are_emitted() {
             .expect("query");
     });
     let got = names.0.lock().map(|v| v.clone()).unwrap_or_default();
-    for want in ["promql.parse", "storage.select", "promql.eval"] {
+    // The engine runs on a thread of its own (`deep`): its spans still nest under the caller's.
+    for want in [
+        "promql.parse<request",
+        "storage.select<request",
+        "promql.eval<request",
+    ] {
         assert!(
             got.iter().any(|n| n == want),
             "missing span {want}: {got:?}"

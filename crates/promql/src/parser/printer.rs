@@ -390,6 +390,9 @@ impl Spans {
 
 /// Prometheus's prettier (`Pretty(0)`, what `/api/v1/format_query` returns): expressions
 /// longer than 100 characters are split over lines, two spaces per level.
+///
+/// Like `to_string()`, it recurses once per tree level on the caller's stack: for trees
+/// from untrusted input, call it on a [`crate::deep`] stack (as `format_query` does).
 pub fn pretty(e: &Expr) -> String {
     let mut p = Pretty::new(e, None);
     // Without a context and a size limit nothing stops it.
