@@ -332,6 +332,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn foreign_error_responses_get_prometheus_shape() {
+        let plain = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [("x-keep", "1")],
+            "length limit exceeded",
+        )
+            .into_response();
+        let out = prometheus_shaped(plain).await;
+        assert_eq!(
+            out.headers().get("x-keep").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let (status, v) = body(out).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(v["errorType"], "bad_data");
+        assert_eq!(v["error"], "length limit exceeded");
+        // An empty body gets the status's reason; ours and successes pass untouched.
+        let (_, v) = body(prometheus_shaped(StatusCode::URI_TOO_LONG.into_response()).await).await;
+        assert_eq!(v["error"], "uri too long");
+        let ours = ApiError::new(ErrorType::Execution, "x").with_retry_after(3);
+        let out = prometheus_shaped(ours.into_response()).await;
+        assert_eq!(
+            out.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        let (status, v) = body(out).await;
+        assert_eq!(
+            (status.as_u16(), v["errorType"].as_str()),
+            (422, Some("execution"))
+        );
+        let ok = prometheus_shaped((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn success_shape() {
         let (status, v) = body(ApiResponse::new(vec!["a"]).into_response()).await;
         assert_eq!(status, StatusCode::OK);
