@@ -3,6 +3,7 @@
 //! binary, and `check-config` on configs holding secrets.
 
 mod common;
+mod trace_sinks;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -259,6 +260,31 @@ fn url_passwords_are_masked_in_check_config_logs_and_warnings() {
     assert!(!text.contains("url-pass"), "{text}");
     let log = m.log();
     assert!(!log.contains("url-pass"), "{log}");
+}
+
+/// The `remote.read` span's url tag, as Jaeger receives it, has no password.
+#[test]
+fn the_remote_read_span_url_has_no_password() {
+    let sink = trace_sinks::Sink::jaeger_agent();
+    let dead = common::free_port();
+    let cfg = format!(
+        "tracing:\n  backend: jaeger\n  jaeger:\n    sampler: {{type: const, param: 1}}\n    reporter: {{localAgentHostPort: \"127.0.0.1:{}\", bufferFlushInterval: 100ms}}\nstorage:\n  enabled: false\nremoteRead:\n  - url: http://reader:span-pass@127.0.0.1:{dead}/api/v1/read\n    timeout: 2s\n",
+        sink.port
+    );
+    let m = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let v = instant_query(&m, "up");
+    assert!(!v.to_string().contains("span-pass"), "{v}");
+    let spans = sink.wait_for("the remote.read span", |s| {
+        s.iter().any(|x| x["operationName"] == "remote.read")
+    });
+    let read = spans
+        .iter()
+        .find(|x| x["operationName"] == "remote.read")
+        .expect("remote.read");
+    let url = read["tags"]["url"].as_str().unwrap_or("");
+    assert!(url.contains("reader:xxxxx@127.0.0.1"), "{read}");
+    assert!(!read.to_string().contains("span-pass"), "{read}");
+    assert_eq!(read["tags"]["store"], format!("127.0.0.1:{dead}"), "{read}");
 }
 
 /// Each config puts a secret from the environment on the line the parser complains about.
