@@ -183,15 +183,25 @@ fn secret_ranges(line: &str) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     for p in ps {
         let v = &line[p.value.clone()];
-        if v.is_empty() || v.starts_with('{') || v.starts_with('[') {
+        if v.is_empty() {
             continue;
         }
         let in_map = maps
             .iter()
             .any(|m| p.value.start > m.start && p.value.end <= m.end);
-        if in_map || is_secret_key(&p.key) {
-            out.push(p.value);
+        if !(in_map || is_secret_key(&p.key)) {
+            continue;
         }
+        if v.starts_with('{') && !in_map && !is_secret_key(&p.key) {
+            continue;
+        }
+        // A flow collection as the value (`token: [x]`, `password: {a: b}`): all of it.
+        let end = if v.starts_with('[') || v.starts_with('{') {
+            (matching_close(line, p.value.start) + 1).min(line.len())
+        } else {
+            p.value.end
+        };
+        out.push(p.value.start..end);
     }
     out
 }
@@ -202,9 +212,22 @@ pub fn secret_values(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut push = |v: &str| {
         let v = v.trim();
-        for s in [v, v.trim_matches(|c| c == '"' || c == '\'')] {
+        let mut add = |s: &str| {
             if !s.is_empty() && !out.iter().any(|o| o == s) {
                 out.push(s.to_string());
+            }
+        };
+        add(v);
+        add(v.trim_matches(|c| c == '"' || c == '\''));
+        // The items of a flow collection, which a parser may echo one by one.
+        if let Some(inner) = v
+            .strip_prefix(['[', '{'])
+            .and_then(|i| i.strip_suffix([']', '}']))
+        {
+            for item in inner.split(',') {
+                let item = item.rsplit(": ").next().unwrap_or(item).trim();
+                add(item);
+                add(item.trim_matches(|c| c == '"' || c == '\''));
             }
         }
     };
@@ -348,6 +371,11 @@ mod tests {
             assert!(vals.iter().any(|x| x == v), "{v} not in {vals:?}");
         }
         assert!(!vals.iter().any(|x| x == "soon" || x == "u"), "{vals:?}");
+        assert!(secret_values("token: [abc-1, \"d-2\"]\n").contains(&"d-2".to_string()));
+        assert_eq!(
+            redact_config_error(" 3 |   bearerToken: [s3cr3t]\n", ""),
+            " 3 |   bearerToken: <redacted>\n"
+        );
         let msg = "line 3: invalid type: string \"tok-123\"\n  3 |     bearerToken: tok-123\n  |  Bearer abcdef and tenant-secret and ls-tok\n";
         let r = redact_config_error(msg, src);
         for v in ["tok-123", "abcdef", "tenant-secret", "ls-tok"] {

@@ -412,24 +412,28 @@ impl RemoteReadClient {
                 .map_err(|e| self.unavailable(format!("cannot decode ChunkedReadResponse: {e}")))?;
             for cs in resp.chunked_series {
                 let labels = wire_labels(&cs.labels).map_err(|e| self.unavailable(e))?;
-                let mut data = Vec::new();
-                let mut chunks = Vec::with_capacity(cs.chunks.len());
+                // Chunks outside the range (a store may send more than asked) and, for
+                // metadata selects, all chunks are not kept.
+                let (mint, maxt) = (decoder.mint, decoder.maxt);
+                let keep = |c: &&prompb::Chunk| {
+                    !decoder.labels_only && c.max_time_ms >= mint && c.min_time_ms <= maxt
+                };
+                if let Some(c) = cs
+                    .chunks
+                    .iter()
+                    .find(|c| c.r#type != prompb::chunk::Encoding::Xor as i32)
+                {
+                    return Err(self.unavailable(format!(
+                        "series {labels} has a chunk of encoding {} (native histograms are not supported)",
+                        c.r#type
+                    )));
+                }
+                // Sized exactly: these buffers live until the query ends.
+                let size: usize = cs.chunks.iter().filter(keep).map(|c| c.data.len()).sum();
+                let mut data = Vec::with_capacity(size);
+                let mut chunks = Vec::with_capacity(cs.chunks.iter().filter(keep).count());
                 let mut samples = 0usize;
-                for c in &cs.chunks {
-                    if c.r#type != prompb::chunk::Encoding::Xor as i32 {
-                        return Err(self.unavailable(format!(
-                            "series {labels} has a chunk of encoding {} (native histograms are not supported)",
-                            c.r#type
-                        )));
-                    }
-                    // Chunks outside the range (a store may send more than asked) and, for
-                    // metadata selects, all chunks are not kept.
-                    if decoder.labels_only
-                        || c.max_time_ms < decoder.mint
-                        || c.min_time_ms > decoder.maxt
-                    {
-                        continue;
-                    }
+                for c in cs.chunks.iter().filter(keep) {
                     samples += usize::from(chunk_num_samples(&c.data).unwrap_or(0));
                     let start = data.len();
                     data.extend_from_slice(&c.data);
@@ -565,13 +569,6 @@ impl Decoder<'_> {
         match self.series.last_mut() {
             Some(last) if continues => last.data.push(data()),
             _ => {
-                if let Some(SeriesData::Chunks { data, chunks }) =
-                    self.series.last_mut().and_then(|s| s.data.last_mut())
-                {
-                    // The previous series is complete: give back its spare capacity.
-                    data.shrink_to_fit();
-                    chunks.shrink_to_fit();
-                }
                 self.series.push(RemoteSeries {
                     labels,
                     data: vec![data()],
