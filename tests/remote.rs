@@ -197,6 +197,15 @@ fn remote_write_v2_golden_and_headers() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rw2_example.bin"),
     )
     .expect("fixture");
+    // Our own samples go next to the golden's: the store refuses samples older than its
+    // retention before the newest data it holds.
+    let golden_t = prompb::v2::Request::decode(golden.as_slice())
+        .expect("golden decodes")
+        .timeseries
+        .iter()
+        .flat_map(|t| t.samples.iter().map(|s| s.timestamp))
+        .max()
+        .expect("golden samples");
     let body = snap::raw::Encoder::new()
         .compress_vec(&golden)
         .expect("snappy");
@@ -252,7 +261,7 @@ fn remote_write_v2_golden_and_headers() {
                 labels_refs: vec![1, 2, 3, 4],
                 samples: vec![prompb::v2::Sample {
                     value: 7.0,
-                    timestamp: 5000,
+                    timestamp: golden_t,
                 }],
                 ..Default::default()
             },
@@ -260,7 +269,7 @@ fn remote_write_v2_golden_and_headers() {
                 labels_refs: vec![1, 42],
                 samples: vec![prompb::v2::Sample {
                     value: 1.0,
-                    timestamp: 5000,
+                    timestamp: golden_t,
                 }],
                 ..Default::default()
             },
