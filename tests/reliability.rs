@@ -1001,7 +1001,6 @@ fn write_v2_body() -> Vec<u8> {
             samples: vec![prompb::v2::Sample {
                 value: 1.0,
                 timestamp: now_ms(),
-                ..Default::default()
             }],
             ..Default::default()
         }],
