@@ -444,13 +444,7 @@ fn async_stream(
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, ApiError>>,
     cancel: Context,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    struct CancelOnDrop(Context);
-    impl Drop for CancelOnDrop {
-        fn drop(&mut self) {
-            self.0.cancel();
-        }
-    }
-    let guard = CancelOnDrop(cancel);
+    let guard = query::CancelOnDrop(cancel);
     let head = futures_util::stream::iter(first);
     let tail = futures_util::stream::unfold((rx, guard), |(mut rx, g)| async move {
         rx.recv().await.map(|item| (item, (rx, g)))

@@ -37,9 +37,9 @@ fn engine_error(e: m3query_promql::Error) -> ApiError {
     ApiError::new(kind, e.to_string())
 }
 
-/// Cancels the query's context when the handler's future is dropped (the client went away)
-/// and once it is done, so storage and evaluation stop promptly.
-struct CancelOnDrop(Context);
+/// Cancels a context when dropped: with a handler's future (the client went away), or a
+/// response stream, so storage and evaluation stop promptly.
+pub(crate) struct CancelOnDrop(pub(crate) Context);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -168,6 +168,37 @@ async fn by_deadline<T>(
     }
 }
 
+/// Admits the query, evaluates it on a blocking thread with its execution slot, and answers
+/// at the deadline whatever the evaluation is doing. The permit moves into the blocking work,
+/// so it is released when that work ends, not when the answer goes out: `query.maxConcurrent`
+/// bounds the work really running.
+async fn evaluate(
+    state: &AppState,
+    c: Common,
+    eval: impl FnOnce(
+        &m3query_promql::Engine,
+        &dyn m3query_storage::Queryable,
+        &Context,
+        &QueryOptions,
+    ) -> Result<QueryResult, m3query_promql::Error>
+    + Send
+    + 'static,
+) -> Result<QueryResult, ApiError> {
+    let queryable = state.services()?.queryable.clone();
+    let engine = state.engine.clone();
+    let _cancel = CancelOnDrop(c.ctx.clone());
+    let permit = admit(state, &c).await?;
+    let deadline = c.deadline;
+    by_deadline(
+        deadline,
+        run(move || {
+            let _permit = permit;
+            eval(&engine, queryable.as_ref(), &c.ctx, &c.opts).map_err(engine_error)
+        }),
+    )
+    .await
+}
+
 /// Runs `f` on a blocking thread inside the request span.
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -194,22 +225,11 @@ pub async fn instant_query(
     let t = params.time("time", now_ms())?;
     let c = common(&state, &params, &headers, arrival)?;
     record_span(&query, Some(t), Some(t), None);
-    let queryable = state.services()?.queryable.clone();
-    let engine = state.engine.clone();
-    let _cancel = CancelOnDrop(c.ctx.clone());
     let stats = c.opts.enable_stats;
     let q2 = query.clone();
-    let permit = admit(&state, &c).await?;
-    let deadline = c.deadline;
-    let result = by_deadline(
-        deadline,
-        run(move || {
-            let _permit = permit;
-            engine
-                .instant_query(queryable.as_ref(), &c.ctx, &q2, t, &c.opts)
-                .map_err(engine_error)
-        }),
-    )
+    let result = evaluate(&state, c, move |engine, queryable, ctx, opts| {
+        engine.instant_query(queryable, ctx, &q2, t, opts)
+    })
     .await?;
     Ok(respond(result, query, stats))
 }
@@ -251,22 +271,11 @@ pub async fn range_query(
     }
     let c = common(&state, &params, &headers, arrival)?;
     record_span(&query, Some(start), Some(end), Some(step));
-    let queryable = state.services()?.queryable.clone();
-    let engine = state.engine.clone();
-    let _cancel = CancelOnDrop(c.ctx.clone());
     let stats = c.opts.enable_stats;
     let q2 = query.clone();
-    let permit = admit(&state, &c).await?;
-    let deadline = c.deadline;
-    let result = by_deadline(
-        deadline,
-        run(move || {
-            let _permit = permit;
-            engine
-                .range_query(queryable.as_ref(), &c.ctx, &q2, start, end, step, &c.opts)
-                .map_err(engine_error)
-        }),
-    )
+    let result = evaluate(&state, c, move |engine, queryable, ctx, opts| {
+        engine.range_query(queryable, ctx, &q2, start, end, step, opts)
+    })
     .await?;
     Ok(respond(result, query, stats))
 }
