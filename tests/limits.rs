@@ -188,6 +188,51 @@ fn remote_write_admission_is_on_metrics() {
     }
 }
 
+/// Remote read has its own gate: a reader whose body has not arrived holds the one slot, so
+/// with no queue the next read is refused at once with 503 in Prometheus's shape, naming the
+/// setting, and the rest of the API does not wait.
+#[test]
+fn remote_reads_beyond_the_limit_are_refused_not_queued_forever() {
+    let m = M3Query::start(
+        "http:\n  remoteReadConcurrency: 1\n  remoteReadQueue: 0\n  bodyReadTimeout: 30s\n",
+    );
+    let mut holder = std::net::TcpStream::connect(("127.0.0.1", m.port)).expect("connect");
+    holder
+        .write_all(
+            b"POST /api/v1/read HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 100\r\n\r\n",
+        )
+        .expect("send headers");
+    // The holder has its slot once /metrics shows it in flight.
+    let in_flight = common::eventually(Duration::from_secs(10), || {
+        let text = client().get(m.url("/metrics")).send().ok()?.text().ok()?;
+        text.contains("m3query_admission_in_flight{pool=\"remote_read\"} 1")
+            .then_some(())
+    });
+    assert!(in_flight.is_some(), "the half-sent read holds the slot");
+    let r = client()
+        .post(m.url("/api/v1/read"))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .body(vec![0u8; 4])
+        .send()
+        .expect("second read");
+    assert_eq!(r.status().as_u16(), 503);
+    let v: serde_json::Value = r.json().expect("json");
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("http.remoteReadQueue")),
+        "{v}"
+    );
+    let r = client()
+        .get(m.url("/api/v1/labels"))
+        .send()
+        .expect("labels");
+    assert_eq!(r.status().as_u16(), 200);
+    drop(holder);
+}
+
 /// A range query that keeps one core busy for about 15 s on an empty store, with little
 /// memory (a 1.4M-point subquery) and, before this was fixed, answered a 1 s timeout only when
 /// it was done.

@@ -393,6 +393,8 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Remote-read requests served at once; more wait (Prometheus's default 10).
     pub remote_read_concurrency: usize,
+    /// Remote-read requests that may wait for a slot; beyond this 503 at once.
+    pub remote_read_queue: usize,
     /// Remote-write requests decompressed and decoded at once; more wait in a queue.
     pub remote_write_concurrency: usize,
     /// Remote-write requests that may wait; beyond this 503, which senders retry.
@@ -413,6 +415,7 @@ impl Default for HttpConfig {
             max_decompressed_body_bytes: ByteSize(256 << 20),
             shutdown_timeout: Duration::from_secs(10),
             remote_read_concurrency: 10,
+            remote_read_queue: 100,
             remote_write_concurrency: 8,
             remote_write_queue: 256,
             header_read_timeout: Duration::from_secs(10),

@@ -54,8 +54,9 @@ pub struct AppState {
     /// Exemplars received through remote write.
     pub exemplars: stores::ExemplarStore,
     pub remote_metrics: metrics::RemoteWriteMetrics,
-    /// Concurrent remote-read requests allowed (each may hold many series in memory).
-    pub remote_read_slots: Arc<tokio::sync::Semaphore>,
+    /// Remote-read requests served at once (each may hold many series in memory), and
+    /// how many may wait.
+    pub read_gate: admission::Gate,
     /// Queries evaluated at once (`query.maxConcurrent`), and how many may wait.
     pub query_gate: admission::Gate,
     /// Remote-write bodies decoded at once (`http.remoteWriteConcurrency`).
@@ -137,9 +138,17 @@ impl Server {
         let admission_metrics = admission::AdmissionMetrics::default();
         admission_metrics.register(&mut metrics);
         let state = Arc::new(AppState {
-            remote_read_slots: Arc::new(tokio::sync::Semaphore::new(
-                config.http.remote_read_concurrency.max(1),
-            )),
+            read_gate: admission::Gate::new(
+                admission::GateSpec {
+                    pool: "remote_read",
+                    what: "remote reads",
+                    limit_key: "http.remoteReadConcurrency",
+                    queue_key: "http.remoteReadQueue",
+                },
+                config.http.remote_read_concurrency,
+                config.http.remote_read_queue,
+                admission_metrics.clone(),
+            ),
             query_gate: admission::Gate::new(
                 admission::GateSpec {
                     pool: "query",

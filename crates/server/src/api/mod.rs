@@ -23,7 +23,7 @@ use serde::ser::SerializeMap;
 use crate::AppState;
 use crate::body::read_body;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
-use crate::layer::RequestInfo;
+use crate::layer::{RequestInfo, RequestStart};
 use params::Params;
 use selector::parse_match_params;
 
@@ -375,8 +375,13 @@ fn read_error(e: ReadError) -> ApiError {
 /// `POST /api/v1/prom/remote/read` and `/api/v1/read`.
 pub async fn remote_read(
     State(state): State<Arc<AppState>>,
+    arrival: RequestStart,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // A slot before the body is read, as for remote write: waiting readers hold no body. The
+    // wait counts towards the read's deadline, from its arrival.
+    let deadline = arrival.0 + state.config.query.timeout.0;
+    let _permit = state.read_gate.acquire(Some(deadline)).await?;
     let body = read_body(body, body_limit(&state)).await?;
     let queryable = state.services()?.queryable.clone();
     let limit =
@@ -384,13 +389,7 @@ pub async fn remote_read(
     let req = rread::decode_request(&body, limit).map_err(read_error)?;
     let kind = rread::negotiate(&req).map_err(read_error)?;
     let limits = ReadLimits::default();
-    let ctx = context(&state);
-    let _permit = state
-        .remote_read_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::unavailable("server is shutting down"))?;
+    let ctx = Context::with_deadline(deadline);
     match kind {
         ResponseType::Samples => {
             let body = blocking(move || {
