@@ -191,6 +191,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Serve at once: /health answers while the store replays its WAL, /ready once it is open.
     let state = server.state().clone();
+    // The address really bound (a configured port 0 picks one), for the ready line.
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| cfg.listen_address.0.to_string(), |a| a.to_string());
     let serving = tokio::spawn(server.serve(listener, async move {
         m3query_server::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -232,6 +236,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 as Box<dyn prometheus_client::collector::Collector>
         }),
     });
+    tracing::info!(listen = %bound, "m3query ready: serving the Prometheus API");
 
     let result = serving
         .await

@@ -228,3 +228,23 @@ fn invalid_config_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yml"));
 }
+
+#[test]
+fn an_unknown_log_level_is_refused_with_its_line_and_ready_is_logged() {
+    // EnvFilter would take `warning` as a target name and silence every log.
+    let (code, _, err) = check_config("logging:\n  format: text\n  level: warning\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("logging.level") && err.contains("warning"),
+        "{err}"
+    );
+    let m = M3Query::start("");
+    let want = format!("listen=127.0.0.1:{}", m.port);
+    let ready = common::eventually(std::time::Duration::from_secs(10), || {
+        let log = m.log();
+        log.lines()
+            .any(|l| l.contains("m3query ready") && l.contains(&want))
+            .then_some(())
+    });
+    assert!(ready.is_some(), "a ready line with {want}: {}", m.log());
+}

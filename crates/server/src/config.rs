@@ -39,6 +39,49 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+/// `message` prefixed with `line N: ` when it names a dotted key (`logging.level`,
+/// `query.timeout`) that `text` sets, so a validation error points where a parse error would.
+fn with_key_line(message: &str, text: &str) -> String {
+    let keys = message
+        .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
+        .filter(|t| t.contains('.') && t.split('.').all(|p| !p.is_empty()))
+        .filter(|t| {
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        });
+    for key in keys {
+        let path: Vec<&str> = key.split('.').collect();
+        if let Some(line) = line_of_key(text, &path) {
+            return format!("line {line}: {message}");
+        }
+    }
+    message.to_string()
+}
+
+/// The 1-based line where the YAML block mapping `text` sets the key at `path`, by
+/// indentation (flow mappings and list items are not followed).
+fn line_of_key(text: &str, path: &[&str]) -> Option<usize> {
+    let mut stack: Vec<(usize, &str)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|&(ind, _)| ind >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.trim().trim_matches(['"', '\''])));
+        if stack.len() == path.len() && stack.iter().zip(path).all(|(&(_, k), p)| k == *p) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// Replaces `${VAR}` and `${VAR:default}` with environment values, and `$$` with `$`.
 /// Whole-line comments are left alone, so documentation may show placeholders.
 ///
@@ -574,7 +617,7 @@ impl Config {
         };
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: name.to_string(),
-            message: redact_config_error(&message, &text),
+            message: redact_config_error(&with_key_line(&message, &text), &text),
         })?;
         Ok(cfg)
     }
@@ -718,6 +761,34 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn validation_errors_name_the_line_of_their_key() {
+        let text = "listenAddress: 127.0.0.1:1\nlogging:\n  format: text\n  level: warning\n";
+        let err = Config::from_yaml("c.yml", text, |_| None).expect_err("warning is not a level");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("line 4") && msg.contains("logging.level"),
+            "{msg}"
+        );
+        assert!(msg.contains("\"warning\" is not a level"), "{msg}");
+        for ok in ["warn", "INFO", "info,m3query_tsdb=debug", "error,hyper=off"] {
+            let text = format!("logging:\n  level: \"{ok}\"\n");
+            assert!(Config::from_yaml("c.yml", &text, |_| None).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "info,m3query_tsdb=loud", "m3query_tsdb"] {
+            let text = format!("logging:\n  level: \"{bad}\"\n");
+            assert!(
+                Config::from_yaml("c.yml", &text, |_| None).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            line_of_key("a:\n  b: 1\nc:\n  b: 2\n", &["c", "b"]),
+            Some(4)
+        );
+        assert_eq!(line_of_key("a:\n  b: 1\n", &["b"]), None);
     }
 
     #[test]

@@ -206,7 +206,9 @@ where
                         }
                     }
                 } else {
-                    tracing::info!(error.kind = err.kind.as_str(), error.message = %err.message, "request refused");
+                    // A client's mistake, not the server's: debug, so a misbehaving client
+                    // cannot flood the log at the default level.
+                    tracing::debug!(error.kind = err.kind.as_str(), error.message = %err.message, "request refused");
                 }
             }
             if let Some(id) = span.trace_id()

@@ -91,6 +91,10 @@ impl LoggingConfig {
     }
 
     fn filter(&self) -> Result<EnvFilter, Error> {
+        check_directives(&self.level).map_err(|reason| Error::LogLevel {
+            level: self.level.clone(),
+            reason,
+        })?;
         EnvFilter::builder()
             .with_default_directive(LevelFilter::INFO.into())
             .parse(&self.level)
@@ -99,6 +103,26 @@ impl LoggingConfig {
                 reason: e.to_string(),
             })
     }
+}
+
+/// The levels `logging.level` takes, alone or after `target=`.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Refuses what `EnvFilter` would take as something else: a bare word that is not a level
+/// (`warning`, `verbose`) is a *target* name to it, which turns every other log off. So each
+/// directive must be a level or `target=level`.
+fn check_directives(level: &str) -> Result<(), String> {
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(lvl)) {
+            return Err(format!(
+                "{lvl:?} is not a level: use one of {} alone or as target=level \
+                 (\"info,m3query_tsdb=debug\")",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where log lines go; tests capture them, the binary writes to stderr.
