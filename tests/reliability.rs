@@ -98,22 +98,11 @@ impl Node {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let c = client(Duration::from_secs(5));
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("m3query exited with {status}: {}", self.log());
-            }
-            if let Ok(r) = c.get(self.url("/ready")).send()
-                && r.status().as_u16() == 200
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let url = self.url("/ready");
+        let log = self.log_path();
+        if let Some(child) = self.child.as_mut() {
+            common::wait_ready(child, &url, Duration::from_secs(120), &log);
         }
-        panic!("m3query not ready after 120s: {}", self.log());
     }
 
     fn kill9(&mut self) {
@@ -275,43 +264,12 @@ fn read_all(
     start: i64,
     end: i64,
 ) -> BTreeMap<String, BTreeMap<i64, u64>> {
-    let req = prompb::ReadRequest {
-        queries: vec![prompb::Query {
-            start_timestamp_ms: start,
-            end_timestamp_ms: end,
-            matchers: vec![prompb::LabelMatcher {
-                r#type: prompb::label_matcher::Type::Eq as i32,
-                name: "__name__".into(),
-                value: metric.into(),
-            }],
-            hints: None,
-        }],
-        accepted_response_types: vec![prompb::read_request::ResponseType::Samples as i32],
-    };
-    let r = client(Duration::from_secs(120))
-        .post(node.url("/api/v1/read"))
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "snappy")
-        .header("X-Prometheus-Remote-Read-Version", "0.1.0")
-        .body(
-            snap::raw::Encoder::new()
-                .compress_vec(&req.encode_to_vec())
-                .expect("snappy"),
-        )
-        .send()
-        .expect("remote read");
-    let status = r.status().as_u16();
-    let body = r.bytes().expect("read body");
-    assert_eq!(
-        status,
-        200,
-        "remote read: {}",
-        String::from_utf8_lossy(&body)
+    let resp = common::remote_read_samples(
+        &node.url("/api/v1/read"),
+        vec![common::eq_matcher("__name__", metric)],
+        start,
+        end,
     );
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(&body)
-        .expect("snappy read response");
-    let resp = prompb::ReadResponse::decode(raw.as_slice()).expect("decode read response");
     let mut out: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
     for result in resp.results {
         for ts in result.timeseries {

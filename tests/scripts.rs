@@ -694,36 +694,12 @@ fn get_json(url: &str) -> Value {
 
 /// All samples of the series matching `job="demo"`, read back through remote read.
 fn read_demo(m: &M3Query) -> BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> {
-    let req = prompb::ReadRequest {
-        queries: vec![prompb::Query {
-            start_timestamp_ms: 0,
-            end_timestamp_ms: i64::MAX,
-            matchers: vec![prompb::LabelMatcher {
-                r#type: prompb::label_matcher::Type::Eq as i32,
-                name: "job".into(),
-                value: "demo".into(),
-            }],
-            hints: None,
-        }],
-        accepted_response_types: vec![prompb::read_request::ResponseType::Samples as i32],
-    };
-    let r = client()
-        .post(m.url("/api/v1/prom/remote/read"))
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "snappy")
-        .header("X-Prometheus-Remote-Read-Version", "0.1.0")
-        .body(
-            snap::raw::Encoder::new()
-                .compress_vec(&req.encode_to_vec())
-                .expect("snappy"),
-        )
-        .send()
-        .expect("remote read");
-    assert_eq!(r.status(), 200);
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(&r.bytes().expect("body"))
-        .expect("snappy");
-    let resp = prompb::ReadResponse::decode(raw.as_slice()).expect("decode");
+    let resp = common::remote_read_samples(
+        &m.url("/api/v1/prom/remote/read"),
+        vec![common::eq_matcher("job", "demo")],
+        0,
+        i64::MAX,
+    );
     resp.results[0]
         .timeseries
         .iter()

@@ -105,20 +105,9 @@ impl M3Query {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = client();
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("m3query exited with {status}: {}", self.log());
-            }
-            if let Ok(r) = client.get(self.url("/ready")).send()
-                && r.status().as_u16() == 200
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("m3query not ready after 30s: {}", self.log());
+        let url = self.url("/ready");
+        let log = self.log_path.clone();
+        wait_ready(&mut self.child, &url, Duration::from_secs(30), &log);
     }
 
     /// Sends SIGTERM and waits for exit.
@@ -143,6 +132,80 @@ impl Drop for M3Query {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready_url` until it answers 200; panics with the log at `log` if `child` exits
+/// first or `timeout` passes.
+pub fn wait_ready(child: &mut Child, ready_url: &str, timeout: Duration, log: &Path) {
+    let deadline = Instant::now() + timeout;
+    let client = client();
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("m3query exited with {status}: {}", log());
+        }
+        if let Ok(r) = client.get(ready_url).send()
+            && r.status().as_u16() == 200
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("m3query not ready after {timeout:?}: {}", log());
+}
+
+/// Reads `[start, end]` of the series `matchers` select through remote read (`SAMPLES`, at
+/// `read_url`), and decodes the answer; panics on anything but a 200.
+pub fn remote_read_samples(
+    read_url: &str,
+    matchers: Vec<m3query_remote::prompb::LabelMatcher>,
+    start: i64,
+    end: i64,
+) -> m3query_remote::prompb::ReadResponse {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let req = prompb::ReadRequest {
+        queries: vec![prompb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers,
+            hints: None,
+        }],
+        accepted_response_types: vec![prompb::read_request::ResponseType::Samples as i32],
+    };
+    let r = client()
+        .post(read_url)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Read-Version", "0.1.0")
+        .body(
+            snap::raw::Encoder::new()
+                .compress_vec(&req.encode_to_vec())
+                .expect("snappy"),
+        )
+        .send()
+        .expect("remote read");
+    let status = r.status().as_u16();
+    let body = r.bytes().expect("read body");
+    assert_eq!(
+        status,
+        200,
+        "remote read: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .expect("snappy read response");
+    prompb::ReadResponse::decode(raw.as_slice()).expect("decode read response")
+}
+
+/// An equality matcher for remote read.
+pub fn eq_matcher(name: &str, value: &str) -> m3query_remote::prompb::LabelMatcher {
+    m3query_remote::prompb::LabelMatcher {
+        r#type: m3query_remote::prompb::label_matcher::Type::Eq as i32,
+        name: name.into(),
+        value: value.into(),
     }
 }
 
