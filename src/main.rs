@@ -143,6 +143,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let telemetry = Telemetry::builder(cfg.tracing.clone(), cfg.logging.clone())
+        .with_slow_threshold(cfg.middleware.logging.threshold.0)
         .build()
         .context("setting up logging and tracing")?;
     telemetry

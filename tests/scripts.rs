@@ -463,6 +463,62 @@ fn error_queries_search_error_true_newest_first() {
     );
 }
 
+/// Grafana's slow panels by dashboard (issue 14): `--dashboard` and `--panel` search the tags
+/// m3query puts on the request span from `X-Dashboard-Uid` and `X-Panel-Id`, together with the
+/// script's own tag, and each line names the dashboard and panel it came from.
+#[test]
+fn searches_by_grafana_dashboard_and_panel() {
+    let d = json!({
+        "traceID": TRACE_C,
+        "spans": [
+            span(TRACE_C, "00000000000000d1", "POST /api/v1/query_range", None,
+                (1_548_876_680_000_000, 3_500_000), vec![
+                    tag("http.status_code", json!(500)),
+                    tag("error", json!(true)),
+                    tag("query", json!("up")),
+                    tag("grafana.dashboard_uid", json!("edx8fq2")),
+                    tag("grafana.panel_id", json!("7")),
+                ], "p1"),
+        ],
+        "processes": {"p1": {"serviceName": "m3query", "tags": []}},
+        "warnings": null,
+    });
+    let body = json!({"data": [d], "total": 0, "limit": 0, "offset": 0, "errors": null});
+    let jaeger = FakeServer::start(200, body.to_string());
+    let out = run(
+        "error-queries",
+        &["--dashboard", "edx8fq2", "--panel", "7"],
+        &[("JAEGER_URL", &jaeger.url())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = jaeger.route_requests("/api/v1/query_range");
+    assert_eq!(
+        r.param("tags"),
+        Some(r#"{"error":"true","grafana.dashboard_uid":"edx8fq2","grafana.panel_id":"7"}"#)
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "2019-01-30T19:31:20.000Z  3.500s  POST /api/v1/query_range  status=500  step=-  query=\"up\"  dashboard=edx8fq2  panel=7  {}/trace/{TRACE_C}\n",
+            jaeger.url()
+        )
+    );
+    // Slow panels of one dashboard: the duration search plus the dashboard tag.
+    let jaeger = FakeServer::start(200, body.to_string());
+    let out = run(
+        "slow-queries",
+        &["--dashboard", "edx8fq2"],
+        &[("JAEGER_URL", &jaeger.url())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = jaeger.route_requests("/api/v1/query_range");
+    assert_eq!(r.param("minDuration"), Some("1s"));
+    assert_eq!(
+        r.param("tags"),
+        Some(r#"{"grafana.dashboard_uid":"edx8fq2"}"#)
+    );
+}
+
 #[test]
 fn error_queries_with_min_duration_and_all_operations() {
     let jaeger = FakeServer::start(200, jaeger_fixture());

@@ -741,3 +741,239 @@ fn remote_read_carries_the_trace_to_a_traced_store() {
         "{second}"
     );
 }
+
+/// A remote-read store that answers every read with no series after `delay` (keep-alive).
+fn slow_store(delay: Duration) -> u16 {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind store");
+    let port = l.local_addr().expect("addr").port();
+    let answer = snap::raw::Encoder::new()
+        .compress_vec(
+            &prompb::ReadResponse {
+                results: vec![prompb::QueryResult { timeseries: vec![] }],
+            }
+            .encode_to_vec(),
+        )
+        .expect("snappy");
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One request: headers, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    std::thread::sleep(delay);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&answer).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn tag<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["tags"][key]
+}
+
+/// Tail capture (issue 14): with the head sampler at 0, a query slower than
+/// `middleware.logging.threshold` (1s) and a query that ends 503 still reach Jaeger with their
+/// phase spans, named by `X-Trace-Id`, tagged `sampler.type=tail` and with Grafana's
+/// dashboard and panel; a fast request is not exported. The slow log names the panel too.
+#[test]
+fn tail_capture_exports_slow_and_failed_requests_the_sampler_passed_over() {
+    let sink = Sink::jaeger_agent();
+    let store = slow_store(Duration::from_millis(1500));
+    let cfg = format!(
+        "{}storage:\n  enabled: false\nquery:\n  partialResponse: false\nremoteRead:\n  - name: slow-store\n    url: http://127.0.0.1:{store}/api/v1/read\n    timeout: 10s\n",
+        jaeger_config(sink.port, "{type: probabilistic, param: 0}", "")
+    );
+    let m = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let grafana = [
+        ("User-Agent", "Grafana/11.3.0"),
+        ("X-Dashboard-Uid", "edx8fq2"),
+        ("X-Panel-Id", "7"),
+        ("X-Grafana-Org-Id", "1"),
+    ];
+
+    // Fast: not exported, no trace id.
+    let (status, id) = get(&m, "/api/v1/status/buildinfo", &grafana);
+    assert_eq!((status, id), (200, None));
+
+    // Slow, as Grafana sends it: POST with a form body.
+    let mut req = http()
+        .post(m.url("/api/v1/query_range"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("query=up&start=0&end=600&step=60");
+    for (k, v) in grafana {
+        req = req.header(k, v);
+    }
+    let r = req.send().expect("slow query");
+    assert_eq!(r.status().as_u16(), 200);
+    let slow_id = r
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("a captured request names its trace");
+
+    // Failed: the store is slower than the query's timeout.
+    let (status, err_id) = get(&m, "/api/v1/query?query=up&time=60&timeout=300ms", &[]);
+    assert_eq!(status, 503);
+    let err_id = err_id.expect("a captured 503 names its trace");
+    assert_ne!(slow_id, err_id);
+
+    let root_of = |spans: &[Value], id: &str, op: &str| -> Option<Value> {
+        spans
+            .iter()
+            .find(|s| s["traceId"] == id && s["operationName"] == op)
+            .cloned()
+    };
+    let spans = sink.wait_for("both captured traces with their phases", |s| {
+        [
+            (slow_id.as_str(), "POST /api/v1/query_range"),
+            (slow_id.as_str(), "remote.read"),
+            (slow_id.as_str(), "promql.eval"),
+            (err_id.as_str(), "GET /api/v1/query"),
+            (err_id.as_str(), "remote.read"),
+        ]
+        .iter()
+        .all(|(id, op)| root_of(s, id, op).is_some())
+    });
+
+    let root = root_of(&spans, &slow_id, "POST /api/v1/query_range").expect("slow root");
+    assert_eq!(tag(&root, "sampler.type"), "tail", "{root}");
+    assert_eq!(tag(&root, "tail.reason"), "slow", "{root}");
+    assert_eq!(tag(&root, "http.status_code"), 200, "{root}");
+    assert_eq!(root["tagTypes"]["http.status_code"], "LONG", "{root}");
+    assert_eq!(tag(&root, "grafana.dashboard_uid"), "edx8fq2", "{root}");
+    assert_eq!(tag(&root, "grafana.panel_id"), "7", "{root}");
+    assert_eq!(tag(&root, "grafana.org_id"), "1", "{root}");
+    assert_eq!(tag(&root, "http.user_agent"), "Grafana/11.3.0", "{root}");
+    assert!(tag(&root, "error").is_null(), "{root}");
+    assert!(
+        root["duration"].as_i64().unwrap_or(0) >= 1_500_000,
+        "the root spans the whole request: {root}"
+    );
+    // The phases keep their real times and nest under the root.
+    let ids: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["traceId"] == slow_id.as_str())
+        .map(|s| &s["spanId"])
+        .collect();
+    let read = root_of(&spans, &slow_id, "remote.read").expect("remote.read");
+    assert_eq!(tag(&read, "store"), "slow-store", "{read}");
+    assert!(
+        read["duration"].as_i64().unwrap_or(0) >= 1_400_000,
+        "{read}"
+    );
+    let (r0, rd) = (
+        root["startTime"].as_i64().unwrap_or(0),
+        root["duration"].as_i64().unwrap_or(0),
+    );
+    for s in spans.iter().filter(|s| s["traceId"] == slow_id.as_str()) {
+        let (s0, sd) = (
+            s["startTime"].as_i64().unwrap_or(0),
+            s["duration"].as_i64().unwrap_or(0),
+        );
+        assert!(
+            s0 >= r0 && s0 + sd <= r0 + rd + 1_000,
+            "inside the root: {s}"
+        );
+        if s["spanId"] != root["spanId"] {
+            assert!(ids.contains(&&s["parentSpanId"]), "parent in trace: {s}");
+        }
+    }
+    let eval = root_of(&spans, &slow_id, "promql.eval").expect("promql.eval");
+    assert!(eval["startTime"].as_i64() >= read["startTime"].as_i64());
+
+    let root = root_of(&spans, &err_id, "GET /api/v1/query").expect("503 root");
+    assert_eq!(tag(&root, "error"), true, "{root}");
+    assert_eq!(tag(&root, "http.status_code"), 503, "{root}");
+    assert_eq!(tag(&root, "tail.reason"), "error", "{root}");
+    assert_eq!(tag(&root, "sampler.type"), "tail", "{root}");
+    // The failure's log event is on the root, as for sampled requests.
+    assert!(
+        root["logs"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e.to_string().contains("timed out"))),
+        "{root}"
+    );
+
+    // Nothing else was exported: the fast request stayed unsampled. (`/ready` answers 503
+    // while the server starts, and a 5xx is captured like any other.)
+    std::thread::sleep(Duration::from_millis(500));
+    let all = sink.spans();
+    assert!(
+        all.iter().all(|s| s["traceId"] == slow_id.as_str()
+            || s["traceId"] == err_id.as_str()
+            || s["operationName"] == "GET /ready"),
+        "only the captured traces: {:?}",
+        all.iter()
+            .map(|s| s["operationName"].to_string())
+            .collect::<Vec<_>>()
+    );
+
+    let metrics = http()
+        .get(m.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let count = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing"))
+    };
+    assert_eq!(
+        count("m3query_tracing_tail_captured_total{reason=\"slow\"}"),
+        1.0
+    );
+    // The 503, and any 503 `/ready` gave while starting.
+    assert!(count("m3query_tracing_tail_captured_total{reason=\"error\"}") >= 1.0);
+    // The slow log names the panel, as Thanos's slow-query log does.
+    let log = m.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("slow request") && l.contains("/api/v1/query_range"))
+        .unwrap_or_else(|| panic!("slow log line: {log}"));
+    for want in [
+        "grafana_dashboard_uid=\"edx8fq2\"",
+        "grafana_panel_id=\"7\"",
+        &format!("trace_id=\"{slow_id}\""),
+    ] {
+        assert!(line.contains(want), "{want} in {line}");
+    }
+}

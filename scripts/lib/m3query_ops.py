@@ -229,6 +229,9 @@ class TraceLine:
     query: Optional[str]
     # The span's name: "METHOD route" for m3query's request spans.
     operation: str = "-"
+    # Grafana's X-Dashboard-Uid and X-Panel-Id, as m3query tags the request span.
+    dashboard: Optional[str] = None
+    panel: Optional[str] = None
 
     def render(self, jaeger_url: str) -> str:
         query = json.dumps(self.query, ensure_ascii=False) if self.query is not None else "-"
@@ -240,8 +243,10 @@ class TraceLine:
                 f"status={self.status if self.status is not None else '-'}",
                 f"step={self.step if self.step is not None else '-'}",
                 f"query={query}",
-                trace_link(jaeger_url, self.trace_id),
             ]
+            + ([f"dashboard={self.dashboard}"] if self.dashboard is not None else [])
+            + ([f"panel={self.panel}"] if self.panel is not None else [])
+            + [trace_link(jaeger_url, self.trace_id)]
         )
 
 
@@ -384,6 +389,8 @@ def summarize(trace: dict, service: str, operation: str) -> Optional[TraceLine]:
         step=_tag_text(tags.get("step")),
         query=_tag_text(tags.get("query")),
         operation=str(span.get("operationName") or "-"),
+        dashboard=_tag_text(tags.get("grafana.dashboard_uid")),
+        panel=_tag_text(tags.get("grafana.panel_id")),
     )
 
 
@@ -397,8 +404,9 @@ def search_main(kind: SearchKind, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=kind.prog,
         description=kind.summary
-        + " Prints one line per trace: start time (UTC), duration, HTTP status, the PromQL "
-        "step and query of m3query's root span, and the trace's link in the Jaeger UI.",
+        + " Prints one line per trace: start time (UTC), duration, method and route, HTTP "
+        "status, the PromQL step and query of m3query's root span, the Grafana dashboard and "
+        "panel when the request came from one, and the trace's link in the Jaeger UI.",
         epilog=f"environment:\n  JAEGER_URL  Jaeger UI/query address (default "
         f"{DEFAULT_JAEGER_URL})\n\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -439,6 +447,18 @@ def search_main(kind: SearchKind, argv: Sequence[str]) -> int:
         f'("/api/v1/query"; default "{DEFAULT_OPERATION}", GET and POST), or "" for all',
     )
     parser.add_argument(
+        "--dashboard",
+        metavar="UID",
+        help="only requests from this Grafana dashboard (its X-Dashboard-Uid, the uid in the "
+        "dashboard's URL), tagged grafana.dashboard_uid",
+    )
+    parser.add_argument(
+        "--panel",
+        metavar="ID",
+        help="only requests from this Grafana panel (X-Panel-Id, viewPanel= in the panel's "
+        "URL), tagged grafana.panel_id",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=30.0,
@@ -447,11 +467,15 @@ def search_main(kind: SearchKind, argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
 
-    tags = None
+    tags: Dict[str, str] = {}
     if kind is ERRORS:
-        tags = {"error": "true"}
+        tags["error"] = "true"
     elif kind is STATUS:
-        tags = {"http.status_code": str(args.code)}
+        tags["http.status_code"] = str(args.code)
+    if args.dashboard:
+        tags["grafana.dashboard_uid"] = args.dashboard
+    if args.panel:
+        tags["grafana.panel_id"] = args.panel
 
     jaeger_url = jaeger_url_from_env()
     now_us = time.time_ns() // 1000

@@ -1,8 +1,9 @@
 //! What tracing costs a request, in-process, for two requests: `GET /api/v1/status/buildinfo`
 //! (our cheapest handler, so the ratio is the worst case) and a dashboard-style instant query
 //! (`sum by (job) (rate(..[5m]))` over 200 series), each with tracing off, on but unsampled
-//! (Jaeger, `const` 0), and on with every request sampled (Jaeger, `const` 1) and exported
-//! over UDP to a local socket that a thread drains.
+//! (Jaeger, `const` 0) without and with tail capture (which records an unsampled request's
+//! phases in case it ends slow or failed), and on with every request sampled (Jaeger,
+//! `const` 1) and exported over UDP to a local socket that a thread drains.
 //!
 //!     cargo bench -p m3query-server --bench tracing_overhead
 //!
@@ -14,7 +15,8 @@
 //! round and set-up, default 20000) tune it. The export counters are printed so a run where
 //! the exporter fell behind (drops) shows.
 //!
-//! Goal (issue 6): unsampled <= 1.01x off, sampled <= 1.03x off.
+//! Goals: unsampled <= 1.01x off (issue 6), also with tail capture recording (issue 14);
+//! sampled <= 1.03x off.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use tower::ServiceExt;
 
 mod rounds;
 
-fn telemetry(sampled: Option<bool>, agent: &str) -> Telemetry {
+fn telemetry(sampled: Option<bool>, tail: bool, agent: &str) -> Telemetry {
     let tracing = match sampled {
         None => TracingConfig::default(),
         Some(on) => {
@@ -40,11 +42,13 @@ fn telemetry(sampled: Option<bool>, agent: &str) -> Telemetry {
             j.sampler.param = if on { 1.0 } else { 0.0 };
             j.reporter.local_agent_host_port = HostPort(agent.to_string());
             j.reporter.queue_size = 2000;
-            TracingConfig {
+            let mut t = TracingConfig {
                 backend: Backend::Jaeger,
                 jaeger: Some(j),
                 ..TracingConfig::default()
-            }
+            };
+            t.tail_capture.enabled = tail;
+            t
         }
     };
     Telemetry::builder(tracing, LoggingConfig::default())
@@ -126,12 +130,13 @@ fn main() {
         .build()
         .expect("runtime");
     let setups: Vec<(&str, Telemetry)> = [
-        ("tracing off", None),
-        ("on, unsampled", Some(false)),
-        ("on, sampled", Some(true)),
+        ("tracing off", None, false),
+        ("unsampled, no tail capture", Some(false), false),
+        ("unsampled, tail capture", Some(false), true),
+        ("on, sampled", Some(true), true),
     ]
     .into_iter()
-    .map(|(name, s)| (name, telemetry(s, &agent_addr)))
+    .map(|(name, s, tail)| (name, telemetry(s, tail, &agent_addr)))
     .collect();
     let data = store();
     let routers: Vec<axum::Router> = setups.iter().map(|(_, t)| router(t, &data)).collect();

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use m3query_telemetry::Propagation;
-use m3query_telemetry::http::RequestSpan;
+use m3query_telemetry::http::{CLIENT_HEADERS, RequestSpan, client_tag};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -172,6 +172,8 @@ where
             &url,
             req.headers(),
         );
+        // Kept for the slow log (cheap: header values share the request's buffer).
+        let client = CLIENT_HEADERS.map(|(h, _)| req.headers().get(h).cloned());
         let fut = self.inner.call(req).instrument(span.span().clone());
         // Until a response exists, the request counts as abandoned by the client (499): if
         // the future is dropped, `done` records that on the way out.
@@ -183,6 +185,7 @@ where
             status: client_closed(),
             responded: false,
             info: None,
+            client,
             shared: self.shared.clone(),
         };
         Box::pin(async move {
@@ -190,9 +193,11 @@ where
             let status = resp.status();
             done.status = status;
             done.responded = true;
-            let span = &done.span;
             let failed = resp.extensions().get::<HandlerPanicked>().is_some();
-            span.record_status(status.as_u16(), failed);
+            done.span.record_status(status.as_u16(), failed);
+            done.span
+                .tail_check(status.as_u16(), failed, done.start.elapsed());
+            let span = &done.span;
             if let Some(err) = resp.extensions().get::<ApiError>() {
                 // Recorded as a span event (a log in Jaeger) for 4xx too; only 5xx tag error.
                 let _e = span.span().enter();
@@ -242,7 +247,20 @@ struct Completion {
     /// False when the client went away before the handler answered.
     responded: bool,
     info: Option<RequestInfo>,
+    /// [`CLIENT_HEADERS`]' values, for the slow log.
+    client: [Option<HeaderValue>; 4],
     shared: Arc<Shared>,
+}
+
+impl Completion {
+    /// The `i`th of [`CLIENT_HEADERS`] as the span tags it, or "".
+    fn client(&self, i: usize) -> &str {
+        self.client
+            .get(i)
+            .and_then(|v| v.as_ref())
+            .and_then(client_tag)
+            .unwrap_or("")
+    }
 }
 
 impl Drop for Completion {
@@ -258,6 +276,8 @@ impl Drop for Completion {
                 "client disconnected before the response; request canceled (499)"
             );
         }
+        // A request the sampler passed over is exported when it ended slow or failed.
+        self.span.tail_check(self.status.as_u16(), false, elapsed);
         self.shared.metrics.observe(
             &self.route,
             &self.method,
@@ -275,6 +295,10 @@ impl Drop for Completion {
                 series = info.series,
                 samples = info.samples,
                 trace_id = self.span.trace_id().unwrap_or(""),
+                user_agent = self.client(0),
+                grafana_dashboard_uid = self.client(1),
+                grafana_panel_id = self.client(2),
+                grafana_org_id = self.client(3),
                 "slow request"
             );
         }

@@ -200,6 +200,8 @@ pub struct TracingConfig {
     pub lightstep: Option<LightstepConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpConfig>,
+    /// Exports requests the head sampler passed over when they turn out slow or failed.
+    pub tail_capture: TailCaptureConfig,
 }
 
 impl Default for TracingConfig {
@@ -210,6 +212,36 @@ impl Default for TracingConfig {
             jaeger: None,
             lightstep: None,
             otlp: None,
+            tail_capture: TailCaptureConfig::default(),
+        }
+    }
+}
+
+/// `tracing.tailCapture`: a request the head sampler did not sample is still exported, with
+/// its phase spans, when it is slower than `threshold` or answers 5xx. Head sampling at 0.1%
+/// otherwise hides 999 of 1,000 of exactly the requests operators search Jaeger for.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TailCaptureConfig {
+    pub enabled: bool,
+    /// Slower than this is captured; unset means `middleware.logging.threshold`, so the slow
+    /// log's requests are the ones found in Jaeger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Duration>,
+    /// Capture requests that answer 5xx (or fail in the handler).
+    pub errors: bool,
+    /// At most this many captured traces per second (a burst of as many); more are counted on
+    /// `/metrics`, not exported, so a storm of failures cannot flood the backend.
+    pub max_per_second: f64,
+}
+
+impl Default for TailCaptureConfig {
+    fn default() -> Self {
+        TailCaptureConfig {
+            enabled: true,
+            threshold: None,
+            errors: true,
+            max_per_second: 10.0,
         }
     }
 }
@@ -255,6 +287,12 @@ impl TracingConfig {
         }
         if self.backend == Backend::Otlp && self.otlp.is_none() {
             return Err("tracing.backend is otlp but there is no tracing.otlp section".into());
+        }
+        let rate = self.tail_capture.max_per_second;
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(format!(
+                "tracing.tailCapture.maxPerSecond must be 0 or more, not {rate}"
+            ));
         }
         Ok(())
     }

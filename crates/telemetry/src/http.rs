@@ -3,7 +3,12 @@
 //! Name `METHOD route-template` (`GET /api/v1/query_range`, `GET unknown` when no route
 //! matched), kind server, tags `http.method`, `http.route`, `http.url`, `http.status_code`
 //! (integer), `component`, and `error=true` only for 5xx or a failed handler. The query's
-//! `query`, `start`, `end` and `step` are declared here so handlers can record them.
+//! `query`, `start`, `end` and `step` are declared here so handlers can record them. Who
+//! asked is tagged from the request's headers ([`CLIENT_HEADERS`]): `http.user_agent`, and
+//! Grafana's `grafana.dashboard_uid`, `grafana.panel_id` and `grafana.org_id`.
+//!
+//! A request the head sampler passes over can still be exported when it ends slow or failed
+//! ([`RequestSpan::tail_check`], `crate::tail`).
 
 use http::HeaderMap;
 use opentelemetry::trace::TraceContextExt;
@@ -34,8 +39,47 @@ macro_rules! request_span {
             "start" = Empty,
             "end" = Empty,
             "step" = Empty,
+            "http.user_agent" = Empty,
+            "grafana.dashboard_uid" = Empty,
+            "grafana.panel_id" = Empty,
+            "grafana.org_id" = Empty,
         )
     };
+}
+
+/// Request headers that become root span tags: who asked. Grafana names the dashboard, panel
+/// and organization a query came from, so a slow trace leads to the panel that sent it.
+pub const CLIENT_HEADERS: [(&str, &str); 4] = [
+    ("user-agent", "http.user_agent"),
+    ("x-dashboard-uid", "grafana.dashboard_uid"),
+    ("x-panel-id", "grafana.panel_id"),
+    ("x-grafana-org-id", "grafana.org_id"),
+];
+
+/// Longest client header value kept (a span tag, a log field): headers are the client's to
+/// fill.
+pub const MAX_CLIENT_HEADER_LEN: usize = 256;
+
+/// A client header's value as a tag: valid UTF-8, trimmed, at most
+/// [`MAX_CLIENT_HEADER_LEN`] bytes, not empty.
+pub fn client_tag(v: &http::HeaderValue) -> Option<&str> {
+    let v = v.to_str().ok()?.trim();
+    if v.is_empty() {
+        return None;
+    }
+    let mut end = v.len().min(MAX_CLIENT_HEADER_LEN);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&v[..end])
+}
+
+fn record_client_headers(span: &tracing::Span, headers: &HeaderMap) {
+    for (header, field) in CLIENT_HEADERS {
+        if let Some(v) = headers.get(header).and_then(client_tag) {
+            span.record(field, v);
+        }
+    }
 }
 
 /// The request's root span and what the response needs from it.
@@ -43,6 +87,8 @@ macro_rules! request_span {
 pub struct RequestSpan {
     span: tracing::Span,
     trace_id: Option<String>,
+    /// Unsampled, with tail capture on: the request may still be exported.
+    tail: bool,
 }
 
 impl RequestSpan {
@@ -61,9 +107,12 @@ impl RequestSpan {
         let name = format!("{method} {route_name}");
         let Some(sampler) = &propagation.sampler else {
             // Nothing is exported: the span serves the logs only.
+            let span = request_span!(REQUEST_TARGET, name, method, route, url);
+            record_client_headers(&span, headers);
             return RequestSpan {
-                span: request_span!(REQUEST_TARGET, name, method, route, url),
+                span,
                 trace_id: None,
+                tail: false,
             };
         };
         let parent = propagation.extract(headers).map(|p| p.to_context());
@@ -71,13 +120,21 @@ impl RequestSpan {
             .get(&propagation.debug_header)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty());
-        if !sampler.decide_root(parent.as_ref(), debug_id.is_some(), &name) {
+        let (sampled, trace_id) = sampler.decide_root(parent.as_ref(), debug_id.is_some(), &name);
+        if !sampled {
+            let span = request_span!(UNSAMPLED_TARGET, name, method, route, url);
+            record_client_headers(&span, headers);
+            if let Some(policy) = &propagation.tail {
+                crate::tail::seed(&span, trace_id, parent, policy.clone());
+            }
             return RequestSpan {
-                span: request_span!(UNSAMPLED_TARGET, name, method, route, url),
+                span,
                 trace_id: None,
+                tail: propagation.tail.is_some(),
             };
         }
         let span = request_span!(REQUEST_TARGET, name, method, route, url);
+        record_client_headers(&span, headers);
         if let Some(debug_id) = debug_id {
             span.record("jaeger.debug_id", debug_id);
         }
@@ -94,16 +151,35 @@ impl RequestSpan {
             span.record("trace_id", id.as_str());
             id
         });
-        RequestSpan { span, trace_id }
+        RequestSpan {
+            span,
+            trace_id,
+            tail: false,
+        }
     }
 
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
 
-    /// The hex trace id, when the request is sampled (what `X-Trace-Id` carries).
+    /// The hex trace id, when the request is sampled or tail-captured (what `X-Trace-Id`
+    /// carries).
     pub fn trace_id(&self) -> Option<&str> {
         self.trace_id.as_deref()
+    }
+
+    /// For a request the head sampler passed over: captures it for export when it is slower
+    /// than the tail threshold or `status` is 5xx (`failed`: a handler failure), within the
+    /// capture rate limit. Call it with the response status, so `X-Trace-Id` names a captured
+    /// trace, and again when the request ends; once captured, it stays so. A request it does
+    /// not capture is judged once more when its span closes.
+    pub fn tail_check(&mut self, status: u16, failed: bool, elapsed: std::time::Duration) {
+        if !self.tail || self.trace_id.is_some() {
+            return;
+        }
+        if let Some(id) = crate::tail::decide(&self.span, status, failed, elapsed) {
+            self.trace_id = Some(id.to_string());
+        }
     }
 
     /// Records the response status; `failed` marks a handler failure (a panic caught by the

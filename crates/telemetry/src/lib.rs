@@ -14,6 +14,8 @@
 //! OTLP. Export runs on its own thread behind a bounded queue, so a slow or dead backend costs
 //! dropped spans, never request latency. Root spans are sampled as jaeger-client-go samples
 //! them (`const`, `probabilistic`, `ratelimiting`, `remote` with per-operation strategies).
+//! Requests the sampler passed over are still exported when they turn out slow or failed
+//! (`tracing.tailCapture`, [`tail`]).
 //! [`Telemetry::metrics_collector`] exposes spans started, sampled, exported and dropped (by
 //! reason) and sampler refreshes for `/metrics`; [`Telemetry::shutdown`] flushes within a
 //! bounded time.
@@ -27,6 +29,7 @@ mod logging;
 mod metrics;
 pub mod propagation;
 mod sampler;
+mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +137,7 @@ pub struct TelemetryBuilder {
     logging: LoggingConfig,
     exporter: Option<ExporterInstall>,
     writer: Option<LogWriter>,
+    slow_threshold: Duration,
 }
 
 type ProviderBuilder = opentelemetry_sdk::trace::TracerProviderBuilder;
@@ -144,6 +148,13 @@ impl TelemetryBuilder {
     /// the SDK's in-memory exporter).
     pub fn with_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
         self.exporter = Some(Box::new(move |b| b.with_simple_exporter(exporter)));
+        self
+    }
+
+    /// The slow-request threshold (`middleware.logging.threshold`): tail capture's threshold
+    /// when `tracing.tailCapture.threshold` is not set.
+    pub fn with_slow_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_threshold = threshold;
         self
     }
 
@@ -255,6 +266,24 @@ impl TelemetryBuilder {
             );
         }
 
+        let tail_cfg = &self.tracing.tail_capture;
+        let tail = match (&root_sampler, &provider) {
+            (Some(sampler), Some(p)) if tail_cfg.enabled => {
+                let policy = Arc::new(tail::TailPolicy::new(
+                    tail_cfg.threshold.map_or(self.slow_threshold, |d| d.0),
+                    tail_cfg.errors,
+                    tail_cfg.max_per_second,
+                    metrics.tail(),
+                    sampler::rate_limiter::system_clock(),
+                ));
+                let layer = tail::TailLayer::new(p.tracer("m3query"), sampler.clone())
+                    .with_filter(tail::UnsampledOnly);
+                Some((policy, layer))
+            }
+            _ => None,
+        };
+        let (tail_policy, tail_layer) = tail.unzip();
+
         let propagation = Propagation {
             jaeger_header: self
                 .tracing
@@ -269,6 +298,7 @@ impl TelemetryBuilder {
                 .map(|j| j.headers.jaeger_debug_header.clone())
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
             sampler: root_sampler,
+            tail: tail_policy,
         };
 
         let otel_layer = provider.as_ref().map(|p| {
@@ -287,7 +317,8 @@ impl TelemetryBuilder {
         });
         let subscriber = tracing_subscriber::registry()
             .with(fmt_layer)
-            .with(otel_layer);
+            .with(otel_layer)
+            .with(tail_layer);
         let dispatch = tracing::Dispatch::new(subscriber);
         tracing::dispatcher::with_default(&dispatch, || {
             for n in &notices {
@@ -371,6 +402,7 @@ impl Telemetry {
             logging,
             exporter: None,
             writer: None,
+            slow_threshold: Duration::from_secs(1),
         }
     }
 

@@ -34,6 +34,11 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 /// Why spans were dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DropReason {
@@ -94,6 +99,25 @@ pub(crate) struct Metrics {
     exported: Family<BackendLabels, Counter>,
     dropped: Family<DropLabels, Counter>,
     refreshes: Family<ResultLabels, Counter>,
+    tail_captured: Family<ReasonLabels, Counter>,
+    tail_rate_limited: Counter,
+}
+
+/// Tail capture's counters: requests captured by reason, and those the rate limit refused.
+#[derive(Clone, Debug)]
+pub(crate) struct TailCounters {
+    slow: Counter,
+    error: Counter,
+    pub rate_limited: Counter,
+}
+
+impl TailCounters {
+    pub(crate) fn captured(&self, reason: crate::tail::Reason) -> &Counter {
+        match reason {
+            crate::tail::Reason::Slow => &self.slow,
+            crate::tail::Reason::Error => &self.error,
+        }
+    }
 }
 
 /// The counters of one backend, resolved once so the request path only does atomic adds.
@@ -139,6 +163,21 @@ impl BackendCounters {
 }
 
 impl Metrics {
+    pub(crate) fn tail(&self) -> TailCounters {
+        let reason = |r: crate::tail::Reason| {
+            self.tail_captured
+                .get_or_create(&ReasonLabels {
+                    reason: r.as_str().to_string(),
+                })
+                .clone()
+        };
+        TailCounters {
+            slow: reason(crate::tail::Reason::Slow),
+            error: reason(crate::tail::Reason::Error),
+            rate_limited: self.tail_rate_limited.clone(),
+        }
+    }
+
     pub(crate) fn backend(self: &Arc<Self>, backend: &str) -> BackendCounters {
         let l = BackendLabels {
             backend: backend.to_string(),
@@ -205,6 +244,18 @@ impl Collector for MetricsCollector {
             "m3query_tracing_sampler_refreshes",
             "Remote sampling strategy polls by result",
             &m.refreshes,
+        )?;
+        family(
+            &mut enc,
+            "m3query_tracing_tail_captured",
+            "Unsampled requests exported anyway because they were slow or failed, by reason",
+            &m.tail_captured,
+        )?;
+        family(
+            &mut enc,
+            "m3query_tracing_tail_rate_limited",
+            "Slow or failed unsampled requests not exported: over tracing.tailCapture.maxPerSecond",
+            &m.tail_rate_limited,
         )
     }
 }

@@ -33,6 +33,8 @@ pub struct Propagation {
     pub debug_header: String,
     /// Decides request roots before their span exists; `None` when nothing is exported.
     pub(crate) sampler: Option<crate::sampler::Sampler>,
+    /// Tail capture of unsampled requests; `None` when off or nothing is exported.
+    pub(crate) tail: Option<std::sync::Arc<crate::tail::TailPolicy>>,
 }
 
 impl Default for Propagation {
@@ -41,6 +43,7 @@ impl Default for Propagation {
             jaeger_header: "uber-trace-id".into(),
             debug_header: "jaeger-debug-id".into(),
             sampler: None,
+            tail: None,
         }
     }
 }

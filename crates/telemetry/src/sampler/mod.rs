@@ -93,7 +93,14 @@ impl Sampler {
     /// Decides a request's root span before it is created: `parent` is the inbound remote
     /// parent, `debug` whether the request carries the debug header. A sampled decision waits
     /// on this thread for the SDK to build the span (call [`clear_decided`] after that).
-    pub(crate) fn decide_root(&self, parent: Option<&Context>, debug: bool, name: &str) -> bool {
+    /// Returns the decision and the trace id it was made for (an unsampled request keeps it
+    /// for tail capture).
+    pub(crate) fn decide_root(
+        &self,
+        parent: Option<&Context>,
+        debug: bool,
+        name: &str,
+    ) -> (bool, TraceId) {
         let trace_id = parent
             .map(|cx| cx.span().span_context().clone())
             .filter(|sc| sc.is_valid())
@@ -102,11 +109,19 @@ impl Sampler {
         self.counters.started.inc();
         let r = self.decide(parent, trace_id, name, debug);
         if r.decision != SamplingDecision::RecordAndSample {
-            return false;
+            return (false, trace_id);
         }
         self.counters.sampled.inc();
         DECIDED.with(|d| *d.borrow_mut() = Some((trace_id, r)));
-        true
+        (true, trace_id)
+    }
+
+    /// Makes the next root span built on this thread for `trace_id` sampled with `result`,
+    /// whatever the root sampler says: tail capture builds a request's spans after the fact.
+    /// Counted as sampled, since it is exported. Call [`clear_decided`] after building it.
+    pub(crate) fn force_root(&self, trace_id: TraceId, result: SamplingResult) {
+        self.counters.sampled.inc();
+        DECIDED.with(|d| *d.borrow_mut() = Some((trace_id, result)));
     }
 
     fn decide(
