@@ -65,18 +65,64 @@ fn eval_params(ev: &mut Evaluator<'_>, e: Option<&Expr>) -> Result<Params> {
     Ok(p)
 }
 
+/// A plain aggregation's group at one step.
 #[derive(Clone, Default)]
 struct Group {
     /// The running value, shared with the fused path (`fold`, `finish`); stddev and stdvar
     /// keep Welford's mean and sum of squares in it too.
     acc: Acc,
     drop_name: bool,
+    /// quantile's values.
     values: Vec<f64>,
-    /// topk/bottomk/limitk/limit_ratio: (input series index, value), in Go heap order.
+}
+
+/// A k-aggregation's (topk, bottomk, limitk, limit_ratio) group at one step.
+#[derive(Clone, Default)]
+struct KGroup {
+    seen: bool,
+    /// (input series index, value), in Go heap order.
     heap: Vec<(usize, f64)>,
+    /// limitk has its k series.
     complete: bool,
 }
 
+/// Each input series' group, computed once from label hashes (no per-step re-grouping).
+struct Grouping {
+    labels: Vec<Labels>,
+    of_series: Vec<usize>,
+}
+
+fn group_series(input: &Matrix, without: bool, grouping: &[String]) -> Grouping {
+    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
+    let mut labels: Vec<Labels> = Vec::new();
+    let mut of_series: Vec<usize> = Vec::with_capacity(input.len());
+    for s in input {
+        let key = if without {
+            s.labels.hash_without_labels(grouping)
+        } else if grouping.is_empty() {
+            0
+        } else {
+            s.labels.hash_for_labels(grouping)
+        };
+        let g = *key_to_group.entry(key).or_insert_with(|| {
+            labels.push(if without {
+                s.labels.without(grouping)
+            } else if grouping.is_empty() {
+                Labels::empty()
+            } else {
+                s.labels.keep(grouping)
+            });
+            labels.len() - 1
+        });
+        of_series.push(g);
+    }
+    Grouping { labels, of_series }
+}
+
+/// Prometheus's aggregation entry point: `count_values` and the fused rollup path have their
+/// own; the rest evaluate their parameter and input, check the parameter, then run as a plain
+/// aggregation ([`aggregate_plain`], Prometheus's `aggregation`) or a k-aggregation
+/// ([`aggregate_k`], `aggregationK`).
 pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Result<Matrix> {
     let mut grouping = a.grouping.clone();
     grouping.sort();
@@ -92,37 +138,26 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         eval_params(ev, None)?
     };
     let input = ev.eval_matrix(&a.expr)?;
-
-    // Group index per input series, computed once.
-    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
-    let mut group_labels: Vec<Labels> = Vec::new();
-    let mut series_group: Vec<usize> = Vec::with_capacity(input.len());
-    for s in &input {
-        let key = if a.without {
-            s.labels.hash_without_labels(&grouping)
-        } else if grouping.is_empty() {
-            0
-        } else {
-            s.labels.hash_for_labels(&grouping)
-        };
-        let g = *key_to_group.entry(key).or_insert_with(|| {
-            group_labels.push(if a.without {
-                s.labels.without(&grouping)
-            } else if grouping.is_empty() {
-                Labels::empty()
-            } else {
-                s.labels.keep(&grouping)
-            });
-            group_labels.len() - 1
-        });
-        series_group.push(g);
+    if !check_params(ev, a, &params)? {
+        return Ok(Vec::new());
     }
+    let groups = group_series(&input, a.without, &grouping);
+    if crate::eval::is_k_aggregation(a.op) {
+        aggregate_k(ev, a.op, input, &groups, &params)
+    } else {
+        aggregate_plain(ev, a.op, input, groups, &params)
+    }
+}
 
+/// Validates the parameter over all steps as Prometheus does before evaluating: errors for
+/// what cannot be a k or a ratio, warnings for out-of-range ratios and quantiles. `false` when
+/// the answer is empty whatever the input (k below 1 at every step, a ratio of 0).
+fn check_params(ev: &mut Evaluator<'_>, a: &AggregateExpr, params: &Params) -> Result<bool> {
     let param_pos = a.param.as_ref().map_or(a.pos, Expr::pos);
     match a.op {
         AggOp::Topk | AggOp::Bottomk | AggOp::Limitk => {
             if params.max < 1.0 {
-                return Ok(Vec::new());
+                return Ok(false);
             }
             if params.any_nan {
                 return Err(Error::exec("Parameter value is NaN"));
@@ -142,7 +177,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         }
         AggOp::LimitRatio => {
             if params.max == 0.0 && params.min == 0.0 {
-                return Ok(Vec::new());
+                return Ok(false);
             }
             if params.any_nan {
                 return Err(Error::exec("Ratio value is NaN"));
@@ -169,16 +204,31 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         }
         _ => {}
     }
+    Ok(true)
+}
 
-    let k_agg = crate::eval::is_k_aggregation(a.op);
+/// Fails when the points held so far exceed the query's sample limit.
+fn check_held(ev: &Evaluator<'_>, out_points: &[Vec<Point>]) -> Result<()> {
+    let held: usize = out_points.iter().map(Vec::len).sum();
+    if held > ev.max_samples {
+        return Err(Error::TooManySamples);
+    }
+    Ok(())
+}
+
+/// sum, avg, count, min, max, group, stddev, stdvar, quantile: one output series per group.
+fn aggregate_plain(
+    ev: &mut Evaluator<'_>,
+    op: AggOp,
+    input: Matrix,
+    grouping: Grouping,
+    params: &Params,
+) -> Result<Matrix> {
     let steps = ev.num_steps();
-    let mut groups: Vec<Group> = vec![Group::default(); group_labels.len()];
+    let mut groups: Vec<Group> = vec![Group::default(); grouping.labels.len()];
     let mut cursors = vec![0usize; input.len()];
-    // Outputs: plain aggregations fill one series per group; k-aggregations one per input.
-    let mut out_points: Vec<Vec<Point>> =
-        vec![Vec::new(); if k_agg { input.len() } else { groups.len() }];
-    let mut out_drop: Vec<bool> = vec![false; out_points.len()];
-    let mut instant_order: Vec<usize> = Vec::new();
+    let mut out_points: Vec<Vec<Point>> = vec![Vec::new(); groups.len()];
+    let mut out_drop: Vec<bool> = vec![false; groups.len()];
     let input_total = crate::value::total_points(&input);
 
     for (step, ts) in (0..steps).map(|k| (k, ev.start + k as i64 * ev.interval)) {
@@ -189,27 +239,6 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
         for g in groups.iter_mut() {
             g.acc.seen = false;
         }
-        let mut k_limit = 0i64;
-        let mut ratio = 0.0;
-        if k_agg {
-            match a.op {
-                AggOp::LimitRatio => {
-                    if param == 0.0 {
-                        advance_all(&input, &mut cursors, ts);
-                        continue;
-                    }
-                    ratio = param.clamp(-1.0, 1.0);
-                }
-                _ => {
-                    k_limit = (param as i64).min(input.len() as i64);
-                    if k_limit < 1 {
-                        advance_all(&input, &mut cursors, ts);
-                        continue;
-                    }
-                }
-            }
-        }
-        let mut groups_remaining = groups.len();
         for (si, s) in input.iter().enumerate() {
             let c = &mut cursors[si];
             let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
@@ -217,66 +246,11 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
             };
             *c += 1;
             let f = p.v;
-            let g = &mut groups[series_group[si]];
-            if k_agg {
-                if !g.acc.seen {
-                    *g = Group {
-                        acc: Acc {
-                            seen: true,
-                            ..Acc::default()
-                        },
-                        ..Default::default()
-                    };
-                }
-                match a.op {
-                    AggOp::Topk => {
-                        if (g.heap.len() as i64) < k_limit {
-                            heap_push(&mut g.heap, (si, f), less_value);
-                        } else if g.heap[0].1 < f || (g.heap[0].1.is_nan() && !f.is_nan()) {
-                            g.heap[0] = (si, f);
-                            if k_limit > 1 {
-                                heap_fix(&mut g.heap, 0, less_value);
-                            }
-                        }
-                    }
-                    AggOp::Bottomk => {
-                        if (g.heap.len() as i64) < k_limit {
-                            heap_push(&mut g.heap, (si, f), less_reverse);
-                        } else if g.heap[0].1 > f || (g.heap[0].1.is_nan() && !f.is_nan()) {
-                            g.heap[0] = (si, f);
-                            if k_limit > 1 {
-                                heap_fix(&mut g.heap, 0, less_reverse);
-                            }
-                        }
-                    }
-                    AggOp::Limitk => {
-                        if g.complete {
-                            continue;
-                        }
-                        if (g.heap.len() as i64) < k_limit {
-                            heap_push(&mut g.heap, (si, f), less_value);
-                        }
-                        if g.heap.len() as i64 == k_limit {
-                            g.complete = true;
-                            groups_remaining -= 1;
-                        }
-                    }
-                    _ => {
-                        let offset = ratio_offset(&s.labels);
-                        if (ratio >= 0.0 && offset < ratio)
-                            || (ratio < 0.0 && offset >= 1.0 + ratio)
-                        {
-                            heap_push(&mut g.heap, (si, f), less_value);
-                        }
-                    }
-                }
-                let _ = groups_remaining;
-                continue;
-            }
+            let g = &mut groups[grouping.of_series[si]];
             if !g.acc.seen {
                 g.drop_name = s.drop_name;
-                fold(a.op, &mut g.acc, f);
-                match a.op {
+                fold(op, &mut g.acc, f);
+                match op {
                     AggOp::Stddev | AggOp::Stdvar => {
                         g.acc.value = if f.is_nan() || f.is_infinite() {
                             f64::NAN
@@ -295,7 +269,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
             if s.drop_name {
                 g.drop_name = true;
             }
-            match a.op {
+            match op {
                 AggOp::Stddev | AggOp::Stdvar => {
                     let g = &mut g.acc;
                     g.count += 1.0;
@@ -307,82 +281,171 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
                 op => fold(op, &mut g.acc, f),
             }
         }
-
-        // Emit this step.
-        if k_agg {
-            for g in groups.iter_mut().filter(|g| g.acc.seen) {
-                let mut heap = std::mem::take(&mut g.heap);
-                match a.op {
-                    AggOp::Topk => insertion_sort(&mut heap, |x, y| less_value(y, x)),
-                    AggOp::Bottomk => insertion_sort(&mut heap, |x, y| less_reverse(y, x)),
-                    _ => {}
-                }
-                for (si, v) in heap.drain(..) {
-                    if out_points[si].is_empty() {
-                        out_drop[si] = input[si].drop_name;
-                    }
-                    out_points[si].push(Point { t: ts, v });
-                    if steps == 1 {
-                        instant_order.push(si);
-                    }
-                }
-                g.heap = heap;
+        for (gi, g) in groups.iter_mut().enumerate() {
+            if !g.acc.seen {
+                continue;
             }
-        } else {
-            for (gi, g) in groups.iter_mut().enumerate() {
-                if !g.acc.seen {
-                    continue;
-                }
-                let v = match a.op {
-                    AggOp::Stdvar => g.acc.value / g.acc.count,
-                    AggOp::Stddev => (g.acc.value / g.acc.count).sqrt(),
-                    AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
-                    op => finish(op, &g.acc),
-                };
-                if g.drop_name {
-                    out_drop[gi] = true;
-                }
-                out_points[gi].push(Point { t: ts, v });
+            let v = match op {
+                AggOp::Stdvar => g.acc.value / g.acc.count,
+                AggOp::Stddev => (g.acc.value / g.acc.count).sqrt(),
+                AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
+                op => finish(op, &g.acc),
+            };
+            if g.drop_name {
+                out_drop[gi] = true;
             }
+            out_points[gi].push(Point { t: ts, v });
         }
-        let held: usize = out_points.iter().map(Vec::len).sum();
-        if held > ev.max_samples {
-            return Err(Error::TooManySamples);
-        }
+        check_held(ev, &out_points)?;
     }
     ev.release_samples(input_total);
 
     let mut out: Matrix = Vec::new();
-    if k_agg {
-        let order: Vec<usize> = if steps == 1 {
-            instant_order
+    for (gi, labels) in grouping.labels.into_iter().enumerate() {
+        let points = std::mem::take(&mut out_points[gi]);
+        if points.is_empty() {
+            continue;
+        }
+        out.push(ESeries {
+            labels,
+            points,
+            drop_name: out_drop[gi],
+        });
+    }
+    ev.add_samples(crate::value::total_points(&out))?;
+    Ok(out)
+}
+
+/// topk, bottomk, limitk, limit_ratio: input series pass through, up to k (or the ratio's
+/// share) per group and step.
+fn aggregate_k(
+    ev: &mut Evaluator<'_>,
+    op: AggOp,
+    mut input: Matrix,
+    grouping: &Grouping,
+    params: &Params,
+) -> Result<Matrix> {
+    let steps = ev.num_steps();
+    let mut groups: Vec<KGroup> = vec![KGroup::default(); grouping.labels.len()];
+    let mut cursors = vec![0usize; input.len()];
+    let mut out_points: Vec<Vec<Point>> = vec![Vec::new(); input.len()];
+    let mut out_drop: Vec<bool> = vec![false; input.len()];
+    // An instant query lists series in the order the heaps give them, as Prometheus does.
+    let mut instant_order: Vec<usize> = Vec::new();
+    let input_total = crate::value::total_points(&input);
+
+    for (step, ts) in (0..steps).map(|k| (k, ev.start + k as i64 * ev.interval)) {
+        if step % 64 == 0 {
+            crate::check_ctx(ev.ctx, "expression evaluation")?;
+        }
+        let param = params.values.get(step).copied().unwrap_or(0.0);
+        for g in groups.iter_mut() {
+            g.seen = false;
+        }
+        let mut k_limit = 0i64;
+        let mut ratio = 0.0;
+        if op == AggOp::LimitRatio {
+            if param == 0.0 {
+                advance_all(&input, &mut cursors, ts);
+                continue;
+            }
+            ratio = param.clamp(-1.0, 1.0);
         } else {
-            (0..input.len()).collect()
-        };
-        let mut input = input;
-        for si in order {
-            let points = std::mem::take(&mut out_points[si]);
-            if points.is_empty() {
+            k_limit = (param as i64).min(input.len() as i64);
+            if k_limit < 1 {
+                advance_all(&input, &mut cursors, ts);
                 continue;
             }
-            out.push(ESeries {
-                labels: std::mem::take(&mut input[si].labels),
-                points,
-                drop_name: out_drop[si],
-            });
         }
+        for (si, s) in input.iter().enumerate() {
+            let c = &mut cursors[si];
+            let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
+                continue;
+            };
+            *c += 1;
+            let f = p.v;
+            let g = &mut groups[grouping.of_series[si]];
+            if !g.seen {
+                g.seen = true;
+                g.heap.clear();
+                g.complete = false;
+            }
+            match op {
+                AggOp::Topk => {
+                    if (g.heap.len() as i64) < k_limit {
+                        heap_push(&mut g.heap, (si, f), less_value);
+                    } else if g.heap[0].1 < f || (g.heap[0].1.is_nan() && !f.is_nan()) {
+                        g.heap[0] = (si, f);
+                        if k_limit > 1 {
+                            heap_fix(&mut g.heap, 0, less_value);
+                        }
+                    }
+                }
+                AggOp::Bottomk => {
+                    if (g.heap.len() as i64) < k_limit {
+                        heap_push(&mut g.heap, (si, f), less_reverse);
+                    } else if g.heap[0].1 > f || (g.heap[0].1.is_nan() && !f.is_nan()) {
+                        g.heap[0] = (si, f);
+                        if k_limit > 1 {
+                            heap_fix(&mut g.heap, 0, less_reverse);
+                        }
+                    }
+                }
+                AggOp::Limitk => {
+                    if g.complete {
+                        continue;
+                    }
+                    if (g.heap.len() as i64) < k_limit {
+                        heap_push(&mut g.heap, (si, f), less_value);
+                    }
+                    if g.heap.len() as i64 == k_limit {
+                        g.complete = true;
+                    }
+                }
+                _ => {
+                    let offset = ratio_offset(&s.labels);
+                    if (ratio >= 0.0 && offset < ratio) || (ratio < 0.0 && offset >= 1.0 + ratio) {
+                        heap_push(&mut g.heap, (si, f), less_value);
+                    }
+                }
+            }
+        }
+        for g in groups.iter_mut().filter(|g| g.seen) {
+            match op {
+                AggOp::Topk => insertion_sort(&mut g.heap, |x, y| less_value(y, x)),
+                AggOp::Bottomk => insertion_sort(&mut g.heap, |x, y| less_reverse(y, x)),
+                _ => {}
+            }
+            for (si, v) in g.heap.drain(..) {
+                if out_points[si].is_empty() {
+                    out_drop[si] = input[si].drop_name;
+                }
+                out_points[si].push(Point { t: ts, v });
+                if steps == 1 {
+                    instant_order.push(si);
+                }
+            }
+        }
+        check_held(ev, &out_points)?;
+    }
+    ev.release_samples(input_total);
+
+    let order: Vec<usize> = if steps == 1 {
+        instant_order
     } else {
-        for (gi, labels) in group_labels.into_iter().enumerate() {
-            let points = std::mem::take(&mut out_points[gi]);
-            if points.is_empty() {
-                continue;
-            }
-            out.push(ESeries {
-                labels,
-                points,
-                drop_name: out_drop[gi],
-            });
+        (0..input.len()).collect()
+    };
+    let mut out: Matrix = Vec::new();
+    for si in order {
+        let points = std::mem::take(&mut out_points[si]);
+        if points.is_empty() {
+            continue;
         }
+        out.push(ESeries {
+            labels: std::mem::take(&mut input[si].labels),
+            points,
+            drop_name: out_drop[si],
+        });
     }
     ev.add_samples(crate::value::total_points(&out))?;
     Ok(out)
