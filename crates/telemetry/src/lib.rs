@@ -331,9 +331,14 @@ impl TelemetryBuilder {
             attrs.retain(|kv| kv.key.as_str() != k);
             attrs.push(KeyValue::new(k.clone(), tag_value(v)));
         }
-        SdkTracerProvider::builder()
+        let b = SdkTracerProvider::builder()
             .with_id_generator(sampler::DecidedIds::default())
-            .with_resource(Resource::builder_empty().with_attributes(attrs).build())
+            .with_resource(Resource::builder_empty().with_attributes(attrs).build());
+        // LightStep's max_logs_per_span / drop_span_logs bound events as they are recorded.
+        match export::lightstep::max_events_per_span(&self.tracing) {
+            Some(n) => b.with_max_events_per_span(n),
+            None => b,
+        }
     }
 }
 
