@@ -172,6 +172,10 @@ where
             &url,
             req.headers(),
         );
+        // Jaeger baggage rides on the request span, for the calls the request makes.
+        self.shared
+            .propagation
+            .attach_baggage(span.span(), req.headers());
         let fut = self.inner.call(req).instrument(span.span().clone());
         // Until a response exists, the request counts as abandoned by the client (499): if
         // the future is dropped, `done` records that on the way out.

@@ -18,6 +18,7 @@
 //! reason) and sampler refreshes for `/metrics`; [`Telemetry::shutdown`] flushes within a
 //! bounded time.
 
+pub mod baggage;
 pub mod config;
 pub mod export;
 mod filter;
@@ -269,7 +270,11 @@ impl TelemetryBuilder {
                 .map(|j| j.headers.jaeger_debug_header.clone())
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
             sampler: root_sampler,
+            baggage: None,
         };
+        let (propagation, baggage_poller) =
+            with_baggage(propagation, &self.tracing, &service_name, provider.is_some())
+                .map_err(backend_err)?;
 
         let otel_layer = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()
@@ -303,6 +308,7 @@ impl TelemetryBuilder {
             propagation,
             metrics,
             poller: parking_lot::Mutex::new(poller),
+            baggage_poller: parking_lot::Mutex::new(baggage_poller),
             notices: notices.into_iter().chain(warnings).collect(),
         })
     }
@@ -342,6 +348,27 @@ impl TelemetryBuilder {
     }
 }
 
+/// Baggage handling (jaeger-client-go's `headers` and `baggage_restrictions`) when spans are
+/// exported at all, and the restrictions poller.
+fn with_baggage(
+    mut p: Propagation,
+    cfg: &TracingConfig,
+    service: &str,
+    enabled: bool,
+) -> Result<(Propagation, Option<baggage::Poller>), String> {
+    if !enabled {
+        return Ok((p, None));
+    }
+    let j = cfg.jaeger.clone().unwrap_or_default();
+    let (restrictions, poller) = baggage::restrictions(j.baggage_restrictions.as_ref(), service)?;
+    p.baggage = Some(baggage::BaggagePropagation {
+        prefix: j.headers.trace_baggage_header_prefix.to_ascii_lowercase(),
+        header: j.headers.jaeger_baggage_header.to_ascii_lowercase(),
+        restrictions,
+    });
+    Ok((p, poller))
+}
+
 fn tag_value(v: &config::TagValue) -> opentelemetry::Value {
     match v {
         config::TagValue::Bool(b) => (*b).into(),
@@ -358,6 +385,7 @@ pub struct Telemetry {
     propagation: Propagation,
     metrics: Arc<metrics::Metrics>,
     poller: parking_lot::Mutex<Option<sampler::remote::Poller>>,
+    baggage_poller: parking_lot::Mutex<Option<baggage::Poller>>,
     notices: Vec<String>,
 }
 
@@ -415,6 +443,9 @@ impl Telemetry {
     /// `timeout` for what is queued to be sent.
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(mut p) = self.poller.lock().take() {
+            p.stop();
+        }
+        if let Some(mut p) = self.baggage_poller.lock().take() {
             p.stop();
         }
         if let Some(p) = &self.provider
