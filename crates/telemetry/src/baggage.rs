@@ -604,7 +604,10 @@ mod telemetry_tests {
                             .join(",")
                     })
                     .collect();
-                assert_eq!(logs, vec!["key=tenant,value=acme corp", "key=user,value=bob"]);
+                assert_eq!(
+                    logs,
+                    vec!["key=tenant,value=acme corp", "key=user,value=bob"]
+                );
             } else {
                 assert!(spans.is_empty());
             }

@@ -666,9 +666,11 @@ impl TryFrom<RawSampler> for SamplerConfig {
             return Err("tracing.jaeger.sampler.samplingRefreshInterval must be positive".into());
         }
         if r.options.as_ref().is_some_and(|o| !o.is_empty()) {
-            return Err("tracing.jaeger.sampler.options holds jaeger-client-go's SamplerOption \
+            return Err(
+                "tracing.jaeger.sampler.options holds jaeger-client-go's SamplerOption \
                  functions, which only Go code can pass: leave it empty"
-                .into());
+                    .into(),
+            );
         }
         Ok(SamplerConfig {
             sampler_type,

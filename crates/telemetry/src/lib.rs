@@ -272,9 +272,13 @@ impl TelemetryBuilder {
             sampler: root_sampler,
             baggage: None,
         };
-        let (propagation, baggage_poller) =
-            with_baggage(propagation, &self.tracing, &service_name, provider.is_some())
-                .map_err(backend_err)?;
+        let (propagation, baggage_poller) = with_baggage(
+            propagation,
+            &self.tracing,
+            &service_name,
+            provider.is_some(),
+        )
+        .map_err(backend_err)?;
 
         let otel_layer = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()

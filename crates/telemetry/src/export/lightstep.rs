@@ -363,14 +363,17 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        rt.block_on(e.export(vec![span(vec![], 0)])).expect("export");
+        rt.block_on(e.export(vec![span(vec![], 0)]))
+            .expect("export");
         assert_eq!(builds.load(Ordering::SeqCst), 1);
         // Within the period: the same exporter.
-        rt.block_on(e.export(vec![span(vec![], 0)])).expect("export");
+        rt.block_on(e.export(vec![span(vec![], 0)]))
+            .expect("export");
         assert_eq!(builds.load(Ordering::SeqCst), 1);
         // 50ms + at most 20% later: a new one.
         std::thread::sleep(Duration::from_millis(70));
-        rt.block_on(e.export(vec![span(vec![], 0)])).expect("export");
+        rt.block_on(e.export(vec![span(vec![], 0)]))
+            .expect("export");
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // The old exporter was shut down (which empties the shared in-memory store) and the
         // new one got the batch.

@@ -401,7 +401,9 @@ impl ExportCtx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use std::time::Instant;
 
@@ -466,12 +468,20 @@ mod tests {
             p.on_end(sampled(i));
         }
         std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(exports.lock().len(), 1, "the first half-full queue drains at once");
+        assert_eq!(
+            exports.lock().len(),
+            1,
+            "the first half-full queue drains at once"
+        );
         for i in 6..=10 {
             p.on_end(sampled(i));
         }
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(exports.lock().len(), 1, "the second waits for min_flush_interval");
+        assert_eq!(
+            exports.lock().len(),
+            1,
+            "the second waits for min_flush_interval"
+        );
         std::thread::sleep(Duration::from_millis(400));
         let e = exports.lock().clone();
         assert_eq!(e.iter().map(|(_, n)| n).sum::<usize>(), 10, "{e:?}");
