@@ -82,6 +82,14 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(cfg) => {
                 print!("{}", cfg.to_redacted_yaml());
+                // As YAML comments, so the output stays the config it describes.
+                let ignored = cfg.tracing.without_effect();
+                if !ignored.is_empty() {
+                    println!("# Accepted for compatibility, without effect in m3query:");
+                    for (key, why) in ignored {
+                        println!("#   {key}: {why}");
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

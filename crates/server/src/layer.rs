@@ -174,6 +174,10 @@ where
         );
         // Kept for the slow log (cheap: header values share the request's buffer).
         let client = CLIENT_HEADERS.map(|(h, _)| req.headers().get(h).cloned());
+        // Jaeger baggage rides on the request span, for the calls the request makes.
+        self.shared
+            .propagation
+            .attach_baggage(span.span(), req.headers());
         let fut = self.inner.call(req).instrument(span.span().clone());
         // Until a response exists, the request counts as abandoned by the client (499): if
         // the future is dropped, `done` records that on the way out.

@@ -297,6 +297,69 @@ impl TracingConfig {
         Ok(())
     }
 
+    /// The keys that are accepted (so an M3 / jaeger-client-go / lightstep-tracer-go config
+    /// loads unchanged) but change nothing here, each with the reason; `check-config` prints
+    /// them. A key is listed when it is set to something that would act in the Go client.
+    pub fn without_effect(&self) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        let mut note = |set: bool, key: &str, why: &'static str| {
+            if set {
+                out.push((format!("tracing.{key}"), why));
+            }
+        };
+        if let Some(j) = &self.jaeger {
+            note(
+                j.rpc_metrics,
+                "jaeger.rpc_metrics",
+                "request metrics (m3query_http_*) are always on /metrics",
+            );
+            note(
+                j.traceid_128bit == Some(false),
+                "jaeger.traceid_128bit",
+                "trace ids are always 128-bit (W3C trace context needs them)",
+            );
+            note(
+                j.sampler.options_given,
+                "jaeger.sampler.options",
+                "holds Go functions (jaeger.SamplerOption) that only code can pass",
+            );
+            note(
+                j.throttler.is_some(),
+                "jaeger.throttler",
+                "jaeger-client-go throttles jaeger-debug-id spans by credits from the agent's \
+                 /credits endpoint, which jaeger-agent does not serve (with it set, \
+                 jaeger-client-go would refuse every debug span); jaeger-debug-id requests \
+                 are always traced here",
+            );
+        }
+        if let Some(l) = &self.lightstep {
+            note(
+                l.lightstep_api.is_some(),
+                "lightstep.lightstep_api",
+                "LightStep's web API: lightstep-tracer-go never calls it, nor does m3query",
+            );
+            note(
+                l.meta_event_reporting_enabled,
+                "lightstep.meta_event_reporting_enabled",
+                "meta events describe lightstep-tracer-go's own tracer (inject, extract, \
+                 span finish); m3query's tracer is OpenTelemetry and sends none",
+            );
+            note(
+                l.grpc_max_call_send_msg_size_bytes.is_some(),
+                "lightstep.grpc_max_call_send_msg_size_bytes",
+                "the OpenTelemetry OTLP exporter m3query uses has no send-size cap to set; \
+                 batches are bounded by count (at most 512 spans) instead",
+            );
+            note(
+                l.system_metrics.is_some(),
+                "lightstep.system_metrics",
+                "m3query sends no metrics to LightStep: process and runtime metrics are \
+                 on /metrics for Prometheus to scrape",
+            );
+        }
+        out
+    }
+
     /// A copy with secrets (tokens, passwords, header values) replaced by [`REDACTED`], and
     /// URL passwords by `xxxxx`.
     pub fn redacted(&self) -> Self {
@@ -438,13 +501,73 @@ pub struct JaegerConfig {
     /// Accepted for compatibility; RPC metrics are always on `/metrics` in m3query.
     #[serde(rename = "rpc_metrics")]
     pub rpc_metrics: bool,
-    /// Accepted for compatibility; trace ids are always 128-bit.
-    #[serde(rename = "traceid_128bit")]
-    pub traceid_128bit: bool,
+    /// Accepted for compatibility; trace ids are always 128-bit, so only `false` (64-bit in
+    /// jaeger-client-go) is without effect.
+    #[serde(rename = "traceid_128bit", skip_serializing_if = "Option::is_none")]
+    pub traceid_128bit: Option<bool>,
     pub tags: Tags,
     pub sampler: SamplerConfig,
     pub reporter: ReporterConfig,
     pub headers: HeadersConfig,
+    /// Present: poll the agent for which baggage keys are allowed (see
+    /// [`crate::baggage`]); absent: every key is allowed, values up to 2048 bytes.
+    #[serde(
+        rename = "baggage_restrictions",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub baggage_restrictions: Option<BaggageRestrictionsConfig>,
+    /// jaeger-client-go's debug-span throttler; accepted without effect (see
+    /// [`TracingConfig::without_effect`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttler: Option<ThrottlerConfig>,
+}
+
+/// jaeger-client-go's defaults for the agent's HTTP endpoints (baggage restrictions,
+/// throttling credits).
+pub const DEFAULT_AGENT_HTTP_HOST_PORT: &str = "localhost:5778";
+pub const DEFAULT_BAGGAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_THROTTLER_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `tracing.jaeger.baggage_restrictions:`, jaeger-client-go's `BaggageRestrictionsConfig`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BaggageRestrictionsConfig {
+    /// Until the first answer from the agent: refuse all baggage (true) or allow any key
+    /// (false).
+    pub deny_baggage_on_initialization_failure: bool,
+    /// The agent's HTTP address; restrictions come from `GET /baggageRestrictions?service=`.
+    pub host_port: HostPort,
+    /// How often the restrictions are fetched again (0: the default, 1m).
+    pub refresh_interval: Duration,
+}
+
+impl Default for BaggageRestrictionsConfig {
+    fn default() -> Self {
+        BaggageRestrictionsConfig {
+            deny_baggage_on_initialization_failure: false,
+            host_port: HostPort(DEFAULT_AGENT_HTTP_HOST_PORT.into()),
+            refresh_interval: DEFAULT_BAGGAGE_REFRESH_INTERVAL,
+        }
+    }
+}
+
+/// `tracing.jaeger.throttler:`, jaeger-client-go's `ThrottlerConfig`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ThrottlerConfig {
+    pub host_port: HostPort,
+    pub refresh_interval: Duration,
+    pub synchronous_initialization: bool,
+}
+
+impl Default for ThrottlerConfig {
+    fn default() -> Self {
+        ThrottlerConfig {
+            host_port: HostPort(DEFAULT_AGENT_HTTP_HOST_PORT.into()),
+            refresh_interval: DEFAULT_THROTTLER_REFRESH_INTERVAL,
+            synchronous_initialization: false,
+        }
+    }
 }
 
 /// Sampler types, as jaeger-client-go names them (case-insensitive).
@@ -474,6 +597,10 @@ pub struct SamplerConfig {
     pub sampling_refresh_interval: Duration,
     pub max_operations: usize,
     pub operation_name_late_binding: bool,
+    /// `options:` was given (empty): jaeger-client-go's `SamplerConfig.Options` holds Go
+    /// functions that only code can pass, so YAML can only leave it empty.
+    #[serde(skip)]
+    pub options_given: bool,
 }
 
 /// jaeger-client-go's defaults.
@@ -491,6 +618,7 @@ impl Default for SamplerConfig {
             sampling_refresh_interval: DEFAULT_SAMPLING_REFRESH_INTERVAL,
             max_operations: DEFAULT_MAX_OPERATIONS,
             operation_name_late_binding: false,
+            options_given: false,
         }
     }
 }
@@ -507,6 +635,9 @@ struct RawSampler {
     max_operations: Option<usize>,
     #[serde(default)]
     operation_name_late_binding: bool,
+    /// jaeger-client-go's untagged `Options` field, which yaml.v2 names `options`.
+    #[serde(default)]
+    options: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 impl TryFrom<RawSampler> for SamplerConfig {
@@ -572,6 +703,13 @@ impl TryFrom<RawSampler> for SamplerConfig {
         if refresh.0.is_zero() {
             return Err("tracing.jaeger.sampler.samplingRefreshInterval must be positive".into());
         }
+        if r.options.as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err(
+                "tracing.jaeger.sampler.options holds jaeger-client-go's SamplerOption \
+                 functions, which only Go code can pass: leave it empty"
+                    .into(),
+            );
+        }
         Ok(SamplerConfig {
             sampler_type,
             param,
@@ -581,6 +719,7 @@ impl TryFrom<RawSampler> for SamplerConfig {
             sampling_refresh_interval: refresh,
             max_operations,
             operation_name_late_binding: r.operation_name_late_binding,
+            options_given: r.options.is_some(),
         })
     }
 }
@@ -656,7 +795,8 @@ impl Default for HeadersConfig {
     }
 }
 
-/// `tracing.lightstep:`, lightstep-tracer-go's `Options` keys.
+/// `tracing.lightstep:`, lightstep-tracer-go's `Options`, with its yaml names. Numbers and
+/// durations left at 0 take lightstep-tracer-go's defaults, as there.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LightstepConfig {
@@ -668,19 +808,138 @@ pub struct LightstepConfig {
     pub collector: Option<LightstepEndpoint>,
     /// Resource attributes for every span.
     pub tags: Tags,
-    /// Send OTLP/HTTP to `/v1/traces` instead of OTLP/gRPC.
+    /// LightStep's web API; lightstep-tracer-go never calls it. Without effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lightstep_api: Option<LightstepApiEndpoint>,
+    /// Send OTLP/HTTP to `/v1/traces` instead of OTLP/gRPC. Wins over `usegrpc`, as in
+    /// lightstep-tracer-go.
     pub use_http: bool,
-    /// Accepted for compatibility: gRPC is the default transport.
+    /// OTLP/gRPC (also what m3query uses when neither is set). lightstep-tracer-go spells it
+    /// `usegrpc`; `use_grpc` is kept as an alias.
+    #[serde(rename = "usegrpc", alias = "use_grpc")]
     pub use_grpc: bool,
-    /// Spans held for export before new ones are dropped.
+    /// Spans held for export before new ones are dropped (1000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_buffered_spans: Option<usize>,
-    /// How often buffered spans are sent.
+    /// Longest span-event (log) attribute key; longer ones are cut, ending in `…` (256).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_log_key_len: Option<usize>,
+    /// Longest span-event string value (and event name); longer ones are cut (1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_log_value_len: Option<usize>,
+    /// Most events kept per span (500); the last kept one then says how many were dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_logs_per_span: Option<usize>,
+    /// lightstep-tracer-go's gRPC send-size cap. Without effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_call_send_msg_size_bytes: Option<usize>,
+    /// Longest time between two exports (2.5s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reporting_period: Option<Duration>,
-    /// Time limit of one export request.
+    /// Shortest time between two exports, even when the buffer fills faster (500ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_reporting_period: Option<Duration>,
+    /// Time limit of one export request (30s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_timeout: Option<Duration>,
+    /// Drop every span event (log) before it is recorded.
+    #[serde(skip_serializing_if = "is_false")]
+    pub drop_span_logs: bool,
+    /// Log every report (spans sent, result, time taken) at info.
+    #[serde(skip_serializing_if = "is_false")]
+    pub verbose: bool,
+    /// Reconnect to the collector this often, so a load-balanced satellite pool stays
+    /// balanced (5m, plus up to 20% jitter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_period: Option<Duration>,
+    /// lightstep-tracer-go's meta events about its own tracer. Without effect.
+    #[serde(skip_serializing_if = "is_false")]
+    pub meta_event_reporting_enabled: bool,
+    /// lightstep-tracer-go's runtime metrics. Without effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_metrics: Option<LightstepSystemMetrics>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// lightstep-tracer-go's defaults.
+pub const LIGHTSTEP_MAX_BUFFERED_SPANS: usize = 1000;
+pub const LIGHTSTEP_MAX_LOG_KEY_LEN: usize = 256;
+pub const LIGHTSTEP_MAX_LOG_VALUE_LEN: usize = 1024;
+pub const LIGHTSTEP_MAX_LOGS_PER_SPAN: usize = 500;
+pub const LIGHTSTEP_REPORTING_PERIOD: std::time::Duration = std::time::Duration::from_millis(2500);
+pub const LIGHTSTEP_MIN_REPORTING_PERIOD: std::time::Duration =
+    std::time::Duration::from_millis(500);
+pub const LIGHTSTEP_REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const LIGHTSTEP_RECONNECT_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// An unset or zero option takes its default, as lightstep-tracer-go's `Initialize` does.
+fn or_default(v: Option<usize>, d: usize) -> usize {
+    v.filter(|&n| n > 0).unwrap_or(d)
+}
+
+fn or_default_duration(v: Option<Duration>, d: std::time::Duration) -> std::time::Duration {
+    v.map(|d| d.0).filter(|d| !d.is_zero()).unwrap_or(d)
+}
+
+impl LightstepConfig {
+    pub fn max_buffered_spans(&self) -> usize {
+        or_default(self.max_buffered_spans, LIGHTSTEP_MAX_BUFFERED_SPANS)
+    }
+    pub fn max_log_key_len(&self) -> usize {
+        or_default(self.max_log_key_len, LIGHTSTEP_MAX_LOG_KEY_LEN)
+    }
+    pub fn max_log_value_len(&self) -> usize {
+        or_default(self.max_log_value_len, LIGHTSTEP_MAX_LOG_VALUE_LEN)
+    }
+    pub fn max_logs_per_span(&self) -> usize {
+        or_default(self.max_logs_per_span, LIGHTSTEP_MAX_LOGS_PER_SPAN)
+    }
+    pub fn reporting_period(&self) -> std::time::Duration {
+        or_default_duration(self.reporting_period, LIGHTSTEP_REPORTING_PERIOD)
+    }
+    /// Never longer than the reporting period itself.
+    pub fn min_reporting_period(&self) -> std::time::Duration {
+        or_default_duration(self.min_reporting_period, LIGHTSTEP_MIN_REPORTING_PERIOD)
+            .min(self.reporting_period())
+    }
+    pub fn report_timeout(&self) -> std::time::Duration {
+        or_default_duration(self.report_timeout, LIGHTSTEP_REPORT_TIMEOUT)
+    }
+    pub fn reconnect_period(&self) -> std::time::Duration {
+        or_default_duration(self.reconnect_period, LIGHTSTEP_RECONNECT_PERIOD)
+    }
+}
+
+/// `tracing.lightstep.lightstep_api:` (and `system_metrics.endpoint:`): lightstep-tracer-go's
+/// `Endpoint`, every field optional.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LightstepApiEndpoint {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub plaintext: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_ca_cert_file: Option<String>,
+}
+
+/// `tracing.lightstep.system_metrics:`, lightstep-tracer-go's `SystemMetricsOptions`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LightstepSystemMetrics {
+    pub disabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<LightstepApiEndpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurement_frequency: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// `tracing.lightstep.collector:`.

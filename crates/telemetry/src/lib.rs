@@ -20,6 +20,7 @@
 //! reason) and sampler refreshes for `/metrics`; [`Telemetry::shutdown`] flushes within a
 //! bounded time.
 
+pub mod baggage;
 pub mod config;
 pub mod export;
 mod filter;
@@ -299,7 +300,15 @@ impl TelemetryBuilder {
                 .unwrap_or_else(|| "jaeger-debug-id".into()),
             sampler: root_sampler,
             tail: tail_policy,
+            baggage: None,
         };
+        let (propagation, baggage_poller) = with_baggage(
+            propagation,
+            &self.tracing,
+            &service_name,
+            provider.is_some(),
+        )
+        .map_err(backend_err)?;
 
         let otel_layer = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()
@@ -334,6 +343,7 @@ impl TelemetryBuilder {
             propagation,
             metrics,
             poller: parking_lot::Mutex::new(poller),
+            baggage_poller: parking_lot::Mutex::new(baggage_poller),
             notices: notices.into_iter().chain(warnings).collect(),
         })
     }
@@ -362,10 +372,36 @@ impl TelemetryBuilder {
             attrs.retain(|kv| kv.key.as_str() != k);
             attrs.push(KeyValue::new(k.clone(), tag_value(v)));
         }
-        SdkTracerProvider::builder()
+        let b = SdkTracerProvider::builder()
             .with_id_generator(sampler::DecidedIds::default())
-            .with_resource(Resource::builder_empty().with_attributes(attrs).build())
+            .with_resource(Resource::builder_empty().with_attributes(attrs).build());
+        // LightStep's max_logs_per_span / drop_span_logs bound events as they are recorded.
+        match export::lightstep::max_events_per_span(&self.tracing) {
+            Some(n) => b.with_max_events_per_span(n),
+            None => b,
+        }
     }
+}
+
+/// Baggage handling (jaeger-client-go's `headers` and `baggage_restrictions`) when spans are
+/// exported at all, and the restrictions poller.
+fn with_baggage(
+    mut p: Propagation,
+    cfg: &TracingConfig,
+    service: &str,
+    enabled: bool,
+) -> Result<(Propagation, Option<baggage::Poller>), String> {
+    if !enabled {
+        return Ok((p, None));
+    }
+    let j = cfg.jaeger.clone().unwrap_or_default();
+    let (restrictions, poller) = baggage::restrictions(j.baggage_restrictions.as_ref(), service)?;
+    p.baggage = Some(baggage::BaggagePropagation {
+        prefix: j.headers.trace_baggage_header_prefix.to_ascii_lowercase(),
+        header: j.headers.jaeger_baggage_header.to_ascii_lowercase(),
+        restrictions,
+    });
+    Ok((p, poller))
 }
 
 fn tag_value(v: &config::TagValue) -> opentelemetry::Value {
@@ -384,6 +420,7 @@ pub struct Telemetry {
     propagation: Propagation,
     metrics: Arc<metrics::Metrics>,
     poller: parking_lot::Mutex<Option<sampler::remote::Poller>>,
+    baggage_poller: parking_lot::Mutex<Option<baggage::Poller>>,
     notices: Vec<String>,
 }
 
@@ -442,6 +479,9 @@ impl Telemetry {
     /// `timeout` for what is queued to be sent.
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(mut p) = self.poller.lock().take() {
+            p.stop();
+        }
+        if let Some(mut p) = self.baggage_poller.lock().take() {
             p.stop();
         }
         if let Some(p) = &self.provider

@@ -2,9 +2,9 @@
 //! the requests we make to remote stores carry so a traced store joins our trace.
 //!
 //! Recognised, first match wins: W3C `traceparent` (+ `tracestate`), Jaeger's
-//! `uber-trace-id` (header name configurable, as in jaeger-client-go) with `uberctx-*` baggage
-//! ignored, and B3 (`b3` single header, or `X-B3-TraceId`/`X-B3-SpanId`/`X-B3-Sampled`/
-//! `X-B3-Flags`).
+//! `uber-trace-id` (header name configurable, as in jaeger-client-go), and B3 (`b3` single
+//! header, or `X-B3-TraceId`/`X-B3-SpanId`/`X-B3-Sampled`/`X-B3-Flags`). Jaeger baggage
+//! (`uberctx-*`, `jaeger-baggage`) is read and passed on by [`crate::baggage`].
 
 use http::HeaderMap;
 use opentelemetry::Context;
@@ -35,6 +35,9 @@ pub struct Propagation {
     pub(crate) sampler: Option<crate::sampler::Sampler>,
     /// Tail capture of unsampled requests; `None` when off or nothing is exported.
     pub(crate) tail: Option<std::sync::Arc<crate::tail::TailPolicy>>,
+    /// Jaeger baggage handling; `None` when nothing is exported (as jaeger-client-go's
+    /// no-op tracer, which passes no baggage on).
+    pub baggage: Option<crate::baggage::BaggagePropagation>,
 }
 
 impl Default for Propagation {
@@ -44,6 +47,7 @@ impl Default for Propagation {
             debug_header: "jaeger-debug-id".into(),
             sampler: None,
             tail: None,
+            baggage: None,
         }
     }
 }
@@ -54,7 +58,25 @@ impl Propagation {
     /// configured), so a traced store joins the trace whichever propagation it speaks. Empty
     /// when the current span is not traced (tracing off, or an unsampled request, which has
     /// no trace to join: the store then decides for itself).
+    ///
+    /// The request's Jaeger baggage goes too (`uberctx-{key}`), sampled or not.
     pub fn outbound_headers(&self) -> Vec<(String, String)> {
+        let mut out = self.trace_headers();
+        if let Some(b) = &self.baggage {
+            out.extend(b.outbound_headers());
+        }
+        out
+    }
+
+    /// Reads the request's baggage from `headers` onto its root `span` (see
+    /// [`crate::baggage`]); nothing when tracing is off.
+    pub fn attach_baggage(&self, span: &tracing::Span, headers: &HeaderMap) {
+        if let Some(b) = &self.baggage {
+            b.attach(span, headers);
+        }
+    }
+
+    fn trace_headers(&self) -> Vec<(String, String)> {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let cx = tracing::Span::current().context();
         let span = cx.span();

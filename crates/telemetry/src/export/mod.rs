@@ -10,6 +10,7 @@
 
 pub(crate) mod http_client;
 pub mod jaeger;
+pub(crate) mod lightstep;
 pub(crate) mod otlp;
 pub(crate) mod queue;
 
@@ -54,7 +55,9 @@ pub(crate) fn build(
                 max_batch: r.queue_size.max(1),
                 flush_interval: r.buffer_flush_interval.0,
                 export_timeout: Duration::from_secs(5),
+                min_flush_interval: Duration::ZERO,
                 log_spans: r.log_spans,
+                verbose: false,
                 accounting: Accounting::Exporter,
                 thread_name: "m3query-jaeger".into(),
             };
@@ -122,7 +125,9 @@ pub(crate) fn build(
                 max_batch: c.queue_size.clamp(1, OTLP_MAX_BATCH),
                 flush_interval: Duration::from_secs(1),
                 export_timeout: t.timeout + Duration::from_secs(1),
+                min_flush_interval: Duration::ZERO,
                 log_spans: false,
+                verbose: false,
                 accounting: Accounting::ByResult,
                 thread_name: "m3query-otlp".into(),
             };
@@ -142,23 +147,25 @@ pub(crate) fn build(
                 if t.http { "HTTP" } else { "gRPC" },
                 m3query_model::redact::redact_urls(&t.endpoint)
             );
-            let queue_size = c
-                .max_buffered_spans
-                .unwrap_or(otlp::LIGHTSTEP_MAX_BUFFERED_SPANS)
-                .max(1);
+            let queue_size = c.max_buffered_spans();
             let opts = QueueOptions {
                 queue_size,
                 max_batch: queue_size.min(OTLP_MAX_BATCH),
-                flush_interval: c
-                    .reporting_period
-                    .map_or(otlp::LIGHTSTEP_REPORTING_PERIOD, |d| d.0),
+                flush_interval: c.reporting_period(),
                 export_timeout: t.timeout + Duration::from_secs(1),
+                min_flush_interval: c.min_reporting_period(),
                 log_spans: false,
+                verbose: c.verbose,
                 accounting: Accounting::ByResult,
                 thread_name: "m3query-lightstep".into(),
             };
-            let processor =
-                QueueProcessor::start(move || t.build(), opts, metrics.backend("lightstep"))?;
+            let limits = lightstep::LogLimits::from_config(&c);
+            let reconnect = c.reconnect_period();
+            let processor = QueueProcessor::start(
+                move || lightstep::LightstepExporter::new(move || t.build(), limits, reconnect),
+                opts,
+                metrics.backend("lightstep"),
+            )?;
             Ok(Some(Built {
                 processor,
                 label: "lightstep",

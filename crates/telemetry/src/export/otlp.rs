@@ -11,6 +11,9 @@
 //! | `use_http: true` with a collector | OTLP/HTTP `POST {scheme}://H:P/v1/traces` |
 //! | no collector | OTLP/gRPC `https://ingest.lightstep.com:443` |
 //! | no collector, `use_http: true` | OTLP/HTTP `POST https://ingest.lightstep.com:443/v1/traces` |
+//!
+//! `usegrpc: true` asks for gRPC, which is also what m3query uses when neither is set;
+//! `use_http` wins when both are, the order lightstep-tracer-go applies.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,11 +29,6 @@ use crate::config::{LightstepConfig, OtlpConfig, OtlpProtocol};
 /// LightStep's public OTLP ingest (ServiceNow Cloud Observability), gRPC and HTTP.
 pub const LIGHTSTEP_PUBLIC_GRPC: &str = "https://ingest.lightstep.com:443";
 pub const LIGHTSTEP_PUBLIC_HTTP: &str = "https://ingest.lightstep.com:443/v1/traces";
-
-/// lightstep-tracer-go's defaults.
-pub(crate) const LIGHTSTEP_MAX_BUFFERED_SPANS: usize = 1000;
-pub(crate) const LIGHTSTEP_REPORTING_PERIOD: Duration = Duration::from_millis(2500);
-pub(crate) const LIGHTSTEP_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and how spans go, resolved from config (and printed at startup).
 #[derive(Clone, Debug, PartialEq)]
@@ -95,7 +93,7 @@ impl OtlpTarget {
             endpoint,
             http: c.use_http,
             headers,
-            timeout: c.report_timeout.map_or(LIGHTSTEP_REPORT_TIMEOUT, |d| d.0),
+            timeout: c.report_timeout(),
             ca_file: c
                 .collector
                 .as_ref()
@@ -158,7 +156,7 @@ fn with_traces_path(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{HttpUrl, LightstepEndpoint};
+    use crate::config::{HttpUrl, LIGHTSTEP_REPORT_TIMEOUT, LightstepEndpoint};
 
     fn ls(collector: Option<LightstepEndpoint>, use_http: bool) -> OtlpTarget {
         OtlpTarget::for_lightstep(&LightstepConfig {
@@ -210,6 +208,18 @@ mod tests {
         assert_eq!(t.timeout, LIGHTSTEP_REPORT_TIMEOUT);
         let empty = OtlpTarget::for_lightstep(&LightstepConfig::default());
         assert!(empty.headers.is_empty(), "no token, no header");
+        // lightstep-tracer-go's order: use_http, then usegrpc.
+        let both = OtlpTarget::for_lightstep(&LightstepConfig {
+            use_http: true,
+            use_grpc: true,
+            ..LightstepConfig::default()
+        });
+        assert!(both.http, "use_http wins over usegrpc");
+        let grpc = OtlpTarget::for_lightstep(&LightstepConfig {
+            use_grpc: true,
+            ..LightstepConfig::default()
+        });
+        assert!(!grpc.http);
     }
 
     #[test]

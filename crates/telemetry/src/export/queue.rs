@@ -13,7 +13,11 @@
 //!   workers). Every `flush_interval` (Jaeger's `bufferFlushInterval`), or as soon as the
 //!   queue is half full, it drains the queue and exports in batches of at most `max_batch`
 //!   spans, each export bounded by `export_timeout`. It is not woken per span: that would
-//!   cost every sampled request a futex wake-up.
+//!   cost every sampled request a futex wake-up. An early (half-full) drain comes at least
+//!   `min_flush_interval` after the previous one (LightStep's `min_reporting_period`), so a
+//!   burst costs a few large exports rather than many small ones.
+//! - `verbose` logs every export at info (LightStep's `verbose`), `log_spans` every span
+//!   (Jaeger's `logSpans`).
 //! - `force_flush` and `shutdown_with_timeout` wait at most their timeout; shutdown drains
 //!   what is queued, exports it, and stops the thread.
 
@@ -62,7 +66,11 @@ pub(crate) struct QueueOptions {
     pub max_batch: usize,
     pub flush_interval: Duration,
     pub export_timeout: Duration,
+    /// Shortest time between two drains when the queue fills faster than `flush_interval`.
+    pub min_flush_interval: Duration,
     pub log_spans: bool,
+    /// Log each export (spans, result, time taken) at info.
+    pub verbose: bool,
     pub accounting: Accounting,
     pub thread_name: String,
 }
@@ -257,8 +265,12 @@ async fn worker<E: SpanExporter>(
     };
     // The worker never waits on the span channel itself: a receiver parked there would be
     // woken (a futex syscall on the request's thread) for every span. It drains on the flush
-    // tick, and early when the queue is half full.
+    // tick, and early when the queue is half full (but not sooner than `min_flush_interval`
+    // after the last drain: then it drains when that is over).
+    let mut last_drain = tokio::time::Instant::now();
+    let mut early: Option<tokio::time::Instant> = None;
     loop {
+        let early_at = early.unwrap_or_else(|| last_drain + opts.flush_interval);
         tokio::select! {
             biased;
             c = ctl.recv() => match c {
@@ -278,8 +290,25 @@ async fn worker<E: SpanExporter>(
                 // The processor was dropped without shutdown: stop quietly.
                 None => return,
             },
-            _ = wake.notified() => ctx.drain(&exporter, &mut rx).await,
-            _ = tick.tick() => ctx.drain(&exporter, &mut rx).await,
+            _ = wake.notified(), if early.is_none() => {
+                let allowed = last_drain + opts.min_flush_interval;
+                if tokio::time::Instant::now() >= allowed {
+                    ctx.drain(&exporter, &mut rx).await;
+                    last_drain = tokio::time::Instant::now();
+                } else {
+                    early = Some(allowed);
+                }
+            }
+            _ = tokio::time::sleep_until(early_at), if early.is_some() => {
+                early = None;
+                ctx.drain(&exporter, &mut rx).await;
+                last_drain = tokio::time::Instant::now();
+            }
+            _ = tick.tick() => {
+                early = None;
+                ctx.drain(&exporter, &mut rx).await;
+                last_drain = tokio::time::Instant::now();
+            }
         }
     }
 }
@@ -325,7 +354,23 @@ impl ExportCtx<'_> {
                 );
             }
         }
-        match tokio::time::timeout(self.opts.export_timeout, exporter.export(batch)).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.opts.export_timeout, exporter.export(batch)).await;
+        if self.opts.verbose {
+            let outcome = match &result {
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(_) => "timed out".to_string(),
+            };
+            tracing::info!(
+                target: "m3query::tracing",
+                spans = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                outcome = %outcome,
+                "reported spans"
+            );
+        }
+        match result {
             Ok(r) => {
                 if self.opts.accounting == Accounting::ByResult {
                     match r {
@@ -350,5 +395,99 @@ impl ExportCtx<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use std::time::Instant;
+
+    #[derive(Debug, Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(Instant, usize)>>>);
+    impl SpanExporter for Recorder {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().push((Instant::now(), batch.len()));
+            Ok(())
+        }
+    }
+
+    fn sampled(i: u64) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(u128::from(i)),
+                SpanId::from(i),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "s".into(),
+            start_time: std::time::SystemTime::UNIX_EPOCH,
+            end_time: std::time::SystemTime::UNIX_EPOCH,
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    /// Half-full wake-ups come no sooner than `min_flush_interval` after the last drain.
+    #[test]
+    fn early_drains_keep_the_minimum_interval() {
+        let rec = Recorder::default();
+        let exports = rec.0.clone();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let p = QueueProcessor::start(
+            move || Ok(rec),
+            QueueOptions {
+                queue_size: 10,
+                max_batch: 10,
+                flush_interval: Duration::from_secs(60),
+                export_timeout: Duration::from_secs(5),
+                min_flush_interval: Duration::from_millis(400),
+                log_spans: false,
+                verbose: false,
+                accounting: Accounting::ByResult,
+                thread_name: "test-min-flush".into(),
+            },
+            metrics.backend("test"),
+        )
+        .expect("processor");
+        std::thread::sleep(Duration::from_millis(450));
+        let first = Instant::now();
+        for i in 1..=5 {
+            p.on_end(sampled(i));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(
+            exports.lock().len(),
+            1,
+            "the first half-full queue drains at once"
+        );
+        for i in 6..=10 {
+            p.on_end(sampled(i));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            exports.lock().len(),
+            1,
+            "the second waits for min_flush_interval"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        let e = exports.lock().clone();
+        assert_eq!(e.iter().map(|(_, n)| n).sum::<usize>(), 10, "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[1].0 - e[0].0 >= Duration::from_millis(390), "{e:?}");
+        assert!(e[0].0 - first < Duration::from_millis(150), "{e:?}");
+        let _ = p.shutdown_with_timeout(Duration::from_secs(1));
     }
 }
