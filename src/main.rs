@@ -1,11 +1,12 @@
 //! The `m3query` binary: command line and wiring only.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use m3query_server::{BuildInfo, Config, MetricsRegistry, Server, Services};
 use m3query_telemetry::Telemetry;
 
@@ -77,7 +78,11 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(cfg) => {
@@ -127,7 +132,7 @@ fn main() -> ExitCode {
                 },
                 None => Config::default(),
             };
-            match run(cfg) {
+            match run(cfg, flag_values(&matches)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Not through the log (and its URL masking): mask URL passwords here.
@@ -140,16 +145,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+/// The server's command line as Prometheus lists its flags on `/api/v1/status/flags`: every
+/// option by long name, with the value given or else its default (`""` when it has none).
+/// Read from clap's definition, so a new flag is listed without more code.
+fn flag_values(matches: &clap::ArgMatches) -> BTreeMap<String, String> {
+    let join = |vals: Vec<String>| vals.join(",");
+    Cli::command()
+        .get_arguments()
+        .filter(|a| !a.is_positional() && !matches!(a.get_id().as_str(), "help" | "version"))
+        .map(|a| {
+            let id = a.get_id().as_str();
+            let given = matches
+                .try_get_raw(id)
+                .ok()
+                .flatten()
+                .map(|vals| join(vals.map(|v| v.to_string_lossy().into_owned()).collect()));
+            let value = given.unwrap_or_else(|| {
+                join(
+                    a.get_default_values()
+                        .iter()
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .collect(),
+                )
+            });
+            (a.get_long().unwrap_or(id).to_string(), value)
+        })
+        .collect()
+}
+
+fn run(cfg: Config, flags: BTreeMap<String, String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("m3query")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg))
+    runtime.block_on(serve(cfg, flags))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, flags: BTreeMap<String, String>) -> anyhow::Result<()> {
     let telemetry = Telemetry::builder(cfg.tracing.clone(), cfg.logging.clone())
         .with_slow_threshold(cfg.middleware.logging.threshold.0)
         .build()
@@ -179,6 +212,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics,
         telemetry.propagation().clone(),
     );
+    server.set_flags(flags);
     tracing::info!(
         listen = %cfg.listen_address.0,
         version = env!("CARGO_PKG_VERSION"),
@@ -244,6 +278,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             Box::new(m3query_server::tsdb_metrics::TsdbCollector(d))
                 as Box<dyn prometheus_client::collector::Collector>
         }),
+        tsdb: db.clone(),
     });
     tracing::info!(listen = %bound, "m3query ready: serving the Prometheus API");
 

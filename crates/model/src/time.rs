@@ -78,7 +78,9 @@ pub fn parse_duration(s: &str) -> Result<i64, TimeError> {
     Ok(total)
 }
 
-/// Formats milliseconds as Prometheus does (`1h30m`, `1d`, `0s`, `-5m`).
+/// Formats milliseconds as Prometheus does (`1h30m`, `1d`, `0s`, `-5m`). Years and weeks
+/// only when they divide the whole duration (`2w`, `1y`, but `15d`, `7d2h`, `366d`), as
+/// Prometheus's `model.Duration` prints them: `90d` reads better than `12w6d`.
 pub fn format_duration(ms: i64) -> String {
     if ms == 0 {
         return "0s".to_string();
@@ -90,7 +92,8 @@ pub fn format_duration(ms: i64) -> String {
     }
     for (unit, mult) in UNITS {
         let mult = mult as u64;
-        if rest >= mult {
+        let exact_only = matches!(unit, "y" | "w");
+        if rest >= mult && (!exact_only || rest.is_multiple_of(mult)) {
             let _ = write!(out, "{}{}", rest / mult, unit);
             rest %= mult;
         }
@@ -346,6 +349,20 @@ mod tests {
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(86_400_000), "1d");
         assert_eq!(format_duration(1_500), "1s500ms");
+        // What Prometheus 2.42's format_query prints for these ranges.
+        let d = 86_400_000;
+        for (ms, want) in [
+            (15 * d, "15d"),
+            (8 * d, "8d"),
+            (14 * d, "2w"),
+            (365 * d, "1y"),
+            (366 * d, "366d"),
+            (372 * d, "372d"),
+            (7 * d + 7_200_000, "7d2h"),
+            (-15 * d, "-15d"),
+        ] {
+            assert_eq!(format_duration(ms), want, "{ms}ms");
+        }
     }
 
     #[test]

@@ -89,6 +89,7 @@ fn router(t: &Telemetry, store: &Arc<MemStorage>) -> axum::Router {
         queryable: store.clone(),
         appendable: Some(store),
         collector: None,
+        tsdb: None,
     });
     server.router()
 }

@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 mod conn;
 pub mod error;
+mod landing;
 pub mod layer;
 pub mod metrics;
 mod routes;
@@ -20,9 +21,10 @@ pub mod serve;
 pub mod stores;
 pub mod tsdb_metrics;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use m3query_storage::{Appendable, Queryable};
@@ -41,6 +43,9 @@ pub struct Services {
     pub appendable: Option<Arc<dyn Appendable>>,
     /// Exports the stores' own metrics at scrape time.
     pub collector: Option<Box<dyn Collector>>,
+    /// The embedded store, for `/api/v1/status/tsdb` and `runtimeinfo`; `None` when local
+    /// storage is off.
+    pub tsdb: Option<Arc<m3query_tsdb::Db>>,
 }
 
 /// What handlers share.
@@ -63,6 +68,11 @@ pub struct AppState {
     pub write_gate: admission::Gate,
     /// The PromQL engine, configured from `query:` and `lookbackDuration`.
     pub engine: Arc<m3query_promql::Engine>,
+    /// When the server was assembled (just after the config was loaded): `runtimeinfo`'s
+    /// `startTime` and `lastConfigTime`.
+    pub started: SystemTime,
+    /// The command line, flag name -> value, for `/api/v1/status/flags`.
+    flags: OnceLock<BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -75,6 +85,16 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.services.get().is_some()
+    }
+
+    /// The stores if they are open yet.
+    pub fn services_if_ready(&self) -> Option<&Services> {
+        self.services.get()
+    }
+
+    /// See [`Server::set_flags`]; empty until set.
+    pub fn flags(&self) -> BTreeMap<String, String> {
+        self.flags.get().cloned().unwrap_or_default()
     }
 
     /// See [`Server::set_services`].
@@ -173,6 +193,8 @@ impl Server {
             ),
             config,
             build,
+            started: SystemTime::now(),
+            flags: OnceLock::new(),
             metrics: OnceLock::new(),
             services: OnceLock::new(),
             metadata: stores::MetadataStore::new(100_000),
@@ -202,6 +224,14 @@ impl Server {
     /// Makes the data routes available and `/ready` answer 200. Later calls are ignored.
     pub fn set_services(&self, services: Services) {
         self.state.set_services(services);
+    }
+
+    /// The command line m3query was started with (flag name -> value, as Prometheus lists
+    /// its flags), for `/api/v1/status/flags`. Later calls are ignored.
+    pub fn set_flags(&self, flags: BTreeMap<String, String>) {
+        if self.state.flags.set(flags).is_err() {
+            tracing::warn!("flags were already set; ignoring the second set");
+        }
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish for at most

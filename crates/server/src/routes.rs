@@ -27,7 +27,16 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
         .route("/ready", get(ready))
         .route("/-/healthy", get(health))
         .route("/-/ready", get(ready))
+        .route("/", get(crate::landing::landing))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/status/config", get(api::status::config))
+        .route("/api/v1/status/flags", get(api::status::flags))
+        .route("/api/v1/status/runtimeinfo", get(api::status::runtime_info))
+        .route("/api/v1/status/tsdb", get(api::status::tsdb))
+        .route("/api/v1/rules", get(api::status::rules))
+        .route("/api/v1/alerts", get(api::status::alerts))
+        .route("/api/v1/targets", get(api::status::targets))
+        .route("/api/v1/alertmanagers", get(api::status::alertmanagers))
         .route(&metrics_path, get(metrics))
         .route(
             "/api/v1/query",

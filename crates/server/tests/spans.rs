@@ -73,6 +73,7 @@ fn harness_with(sampler: SamplerType, param: f64, broken: bool) -> Harness {
         queryable,
         appendable: Some(store),
         collector: None,
+        tsdb: None,
     });
     Harness {
         server,

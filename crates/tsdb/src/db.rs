@@ -567,6 +567,21 @@ impl Db {
     pub fn metrics(&self) -> DbMetrics {
         self.inner.metrics()
     }
+
+    /// The head's series, chunks and time range, and its top `limit` cardinalities: values
+    /// of `by_label` (usually `__name__`), label names by value count and by value bytes,
+    /// and label pairs by series count. Cost grows with the number of label pairs; writes
+    /// that create series wait at most for one short stretch of the scan (see `stats`).
+    pub fn head_stats(&self, by_label: &str, limit: usize) -> crate::HeadStats {
+        self.inner.head.stats(by_label, limit)
+    }
+
+    /// Damage found since open: stretches of WAL skipped at replay plus blocks left out
+    /// (unreadable at open, or a chunk failing its checksum). Cheap: no scan of the head.
+    pub fn corruption_count(&self) -> u64 {
+        self.inner.counters.wal_corruptions.load(Ordering::Relaxed)
+            + self.inner.corrupt_blocks.read().len() as u64
+    }
 }
 
 impl Drop for Db {

@@ -63,12 +63,14 @@ mod index;
 mod matchers;
 pub mod postings;
 mod querier;
+mod stats;
 mod symbols;
 mod wal;
 
 pub use block::{BlockCompaction, BlockMeta, BlockParent, BlockStats};
 pub use db::{Db, DbMetrics, Options};
 pub use error::{Error, Result};
+pub use stats::{HeadStats, Stat};
 pub use wal::{FSYNC_BUCKETS_S, Fsync};
 
 /// `Db` is shared across request threads behind an `Arc`.

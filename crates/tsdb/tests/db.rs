@@ -357,3 +357,35 @@ fn every_fsync_policy_persists_committed_samples() {
         );
     }
 }
+
+#[test]
+fn corruption_count_counts_damaged_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        let mut app = db.appender();
+        for t in 0..100 {
+            app.append(&series(0), t * 60_000, t as f64)
+                .expect("append");
+        }
+        app.commit().expect("commit");
+        db.flush_head().expect("flush");
+        assert!(!db.blocks().is_empty(), "a block was cut");
+        assert_eq!(db.corruption_count(), 0);
+        db.close().expect("close");
+    }
+    let block = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().join("meta.json").is_file())
+        .expect("a block directory")
+        .path();
+    std::fs::write(block.join("meta.json"), b"{not json").expect("damage meta.json");
+    let db =
+        Db::open(dir.path(), Options::default()).expect("a damaged block never blocks opening");
+    assert_eq!(db.corruption_count(), 1);
+    let m = db.metrics();
+    let in_metrics: u64 =
+        m.wal_corruptions_total + m.corrupt_blocks.iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(in_metrics, 1, "the same figure as the metrics");
+}

@@ -3,6 +3,7 @@
 pub mod params;
 pub mod query;
 pub mod selector;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
