@@ -12,11 +12,10 @@ use m3query_model::Labels;
 use m3query_model::Sample;
 use serde::{Deserialize, Serialize};
 
-use crate::chunks::{ChunkReader, ChunkWriter, QChunk};
+use crate::chunks::{ChunkReader, ChunkWriter, QChunk, merge_chunks};
 use crate::error::IoContext;
-use crate::head::merge_chunks;
+use crate::fileutil::{dir_size, sync_dir};
 use crate::index::{ChunkMeta, IndexReader, write_index};
-use crate::wal::sync_dir;
 use crate::{Error, Result};
 
 pub(crate) const META_FORMAT: &str = "m3query-tsdb-block";
@@ -89,19 +88,6 @@ pub(crate) fn new_ulid() -> String {
 
 pub(crate) fn is_ulid(s: &str) -> bool {
     s.len() == 26 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// Bytes of every file under `dir`.
-pub(crate) fn dir_size(dir: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
 }
 
 /// An open block.

@@ -148,16 +148,8 @@ impl ChunkWriter {
                 .map_err(|e| Error::io(format!("flush {}", path.display()), e.into_error()))?;
             f.sync_all().ctx("fsync", &path)?;
         }
-        crate::wal::sync_dir(&self.dir)
+        crate::fileutil::sync_dir(&self.dir)
     }
-}
-
-/// Maps a file read-only.
-pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let f = File::open(path).ctx("open", path)?;
-    // SAFETY: block files are immutable once their directory is renamed into place; nothing
-    // in this process writes or truncates them, and deletion keeps existing mappings valid.
-    unsafe { Mmap::map(&f) }.ctx("mmap", path)
 }
 
 /// A block's chunk files, mmapped.
@@ -186,7 +178,7 @@ impl ChunkReader {
                     format!("chunk files not numbered 1..: found {n} at position {i}"),
                 ));
             }
-            let m = map_file(path)?;
+            let m = crate::fileutil::map_file(path)?;
             let mut d = Decbuf::new(&m);
             let magic = d.u32().unwrap_or(0);
             let version = d.u8().unwrap_or(0);
@@ -270,4 +262,26 @@ impl ChunkReader {
     pub(crate) fn verify_chunk(&self, r: u64) -> Result<()> {
         self.chunk(r).map(|_| ())
     }
+}
+
+/// Decodes chunks (any order, possibly overlapping) into time-ordered samples; at equal
+/// timestamps the sample from the earliest chunk in `chunks` wins.
+pub(crate) fn merge_chunks(
+    chunks: &[QChunk],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<m3query_model::Sample>> {
+    let mut all: Vec<(i64, usize, f64)> = Vec::new();
+    let mut buf = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        buf.clear();
+        c.iter()?.append_range(mint, maxt, &mut buf)?;
+        all.extend(buf.iter().map(|s| (s.t, i, s.v)));
+    }
+    all.sort_by_key(|&(t, i, _)| (t, i));
+    all.dedup_by_key(|x| x.0);
+    Ok(all
+        .into_iter()
+        .map(|(t, _, v)| m3query_model::Sample { t, v })
+        .collect())
 }

@@ -2,7 +2,7 @@
 //! checkpoints) and metrics.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use crate::block::{
 use crate::chunks::QChunk;
 use crate::compact::{compact, plan, ranges, retention_victims};
 use crate::error::IoContext;
+use crate::fileutil::lock_dir;
 use crate::head::{Bounds, Fit, Head, MemSeries, SeriesData, SeriesKey};
 use crate::querier::DbQuerier;
 use crate::wal::{
@@ -291,21 +292,6 @@ pub struct Db {
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db").field("dir", &self.inner.dir).finish()
-    }
-}
-
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx("open", &path)?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.display().to_string())),
-        Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("lock {}", path.display()), e)),
     }
 }
 

@@ -892,24 +892,10 @@ impl Head {
     }
 }
 
-/// Decodes chunks (any order, possibly overlapping) into time-ordered samples; at equal
-/// timestamps the sample from the earliest chunk in `chunks` wins.
-pub(crate) fn merge_chunks(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<Vec<Sample>> {
-    let mut all: Vec<(i64, usize, f64)> = Vec::new();
-    let mut buf = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        buf.clear();
-        c.iter()?.append_range(mint, maxt, &mut buf)?;
-        all.extend(buf.iter().map(|s| (s.t, i, s.v)));
-    }
-    all.sort_by_key(|&(t, i, _)| (t, i));
-    all.dedup_by_key(|x| x.0);
-    Ok(all.into_iter().map(|(t, _, v)| Sample { t, v }).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunks::merge_chunks;
 
     fn b(min_valid_t: i64, ooo: Option<i64>) -> Bounds {
         Bounds {

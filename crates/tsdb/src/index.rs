@@ -9,9 +9,9 @@ use std::sync::Arc;
 use m3query_model::{Label, Labels};
 use memmap2::Mmap;
 
-use crate::chunks::map_file;
 use crate::encoding::{Decbuf, put_u32, put_u64, put_uvarint, put_varint};
 use crate::error::IoContext;
+use crate::fileutil::map_file;
 use crate::matchers::PostingsIndex;
 use crate::{Error, Result};
 

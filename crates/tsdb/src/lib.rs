@@ -58,6 +58,7 @@ mod compact;
 mod db;
 mod encoding;
 mod error;
+mod fileutil;
 mod head;
 mod index;
 mod matchers;

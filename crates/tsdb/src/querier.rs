@@ -18,9 +18,8 @@ use m3query_storage::{
 
 use crate::Result;
 use crate::block::Block;
-use crate::chunks::QChunk;
+use crate::chunks::{QChunk, merge_chunks};
 use crate::db::DbInner;
-use crate::head::merge_chunks;
 use crate::index::{ChunkMeta, IndexReader};
 use crate::matchers::{PostingsIndex, postings_for_matchers};
 use crate::postings::intersect;

@@ -14,6 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::encoding::{Decbuf, DecodeError, put_str, put_u64, put_uvarint, put_varint};
 use crate::error::IoContext;
+use crate::fileutil::sync_dir;
 use crate::{Error, Result};
 
 /// When `Appender::commit` returns, relative to the fsync of its WAL record. See
@@ -58,12 +59,6 @@ fn segment_name(n: u64) -> String {
 
 fn checkpoint_name(n: u64) -> String {
     format!("checkpoint.{n:08}")
-}
-
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .ctx("fsync directory", path)
 }
 
 fn segment_header() -> [u8; SEGMENT_HEADER] {
@@ -804,7 +799,7 @@ impl Wal {
 
     /// Bytes of every file under the WAL directory.
     pub(crate) fn disk_bytes(&self) -> u64 {
-        crate::block::dir_size(&self.dir)
+        crate::fileutil::dir_size(&self.dir)
     }
 }
 
