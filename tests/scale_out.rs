@@ -212,3 +212,86 @@ fn fan_out_equals_one_prometheus_and_survives_a_dead_store() {
         .collect();
     assert_eq!(jobs, vec!["node", "web", "worker"]);
 }
+
+/// The median of `samples` (sorted in place).
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Streamed remote read is request/response on kept-alive connections, where Nagle's
+/// algorithm on either side waits for the peer's delayed ACK (40 ms on Linux) before a
+/// response's or request's last small segment goes out. So a query through m3query over one
+/// store must cost about what the same query costs on the store itself, not 40 ms more.
+/// Medians of many alternating runs against a bound (20 ms) far below the delay Nagle would
+/// add to every fan-out query and far above the hop's real cost (~1 ms), so CI load does not
+/// make this flaky.
+#[test]
+fn fan_out_over_one_store_costs_about_what_the_store_does() {
+    let store = M3Query::start("");
+    let instances: Vec<String> = (0..200).map(|i| format!("i-{i}")).collect();
+    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| {
+            let job = ["a", "b", "c", "d"][i % 4];
+            (
+                vec![
+                    ("__name__", "up"),
+                    ("job", job),
+                    ("instance", inst.as_str()),
+                ],
+                (0..40).map(|t| (t * 15_000, 1.0)).collect(),
+            )
+        })
+        .collect();
+    let (status, body) = common::remote_write_v1(&store.url("/api/v1/write"), &series);
+    assert_eq!(status, 204, "{body}");
+    // Streamed (the default): the store writes one frame per series, the case Nagle hurts.
+    let front = M3Query::start_config(
+        tempfile::tempdir().expect("tempdir"),
+        &format!(
+            "storage:\n  enabled: false\nremoteRead:\n  - name: store\n    url: {}\n",
+            store.url("/api/v1/read")
+        ),
+        &[],
+    );
+    // One client, so both sides reuse kept-alive connections as a dashboard's would.
+    let c = client();
+    let run = |base: &str| {
+        let t = std::time::Instant::now();
+        let v: Value = c
+            .get(format!("{base}/api/v1/query_range"))
+            .query(&[
+                ("query", "sum by (job) (up)"),
+                ("start", "0"),
+                ("end", "600"),
+                ("step", "15"),
+            ])
+            .send()
+            .expect("query")
+            .json()
+            .expect("json");
+        let took = t.elapsed();
+        assert_eq!(v["status"], "success", "{v}");
+        assert_eq!(v["data"]["result"].as_array().map(Vec::len), Some(4), "{v}");
+        took
+    };
+    let (direct_url, front_url) = (store.url(""), front.url(""));
+    for _ in 0..3 {
+        run(&direct_url);
+        run(&front_url);
+    }
+    let (mut direct, mut fanned) = (Vec::new(), Vec::new());
+    for _ in 0..25 {
+        direct.push(run(&direct_url));
+        fanned.push(run(&front_url));
+    }
+    let (d, f) = (median(&mut direct), median(&mut fanned));
+    eprintln!("median per query: direct {d:?}, through m3query over one store {f:?}");
+    assert!(
+        f < d + Duration::from_millis(20),
+        "a fan-out query over one store took {f:?} (median), the same query on the store {d:?}: \
+         is TCP_NODELAY off somewhere (Nagle + delayed ACK adds ~40 ms per read)?"
+    );
+}
