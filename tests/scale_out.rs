@@ -220,16 +220,18 @@ fn median(samples: &mut [Duration]) -> Duration {
 }
 
 /// Streamed remote read is request/response on kept-alive connections, where Nagle's
-/// algorithm on either side waits for the peer's delayed ACK (40 ms on Linux) before a
-/// response's or request's last small segment goes out. So a query through m3query over one
-/// store must cost about what the same query costs on the store itself, not 40 ms more.
-/// Medians of many alternating runs against a bound (20 ms) far below the delay Nagle would
-/// add to every fan-out query and far above the hop's real cost (~1 ms), so CI load does not
-/// make this flaky.
+/// algorithm waits for the peer's delayed ACK (40 ms on Linux) before a small segment goes
+/// out behind an unacknowledged one: without TCP_NODELAY on the store's accepted sockets
+/// every read here takes ~45 ms more (measured). So a query through m3query over one store
+/// (an m3query) must cost about what the same query costs on the store itself. Medians of
+/// alternating runs against a bound (20 ms) far below that delay and far above the hop's
+/// real cost (1-3 ms), so CI load does not make this flaky. (The client side is checked on
+/// its socket, in the remote crate: hyper writes a request in one go, so Nagle does not
+/// show there.)
 #[test]
 fn fan_out_over_one_store_costs_about_what_the_store_does() {
     let store = M3Query::start("");
-    let instances: Vec<String> = (0..200).map(|i| format!("i-{i}")).collect();
+    let instances: Vec<String> = (0..40).map(|i| format!("i-{i}")).collect();
     let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = instances
         .iter()
         .enumerate()
@@ -261,13 +263,8 @@ fn fan_out_over_one_store_costs_about_what_the_store_does() {
     let run = |base: &str| {
         let t = std::time::Instant::now();
         let v: Value = c
-            .get(format!("{base}/api/v1/query_range"))
-            .query(&[
-                ("query", "sum by (job) (up)"),
-                ("start", "0"),
-                ("end", "600"),
-                ("step", "15"),
-            ])
+            .get(format!("{base}/api/v1/query"))
+            .query(&[("query", "sum by (job) (up)"), ("time", "600")])
             .send()
             .expect("query")
             .json()
