@@ -232,7 +232,7 @@ fn median(samples: &mut [Duration]) -> Duration {
 fn fan_out_over_one_store_costs_about_what_the_store_does() {
     let store = M3Query::start("");
     let instances: Vec<String> = (0..40).map(|i| format!("i-{i}")).collect();
-    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = instances
+    let series: Vec<common::TestSeries<'_>> = instances
         .iter()
         .enumerate()
         .map(|(i, inst)| {
