@@ -515,17 +515,25 @@ pub async fn remote_read(
 /// selectors) and `start`/`end` (seconds, the earliest and latest of its queries), so reads
 /// are found by the same searches. Returns the selectors for the slow-request log.
 fn record_read_span(req: &m3query_remote::prompb::ReadRequest) -> String {
+    use m3query_remote::prompb::label_matcher::Type;
+    use std::fmt::Write as _;
+    // Written from the wire matchers as `Matcher` displays them, without compiling their
+    // regexes a second time; a bad matcher fails the read with its own message.
     let mut selectors = String::new();
     for (i, q) in req.queries.iter().enumerate() {
-        if i > 0 {
-            selectors.push_str(", ");
+        selectors.push_str(if i > 0 { ", {" } else { "{" });
+        for (j, m) in q.matchers.iter().enumerate() {
+            let op = match Type::try_from(m.r#type) {
+                Ok(Type::Eq) => "=",
+                Ok(Type::Neq) => "!=",
+                Ok(Type::Re) => "=~",
+                Ok(Type::Nre) => "!~",
+                Err(_) => "?",
+            };
+            let sep = if j > 0 { ", " } else { "" };
+            let _ = write!(selectors, "{sep}{}{op}{:?}", m.name, m.value);
         }
-        // A query with bad matchers fails the read with its own message; here it shows as
-        // far as it can.
-        match rread::to_matchers(&q.matchers) {
-            Ok(ms) => selectors.push_str(&DisplayMatchers(&ms).to_string()),
-            Err(_) => selectors.push_str("{?}"),
-        }
+        selectors.push('}');
     }
     let start = req.queries.iter().map(|q| q.start_timestamp_ms).min();
     let end = req.queries.iter().map(|q| q.end_timestamp_ms).max();
