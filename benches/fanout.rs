@@ -8,11 +8,18 @@
 //! Needs Debian's `prometheus` and `../shared/bench`'s Python requirements, like the tests.
 //! Prints `run.py`'s tables (lower B/A is better for m3query). Everything runs on loopback
 //! and is stopped at the end. `cargo test --benches` runs nothing (it is a benchmark).
+//!
+//! Then the hop's fixed cost, per query: one small query repeated (`FANOUT_HOP_REPEAT`,
+//! default 300) on one kept-alive client, straight to a store and through m3query over that
+//! one store, for a Prometheus store and for an m3query store (streamed remote read, our own
+//! server), with median, p90 and p99. That is where Nagle's algorithm with delayed ACKs
+//! shows (about 40 ms more per query). `FANOUT_ONLY=hop` runs only this part (no data load).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::router::{Targets, receiver, serve_router};
 use common::{M3Query, Prometheus};
@@ -33,8 +40,142 @@ fn run_py(shared: &std::path::Path, a: &str, b: &str, dataset: &std::path::Path,
     assert!(status.success(), "run.py failed");
 }
 
+/// Times `query` (instant, at `time`) `n` times against `base` on `client`, after a warm-up;
+/// returns the sorted latencies.
+fn time_query(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    query: &str,
+    time: &str,
+    n: usize,
+) -> Vec<Duration> {
+    let once = || {
+        let t = Instant::now();
+        let r = client
+            .get(format!("{base}/api/v1/query"))
+            .query(&[("query", query), ("time", time)])
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.bytes());
+        assert!(r.is_ok(), "{base}: {r:?}");
+        t.elapsed()
+    };
+    for _ in 0..5 {
+        once();
+    }
+    let mut out: Vec<Duration> = (0..n).map(|_| once()).collect();
+    out.sort();
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Prints one row of the hop table: the direct and fanned-out latencies of `query` (ms).
+fn hop_row(label: &str, direct: &str, via: &str, query: &str, time: &str) {
+    let n: usize = env("FANOUT_HOP_REPEAT", "300").parse().unwrap_or(300);
+    let client = common::client();
+    // Interleaved halves, so drift (other load, caches) hits both sides alike.
+    let mut d = time_query(&client, direct, query, time, n / 2);
+    let mut v = time_query(&client, via, query, time, n / 2);
+    d.extend(time_query(&client, direct, query, time, n - n / 2));
+    v.extend(time_query(&client, via, query, time, n - n / 2));
+    d.sort();
+    v.sort();
+    println!(
+        "{label:<34} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}   {:>+8.2}",
+        pct(&d, 0.5),
+        pct(&d, 0.9),
+        pct(&d, 0.99),
+        pct(&v, 0.5),
+        pct(&v, 0.9),
+        pct(&v, 0.99),
+        pct(&v, 0.5) - pct(&d, 0.5),
+    );
+}
+
+/// The hop's fixed cost: see the module docs. `bench` is the Prometheus holding the bench's
+/// data and that data's end (else one with a few series is started).
+fn hop(bench: Option<(&Prometheus, u64)>) {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // 40 series of `up` over the last 10 minutes, for the hop's own stores.
+    let instances: Vec<String> = (0..40).map(|i| format!("i-{i}")).collect();
+    let data: Vec<common::TestSeries<'_>> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, instance)| {
+            let end_ms = (now_s * 1000) as i64;
+            (
+                vec![
+                    ("__name__", "up"),
+                    ("job", ["a", "b", "c", "d"][i % 4]),
+                    ("instance", instance.as_str()),
+                ],
+                (0..40)
+                    .map(|t| (end_ms - 600_000 + t * 15_000, 1.0))
+                    .collect(),
+            )
+        })
+        .collect();
+    let own;
+    let (prom, prom_time, prom_query) = match bench {
+        Some((p, end_s)) => (p, end_s.to_string(), "count(up)"),
+        None => {
+            own = receiver();
+            let (status, body) = common::remote_write_v1(&own.url("/api/v1/write"), &data);
+            assert!(status < 300, "{body}");
+            (&own, now_s.to_string(), "sum by (job) (up)")
+        }
+    };
+    let store = M3Query::start("");
+    let (status, body) = common::remote_write_v1(&store.url("/api/v1/write"), &data);
+    assert_eq!(status, 204, "{body}");
+    let over = |url: String| {
+        M3Query::start_config(
+            tempfile::tempdir().expect("tempdir"),
+            &format!("storage:\n  enabled: false\nremoteRead:\n  - name: one\n    url: {url}\n"),
+            &[],
+        )
+    };
+    let via_prom = over(prom.url("/api/v1/read"));
+    let via_store = over(store.url("/api/v1/read"));
+    println!(
+        "\n== the hop's fixed cost per query (ms): direct vs through m3query over that one store"
+    );
+    println!(
+        "{:<34} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}   {:>8}",
+        "store / query", "p50", "p90", "p99", "via p50", "via p90", "via p99", "+p50"
+    );
+    hop_row(
+        &format!("prometheus / {prom_query}"),
+        &prom.url(""),
+        &via_prom.url(""),
+        prom_query,
+        &prom_time,
+    );
+    let now = now_s.to_string();
+    for q in ["sum by (job) (up)", "up"] {
+        hop_row(
+            &format!("m3query / {q}"),
+            &store.url(""),
+            &via_store.url(""),
+            q,
+            &now,
+        );
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if env("FANOUT_ONLY", "") == "hop" {
+        hop(None);
         return;
     }
     let shared = common::shared_dir();
@@ -108,4 +249,6 @@ fn main() {
     run_py(&shared, &all.url(""), &fanout.url(""), &dataset, &[]);
     println!("\n== the remote-read hop: m3query over that one Prometheus vs the Prometheus itself");
     run_py(&shared, &all.url(""), &single.url(""), &dataset, &[]);
+    drop((fanout, single));
+    hop(Some((&all, end_s)));
 }

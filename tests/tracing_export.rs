@@ -201,6 +201,27 @@ fn jaeger_agent_gets_request_spans_decoded_by_jaeger_code() {
         .find(|x| x["traceId"] == qr["traceId"])
         .expect("select span");
     assert!(select["tags"].get("series").is_some(), "{select}");
+    // Counts are integers (LONG), not strings, so Jaeger can compare them.
+    for tag in ["series", "samples", "start_ms"] {
+        assert_eq!(select["tagTypes"][tag], "LONG", "{tag}: {select}");
+    }
+    let spans = sink.wait_for("the encode span", |s| {
+        by_op(s, "http.encode")
+            .iter()
+            .any(|x| x["traceId"] == qr["traceId"] && x["tags"].get("bytes").is_some())
+    });
+    let encode = by_op(&spans, "http.encode")
+        .into_iter()
+        .find(|x| x["traceId"] == qr["traceId"])
+        .expect("encode span");
+    for tag in ["series", "bytes"] {
+        assert_eq!(encode["tagTypes"][tag], "LONG", "{tag}: {encode}");
+    }
+    let eval = by_op(&spans, "promql.eval")
+        .into_iter()
+        .find(|x| x["traceId"] == qr["traceId"])
+        .expect("eval span");
+    assert_eq!(eval["tagTypes"]["samples"], "LONG", "{eval}");
     let unknown = by_op(&spans, "GET unknown")[0];
     assert!(
         unknown["logs"]
@@ -465,6 +486,51 @@ fn lightstep_satellite_gets_the_token_and_component_name() {
     assert!(m.log().contains("access_token is empty"), "{}", m.log());
 }
 
+/// Reads one HTTP/1.1 request: headers, then Content-Length bytes of body.
+fn read_request(c: &mut std::net::TcpStream) -> Vec<u8> {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+        if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if req.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    req
+}
+
+/// A remote-read store that answers every read with `status`, `content_type` and `body`
+/// (an error, or garbage), for up to 50 connections.
+fn fake_store(status: u16, content_type: &'static str, body: Vec<u8>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(50) {
+            let Ok(mut c) = conn else { return };
+            read_request(&mut c);
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c.write_all(head.as_bytes());
+            let _ = c.write_all(&body);
+        }
+    });
+    port
+}
+
 /// A minimal HTTP endpoint that records what it is sent and answers 202, or (blackhole)
 /// accepts connections and never answers.
 fn collector(blackhole: bool) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
@@ -479,27 +545,7 @@ fn collector(blackhole: bool) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
                 held.push(c);
                 continue;
             }
-            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 65536];
-            // Headers, then Content-Length bytes of body.
-            while let Ok(n) = c.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                req.extend_from_slice(&buf[..n]);
-                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if req.len() >= end + 4 + len {
-                        break;
-                    }
-                }
-            }
+            let req = read_request(&mut c);
             let _ = c.write_all(
                 b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
@@ -718,6 +764,10 @@ fn remote_read_carries_the_trace_to_a_traced_store() {
     assert_eq!(served["serviceName"], "store", "{served}");
     assert_eq!(read["serviceName"], "m3query", "{read}");
     assert_eq!(served["parentSpanId"], read["spanId"], "{served}");
+    for tag in ["series", "bytes", "status", "start_ms"] {
+        assert_eq!(read["tagTypes"][tag], "LONG", "{tag}: {read}");
+    }
+    assert!(read["tags"].get("error").is_none(), "{read}");
 
     // An unsampled query sends no trace context: the store samples on its own.
     drop(front);
@@ -975,5 +1025,237 @@ fn tail_capture_exports_slow_and_failed_requests_the_sampler_passed_over() {
         &format!("trace_id=\"{slow_id}\""),
     ] {
         assert!(line.contains(want), "{want} in {line}");
+    }
+}
+
+/// The spans of trace `id` named `op`.
+fn in_trace<'a>(spans: &'a [Value], id: &str, op: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|x| x["traceId"] == id && x["operationName"] == op)
+        .collect()
+}
+
+/// A store that fails (500) or answers garbage (not snappy; a streamed frame with a bad
+/// checksum) is marked on its own `remote.read` span: `error=true` and a log that says why,
+/// with the URL's password masked. The query itself answers (partial response), so only the
+/// stores' spans carry the error.
+#[test]
+fn a_store_that_fails_or_sends_garbage_marks_its_own_read_span() {
+    let sink = Sink::jaeger_agent();
+    let failing = fake_store(
+        500,
+        "text/plain",
+        b"boom: upstream http://admin:hunter2@db.internal/x is down".to_vec(),
+    );
+    let garbage = fake_store(
+        200,
+        "application/x-protobuf",
+        b"this is not snappy at all".to_vec(),
+    );
+    // One frame: length 3, a CRC32C that is not the message's, then the message.
+    let bad_frame = fake_store(
+        200,
+        "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse",
+        vec![3, 0, 0, 0, 0, b'a', b'b', b'c'],
+    );
+    let cfg = format!(
+        "{}storage:\n  enabled: false\nremoteRead:\n  - name: failing\n    url: http://reader:hunter2@127.0.0.1:{failing}/api/v1/read\n  - name: garbage\n    url: http://127.0.0.1:{garbage}/api/v1/read\n  - name: bad-frame\n    url: http://127.0.0.1:{bad_frame}/api/v1/read\n",
+        jaeger_config(sink.port, "{type: const, param: 1}", "")
+    );
+    let m = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    let (status, id) = get(&m, "/api/v1/query?query=up&time=60", &[]);
+    assert_eq!(status, 200, "partial response: {}", m.log());
+    let id = id.expect("sampled");
+    let spans = sink.wait_for("the three stores' read spans", |s| {
+        in_trace(s, &id, "remote.read").len() == 3
+            && !in_trace(s, &id, "GET /api/v1/query").is_empty()
+    });
+    let root = in_trace(&spans, &id, "GET /api/v1/query")[0];
+    assert!(root["tags"].get("error").is_none(), "{root}");
+    for (store, status, reason) in [
+        ("failing", 500, "HTTP 500: boom"),
+        ("garbage", 200, "bad snappy"),
+        ("bad-frame", 200, "bad frame"),
+    ] {
+        let read = *in_trace(&spans, &id, "remote.read")
+            .iter()
+            .find(|x| x["tags"]["store"] == store)
+            .unwrap_or_else(|| panic!("{store}'s span: {spans:#?}"));
+        assert_eq!(read["tags"]["error"], true, "{read}");
+        assert_eq!(read["tagTypes"]["error"], "BOOL", "{read}");
+        assert_eq!(read["tags"]["status"], status, "{read}");
+        assert_eq!(read["tagTypes"]["status"], "LONG", "{read}");
+        assert_eq!(read["tagTypes"]["start_ms"], "LONG", "{read}");
+        assert!(read.get("duplicateTagKeys").is_none(), "{read}");
+        let logs = read["logs"].as_array().expect("logs");
+        let failure = logs
+            .iter()
+            .find(|l| l["fields"]["event"] == "remote read failed")
+            .unwrap_or_else(|| panic!("{store}: no failure log: {read}"));
+        let message = failure["fields"]["error.message"].as_str().unwrap_or("");
+        assert!(message.contains(reason), "{store}: {message}");
+        assert_eq!(failure["fields"]["error.kind"], "unavailable", "{failure}");
+        assert!(!read.to_string().contains("hunter2"), "{read}");
+    }
+    assert!(!m.log().contains("hunter2"), "{}", m.log());
+}
+
+/// Writes `up{job=JOB}` to a new m3query store.
+fn store_with(job: &str) -> M3Query {
+    let store = M3Query::start("");
+    let (status, body) = common::remote_write_v1(
+        &store.url("/api/v1/write"),
+        &[(vec![("__name__", "up"), ("job", job)], vec![(0, 1.0)])],
+    );
+    assert_eq!(status, 204, "{body}");
+    store
+}
+
+/// The series and label APIs fan out too, and their traces show it: a phase span
+/// (`storage.series`, `storage.label_names`, `storage.label_values`) under the request with
+/// one `remote.read` per store under it, figures as integers.
+#[test]
+fn series_and_label_lookups_show_each_store() {
+    let sink = Sink::jaeger_agent();
+    let (a, b) = (store_with("a"), store_with("b"));
+    let cfg = format!(
+        "{}storage:\n  enabled: false\nremoteRead:\n  - name: store-a\n    url: {}\n  - name: store-b\n    url: {}\n",
+        jaeger_config(sink.port, "{type: const, param: 1}", ""),
+        a.url("/api/v1/read"),
+        b.url("/api/v1/read"),
+    );
+    let m = M3Query::start_config(tempfile::tempdir().expect("tempdir"), &cfg, &[]);
+    for (path, route, phase, count_tag, count) in [
+        (
+            "/api/v1/series?match[]=up&start=0&end=600",
+            "GET /api/v1/series",
+            "storage.series",
+            "series",
+            2,
+        ),
+        (
+            "/api/v1/labels?start=0&end=600",
+            "GET /api/v1/labels",
+            "storage.label_names",
+            "values",
+            2,
+        ),
+        (
+            "/api/v1/label/job/values?match[]=up&start=0&end=600",
+            "GET /api/v1/label/{name}/values",
+            "storage.label_values",
+            "values",
+            2,
+        ),
+    ] {
+        let (status, id) = get(&m, path, &[]);
+        assert_eq!(status, 200, "{path}");
+        let id = id.expect("sampled");
+        let spans = sink.wait_for(phase, |s| {
+            in_trace(s, &id, "remote.read").len() == 2
+                && !in_trace(s, &id, phase).is_empty()
+                && !in_trace(s, &id, route).is_empty()
+        });
+        let root = in_trace(&spans, &id, route)[0];
+        let span = in_trace(&spans, &id, phase)[0];
+        assert_eq!(span["parentSpanId"], root["spanId"], "{span}");
+        assert_eq!(span["tags"][count_tag], count, "{span}");
+        assert_eq!(span["tagTypes"][count_tag], "LONG", "{span}");
+        assert_eq!(span["tags"]["start_ms"], 0, "{span}");
+        assert_eq!(span["tagTypes"]["end_ms"], "LONG", "{span}");
+        let mut stores: Vec<&str> = in_trace(&spans, &id, "remote.read")
+            .iter()
+            .map(|r| {
+                assert_eq!(r["parentSpanId"], span["spanId"], "{r}");
+                assert_eq!(r["tags"]["series"], 1, "{r}");
+                assert_eq!(r["tagTypes"]["series"], "LONG", "{r}");
+                assert_eq!(r["tagTypes"]["bytes"], "LONG", "{r}");
+                r["tags"]["store"].as_str().unwrap_or("")
+            })
+            .collect();
+        stores.sort();
+        assert_eq!(stores, ["store-a", "store-b"], "{path}");
+    }
+    let series = by_op(&sink.spans(), "storage.series")[0].clone();
+    assert_eq!(series["tags"]["matchers"], "{__name__=\"up\"}", "{series}");
+}
+
+/// An inbound remote read's trace says what was read: the request span carries the selectors
+/// and range as the query routes do, and each query gets a `remote.serve` span with its
+/// matchers, range (ms) and the series and samples sent, as integers. Both response types.
+#[test]
+fn inbound_remote_read_spans_carry_matchers_and_range() {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let sink = Sink::jaeger_agent();
+    let m = M3Query::start(&jaeger_config(sink.port, "{type: const, param: 1}", ""));
+    let (status, body) = common::remote_write_v1(
+        &m.url("/api/v1/write"),
+        &[(
+            vec![("__name__", "up"), ("job", "a")],
+            vec![(0, 1.0), (15_000, 1.0), (30_000, 1.0)],
+        )],
+    );
+    assert_eq!(status, 204, "{body}");
+    let matchers = vec![
+        common::eq_matcher("__name__", "up"),
+        common::eq_matcher("job", "a"),
+    ];
+    let r = common::remote_read_samples(&m.url("/api/v1/read"), matchers.clone(), 0, 600_000);
+    assert_eq!(r.results[0].timeseries.len(), 1);
+    let req = prompb::ReadRequest {
+        queries: vec![prompb::Query {
+            start_timestamp_ms: 5_000,
+            end_timestamp_ms: 600_000,
+            matchers,
+            hints: None,
+        }],
+        accepted_response_types: vec![prompb::read_request::ResponseType::StreamedXorChunks as i32],
+    };
+    let resp = http()
+        .post(m.url("/api/v1/read"))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .body(
+            snap::raw::Encoder::new()
+                .compress_vec(&req.encode_to_vec())
+                .expect("snappy"),
+        )
+        .send()
+        .expect("streamed read");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(!resp.bytes().expect("frames").is_empty());
+
+    let spans = sink.wait_for("both reads' spans", |s| {
+        by_op(s, "remote.serve").len() == 2 && by_op(s, "POST /api/v1/read").len() == 2
+    });
+    for (start_ms, samples) in [(0, 3), (5_000, 2)] {
+        let serve = *by_op(&spans, "remote.serve")
+            .iter()
+            .find(|s| s["tags"]["start_ms"] == start_ms)
+            .unwrap_or_else(|| panic!("a read from {start_ms}: {spans:#?}"));
+        let root = *by_op(&spans, "POST /api/v1/read")
+            .iter()
+            .find(|r| r["spanId"] == serve["parentSpanId"])
+            .unwrap_or_else(|| panic!("remote.serve is a child of its request: {serve}"));
+        assert_eq!(
+            serve["tags"]["matchers"], "{__name__=\"up\", job=\"a\"}",
+            "{serve}"
+        );
+        assert_eq!(serve["tags"]["end_ms"], 600_000, "{serve}");
+        assert_eq!(serve["tags"]["series"], 1, "{serve}");
+        assert_eq!(serve["tags"]["samples"], samples, "{serve}");
+        assert_eq!(serve["tags"]["query_index"], 0, "{serve}");
+        for tag in ["start_ms", "end_ms", "series", "samples", "query_index"] {
+            assert_eq!(serve["tagTypes"][tag], "LONG", "{tag}: {serve}");
+        }
+        assert_eq!(
+            root["tags"]["query"], "{__name__=\"up\", job=\"a\"}",
+            "{root}"
+        );
+        assert_eq!(root["tags"]["start"], start_ms as f64 / 1000.0, "{root}");
+        assert_eq!(root["tags"]["end"], 600.0, "{root}");
+        assert_eq!(root["tagTypes"]["start"], "DOUBLE", "{root}");
     }
 }

@@ -247,7 +247,7 @@ impl Engine {
         };
         check_ctx(ctx, "expression evaluation")?;
         let value = finish(&expr, val, start, instant)?;
-        eval_span.record("samples", counters.total);
+        eval_span.record("samples", count(counters.total));
         drop(_guard);
         stats.eval = t2.elapsed();
         stats.total = t0.elapsed();
@@ -353,8 +353,8 @@ impl Engine {
             };
             decoded.retain(|s| !s.points.is_empty());
             let samples: usize = decoded.iter().map(|s| s.points.len()).sum();
-            span.record("series", decoded.len());
-            span.record("samples", samples);
+            span.record("series", count(decoded.len() as u64));
+            span.record("samples", count(samples as u64));
             stats.series_fetched += decoded.len();
             stats.samples_fetched += samples;
             let decoded = Arc::new(decoded);
@@ -363,6 +363,12 @@ impl Engine {
         }
         Ok((out, warnings.into_vec(), limited))
     }
+}
+
+/// A count as a span field: an `i64`, which exporters send as an integer tag
+/// (tracing-opentelemetry turns `u64` and `usize` fields into strings).
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Every selector's decoded series (shared between identical selectors), storage warnings,

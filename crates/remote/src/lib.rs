@@ -24,3 +24,19 @@ pub mod prompb {
         include!(concat!(env!("OUT_DIR"), "/io.prometheus.write.v2.rs"));
     }
 }
+
+/// Matchers as a selector, `{name="value", ...}`, for span fields and messages.
+pub struct DisplayMatchers<'a>(pub &'a [m3query_model::Matcher]);
+
+impl std::fmt::Display for DisplayMatchers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{")?;
+        for (i, m) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{m}")?;
+        }
+        f.write_str("}")
+    }
+}

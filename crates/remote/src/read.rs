@@ -169,16 +169,62 @@ fn to_wire_labels(l: &Labels) -> Vec<prompb::Label> {
         .collect()
 }
 
-/// Runs one query and calls `f` with each series' labels and samples in range.
+/// Runs one query (span `remote.serve`: its index in the request, matchers, range, and the
+/// series and samples it answered) and calls `f` with each series' labels and samples in
+/// range.
 fn for_each_series(
     q: &dyn Queryable,
     ctx: &Context,
+    (index, query): (usize, &prompb::Query),
+    limits: &ReadLimits,
+    sorted: bool,
+    mut f: impl FnMut(&Labels, &[Sample]) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let (mint, maxt) = (query.start_timestamp_ms, query.end_timestamp_ms);
+    // DEBUG: exported only inside a sampled request (see the telemetry crate's filter).
+    let span = tracing::debug_span!(
+        target: "m3query::remote",
+        "remote.serve",
+        query_index = count(index),
+        matchers = tracing::field::Empty,
+        start_ms = mint,
+        end_ms = maxt,
+        series = tracing::field::Empty,
+        samples = tracing::field::Empty,
+    );
+    let _enter = span.enter();
+    let matchers = to_matchers(&query.matchers)?;
+    span.record(
+        "matchers",
+        tracing::field::display(crate::DisplayMatchers(&matchers)),
+    );
+    let (mut series_sent, mut samples_sent) = (0usize, 0usize);
+    let result = select_each(q, ctx, &matchers, query, limits, sorted, |l, s| {
+        series_sent += 1;
+        samples_sent += s.len();
+        f(l, s)
+    });
+    span.record("series", count(series_sent));
+    span.record("samples", count(samples_sent));
+    result
+}
+
+/// A count as a span field: an `i64`, which exporters send as an integer tag
+/// (tracing-opentelemetry turns `u64` and `usize` fields into strings).
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// [`for_each_series`]'s select, inside its span.
+fn select_each(
+    q: &dyn Queryable,
+    ctx: &Context,
+    matchers: &[Matcher],
     query: &prompb::Query,
     limits: &ReadLimits,
     sorted: bool,
     mut f: impl FnMut(&Labels, &[Sample]) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
-    let matchers = to_matchers(&query.matchers)?;
     let (mint, maxt) = (query.start_timestamp_ms, query.end_timestamp_ms);
     if mint > maxt {
         return Err(ReadError::BadRequest(format!(
@@ -186,7 +232,7 @@ fn for_each_series(
         )));
     }
     let querier = q.querier(mint, maxt)?;
-    let mut set = querier.select(ctx, sorted, &hints(query), &matchers)?;
+    let mut set = querier.select(ctx, sorted, &hints(query), matchers)?;
     let mut buf: Vec<Sample> = Vec::new();
     let mut n = 0usize;
     while let Some(series) = set.next() {
@@ -222,7 +268,7 @@ pub fn read_samples(
         results: Vec::with_capacity(req.queries.len()),
     };
     let mut total = 0usize;
-    for query in &req.queries {
+    for query in req.queries.iter().enumerate() {
         let mut result = prompb::QueryResult::default();
         for_each_series(q, ctx, query, limits, false, |labels, samples| {
             total += samples.len();
@@ -293,7 +339,7 @@ pub fn stream_chunks(
     emit: &mut dyn FnMut(Vec<u8>) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
     for (i, query) in req.queries.iter().enumerate() {
-        for_each_series(q, ctx, query, limits, true, |labels, samples| {
+        for_each_series(q, ctx, (i, query), limits, true, |labels, samples| {
             let wire_labels = to_wire_labels(labels);
             let labels_len: usize = wire_labels
                 .iter()

@@ -208,7 +208,7 @@ where
                 if status.is_server_error() {
                     match repeated_server_error(&err.message) {
                         Some(not_logged) => {
-                            tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, identical_errors_not_logged = not_logged, "request failed")
+                            tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, identical_errors_not_logged = i64::try_from(not_logged).unwrap_or(i64::MAX), "request failed")
                         }
                         None => {
                             tracing::debug!(error.kind = err.kind.as_str(), error.message = %err.message, "request failed (repeat)")
@@ -276,7 +276,7 @@ impl Drop for Completion {
             tracing::info!(
                 method = %self.method,
                 route = %self.route,
-                duration_ms = elapsed.as_millis() as u64,
+                duration_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
                 "client disconnected before the response; request canceled (499)"
             );
         }
@@ -294,10 +294,10 @@ impl Drop for Completion {
                 method = %self.method,
                 route = %self.route,
                 query = info.query.as_deref().unwrap_or(""),
-                status = self.status.as_u16(),
-                duration_ms = elapsed.as_millis() as u64,
-                series = info.series,
-                samples = info.samples,
+                status = i64::from(self.status.as_u16()),
+                duration_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+                series = info.series.and_then(|n| i64::try_from(n).ok()),
+                samples = info.samples.and_then(|n| i64::try_from(n).ok()),
                 trace_id = self.span.trace_id().unwrap_or(""),
                 user_agent = self.client(0),
                 grafana_dashboard_uid = self.client(1),

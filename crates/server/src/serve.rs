@@ -96,3 +96,75 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+
+    /// The socket of this process whose peer is `peer`, and whether it has TCP_NODELAY.
+    fn nodelay_of_peer(peer: std::net::SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // SAFETY: the descriptor is only queried (getpeername, getsockopt; one that is not
+            // a socket just fails them) and never closed: ManuallyDrop keeps the TcpStream
+            // from dropping it.
+            let s = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            if s.peer_addr().ok() == Some(peer) {
+                return s.nodelay().ok();
+            }
+        }
+        None
+    }
+
+    /// A response written in two segments (headers, then a streamed body frame) would wait
+    /// for the client's delayed ACK (40 ms) under Nagle's algorithm: every accepted connection
+    /// has TCP_NODELAY. Checked on the socket itself, not by timing.
+    #[test]
+    fn accepted_connections_have_tcp_nodelay() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4,
+            grace: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(serve(listener, router, limits, async move {
+            let _ = stopped.await;
+        }));
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("request");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = c.read(&mut buf).expect("response");
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Answered, so the server has accepted and configured its side.
+        let local = c.local_addr().expect("local addr");
+        assert_eq!(nodelay_of_peer(local), Some(true));
+        // Not vacuous: a socket nobody set it on reads false.
+        assert_eq!(c.nodelay().ok(), Some(false));
+        let _ = stop.send(());
+        let _ = rt.block_on(server);
+    }
+}

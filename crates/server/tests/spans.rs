@@ -84,7 +84,7 @@ fn harness_with(sampler: SamplerType, param: f64, broken: bool) -> Harness {
 
 impl Harness {
     /// Sends one request and returns the response's status, `X-Trace-Id` and the spans it
-    /// finished.
+    /// finished, the request's own span first (its phase spans end before it does).
     async fn send(&self, req: Request<Body>) -> (u16, Option<String>, Vec<SpanData>) {
         self.exporter.reset();
         let _guard = tracing::dispatcher::set_default(self.telemetry.dispatch());
@@ -97,7 +97,8 @@ impl Harness {
             .map(str::to_string);
         // The span ends once the body has been sent.
         let _ = resp.into_body().collect().await;
-        let spans = self.exporter.get_finished_spans().expect("spans");
+        let mut spans = self.exporter.get_finished_spans().expect("spans");
+        spans.sort_by_key(|s| s.span_kind != SpanKind::Server);
         (status, trace_id, spans)
     }
 }
@@ -241,6 +242,17 @@ async fn server_error_is_tagged_error_true() {
         "{:?}",
         s.events
     );
+    // The lookup's phase span is a child of the request, with its selectors and range.
+    let phase = spans
+        .iter()
+        .find(|p| p.name == "storage.series")
+        .unwrap_or_else(|| panic!("no storage.series span: {spans:#?}"));
+    assert_eq!(phase.parent_span_id, s.span_context.span_id());
+    assert_eq!(
+        attr(phase, "matchers"),
+        Some(&Value::from("{__name__=\"up\"}"))
+    );
+    assert!(matches!(attr(phase, "start_ms"), Some(Value::I64(_))));
     // A 4xx on the same route carries no error tag.
     let (status, _, spans) = h.send(get("/api/v1/series")).await;
     assert_eq!(status, 400);

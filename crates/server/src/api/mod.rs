@@ -15,11 +15,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use m3query_model::{Labels, Matcher};
+use m3query_remote::DisplayMatchers;
 use m3query_remote::read::{self as rread, ReadError, ReadLimits, ResponseType};
 use m3query_remote::write::{self as rwrite, Protocol, WriteError};
 use m3query_storage::{Context, LabelHints, SelectHints};
 use serde::Serialize;
 use serde::ser::SerializeMap;
+use tracing::field::Empty;
 
 use crate::AppState;
 use crate::body::read_body;
@@ -55,6 +57,36 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("request worker failed: {e}")))?
 }
 
+/// Runs blocking storage work inside `span` (a phase span of the request), so the stores'
+/// own spans (`remote.read`, one per store) nest under it.
+pub(crate) async fn in_span<T: Send + 'static>(
+    span: tracing::Span,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(move || span.in_scope(f)).await
+}
+
+/// A count as a span field: an `i64`, which exporters send as an integer tag
+/// (tracing-opentelemetry turns `u64` and `usize` fields into strings).
+pub(crate) fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `match[]` selectors as a span field: `{a="b"}, {c=~"d"}`.
+struct DisplaySets<'a>(&'a [Vec<Matcher>]);
+
+impl std::fmt::Display for DisplaySets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, ms) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", DisplayMatchers(ms))?;
+        }
+        Ok(())
+    }
+}
+
 const TRUNCATED: &str = "results truncated due to limit";
 
 /// `http.maxRequestBodyBytes`, for handlers that read their body themselves.
@@ -75,7 +107,15 @@ pub async fn series(
     let limit = params.limit("limit")?;
     let queryable = state.services()?.queryable.clone();
     let ctx = context(&state);
-    let (series, warnings) = blocking(move || {
+    let span = tracing::debug_span!(
+        target: "m3query::api",
+        "storage.series",
+        matchers = %DisplaySets(&sets),
+        start_ms = start,
+        end_ms = end,
+        series = Empty,
+    );
+    let (series, warnings) = in_span(span.clone(), move || {
         let q = queryable.querier(start, end)?;
         let hints = SelectHints {
             start_ms: start,
@@ -98,6 +138,7 @@ pub async fn series(
         Ok((all, warnings))
     })
     .await?;
+    span.record("series", count(series.len()));
     let mut warnings = warnings.into_vec();
     let mut out: Vec<LabelsJson> = series.into_iter().map(LabelsJson).collect();
     if limit > 0 && out.len() > limit {
@@ -122,7 +163,26 @@ async fn label_lookup(
     let limit = params.limit("limit")?;
     let queryable = state.services()?.queryable.clone();
     let ctx = context(&state);
-    let (values, warnings) = blocking(move || {
+    let span = match &what {
+        LabelLookup::Names => tracing::debug_span!(
+            target: "m3query::api",
+            "storage.label_names",
+            matchers = %DisplaySets(&sets),
+            start_ms = start,
+            end_ms = end,
+            values = Empty,
+        ),
+        LabelLookup::Values(name) => tracing::debug_span!(
+            target: "m3query::api",
+            "storage.label_values",
+            label = %name,
+            matchers = %DisplaySets(&sets),
+            start_ms = start,
+            end_ms = end,
+            values = Empty,
+        ),
+    };
+    let (values, warnings) = in_span(span.clone(), move || {
         let q = queryable.querier(start, end)?;
         // Ask for one more than the limit, to know whether to warn about truncation.
         let hints = LabelHints {
@@ -142,6 +202,7 @@ async fn label_lookup(
         Ok((all, warnings))
     })
     .await?;
+    span.record("values", count(values.len()));
     let mut warnings = warnings.into_vec();
     let mut out: Vec<String> = values.into_iter().collect();
     if limit > 0 && out.len() > limit {
@@ -389,28 +450,39 @@ pub async fn remote_read(
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
     let req = rread::decode_request(&body, limit).map_err(read_error)?;
     let kind = rread::negotiate(&req).map_err(read_error)?;
+    let info = RequestInfo {
+        query: Some(record_read_span(&req)),
+        series: None,
+        samples: None,
+    };
     let limits = ReadLimits::default();
     let ctx = Context::with_deadline(deadline);
-    match kind {
+    // The work runs on blocking threads inside the request span, so each query's
+    // `remote.serve` span (and the stores' spans below it) are part of the request's trace.
+    let span = tracing::Span::current();
+    let mut resp = match kind {
         ResponseType::Samples => {
             let body = blocking(move || {
-                rread::read_samples(queryable.as_ref(), &ctx, &req, &limits).map_err(read_error)
+                span.in_scope(|| {
+                    rread::read_samples(queryable.as_ref(), &ctx, &req, &limits).map_err(read_error)
+                })
             })
             .await?;
-            Ok((
+            (
                 [
                     (header::CONTENT_TYPE, kind.content_type()),
                     (header::CONTENT_ENCODING, "snappy"),
                 ],
                 body,
             )
-                .into_response())
+                .into_response()
         }
         ResponseType::StreamedXorChunks => {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, ApiError>>(8);
             let cancel = ctx.clone();
             tokio::task::spawn_blocking(move || {
                 let _permit = _permit;
+                let _span = span.entered();
                 let tx2 = tx.clone();
                 let r = rread::stream_chunks(queryable.as_ref(), &ctx, &req, &limits, &mut |f| {
                     tx2.blocking_send(Ok(Bytes::from(f)))
@@ -429,13 +501,45 @@ pub async fn remote_read(
                 other => other,
             };
             let stream = async_stream(first, rx, cancel);
-            Ok((
+            (
                 [(header::CONTENT_TYPE, kind.content_type())],
                 Body::from_stream(stream),
             )
-                .into_response())
+                .into_response()
         }
+    };
+    resp.extensions_mut().insert(info);
+    Ok(resp)
+}
+
+/// Records what a remote read asks on the request span, as the query routes do: `query` (the
+/// selectors) and `start`/`end` (seconds, the earliest and latest of its queries), so reads
+/// are found by the same searches. Returns the selectors for the slow-request log.
+fn record_read_span(req: &m3query_remote::prompb::ReadRequest) -> String {
+    use m3query_remote::prompb::label_matcher::Type;
+    use std::fmt::Write as _;
+    // Written from the wire matchers as `Matcher` displays them, without compiling their
+    // regexes a second time; a bad matcher fails the read with its own message.
+    let mut selectors = String::new();
+    for (i, q) in req.queries.iter().enumerate() {
+        selectors.push_str(if i > 0 { ", {" } else { "{" });
+        for (j, m) in q.matchers.iter().enumerate() {
+            let op = match Type::try_from(m.r#type) {
+                Ok(Type::Eq) => "=",
+                Ok(Type::Neq) => "!=",
+                Ok(Type::Re) => "=~",
+                Ok(Type::Nre) => "!~",
+                Err(_) => "?",
+            };
+            let sep = if j > 0 { ", " } else { "" };
+            let _ = write!(selectors, "{sep}{}{op}{:?}", m.name, m.value);
+        }
+        selectors.push('}');
     }
+    let start = req.queries.iter().map(|q| q.start_timestamp_ms).min();
+    let end = req.queries.iter().map(|q| q.end_timestamp_ms).max();
+    query::record_span(&selectors, start, end, None);
+    selectors
 }
 
 /// The frames as a body stream; dropping it (the client went away) cancels the producer.

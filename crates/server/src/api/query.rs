@@ -133,7 +133,7 @@ fn query_param(params: &Params) -> Result<String, ApiError> {
 }
 
 /// Records the query's figures on the request span.
-fn record_span(query: &str, start: Option<i64>, end: Option<i64>, step: Option<i64>) {
+pub(crate) fn record_span(query: &str, start: Option<i64>, end: Option<i64>, step: Option<i64>) {
     let span = tracing::Span::current();
     span.record("query", query);
     if let Some(s) = start {
@@ -315,8 +315,9 @@ fn respond(result: QueryResult, query: String, stats: bool) -> Response {
         Value::Matrix(m) => m.len(),
         _ => 1,
     };
-    span.record("series", series as u64);
-    span.record("bytes", body.len() as u64);
+    // i64: tracing-opentelemetry exports `u64`/`usize` fields as strings, not integers.
+    span.record("series", i64::try_from(series).unwrap_or(i64::MAX));
+    span.record("bytes", i64::try_from(body.len()).unwrap_or(i64::MAX));
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     let h = resp.headers_mut();
     if result.series_limited {
