@@ -785,8 +785,21 @@ fn damaged_blocks_are_reported_never_served_as_values() {
     assert_eq!(expected.len(), 20, "{good}");
     node.stop();
 
-    // Damage the middle of the first block's chunks.
-    let first = blocks[0].clone();
+    // Damage the middle of the chunks of the block holding `at` (looked up after the stop:
+    // blocks cut meanwhile may have been compacted into a new one).
+    let at_ms = (at * 1000.0) as i64;
+    let first = block_dirs(&data)
+        .into_iter()
+        .find(|b| {
+            let meta: Value = std::fs::read_to_string(b.join("meta.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let (min, max) = (meta["minTime"].as_i64(), meta["maxTime"].as_i64());
+            min.zip(max)
+                .is_some_and(|(lo, hi)| lo <= at_ms && at_ms < hi)
+        })
+        .unwrap_or_else(|| panic!("no block holds {at_ms}: {blocks:?}"));
     let ulid = first
         .file_name()
         .and_then(|n| n.to_str())
@@ -829,7 +842,7 @@ fn damaged_blocks_are_reported_never_served_as_values() {
 
     // A block whose meta.json is gone is reported, not skipped silently.
     node.stop();
-    let victim = blocks.last().expect("block").clone();
+    let victim = block_dirs(&data).last().expect("block").clone();
     let vulid = victim
         .file_name()
         .and_then(|n| n.to_str())
