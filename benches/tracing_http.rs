@@ -1,6 +1,6 @@
-//! What tracing costs a request as a client sees it: three real `m3query` processes on
-//! loopback — tracing off, Jaeger with every request unsampled (`const` 0), Jaeger with every
-//! request sampled (`const` 1, exported over UDP to a socket a thread drains) — answering the
+//! What tracing costs a request as a client sees it: four real `m3query` processes on
+//! loopback — tracing off, Jaeger with every request unsampled (`const` 0) without and with
+//! tail capture (`tracing.tailCapture`), Jaeger with every request sampled (`const` 1, exported over UDP to a socket a thread drains) — answering the
 //! same requests over keep-alive HTTP/1.1.
 //!
 //!     cargo bench --bench tracing_http
@@ -10,12 +10,13 @@
 //! is about, request latency, with the binary, its global subscriber, hyper and the kernel's
 //! loopback in the path. The client is a few lines over `TcpStream` so that its own cost stays
 //! small next to the server's. The set-ups run interleaved, round after round (rotating which
-//! goes first), so drift in machine load hits all three alike. Reported per set-up: the median
+//! goes first), so drift in machine load hits them all alike. Reported per set-up: the median
 //! of the per-round mean latency, and the server's CPU time per request (from
 //! `/proc/PID/stat`), each with its ratio against tracing off. `M3Q_BENCH_ROUNDS` (default 20)
 //! and `M3Q_BENCH_REQUESTS` (per round and set-up, default 5000) tune it.
 //!
-//! Goal (issue 6): unsampled <= 1.01x off, sampled <= 1.03x off.
+//! Goals: unsampled <= 1.01x off (issue 6), tail capture included (issue 14); sampled <=
+//! 1.03x off.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -117,17 +118,18 @@ fn main() {
         let mut buf = vec![0u8; 65_536];
         while agent.recv(&mut buf).is_ok() {}
     });
-    let jaeger = |param: u8| {
+    let jaeger = |param: u8, tail: bool| {
         format!(
-            "tracing:\n  backend: jaeger\n  jaeger:\n    sampler:\n      type: const\n      \
-             param: {param}\n    reporter:\n      localAgentHostPort: {agent_addr}\n      \
-             queueSize: 2000\n"
+            "tracing:\n  backend: jaeger\n  tailCapture:\n    enabled: {tail}\n  jaeger:\n    \
+             sampler:\n      type: const\n      param: {param}\n    reporter:\n      \
+             localAgentHostPort: {agent_addr}\n      queueSize: 2000\n"
         )
     };
     let setups = [
         ("tracing off", String::new()),
-        ("on, unsampled", jaeger(0)),
-        ("on, sampled", jaeger(1)),
+        ("unsampled, no tail capture", jaeger(0, false)),
+        ("unsampled, tail capture", jaeger(0, true)),
+        ("on, sampled", jaeger(1, true)),
     ];
     let servers: Vec<M3Query> = setups.iter().map(|(_, c)| M3Query::start(c)).collect();
 
@@ -158,6 +160,11 @@ fn main() {
         (
             "/api/v1/query?query=sum%20by%20(job)%20(rate(http_requests_total%5B5m%5D))&time=3600",
             (n / 10).max(20),
+        ),
+        // A dashboard panel: the same over the hour at 15s.
+        (
+            "/api/v1/query_range?query=sum%20by%20(job)%20(rate(http_requests_total%5B5m%5D))&start=0&end=3600&step=15",
+            (n / 20).max(20),
         ),
     ] {
         measure(&setups, &servers, path, rounds, n);

@@ -137,7 +137,14 @@ fn main() {
         ("on, sampled", Some(true), true),
     ]
     .into_iter()
-    .map(|(name, s, tail)| (name, telemetry(s, tail, &agent_addr)))
+    .enumerate()
+    // `M3Q_BENCH_SETUPS=1,2` runs only those set-ups (0-based), e.g. under `perf stat` to
+    // count one set-up's instructions, which CPU noise does not change.
+    .filter(|(i, _)| {
+        std::env::var("M3Q_BENCH_SETUPS")
+            .map_or(true, |v| v.split(',').any(|x| x.trim() == i.to_string()))
+    })
+    .map(|(_, (name, s, tail))| (name, telemetry(s, tail, &agent_addr)))
     .collect();
     let data = store();
     let routers: Vec<axum::Router> = setups.iter().map(|(_, t)| router(t, &data)).collect();

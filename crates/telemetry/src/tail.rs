@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
@@ -32,12 +33,13 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Metadata, Subscriber};
 use tracing_subscriber::layer::{Context as LayerContext, Filter, Layer};
-use tracing_subscriber::registry::{LookupSpan, SpanRef};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::filter::{REQUEST_SPAN, REQUEST_TARGET, UNSAMPLED_TARGET};
 use crate::metrics::TailCounters;
 use crate::sampler::Sampler;
 use crate::sampler::rate_limiter::{Clock, RateLimiter};
+use parking_lot::Mutex;
 
 /// Log events kept per span at most: a loop that logs must not grow a request's record
 /// without bound.
@@ -132,12 +134,26 @@ struct RootRecord {
     start: Instant,
     wall: SystemTime,
     span: SpanRecord,
-    /// Keys handed to phase spans so far (the root is 0).
-    next_key: u32,
-    done: Vec<(SpanRecord, Instant)>,
+    /// What the request's phase spans share, reached from each of them without walking up
+    /// to the root.
+    shared: Arc<Phases>,
     decided: Option<Reason>,
     /// The decision was made and said no (rate limited): not asked again.
     refused: bool,
+}
+
+/// An unsampled request's phase spans: keys handed out (the root is 0) and the finished
+/// ones.
+#[derive(Default)]
+struct Phases {
+    next_key: AtomicU32,
+    done: Mutex<Vec<(SpanRecord, Instant)>>,
+}
+
+/// A phase span's record, in its extensions while it is open.
+struct PhaseRecord {
+    span: SpanRecord,
+    shared: Arc<Phases>,
 }
 
 /// One span's name, kind, fields, status and events.
@@ -274,9 +290,14 @@ where
         if *meta.level() > tracing::Level::DEBUG {
             return false;
         }
+        // Inside an unsampled request, the current span is its root or one of its phases,
+        // both of which carry a record: one look instead of a walk to the root.
         match cx.lookup_current() {
             None => false,
-            Some(current) => current.scope().any(|s| is_root(s.metadata())),
+            Some(current) => {
+                let ext = current.extensions();
+                ext.get::<RootRecord>().is_some() || ext.get::<PhaseRecord>().is_some()
+            }
         }
     }
 
@@ -331,11 +352,12 @@ impl TailLayer {
         let mut span = self.tracer.build_with_context(builder, &parent);
         span.set_status(r.status);
         crate::sampler::clear_decided();
-        let mut built: Vec<(u32, Context, Instant)> = Vec::with_capacity(root.done.len() + 1);
+        let mut done = std::mem::take(&mut *root.shared.done.lock());
+        let mut built: Vec<(u32, Context, Instant)> = Vec::with_capacity(done.len() + 1);
         built.push((0, Context::new().with_span(span), end));
         // Keys grow with creation, so a parent is always built before its children.
-        root.done.sort_unstable_by_key(|(s, _)| s.key);
-        for (s, end) in root.done {
+        done.sort_unstable_by_key(|(s, _)| s.key);
+        for (s, end) in done {
             let parent = built
                 .binary_search_by_key(&s.parent_key, |(k, _, _)| *k)
                 .map_or(0, |i| i);
@@ -373,36 +395,37 @@ where
                 start: rec.start,
                 wall: SystemTime::now(),
                 span: rec,
-                next_key: 1,
-                done: Vec::new(),
+                shared: Arc::new(Phases {
+                    next_key: AtomicU32::new(1),
+                    done: Mutex::new(Vec::new()),
+                }),
                 decided: None,
                 refused: false,
             });
             return;
         }
-        // A phase inside an unsampled request: its key comes from the request's root, its
-        // parent's from the parent's record.
-        let parent_key = span
-            .parent()
-            .and_then(|p| p.extensions().get::<SpanRecord>().map(|r| r.key))
-            .unwrap_or(0);
-        let Some(root) = span.scope().skip(1).find(|s| is_root(s.metadata())) else {
-            return;
-        };
-        let key = {
-            let mut ext = root.extensions_mut();
-            let Some(r) = ext.get_mut::<RootRecord>() else {
-                return;
-            };
-            if r.next_key as usize > MAX_SPANS {
+        // A phase inside an unsampled request (the filter let nothing else through): its key
+        // and where it goes when done come from its parent's record, the root's or another
+        // phase's, so nothing walks up the tree.
+        let Some(parent) = span.parent() else { return };
+        let (parent_key, shared) = {
+            let ext = parent.extensions();
+            if let Some(r) = ext.get::<RootRecord>() {
+                (0, r.shared.clone())
+            } else if let Some(r) = ext.get::<PhaseRecord>() {
+                (r.span.key, r.shared.clone())
+            } else {
                 return;
             }
-            r.next_key += 1;
-            r.next_key - 1
         };
+        let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
+        if key as usize > MAX_SPANS {
+            return;
+        }
         let mut rec = SpanRecord::new(meta, key, parent_key);
         attrs.record(&mut Fields(&mut rec));
-        span.extensions_mut().insert(rec);
+        span.extensions_mut()
+            .insert(PhaseRecord { span: rec, shared });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: LayerContext<'_, S>) {
@@ -410,8 +433,8 @@ where
         let mut ext = span.extensions_mut();
         if let Some(r) = ext.get_mut::<RootRecord>() {
             values.record(&mut Fields(&mut r.span));
-        } else if let Some(r) = ext.get_mut::<SpanRecord>() {
-            values.record(&mut Fields(r));
+        } else if let Some(r) = ext.get_mut::<PhaseRecord>() {
+            values.record(&mut Fields(&mut r.span));
         }
     }
 
@@ -440,8 +463,8 @@ where
         let mut ext = span.extensions_mut();
         let rec = match ext.get_mut::<RootRecord>() {
             Some(r) => &mut r.span,
-            None => match ext.get_mut::<SpanRecord>() {
-                Some(r) => r,
+            None => match ext.get_mut::<PhaseRecord>() {
+                Some(r) => &mut r.span,
                 None => return,
             },
         };
@@ -481,20 +504,11 @@ where
             self.export(root, end, reason);
             return;
         }
-        let Some(rec) = span.extensions_mut().remove::<SpanRecord>() else {
+        let Some(rec) = span.extensions_mut().remove::<PhaseRecord>() else {
             return;
         };
-        if let Some(root) = find_root(&span) {
-            let mut ext = root.extensions_mut();
-            if let Some(r) = ext.get_mut::<RootRecord>() {
-                r.done.push((rec, end));
-            }
-        }
+        rec.shared.done.lock().push((rec.span, end));
     }
-}
-
-fn find_root<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Option<SpanRef<'a, R>> {
-    span.scope().skip(1).find(|s| is_root(s.metadata()))
 }
 
 /// A span's fields as attributes, typed as the OpenTelemetry layer types them (counts as
@@ -740,5 +754,83 @@ mod tests {
         );
         assert_eq!(request(&t, 503), None);
         assert!(exporter.get_finished_spans().expect("spans").is_empty());
+    }
+}
+
+/// What an unsampled request costs with and without tail capture, for instruction counting
+/// (`valgrind --tool=callgrind` on this test, `M3Q_COST_N` requests): run by hand, ignored in
+/// the suite.
+#[cfg(test)]
+mod cost {
+    use std::time::Duration;
+
+    use http::HeaderMap;
+
+    use crate::config::{Backend, JaegerConfig, SamplerType, TailCaptureConfig};
+    use crate::http::RequestSpan;
+    use crate::{LoggingConfig, Telemetry, TracingConfig};
+
+    fn run(tail: bool) {
+        let n: usize = std::env::var("M3Q_COST_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let mut j = JaegerConfig::default();
+        j.sampler.sampler_type = SamplerType::Const;
+        j.sampler.param = 0.0;
+        let cfg = TracingConfig {
+            backend: Backend::Jaeger,
+            jaeger: Some(j),
+            tail_capture: TailCaptureConfig {
+                enabled: tail,
+                ..TailCaptureConfig::default()
+            },
+            ..TracingConfig::default()
+        };
+        let t = Telemetry::builder(cfg, LoggingConfig::default())
+            .with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+            .with_log_writer(crate::LogWriter::new(std::io::sink))
+            .build()
+            .expect("telemetry");
+        let headers = HeaderMap::new();
+        tracing::dispatcher::with_default(t.dispatch(), || {
+            for _ in 0..n {
+                let mut req = RequestSpan::start(
+                    t.propagation(),
+                    "GET",
+                    Some("/api/v1/query"),
+                    "/api/v1/query?query=up",
+                    &headers,
+                );
+                {
+                    let _in = req.span().enter();
+                    for name in ["parse", "select", "eval", "encode"] {
+                        let s = tracing::debug_span!(
+                            target: "m3query::cost",
+                            "phase",
+                            what = name,
+                            series = 200u64,
+                            rows = tracing::field::Empty
+                        );
+                        let _s = s.enter();
+                        s.record("rows", 7u64);
+                    }
+                }
+                req.record_status(200, false);
+                req.tail_check(200, false, Duration::from_millis(1));
+            }
+        });
+    }
+
+    #[test]
+    #[ignore]
+    fn cost_unsampled_without_tail() {
+        run(false);
+    }
+
+    #[test]
+    #[ignore]
+    fn cost_unsampled_with_tail() {
+        run(true);
     }
 }
