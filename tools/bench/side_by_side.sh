@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# m3query against Debian's Prometheus, each alone on this machine, on the same data:
+#   ingest     samples/s, replaying one captured load (tools/bench/capture_load.py) into each
+#              server in turn, so the Python generator does not share the CPU with them
+#   queries    ../shared/bench/run.py: the 45 dashboard queries, range and instant
+#   footprint  ../shared/bench/measure.sh: RSS, peak RSS, disk, bytes/sample, RSS bytes/series
+#   restart    kill -9 each server, start it again on its data, time until it is ready
+#              (WAL replay)
+#
+# usage: tools/bench/side_by_side.sh [--instances 200] [--duration 6h] [--repeat 5] [--out DIR]
+#   --instances 2000 is the 10x run (117k series, 167M samples for 6h).
+# needs: Debian's prometheus, ../shared/bench's Python requirements (scripts/test-deps installs
+# both), ../shared beside the repository. Everything listens on loopback and is stopped at the
+# end; DIR (default a new temporary directory) keeps the data, logs and the JSON of each run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SHARED=../shared/bench
+[ -d "$SHARED" ] || { echo "side_by_side: $SHARED is missing (../shared beside the repo)" >&2; exit 2; }
+INSTANCES=200 DURATION=6h REPEAT=5 OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --instances) INSTANCES=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "side_by_side: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+PPORT=${PROM_PORT:-19090} MPORT=${M3QUERY_PORT:-17201}
+PROM_PID="" M3_PID=""
+cleanup() {
+  [ -n "$PROM_PID" ] && kill "$PROM_PID" 2>/dev/null || true
+  [ -n "$M3_PID" ] && kill "$M3_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+cargo build --release --quiet --bin m3query --example remote_write_replay
+M3=target/release/m3query
+REPLAY=target/release/examples/remote_write_replay
+
+# Seconds since $1 (epoch ns), to 10 ms.
+secs_since() {
+  "$PY" -c 'import sys, time; print(f"{(time.time_ns() - int(sys.argv[1])) / 1e9:.2f}")' "$1"
+}
+
+# Wait until URL answers 200; prints the seconds it took since $1 (epoch ns).
+wait_ready() {
+  local since=$1 url=$2
+  for _ in $(seq 1 6000); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then
+      secs_since "$since"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "side_by_side: $url not ready in 10 minutes" >&2
+  return 1
+}
+
+start_m3query() {
+  cat > "$OUT/m3query.yml" <<YAML
+listenAddress: 127.0.0.1:$MPORT
+storage:
+  path: $OUT/m3q
+  outOfOrderWindow: 30d
+  retention: 30d
+YAML
+  "$M3" --config "$OUT/m3query.yml" 2>>"$OUT/m3query.log" &
+  M3_PID=$!
+}
+
+start_prometheus() {
+  PROM_PID=$("$SHARED/start_prometheus.sh" "$PPORT" "$OUT/prom" | tail -1)
+}
+
+echo "== capturing the load: $INSTANCES instances x $DURATION"
+END=$(( $(date +%s) / 3600 * 3600 ))
+"$PY" tools/bench/capture_load.py "$OUT/load.bin" --instances "$INSTANCES" \
+  --duration "$DURATION" --end "$END" --meta "$OUT/dataset.json" >"$OUT/capture.log"
+tail -3 "$OUT/capture.log"
+
+echo "== ingest, each server alone"
+start_prometheus
+PROM_INGEST=$("$REPLAY" "$OUT/load.bin" "http://127.0.0.1:$PPORT/api/v1/write" | tee -a "$OUT/ingest.log" | head -1)
+kill "$PROM_PID"; wait "$PROM_PID" 2>/dev/null || true; PROM_PID=""
+T0=$(date +%s%N); start_m3query; wait_ready "$T0" "http://127.0.0.1:$MPORT/ready" >/dev/null
+M3_INGEST=$("$REPLAY" "$OUT/load.bin" "http://127.0.0.1:$MPORT/api/v1/prom/remote/write" | tee -a "$OUT/ingest.log" | head -1)
+echo "prometheus: $PROM_INGEST"
+echo "m3query:    $M3_INGEST"
+
+echo "== queries (Prometheus = A, m3query = B)"
+T0=$(date +%s%N); start_prometheus
+"$PY" "$SHARED/run.py" --a "http://127.0.0.1:$PPORT" --b "http://127.0.0.1:$MPORT" \
+  --dataset "$OUT/dataset.json" --repeat "$REPEAT" --pid-a "$PROM_PID" --out "$OUT/range.json" \
+  | tee "$OUT/range.txt" | tail -4
+"$PY" "$SHARED/run.py" --a "http://127.0.0.1:$PPORT" --b "http://127.0.0.1:$MPORT" \
+  --dataset "$OUT/dataset.json" --repeat "$REPEAT" --instant --out "$OUT/instant.json" \
+  | tee "$OUT/instant.txt" | tail -4
+
+echo "== footprint"
+"$SHARED/measure.sh" "$PROM_PID" "$OUT/prom" "$OUT/dataset.json" | tee "$OUT/footprint-prometheus.txt"
+"$SHARED/measure.sh" "$M3_PID" "$OUT/m3q" "$OUT/dataset.json" | tee "$OUT/footprint-m3query.txt"
+
+echo "== restart after kill -9 (WAL replay), to ready"
+kill -9 "$PROM_PID" "$M3_PID"; wait "$PROM_PID" "$M3_PID" 2>/dev/null || true
+PROM_PID="" M3_PID=""
+T0=$(date +%s%N); start_prometheus
+PROM_RESTART=$(secs_since "$T0")
+T0=$(date +%s%N); start_m3query
+M3_RESTART=$(wait_ready "$T0" "http://127.0.0.1:$MPORT/ready")
+echo "prometheus: ${PROM_RESTART}s  m3query: ${M3_RESTART}s  (ratio $("$PY" -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.2f}")' "$M3_RESTART" "$PROM_RESTART")x)"
+echo "== results in $OUT"
