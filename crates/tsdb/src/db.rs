@@ -295,6 +295,112 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Samples handed to a replay worker at once.
+const REPLAY_BATCH: usize = 4096;
+
+/// What a replay worker applies, in WAL order for each of its series.
+enum ReplayJob {
+    Samples(Vec<(Arc<MemSeries>, i64, f64)>),
+    /// A checkpointed chunk's bytes, decoded by the worker.
+    Chunk(Arc<MemSeries>, Vec<u8>),
+}
+
+fn apply_replay_job(head: &Head, job: ReplayJob) {
+    match job {
+        ReplayJob::Samples(batch) => head.replay_batch(&batch),
+        ReplayJob::Chunk(s, bytes) => {
+            let Ok(mut it) = XorIterator::new(&bytes) else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(128);
+            while let Ok(Some((t, v))) = it.next_sample() {
+                batch.push((s.clone(), t, v));
+            }
+            head.replay_batch(&batch);
+        }
+    }
+}
+
+/// Replays the WAL into `head`: series are created on this thread as their records come, and
+/// samples go to one worker per core by series ref, so each series' samples are applied in
+/// WAL order while the cores share the decoding of chunks and the appends (as Prometheus
+/// shards its replay). Returns the replay's stats, the next segment number and how many
+/// samples named a series no record created.
+fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut refs: HashMap<u64, Arc<MemSeries>, foldhash::fast::RandomState> =
+        HashMap::with_hasher(foldhash::fast::RandomState::default());
+    let mut unknown = 0u64;
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            // A few batches deep: the reader stays ahead without holding the WAL in memory.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<ReplayJob>(4);
+            senders.push(tx);
+            scope.spawn(move || {
+                for job in rx {
+                    apply_replay_job(head, job);
+                }
+            });
+        }
+        let mut batches: Vec<Vec<(Arc<MemSeries>, i64, f64)>> = (0..workers)
+            .map(|_| Vec::with_capacity(REPLAY_BATCH))
+            .collect();
+        // A worker only stops when its channel closes, so a send cannot fail while this
+        // thread holds the senders; a failed one would mean the worker panicked, which the
+        // scope reports when it joins.
+        let send = |senders: &[std::sync::mpsc::SyncSender<ReplayJob>], w: usize, job| {
+            let _ = senders[w].send(job);
+        };
+        let result = wal::replay(dir, &mut |rec| match rec {
+            Record::Series(list) => {
+                for (r, l) in list {
+                    refs.insert(r, head.replay_series(r, &l));
+                }
+            }
+            Record::Samples(list) => {
+                for (r, t, v) in list {
+                    let Some(s) = refs.get(&r) else {
+                        unknown += 1;
+                        continue;
+                    };
+                    let w = (r % workers as u64) as usize;
+                    batches[w].push((s.clone(), t, v));
+                    if batches[w].len() >= REPLAY_BATCH {
+                        let full =
+                            std::mem::replace(&mut batches[w], Vec::with_capacity(REPLAY_BATCH));
+                        send(&senders, w, ReplayJob::Samples(full));
+                    }
+                }
+            }
+            Record::Chunks(r, chunks) => {
+                let Some(s) = refs.get(&r) else {
+                    unknown += 1;
+                    return;
+                };
+                let w = (r % workers as u64) as usize;
+                // Samples batched for this worker come first: WAL order per series.
+                if !batches[w].is_empty() {
+                    let pending = std::mem::take(&mut batches[w]);
+                    send(&senders, w, ReplayJob::Samples(pending));
+                }
+                for c in chunks {
+                    send(&senders, w, ReplayJob::Chunk(s.clone(), c.to_vec()));
+                }
+            }
+        });
+        for (w, b) in batches.into_iter().enumerate() {
+            if !b.is_empty() {
+                send(&senders, w, ReplayJob::Samples(b));
+            }
+        }
+        drop(senders);
+        result.map(|(stats, next)| (stats, next, unknown))
+    })
+}
+
 /// A block that could not be opened, or whose data failed a checksum when read. Queries
 /// go on without it and say so in their warnings.
 #[derive(Debug, Clone)]
@@ -385,38 +491,7 @@ impl Db {
         let head = Head::new(opts.block_range_ms, opts.out_of_order_window_ms, min_valid);
         let counters = Counters::default();
         let start = Instant::now();
-        let mut refs: HashMap<u64, Arc<MemSeries>> = HashMap::new();
-        let mut unknown = 0u64;
-        let (stats, next) = wal::replay(&dir.join("wal"), &mut |rec| match rec {
-            Record::Series(list) => {
-                for (r, l) in list {
-                    refs.insert(r, head.replay_series(r, &l));
-                }
-            }
-            Record::Samples(list) => {
-                for (r, t, v) in list {
-                    match refs.get(&r) {
-                        Some(s) => head.replay_sample(s, t, v),
-                        None => unknown += 1,
-                    }
-                }
-            }
-            Record::Chunks(r, chunks) => {
-                let Some(s) = refs.get(&r) else {
-                    unknown += 1;
-                    return;
-                };
-                for c in chunks {
-                    let Ok(mut it) = XorIterator::new(c) else {
-                        continue;
-                    };
-                    while let Ok(Some((t, v))) = it.next_sample() {
-                        head.replay_sample(s, t, v);
-                    }
-                }
-            }
-        })?;
-        drop(refs);
+        let (stats, next, unknown) = replay_wal(&dir.join("wal"), &head)?;
         let empty = head.remove_empty_series();
         counters
             .wal_corruptions

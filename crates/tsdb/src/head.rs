@@ -766,16 +766,25 @@ impl Head {
         self.insert_series(&mut map, hash, r, key, 0)
     }
 
-    /// Replay: stores a logged sample.
-    pub(crate) fn replay_sample(&self, s: &MemSeries, t: i64, v: f64) {
-        let mut d = s.data.lock();
-        let before = d.num_chunks();
-        d.replay(t, v, self.chunk_range_ms);
-        let after = d.num_chunks();
-        drop(d);
-        self.num_chunks
-            .fetch_add(after as i64 - before as i64, Ordering::Relaxed);
-        self.observe(t, t);
+    /// Replay: stores a batch of logged samples, with the shared counters (chunks, time range) updated once per batch, since replay workers would
+    /// otherwise contend on them for every sample.
+    pub(crate) fn replay_batch(&self, batch: &[(Arc<MemSeries>, i64, f64)]) {
+        let (mut lo, mut hi, mut chunks) = (i64::MAX, i64::MIN, 0i64);
+        for (s, t, v) in batch {
+            let mut d = s.data.lock();
+            let before = d.num_chunks() as i64;
+            d.replay(*t, *v, self.chunk_range_ms);
+            chunks += d.num_chunks() as i64 - before;
+            drop(d);
+            lo = lo.min(*t);
+            hi = hi.max(*t);
+        }
+        if chunks != 0 {
+            self.num_chunks.fetch_add(chunks, Ordering::Relaxed);
+        }
+        if lo <= hi {
+            self.observe(lo, hi);
+        }
     }
 
     /// Removes `s` if it holds no samples and no appender holds it: a series created by a
