@@ -1056,6 +1056,7 @@ mod tests {
     use super::*;
     use crate::read::{self, ReadLimits, ResponseType};
     use m3query_storage::memory::MemStorage;
+    use m3query_storage::merge::MergeQueryable;
     use m3query_storage::{Appendable, collect_series};
     use std::io::{Read, Write};
     use std::net::TcpListener;
@@ -1202,7 +1203,7 @@ mod tests {
             .expect("runtime")
     }
 
-    fn select_all(c: &RemoteReadClient, mint: i64, maxt: i64) -> Result<Vec<VecSeries>> {
+    fn select_all(c: &dyn Queryable, mint: i64, maxt: i64) -> Result<Vec<VecSeries>> {
         let q = c.querier(mint, maxt)?;
         let mut set = q.select(
             &Context::background(),
@@ -1501,6 +1502,71 @@ mod tests {
             Ok(Some(true)),
             "the client's socket to the store has TCP_NODELAY"
         );
+    }
+
+    /// A read called on a multi-threaded runtime's worker (where tokio refuses to block)
+    /// first hands the worker's tasks to another thread, alone and in a fan-out.
+    #[test]
+    fn a_read_on_a_runtime_worker_hands_the_worker_off() {
+        let rt = runtime();
+        let client = |url, streamed| {
+            Arc::new(
+                RemoteReadClient::new(config(url, streamed), rt.handle().clone()).expect("client"),
+            )
+        };
+        let a = client(serve(store(), 2, 200), false);
+        let b = client(serve(store(), 1, 200), true);
+        let (alone, merged) = rt
+            .block_on(rt.spawn(async move {
+                let alone = select_all(a.as_ref(), 0, i64::MAX).map(|s| s.len());
+                let m = MergeQueryable::from_stores(vec![a, b]);
+                (alone, select_all(&m, 0, i64::MAX).map(|s| s.len()))
+            }))
+            .expect("the task did not panic");
+        assert_eq!(alone.expect("alone"), 3);
+        assert_eq!(merged.expect("merged"), 3);
+    }
+
+    /// On a single-threaded runtime's thread nothing could take over the runtime's work while
+    /// a read blocks: the read fails with an internal error saying so, instead of panicking.
+    #[test]
+    fn a_read_on_a_single_threaded_runtime_fails_clearly() {
+        let rt = runtime();
+        let client = || -> Arc<dyn Queryable> {
+            Arc::new(
+                RemoteReadClient::new(
+                    config("http://127.0.0.1:9/api/v1/read".into(), true),
+                    rt.handle().clone(),
+                )
+                .expect("client"),
+            )
+        };
+        let alone = client();
+        let merged = MergeQueryable::from_stores(vec![client(), client()]);
+        let single = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let clear = |r: Result<usize>| match r {
+            Err(StorageError::Other(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("single-threaded") && e.contains("blocking thread"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected an error"),
+        };
+        single.block_on(async {
+            for q in [alone.as_ref(), &merged as &dyn Queryable] {
+                clear(select_all(q, 0, i64::MAX).map(|s| s.len()));
+                let names = q.querier(0, 10).and_then(|q| {
+                    q.label_names(&Context::background(), &LabelHints::default(), &[])
+                });
+                clear(names.map(|n| n.values.len()));
+            }
+        });
     }
 
     #[test]
