@@ -13,7 +13,10 @@
 //! default 300) on one kept-alive client, straight to a store and through m3query over that
 //! one store, for a Prometheus store and for an m3query store (streamed remote read, our own
 //! server), with median, p90 and p99. That is where Nagle's algorithm with delayed ACKs
-//! shows (about 40 ms more per query). `FANOUT_ONLY=hop` runs only this part (no data load).
+//! shows (about 40 ms more per query). A last row reads through m3query over four copies of
+//! the m3query store (the fan-out's own cost), and each row shows the fanning-out m3query's
+//! CPU time per query; the fanning-out processes' threads and peak RSS follow the table.
+//! `FANOUT_ONLY=hop` runs only this part (no data load).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,19 +76,61 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-/// Prints one row of the hop table: the direct and fanned-out latencies of `query` (ms).
-fn hop_row(label: &str, direct: &str, via: &str, query: &str, time: &str) {
+/// CPU seconds (user + system) process `pid` has used so far, from /proc (0 elsewhere).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
+/// Process `pid`'s threads now and its peak resident memory in MiB, from /proc.
+fn threads_and_peak_rss(pid: u32) -> (usize, f64) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let hwm_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    (threads, hwm_kib / 1024.0)
+}
+
+/// Prints one row of the hop table: the direct and fanned-out latencies of `query` (ms), and
+/// the fanning-out m3query's (`via`, process `via_pid`) CPU time per query.
+fn hop_row(label: &str, direct: &str, via: &str, via_pid: u32, query: &str, time: &str) {
     let n: usize = env("FANOUT_HOP_REPEAT", "300").parse().unwrap_or(300);
     let client = common::client();
+    let mut via_cpu = 0.0;
+    let mut timed_via = |n| {
+        let cpu = cpu_seconds(via_pid);
+        let v = time_query(&client, via, query, time, n);
+        via_cpu += cpu_seconds(via_pid) - cpu;
+        v
+    };
     // Interleaved halves, so drift (other load, caches) hits both sides alike.
     let mut d = time_query(&client, direct, query, time, n / 2);
-    let mut v = time_query(&client, via, query, time, n / 2);
+    let mut v = timed_via(n / 2);
     d.extend(time_query(&client, direct, query, time, n - n / 2));
-    v.extend(time_query(&client, via, query, time, n - n / 2));
+    v.extend(timed_via(n - n / 2));
     d.sort();
     v.sort();
+    // time_query sends 5 warm-up queries before the timed ones.
+    let cpu_per_query_ms = via_cpu * 1000.0 / (n + 10) as f64;
     println!(
-        "{label:<34} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}   {:>+8.2}",
+        "{label:<34} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}   {:>+8.2}   {:>8.3}",
         pct(&d, 0.5),
         pct(&d, 0.9),
         pct(&d, 0.99),
@@ -93,6 +138,7 @@ fn hop_row(label: &str, direct: &str, via: &str, query: &str, time: &str) {
         pct(&v, 0.9),
         pct(&v, 0.99),
         pct(&v, 0.5) - pct(&d, 0.5),
+        cpu_per_query_ms,
     );
 }
 
@@ -135,26 +181,33 @@ fn hop(bench: Option<(&Prometheus, u64)>) {
     let store = M3Query::start("");
     let (status, body) = common::remote_write_v1(&store.url("/api/v1/write"), &data);
     assert_eq!(status, 204, "{body}");
-    let over = |url: String| {
+    // An m3query over `copies` remote stores, all reading `url`.
+    let over_n = |url: String, copies: usize| {
+        let stores: String = (0..copies)
+            .map(|i| format!("  - name: s{i}\n    url: {url}\n"))
+            .collect();
         M3Query::start_config(
             tempfile::tempdir().expect("tempdir"),
-            &format!("storage:\n  enabled: false\nremoteRead:\n  - name: one\n    url: {url}\n"),
+            &format!("storage:\n  enabled: false\nremoteRead:\n{stores}"),
             &[],
         )
     };
-    let via_prom = over(prom.url("/api/v1/read"));
-    let via_store = over(store.url("/api/v1/read"));
+    let via_prom = over_n(prom.url("/api/v1/read"), 1);
+    let via_store = over_n(store.url("/api/v1/read"), 1);
+    let via_four = over_n(store.url("/api/v1/read"), 4);
     println!(
-        "\n== the hop's fixed cost per query (ms): direct vs through m3query over that one store"
+        "\n== the hop's fixed cost per query (ms): direct vs through m3query over that one store \
+         (x4: over four copies of it); cpu/q: the fanning-out m3query's CPU ms per query"
     );
     println!(
-        "{:<34} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}   {:>8}",
-        "store / query", "p50", "p90", "p99", "via p50", "via p90", "via p99", "+p50"
+        "{:<34} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}   {:>8}   {:>8}",
+        "store / query", "p50", "p90", "p99", "via p50", "via p90", "via p99", "+p50", "cpu/q"
     );
     hop_row(
         &format!("prometheus / {prom_query}"),
         &prom.url(""),
         &via_prom.url(""),
+        via_prom.child.id(),
         prom_query,
         &prom_time,
     );
@@ -164,9 +217,27 @@ fn hop(bench: Option<(&Prometheus, u64)>) {
             &format!("m3query / {q}"),
             &store.url(""),
             &via_store.url(""),
+            via_store.child.id(),
             q,
             &now,
         );
+    }
+    let q = "sum by (job) (up)";
+    hop_row(
+        &format!("m3query x4 / {q}"),
+        &store.url(""),
+        &via_four.url(""),
+        via_four.child.id(),
+        q,
+        &now,
+    );
+    for (name, m) in [
+        ("over prometheus", &via_prom),
+        ("over m3query", &via_store),
+        ("over m3query x4", &via_four),
+    ] {
+        let (threads, rss) = threads_and_peak_rss(m.child.id());
+        println!("m3query {name:<16} threads {threads:>3}   peak RSS {rss:>6.1} MiB");
     }
 }
 

@@ -15,8 +15,10 @@
 //! must not reach another host), and its error bodies show up only as a short, sanitised
 //! first line.
 //!
-//! The storage traits are synchronous; the client runs its HTTP calls on the Tokio runtime
-//! given at construction, blocking the calling thread (a query worker, never an async task).
+//! The client's reads are futures whose I/O runs on the Tokio runtime given at construction:
+//! a fan-out joins several stores' futures and waits for all of them on its calling thread
+//! ([`AsyncQuerier`]); the synchronous storage traits wait for one on the calling thread (a
+//! query worker; see [`RemoteReadClient`]'s `wait` for what happens on a runtime's thread).
 //! Each select is one `remote.read` span (store, url without password, matchers, range,
 //! series, bytes, status; counts as integers). A read that fails, whether the store is down,
 //! answers non-200 or sends garbage (bad snappy, protobuf or frames) or too much, gets
@@ -25,17 +27,22 @@
 //! Remote read has no label API: label names and values are derived from a select over the
 //! range (`{__name__=~".+"}` when no matcher is given), which costs what that select costs.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use m3query_chunkenc::{XorIterator, chunk_num_samples};
 use m3query_model::redact::redact_urls;
 use m3query_model::{Labels, MatchOp, Matcher, Sample};
 use m3query_storage::{
-    Context, Error as StorageError, LabelHints, LabelValues, Querier, Queryable, Result,
-    SampleIterator, SelectHints, Series, SeriesSet, VecSeries, VecSeriesSet, Warnings,
+    AsyncQuerier, BoxFuture, Context, Error as StorageError, LabelHints, LabelValues, Querier,
+    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, VecSeries, VecSeriesSet,
+    Warnings,
 };
 use prost::Message;
+use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::{DisplayMatchers, prompb};
@@ -140,15 +147,18 @@ impl RemoteReadClient {
         })
     }
 
-    /// Sends one query and decodes the answer into series, sorted by labels.
-    fn read(
-        &self,
-        ctx: &Context,
+    /// Sends one query and decodes the answer into series, sorted by labels. The
+    /// `remote.read` span opens now, under the caller's span, and is entered whenever the
+    /// future runs (on whichever thread polls it); the future runs its I/O on this client's
+    /// runtime, so any thread may poll it.
+    fn read<'f>(
+        &'f self,
+        ctx: &'f Context,
         mint: i64,
         maxt: i64,
-        hints: &SelectHints,
-        matchers: &[Matcher],
-    ) -> Result<Vec<RemoteSeries>> {
+        hints: &'f SelectHints,
+        matchers: &'f [Matcher],
+    ) -> impl Future<Output = Result<Vec<RemoteSeries>>> + Send + 'f {
         let span = tracing::debug_span!(
             target: "m3query::remote",
             "remote.read",
@@ -167,12 +177,43 @@ impl RemoteReadClient {
             status = Empty,
             error = Empty,
         );
-        let _enter = span.enter();
-        let result = self.read_in(&span, ctx, mint, maxt, hints, matchers);
-        if let Err(e) = &result {
-            self.record_failure(&span, e);
+        let inner = span.clone();
+        let read = async move {
+            let result = self.read_in(&inner, ctx, mint, maxt, hints, matchers).await;
+            if let Err(e) = &result {
+                self.record_failure(&inner, e);
+            }
+            result
+        };
+        InRuntime {
+            runtime: self.runtime.clone(),
+            fut: Box::pin(read.instrument(span)),
         }
-        result
+    }
+
+    /// Waits for `fut` on the calling thread while this client's runtime drives its I/O.
+    ///
+    /// The storage traits are synchronous and queries call them from blocking threads (a
+    /// `spawn_blocking` worker, a query's own thread). Should one be called on a thread of an
+    /// async runtime, blocking there would stall every task on that thread, and tokio panics
+    /// on it: on a multi-threaded runtime's worker the worker's tasks are first handed to
+    /// another thread (`block_in_place`); on a single-threaded runtime nothing can take them
+    /// over, so the read fails with an internal error instead.
+    fn wait<F: Future>(&self, fut: F) -> Result<F::Output> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Err(_) => Ok(self.runtime.block_on(fut)),
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                Ok(tokio::task::block_in_place(|| self.runtime.block_on(fut)))
+            }
+            Ok(_) => Err(StorageError::Other(
+                format!(
+                    "reading remote store {:?} from a single-threaded async runtime's thread, which the read would block: storage reads must run on a blocking thread",
+                    self.cfg.name
+                )
+                .into(),
+            )),
+        }
     }
 
     /// Marks a failed read on its span, so a store that fails or answers garbage is found by
@@ -192,7 +233,7 @@ impl RemoteReadClient {
     }
 
     /// [`Self::read`]'s work, inside its span.
-    fn read_in(
+    async fn read_in(
         &self,
         span: &tracing::Span,
         ctx: &Context,
@@ -250,7 +291,7 @@ impl RemoteReadClient {
             dropped: 0,
             truncated: false,
         };
-        let result = self.runtime.block_on(async {
+        let result = async {
             let mut rb = self
                 .http
                 .post(&self.cfg.url)
@@ -308,8 +349,8 @@ impl RemoteReadClient {
                 self.decode_samples(&body, &mut decoder)?;
                 Ok(n)
             }
-        });
-        let bytes = result?;
+        };
+        let bytes = result.await?;
         span.record("bytes", count(bytes));
         if decoder.dropped > 0 {
             span.record("dropped_series", count(decoder.dropped));
@@ -837,6 +878,23 @@ impl SeriesSet for LazySeriesSet {
     }
 }
 
+/// A future that runs inside its runtime's context whenever it is polled, so the thread that
+/// polls it (a fan-out's caller, driving several stores' reads) need not have entered it.
+struct InRuntime<F> {
+    runtime: tokio::runtime::Handle,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.runtime.enter();
+        this.fut.as_mut().poll(cx)
+    }
+}
+
 impl Queryable for RemoteReadClient {
     fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>> {
         Ok(Box::new(RemoteQuerier {
@@ -854,7 +912,9 @@ struct RemoteQuerier<'a> {
 }
 
 impl RemoteQuerier<'_> {
-    fn labels_of(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Vec<Labels>> {
+    /// The label sets of the series `matchers` select (everything when empty), from a
+    /// labels-only select.
+    async fn labels_of(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Vec<Labels>> {
         let everything;
         let matchers = if matchers.is_empty() {
             everything = [Matcher::new(MatchOp::RegexMatch, "__name__", ".+")
@@ -874,10 +934,79 @@ impl RemoteQuerier<'_> {
         };
         Ok(self
             .client
-            .read(ctx, self.mint, self.maxt, &hints, matchers)?
+            .read(ctx, self.mint, self.maxt, &hints, matchers)
+            .await?
             .into_iter()
             .map(|s| s.labels)
             .collect())
+    }
+}
+
+/// The empty answer of a store a selector does not route to.
+fn not_asked<'s>() -> Box<dyn SeriesSet + 's> {
+    Box::new(VecSeriesSet::<VecSeries>::new(Vec::new(), Warnings::new()))
+}
+
+impl AsyncQuerier for RemoteQuerier<'_> {
+    fn select<'s: 'f, 'f>(
+        &'s self,
+        ctx: &'f Context,
+        _sort: bool,
+        hints: &'f SelectHints,
+        matchers: &'f [Matcher],
+    ) -> BoxFuture<'f, Result<Box<dyn SeriesSet + 's>>> {
+        if !self.client.wanted(matchers) {
+            return Box::pin(std::future::ready(Ok(not_asked())));
+        }
+        let (mint, maxt) = (self.mint, self.maxt);
+        let read = self.client.read(ctx, mint, maxt, hints, matchers);
+        Box::pin(async move {
+            let series = read.await?;
+            Ok(Box::new(LazySeriesSet {
+                series: series.into_iter(),
+                mint,
+                maxt,
+            }) as Box<dyn SeriesSet + 's>)
+        })
+    }
+
+    fn label_values<'a>(
+        &'a self,
+        ctx: &'a Context,
+        name: &'a str,
+        hints: &'a LabelHints,
+        matchers: &'a [Matcher],
+    ) -> BoxFuture<'a, Result<LabelValues>> {
+        Box::pin(async move {
+            let values = self
+                .labels_of(ctx, matchers)
+                .await?
+                .iter()
+                .filter_map(|l| l.get(name).map(str::to_string))
+                .collect();
+            Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        })
+    }
+
+    fn label_names<'a>(
+        &'a self,
+        ctx: &'a Context,
+        hints: &'a LabelHints,
+        matchers: &'a [Matcher],
+    ) -> BoxFuture<'a, Result<LabelValues>> {
+        Box::pin(async move {
+            let values = self
+                .labels_of(ctx, matchers)
+                .await?
+                .iter()
+                .flat_map(|l| l.iter().map(|l| l.name.to_string()).collect::<Vec<_>>())
+                .collect();
+            Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        })
+    }
+
+    fn block_on(&self, fut: BoxFuture<'_, ()>) -> Result<()> {
+        self.client.wait(fut)
     }
 }
 
@@ -885,24 +1014,15 @@ impl Querier for RemoteQuerier<'_> {
     fn select(
         &self,
         ctx: &Context,
-        _sort: bool,
+        sort: bool,
         hints: &SelectHints,
         matchers: &[Matcher],
     ) -> Result<Box<dyn SeriesSet + '_>> {
         if !self.client.wanted(matchers) {
-            return Ok(Box::new(VecSeriesSet::<VecSeries>::new(
-                Vec::new(),
-                Warnings::new(),
-            )));
+            return Ok(not_asked());
         }
-        let series = self
-            .client
-            .read(ctx, self.mint, self.maxt, hints, matchers)?;
-        Ok(Box::new(LazySeriesSet {
-            series: series.into_iter(),
-            mint: self.mint,
-            maxt: self.maxt,
-        }))
+        self.client
+            .wait(AsyncQuerier::select(self, ctx, sort, hints, matchers))?
     }
 
     fn label_values(
@@ -912,12 +1032,8 @@ impl Querier for RemoteQuerier<'_> {
         hints: &LabelHints,
         matchers: &[Matcher],
     ) -> Result<LabelValues> {
-        let values = self
-            .labels_of(ctx, matchers)?
-            .iter()
-            .filter_map(|l| l.get(name).map(str::to_string))
-            .collect();
-        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        self.client
+            .wait(AsyncQuerier::label_values(self, ctx, name, hints, matchers))?
     }
 
     fn label_names(
@@ -926,12 +1042,12 @@ impl Querier for RemoteQuerier<'_> {
         hints: &LabelHints,
         matchers: &[Matcher],
     ) -> Result<LabelValues> {
-        let values = self
-            .labels_of(ctx, matchers)?
-            .iter()
-            .flat_map(|l| l.iter().map(|l| l.name.to_string()).collect::<Vec<_>>())
-            .collect();
-        Ok(LabelValues::limited(values, hints.limit, Warnings::new()))
+        self.client
+            .wait(AsyncQuerier::label_names(self, ctx, hints, matchers))?
+    }
+
+    fn as_async(&self) -> Option<&dyn AsyncQuerier> {
+        Some(self)
     }
 }
 
@@ -940,6 +1056,7 @@ mod tests {
     use super::*;
     use crate::read::{self, ReadLimits, ResponseType};
     use m3query_storage::memory::MemStorage;
+    use m3query_storage::merge::MergeQueryable;
     use m3query_storage::{Appendable, collect_series};
     use std::io::{Read, Write};
     use std::net::TcpListener;
@@ -1086,7 +1203,7 @@ mod tests {
             .expect("runtime")
     }
 
-    fn select_all(c: &RemoteReadClient, mint: i64, maxt: i64) -> Result<Vec<VecSeries>> {
+    fn select_all(c: &dyn Queryable, mint: i64, maxt: i64) -> Result<Vec<VecSeries>> {
         let q = c.querier(mint, maxt)?;
         let mut set = q.select(
             &Context::background(),
@@ -1281,14 +1398,12 @@ mod tests {
             )
             .expect("client");
             // Chunks and samples outside the read's range are dropped as they arrive.
+            let ctx = Context::background();
+            let m = [Matcher::equal("__name__", "m")];
+            let hints = SelectHints::default();
             let series = c
-                .read(
-                    &Context::background(),
-                    100_000,
-                    200_000,
-                    &SelectHints::default(),
-                    &[Matcher::equal("__name__", "m")],
-                )
+                .wait(c.read(&ctx, 100_000, 200_000, &hints, &m))
+                .and_then(|r| r)
                 .expect("read");
             assert_eq!(series.len(), 3);
             for s in &series {
@@ -1308,13 +1423,8 @@ mod tests {
                 ..Default::default()
             };
             let series = c
-                .read(
-                    &Context::background(),
-                    0,
-                    i64::MAX,
-                    &hints,
-                    &[Matcher::equal("__name__", "m")],
-                )
+                .wait(c.read(&ctx, 0, i64::MAX, &hints, &m))
+                .and_then(|r| r)
                 .expect("read");
             assert_eq!(series.len(), 3);
             assert!(
@@ -1392,6 +1502,71 @@ mod tests {
             Ok(Some(true)),
             "the client's socket to the store has TCP_NODELAY"
         );
+    }
+
+    /// A read called on a multi-threaded runtime's worker (where tokio refuses to block)
+    /// first hands the worker's tasks to another thread, alone and in a fan-out.
+    #[test]
+    fn a_read_on_a_runtime_worker_hands_the_worker_off() {
+        let rt = runtime();
+        let client = |url, streamed| {
+            Arc::new(
+                RemoteReadClient::new(config(url, streamed), rt.handle().clone()).expect("client"),
+            )
+        };
+        let a = client(serve(store(), 2, 200), false);
+        let b = client(serve(store(), 1, 200), true);
+        let (alone, merged) = rt
+            .block_on(rt.spawn(async move {
+                let alone = select_all(a.as_ref(), 0, i64::MAX).map(|s| s.len());
+                let m = MergeQueryable::from_stores(vec![a, b]);
+                (alone, select_all(&m, 0, i64::MAX).map(|s| s.len()))
+            }))
+            .expect("the task did not panic");
+        assert_eq!(alone.expect("alone"), 3);
+        assert_eq!(merged.expect("merged"), 3);
+    }
+
+    /// On a single-threaded runtime's thread nothing could take over the runtime's work while
+    /// a read blocks: the read fails with an internal error saying so, instead of panicking.
+    #[test]
+    fn a_read_on_a_single_threaded_runtime_fails_clearly() {
+        let rt = runtime();
+        let client = || -> Arc<dyn Queryable> {
+            Arc::new(
+                RemoteReadClient::new(
+                    config("http://127.0.0.1:9/api/v1/read".into(), true),
+                    rt.handle().clone(),
+                )
+                .expect("client"),
+            )
+        };
+        let alone = client();
+        let merged = MergeQueryable::from_stores(vec![client(), client()]);
+        let single = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let clear = |r: Result<usize>| match r {
+            Err(StorageError::Other(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("single-threaded") && e.contains("blocking thread"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected an error"),
+        };
+        single.block_on(async {
+            for q in [alone.as_ref(), &merged as &dyn Queryable] {
+                clear(select_all(q, 0, i64::MAX).map(|s| s.len()));
+                let names = q.querier(0, 10).and_then(|q| {
+                    q.label_names(&Context::background(), &LabelHints::default(), &[])
+                });
+                clear(names.map(|n| n.values.len()));
+            }
+        });
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub use context::Context;
 pub use error::{Error, Result};
 pub use warnings::Warnings;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use m3query_model::{LabelPairs, Labels, Matcher, Sample};
 
 /// What a select is for, so a store can avoid reading or sending what the query will not use.
@@ -116,6 +119,54 @@ pub trait Querier: Send + Sync {
         hints: &LabelHints,
         matchers: &[Matcher],
     ) -> Result<LabelValues>;
+
+    /// This querier's asynchronous side, for stores that wait on the network; `None` (the
+    /// default) for stores whose work is on the calling thread anyway (local storage).
+    fn as_async(&self) -> Option<&dyn AsyncQuerier> {
+        None
+    }
+}
+
+/// A boxed future that can move between threads, as [`AsyncQuerier`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The asynchronous side of a store whose queries wait on the network (a remote-read
+/// client). A fan-out over several such stores starts every store's request and waits for all
+/// of them at once on the calling thread, instead of blocking one thread per store. The
+/// futures carry whatever runtime context they need; they only have to be polled.
+pub trait AsyncQuerier: Send + Sync {
+    /// [`Querier::select`] as a future. The future borrows the arguments (`'f`); the series
+    /// set it yields borrows only the querier (`'s`), as the synchronous select's does.
+    fn select<'s: 'f, 'f>(
+        &'s self,
+        ctx: &'f Context,
+        sort: bool,
+        hints: &'f SelectHints,
+        matchers: &'f [Matcher],
+    ) -> BoxFuture<'f, Result<Box<dyn SeriesSet + 's>>>;
+
+    /// [`Querier::label_values`] as a future.
+    fn label_values<'a>(
+        &'a self,
+        ctx: &'a Context,
+        name: &'a str,
+        hints: &'a LabelHints,
+        matchers: &'a [Matcher],
+    ) -> BoxFuture<'a, Result<LabelValues>>;
+
+    /// [`Querier::label_names`] as a future.
+    fn label_names<'a>(
+        &'a self,
+        ctx: &'a Context,
+        hints: &'a LabelHints,
+        matchers: &'a [Matcher],
+    ) -> BoxFuture<'a, Result<LabelValues>>;
+
+    /// Runs `fut` to completion on the calling thread: a fan-out hands it the join of all its
+    /// stores' futures (and the synchronous stores' work). Fails, without running `fut`, when
+    /// the calling thread must not block (a thread that drives an async runtime and cannot
+    /// hand its work to another).
+    fn block_on(&self, fut: BoxFuture<'_, ()>) -> Result<()>;
 }
 
 /// An iterator over series. Errors end the set; warnings are complete once `next` returned

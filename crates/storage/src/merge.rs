@@ -1,22 +1,30 @@
 //! Fan-out: one [`Queryable`] over several stores.
 //!
-//! Every member is queried concurrently (one thread per member for a select, each carrying the
-//! caller's tracing span). Series with the same labels from different members become one
-//! series whose samples are the time-ordered union; where two members hold a sample at the same
-//! timestamp the first member's is kept, so identical replicas deduplicate.
+//! Every member is queried at once, without a thread per member or per query: the members
+//! that wait on the network ([`Querier::as_async`]: remote stores) are futures, started
+//! together and driven on the calling thread inside the caller's tracing span, while the
+//! local members are read inline on that thread once the remote requests are out. Series
+//! with the same labels from different members become one series whose samples are the
+//! time-ordered union; where two members hold a sample at the same timestamp the first
+//! member's is kept, so identical replicas deduplicate.
 //!
 //! Partial responses: a member marked `partial_ok` that fails (unreachable, timed out, broken)
 //! is left out with a warning naming it, and the query answers from the others. A member that
 //! is not `partial_ok` fails the whole query.
 
 use std::cmp::Ordering;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use m3query_model::{Labels, Matcher, Sample};
+use tracing::Instrument;
 
 use crate::{
-    Context, Error, LabelHints, LabelValues, Querier, Queryable, Result, SampleIterator,
-    SelectHints, Series, SeriesSet, Warnings,
+    AsyncQuerier, BoxFuture, Context, Error, LabelHints, LabelValues, Querier, Queryable, Result,
+    SampleIterator, SelectHints, Series, SeriesSet, Warnings,
 };
 
 /// One store in a fan-out.
@@ -125,42 +133,94 @@ struct MergeQuerier<'a> {
 }
 
 impl<'a> MergeQuerier<'a> {
-    /// Runs `f` on every part, concurrently when there are several, each thread inside the
-    /// caller's span so per-member spans nest under the request.
-    fn each<'s, T: Send>(&'s self, f: impl Fn(&'s Part<'a>) -> Result<T> + Sync) -> Vec<Result<T>> {
+    /// Runs one query on every part and returns each part's result, in part order.
+    ///
+    /// Stores with an asynchronous side ([`Querier::as_async`]: remote stores) get `start`:
+    /// their futures are joined and driven together on the calling thread, each inside the
+    /// caller's span, so per-store spans nest under the request. The others (local storage)
+    /// get `run`, inline on the calling thread, after every remote request has been sent, so
+    /// the stores still work at the same time. No thread is started per query or per store.
+    /// A panicking part fails that part only, as a store's error.
+    ///
+    /// The outer error is the fan-out's own (the calling thread must not block): it fails the
+    /// query whatever the parts' `partial_ok`.
+    fn each<'s, 'f, T: Send + 'f>(
+        &'s self,
+        run: impl Fn(&'s dyn Querier) -> Result<T> + Sync,
+        start: impl Fn(&'s dyn AsyncQuerier) -> BoxFuture<'f, Result<T>>,
+    ) -> Result<Vec<Result<T>>>
+    where
+        's: 'f,
+    {
+        let run_one = |q: &'s dyn Querier| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| run(q)))
+                .unwrap_or_else(|_| Err(Error::Other(PANICKED.into())))
+        };
+        // One store (the single-store case): its own select waits for it on this thread.
         if self.parts.len() <= 1 {
-            return self.parts.iter().map(&f).collect();
+            return Ok(self.parts.iter().map(|p| run_one(&*p.querier)).collect());
         }
         let span = tracing::Span::current();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .parts
-                .iter()
-                .map(|p| {
-                    let span = span.clone();
-                    let f = &f;
-                    s.spawn(move || span.in_scope(|| f(p)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Other("a store's query thread panicked".into()))
-                    })
-                })
-                .collect()
-        })
+        let mut driver = None;
+        let mut remote = Vec::new();
+        let mut remote_at = Vec::new();
+        let mut local_at = Vec::new();
+        for (i, p) in self.parts.iter().enumerate() {
+            match p.querier.as_async() {
+                Some(a) => {
+                    driver.get_or_insert(a);
+                    remote.push(Box::pin(start(a).instrument(span.clone())) as BoxFuture<'f, _>);
+                    remote_at.push(i);
+                }
+                None => local_at.push(i),
+            }
+        }
+        let Some(driver) = driver else {
+            return Ok(self.parts.iter().map(|p| run_one(&*p.querier)).collect());
+        };
+        let mut join = JoinAll::new(remote);
+        let mut local_out = Vec::with_capacity(local_at.len());
+        let mut remote_out = Vec::new();
+        let work = async {
+            // The first poll sends every remote store's request; the local stores are then
+            // read while the remote ones answer.
+            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut join).poll(cx))).await;
+            for &i in &local_at {
+                local_out.push(run_one(&*self.parts[i].querier));
+            }
+            remote_out = match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => (&mut join).await,
+            };
+        };
+        driver.block_on(Box::pin(work.instrument(span)))?;
+        let mut out: Vec<Option<Result<T>>> = (0..self.parts.len()).map(|_| None).collect();
+        for (i, r) in local_at.into_iter().zip(local_out) {
+            out[i] = Some(r);
+        }
+        for (i, r) in remote_at.into_iter().zip(remote_out) {
+            out[i] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(Error::Other("a store's query did not finish".into())))
+            })
+            .collect())
     }
 
-    fn label_lookup<'s>(
+    fn label_lookup<'s, 'f>(
         &'s self,
         limit: usize,
-        f: impl Fn(&'s Part<'a>) -> Result<LabelValues> + Sync,
-    ) -> Result<LabelValues> {
+        run: impl Fn(&'s dyn Querier) -> Result<LabelValues> + Sync,
+        start: impl Fn(&'s dyn AsyncQuerier) -> BoxFuture<'f, Result<LabelValues>>,
+    ) -> Result<LabelValues>
+    where
+        's: 'f,
+    {
         let mut lists = Vec::with_capacity(self.parts.len());
         let mut warnings = self.warnings.clone();
-        for (p, r) in self.parts.iter().zip(self.each(f)) {
+        for (p, r) in self.parts.iter().zip(self.each(run, start)?) {
             match r {
                 Ok(l) => lists.push(l),
                 Err(e) if p.partial_ok => warnings.push(partial_warning(&p.name, &e)),
@@ -171,6 +231,63 @@ impl<'a> MergeQuerier<'a> {
         warnings.extend(merged.warnings);
         merged.warnings = warnings;
         Ok(merged)
+    }
+}
+
+/// The error of a part whose query panicked.
+const PANICKED: &str = "a store's query panicked";
+
+/// Waits for several futures, polling each one until it is done; yields their outputs in
+/// order. A future that panics yields an error instead.
+struct JoinAll<'f, T> {
+    futs: Vec<Option<BoxFuture<'f, Result<T>>>>,
+    out: Vec<Option<Result<T>>>,
+}
+
+// Nothing inside is ever pinned in place: the futures are boxed, the outputs plain values.
+impl<T> Unpin for JoinAll<'_, T> {}
+
+impl<'f, T> JoinAll<'f, T> {
+    fn new(futs: Vec<BoxFuture<'f, Result<T>>>) -> Self {
+        let out = futs.iter().map(|_| None).collect();
+        JoinAll {
+            futs: futs.into_iter().map(Some).collect(),
+            out,
+        }
+    }
+}
+
+impl<T> Future for JoinAll<'_, T> {
+    type Output = Vec<Result<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut done = true;
+        for (slot, out) in this.futs.iter_mut().zip(&mut this.out) {
+            let Some(f) = slot else { continue };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+                Ok(Poll::Ready(r)) => *out = Some(r),
+                Ok(Poll::Pending) => {
+                    done = false;
+                    continue;
+                }
+                Err(_) => *out = Some(Err(Error::Other(PANICKED.into()))),
+            }
+            *slot = None;
+        }
+        if !done {
+            return Poll::Pending;
+        }
+        Poll::Ready(
+            this.out
+                .iter_mut()
+                .map(|o| {
+                    o.take().unwrap_or_else(|| {
+                        Err(Error::Other("a store's query did not finish".into()))
+                    })
+                })
+                .collect(),
+        )
     }
 }
 
@@ -199,7 +316,10 @@ impl Querier for MergeQuerier<'_> {
         {
             return only.querier.select(ctx, sort, hints, matchers);
         }
-        let results = self.each(|p| p.querier.select(ctx, true, hints, matchers));
+        let results = self.each(
+            |q| q.select(ctx, true, hints, matchers),
+            |a| a.select(ctx, true, hints, matchers),
+        )?;
         let mut sets = Vec::with_capacity(results.len());
         let mut warnings = self.warnings.clone();
         for (p, r) in self.parts.iter().zip(results) {
@@ -227,9 +347,11 @@ impl Querier for MergeQuerier<'_> {
         hints: &LabelHints,
         matchers: &[Matcher],
     ) -> Result<LabelValues> {
-        self.label_lookup(hints.limit, |p| {
-            p.querier.label_values(ctx, name, hints, matchers)
-        })
+        self.label_lookup(
+            hints.limit,
+            |q| q.label_values(ctx, name, hints, matchers),
+            |a| a.label_values(ctx, name, hints, matchers),
+        )
     }
 
     fn label_names(
@@ -238,7 +360,11 @@ impl Querier for MergeQuerier<'_> {
         hints: &LabelHints,
         matchers: &[Matcher],
     ) -> Result<LabelValues> {
-        self.label_lookup(hints.limit, |p| p.querier.label_names(ctx, hints, matchers))
+        self.label_lookup(
+            hints.limit,
+            |q| q.label_names(ctx, hints, matchers),
+            |a| a.label_names(ctx, hints, matchers),
+        )
     }
 }
 
@@ -549,5 +675,294 @@ mod tests {
         };
         assert_eq!(count(0), 2, "range reaches before local data: remote asked");
         assert_eq!(count(1500), 1, "local covers the range: remote skipped");
+    }
+
+    /// How a store with an asynchronous side behaves in a test.
+    #[derive(Clone, Copy, PartialEq)]
+    enum How {
+        Answer,
+        Panic,
+        /// Its `block_on` refuses, as a remote store's does on a runtime's thread.
+        Refuse,
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    fn note(log: &Log, what: String) {
+        log.lock().expect("log").push(what);
+    }
+
+    /// A store that waits on "the network": its queries are futures that are pending once
+    /// before answering from `data`.
+    struct Net {
+        name: &'static str,
+        data: Arc<MemStorage>,
+        how: How,
+        log: Log,
+    }
+
+    impl Queryable for Net {
+        fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>> {
+            Ok(Box::new(NetQuerier {
+                inner: self.data.querier(mint, maxt)?,
+                net: self,
+            }))
+        }
+    }
+
+    struct NetQuerier<'a> {
+        inner: Box<dyn Querier + 'a>,
+        net: &'a Net,
+    }
+
+    impl NetQuerier<'_> {
+        /// What a query does on "the network": logs that it started, waits once, answers.
+        async fn round_trip(&self) {
+            note(&self.net.log, format!("{} sent", self.net.name));
+            let mut waited = false;
+            std::future::poll_fn(|cx| {
+                if waited {
+                    return Poll::Ready(());
+                }
+                waited = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            if self.net.how == How::Panic {
+                panic!("{} broke", self.net.name);
+            }
+        }
+    }
+
+    impl Querier for NetQuerier<'_> {
+        fn select(
+            &self,
+            ctx: &Context,
+            sort: bool,
+            hints: &SelectHints,
+            matchers: &[Matcher],
+        ) -> Result<Box<dyn SeriesSet + '_>> {
+            self.inner.select(ctx, sort, hints, matchers)
+        }
+        fn label_values(
+            &self,
+            ctx: &Context,
+            name: &str,
+            hints: &LabelHints,
+            matchers: &[Matcher],
+        ) -> Result<LabelValues> {
+            self.inner.label_values(ctx, name, hints, matchers)
+        }
+        fn label_names(
+            &self,
+            ctx: &Context,
+            hints: &LabelHints,
+            matchers: &[Matcher],
+        ) -> Result<LabelValues> {
+            self.inner.label_names(ctx, hints, matchers)
+        }
+        fn as_async(&self) -> Option<&dyn AsyncQuerier> {
+            Some(self)
+        }
+    }
+
+    impl AsyncQuerier for NetQuerier<'_> {
+        fn select<'s: 'f, 'f>(
+            &'s self,
+            ctx: &'f Context,
+            sort: bool,
+            hints: &'f SelectHints,
+            matchers: &'f [Matcher],
+        ) -> BoxFuture<'f, Result<Box<dyn SeriesSet + 's>>> {
+            Box::pin(async move {
+                self.round_trip().await;
+                self.inner.select(ctx, sort, hints, matchers)
+            })
+        }
+        fn label_values<'a>(
+            &'a self,
+            ctx: &'a Context,
+            name: &'a str,
+            hints: &'a LabelHints,
+            matchers: &'a [Matcher],
+        ) -> BoxFuture<'a, Result<LabelValues>> {
+            Box::pin(async move {
+                self.round_trip().await;
+                self.inner.label_values(ctx, name, hints, matchers)
+            })
+        }
+        fn label_names<'a>(
+            &'a self,
+            ctx: &'a Context,
+            hints: &'a LabelHints,
+            matchers: &'a [Matcher],
+        ) -> BoxFuture<'a, Result<LabelValues>> {
+            Box::pin(async move {
+                self.round_trip().await;
+                self.inner.label_names(ctx, hints, matchers)
+            })
+        }
+        fn block_on(&self, mut fut: BoxFuture<'_, ()>) -> Result<()> {
+            if self.net.how == How::Refuse {
+                return Err(Error::Other("cannot block here".into()));
+            }
+            struct Unpark(std::thread::Thread);
+            impl std::task::Wake for Unpark {
+                fn wake(self: Arc<Self>) {
+                    self.0.unpark();
+                }
+            }
+            let waker = Arc::new(Unpark(std::thread::current())).into();
+            let mut cx = std::task::Context::from_waker(&waker);
+            while fut.as_mut().poll(&mut cx).is_pending() {
+                std::thread::park();
+            }
+            note(&self.net.log, format!("{} drove the join", self.net.name));
+            Ok(())
+        }
+    }
+
+    /// A local store that logs its selects.
+    struct Local(Arc<MemStorage>, Log);
+    impl Queryable for Local {
+        fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier + '_>> {
+            Ok(Box::new(LocalQuerier(self.0.querier(mint, maxt)?, &self.1)))
+        }
+    }
+    struct LocalQuerier<'a>(Box<dyn Querier + 'a>, &'a Log);
+    impl Querier for LocalQuerier<'_> {
+        fn select(
+            &self,
+            ctx: &Context,
+            sort: bool,
+            hints: &SelectHints,
+            matchers: &[Matcher],
+        ) -> Result<Box<dyn SeriesSet + '_>> {
+            note(self.1, "local read".into());
+            self.0.select(ctx, sort, hints, matchers)
+        }
+        fn label_values(
+            &self,
+            ctx: &Context,
+            name: &str,
+            hints: &LabelHints,
+            matchers: &[Matcher],
+        ) -> Result<LabelValues> {
+            note(self.1, "local read".into());
+            self.0.label_values(ctx, name, hints, matchers)
+        }
+        fn label_names(
+            &self,
+            ctx: &Context,
+            hints: &LabelHints,
+            matchers: &[Matcher],
+        ) -> Result<LabelValues> {
+            note(self.1, "local read".into());
+            self.0.label_names(ctx, hints, matchers)
+        }
+    }
+
+    fn net(name: &'static str, job: &str, how: How, log: &Log, partial_ok: bool) -> Member {
+        let data = Arc::new(MemStorage::new());
+        load(&data, job, &[0, 10]);
+        Member {
+            name: name.into(),
+            queryable: Arc::new(Net {
+                name,
+                data,
+                how,
+                log: log.clone(),
+            }),
+            partial_ok,
+            read_recent: true,
+        }
+    }
+
+    fn jobs_of(q: &dyn Querier) -> Result<(Vec<String>, Warnings)> {
+        let mut set = q.select(&Context::background(), true, &SelectHints::default(), &up())?;
+        let (series, w) = collect_series(set.as_mut(), 0, 100)?;
+        let jobs = series
+            .iter()
+            .map(|s| s.labels.get("job").unwrap_or("").to_string())
+            .collect();
+        Ok((jobs, w))
+    }
+
+    /// Stores with an asynchronous side are joined and driven by one `block_on` on the
+    /// calling thread; the local store is read once every remote request is out.
+    #[test]
+    fn remote_members_are_joined_and_sent_before_local_reads() {
+        let log = Log::default();
+        let local = Arc::new(MemStorage::new());
+        load(&local, "l", &[0, 10]);
+        let m = MergeQueryable::new(vec![
+            Member::required("local", Arc::new(Local(local, log.clone()))),
+            net("a", "x", How::Answer, &log, false),
+            net("b", "y", How::Answer, &log, false),
+        ]);
+        let q = m.querier(0, 100).expect("querier");
+        let (jobs, w) = jobs_of(q.as_ref()).expect("select");
+        assert_eq!(jobs, vec!["l", "x", "y"]);
+        assert!(w.is_empty(), "{w}");
+        let expected = vec!["a sent", "b sent", "local read", "a drove the join"];
+        assert_eq!(*log.lock().expect("log"), expected);
+        log.lock().expect("log").clear();
+        let v = q
+            .label_values(&Context::background(), "job", &LabelHints::default(), &[])
+            .expect("values");
+        assert_eq!(v.values, vec!["l", "x", "y"]);
+        assert_eq!(*log.lock().expect("log"), expected);
+        let n = q
+            .label_names(&Context::background(), &LabelHints { limit: 1 }, &[])
+            .expect("names");
+        assert_eq!(n.values, vec!["__name__"]);
+    }
+
+    /// A store whose future panics fails as a store does: a warning when it may be left
+    /// out, an error when it is required.
+    #[test]
+    fn a_panicking_store_future_is_that_stores_failure() {
+        let log = Log::default();
+        let m = MergeQueryable::new(vec![
+            net("a", "x", How::Answer, &log, false),
+            net("b", "y", How::Panic, &log, true),
+        ]);
+        let q = m.querier(0, 100).expect("querier");
+        let (jobs, w) = jobs_of(q.as_ref()).expect("partial select");
+        assert_eq!(jobs, vec!["x"]);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("\"b\"") && w.contains("panicked")),
+            "{w}"
+        );
+        let m = MergeQueryable::new(vec![
+            net("a", "x", How::Answer, &log, false),
+            net("b", "y", How::Panic, &log, false),
+        ]);
+        let q = m.querier(0, 100).expect("querier");
+        assert!(matches!(jobs_of(q.as_ref()), Err(Error::Other(e)) if e.to_string() == PANICKED));
+    }
+
+    /// When the calling thread must not block, the fan-out fails as a whole, whatever the
+    /// stores' `partial_ok`: answering from the local store alone would hide the bug.
+    #[test]
+    fn a_refused_wait_fails_the_query() {
+        let log = Log::default();
+        let local = Arc::new(MemStorage::new());
+        load(&local, "l", &[0, 10]);
+        let m = MergeQueryable::new(vec![
+            Member::required("local", local),
+            net("a", "x", How::Refuse, &log, true),
+        ]);
+        let q = m.querier(0, 100).expect("querier");
+        assert!(
+            matches!(jobs_of(q.as_ref()), Err(Error::Other(e)) if e.to_string() == "cannot block here")
+        );
+        assert!(
+            q.label_names(&Context::background(), &LabelHints::default(), &[])
+                .is_err()
+        );
+        assert!(log.lock().expect("log").is_empty(), "nothing ran");
     }
 }
