@@ -84,7 +84,10 @@ pub enum Error {
     Canceled(&'static str),
     /// More series than `max_fetched_series` with `require_exhaustive` (HTTP 422 `execution`).
     #[error("query matched more than {limit} series (limit exceeded; require_exhaustive is set)")]
-    TooManySeries { limit: usize },
+    TooManySeries {
+        /// The configured `max_fetched_series`.
+        limit: usize,
+    },
     /// An answer larger than the server gives (HTTP 400 `bad_data`), e.g. `format_query` of
     /// a very long operator chain.
     #[error("{0}")]
@@ -100,6 +103,7 @@ impl Error {
     }
 }
 
+/// A result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Checks the context, mapping its errors to ours (`env` names the phase, as Prometheus does).

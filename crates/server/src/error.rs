@@ -15,16 +15,24 @@ use serde::Serialize;
 /// Prometheus's error kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorType {
+    /// `bad_data` (400): the request is malformed or refused as given.
     BadData,
+    /// `execution` (422): the query was valid but failed to run.
     Execution,
+    /// `canceled` (499): the client went away.
     Canceled,
+    /// `timeout` (503): the deadline passed.
     Timeout,
+    /// `internal` (500): the server failed.
     Internal,
+    /// `unavailable` (503): a store or the server cannot answer now; retry.
     Unavailable,
+    /// `not_found` (404).
     NotFound,
 }
 
 impl ErrorType {
+    /// The `errorType` string.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::BadData => "bad_data",
@@ -37,6 +45,7 @@ impl ErrorType {
         }
     }
 
+    /// The HTTP status Prometheus answers with for this kind.
     pub fn status(self) -> StatusCode {
         match self {
             ErrorType::BadData => StatusCode::BAD_REQUEST,
@@ -53,7 +62,9 @@ impl ErrorType {
 /// An error answered in Prometheus's JSON shape.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The `errorType`.
     pub kind: ErrorType,
+    /// The `error` text.
     pub message: String,
     /// A status other than the kind's own (405, 413, 415 keep Prometheus's error body).
     pub status: Option<StatusCode>,
@@ -65,6 +76,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error of `kind` with `message`, at the kind's status.
     pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
         ApiError {
             kind,
@@ -75,27 +87,33 @@ impl ApiError {
         }
     }
 
+    /// A `bad_data` (400) error.
     pub fn bad_data(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::BadData, message)
     }
 
+    /// An `internal` (500) error.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::Internal, message)
     }
 
+    /// An `unavailable` (503) error.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::Unavailable, message)
     }
 
+    /// A `not_found` (404) error.
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::NotFound, message)
     }
 
+    /// Answers with `status` instead of the kind's own, keeping the kind in the body.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }
 
+    /// The status answered: the override, else the kind's.
     pub fn status(&self) -> StatusCode {
         self.status.unwrap_or_else(|| self.kind.status())
     }
@@ -106,6 +124,7 @@ impl ApiError {
         self
     }
 
+    /// Adds `Retry-After: seconds`.
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -238,12 +257,16 @@ impl IntoResponse for ApiError {
 /// A successful answer: `{"status":"success","data":..,"warnings":[..],"infos":[..]}`.
 #[derive(Debug)]
 pub struct ApiResponse<T> {
+    /// The `data` field.
     pub data: T,
+    /// `warnings`, omitted when empty.
     pub warnings: Vec<String>,
+    /// `infos`, omitted when empty.
     pub infos: Vec<String>,
 }
 
 impl<T> ApiResponse<T> {
+    /// A success with `data` and no annotations.
     pub fn new(data: T) -> Self {
         ApiResponse {
             data,
@@ -252,6 +275,7 @@ impl<T> ApiResponse<T> {
         }
     }
 
+    /// Sets the warnings.
     pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
         self.warnings = warnings;
         self
@@ -280,6 +304,7 @@ impl<T: Serialize> IntoResponse for ApiResponse<T> {
     }
 }
 
+/// What handlers return.
 pub type ApiResult<T> = Result<ApiResponse<T>, ApiError>;
 
 // The one table from typed errors to Prometheus's error kinds. Every path that turns a

@@ -266,6 +266,7 @@ fn decode_label_name(raw: &str) -> Result<String, ApiError> {
     Ok(out)
 }
 
+/// One metadata entry as `/api/v1/metadata` answers it.
 #[derive(Serialize)]
 pub struct MetadataJson {
     #[serde(rename = "type")]

@@ -547,6 +547,7 @@ pub async fn parse_query(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// One exemplar as `/api/v1/query_exemplars` answers it.
 #[derive(serde::Serialize)]
 pub struct ExemplarJson {
     labels: LabelsJson,
@@ -554,6 +555,7 @@ pub struct ExemplarJson {
     timestamp: f64,
 }
 
+/// A series' exemplars as `/api/v1/query_exemplars` answers them.
 #[derive(serde::Serialize)]
 pub struct SeriesExemplars {
     #[serde(rename = "seriesLabels")]
