@@ -1,6 +1,6 @@
 //! Prometheus's remote storage protocols for m3query.
 //!
-//! - [`write`]: receiving remote write 1.0 and 2.0 into any [`m3query_storage::Appender`].
+//! - [`write`](mod@write): receiving remote write 1.0 and 2.0 into any [`m3query_storage::Appender`].
 //! - [`client`]: a remote-read client that is a [`m3query_storage::Queryable`], for fan-out
 //!   over Prometheus-compatible stores.
 //! - [`read`]: serving remote read (`SAMPLES` and `STREAMED_XOR_CHUNKS`) from any
