@@ -183,6 +183,7 @@ pub struct DenseEncoder {
 }
 
 impl DenseEncoder {
+    /// An encoder with empty buffers (reused across chunks).
     pub fn new() -> Self {
         Self::default()
     }
@@ -481,6 +482,7 @@ pub fn dense_num_samples(bytes: &[u8]) -> Option<u16> {
 }
 
 impl<'a> DenseIterator<'a> {
+    /// An iterator over a dense chunk; an error if its header does not decode.
     pub fn new(bytes: &'a [u8]) -> Result<Self> {
         let mut c = Cursor { b: bytes, pos: 0 };
         let n = c.uvarint()?;
@@ -561,6 +563,7 @@ impl<'a> DenseIterator<'a> {
         })
     }
 
+    /// The sample count the chunk's header declares.
     pub fn num_samples(&self) -> u16 {
         self.total
     }

@@ -53,7 +53,9 @@ pub const DENSE_SAMPLES_PER_CHUNK: usize = 480;
 /// An iterator over a chunk of either encoding.
 #[derive(Clone, Debug)]
 pub enum ChunkIterator<'a> {
+    /// Prometheus's XOR (Gorilla) encoding.
     Xor(XorIterator<'a>),
+    /// Our dense encoding for blocks of regular series.
     Dense(DenseIterator<'a>),
 }
 
@@ -67,6 +69,7 @@ impl<'a> ChunkIterator<'a> {
         }
     }
 
+    /// The sample count the chunk's header declares.
     pub fn num_samples(&self) -> u16 {
         match self {
             ChunkIterator::Xor(it) => it.num_samples(),
@@ -115,14 +118,24 @@ pub const TARGET_SAMPLES_PER_CHUNK: usize = 120;
 /// valid encoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
+    /// Fewer bytes than the header needs.
     #[error("chunk shorter than its 2-byte header")]
     MissingHeader,
     #[error("chunk data ends after {read} of {total} samples")]
-    Truncated { read: u16, total: u16 },
+    /// The data ends before every sample the header counts.
+    Truncated {
+        /// Samples decoded before the end.
+        read: u16,
+        /// Samples the header counts.
+        total: u16,
+    },
+    /// No more samples fit: the count is a `u16`.
     #[error("chunk is full (65535 samples)")]
     Full,
+    /// Bits that cannot be a valid encoding; the text says which part.
     #[error("corrupt chunk: {0}")]
     Corrupt(&'static str),
 }
 
+/// A result with [`ChunkError`].
 pub type Result<T, E = ChunkError> = std::result::Result<T, E>;

@@ -179,10 +179,12 @@ impl XorAppender {
         self.window.write(&mut self.w, vb ^ self.v);
     }
 
+    /// Samples appended so far.
     pub fn num_samples(&self) -> usize {
         usize::from(self.num)
     }
 
+    /// Whether nothing was appended.
     pub fn is_empty(&self) -> bool {
         self.num == 0
     }

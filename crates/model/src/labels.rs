@@ -15,11 +15,14 @@ pub const METRIC_NAME: &str = "__name__";
 /// One label pair. Ordered by name, then value, as Prometheus orders them.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
+    /// The label's name (`__name__` for the metric name).
     pub name: Arc<str>,
+    /// The label's value, never empty in a stored set.
     pub value: Arc<str>,
 }
 
 impl Label {
+    /// A pair from anything that converts to shared strings.
     pub fn new(name: impl Into<Arc<str>>, value: impl Into<Arc<str>>) -> Self {
         Label {
             name: name.into(),
@@ -112,18 +115,22 @@ impl Labels {
         Labels(Arc::from(v))
     }
 
+    /// The number of labels.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the set has no labels.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The labels in name order.
     pub fn iter(&self) -> std::slice::Iter<'_, Label> {
         self.0.iter()
     }
 
+    /// The labels in name order, as a slice.
     pub fn as_slice(&self) -> &[Label] {
         &self.0
     }
@@ -139,6 +146,7 @@ impl Labels {
         self.get(METRIC_NAME)
     }
 
+    /// Whether label `name` is present.
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -328,14 +336,17 @@ impl<'a> LabelPairs<'a> {
         Ok(LabelPairs(pairs))
     }
 
+    /// The pairs, sorted by name.
     pub fn as_slice(&self) -> &'a [(&'a str, &'a str)] {
         self.0
     }
 
+    /// The number of pairs.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -384,6 +395,7 @@ pub struct LabelsBuilder {
 }
 
 impl LabelsBuilder {
+    /// A builder starting from `base`, with no edits.
     pub fn new(base: Labels) -> Self {
         LabelsBuilder {
             base,
@@ -408,6 +420,7 @@ impl LabelsBuilder {
         self
     }
 
+    /// Deletes label `name` (a no-op if absent).
     pub fn del(&mut self, name: &str) -> &mut Self {
         self.add.retain(|a| &*a.name != name);
         if !self.del.iter().any(|d| &**d == name) {
@@ -440,6 +453,7 @@ impl LabelsBuilder {
         self.base.get(name)
     }
 
+    /// The edited set, sorted; `base` itself when nothing was edited.
     pub fn labels(&self) -> Labels {
         if self.del.is_empty() && self.add.is_empty() {
             return self.base.clone();

@@ -14,13 +14,18 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 /// The four matcher operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatchOp {
+    /// `=`: the value equals the string.
     Equal,
+    /// `!=`: the value differs from the string.
     NotEqual,
+    /// `=~`: the whole value matches the regex.
     RegexMatch,
+    /// `!~`: the whole value does not match the regex.
     RegexNoMatch,
 }
 
 impl MatchOp {
+    /// The operator as written in PromQL.
     pub fn as_str(self) -> &'static str {
         match self {
             MatchOp::Equal => "=",
@@ -30,10 +35,12 @@ impl MatchOp {
         }
     }
 
+    /// Whether the matcher's value is a regular expression (`=~`, `!~`).
     pub fn is_regex(self) -> bool {
         matches!(self, MatchOp::RegexMatch | MatchOp::RegexNoMatch)
     }
 
+    /// Whether it selects by exclusion (`!=`, `!~`), so it matches series without the label.
     pub fn is_negative(self) -> bool {
         matches!(self, MatchOp::NotEqual | MatchOp::RegexNoMatch)
     }
@@ -45,12 +52,17 @@ impl fmt::Display for MatchOp {
     }
 }
 
+/// Why a matcher cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum MatcherError {
+    /// The regex does not compile (RE2 syntax, anchored at both ends).
     #[error("invalid regular expression {regex:?} in matcher for label {name:?}: {reason}")]
     InvalidRegex {
+        /// The label the matcher is for.
         name: String,
+        /// The regex as given.
         regex: String,
+        /// The regex compiler's message.
         reason: String,
     },
 }
@@ -228,8 +240,11 @@ fn is_dot_plus(h: &Hir) -> bool {
 /// One label matcher.
 #[derive(Clone)]
 pub struct Matcher {
+    /// The operator.
     pub op: MatchOp,
+    /// The label name matched.
     pub name: String,
+    /// The string or regex the value is compared with.
     pub value: String,
     re: Option<FastRegex>,
 }

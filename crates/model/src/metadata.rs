@@ -5,18 +5,27 @@ use std::fmt;
 /// A metric family's type, with Prometheus's API spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum MetricType {
+    /// Untyped, or a type we do not know.
     #[default]
     Unknown,
+    /// A monotonically increasing count.
     Counter,
+    /// A value that goes up and down.
     Gauge,
+    /// Bucketed observations with sum and count.
     Histogram,
+    /// A histogram whose buckets can go down (OpenMetrics).
     GaugeHistogram,
+    /// Quantiles with sum and count.
     Summary,
+    /// Labels describing a target, with value 1 (OpenMetrics).
     Info,
+    /// One series per state, 1 for the current one (OpenMetrics).
     StateSet,
 }
 
 impl MetricType {
+    /// The type as the metadata API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             MetricType::Unknown => "unknown",
@@ -40,8 +49,11 @@ impl fmt::Display for MetricType {
 /// Type, help and unit of a metric family.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Metadata {
+    /// The family's type.
     pub metric_type: MetricType,
+    /// The `# HELP` text.
     pub help: String,
+    /// The `# UNIT`, empty when none.
     pub unit: String,
 }
 
@@ -49,7 +61,10 @@ pub struct Metadata {
 /// series' sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exemplar {
+    /// The exemplar's own labels (not the series').
     pub labels: crate::Labels,
+    /// The observed value.
     pub value: f64,
+    /// When it was observed, ms since the epoch.
     pub t: i64,
 }

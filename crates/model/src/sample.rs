@@ -18,11 +18,14 @@ pub fn is_stale_nan(v: f64) -> bool {
 /// equals itself: what deduplication and round-trip tests need.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
+    /// Milliseconds since the Unix epoch.
     pub t: i64,
+    /// The value; a special NaN marks staleness.
     pub v: f64,
 }
 
 impl Sample {
+    /// A sample at `t` with value `v`.
     #[inline]
     pub fn new(t: i64, v: f64) -> Self {
         Sample { t, v }

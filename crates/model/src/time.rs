@@ -23,16 +23,22 @@ const UNITS: [(&str, i64); 7] = [
 /// The smallest and largest timestamps the API accepts (Prometheus's `minTime`/`maxTime`,
 /// which are the Go time range representable in int64 milliseconds after rounding).
 pub const MIN_TIME_MS: i64 = -9_223_309_901_257_974;
+/// See [`MIN_TIME_MS`].
 pub const MAX_TIME_MS: i64 = 9_223_309_901_257_974;
 
+/// Why a time or duration does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimeError {
+    /// A Prometheus duration string (`5m`, `1h30m`) that is not one.
     #[error("not a valid duration string: {0:?}")]
     Duration(String),
+    /// An API timestamp that is neither a float of seconds nor RFC 3339.
     #[error("cannot parse {0:?} to a valid timestamp")]
     Timestamp(String),
+    /// An API duration that is neither a float of seconds nor a duration string.
     #[error("cannot parse {0:?} to a valid duration")]
     ApiDuration(String),
+    /// An API duration whose milliseconds do not fit an `i64`.
     #[error("cannot parse {0:?} to a valid duration. It overflows int64")]
     ApiDurationOverflow(String),
 }
@@ -297,15 +303,21 @@ pub fn format_rfc3339(ms: i64) -> String {
 /// Calendar fields of a UTC timestamp, for PromQL's date functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Civil {
+    /// Year, e.g. 2024.
     pub year: i64,
+    /// Month, 1 to 12.
     pub month: i64,
+    /// Day of the month, from 1.
     pub day: i64,
+    /// Hour, 0 to 23.
     pub hour: i64,
+    /// Minute, 0 to 59.
     pub minute: i64,
     /// 0 = Sunday.
     pub weekday: i64,
     /// 1-based day of the year.
     pub yearday: i64,
+    /// Days in this month (28 to 31).
     pub days_in_month: i64,
 }
 

@@ -42,10 +42,12 @@ pub struct Annotations {
 }
 
 impl Annotations {
+    /// No annotations.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Whether nothing was noted.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -75,6 +77,7 @@ impl Annotations {
         self.items.push(a);
     }
 
+    /// Notes a warning at `pos`; the same message twice is kept once.
     pub fn warn(&mut self, msg: impl Into<String>, pos: PosRange) {
         self.add(Anno {
             kind: Kind::Warning,
@@ -84,6 +87,7 @@ impl Annotations {
         });
     }
 
+    /// Notes an info annotation at `pos`; the same message twice is kept once.
     pub fn info(&mut self, msg: impl Into<String>, pos: PosRange) {
         self.add(Anno {
             kind: Kind::Info,
@@ -93,6 +97,7 @@ impl Annotations {
         });
     }
 
+    /// Adds another set's annotations (deduplicated, as `warn` and `info` do).
     pub fn merge(&mut self, other: Annotations) {
         for a in other.items {
             self.add(a);

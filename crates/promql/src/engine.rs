@@ -60,15 +60,19 @@ pub struct QueryOptions {
 /// Where a query's time went and how much it touched.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueryStats {
+    /// Parsing the query text.
     pub parse: Duration,
     /// Planning plus selecting and decoding series.
     pub prepare: Duration,
+    /// Evaluating the planned tree.
     pub eval: Duration,
+    /// The whole query, end to end.
     pub total: Duration,
     /// Points produced by evaluation in total.
     pub total_samples: u64,
     /// Most points held at once.
     pub peak_samples: usize,
+    /// Series selected from storage.
     pub series_fetched: usize,
     /// Raw samples decoded from storage.
     pub samples_fetched: usize,
@@ -77,10 +81,13 @@ pub struct QueryStats {
 /// A query's answer.
 #[derive(Debug, Clone)]
 pub struct QueryResult {
+    /// The result.
     pub value: Value,
     /// Rendered as the HTTP API does: `PromQL warning: <msg> (line:col)` plus storage warnings.
     pub warnings: Vec<String>,
+    /// Info annotations, rendered as `warnings` are (`PromQL info: ...`).
     pub infos: Vec<String>,
+    /// Timings and counts (filled when `enable_stats` is set).
     pub stats: QueryStats,
     /// True when `max_fetched_series` truncated the series (M3's `M3-Results-Limited`).
     pub series_limited: bool,
@@ -93,10 +100,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with these options.
     pub fn new(opts: EngineOptions) -> Self {
         Engine { opts }
     }
 
+    /// The options it was built with.
     pub fn options(&self) -> &EngineOptions {
         &self.opts
     }

@@ -63,8 +63,8 @@ pub use value::{Point, Sample, Series, Value};
 
 use m3query_storage::Context;
 
-/// Errors a query can end with. The HTTP layer maps them to statuses through
-/// [`Error::error_type`] in one place.
+/// Errors a query can end with. The HTTP layer maps each variant to Prometheus's error kind
+/// in its one table (`m3query_server::error`); the kinds noted here are that table's.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The expression does not parse or type-check (HTTP 400 `bad_data`).
@@ -84,43 +84,26 @@ pub enum Error {
     Canceled(&'static str),
     /// More series than `max_fetched_series` with `require_exhaustive` (HTTP 422 `execution`).
     #[error("query matched more than {limit} series (limit exceeded; require_exhaustive is set)")]
-    TooManySeries { limit: usize },
+    TooManySeries {
+        /// The configured `max_fetched_series`.
+        limit: usize,
+    },
     /// An answer larger than the server gives (HTTP 400 `bad_data`), e.g. `format_query` of
     /// a very long operator chain.
     #[error("{0}")]
     TooLarge(String),
-    /// The store failed (HTTP 422 `execution` for refused selects, else 500 `internal`).
+    /// The store failed; the HTTP kind is the storage error's own, as on the metadata routes.
     #[error("{0}")]
     Storage(#[from] m3query_storage::Error),
 }
 
 impl Error {
-    /// Prometheus's `errorType` for the HTTP API.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Error::Parse(_) | Error::TooLarge(_) => "bad_data",
-            Error::Execution(_) | Error::TooManySamples | Error::TooManySeries { .. } => {
-                "execution"
-            }
-            Error::Timeout(_) => "timeout",
-            Error::Canceled(_) => "canceled",
-            Error::Storage(e) => match e {
-                m3query_storage::Error::Canceled => "canceled",
-                m3query_storage::Error::DeadlineExceeded => "timeout",
-                m3query_storage::Error::BadRequest(_)
-                | m3query_storage::Error::LimitExceeded(_) => "execution",
-                // A store that cannot be reached: retryable, 503.
-                m3query_storage::Error::Unavailable { .. } => "unavailable",
-                _ => "internal",
-            },
-        }
-    }
-
     pub(crate) fn exec(msg: impl Into<String>) -> Self {
         Error::Execution(msg.into())
     }
 }
 
+/// A result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Checks the context, mapping its errors to ours (`env` names the phase, as Prometheus does).

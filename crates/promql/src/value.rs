@@ -13,24 +13,43 @@ pub use m3query_model::Sample as Point;
 /// One element of an instant vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
+    /// The series' labels (after `__name__` removal where the query drops it).
     pub labels: Labels,
+    /// Evaluation time, ms.
     pub t_ms: i64,
+    /// The value.
     pub v: f64,
 }
 
 /// One series of a range result: its labels and samples in time order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
+    /// The series' labels.
     pub labels: Labels,
+    /// The points, one per step that has a value.
     pub samples: Vec<Point>,
 }
 
 /// A query's result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    Scalar { t_ms: i64, v: f64 },
-    String { t_ms: i64, s: String },
+    /// A number at the evaluation time.
+    Scalar {
+        /// Evaluation time, ms.
+        t_ms: i64,
+        /// The value.
+        v: f64,
+    },
+    /// A string at the evaluation time.
+    String {
+        /// Evaluation time, ms.
+        t_ms: i64,
+        /// The value.
+        s: String,
+    },
+    /// An instant vector: one sample per series, at the evaluation time.
     Vector(Vec<Sample>),
+    /// A range result: a range query's series, or an instant query's range vector.
     Matrix(Vec<Series>),
 }
 

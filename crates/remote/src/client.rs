@@ -50,20 +50,33 @@ use crate::{DisplayMatchers, prompb};
 /// How to authenticate to a store.
 #[derive(Clone, Debug)]
 pub enum Auth {
-    Basic { username: String, password: String },
+    /// HTTP basic authentication.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password (redacted wherever the config is shown).
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
     Bearer(String),
 }
 
 /// One remote store.
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
+    /// Named in warnings, spans and metrics.
     pub name: String,
+    /// The remote-read endpoint.
     pub url: String,
+    /// Longest a read may take (the query's deadline may cut it shorter).
     pub timeout: Duration,
+    /// Extra headers sent with every read.
     pub headers: Vec<(String, String)>,
+    /// Credentials sent with every read.
     pub auth: Option<Auth>,
     /// Equality matchers a selector must carry for this store to be asked.
     pub required_matchers: Vec<(String, String)>,
+    /// Ask for `STREAMED_XOR_CHUNKS` (falling back to `SAMPLES` if the store sends that).
     pub prefer_streamed: bool,
     /// Largest response accepted (compressed body for SAMPLES, all frames for streamed).
     pub max_response_bytes: usize,
@@ -125,6 +138,7 @@ impl RemoteReadClient {
         self
     }
 
+    /// The store's configured name.
     pub fn name(&self) -> &str {
         &self.cfg.name
     }

@@ -17,10 +17,13 @@ use crate::prompb;
 /// Errors answering a read request.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The request does not decode or is not valid (HTTP 400).
     #[error("{0}")]
     BadRequest(String),
+    /// The answer would break a read limit (HTTP 400, as Prometheus).
     #[error("{0}")]
     LimitExceeded(String),
+    /// The store failed.
     #[error("{0}")]
     Storage(#[from] StorageError),
     /// The client went away while streaming.
@@ -31,11 +34,14 @@ pub enum ReadError {
 /// Which response the client gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResponseType {
+    /// `SAMPLES`: one snappy-compressed `ReadResponse`.
     Samples,
+    /// `STREAMED_XOR_CHUNKS`: framed `ChunkedReadResponse`s of XOR chunks.
     StreamedXorChunks,
 }
 
 impl ResponseType {
+    /// The `Content-Type` the answer is sent with.
     pub fn content_type(self) -> &'static str {
         match self {
             ResponseType::Samples => "application/x-protobuf",
@@ -380,6 +386,7 @@ pub struct FrameReader<'a> {
 }
 
 impl<'a> FrameReader<'a> {
+    /// A reader over a body of frames.
     pub fn new(buf: &'a [u8]) -> Self {
         FrameReader { buf }
     }

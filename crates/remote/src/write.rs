@@ -23,31 +23,45 @@ use crate::prompb::{self, v2};
 /// Which protobuf a remote-write request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
+    /// Remote write 1.0: `prometheus.WriteRequest`.
     V1,
+    /// Remote write 2.0: `io.prometheus.write.v2.Request`.
     V2,
 }
 
 /// Errors that refuse a whole write request.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// A `Content-Type` that names neither protocol (HTTP 415).
     #[error(
         "unsupported content type {0:?}: send application/x-protobuf with proto=prometheus.WriteRequest or proto=io.prometheus.write.v2.Request"
     )]
     UnsupportedMediaType(String),
+    /// A `Content-Encoding` other than snappy (HTTP 415).
     #[error("unsupported content encoding {0:?}: remote write bodies must be snappy-compressed")]
     UnsupportedEncoding(String),
+    /// The body is not valid snappy.
     #[error("snappy decompression failed: {0}")]
     Snappy(String),
     #[error("request body decompresses to {size} bytes, over the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    /// The body decompresses to more than the limit (HTTP 413).
+    TooLarge {
+        /// Decompressed size, bytes.
+        size: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// The snappy header claims more than the compressed bytes can possibly hold: refused
     /// before allocating, so a few bytes cannot make the server reserve hundreds of MiB.
     #[error(
         "snappy header claims {claimed} bytes, but {compressed} compressed bytes decode to at most {max} bytes"
     )]
     ImpossibleLength {
+        /// The length the header claims.
         claimed: usize,
+        /// The compressed body's length.
         compressed: usize,
+        /// The most that body can decode to.
         max: usize,
     },
     /// A non-empty body that held no series and no metadata: almost always a body of one
@@ -57,11 +71,20 @@ pub enum WriteError {
         "the request body holds no series and no metadata when decoded as {expected} (from its Content-Type); {hint}"
     )]
     NothingDecoded {
+        /// The message the Content-Type announced.
         expected: &'static str,
+        /// What to check, for the sender's operator.
         hint: &'static str,
     },
     #[error("cannot decode {what}: {reason}")]
-    Decode { what: &'static str, reason: String },
+    /// The protobuf does not decode.
+    Decode {
+        /// The message or field being decoded.
+        what: &'static str,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// The store failed outside per-sample refusals.
     #[error("writing to storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -160,20 +183,29 @@ pub fn decompress_into(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(
 /// Counts of what a request held and what became of it.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
+    /// Samples stored.
     pub samples_written: u64,
+    /// Native histogram samples stored (always 0: they are refused).
     pub histograms_written: u64,
+    /// Exemplars kept (set by the caller, which stores them).
     pub exemplars_written: u64,
+    /// Samples refused as out of order.
     pub out_of_order: u64,
+    /// Samples refused as too old or out of bounds (retention included).
     pub too_old: u64,
     /// Samples refused for being too far ahead of the store's clock.
     pub too_far_in_future: u64,
+    /// Samples refused as duplicates with another value.
     pub duplicate: u64,
+    /// Series refused for invalid labels.
     pub invalid_series: u64,
     /// Samples carried by series refused for invalid labels.
     pub invalid_series_samples: u64,
+    /// Native histogram samples refused (the store holds floats only).
     pub histograms_refused: u64,
     /// Series and metadata entries the request held, valid or not.
     pub series_received: u64,
+    /// Metadata entries the request held.
     pub metadata_received: u64,
     /// The first refusal of each kind, for the error message.
     examples: Vec<String>,
@@ -219,6 +251,7 @@ impl Outcome {
         Some(msg)
     }
 
+    /// Samples refused for any reason.
     pub fn samples_refused(&self) -> u64 {
         self.out_of_order
             + self.too_old

@@ -27,25 +27,37 @@ use crate::metrics::MetricsRegistry;
 /// Why a request was not admitted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refused {
+    /// Every slot is taken and the waiting line is full.
     #[error(
         "too many concurrent {what}: {limit} running and {waiting} waiting in the queue, the most allowed ({limit_key}, {queue_key}); try again later"
     )]
     QueueFull {
+        /// What is admitted ("queries").
         what: &'static str,
+        /// Slots.
         limit: usize,
+        /// Requests waiting.
         waiting: usize,
+        /// The config key of the slot count.
         limit_key: &'static str,
+        /// The config key of the waiting line's length.
         queue_key: &'static str,
     },
+    /// The request's deadline passed while it waited.
     #[error(
         "{what} timed out after waiting {waited:?} in the queue for one of {limit} slots ({limit_key})"
     )]
     Timeout {
+        /// What is admitted ("queries").
         what: &'static str,
+        /// How long it waited.
         waited: Duration,
+        /// Slots.
         limit: usize,
+        /// The config key of the slot count.
         limit_key: &'static str,
     },
+    /// The gate was closed for shutdown.
     #[error("the server is shutting down")]
     Closed,
 }
@@ -89,6 +101,7 @@ impl Default for AdmissionMetrics {
 }
 
 impl AdmissionMetrics {
+    /// Registers the gauges and counters, once for all gates.
     pub fn register(&self, r: &mut MetricsRegistry) {
         r.register(
             "m3query_admission_in_flight",
@@ -125,7 +138,9 @@ pub struct GateSpec {
     pub pool: &'static str,
     /// What is admitted, for messages ("queries").
     pub what: &'static str,
+    /// The config key of the slot count, named in refusals.
     pub limit_key: &'static str,
+    /// The config key of the waiting line's length, named in refusals.
     pub queue_key: &'static str,
 }
 
@@ -165,6 +180,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Gate {
+    /// A gate with `limit` slots (at least 1) and room for `max_waiting` waiters.
     pub fn new(
         spec: GateSpec,
         limit: usize,

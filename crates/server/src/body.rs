@@ -32,7 +32,9 @@ pub struct BodyTimeout(pub Duration);
 /// Limits every request body shares.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
+    /// Largest body accepted (`http.maxRequestBodyBytes`).
     pub max_bytes: u64,
+    /// Longest a body may take to arrive (`http.bodyReadTimeout`).
     pub read_timeout: Duration,
 }
 

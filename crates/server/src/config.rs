@@ -21,22 +21,41 @@ use serde::{Deserialize, Serialize};
 /// the YAML parser knows them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
+        /// The config file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A `${VAR}` reference that cannot be replaced.
     #[error("{path}: line {line}: {message}")]
     Interpolate {
+        /// The config file.
         path: String,
+        /// The line (1-based).
         line: usize,
+        /// What is wrong.
         message: String,
     },
+    /// The YAML does not parse or has unknown or mistyped keys.
     #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The config file.
+        path: String,
+        /// The parser's message, with secrets masked.
+        message: String,
+    },
+    /// Values that parse but cannot work (a zero limit, an empty path).
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The config file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// `message` prefixed with `line N: ` when it names a dotted key (`logging.level`,
@@ -195,6 +214,7 @@ impl Serialize for ListenAddress {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// Bytes in `s` (`64MiB`, `512KB`, `1GB` or a plain integer); `None` if it is not a size.
     pub fn parse(s: &str) -> Option<u64> {
         let s = s.trim();
         let split = s
@@ -259,16 +279,25 @@ impl Serialize for ByteSize {
 pub struct Config {
     /// The Prometheus API listens here (M3's default `0.0.0.0:7201`).
     pub listen_address: ListenAddress,
+    /// `logging:`: level and format of the logs.
     pub logging: LoggingConfig,
+    /// `metrics:`: the self-metrics endpoint.
     pub metrics: MetricsConfig,
+    /// `tracing:`: the trace backend, sampling and propagation.
     pub tracing: TracingConfig,
+    /// `query:`: timeouts, concurrency and engine limits.
     pub query: QueryConfig,
     /// How far back an instant selector looks for a sample (Prometheus's lookback delta).
     pub lookback_duration: Duration,
+    /// `limits:`: per-query series limits.
     pub limits: LimitsConfig,
+    /// `middleware:`: the slow-request log.
     pub middleware: MiddlewareConfig,
+    /// `http:`: connection, header and body limits.
     pub http: HttpConfig,
+    /// `storage:`: the embedded TSDB.
     pub storage: StorageConfig,
+    /// `remoteRead:`: stores queried alongside (or instead of) the local one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote_read: Vec<RemoteReadConfig>,
 }
@@ -295,6 +324,7 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
+    /// `metrics.prometheus:`: where `/metrics` is served.
     pub prometheus: PrometheusMetricsConfig,
 }
 
@@ -326,6 +356,7 @@ pub struct QueryConfig {
     /// Longest a query may run; a request's `timeout` parameter or `M3-Timeout` header may
     /// lower it, never raise it.
     pub timeout: Duration,
+    /// `query.prometheus:`: Prometheus engine limits.
     pub prometheus: QueryPrometheusConfig,
     /// Answer from the stores that responded when a remote store fails (with a warning);
     /// when false, any store failure fails the query with 503.
@@ -378,6 +409,7 @@ impl Default for QueryPrometheusConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LimitsConfig {
+    /// `limits.perQuery:`.
     pub per_query: PerQueryLimits,
 }
 
@@ -405,6 +437,7 @@ impl Default for PerQueryLimits {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MiddlewareConfig {
+    /// `middleware.logging:`: which requests are logged as slow.
     pub logging: SlowQueryLogConfig,
 }
 
@@ -490,6 +523,7 @@ pub struct StorageConfig {
     /// Store data locally. With `false`, m3query only queries `remoteRead` stores and remote
     /// write is refused.
     pub enabled: bool,
+    /// The data directory (blocks and WAL).
     pub path: PathBuf,
     /// Delete blocks older than this.
     pub retention: Duration,
@@ -500,6 +534,7 @@ pub struct StorageConfig {
     /// Refuse samples more than this far ahead of the server's clock (0: no limit), as
     /// Mimir's creation grace period.
     pub future_grace_period: Duration,
+    /// When the WAL is fsynced: at every commit, or on a timer.
     pub wal_sync: WalSync,
     /// Timer of `walSync: interval`.
     pub wal_sync_interval: Duration,
@@ -524,7 +559,9 @@ impl Default for StorageConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
+    /// The user name.
     pub username: String,
+    /// The password (redacted in `check-config`).
     pub password: String,
 }
 
@@ -540,10 +577,13 @@ pub struct RemoteReadConfig {
     /// Per-request time limit for this store.
     #[serde(default = "default_remote_timeout")]
     pub timeout: Duration,
+    /// Extra headers sent with every read (values redacted in `check-config`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// HTTP basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// `Authorization: Bearer` token (redacted in `check-config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<String>,
     /// Also ask this store for recent data (within the local store's head window).

@@ -3,7 +3,9 @@
 //! Every handler returns `Result<ApiResponse<T>, ApiError>`. An [`ApiError`] carries
 //! Prometheus's `errorType`, which decides the status (`bad_data` 400, `execution` 422,
 //! `canceled` 499, `timeout` 503, `internal` 500, `unavailable` 503, `not_found` 404), and
-//! renders as `{"status":"error","errorType":T,"error":MSG}`.
+//! renders as `{"status":"error","errorType":T,"error":MSG}`. Which kind a library error
+//! gets is decided once, in the table at [`storage_kind`] and [`promql_kind`] (with the
+//! remote write and read conversions beside them), so a route never matches on messages.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -13,16 +15,24 @@ use serde::Serialize;
 /// Prometheus's error kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorType {
+    /// `bad_data` (400): the request is malformed or refused as given.
     BadData,
+    /// `execution` (422): the query was valid but failed to run.
     Execution,
+    /// `canceled` (499): the client went away.
     Canceled,
+    /// `timeout` (503): the deadline passed.
     Timeout,
+    /// `internal` (500): the server failed.
     Internal,
+    /// `unavailable` (503): a store or the server cannot answer now; retry.
     Unavailable,
+    /// `not_found` (404).
     NotFound,
 }
 
 impl ErrorType {
+    /// The `errorType` string.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::BadData => "bad_data",
@@ -35,6 +45,7 @@ impl ErrorType {
         }
     }
 
+    /// The HTTP status Prometheus answers with for this kind.
     pub fn status(self) -> StatusCode {
         match self {
             ErrorType::BadData => StatusCode::BAD_REQUEST,
@@ -51,7 +62,9 @@ impl ErrorType {
 /// An error answered in Prometheus's JSON shape.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The `errorType`.
     pub kind: ErrorType,
+    /// The `error` text.
     pub message: String,
     /// A status other than the kind's own (405, 413, 415 keep Prometheus's error body).
     pub status: Option<StatusCode>,
@@ -63,6 +76,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error of `kind` with `message`, at the kind's status.
     pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
         ApiError {
             kind,
@@ -73,27 +87,33 @@ impl ApiError {
         }
     }
 
+    /// A `bad_data` (400) error.
     pub fn bad_data(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::BadData, message)
     }
 
+    /// An `internal` (500) error.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::Internal, message)
     }
 
+    /// An `unavailable` (503) error.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::Unavailable, message)
     }
 
+    /// A `not_found` (404) error.
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(ErrorType::NotFound, message)
     }
 
+    /// Answers with `status` instead of the kind's own, keeping the kind in the body.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }
 
+    /// The status answered: the override, else the kind's.
     pub fn status(&self) -> StatusCode {
         self.status.unwrap_or_else(|| self.kind.status())
     }
@@ -104,6 +124,7 @@ impl ApiError {
         self
     }
 
+    /// Adds `Retry-After: seconds`.
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -236,12 +257,16 @@ impl IntoResponse for ApiError {
 /// A successful answer: `{"status":"success","data":..,"warnings":[..],"infos":[..]}`.
 #[derive(Debug)]
 pub struct ApiResponse<T> {
+    /// The `data` field.
     pub data: T,
+    /// `warnings`, omitted when empty.
     pub warnings: Vec<String>,
+    /// `infos`, omitted when empty.
     pub infos: Vec<String>,
 }
 
 impl<T> ApiResponse<T> {
+    /// A success with `data` and no annotations.
     pub fn new(data: T) -> Self {
         ApiResponse {
             data,
@@ -250,6 +275,7 @@ impl<T> ApiResponse<T> {
         }
     }
 
+    /// Sets the warnings.
     pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
         self.warnings = warnings;
         self
@@ -278,20 +304,118 @@ impl<T: Serialize> IntoResponse for ApiResponse<T> {
     }
 }
 
+/// What handlers return.
 pub type ApiResult<T> = Result<ApiResponse<T>, ApiError>;
+
+// The one table from typed errors to Prometheus's error kinds. Every path that turns a
+// library error into an answer goes through it: storage errors by [`storage_kind`] (also
+// when they surface inside a PromQL error or a remote write/read), PromQL errors by
+// [`promql_kind`], remote write and remote read by their `From` impls below. The matches are
+// exhaustive on purpose: a new variant must be placed here, not fall into a default.
+
+/// Prometheus's kind for a storage error, the same on every route (`/query`, `/query_range`,
+/// `/series`, `/labels`, `/label/{name}/values`, remote read and write).
+///
+/// Prometheus's `returnAPIError` (web/api/v1/api.go) sends every select or label-lookup error
+/// that is not a cancellation, a timeout or a `promql.ErrStorage` to `execution` (422), on
+/// the query routes and the metadata routes alike; `bad_data` (400) is for the API layer's own
+/// parameter checks. So:
+/// - `BadRequest` is a store refusing a select (matchers that all match the empty string, a
+///   matcher it cannot use). Our own parameter checks already reject such selectors with
+///   `bad_data` before any store sees them, so one reaching here is a store refusing a request
+///   we accepted: `execution`, as Prometheus answers for a refused select.
+/// - `LimitExceeded` is a store's read limit: `execution`, as Prometheus's limits are.
+/// - Sample refusals and `InvalidLabels` only come from writes, where they describe the
+///   sender's data: `bad_data`, so remote-write senders drop the batch instead of retrying it
+///   (Prometheus's write handler answers 400 for them).
+/// - `Unavailable` (a store that cannot be reached) and `Closed` (shutting down) are retryable:
+///   `unavailable`, 503.
+/// - I/O failures, corruption and anything else are the server's fault: `internal`, 500.
+pub fn storage_kind(e: &m3query_storage::Error) -> ErrorType {
+    use m3query_storage::Error as E;
+    match e {
+        E::Canceled => ErrorType::Canceled,
+        E::DeadlineExceeded => ErrorType::Timeout,
+        E::BadRequest(_) | E::LimitExceeded(_) => ErrorType::Execution,
+        E::OutOfOrderSample
+        | E::OutOfBounds
+        | E::TooOldSample
+        | E::DuplicateSampleForTimestamp
+        | E::TooFarInFuture(_)
+        | E::OlderThanRetention(_)
+        | E::InvalidLabels(_) => ErrorType::BadData,
+        E::Unavailable { .. } | E::Closed => ErrorType::Unavailable,
+        E::Io { .. } | E::Corruption(_) | E::Other(_) => ErrorType::Internal,
+    }
+}
+
+/// Prometheus's kind for a PromQL error: parse and type errors are the request's
+/// (`bad_data`), evaluation failures and limits `execution` (as Prometheus's engine errors),
+/// and a storage error inside one has its [`storage_kind`], so a store's failure answers
+/// alike through `/query` and `/series`.
+pub fn promql_kind(e: &m3query_promql::Error) -> ErrorType {
+    use m3query_promql::Error as E;
+    match e {
+        // An answer over the server's size (format_query of a huge chain) is about the
+        // request, as Prometheus's parser limits are.
+        E::Parse(_) | E::TooLarge(_) => ErrorType::BadData,
+        E::Execution(_) | E::TooManySamples | E::TooManySeries { .. } => ErrorType::Execution,
+        E::Timeout(_) => ErrorType::Timeout,
+        E::Canceled(_) => ErrorType::Canceled,
+        E::Storage(s) => storage_kind(s),
+    }
+}
 
 impl From<m3query_storage::Error> for ApiError {
     fn from(e: m3query_storage::Error) -> Self {
-        use m3query_storage::Error as E;
-        let kind = match &e {
-            E::Canceled => ErrorType::Canceled,
-            E::DeadlineExceeded => ErrorType::Timeout,
-            E::BadRequest(_) | E::InvalidLabels(_) => ErrorType::BadData,
-            E::LimitExceeded(_) => ErrorType::Execution,
-            E::Unavailable { .. } => ErrorType::Unavailable,
-            _ => ErrorType::Internal,
+        ApiError::new(storage_kind(&e), e.to_string())
+    }
+}
+
+impl From<m3query_promql::Error> for ApiError {
+    fn from(e: m3query_promql::Error) -> Self {
+        ApiError::new(promql_kind(&e), e.to_string())
+    }
+}
+
+/// Remote write, as Prometheus's receiver answers: a body it cannot take is the sender's
+/// problem (4xx, not retried), with 415 and 413 for the wrong encoding or size; a store
+/// failure goes through [`storage_kind`] (5xx, so the sender retries, unless the store
+/// refused the data itself). Per-sample refusals never get here: they are counted in the
+/// write's outcome and answered with 400 by the handler.
+impl From<m3query_remote::write::WriteError> for ApiError {
+    fn from(e: m3query_remote::write::WriteError) -> Self {
+        use m3query_remote::write::WriteError as W;
+        let status = match &e {
+            W::UnsupportedMediaType(_) | W::UnsupportedEncoding(_) => {
+                Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            W::TooLarge { .. } => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            W::Snappy(_)
+            | W::Decode { .. }
+            | W::ImpossibleLength { .. }
+            | W::NothingDecoded { .. } => None,
+            W::Storage(s) => return ApiError::new(storage_kind(s), e.to_string()),
         };
-        ApiError::new(kind, e.to_string())
+        let err = ApiError::bad_data(e.to_string());
+        match status {
+            Some(s) => err.with_status(s),
+            None => err,
+        }
+    }
+}
+
+/// Remote read (served): a request or a sample limit it breaks is the reader's (400, as
+/// Prometheus's read handler answers `ErrSampleLimitExceeded`); store failures go through
+/// [`storage_kind`].
+impl From<m3query_remote::read::ReadError> for ApiError {
+    fn from(e: m3query_remote::read::ReadError) -> Self {
+        use m3query_remote::read::ReadError as R;
+        match e {
+            R::BadRequest(m) | R::LimitExceeded(m) => ApiError::bad_data(m),
+            R::Storage(s) => s.into(),
+            R::Disconnected => ApiError::new(ErrorType::Canceled, "client disconnected"),
+        }
     }
 }
 
@@ -364,6 +488,76 @@ mod tests {
         );
         let ok = prometheus_shaped((StatusCode::OK, "fine").into_response()).await;
         assert_eq!(ok.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn remote_write_and_read_errors_use_the_table() {
+        use m3query_remote::read::ReadError;
+        use m3query_remote::write::WriteError;
+        use m3query_storage::Error as S;
+        let status = |e: ApiError| (e.status().as_u16(), e.kind);
+        // A store failure is retried by the sender (5xx); data the store refuses is not.
+        assert_eq!(
+            status(WriteError::Storage(S::io("wal", std::io::Error::other("ENOSPC"))).into()),
+            (500, ErrorType::Internal)
+        );
+        assert_eq!(
+            status(WriteError::Storage(S::InvalidLabels("empty label set".into())).into()),
+            (400, ErrorType::BadData)
+        );
+        assert_eq!(
+            status(WriteError::Storage(S::Closed).into()),
+            (503, ErrorType::Unavailable)
+        );
+        assert_eq!(
+            status(WriteError::UnsupportedEncoding("gzip".into()).into()),
+            (415, ErrorType::BadData)
+        );
+        assert_eq!(
+            status(WriteError::TooLarge { size: 2, limit: 1 }.into()),
+            (413, ErrorType::BadData)
+        );
+        let e: ApiError = WriteError::Storage(S::Corruption("x".into())).into();
+        assert_eq!(e.message, "writing to storage: corruption: x");
+        assert_eq!(
+            status(ReadError::LimitExceeded("too many samples".into()).into()),
+            (400, ErrorType::BadData)
+        );
+        // The same storage error answers alike through a served remote read and the API.
+        assert_eq!(
+            status(ReadError::Storage(S::BadRequest("x".into())).into()),
+            status(S::BadRequest("x".into()).into())
+        );
+        assert_eq!(
+            status(ReadError::Disconnected.into()),
+            (499, ErrorType::Canceled)
+        );
+    }
+
+    #[test]
+    fn promql_storage_errors_use_the_storage_table() {
+        use m3query_promql::Error as P;
+        use m3query_storage::Error as S;
+        for make in [
+            || S::BadRequest("x".into()),
+            || S::LimitExceeded("x".into()),
+            || S::Unavailable {
+                store: "a".into(),
+                message: "b".into(),
+            },
+            || S::Closed,
+            || S::Canceled,
+            || S::DeadlineExceeded,
+        ] {
+            assert_eq!(promql_kind(&P::Storage(make())), storage_kind(&make()));
+        }
+        assert_eq!(
+            promql_kind(&P::TooManySamples),
+            ErrorType::Execution,
+            "an engine limit is execution"
+        );
+        assert_eq!(promql_kind(&P::Canceled("x")), ErrorType::Canceled);
+        assert_eq!(promql_kind(&P::Timeout("x")), ErrorType::Timeout);
     }
 
     #[tokio::test]

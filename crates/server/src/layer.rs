@@ -29,8 +29,11 @@ use crate::metrics::HttpMetrics;
 /// extensions: the slow-request log and the span carry it.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
+    /// The query or selectors, for the slow-request log and the span's `query` tag.
     pub query: Option<String>,
+    /// Series the request fetched from storage.
     pub series: Option<u64>,
+    /// Samples fetched from storage, or written by a remote write.
     pub samples: Option<u64>,
 }
 
@@ -99,6 +102,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestStart {
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerPanicked;
 
+/// The request middleware: trace context, request span, metrics and the slow-request log.
 #[derive(Clone)]
 pub struct RequestLayer {
     shared: Arc<Shared>,
@@ -111,6 +115,7 @@ struct Shared {
 }
 
 impl RequestLayer {
+    /// The layer, with the propagation headers, the HTTP metrics and the slow-log threshold.
     pub fn new(propagation: Propagation, metrics: HttpMetrics, slow_threshold: Duration) -> Self {
         RequestLayer {
             shared: Arc::new(Shared {
@@ -132,6 +137,7 @@ impl<S> Layer<S> for RequestLayer {
     }
 }
 
+/// [`RequestLayer`] around a service.
 #[derive(Clone)]
 pub struct RequestService<S> {
     inner: S,

@@ -38,6 +38,7 @@ pub use metrics::{BuildInfo, FrozenMetrics, MetricsRegistry};
 
 /// The stores and engines behind the data routes, available once opened.
 pub struct Services {
+    /// Where reads go: the local store, remote stores, or the fan-out over them.
     pub queryable: Arc<dyn Queryable>,
     /// Where remote write goes; `None` when local storage is disabled.
     pub appendable: Option<Arc<dyn Appendable>>,
@@ -50,7 +51,9 @@ pub struct Services {
 
 /// What handlers share.
 pub struct AppState {
+    /// The loaded config.
     pub config: Config,
+    /// Version and build details, for `/api/v1/status/buildinfo` and `/metrics`.
     pub build: BuildInfo,
     metrics: OnceLock<Arc<FrozenMetrics>>,
     services: OnceLock<Services>,
@@ -58,6 +61,7 @@ pub struct AppState {
     pub metadata: stores::MetadataStore,
     /// Exemplars received through remote write.
     pub exemplars: stores::ExemplarStore,
+    /// Remote-write counters.
     pub remote_metrics: metrics::RemoteWriteMetrics,
     /// Remote-read requests served at once (each may hold many series in memory), and
     /// how many may wait.
@@ -83,6 +87,7 @@ impl AppState {
             .ok_or_else(|| ApiError::unavailable("storage is starting up; try again shortly"))
     }
 
+    /// Whether the stores are open (`/-/ready`).
     pub fn is_ready(&self) -> bool {
         self.services.get().is_some()
     }
@@ -217,6 +222,7 @@ impl Server {
         self.router.clone()
     }
 
+    /// The shared state, for tests and the binary.
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }

@@ -15,26 +15,35 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The content type of what [`MetricsRegistry::encode`] returns.
+/// The content type of what [`FrozenMetrics::encode`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
+/// Labels of `m3query_http_requests`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The route template (`/api/v1/label/{name}/values`), not the path: bounded cardinality.
     pub route: String,
+    /// The HTTP method.
     pub method: String,
+    /// The status code.
     pub code: String,
 }
 
+/// Labels of `m3query_http_request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
+    /// The route template.
     pub route: String,
+    /// The HTTP method.
     pub method: String,
 }
 
 /// Request counters and latency histograms, updated by the request layer.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
+    /// `m3query_http_requests`.
     pub requests: Family<RequestLabels, Counter>,
+    /// `m3query_http_request_duration_seconds`.
     pub duration: Family<RouteLabels, Histogram>,
 }
 
@@ -51,6 +60,7 @@ impl HttpMetrics {
         }
     }
 
+    /// Counts one request and its latency.
     pub fn observe(&self, route: &str, method: &str, code: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -83,11 +93,16 @@ impl std::fmt::Debug for MetricsRegistry {
 /// Build facts exported as `m3query_build_info`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct BuildInfo {
+    /// The release version.
     pub version: String,
+    /// The git commit.
     pub revision: String,
+    /// The git branch.
     pub branch: String,
+    /// Who built it.
     #[serde(rename = "buildUser")]
     pub build_user: String,
+    /// When it was built.
     #[serde(rename = "buildDate")]
     pub build_date: String,
     /// Prometheus reports its Go version here; we report the Rust compiler's.
@@ -96,6 +111,7 @@ pub struct BuildInfo {
 }
 
 impl MetricsRegistry {
+    /// A registry with the HTTP metrics and the process collector (uptime, CPU, memory, build info).
     pub fn new(build: &BuildInfo) -> Self {
         let mut registry = Registry::default();
         let http = HttpMetrics::new();
@@ -120,6 +136,7 @@ impl MetricsRegistry {
         MetricsRegistry { registry, http }
     }
 
+    /// The HTTP metrics, for the request layer.
     pub fn http(&self) -> HttpMetrics {
         self.http.clone()
     }
@@ -139,6 +156,7 @@ impl MetricsRegistry {
         self.registry.register_collector(c);
     }
 
+    /// Ends registration: the server only encodes from here on.
     pub fn freeze(self) -> Arc<FrozenMetrics> {
         Arc::new(FrozenMetrics {
             registry: self.registry,
@@ -158,6 +176,7 @@ impl std::fmt::Debug for FrozenMetrics {
 }
 
 impl FrozenMetrics {
+    /// The metrics in Prometheus's text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
@@ -298,20 +317,26 @@ mod tests {
     }
 }
 
+/// The `result` label of the remote-write counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// What became of the item (`written`, `out_of_order`, ...).
     pub result: &'static str,
 }
 
 /// Remote write figures: what was received and what became of it.
 #[derive(Clone, Debug, Default)]
 pub struct RemoteWriteMetrics {
+    /// `m3query_remote_write_samples`, by result.
     pub samples: Family<ResultLabels, Counter>,
+    /// `m3query_remote_write_exemplars`, by result.
     pub exemplars: Family<ResultLabels, Counter>,
+    /// `m3query_remote_write_histograms_refused`.
     pub histograms_refused: Counter,
 }
 
 impl RemoteWriteMetrics {
+    /// Registers the counters.
     pub fn register(&self, r: &mut MetricsRegistry) {
         r.register(
             "m3query_remote_write_samples",

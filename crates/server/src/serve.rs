@@ -29,7 +29,9 @@ use crate::conn::RequestLineFix;
 /// Connection limits from `http:`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    /// Longest a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub grace: Duration,

@@ -20,6 +20,7 @@ pub struct MetadataStore {
 const MAX_PER_FAMILY: usize = 8;
 
 impl MetadataStore {
+    /// A store of at most `max_families` families.
     pub fn new(max_families: usize) -> Self {
         MetadataStore {
             families: RwLock::new(BTreeMap::new()),
@@ -27,6 +28,7 @@ impl MetadataStore {
         }
     }
 
+    /// Adds entries; past `max_families`, new families are dropped.
     pub fn add(&self, entries: impl IntoIterator<Item = (String, Metadata)>) {
         let mut f = self.families.write();
         for (name, md) in entries {
@@ -100,6 +102,7 @@ struct ExemplarRing {
 }
 
 impl ExemplarStore {
+    /// A ring of the newest `capacity` exemplars.
     pub fn new(capacity: usize) -> Self {
         ExemplarStore {
             inner: RwLock::new(ExemplarRing {
@@ -165,10 +168,12 @@ impl ExemplarStore {
             .collect()
     }
 
+    /// Exemplars held.
     pub fn len(&self) -> usize {
         self.inner.read().ring.len()
     }
 
+    /// Whether none are held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

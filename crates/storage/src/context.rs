@@ -36,14 +36,17 @@ impl Context {
         }
     }
 
+    /// Cancels every clone: their next [`Context::check`] fails with `Canceled`.
     pub fn cancel(&self) {
         self.canceled.store(true, Ordering::Relaxed);
     }
 
+    /// Whether any clone was canceled.
     pub fn is_canceled(&self) -> bool {
         self.canceled.load(Ordering::Relaxed)
     }
 
+    /// When the query times out, if it has a deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }

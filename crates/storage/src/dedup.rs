@@ -30,6 +30,7 @@ pub struct DedupQueryable<Q> {
 }
 
 impl<Q: Queryable> DedupQueryable<Q> {
+    /// Merges the replicas of `inner` that differ only in `labels` (which are dropped).
     pub fn new(inner: Q, labels: Vec<String>) -> Self {
         DedupQueryable { inner, labels }
     }

@@ -37,6 +37,7 @@ pub struct SelectHints {
     /// First and last timestamp (inclusive, ms) the query reads for this selector, after
     /// lookback, range and offset are applied.
     pub start_ms: i64,
+    /// See `start_ms`.
     pub end_ms: i64,
     /// Query resolution step in ms (0 for instant queries).
     pub step_ms: i64,
@@ -46,6 +47,7 @@ pub struct SelectHints {
     pub func: Option<String>,
     /// Labels of the surrounding aggregation; `by` true for `by (...)`, false for `without`.
     pub grouping: Vec<String>,
+    /// True for `by (...)`, false for `without (...)`.
     pub by: bool,
     /// Return at most this many series (0: no limit).
     pub limit: usize,
@@ -61,7 +63,9 @@ pub struct LabelHints {
 /// A result of label name or value lookups: sorted, unique strings plus warnings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LabelValues {
+    /// The names or values, sorted and unique.
     pub values: Vec<String>,
+    /// Warnings from the stores asked (partial answers, truncation).
     pub warnings: Warnings,
 }
 
@@ -173,7 +177,9 @@ pub trait AsyncQuerier: Send + Sync {
 /// `None`. Series own their data (shared chunks, copied head samples), so a caller can hold
 /// many at once.
 pub trait SeriesSet: Send {
+    /// The next series, an error (which ends the set), or `None` at the end.
     fn next(&mut self) -> Option<Result<Box<dyn Series>>>;
+    /// Warnings gathered so far; complete once `next` returned `None`.
     fn warnings(&self) -> Warnings {
         Warnings::default()
     }
@@ -181,6 +187,7 @@ pub trait SeriesSet: Send {
 
 /// One series: its labels and its samples.
 pub trait Series: Send + Sync + 'static {
+    /// The series' labels.
     fn labels(&self) -> &Labels;
     /// A fresh iterator over the series' samples in time order, within the querier's range.
     fn iter(&self) -> Box<dyn SampleIterator + '_>;
@@ -215,6 +222,7 @@ pub struct SliceIterator<'a> {
 }
 
 impl<'a> SliceIterator<'a> {
+    /// An iterator from the start of `samples`, which must be in time order.
     pub fn new(samples: &'a [Sample]) -> Self {
         SliceIterator { samples, pos: 0 }
     }
@@ -242,7 +250,9 @@ impl SampleIterator for SliceIterator<'_> {
 /// A series held in memory: labels plus samples in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VecSeries {
+    /// The series' labels.
     pub labels: Labels,
+    /// The samples, in time order.
     pub samples: Vec<Sample>,
 }
 
@@ -262,6 +272,7 @@ pub struct VecSeriesSet<S> {
 }
 
 impl<S> VecSeriesSet<S> {
+    /// A set yielding `series` in the given order, with `warnings`.
     pub fn new(series: Vec<S>, warnings: Warnings) -> Self {
         VecSeriesSet {
             series: series.into_iter(),
@@ -283,6 +294,7 @@ impl<S: Series + 'static> SeriesSet for VecSeriesSet<S> {
 
 /// Something that accepts writes.
 pub trait Appendable: Send + Sync {
+    /// A new write transaction.
     fn appender(&self) -> Box<dyn Appender + '_>;
 }
 

@@ -21,6 +21,7 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
+    /// An empty store.
     pub fn new() -> Self {
         MemStorage::default()
     }
@@ -30,10 +31,12 @@ impl MemStorage {
         self.series.write().clear();
     }
 
+    /// How many series it holds.
     pub fn num_series(&self) -> usize {
         self.series.read().len()
     }
 
+    /// How many samples it holds, over all series.
     pub fn num_samples(&self) -> usize {
         self.series.read().values().map(Vec::len).sum()
     }

@@ -31,6 +31,7 @@ use crate::{
 pub struct Member {
     /// Named in warnings and spans.
     pub name: String,
+    /// The store itself.
     pub queryable: Arc<dyn Queryable>,
     /// A failure becomes a warning instead of an error.
     pub partial_ok: bool,
@@ -59,6 +60,7 @@ pub struct MergeQueryable {
 }
 
 impl MergeQueryable {
+    /// A fan-out over `members`, queried in order; see [`MergeQueryable::with_local`] for `read_recent`.
     pub fn new(members: Vec<Member>) -> Self {
         MergeQueryable {
             members,

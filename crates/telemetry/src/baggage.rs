@@ -56,6 +56,7 @@ struct RemoteRestrictions {
 }
 
 impl Restrictions {
+    /// Every key allowed (no `baggage_restrictions:` configured).
     pub fn allow_all() -> Restrictions {
         Restrictions { remote: None }
     }
@@ -105,7 +106,9 @@ pub(crate) struct Item {
 pub struct BaggagePropagation {
     /// Lower case, as header names are compared.
     pub prefix: String,
+    /// The header carrying baggage without a trace context (`jaeger-baggage`).
     pub header: String,
+    /// Which keys and value lengths are accepted.
     pub restrictions: Arc<Restrictions>,
 }
 

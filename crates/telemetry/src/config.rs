@@ -21,12 +21,15 @@ pub const REDACTED: &str = "<redacted>";
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
+    /// `s` seconds.
     pub const fn from_secs(s: u64) -> Self {
         Duration(std::time::Duration::from_secs(s))
     }
+    /// `ms` milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         Duration(std::time::Duration::from_millis(ms))
     }
+    /// Whole milliseconds, saturating at `i64::MAX`.
     pub fn as_millis_i64(&self) -> i64 {
         i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
     }
@@ -76,6 +79,7 @@ impl Serialize for Duration {
 pub struct HostPort(pub String);
 
 impl HostPort {
+    /// Checks `host:port` shape: a non-empty host and a numeric port.
     pub fn parse(s: &str) -> Result<HostPort, String> {
         let bad = || {
             format!(
@@ -127,6 +131,7 @@ impl<'de> Deserialize<'de> for HostPort {
 pub struct HttpUrl(pub String);
 
 impl HttpUrl {
+    /// Accepts an `http://` or `https://` URL with a host.
     pub fn parse(s: &str) -> Result<HttpUrl, String> {
         let uri: http::Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
         match uri.scheme_str() {
@@ -165,8 +170,11 @@ pub enum Backend {
     #[default]
     #[serde(rename = "")]
     None,
+    /// Jaeger: compact thrift to the agent over UDP, or thrift over HTTP to a collector.
     Jaeger,
+    /// Lightstep's collector, as lightstep-tracer-go reports.
     Lightstep,
+    /// OpenTelemetry's OTLP, over gRPC or HTTP.
     Otlp,
 }
 
@@ -194,10 +202,13 @@ pub struct TracingConfig {
     /// `jaeger`, `lightstep`, `otlp`, or empty for none. When empty but a `jaeger:` section
     /// is present, Jaeger is used (see [`TracingConfig::effective_backend`]).
     pub backend: Backend,
+    /// `tracing.jaeger:`, jaeger-client-go's configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jaeger: Option<JaegerConfig>,
+    /// `tracing.lightstep:`, lightstep-tracer-go's options.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lightstep: Option<LightstepConfig>,
+    /// `tracing.otlp:`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpConfig>,
     /// Exports requests the head sampler passed over when they turn out slow or failed.
@@ -223,6 +234,7 @@ impl Default for TracingConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TailCaptureConfig {
+    /// Capture such requests at all.
     pub enabled: bool,
     /// Slower than this is captured; unset means `middleware.logging.threshold`, so the slow
     /// log's requests are the ones found in Jaeger.
@@ -404,9 +416,13 @@ pub struct Tags(pub BTreeMap<String, TagValue>);
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TagValue {
+    /// A YAML boolean.
     Bool(bool),
+    /// A YAML integer.
     Int(i64),
+    /// A YAML float.
     Float(f64),
+    /// Any other scalar, as text.
     String(String),
 }
 
@@ -494,6 +510,7 @@ impl<'de> Deserialize<'de> for Tags {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct JaegerConfig {
+    /// Overrides `tracing.serviceName` for Jaeger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
     /// Turns tracing off (jaeger-client-go returns a no-op tracer).
@@ -505,9 +522,13 @@ pub struct JaegerConfig {
     /// jaeger-client-go) is without effect.
     #[serde(rename = "traceid_128bit", skip_serializing_if = "Option::is_none")]
     pub traceid_128bit: Option<bool>,
+    /// Tags added to the process (every span's `process.tags`).
     pub tags: Tags,
+    /// Which traces are recorded.
     pub sampler: SamplerConfig,
+    /// Where and how spans are sent.
     pub reporter: ReporterConfig,
+    /// The propagation header names.
     pub headers: HeadersConfig,
     /// Present: poll the agent for which baggage keys are allowed (see
     /// [`crate::baggage`]); absent: every key is allowed, values up to 2048 bytes.
@@ -525,7 +546,9 @@ pub struct JaegerConfig {
 /// jaeger-client-go's defaults for the agent's HTTP endpoints (baggage restrictions,
 /// throttling credits).
 pub const DEFAULT_AGENT_HTTP_HOST_PORT: &str = "localhost:5778";
+/// How often baggage restrictions are fetched again by default.
 pub const DEFAULT_BAGGAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// jaeger-client-go's throttler refresh default (the throttler is accepted without effect).
 pub const DEFAULT_THROTTLER_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `tracing.jaeger.baggage_restrictions:`, jaeger-client-go's `BaggageRestrictionsConfig`.
@@ -555,8 +578,11 @@ impl Default for BaggageRestrictionsConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ThrottlerConfig {
+    /// The agent's HTTP address for throttling credits.
     pub host_port: HostPort,
+    /// How often credits would be fetched.
     pub refresh_interval: Duration,
+    /// Fetch credits before the first span.
     pub synchronous_initialization: bool,
 }
 
@@ -574,8 +600,11 @@ impl Default for ThrottlerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerType {
+    /// Sample all (`param: 1`) or nothing (`param: 0`).
     Const,
+    /// Sample each trace with probability `param`.
     Probabilistic,
+    /// Sample up to `param` traces per second.
     #[serde(rename = "ratelimiting")]
     RateLimiting,
     /// The default: poll the agent/collector for strategies, starting probabilistic.
@@ -587,15 +616,20 @@ pub enum SamplerType {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", try_from = "RawSampler")]
 pub struct SamplerConfig {
+    /// The sampler (`type:`).
     #[serde(rename = "type")]
     pub sampler_type: SamplerType,
     /// const: 0 or 1; probabilistic and remote (initial): a probability; ratelimiting:
     /// traces per second.
     pub param: f64,
+    /// Where the remote sampler polls strategies (`samplingServerURL`).
     #[serde(rename = "samplingServerURL")]
     pub sampling_server_url: HttpUrl,
+    /// How often the remote sampler polls.
     pub sampling_refresh_interval: Duration,
+    /// Operations the remote sampler keeps per-operation samplers for; others use the default.
     pub max_operations: usize,
+    /// jaeger-client-go's `OperationNameLateBinding`: parsed, but m3query's samplers do not use it.
     pub operation_name_late_binding: bool,
     /// `options:` was given (empty): jaeger-client-go's `SamplerConfig.Options` holds Go
     /// functions that only code can pass, so YAML can only leave it empty.
@@ -605,8 +639,11 @@ pub struct SamplerConfig {
 
 /// jaeger-client-go's defaults.
 pub const DEFAULT_SAMPLING_PROBABILITY: f64 = 0.001;
+/// The agent's sampling endpoint.
 pub const DEFAULT_SAMPLING_SERVER_URL: &str = "http://127.0.0.1:5778/sampling";
+/// How often strategies are polled.
 pub const DEFAULT_SAMPLING_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Per-operation samplers kept.
 pub const DEFAULT_MAX_OPERATIONS: usize = 2000;
 
 impl Default for SamplerConfig {
@@ -739,16 +776,20 @@ pub struct ReporterConfig {
     pub local_agent_host_port: HostPort,
     /// Accepted for compatibility: the agent address is re-resolved when sends fail.
     pub disable_attempt_reconnecting: bool,
+    /// How often the agent address is resolved again.
     #[serde(alias = "attemptreconnectinterval")]
     pub attempt_reconnect_interval: Duration,
     /// A Jaeger collector's `/api/traces` URL; when set, spans go there over HTTP instead of
     /// to the agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collector_endpoint: Option<HttpUrl>,
+    /// Basic-auth user for `collector_endpoint`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Basic-auth password for `collector_endpoint` (redacted in `check-config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Extra headers sent to `collector_endpoint`.
     #[serde(rename = "http_headers", skip_serializing_if = "BTreeMap::is_empty")]
     pub http_headers: BTreeMap<String, String>,
 }
@@ -774,12 +815,16 @@ impl Default for ReporterConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadersConfig {
+    /// Header that forces sampling and names the trace (`jaeger-debug-id`).
     #[serde(rename = "jaegerDebugHeader")]
     pub jaeger_debug_header: String,
+    /// Header carrying baggage without a trace (`jaeger-baggage`).
     #[serde(rename = "jaegerBaggageHeader")]
     pub jaeger_baggage_header: String,
+    /// Header carrying the trace context (`uber-trace-id`).
     #[serde(rename = "TraceContextHeaderName")]
     pub trace_context_header_name: String,
+    /// Prefix of per-key baggage headers (`uberctx-`).
     #[serde(rename = "traceBaggageHeaderPrefix")]
     pub trace_baggage_header_prefix: String,
 }
@@ -866,13 +911,20 @@ fn is_false(b: &bool) -> bool {
 
 /// lightstep-tracer-go's defaults.
 pub const LIGHTSTEP_MAX_BUFFERED_SPANS: usize = 1000;
+/// Longest log key sent, bytes.
 pub const LIGHTSTEP_MAX_LOG_KEY_LEN: usize = 256;
+/// Longest log value sent, bytes.
 pub const LIGHTSTEP_MAX_LOG_VALUE_LEN: usize = 1024;
+/// Most logs kept on a span.
 pub const LIGHTSTEP_MAX_LOGS_PER_SPAN: usize = 500;
+/// Longest time between reports.
 pub const LIGHTSTEP_REPORTING_PERIOD: std::time::Duration = std::time::Duration::from_millis(2500);
+/// Shortest time between reports.
 pub const LIGHTSTEP_MIN_REPORTING_PERIOD: std::time::Duration =
     std::time::Duration::from_millis(500);
+/// Longest a report may take.
 pub const LIGHTSTEP_REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the collector connection is reopened.
 pub const LIGHTSTEP_RECONNECT_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// An unset or zero option takes its default, as lightstep-tracer-go's `Initialize` does.
@@ -885,18 +937,23 @@ fn or_default_duration(v: Option<Duration>, d: std::time::Duration) -> std::time
 }
 
 impl LightstepConfig {
+    /// `max_buffered_spans`, or its default when unset or 0.
     pub fn max_buffered_spans(&self) -> usize {
         or_default(self.max_buffered_spans, LIGHTSTEP_MAX_BUFFERED_SPANS)
     }
+    /// `max_log_key_len`, or its default when unset or 0.
     pub fn max_log_key_len(&self) -> usize {
         or_default(self.max_log_key_len, LIGHTSTEP_MAX_LOG_KEY_LEN)
     }
+    /// `max_log_value_len`, or its default when unset or 0.
     pub fn max_log_value_len(&self) -> usize {
         or_default(self.max_log_value_len, LIGHTSTEP_MAX_LOG_VALUE_LEN)
     }
+    /// `max_logs_per_span`, or its default when unset or 0.
     pub fn max_logs_per_span(&self) -> usize {
         or_default(self.max_logs_per_span, LIGHTSTEP_MAX_LOGS_PER_SPAN)
     }
+    /// `reporting_period`, or its default when unset or 0.
     pub fn reporting_period(&self) -> std::time::Duration {
         or_default_duration(self.reporting_period, LIGHTSTEP_REPORTING_PERIOD)
     }
@@ -905,9 +962,11 @@ impl LightstepConfig {
         or_default_duration(self.min_reporting_period, LIGHTSTEP_MIN_REPORTING_PERIOD)
             .min(self.reporting_period())
     }
+    /// `report_timeout`, or its default when unset or 0.
     pub fn report_timeout(&self) -> std::time::Duration {
         or_default_duration(self.report_timeout, LIGHTSTEP_REPORT_TIMEOUT)
     }
+    /// `reconnect_period`, or its default when unset or 0.
     pub fn reconnect_period(&self) -> std::time::Duration {
         or_default_duration(self.reconnect_period, LIGHTSTEP_RECONNECT_PERIOD)
     }
@@ -918,13 +977,18 @@ impl LightstepConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LightstepApiEndpoint {
+    /// `https` or `http`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub scheme: String,
+    /// The host.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub host: String,
+    /// The port (the scheme's default when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// No TLS.
     pub plaintext: bool,
+    /// A CA certificate to trust for TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub custom_ca_cert_file: Option<String>,
 }
@@ -933,11 +997,15 @@ pub struct LightstepApiEndpoint {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LightstepSystemMetrics {
+    /// lightstep-tracer-go's switch (the section is accepted without effect).
     pub disabled: bool,
+    /// Where lightstep-tracer-go sends them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<LightstepApiEndpoint>,
+    /// How often lightstep-tracer-go measures them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measurement_frequency: Option<Duration>,
+    /// lightstep-tracer-go's send timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
@@ -946,13 +1014,17 @@ pub struct LightstepSystemMetrics {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LightstepEndpoint {
+    /// `https` (default) or `http`.
     #[serde(default = "https")]
     pub scheme: String,
+    /// The collector's host.
     pub host: String,
+    /// The collector's port.
     pub port: u16,
     /// No TLS.
     #[serde(default)]
     pub plaintext: bool,
+    /// A CA certificate to trust for TLS.
     #[serde(
         default,
         rename = "custom_ca_cert_file",
@@ -968,9 +1040,11 @@ fn https() -> String {
 /// OTLP protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
     #[default]
     #[serde(rename = "grpc")]
     Grpc,
+    /// OTLP protobuf over HTTP (port 4318 by convention), `http/protobuf`.
     #[serde(rename = "http/protobuf", alias = "http")]
     HttpProtobuf,
 }
@@ -982,11 +1056,14 @@ pub struct OtlpConfig {
     /// gRPC: `http://host:4317`; HTTP: `http://host:4318` (`/v1/traces` is appended when the
     /// URL has no path).
     pub endpoint: HttpUrl,
+    /// gRPC or HTTP.
     pub protocol: OtlpProtocol,
+    /// Extra headers sent with every export (e.g. an API key; redacted in `check-config`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// No TLS even for https URLs is not offered; `insecure` allows plaintext gRPC.
     pub insecure: bool,
+    /// Longest an export may take.
     pub timeout: Duration,
     /// Spans held for export before new ones are dropped.
     pub queue_size: usize,

@@ -158,6 +158,7 @@ impl RequestSpan {
         }
     }
 
+    /// The request's span, to record fields on or parent phase spans.
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }

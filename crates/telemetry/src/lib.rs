@@ -51,12 +51,26 @@ pub use propagation::Propagation;
 /// Our version, as reported in process tags and build info.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Why telemetry cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid logging.level {level:?}: {reason}")]
-    LogLevel { level: String, reason: String },
+    /// `logging.level` does not parse.
+    LogLevel {
+        /// The level as configured.
+        level: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("tracing backend {backend:?}: {reason}")]
-    Backend { backend: String, reason: String },
+    /// The tracing backend cannot start (a bad endpoint, an exporter error).
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// What failed.
+        reason: String,
+    },
+    /// `install_global` was called twice (or another subscriber got there first).
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -65,8 +79,10 @@ pub enum Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One human-readable line per event.
     #[default]
     Text,
+    /// One JSON object per event.
     Json,
 }
 
@@ -77,6 +93,7 @@ pub struct LoggingConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or per-target directives as `RUST_LOG`
     /// takes them (`info,m3query_tsdb=debug`).
     pub level: String,
+    /// Text or JSON lines.
     pub format: LogFormat,
 }
 
@@ -90,6 +107,7 @@ impl Default for LoggingConfig {
 }
 
 impl LoggingConfig {
+    /// Checks `level` parses, so a bad config fails at load, not at start.
     pub fn validate(&self) -> Result<(), Error> {
         self.filter().map(|_| ())
     }
@@ -165,6 +183,7 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Builds the exporter, sampler and subscriber; an error if the backend cannot start.
     pub fn build(mut self) -> Result<Telemetry, Error> {
         let log_filter = self.logging.filter()?;
         let writer = self
@@ -433,6 +452,7 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
+    /// Starts building telemetry from the config sections.
     pub fn builder(tracing: TracingConfig, logging: LoggingConfig) -> TelemetryBuilder {
         TelemetryBuilder {
             tracing,
@@ -454,6 +474,7 @@ impl Telemetry {
         &self.dispatch
     }
 
+    /// The header names and sampler that request handling uses.
     pub fn propagation(&self) -> &Propagation {
         &self.propagation
     }

@@ -13,6 +13,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 /// The parsed remote parent of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteParent {
+    /// The remote span: trace id, span id, flags.
     pub span_context: SpanContext,
     /// Jaeger's debug flag (0x02) was set: force sampling.
     pub debug: bool,
@@ -28,6 +29,7 @@ impl RemoteParent {
 /// Header names that carry trace context (jaeger-client-go's `headers:` config).
 #[derive(Debug, Clone)]
 pub struct Propagation {
+    /// The header with the Jaeger trace context (`uber-trace-id`).
     pub jaeger_header: String,
     /// A request carrying this header is sampled with the debug flag.
     pub debug_header: String,

@@ -101,18 +101,26 @@ impl fmt::Display for Cause {
 /// One failed eval.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// The script.
     pub file: PathBuf,
+    /// The eval's line in the script (1-based).
     pub line: usize,
+    /// The evaluated expression.
     pub expr: String,
+    /// Why it failed, for the breakdown.
     pub cause: Cause,
+    /// Expected and got, as printed in the report.
     pub message: String,
 }
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Evals that passed.
     pub passed: usize,
+    /// Evals that failed (including those not run).
     pub failed: usize,
+    /// Each failed eval, in script order.
     pub failures: Vec<Failure>,
 }
 

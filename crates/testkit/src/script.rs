@@ -6,13 +6,15 @@ use std::fmt;
 use m3query_model::time::parse_duration;
 use m3query_model::{Labels, STALE_NAN, is_stale_nan};
 use m3query_promql::Value;
-use m3query_promql::parser::lexer::unquote;
+use m3query_promql::parser::unquote;
 use regex::Regex;
 
 /// A script that does not parse.
 #[derive(Debug, Clone)]
 pub struct ScriptError {
+    /// The line (1-based) that does not parse.
     pub line: usize,
+    /// What is wrong with it.
     pub msg: String,
 }
 
@@ -31,10 +33,14 @@ fn err(line: usize, msg: impl Into<String>) -> ScriptError {
     }
 }
 
+/// One command of a promqltest script.
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// `clear`: empty the store.
     Clear,
+    /// `load <interval>`: series to store.
     Load(Load),
+    /// `eval ...`: a query and what it must answer.
     Eval(EvalCmd),
 }
 
@@ -53,21 +59,31 @@ pub struct LoadSeries {
     pub has_start_timestamps: bool,
 }
 
+/// The kinds of `expect` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectKind {
+    /// `expect ordered`: the result's order matters.
     Ordered,
+    /// `expect fail`: the query must fail.
     Fail,
+    /// `expect warn`: the query must warn.
     Warn,
+    /// `expect no_warn`: the query must not warn.
     NoWarn,
+    /// `expect info`: the query must give an info annotation.
     Info,
+    /// `expect no_info`: the query must give no info annotation.
     NoInfo,
 }
 
 /// One `expect` line: a kind and what the message must be (exact) or match (regex).
 #[derive(Debug, Clone)]
 pub struct Expect {
+    /// Which expectation.
     pub kind: ExpectKind,
+    /// `msg:` the exact message expected.
     pub message: Option<String>,
+    /// `regex:` a pattern the message must match.
     pub regex: Option<Regex>,
 }
 
@@ -95,15 +111,20 @@ pub enum Expected {
     /// Nothing listed: an empty vector or matrix.
     #[default]
     Empty,
+    /// A scalar result.
     Scalar(f64),
     /// Series with their values (`None` for `_`), in the order listed.
     Series(Vec<(Labels, Vec<Option<f64>>)>),
+    /// A string result.
     String(String),
 }
 
+/// An `eval` command with its expectations.
 #[derive(Debug, Clone)]
 pub struct EvalCmd {
+    /// The command's line in the script (1-based).
     pub line: usize,
+    /// The query.
     pub expr: String,
     /// Instant evaluation time (for range evals: the end).
     pub at: i64,
@@ -111,13 +132,21 @@ pub struct EvalCmd {
     pub range: Option<(i64, i64, i64)>,
     /// `expect range vector from .. to .. step ..`.
     pub expect_range: Option<(i64, i64, i64)>,
+    /// `eval_ordered` (old syntax): the result's order matters.
     pub ordered: bool,
+    /// `eval_fail` (old syntax): the query must fail.
     pub fail: bool,
+    /// `eval_warn` (old syntax): the query must warn.
     pub warn: bool,
+    /// `eval_info` (old syntax): the query must give an info annotation.
     pub info: bool,
+    /// The `expect` lines.
     pub expects: Vec<Expect>,
+    /// `expected_fail_message <text>` after `eval_fail`: the exact error expected.
     pub expected_fail_message: Option<String>,
+    /// `expected_fail_regexp <re>` after `eval_fail`: a pattern the error must match.
     pub expected_fail_regexp: Option<Regex>,
+    /// The result expected.
     pub expected: Expected,
     /// Expected values are native histograms (`{{...}}`).
     pub expects_histograms: bool,
@@ -626,10 +655,12 @@ pub(crate) fn almost_equal(a: f64, b: f64) -> bool {
 }
 
 impl EvalCmd {
+    /// Whether the query must fail, by either syntax.
     pub fn expect_fail(&self) -> bool {
         self.fail || self.expects.iter().any(|e| e.kind == ExpectKind::Fail)
     }
 
+    /// Whether the result's order matters, by either syntax.
     pub fn is_ordered(&self) -> bool {
         self.ordered || self.expects.iter().any(|e| e.kind == ExpectKind::Ordered)
     }

@@ -28,38 +28,55 @@ pub(crate) const TMP_DELETION: &str = ".tmp-for-deletion";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockMeta {
+    /// Always `m3query-tsdb-block`: refuses directories of another format.
     pub format: String,
+    /// The block format version (2 allows dense chunks).
     pub version: u32,
+    /// The block's id, also its directory name.
     pub ulid: String,
     /// Inclusive, ms.
     pub min_time: i64,
     /// Exclusive, ms.
     pub max_time: i64,
+    /// What the block holds.
     pub stats: BlockStats,
+    /// Where the block came from.
     pub compaction: BlockCompaction,
 }
 
+/// Counts of what a block holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockStats {
+    /// Series in the block.
     pub num_series: u64,
+    /// Chunks in the block.
     pub num_chunks: u64,
+    /// Samples in the block.
     pub num_samples: u64,
 }
 
+/// A block's lineage, as Prometheus's `meta.json` records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockCompaction {
+    /// 1 for a block cut from the head, one more for each compaction.
     pub level: u32,
+    /// The ULIDs of the level-1 blocks merged into this one.
     pub sources: Vec<String>,
+    /// The blocks compacted into this one.
     pub parents: Vec<BlockParent>,
 }
 
+/// A block compacted into another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockParent {
+    /// Its id.
     pub ulid: String,
+    /// Its first timestamp, ms (inclusive).
     pub min_time: i64,
+    /// Its end, ms (exclusive).
     pub max_time: i64,
 }
 

@@ -176,20 +176,31 @@ impl Options {
 /// A snapshot of the database's own metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DbMetrics {
+    /// Series in the head.
     pub head_series: u64,
+    /// Chunks in the head.
     pub head_chunks: u64,
     /// Bytes of sample data (chunks, out-of-order buffers) held by the head.
     pub head_chunk_bytes: u64,
     /// `i64::MAX`/`i64::MIN` while the head is empty.
     pub head_min_time_ms: i64,
+    /// See `head_min_time_ms`.
     pub head_max_time_ms: i64,
+    /// The oldest timestamp the head accepts (older ones are out of bounds).
     pub head_min_valid_time_ms: i64,
+    /// Distinct strings interned by the head.
     pub symbols: u64,
+    /// Samples committed.
     pub samples_appended_total: u64,
+    /// Samples committed into the out-of-order window.
     pub out_of_order_samples_appended_total: u64,
+    /// Samples refused as out of order.
     pub refused_out_of_order_total: u64,
+    /// Samples refused as out of bounds.
     pub refused_out_of_bounds_total: u64,
+    /// Samples refused as too old for the out-of-order window.
     pub refused_too_old_total: u64,
+    /// Samples refused as duplicates with another value.
     pub refused_duplicate_total: u64,
     /// Samples beyond [`Options::future_grace_period_ms`] ahead of the wall clock.
     pub refused_too_far_in_future_total: u64,
@@ -197,14 +208,21 @@ pub struct DbMetrics {
     pub refused_older_than_retention_total: u64,
     /// Samples accepted by `append` but refused at commit (another commit got there first).
     pub dropped_at_commit_total: u64,
+    /// WAL fsyncs.
     pub wal_fsyncs_total: u64,
+    /// Time spent in WAL fsyncs.
     pub wal_fsync_seconds_sum: f64,
     /// Cumulative (upper bound in seconds, count) pairs; the last bound is +Inf.
     pub wal_fsync_buckets: Vec<(f64, u64)>,
+    /// Bytes written to the WAL.
     pub wal_bytes_written_total: u64,
+    /// Records written to the WAL.
     pub wal_records_total: u64,
+    /// The WAL's size on disk (segments and checkpoint).
     pub wal_disk_bytes: u64,
+    /// How long the last open's WAL replay took.
     pub wal_replay_seconds: f64,
+    /// Replayed records for series refs the WAL never declared (skipped).
     pub wal_replay_unknown_refs_total: u64,
     /// Damaged stretches of WAL (segments and checkpoint) skipped at the last open; each
     /// lost at least one record. The damaged segments are kept in `wal/corrupt-<ms>/`.
@@ -216,12 +234,19 @@ pub struct DbMetrics {
     /// Damaged blocks by reason (`meta`, `index`, `chunks`: found at open and not queried;
     /// `chunk_checksum`: a query found a chunk failing its CRC and left it out).
     pub corrupt_blocks: Vec<(String, u64)>,
+    /// WAL checkpoints written.
     pub checkpoints_total: u64,
+    /// Blocks cut from the head.
     pub head_cuts_total: u64,
+    /// Compactions that wrote a block.
     pub compactions_total: u64,
+    /// Compactions that failed.
     pub compactions_failed_total: u64,
+    /// Blocks deleted by retention.
     pub retention_deleted_blocks_total: u64,
+    /// Blocks open.
     pub blocks: u64,
+    /// Their size on disk.
     pub blocks_bytes: u64,
     /// Blocks + WAL.
     pub disk_bytes: u64,
@@ -593,10 +618,12 @@ impl Db {
         Ok(())
     }
 
+    /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
+    /// The options it was opened with.
     pub fn options(&self) -> &Options {
         &self.inner.opts
     }
@@ -625,6 +652,7 @@ impl Db {
         Ok(n)
     }
 
+    /// A snapshot of the counters and sizes, for `/metrics`.
     pub fn metrics(&self) -> DbMetrics {
         self.inner.metrics()
     }

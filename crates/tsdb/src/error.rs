@@ -6,24 +6,39 @@ use m3query_chunkenc::ChunkError;
 /// [`m3query_storage::Error`] values (Prometheus's messages), since callers match on them.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, naming the file.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A file's contents do not decode.
     #[error("corruption in {file}: {message}")]
-    Corruption { file: String, message: String },
+    Corruption {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A chunk does not decode.
     #[error("chunk: {0}")]
     Chunk(#[from] ChunkError),
+    /// [`Options`](crate::Options) that cannot work together; the text says why.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    /// Another process holds the directory's lock file.
     #[error("database directory {0} is locked by another process")]
     Locked(String),
+    /// A block's `meta.json` does not parse.
     #[error("meta.json: {0}")]
     Meta(#[from] serde_json::Error),
+    /// The database was closed.
     #[error("database is closed")]
     Closed,
+    /// A storage-seam error (sample refusals, cancellation) passed through.
     #[error(transparent)]
     Storage(#[from] m3query_storage::Error),
 }
@@ -44,6 +59,7 @@ impl Error {
     }
 }
 
+/// A result with the TSDB's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for m3query_storage::Error {

@@ -22,19 +22,24 @@ pub(crate) const SCAN_STRETCH: usize = 4096;
 /// A name (a metric, a label name, or `name=value`) with a count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
+    /// The metric, label name, or `name=value`.
     pub name: String,
+    /// The count.
     pub value: u64,
 }
 
 /// The head's figures and its top cardinalities, largest first (ties by name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadStats {
+    /// Series in the head.
     pub num_series: u64,
     /// Distinct label name/value pairs.
     pub num_label_pairs: u64,
+    /// Chunks in the head.
     pub chunk_count: u64,
     /// `i64::MAX` and `i64::MIN` while the head is empty (as Prometheus reports them).
     pub min_time_ms: i64,
+    /// See `min_time_ms`.
     pub max_time_ms: i64,
     /// Series per value of the label the stats were asked for (usually `__name__`).
     pub series_count_by_metric_name: Vec<Stat>,

@@ -11,11 +11,14 @@ use super::functions::Function;
 /// A byte range in the query text, `[start, end)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PosRange {
+    /// First byte.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
 }
 
 impl PosRange {
+    /// The range `[start, end)`.
     pub fn new(start: usize, end: usize) -> Self {
         PosRange { start, end }
     }
@@ -40,10 +43,15 @@ impl PosRange {
 /// The type an expression evaluates to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {
+    /// No value (an invalid expression's type).
     None,
+    /// A single number.
     Scalar,
+    /// An instant vector: one sample per series.
     Vector,
+    /// A range vector: samples over a window per series.
     Matrix,
+    /// A string literal.
     String,
 }
 
@@ -74,27 +82,46 @@ impl ValueType {
 /// Binary and unary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinOp {
+    /// `+`
     Add,
+    /// `-`
     Sub,
+    /// `*`
     Mul,
+    /// `/`
     Div,
+    /// `%`
     Mod,
+    /// `^`
     Pow,
+    /// `atan2`
     Atan2,
+    /// `==`
     Eqlc,
+    /// `!=`
     Neq,
+    /// `>`
     Gtr,
+    /// `<`
     Lss,
+    /// `>=`
     Gte,
+    /// `<=`
     Lte,
+    /// `</`: trims the upper side of native histograms.
     TrimUpper,
+    /// `>/`: trims the lower side of native histograms.
     TrimLower,
+    /// `and`: left-hand series that have a match on the right.
     And,
+    /// `or`: all left-hand series, and right-hand ones without a match.
     Or,
+    /// `unless`: left-hand series that have no match on the right.
     Unless,
 }
 
 impl BinOp {
+    /// The operator as written in PromQL.
     pub fn as_str(self) -> &'static str {
         match self {
             BinOp::Add => "+",
@@ -118,6 +145,7 @@ impl BinOp {
         }
     }
 
+    /// Whether it filters (or with `bool`, answers 0/1): `==`, `!=`, `>`, `<`, `>=`, `<=`.
     pub fn is_comparison(self) -> bool {
         matches!(
             self,
@@ -125,6 +153,7 @@ impl BinOp {
         )
     }
 
+    /// Whether it is a set operator (`and`, `or`, `unless`), which matches series many-to-many.
     pub fn is_set(self) -> bool {
         matches!(self, BinOp::And | BinOp::Or | BinOp::Unless)
     }
@@ -147,23 +176,38 @@ impl BinOp {
 /// Aggregation operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AggOp {
+    /// `sum`
     Sum,
+    /// `avg`
     Avg,
+    /// `count`
     Count,
+    /// `min`
     Min,
+    /// `max`
     Max,
+    /// `group`: 1 for each group.
     Group,
+    /// `stddev`
     Stddev,
+    /// `stdvar`
     Stdvar,
+    /// `topk(k, ...)`
     Topk,
+    /// `bottomk(k, ...)`
     Bottomk,
+    /// `count_values("label", ...)`
     CountValues,
+    /// `quantile(φ, ...)`
     Quantile,
+    /// `limitk(k, ...)` (experimental).
     Limitk,
+    /// `limit_ratio(r, ...)` (experimental).
     LimitRatio,
 }
 
 impl AggOp {
+    /// The operator as written in PromQL.
     pub fn as_str(self) -> &'static str {
         match self {
             AggOp::Sum => "sum",
@@ -183,6 +227,7 @@ impl AggOp {
         }
     }
 
+    /// Whether it takes a parameter before the vector (`topk(5, ...)`).
     pub fn has_param(self) -> bool {
         matches!(
             self,
@@ -195,6 +240,7 @@ impl AggOp {
         )
     }
 
+    /// Whether it needs `enable-experimental-functions`, as in Prometheus.
     pub fn is_experimental(self) -> bool {
         matches!(self, AggOp::Limitk | AggOp::LimitRatio)
     }
@@ -203,36 +249,56 @@ impl AggOp {
 /// `@ start()` / `@ end()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtSpecial {
+    /// `@ start()`: the query's start time.
     Start,
+    /// `@ end()`: the query's end time.
     End,
 }
 
 /// A duration expression (`[5m+1m]`, `offset (2*1m)`, `[step()]`), in seconds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DurationExpr {
+    /// A number or duration literal, in seconds.
     Number {
+        /// The value in seconds.
         val: f64,
+        /// Written as a duration (`5m`) rather than a number (`300`), for printing.
         duration: bool,
+        /// Where it is written.
         pos: PosRange,
     },
+    /// `step()`: the query's step.
     Step(PosRange),
+    /// `range()`: the query's range (end - start).
     Range(PosRange),
+    /// `-d` or `+d`.
     Unary {
+        /// True for `-`.
         neg: bool,
+        /// The operand.
         expr: Box<DurationExpr>,
+        /// Where the operator is written.
         pos: PosRange,
     },
+    /// `a op b` with `+ - * / % ^`.
     Binary {
+        /// The operator.
         op: BinOp,
+        /// The left operand.
         lhs: Box<DurationExpr>,
+        /// The right operand.
         rhs: Box<DurationExpr>,
     },
+    /// `min(a, b)`.
     MinOf(Box<DurationExpr>, Box<DurationExpr>, PosRange),
+    /// `max(a, b)`.
     MaxOf(Box<DurationExpr>, Box<DurationExpr>, PosRange),
+    /// `(d)`.
     Paren(Box<DurationExpr>, PosRange),
 }
 
 impl DurationExpr {
+    /// Where the expression is written.
     pub fn pos(&self) -> PosRange {
         match self {
             DurationExpr::Number { pos, .. }
@@ -332,90 +398,136 @@ pub struct VectorSelector {
     pub matchers: Vec<Matcher>,
     /// The offset as written, in ms (0 when none).
     pub original_offset_ms: i64,
+    /// The offset as a duration expression, before folding into `original_offset_ms`.
     pub offset_expr: Option<DurationExpr>,
     /// The offset used for evaluation: `original_offset_ms` adjusted for `@`.
     pub offset_ms: i64,
     /// The `@` timestamp in ms.
     pub timestamp: Option<i64>,
+    /// `@ start()` / `@ end()`, resolved to `timestamp` when the query's range is known.
     pub start_or_end: Option<AtSpecial>,
+    /// `anchored`: range windows are extended to their start with the last sample before it.
     pub anchored: bool,
+    /// `smoothed`: values at the window edges (or steps) are interpolated between samples.
     pub smoothed: bool,
     /// For `info()`'s second argument: label matchers only, may all match empty.
     pub bypass_empty_matcher_check: bool,
+    /// Where the selector is written.
     pub pos: PosRange,
     /// Index into the engine's selected series (set by planning).
     pub id: usize,
 }
 
+/// A range selector: `v[5m]`.
 #[derive(Clone, Debug)]
 pub struct MatrixSelector {
+    /// The selector the range applies to.
     pub vs: VectorSelector,
+    /// The range in ms, once folded.
     pub range_ms: i64,
+    /// The range as a duration expression, before folding into `range_ms`.
     pub range_expr: Option<DurationExpr>,
+    /// Byte offset just past the `]`, where the node's text ends.
     pub end_pos: usize,
 }
 
+/// A subquery: `expr[range:step]` with its own offset and `@`.
 #[derive(Clone, Debug)]
 pub struct SubqueryExpr {
+    /// The inner expression, evaluated at each subquery step.
     pub expr: Expr,
+    /// The range in ms, once folded.
     pub range_ms: i64,
+    /// The range as a duration expression, before folding into `range_ms`.
     pub range_expr: Option<DurationExpr>,
     /// 0: the engine's default subquery step.
     pub step_ms: i64,
+    /// The step as a duration expression, before folding into `step_ms`.
     pub step_expr: Option<DurationExpr>,
+    /// The offset as written, in ms (0 when none).
     pub original_offset_ms: i64,
+    /// The offset as a duration expression, before folding.
     pub offset_expr: Option<DurationExpr>,
+    /// The offset used for evaluation: `original_offset_ms` adjusted for `@`.
     pub offset_ms: i64,
+    /// The `@` timestamp in ms.
     pub timestamp: Option<i64>,
+    /// `@ start()` / `@ end()`, resolved to `timestamp` when the query's range is known.
     pub start_or_end: Option<AtSpecial>,
+    /// Byte offset just past the subquery's last token, where the node's text ends.
     pub end_pos: usize,
 }
 
+/// A function call: `rate(x[5m])`.
 #[derive(Clone, Debug)]
 pub struct Call {
+    /// The function, from [`FUNCTIONS`](super::FUNCTIONS).
     pub func: &'static Function,
+    /// The arguments, type-checked against the function's signature.
     pub args: Vec<Expr>,
+    /// Where the call is written, name to closing parenthesis.
     pub pos: PosRange,
 }
 
+/// An aggregation: `sum by (job) (x)`, `topk(5, x)`.
 #[derive(Clone, Debug)]
 pub struct AggregateExpr {
+    /// The aggregation operator.
     pub op: AggOp,
+    /// The vector aggregated.
     pub expr: Expr,
+    /// The parameter of `topk`, `quantile`, `count_values`, ... .
     pub param: Option<Expr>,
+    /// The labels of `by (...)` or `without (...)`.
     pub grouping: Vec<String>,
+    /// True for `without`, false for `by` (or no grouping).
     pub without: bool,
+    /// Where the aggregation is written.
     pub pos: PosRange,
 }
 
 /// Vector matching cardinality.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Card {
+    /// Each side's series match at most one on the other side.
     OneToOne,
+    /// `group_left`: many left-hand series to one right-hand.
     ManyToOne,
+    /// `group_right`: one left-hand series to many right-hand.
     OneToMany,
+    /// Set operators: any number on each side.
     ManyToMany,
 }
 
+/// How a binary operator between vectors pairs series: `on`/`ignoring`, `group_*`, `fill`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VectorMatching {
+    /// The matching cardinality.
     pub card: Card,
+    /// The labels of `on (...)` or `ignoring (...)`.
     pub matching_labels: Vec<String>,
     /// `on` (true) or `ignoring` (false).
     pub on: bool,
     /// `group_left`/`group_right` extra labels.
     pub include: Vec<String>,
+    /// `fill`/`fill_left`: the value for a missing left-hand series.
     pub fill_lhs: Option<f64>,
+    /// `fill`/`fill_right`: the value for a missing right-hand series.
     pub fill_rhs: Option<f64>,
 }
 
+/// A binary operation: `a + on (job) b`.
 #[derive(Clone, Debug)]
 pub struct BinaryExpr {
+    /// The operator.
     pub op: BinOp,
+    /// The left operand.
     pub lhs: Expr,
+    /// The right operand.
     pub rhs: Expr,
     /// `None` unless both sides are vectors.
     pub matching: Option<VectorMatching>,
+    /// `bool` after a comparison: answer 0/1 instead of filtering.
     pub return_bool: bool,
     /// Position of the operator token (for annotations).
     pub op_pos: PosRange,
@@ -427,6 +539,7 @@ pub struct BinaryExpr {
 }
 
 impl BinaryExpr {
+    /// A node with its position and result type computed once (see the private fields).
     pub fn new(
         op: BinOp,
         lhs: Expr,
@@ -480,30 +593,48 @@ impl Drop for BinaryExpr {
     }
 }
 
+/// A PromQL expression.
 #[derive(Clone, Debug)]
 pub enum Expr {
+    /// `sum by (job) (x)` and other aggregations.
     Aggregate(Box<AggregateExpr>),
+    /// `a op b`.
     Binary(Box<BinaryExpr>),
+    /// A function call.
     Call(Box<Call>),
+    /// A range selector, `x[5m]`.
     MatrixSelector(Box<MatrixSelector>),
+    /// A number literal.
     Number {
+        /// The value.
         val: f64,
+        /// Where it is written.
         pos: PosRange,
     },
+    /// `(expr)`, kept for printing and positions.
     Paren(Box<Expr>, PosRange),
+    /// A string literal.
     String {
+        /// The unquoted value.
         val: String,
+        /// Where it is written, quotes included.
         pos: PosRange,
         /// The literal's bytes when they are not valid UTF-8 (`val` then holds a lossy copy);
         /// such strings are never valid label names.
         invalid_utf8: Option<Box<[u8]>>,
     },
+    /// `expr[range:step]`.
     Subquery(Box<SubqueryExpr>),
+    /// `-expr` or `+expr`.
     Unary {
+        /// True for `-`.
         neg: bool,
+        /// The operand.
         expr: Box<Expr>,
+        /// Byte offset of the operator.
         start: usize,
     },
+    /// An instant selector, `x{job="a"}`.
     VectorSelector(Box<VectorSelector>),
     /// A subtree whose value does not change across steps (because of `@`), evaluated once.
     StepInvariant(Box<Expr>),

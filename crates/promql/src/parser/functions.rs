@@ -7,12 +7,16 @@ use super::ast::ValueType as T;
 /// A PromQL function's signature.
 #[derive(Debug, PartialEq)]
 pub struct Function {
+    /// The name as called in PromQL.
     pub name: &'static str,
+    /// The argument types, in order.
     pub arg_types: &'static [T],
     /// 0: exactly `arg_types`; n > 0: the last type may repeat up to n more times... as
     /// Prometheus counts it (the last argument is optional and may repeat); -1: unlimited.
     pub variadic: i32,
+    /// The type of the result.
     pub return_type: T,
+    /// Whether it needs `enable-experimental-functions`, as in Prometheus.
     pub experimental: bool,
 }
 

@@ -137,31 +137,6 @@ impl Tok {
             )
     }
 
-    /// How Prometheus names the token in "unexpected `<x>`" messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Tok::Eof => "end of input",
-            Tok::Comma => "\",\"",
-            Tok::LeftParen => "\"(\"",
-            Tok::RightParen => "\")\"",
-            Tok::LeftBrace => "\"{\"",
-            Tok::RightBrace => "\"}\"",
-            Tok::LeftBracket => "\"[\"",
-            Tok::RightBracket => "\"]\"",
-            Tok::Colon => "\":\"",
-            Tok::At => "\"@\"",
-            Tok::Number => "number",
-            Tok::Duration => "duration",
-            Tok::String => "string",
-            Tok::Identifier => "identifier",
-            Tok::MetricIdentifier => "metric identifier",
-            Tok::Eql => "\"=\"",
-            t if t.is_aggregator() => "aggregation",
-            t if t.binary_precedence().is_some() => "binary operator",
-            _ => "keyword",
-        }
-    }
-
     /// Binary operator precedence (higher binds tighter), as Prometheus's grammar declares.
     pub fn binary_precedence(self) -> Option<u8> {
         Some(match self {

@@ -11,7 +11,7 @@
 
 pub mod ast;
 pub mod functions;
-pub mod lexer;
+pub(crate) mod lexer;
 mod printer;
 
 pub use printer::{
@@ -29,18 +29,24 @@ use m3query_storage::Context;
 
 pub use ast::*;
 pub use functions::{FUNCTIONS, Function, get_function};
+/// PromQL string literals as Prometheus reads them, for tools that parse PromQL-adjacent text
+/// (promqltest scripts).
+pub use lexer::unquote;
 use lexer::{Tok, Token};
 
 /// A parse error: the message and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// Where the error is.
     pub pos: PosRange,
+    /// The message, without position.
     pub msg: String,
     /// `line:col` rendered against the query (set by [`parse`]).
     pub position: String,
 }
 
 impl ParseError {
+    /// An error at `pos`; `position` is rendered later against the whole query.
     pub fn new(pos: PosRange, msg: impl Into<String>) -> Self {
         ParseError {
             pos,
@@ -62,9 +68,13 @@ impl std::error::Error for ParseError {}
 /// Parser options (the Prometheus feature flags that change the grammar).
 #[derive(Debug, Clone, Copy)]
 pub struct ParseOptions {
+    /// Accept experimental functions and aggregations (`limitk`, `sort_by_label`, ...).
     pub experimental_functions: bool,
+    /// Accept duration expressions (`[5m+step()]`, `offset (2*1m)`).
     pub duration_expressions: bool,
+    /// Accept `anchored` and `smoothed` on selectors.
     pub extended_range_selectors: bool,
+    /// Accept `fill`, `fill_left` and `fill_right` on binary operators.
     pub binop_fill_modifiers: bool,
 }
 

@@ -25,7 +25,7 @@ use tracing::field::Empty;
 
 use crate::AppState;
 use crate::body::read_body;
-use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
+use crate::error::{ApiError, ApiResponse, ApiResult};
 use crate::layer::{RequestInfo, RequestStart};
 use params::Params;
 use selector::parse_match_params;
@@ -266,6 +266,7 @@ fn decode_label_name(raw: &str) -> Result<String, ApiError> {
     Ok(out)
 }
 
+/// One metadata entry as `/api/v1/metadata` answers it.
 #[derive(Serialize)]
 pub struct MetadataJson {
     #[serde(rename = "type")]
@@ -302,24 +303,6 @@ pub async fn metadata(
     ))
 }
 
-fn write_error(e: WriteError) -> ApiError {
-    match e {
-        WriteError::UnsupportedMediaType(_) | WriteError::UnsupportedEncoding(_) => {
-            ApiError::bad_data(e.to_string()).with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-        }
-        WriteError::TooLarge { .. } => {
-            ApiError::bad_data(e.to_string()).with_status(StatusCode::PAYLOAD_TOO_LARGE)
-        }
-        WriteError::Snappy(_)
-        | WriteError::Decode { .. }
-        | WriteError::ImpossibleLength { .. }
-        | WriteError::NothingDecoded { .. } => ApiError::bad_data(e.to_string()),
-        // Anything else means the store failed: 5xx, so the sender retries.
-        WriteError::Storage(s) => ApiError::internal(format!("writing to storage: {s}")),
-    }
-}
-
-/// `POST /api/v1/prom/remote/write` and `/api/v1/write`.
 /// Decompressed remote-write bodies (~200 KiB each) reused across requests instead of
 /// allocated per request: at most a few are kept (as many as requests usually run at once),
 /// and none past 8 MiB, so a rare huge body does not stay resident.
@@ -345,6 +328,7 @@ impl BodyBuffers {
     }
 }
 
+/// `POST /api/v1/prom/remote/write` and `/api/v1/write`.
 pub async fn remote_write(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -357,8 +341,8 @@ pub async fn remote_write(
         ));
     };
     let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-    let protocol = rwrite::negotiate(header(header::CONTENT_TYPE)).map_err(write_error)?;
-    rwrite::check_encoding(header(header::CONTENT_ENCODING)).map_err(write_error)?;
+    let protocol = rwrite::negotiate(header(header::CONTENT_TYPE)).map_err(ApiError::from)?;
+    rwrite::check_encoding(header(header::CONTENT_ENCODING)).map_err(ApiError::from)?;
     let limit =
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
     // The slot is taken before the body is read, so waiting writers hold a connection, not
@@ -369,17 +353,17 @@ pub async fn remote_write(
     let outcome = blocking(move || {
         let _permit = permit;
         let mut raw = BodyBuffers::take();
-        rwrite::decompress_into(&body, limit, &mut raw).map_err(write_error)?;
+        rwrite::decompress_into(&body, limit, &mut raw).map_err(ApiError::from)?;
         let mut app = appendable.appender();
         let outcome = match rwrite::write(protocol, &raw, app.as_mut()) {
             Ok(o) => o,
             Err(e) => {
                 app.rollback();
-                return Err(write_error(e));
+                return Err(e.into());
             }
         };
         app.commit()
-            .map_err(|e| write_error(WriteError::Storage(e)))?;
+            .map_err(|e| ApiError::from(WriteError::Storage(e)))?;
         BodyBuffers::put(raw);
         st.metadata.add(outcome.metadata.iter().cloned());
         Ok(outcome)
@@ -425,15 +409,6 @@ pub async fn remote_write(
     Ok(resp)
 }
 
-fn read_error(e: ReadError) -> ApiError {
-    match e {
-        ReadError::BadRequest(m) => ApiError::bad_data(m),
-        ReadError::LimitExceeded(m) => ApiError::bad_data(m),
-        ReadError::Storage(s) => s.into(),
-        ReadError::Disconnected => ApiError::new(ErrorType::Canceled, "client disconnected"),
-    }
-}
-
 /// `POST /api/v1/prom/remote/read` and `/api/v1/read`.
 pub async fn remote_read(
     State(state): State<Arc<AppState>>,
@@ -448,8 +423,8 @@ pub async fn remote_read(
     let queryable = state.services()?.queryable.clone();
     let limit =
         usize::try_from(state.config.http.max_decompressed_body_bytes.0).unwrap_or(usize::MAX);
-    let req = rread::decode_request(&body, limit).map_err(read_error)?;
-    let kind = rread::negotiate(&req).map_err(read_error)?;
+    let req = rread::decode_request(&body, limit).map_err(ApiError::from)?;
+    let kind = rread::negotiate(&req).map_err(ApiError::from)?;
     let info = RequestInfo {
         query: Some(record_read_span(&req)),
         series: None,
@@ -464,7 +439,8 @@ pub async fn remote_read(
         ResponseType::Samples => {
             let body = blocking(move || {
                 span.in_scope(|| {
-                    rread::read_samples(queryable.as_ref(), &ctx, &req, &limits).map_err(read_error)
+                    rread::read_samples(queryable.as_ref(), &ctx, &req, &limits)
+                        .map_err(ApiError::from)
                 })
             })
             .await?;
@@ -491,7 +467,7 @@ pub async fn remote_read(
                 if let Err(e) = r
                     && !matches!(e, ReadError::Disconnected)
                 {
-                    let _ = tx.blocking_send(Err(read_error(e)));
+                    let _ = tx.blocking_send(Err(e.into()));
                 }
             });
             // An error before the first frame gets a proper status; later ones end the stream.

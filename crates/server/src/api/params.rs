@@ -15,6 +15,7 @@ pub struct Params {
 }
 
 impl Params {
+    /// Parameters from decoded pairs, in order (repeated keys kept).
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
         Params { pairs }
     }

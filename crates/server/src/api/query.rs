@@ -24,19 +24,6 @@ use crate::admission::Permit;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
 use crate::layer::{RequestInfo, RequestStart};
 
-/// Maps an engine error to the API's, by Prometheus's error type.
-fn engine_error(e: m3query_promql::Error) -> ApiError {
-    let kind = match e.error_type() {
-        "bad_data" => ErrorType::BadData,
-        "execution" => ErrorType::Execution,
-        "timeout" => ErrorType::Timeout,
-        "canceled" => ErrorType::Canceled,
-        "unavailable" => ErrorType::Unavailable,
-        _ => ErrorType::Internal,
-    };
-    ApiError::new(kind, e.to_string())
-}
-
 /// Cancels a context when dropped: with a handler's future (the client went away), or a
 /// response stream, so storage and evaluation stop promptly.
 pub(crate) struct CancelOnDrop(pub(crate) Context);
@@ -193,7 +180,7 @@ async fn evaluate(
         deadline,
         run(move || {
             let _permit = permit;
-            eval(&engine, queryable.as_ref(), &c.ctx, &c.opts).map_err(engine_error)
+            eval(&engine, queryable.as_ref(), &c.ctx, &c.opts).map_err(ApiError::from)
         }),
     )
     .await
@@ -536,7 +523,7 @@ pub async fn format_query(State(state): State<Arc<AppState>>, params: Params) ->
     let q = query_param(&params)?;
     let ctx = super::context(&state);
     let _cancel = CancelOnDrop(ctx.clone());
-    run(move || m3query_promql::format_query_ctx(&q, &ctx).map_err(engine_error))
+    run(move || m3query_promql::format_query_ctx(&q, &ctx).map_err(ApiError::from))
         .await
         .map(ApiResponse::new)
 }
@@ -551,7 +538,8 @@ pub async fn parse_query(
     let q = query_param(&params)?;
     let ctx = super::context(&state);
     let _cancel = CancelOnDrop(ctx.clone());
-    let tree = run(move || m3query_promql::parse_query_ctx(&q, &ctx).map_err(engine_error)).await?;
+    let tree =
+        run(move || m3query_promql::parse_query_ctx(&q, &ctx).map_err(ApiError::from)).await?;
     let mut body = String::with_capacity(tree.len() + 32);
     body.push_str("{\"status\":\"success\",\"data\":");
     body.push_str(&tree);
@@ -559,6 +547,7 @@ pub async fn parse_query(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// One exemplar as `/api/v1/query_exemplars` answers it.
 #[derive(serde::Serialize)]
 pub struct ExemplarJson {
     labels: LabelsJson,
@@ -566,6 +555,7 @@ pub struct ExemplarJson {
     timestamp: f64,
 }
 
+/// A series' exemplars as `/api/v1/query_exemplars` answers them.
 #[derive(serde::Serialize)]
 pub struct SeriesExemplars {
     #[serde(rename = "seriesLabels")]

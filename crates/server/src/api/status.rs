@@ -61,26 +61,37 @@ pub async fn flags(State(state): State<Arc<AppState>>) -> ApiResult<BTreeMap<Str
 ///   formatted as Prometheus does (`15d`, `15d or 10GiB`).
 #[derive(Debug, Serialize)]
 pub struct RuntimeInfo {
+    /// `startTime`, RFC 3339.
     #[serde(rename = "startTime")]
     pub start_time: String,
+    /// `CWD`: the working directory.
     #[serde(rename = "CWD")]
     pub cwd: String,
+    /// `reloadConfigSuccess`: always true (see above).
     #[serde(rename = "reloadConfigSuccess")]
     pub reload_config_success: bool,
+    /// `lastConfigTime`, RFC 3339 (see above).
     #[serde(rename = "lastConfigTime")]
     pub last_config_time: String,
+    /// `corruptionCount` (see above).
     #[serde(rename = "corruptionCount")]
     pub corruption_count: u64,
+    /// `goroutineCount`: OS threads (see above).
     #[serde(rename = "goroutineCount")]
     pub goroutine_count: u64,
+    /// `GOMAXPROCS`: available parallelism (see above).
     #[serde(rename = "GOMAXPROCS")]
     pub gomaxprocs: usize,
+    /// `GOMEMLIMIT`: `i64::MAX`, no limit.
     #[serde(rename = "GOMEMLIMIT")]
     pub gomemlimit: i64,
+    /// `GOGC`: empty.
     #[serde(rename = "GOGC")]
     pub gogc: String,
+    /// `GODEBUG`: empty.
     #[serde(rename = "GODEBUG")]
     pub godebug: String,
+    /// `storageRetention` (see above).
     #[serde(rename = "storageRetention")]
     pub storage_retention: String,
 }
@@ -160,17 +171,25 @@ pub async fn runtime_info(State(state): State<Arc<AppState>>) -> ApiResult<Runti
 /// `/api/v1/status/tsdb`'s entries.
 #[derive(Debug, Serialize)]
 pub struct TsdbStat {
+    /// The metric, label name, or `name=value`.
     pub name: String,
+    /// The count (series, values, or bytes, by list).
     pub value: u64,
 }
 
+/// `headStats` of `/api/v1/status/tsdb`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeadStatsJson {
+    /// Series in the head.
     pub num_series: u64,
+    /// Distinct label name/value pairs in the head.
     pub num_label_pairs: u64,
+    /// Chunks in the head.
     pub chunk_count: u64,
+    /// The head's oldest timestamp, ms (`i64::MAX` when empty, as Prometheus).
     pub min_time: i64,
+    /// The head's newest timestamp, ms (`i64::MIN` when empty, as Prometheus).
     pub max_time: i64,
 }
 
@@ -178,10 +197,15 @@ pub struct HeadStatsJson {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TsdbStatus {
+    /// The head's figures.
     pub head_stats: HeadStatsJson,
+    /// Series per metric name, largest first.
     pub series_count_by_metric_name: Vec<TsdbStat>,
+    /// Distinct values per label name, largest first.
     pub label_value_count_by_label_name: Vec<TsdbStat>,
+    /// Bytes of label values per label name, largest first.
     pub memory_in_bytes_by_label_name: Vec<TsdbStat>,
+    /// Series per `name=value` pair, largest first.
     pub series_count_by_label_value_pair: Vec<TsdbStat>,
 }
 
@@ -249,6 +273,7 @@ pub struct EmptyList([(); 0]);
 /// `/api/v1/rules`.
 #[derive(Debug, Default, Serialize)]
 pub struct RuleGroups {
+    /// Always empty: m3query evaluates no rules.
     pub groups: EmptyList,
 }
 
@@ -314,6 +339,7 @@ pub async fn rules(params: Params) -> ApiResult<RuleGroups> {
 /// `/api/v1/alerts`.
 #[derive(Debug, Default, Serialize)]
 pub struct Alerts {
+    /// Always empty: m3query evaluates no alerting rules.
     pub alerts: EmptyList,
 }
 
@@ -326,7 +352,9 @@ pub async fn alerts() -> ApiResult<Alerts> {
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Targets {
+    /// Always empty: m3query scrapes nothing.
     pub active_targets: EmptyList,
+    /// Always empty.
     pub dropped_targets: EmptyList,
     /// Dropped targets per scrape pool (Prometheus 2.49+).
     pub dropped_target_counts: BTreeMap<String, u64>,
@@ -342,7 +370,9 @@ pub async fn targets() -> ApiResult<Targets> {
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alertmanagers {
+    /// Always empty: m3query sends no alerts.
     pub active_alertmanagers: EmptyList,
+    /// Always empty.
     pub dropped_alertmanagers: EmptyList,
 }
 

@@ -18,7 +18,9 @@ pub use collector::JaegerCollectorExporter;
 /// `ip`, then the configured `jaeger.tags`, which may override them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct JaegerProcess {
+    /// The service name.
     pub service_name: String,
+    /// The process tags, in the order sent.
     pub tags: Vec<(String, TagValue)>,
 }
 
