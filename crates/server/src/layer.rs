@@ -98,6 +98,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestStart {
     }
 }
 
+/// Marks the readiness probe's 503 while storage starts: an expected answer, not a failure
+/// to log at ERROR or to tail-capture.
+#[derive(Debug, Clone, Copy)]
+pub struct NotReady;
+
 /// Marks a response produced from a handler panic.
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerPanicked;
@@ -205,13 +210,17 @@ where
             done.responded = true;
             let failed = resp.extensions().get::<HandlerPanicked>().is_some();
             done.span.record_status(status.as_u16(), failed);
+            let not_ready = resp.extensions().get::<NotReady>().is_some();
+            if not_ready {
+                done.span.no_tail_capture();
+            }
             done.span
                 .tail_check(status.as_u16(), failed, done.start.elapsed());
             let span = &done.span;
             if let Some(err) = resp.extensions().get::<ApiError>() {
                 // Recorded as a span event (a log in Jaeger) for 4xx too; only 5xx tag error.
                 let _e = span.span().enter();
-                if status.is_server_error() {
+                if status.is_server_error() && !not_ready {
                     match repeated_server_error(&err.message) {
                         Some(not_logged) => {
                             tracing::error!(error.kind = err.kind.as_str(), error.message = %err.message, identical_errors_not_logged = i64::try_from(not_logged).unwrap_or(i64::MAX), "request failed")
@@ -221,8 +230,8 @@ where
                         }
                     }
                 } else {
-                    // A client's mistake, not the server's: debug, so a misbehaving client
-                    // cannot flood the log at the default level.
+                    // A client's mistake, not the server's (or storage still starting): debug,
+                    // so a misbehaving client or a probe cannot flood the log.
                     tracing::debug!(error.kind = err.kind.as_str(), error.message = %err.message, "request refused");
                 }
             }

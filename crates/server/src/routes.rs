@@ -99,7 +99,12 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage is starting up\n").into_response()
+        // Expected while the WAL replays: probes ask every few seconds, so the request layer
+        // neither logs it as a failure nor tail-captures it.
+        let mut resp =
+            (StatusCode::SERVICE_UNAVAILABLE, "storage is starting up\n").into_response();
+        resp.extensions_mut().insert(crate::layer::NotReady);
+        resp
     }
 }
 

@@ -169,6 +169,15 @@ impl RequestSpan {
         self.trace_id.as_deref()
     }
 
+    /// Keeps this request out of tail capture, whatever its status or duration (an expected
+    /// 503 such as a readiness probe's while storage starts).
+    pub fn no_tail_capture(&mut self) {
+        if self.tail {
+            self.tail = false;
+            crate::tail::exclude(&self.span);
+        }
+    }
+
     /// For a request the head sampler passed over: captures it for export when it is slower
     /// than the tail threshold or `status` is 5xx (`failed`: a handler failure), within the
     /// capture rate limit. Call it with the response status, so `X-Trace-Id` names a captured

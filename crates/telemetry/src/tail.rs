@@ -220,6 +220,11 @@ pub(crate) fn seed(
     });
 }
 
+/// Keeps an unsampled request out of tail capture (its record is dropped unexported).
+pub(crate) fn exclude(span: &tracing::Span) {
+    with_root(span, |r| r.seed = None);
+}
+
 /// Decides at the response whether the request is captured (so `X-Trace-Id` can name its
 /// trace), with the status and the time so far. Once captured it stays captured; a request not
 /// captured yet is asked again when its root span closes (a slow body can still make it slow).
