@@ -9,6 +9,23 @@ use m3query_model::{Labels, Matcher};
 use m3query_storage::{Appendable, Context, Queryable, SelectHints, Warnings, collect_series};
 use m3query_tsdb::{Db, Fsync, Options};
 
+/// Opens `dir`, waiting out a lock held only by a forked child. The tmpfs test runs `mount`
+/// and `umount` at the same time as the others: a child forked while a database here was open
+/// holds a copy of its lock file's descriptor until it execs, so a reopen right after a close
+/// can briefly find the directory locked.
+fn reopen(dir: &Path, opts: Options) -> m3query_tsdb::Db {
+    let mut tries = 0;
+    loop {
+        match Db::open(dir, opts.clone()) {
+            Err(m3query_tsdb::Error::Locked(_)) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.expect("open"),
+        }
+    }
+}
+
 const H: i64 = 3_600_000;
 
 fn now_ms() -> i64 {
@@ -104,7 +121,7 @@ fn damaged_block_bytes_are_never_served_as_correct_values() {
             let mut bad = good.clone();
             bad[pos] ^= 0x5a;
             fs::write(&file, &bad).expect("write");
-            let db = Db::open(dir.path(), Options::default()).expect("open");
+            let db = reopen(dir.path(), Options::default());
             match select(&db, 0, 2 * H) {
                 Err(e) => assert!(e.contains(&ulid), "error names the block: {e}"),
                 Ok((got, w)) if !w.is_empty() => {
@@ -135,7 +152,7 @@ fn block_without_meta_is_reported() {
     one_block(dir.path());
     let block = block_dirs(dir.path()).pop().expect("a block");
     fs::remove_file(block.join("meta.json")).expect("remove meta.json");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let db = reopen(dir.path(), Options::default());
     let (_, w) = select(&db, 0, 2 * H).expect("select");
     let name = block.file_name().and_then(|n| n.to_str()).expect("name");
     assert!(w.iter().any(|x| x.contains(name)), "warnings: {w}");
@@ -151,7 +168,7 @@ fn sample_far_in_future_is_refused_and_current_writes_go_on() {
         ..Options::default()
     };
     let now = now_ms();
-    let db = Db::open(dir.path(), opts.clone()).expect("open");
+    let db = reopen(dir.path(), opts.clone());
     let mut app = db.appender();
     app.append(&series(0), now - 60_000, 1.0).expect("append");
     let e = app
@@ -175,7 +192,7 @@ fn sample_far_in_future_is_refused_and_current_writes_go_on() {
     assert!(e.to_string().contains("retention"), "{e}");
     app.commit().expect("commit");
     drop(db);
-    let db = Db::open(dir.path(), opts).expect("reopen");
+    let db = reopen(dir.path(), opts);
     let mut app = db.appender();
     app.append(&series(4), now + 1000, 6.0)
         .expect("a write at now after a restart");
@@ -224,7 +241,7 @@ fn disk_full_keeps_every_acknowledged_write() {
         ..Options::default()
     };
     let db_dir = mnt.join("db");
-    let db = Db::open(&db_dir, opts.clone()).expect("open");
+    let db = reopen(&db_dir, opts.clone());
     let mut acked: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
     let (mut failed, mut after_failure) = (0, 0);
     for k in 0..400i64 {
@@ -257,7 +274,7 @@ fn disk_full_keeps_every_acknowledged_write() {
     assert!(failed >= 3, "the disk filled up");
     assert_eq!(after_failure, 5, "writes succeed again once there is room");
     drop(db);
-    let db = Db::open(&db_dir, opts).expect("reopen");
+    let db = reopen(&db_dir, opts);
     let (got, _) = select(&db, i64::MIN, i64::MAX).expect("select");
     let n = |m: &Got| m.values().map(Vec::len).sum::<usize>();
     assert_eq!(n(&got), n(&acked), "samples after restart vs acknowledged");
