@@ -373,6 +373,7 @@ pub struct QueryConfig {
     pub max_concurrent: usize,
     /// Queries that may wait for a slot; beyond this a query is refused at once with 503.
     pub max_queued: usize,
+    pub results_cache: ResultsCacheConfig,
 }
 
 impl Default for QueryConfig {
@@ -385,6 +386,35 @@ impl Default for QueryConfig {
             max_points_per_series: 11_000,
             max_concurrent: 0,
             max_queued: 500,
+            results_cache: ResultsCacheConfig::default(),
+        }
+    }
+}
+
+/// `query.resultsCache:`: range query results kept per split interval, so a dashboard's
+/// refresh computes only the new tail (see [`crate::results_cache`]).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ResultsCacheConfig {
+    /// Off by default, as in Thanos and Cortex: it trades memory for refresh latency.
+    pub enabled: bool,
+    /// Memory bound of the cached results; the least recently used go first.
+    pub max_bytes: ByteSize,
+    /// Results are cached in pieces aligned to this interval (from the Unix epoch), so a
+    /// moving window reuses whole pieces and old ones age out independently.
+    pub split_interval: Duration,
+    /// Steps newer than now minus this are never cached: samples may still arrive for them
+    /// (the only protection for remoteRead stores, which cannot report late writes).
+    pub freshness: Duration,
+}
+
+impl Default for ResultsCacheConfig {
+    fn default() -> Self {
+        ResultsCacheConfig {
+            enabled: false,
+            max_bytes: ByteSize(256 << 20),
+            split_interval: Duration::from_secs(24 * 3600),
+            freshness: Duration::from_secs(600),
         }
     }
 }
@@ -683,6 +713,9 @@ impl Config {
         }
         if self.query.max_points_per_series == 0 {
             return Err("query.maxPointsPerSeries must be at least 1".into());
+        }
+        if self.query.results_cache.split_interval.0 < std::time::Duration::from_secs(1) {
+            return Err("query.resultsCache.splitInterval must be at least 1s".into());
         }
         if self.storage.enabled && self.storage.path.as_os_str().is_empty() {
             return Err("storage.path must not be empty".into());

@@ -16,6 +16,7 @@ pub mod error;
 mod landing;
 pub mod layer;
 pub mod metrics;
+pub mod results_cache;
 mod routes;
 pub mod serve;
 pub mod stores;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub write_gate: admission::Gate,
     /// The PromQL engine, configured from `query:` and `lookbackDuration`.
     pub engine: Arc<m3query_promql::Engine>,
+    /// Range query results kept for dashboards (`query.resultsCache`); `None` when off.
+    pub results_cache: Option<Arc<results_cache::ResultsCache>>,
     /// When the server was assembled (just after the config was loaded): `runtimeinfo`'s
     /// `startTime` and `lastConfigTime`.
     pub started: SystemTime,
@@ -162,6 +165,14 @@ impl Server {
         remote_metrics.register(&mut metrics);
         let admission_metrics = admission::AdmissionMetrics::default();
         admission_metrics.register(&mut metrics);
+        let results_cache = config.query.results_cache.enabled.then(|| {
+            let m = results_cache::CacheMetrics::default();
+            m.register(&mut metrics);
+            Arc::new(results_cache::ResultsCache::new(
+                results_cache::Settings::from_config(&config.query.results_cache),
+                m,
+            ))
+        });
         let state = Arc::new(AppState {
             read_gate: admission::Gate::new(
                 admission::GateSpec {
@@ -205,6 +216,7 @@ impl Server {
             metadata: stores::MetadataStore::new(100_000),
             exemplars: stores::ExemplarStore::new(100_000),
             remote_metrics,
+            results_cache,
             engine: Arc::new(m3query_promql::Engine::new(engine_options(
                 &config_for_engine,
             ))),

@@ -354,7 +354,12 @@ pub async fn remote_write(
         let _permit = permit;
         let mut raw = BodyBuffers::take();
         rwrite::decompress_into(&body, limit, &mut raw).map_err(ApiError::from)?;
-        let mut app = appendable.appender();
+        let app = appendable.appender();
+        // Samples written into steps the results cache holds must drop those steps.
+        let mut app = match &st.results_cache {
+            Some(cache) => cache.watch(app),
+            None => app,
+        };
         let outcome = match rwrite::write(protocol, &raw, app.as_mut()) {
             Ok(o) => o,
             Err(e) => {

@@ -23,6 +23,7 @@ use crate::AppState;
 use crate::admission::Permit;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
 use crate::layer::{RequestInfo, RequestStart};
+use crate::results_cache::{Answer, Assembled, RangeRequest};
 
 /// Cancels a context when dropped: with a handler's future (the client went away), or a
 /// response stream, so storage and evaluation stop promptly.
@@ -159,7 +160,7 @@ async fn by_deadline<T>(
 /// at the deadline whatever the evaluation is doing. The permit moves into the blocking work,
 /// so it is released when that work ends, not when the answer goes out: `query.maxConcurrent`
 /// bounds the work really running.
-async fn evaluate(
+async fn evaluate<T: Send + 'static>(
     state: &AppState,
     c: Common,
     eval: impl FnOnce(
@@ -167,10 +168,10 @@ async fn evaluate(
         &dyn m3query_storage::Queryable,
         &Context,
         &QueryOptions,
-    ) -> Result<QueryResult, m3query_promql::Error>
+    ) -> Result<T, m3query_promql::Error>
     + Send
     + 'static,
-) -> Result<QueryResult, ApiError> {
+) -> Result<T, ApiError> {
     let queryable = state.services()?.queryable.clone();
     let engine = state.engine.clone();
     let _cancel = CancelOnDrop(c.ctx.clone());
@@ -259,12 +260,82 @@ pub async fn range_query(
     let c = common(&state, &params, &headers, arrival)?;
     record_span(&query, Some(start), Some(end), Some(step));
     let stats = c.opts.enable_stats;
+    if let Some(cache) = &state.results_cache {
+        if stats || no_cache(&params, &headers) {
+            cache.bypassed();
+        } else {
+            let cache = cache.clone();
+            let req = RangeRequest {
+                query: query.clone(),
+                start_ms: start,
+                end_ms: end,
+                step_ms: step,
+            };
+            let answer = evaluate(&state, c, move |engine, queryable, ctx, opts| {
+                cache.range_query(engine, queryable, ctx, &req, opts)
+            })
+            .await?;
+            return Ok(match answer {
+                Answer::Computed(result) => respond(result, query, stats),
+                Answer::Assembled(a) => respond_assembled(a, query),
+            });
+        }
+    }
     let q2 = query.clone();
     let result = evaluate(&state, c, move |engine, queryable, ctx, opts| {
         engine.range_query(queryable, ctx, &q2, start, end, step, opts)
     })
     .await?;
     Ok(respond(result, query, stats))
+}
+
+/// Whether the request asks to skip the results cache: `nocache=1` (or `true`), or
+/// `Cache-Control: no-cache` / `no-store` as Cortex's query-frontend honours.
+fn no_cache(params: &Params, headers: &HeaderMap) -> bool {
+    if params
+        .get("nocache")
+        .is_some_and(|v| matches!(v, "1" | "true"))
+    {
+        return true;
+    }
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
+}
+
+/// Encodes an answer assembled by the results cache (span `http.encode`, as [`respond`]).
+fn respond_assembled(a: Assembled, query: String) -> Response {
+    let span = tracing::debug_span!(
+        target: "m3query::http",
+        "http.encode",
+        result_type = "matrix",
+        series = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    );
+    let body = span.in_scope(|| {
+        let mut out = String::new();
+        a.write_body(&mut out);
+        out
+    });
+    span.record(
+        "series",
+        i64::try_from(a.series_count()).unwrap_or(i64::MAX),
+    );
+    span.record("bytes", i64::try_from(body.len()).unwrap_or(i64::MAX));
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    resp.headers_mut().insert(
+        "M3-Series-Count",
+        HeaderValue::from(a.series_fetched as u64),
+    );
+    resp.extensions_mut().insert(RequestInfo {
+        query: Some(query),
+        series: Some(a.series_fetched as u64),
+        samples: Some(a.samples_fetched as u64),
+    });
+    resp
 }
 
 /// `11000` as Prometheus prints it in its message: `11,000`.
@@ -334,7 +405,7 @@ fn estimate(v: &Value) -> usize {
 }
 
 /// JSON string with the escapes JSON requires.
-fn write_str(out: &mut String, s: &str) {
+pub(crate) fn write_str(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
@@ -361,7 +432,7 @@ fn write_str(out: &mut String, s: &str) {
 
 /// Prometheus's timestamp rendering: unix seconds with the milliseconds as a 3-digit fraction
 /// when non-zero (`1435781451.781`, `1435781451`).
-fn write_ts(out: &mut String, t_ms: i64) {
+pub(crate) fn write_ts(out: &mut String, t_ms: i64) {
     let (neg, t) = if t_ms < 0 {
         (true, t_ms.unsigned_abs())
     } else {
@@ -378,7 +449,7 @@ fn write_ts(out: &mut String, t_ms: i64) {
 }
 
 /// Prometheus's value rendering: Go's `FormatFloat(v, 'f', -1, 64)`, in quotes.
-fn write_val(out: &mut String, v: f64) {
+pub(crate) fn write_val(out: &mut String, v: f64) {
     out.push('"');
     if v.is_nan() {
         out.push_str("NaN");
@@ -392,7 +463,7 @@ fn write_val(out: &mut String, v: f64) {
     out.push('"');
 }
 
-fn write_labels(out: &mut String, l: &Labels) {
+pub(crate) fn write_labels(out: &mut String, l: &Labels) {
     out.push('{');
     for (i, l) in l.iter().enumerate() {
         if i > 0 {
@@ -490,7 +561,7 @@ fn write_stats(out: &mut String, s: &QueryStats) {
     );
 }
 
-fn write_strs(out: &mut String, key: &str, items: &[String]) {
+pub(crate) fn write_strs(out: &mut String, key: &str, items: &[String]) {
     if items.is_empty() {
         return;
     }
@@ -504,7 +575,7 @@ fn write_strs(out: &mut String, key: &str, items: &[String]) {
     out.push(']');
 }
 
-fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
+pub(crate) fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
     out.push_str("{\"status\":\"success\",\"data\":{");
     write_result(out, &r.value);
     if stats {
