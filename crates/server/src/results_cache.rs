@@ -453,11 +453,14 @@ pub struct Assembled {
     pub samples_fetched: usize,
 }
 
+/// Where a fragment of a series' points is: part, series in the part, byte range of its
+/// text.
+type Frag = (u32, u32, u32, u32);
+
 #[derive(Debug)]
 struct AssembledSeries {
     labels: Labels,
-    /// (part, series in the part, byte range of its text).
-    frags: Vec<(u32, u32, u32, u32)>,
+    frags: Vec<Frag>,
 }
 
 impl Assembled {
@@ -468,13 +471,50 @@ impl Assembled {
 
     /// The response body, byte for byte what the uncached answer encodes to.
     pub fn write_body(&self, out: &mut String) {
-        let text: usize = self
-            .series
-            .iter()
-            .flat_map(|s| s.frags.iter())
-            .map(|f| (f.3 - f.2) as usize + 1)
-            .sum();
-        out.reserve(text + self.series.len() * 128 + 128);
+        out.reserve(self.body_len());
+        self.emit(out, &mut |out, text, _| out.push_str(text));
+    }
+
+    /// Length of the body in bytes.
+    pub fn body_len(&self) -> usize {
+        let mut n = 0;
+        let mut scratch = String::new();
+        self.emit(&mut scratch, &mut |_, text, _| n += text.len());
+        n + scratch.len()
+    }
+
+    /// The body as chunks that share the cached points' text rather than copy it: a
+    /// refreshed panel of many series is mostly cached text, and copying it would cost a
+    /// good part of what the cache saves. Concatenated, the chunks are [`Self::write_body`].
+    pub fn into_chunks(self) -> Vec<bytes::Bytes> {
+        /// Fragments shorter than this are copied: a chunk of its own costs more.
+        const SHARE_FROM: usize = 2048;
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut out = String::with_capacity(8192);
+        self.emit(&mut out, &mut |out, text, at| {
+            let Some((p, si, a, b)) = at.filter(|_| text.len() >= SHARE_FROM) else {
+                out.push_str(text);
+                return;
+            };
+            if !out.is_empty() {
+                chunks.push(bytes::Bytes::from(std::mem::take(out)));
+            }
+            let owner = SeriesText(self.parts[p as usize].clone(), si as usize);
+            chunks.push(bytes::Bytes::from_owner(owner).slice(a as usize..b as usize));
+        });
+        if !out.is_empty() {
+            chunks.push(bytes::Bytes::from(out));
+        }
+        chunks
+    }
+
+    /// Writes the body's own bytes (punctuation, labels, annotations) to `out` and passes
+    /// every cached fragment to `text`, with where it comes from (part, series, bytes).
+    fn emit(
+        &self,
+        out: &mut String,
+        text: &mut dyn FnMut(&mut String, &str, Option<Frag>),
+    ) {
         out.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"matrix\",\"result\":[");
         for (i, s) in self.series.iter().enumerate() {
             if i > 0 {
@@ -488,7 +528,11 @@ impl Assembled {
                     out.push(',');
                 }
                 let series = &self.parts[p as usize].series[si as usize];
-                out.push_str(&series.text[a as usize..b as usize]);
+                text(
+                    out,
+                    &series.text[a as usize..b as usize],
+                    Some((p, si, a, b)),
+                );
             }
             out.push_str("]}");
         }
@@ -496,6 +540,15 @@ impl Assembled {
         write_strs(out, "warnings", &self.warnings);
         write_strs(out, "infos", &self.infos);
         out.push('}');
+    }
+}
+
+/// One cached series' text, as the owner of the body chunks that share it.
+struct SeriesText(Arc<Part>, usize);
+
+impl AsRef<[u8]> for SeriesText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.series.get(self.1).map_or(&[], |s| s.text.as_bytes())
     }
 }
 
@@ -1244,17 +1297,17 @@ fn assemble(
 
     // Series fetched: every key (for the limit, which counts what the store returned) and
     // those with samples in the window of the steps used (what the engine reports).
-    let mut fetched: HashSet<u64> = HashSet::new();
-    let mut nonempty: HashSet<u64> = HashSet::new();
+    let mut fetched: Vec<u64> = Vec::new();
+    let mut nonempty: Vec<u64> = Vec::new();
     let mut samples = 0f64;
     let mut steps = 0i64;
     let mut density = (0i64, 0usize);
     for (i, (p, x, y)) in parts.iter().enumerate() {
         for k in &p.keys {
-            fetched.insert(k.key);
+            fetched.push(k.key);
             let (lo, hi) = p.deltas.get(k.ord as usize).copied().unwrap_or((0, 0));
             if k.min_t <= y - hi && k.max_t >= x - lo {
-                nonempty.insert(k.key);
+                nonempty.push(k.key);
             }
         }
         let used = (y - x) / step + 1;
@@ -1268,6 +1321,10 @@ fn assemble(
         }
     }
     let peak = density.1 as f64 * steps as f64 / density.0.max(1) as f64;
+    for keys in [&mut fetched, &mut nonempty] {
+        keys.sort_unstable();
+        keys.dedup();
+    }
     if opts.max_fetched_series > 0 && fetched.len() > opts.max_fetched_series {
         return None;
     }
@@ -1278,30 +1335,39 @@ fn assemble(
         return None;
     }
 
-    // Series by labels, each part's points in time order.
-    let mut order: Vec<(&Labels, u32, u32)> = Vec::new();
-    for (pi, (p, _, _)) in parts.iter().enumerate() {
-        for (si, s) in p.series.iter().enumerate() {
-            order.push((&s.labels, pi as u32, si as u32));
-        }
-    }
-    order.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    // Series by labels, each part's points in time order: a merge of the parts' series
+    // (each sorted by labels), the same series mostly in every part.
+    let mut cursor = vec![0usize; parts.len()];
     let mut series: Vec<AssembledSeries> = Vec::new();
-    let mut current: Option<&Labels> = None;
-    for (labels, pi, si) in order {
-        let (p, x, y) = &parts[pi as usize];
-        let Some((a, b)) = p.series[si as usize].slice(*x, *y) else {
-            continue;
+    loop {
+        let mut min: Option<&Labels> = None;
+        for (pi, (p, _, _)) in parts.iter().enumerate() {
+            if let Some(s) = p.series.get(cursor[pi])
+                && min.is_none_or(|m| s.labels != *m && s.labels < *m)
+            {
+                min = Some(&s.labels);
+            }
+        }
+        let Some(labels) = min else {
+            break;
         };
-        if current != Some(labels) || series.is_empty() {
+        let mut frags = Vec::new();
+        for (pi, (p, x, y)) in parts.iter().enumerate() {
+            let si = cursor[pi];
+            if let Some(s) = p.series.get(si)
+                && s.labels == *labels
+            {
+                cursor[pi] += 1;
+                if let Some((a, b)) = s.slice(*x, *y) {
+                    frags.push((pi as u32, si as u32, a, b));
+                }
+            }
+        }
+        if !frags.is_empty() {
             series.push(AssembledSeries {
                 labels: labels.clone(),
-                frags: Vec::new(),
+                frags,
             });
-            current = Some(labels);
-        }
-        if let Some(s) = series.last_mut() {
-            s.frags.push((pi, si, a, b));
         }
     }
     Some(Assembled {
@@ -1685,7 +1751,11 @@ mod tests {
                 }
                 Answer::Assembled(a) => {
                     a.write_body(&mut out);
-                    (out, a.series_fetched)
+                    assert_eq!(a.body_len(), out.len());
+                    let n = a.series_fetched;
+                    let chunks: Vec<u8> = a.into_chunks().concat();
+                    assert_eq!(chunks, out.as_bytes(), "chunks and body differ");
+                    (out, n)
                 }
             }
         }

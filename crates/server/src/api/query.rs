@@ -307,6 +307,7 @@ fn no_cache(params: &Params, headers: &HeaderMap) -> bool {
 }
 
 /// Encodes an answer assembled by the results cache (span `http.encode`, as [`respond`]).
+/// The body shares the cached text (see [`Assembled::into_chunks`]).
 fn respond_assembled(a: Assembled, query: String) -> Response {
     let span = tracing::debug_span!(
         target: "m3query::http",
@@ -315,27 +316,55 @@ fn respond_assembled(a: Assembled, query: String) -> Response {
         series = tracing::field::Empty,
         bytes = tracing::field::Empty,
     );
-    let body = span.in_scope(|| {
-        let mut out = String::new();
-        a.write_body(&mut out);
-        out
+    let (series, fetched, samples) = (a.series_count(), a.series_fetched, a.samples_fetched);
+    let chunks = span.in_scope(|| a.into_chunks());
+    let len: usize = chunks.iter().map(bytes::Bytes::len).sum();
+    span.record("series", i64::try_from(series).unwrap_or(i64::MAX));
+    span.record("bytes", i64::try_from(len).unwrap_or(i64::MAX));
+    let body = axum::body::Body::new(Chunks {
+        chunks: chunks.into(),
+        remaining: len as u64,
     });
-    span.record(
-        "series",
-        i64::try_from(a.series_count()).unwrap_or(i64::MAX),
-    );
-    span.record("bytes", i64::try_from(body.len()).unwrap_or(i64::MAX));
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    resp.headers_mut().insert(
-        "M3-Series-Count",
-        HeaderValue::from(a.series_fetched as u64),
-    );
+    resp.headers_mut()
+        .insert("M3-Series-Count", HeaderValue::from(fetched as u64));
     resp.extensions_mut().insert(RequestInfo {
         query: Some(query),
-        series: Some(a.series_fetched as u64),
-        samples: Some(a.samples_fetched as u64),
+        series: Some(fetched as u64),
+        samples: Some(samples as u64),
     });
     resp
+}
+
+/// A body of chunks already in memory, with its exact length (so `Content-Length` is sent,
+/// as for a body in one piece).
+struct Chunks {
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.remaining -= (c.len() as u64).min(self.remaining);
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// `11000` as Prometheus prints it in its message: `11,000`.
@@ -573,6 +602,12 @@ pub(crate) fn write_strs(out: &mut String, key: &str, items: &[String]) {
         write_str(out, w);
     }
     out.push(']');
+}
+
+/// The response body of a query result without `stats`, as the handlers send it (for
+/// benches that compare against the results cache's bodies).
+pub fn encode_response(out: &mut String, r: &QueryResult) {
+    write_response(out, r, false);
 }
 
 pub(crate) fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
