@@ -510,11 +510,7 @@ impl Assembled {
 
     /// Writes the body's own bytes (punctuation, labels, annotations) to `out` and passes
     /// every cached fragment to `text`, with where it comes from (part, series, bytes).
-    fn emit(
-        &self,
-        out: &mut String,
-        text: &mut dyn FnMut(&mut String, &str, Option<Frag>),
-    ) {
+    fn emit(&self, out: &mut String, text: &mut dyn FnMut(&mut String, &str, Option<Frag>)) {
         out.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"matrix\",\"result\":[");
         for (i, s) in self.series.iter().enumerate() {
             if i > 0 {
