@@ -773,7 +773,10 @@ impl ResultsCache {
         req: &RangeRequest,
         opts: &QueryOptions,
     ) -> m3query_promql::Result<Answer> {
-        let uncached = |outcome: &'static str| {
+        // The lookup span ends before any evaluation: the engine's phase spans are its
+        // siblings under the request, not its children.
+        let uncached = |outcome: &'static str, span: tracing::Span| {
+            drop(span);
             self.metrics.outcome(outcome);
             engine
                 .range_query(
@@ -803,7 +806,7 @@ impl ResultsCache {
             || opts.enable_stats
         {
             span.record("bypass", "unaligned");
-            return uncached("bypass");
+            return uncached("bypass", span);
         }
         let parse_opts = parser::ParseOptions {
             experimental_functions: engine.options().enable_experimental_functions,
@@ -820,20 +823,20 @@ impl ResultsCache {
         .unwrap_or(Some("parse"));
         if let Some(why) = why {
             span.record("bypass", why);
-            return uncached("bypass");
+            return uncached("bypass", span);
         }
         let steps = (req.end_ms - req.start_ms) / step;
         if usize::try_from(steps).map_or(true, |n| n >= engine.options().max_samples) {
             // The engine refuses it whole; pieces would each pass.
             span.record("bypass", "limits");
-            return uncached("bypass");
+            return uncached("bypass", span);
         }
         let last = req.start_ms + steps * step;
         let now = (self.clock)();
         let cacheable_end = grid_floor(now.saturating_sub(self.settings.freshness_ms), step);
         if cacheable_end < req.start_ms {
             // All of it is fresh: nothing to reuse or store.
-            return uncached("miss");
+            return uncached("miss", span);
         }
         let key = Arc::new(QueryKey {
             query: req.query.clone(),
@@ -845,7 +848,7 @@ impl ResultsCache {
         });
         if self.inner.lock().gappy.contains(&key) {
             span.record("bypass", "gappy");
-            return uncached("bypass");
+            return uncached("bypass", span);
         }
         let min_time = queryable.min_time();
         let flight = self.register();
@@ -875,6 +878,7 @@ impl ResultsCache {
         span.record("cached_steps", report.cached_steps);
         span.record("computed_steps", report.computed_steps);
         span.record("extents", report.extents.as_str());
+        drop(span);
         self.metrics.hits.inc_by(report.hits as u64);
         self.metrics.misses.inc_by(report.misses as u64);
 
@@ -906,11 +910,11 @@ impl ResultsCache {
                                 }
                                 // Truncated by a limit, or partial: only an uncached answer is
                                 // right.
-                                return uncached("fallback");
+                                return uncached("fallback", tracing::Span::none());
                             }
                             Err(e) if is_final(&e) || whole_window => return Err(e),
                             // Whatever the error, the uncached query reports its own.
-                            Err(_) => return uncached("fallback"),
+                            Err(_) => return uncached("fallback", tracing::Span::none()),
                         };
                     if store {
                         to_store.push((interval, part.clone()));
@@ -927,7 +931,7 @@ impl ResultsCache {
             "partial"
         };
         let Some(assembled) = assemble(&parts, step, opts, engine.options().max_samples) else {
-            return uncached("fallback");
+            return uncached("fallback", tracing::Span::none());
         };
         self.store(&key, &flight, to_store);
         self.metrics.outcome(outcome);
