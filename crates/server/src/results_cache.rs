@@ -800,8 +800,12 @@ impl ResultsCache {
             bypass = tracing::field::Empty,
         );
         let step = req.step_ms;
+        // Times beyond Prometheus's range are clamped by the engine, which moves its steps
+        // off the grid; within it, the arithmetic here cannot overflow.
         if step <= 0
             || req.end_ms < req.start_ms
+            || req.start_ms < m3query_model::time::MIN_TIME_MS
+            || req.end_ms > m3query_model::time::MAX_TIME_MS
             || req.start_ms.rem_euclid(step) != 0
             || opts.enable_stats
         {
