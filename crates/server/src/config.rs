@@ -373,6 +373,7 @@ pub struct QueryConfig {
     pub max_concurrent: usize,
     /// Queries that may wait for a slot; beyond this a query is refused at once with 503.
     pub max_queued: usize,
+    /// Range query results kept for dashboards' refreshes.
     pub results_cache: ResultsCacheConfig,
 }
 

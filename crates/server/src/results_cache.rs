@@ -69,12 +69,16 @@ pub fn system_clock() -> Clock {
 /// Settings from `query.resultsCache`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// Memory bound of the cached results.
     pub max_bytes: usize,
+    /// Length of the intervals (from the Unix epoch) results are cached in.
     pub split_ms: i64,
+    /// Steps newer than now minus this are never cached.
     pub freshness_ms: i64,
 }
 
 impl Settings {
+    /// The settings of `query.resultsCache`.
     pub fn from_config(c: &ResultsCacheConfig) -> Settings {
         Settings {
             max_bytes: usize::try_from(c.max_bytes.0).unwrap_or(usize::MAX),
@@ -106,6 +110,7 @@ struct OutcomeLabels {
 }
 
 impl CacheMetrics {
+    /// Adds the metrics to the server's registry.
     pub fn register(&self, r: &mut MetricsRegistry) {
         r.register(
             "m3query_results_cache_queries",
@@ -152,9 +157,13 @@ impl CacheMetrics {
 /// A range query as the API received it.
 #[derive(Clone, Debug)]
 pub struct RangeRequest {
+    /// The expression, as written.
     pub query: String,
+    /// First step, ms.
     pub start_ms: i64,
+    /// Last step at or before this, ms.
     pub end_ms: i64,
+    /// Step, ms (positive).
     pub step_ms: i64,
 }
 
@@ -472,7 +481,9 @@ impl std::fmt::Debug for ResultsCache {
 /// An answer: the engine's result, or one assembled from cached and new parts.
 #[derive(Debug)]
 pub enum Answer {
+    /// Evaluated whole by the engine: not cacheable, or only an uncached answer is right.
     Computed(QueryResult),
+    /// Joined from cached and newly computed parts.
     Assembled(Assembled),
 }
 
@@ -481,7 +492,9 @@ pub enum Answer {
 pub struct Assembled {
     parts: Vec<Arc<Part>>,
     series: Vec<AssembledSeries>,
+    /// The answer's warnings, as the engine renders them.
     pub warnings: Vec<String>,
+    /// The answer's infos, as the engine renders them.
     pub infos: Vec<String>,
     /// What the uncached engine would report as `series_fetched` (`M3-Series-Count`).
     pub series_fetched: usize,
@@ -712,6 +725,7 @@ struct Report {
 }
 
 impl ResultsCache {
+    /// An empty cache reading the wall clock.
     pub fn new(settings: Settings, metrics: CacheMetrics) -> ResultsCache {
         ResultsCache {
             settings,
@@ -730,6 +744,7 @@ impl ResultsCache {
         self
     }
 
+    /// What the cache was configured with.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -1247,7 +1262,11 @@ fn entry_bytes(k: &EntryKey, parts: &[Arc<Part>]) -> usize {
 /// Errors that end the query whatever else is tried: the deadline, cancellation, a store
 /// that cannot be reached.
 fn is_final(e: &m3query_promql::Error) -> bool {
-    matches!(e.error_type(), "timeout" | "canceled" | "unavailable")
+    use crate::error::{ErrorType, promql_kind};
+    matches!(
+        promql_kind(e),
+        ErrorType::Timeout | ErrorType::Canceled | ErrorType::Unavailable
+    )
 }
 
 /// Adds `part` to an entry's parts, replacing those it overlaps (it is newer), and merges it
