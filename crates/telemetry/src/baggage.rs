@@ -321,10 +321,7 @@ pub(crate) fn restrictions(
 
 /// Polls the agent's baggage restrictions on its own thread; stops when dropped.
 #[derive(Debug)]
-pub(crate) struct Poller {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub(crate) struct Poller(crate::poller::Poller);
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -344,59 +341,25 @@ impl Poller {
             .map_err(|e| format!("baggage_restrictions.hostPort {host_port:?}: {e}"))?;
         url.query_pairs_mut().append_pair("service", service);
         let client = crate::export::http_client::client(FETCH_TIMEOUT)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("baggage restrictions runtime: {e}"))?;
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("m3query-baggage".into())
-            .spawn(move || {
-                crate::export::queue::mark_export_thread();
-                let log = LogLimiter::new(Duration::from_secs(60));
-                runtime.block_on(async move {
-                    loop {
-                        tokio::select! {
-                            r = fetch(&client, &url) => match r {
-                                Ok(keys) => restrictions.set(keys),
-                                Err(error) => {
-                                    if let Some(suppressed) = log.check() {
-                                        tracing::warn!(
-                                            target: "m3query::tracing", %error, suppressed,
-                                            "fetching baggage restrictions failed; keeping the last ones"
-                                        );
-                                    }
-                                }
-                            },
-                            _ = &mut stop_rx => return,
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(interval) => {}
-                            _ = &mut stop_rx => return,
-                        }
+        let log = LogLimiter::new(Duration::from_secs(60));
+        crate::poller::Poller::start("m3query-baggage", interval, async move || {
+            match fetch(&client, &url).await {
+                Ok(keys) => restrictions.set(keys),
+                Err(error) => {
+                    if let Some(suppressed) = log.check() {
+                        tracing::warn!(
+                            target: "m3query::tracing", %error, suppressed,
+                            "fetching baggage restrictions failed; keeping the last ones"
+                        );
                     }
-                });
-            })
-            .map_err(|e| format!("baggage restrictions thread: {e}"))?;
-        Ok(Poller {
-            stop: Some(stop_tx),
-            thread: Some(thread),
+                }
+            }
         })
+        .map(Poller)
     }
 
     pub(crate) fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 

@@ -19,6 +19,39 @@ pub(crate) const REQUEST_TARGET: &str = "m3query::http";
 pub(crate) const UNSAMPLED_TARGET: &str = "m3query::http::unsampled";
 pub(crate) const REQUEST_SPAN: &str = "http.request";
 
+/// Which request root a span is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Root {
+    Sampled,
+    Unsampled,
+}
+
+/// `Some` when `meta` is a request's root span, sampled or not.
+pub(crate) fn request_root(meta: &Metadata<'_>) -> Option<Root> {
+    if !meta.is_span() || meta.name() != REQUEST_SPAN {
+        return None;
+    }
+    match meta.target() {
+        REQUEST_TARGET => Some(Root::Sampled),
+        UNSAMPLED_TARGET => Some(Root::Unsampled),
+        _ => None,
+    }
+}
+
+/// Whether a span or event may be traced inside a request at all, whichever the request:
+/// nothing the exporters do (no spans about exporting spans), no dependency's DEBUG spans
+/// (hyper, h2), our own phases down to DEBUG.
+pub(crate) fn traceable(meta: &Metadata<'_>) -> bool {
+    if crate::export::queue::on_export_thread() {
+        return false;
+    }
+    let ours = meta.target().starts_with("m3query");
+    if !ours && *meta.level() > tracing::Level::INFO {
+        return false;
+    }
+    *meta.level() <= tracing::Level::DEBUG
+}
+
 /// See the module docs.
 pub(crate) struct SampledOnly;
 
@@ -27,25 +60,10 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
     fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
-        // Nothing the exporters do is traced (no spans about exporting spans).
-        if crate::export::queue::on_export_thread() {
-            return false;
-        }
-        if meta.is_span() && meta.name() == REQUEST_SPAN {
-            if meta.target() == REQUEST_TARGET {
-                return true;
-            }
-            if meta.target() == UNSAMPLED_TARGET {
-                return false;
-            }
-        }
-        // Dependencies' spans (hyper, h2) stay out; our own phases may be DEBUG.
-        let ours = meta.target().starts_with("m3query");
-        if !ours && *meta.level() > tracing::Level::INFO {
-            return false;
-        }
-        if *meta.level() > tracing::Level::DEBUG {
-            return false;
+        match request_root(meta) {
+            Some(root) => return root == Root::Sampled,
+            None if !traceable(meta) => return false,
+            None => {}
         }
         match cx.lookup_current() {
             None => false,

@@ -28,6 +28,7 @@ mod host;
 pub mod http;
 mod logging;
 mod metrics;
+mod poller;
 pub mod propagation;
 mod sampler;
 mod tail;

@@ -35,7 +35,7 @@ use tracing::{Metadata, Subscriber};
 use tracing_subscriber::layer::{Context as LayerContext, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::filter::{REQUEST_SPAN, REQUEST_TARGET, UNSAMPLED_TARGET};
+use crate::filter::{REQUEST_SPAN, Root, UNSAMPLED_TARGET, request_root, traceable};
 use crate::metrics::TailCounters;
 use crate::sampler::Sampler;
 use crate::sampler::rate_limiter::{Clock, RateLimiter};
@@ -277,23 +277,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn enabled(&self, meta: &Metadata<'_>, cx: &LayerContext<'_, S>) -> bool {
-        if crate::export::queue::on_export_thread() {
-            return false;
-        }
-        if meta.is_span() && meta.name() == REQUEST_SPAN {
-            if meta.target() == UNSAMPLED_TARGET {
-                return true;
-            }
-            if meta.target() == REQUEST_TARGET {
-                return false;
-            }
-        }
-        let ours = meta.target().starts_with("m3query");
-        if !ours && *meta.level() > tracing::Level::INFO {
-            return false;
-        }
-        if *meta.level() > tracing::Level::DEBUG {
-            return false;
+        match request_root(meta) {
+            Some(root) => return root == Root::Unsampled,
+            None if !traceable(meta) => return false,
+            None => {}
         }
         // Inside an unsampled request, the current span is its root or one of its phases,
         // both of which carry a record: one look instead of a walk to the root.

@@ -211,12 +211,8 @@ impl RootSampler for RemoteSampler {
     }
 }
 
-/// The background poll; stops when dropped.
-#[derive(Debug)]
-pub(crate) struct Poller {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// Polls the strategy server for the remote sampler (see [`crate::poller::Poller`]).
+pub(crate) struct Poller(crate::poller::Poller);
 
 impl Poller {
     pub(crate) fn start(
@@ -230,51 +226,17 @@ impl Poller {
             .map_err(|e| format!("samplingServerURL {server_url:?}: {e}"))?;
         url.query_pairs_mut().append_pair("service", service);
         let client = crate::export::http_client::client(FETCH_TIMEOUT)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("sampler runtime: {e}"))?;
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("m3query-sampler".into())
-            .spawn(move || {
-                crate::export::queue::mark_export_thread();
-                let log = LogLimiter::new(Duration::from_secs(60));
-                let mut last: Option<Strategy> = None;
-                runtime.block_on(async move {
-                    loop {
-                        tokio::select! {
-                            _ = poll_once(&client, &url, &sampler, &counters, &log, &mut last) => {}
-                            _ = &mut stop_rx => return,
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(interval) => {}
-                            _ = &mut stop_rx => return,
-                        }
-                    }
-                });
-            })
-            .map_err(|e| format!("sampler thread: {e}"))?;
-        Ok(Poller {
-            stop: Some(stop_tx),
-            thread: Some(thread),
+        let log = LogLimiter::new(Duration::from_secs(60));
+        let mut last: Option<Strategy> = None;
+        crate::poller::Poller::start("m3query-sampler", interval, async move || {
+            poll_once(&client, &url, &sampler, &counters, &log, &mut last).await
         })
+        .map(Poller)
     }
 
     /// Stops polling at once (a poll in flight is abandoned).
     pub(crate) fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
