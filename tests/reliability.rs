@@ -814,12 +814,28 @@ fn damaged_blocks_are_reported_never_served_as_values() {
     let text = v.to_string();
     if s == 200 {
         let got = vector_values(&v);
+        let warned = text.contains(&ulid) && v["warnings"].is_array();
         for (k, val) in &got {
-            assert_eq!(
-                Some(val),
-                expected.get(k),
-                "a damaged chunk served as a value for s={k}: {text}"
-            );
+            let want = expected.get(k);
+            if warned && val != want.unwrap_or(&String::new()) {
+                // With the block named as damaged, a series' sum may lack the samples of the
+                // left-out chunk (every value here is positive, so it can only be smaller),
+                // but never gain or alter one.
+                let (g, w): (f64, f64) = (
+                    val.parse().unwrap_or(f64::NAN),
+                    want.and_then(|w| w.parse().ok()).unwrap_or(f64::NAN),
+                );
+                assert!(
+                    g < w,
+                    "a damaged chunk served as a value for s={k}: {val} > {w}: {text}"
+                );
+            } else {
+                assert_eq!(
+                    Some(val),
+                    want,
+                    "a damaged chunk served as a value for s={k}: {text}"
+                );
+            }
         }
         if got.len() < expected.len() {
             assert!(
