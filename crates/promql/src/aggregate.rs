@@ -92,25 +92,29 @@ struct Grouping {
     of_series: Vec<usize>,
 }
 
-fn group_series(input: &Matrix, without: bool, grouping: &[String]) -> Grouping {
+fn group_series<'l>(
+    series: impl ExactSizeIterator<Item = &'l Labels>,
+    without: bool,
+    grouping: &[String],
+) -> Grouping {
     let mut key_to_group: FastMap<u64, usize> = FastMap::default();
     let mut labels: Vec<Labels> = Vec::new();
-    let mut of_series: Vec<usize> = Vec::with_capacity(input.len());
-    for s in input {
+    let mut of_series: Vec<usize> = Vec::with_capacity(series.len());
+    for l in series {
         let key = if without {
-            s.labels.hash_without_labels(grouping)
+            l.hash_without_labels(grouping)
         } else if grouping.is_empty() {
             0
         } else {
-            s.labels.hash_for_labels(grouping)
+            l.hash_for_labels(grouping)
         };
         let g = *key_to_group.entry(key).or_insert_with(|| {
             labels.push(if without {
-                s.labels.without(grouping)
+                l.without(grouping)
             } else if grouping.is_empty() {
                 Labels::empty()
             } else {
-                s.labels.keep(grouping)
+                l.keep(grouping)
             });
             labels.len() - 1
         });
@@ -141,7 +145,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     if !check_params(ev, a, &params)? {
         return Ok(Vec::new());
     }
-    let groups = group_series(&input, a.without, &grouping);
+    let groups = group_series(input.iter().map(|s| &s.labels), a.without, &grouping);
     if crate::eval::is_k_aggregation(a.op) {
         aggregate_k(ev, a.op, input, &groups, &params)
     } else {
@@ -522,29 +526,10 @@ fn fused_over_rollup(
     };
     // Groups from the selected series' labels (a rollup keeps its input's labels).
     let data = ev.sel.get(sel_id).map(|v| v.as_slice()).unwrap_or_default();
-    let mut key_to_group: FastMap<u64, usize> = FastMap::default();
-    let mut group_labels: Vec<Labels> = Vec::new();
-    let mut series_group: Vec<usize> = Vec::with_capacity(data.len());
-    for s in data {
-        let key = if a.without {
-            s.labels.hash_without_labels(grouping)
-        } else if grouping.is_empty() {
-            0
-        } else {
-            s.labels.hash_for_labels(grouping)
-        };
-        let g = *key_to_group.entry(key).or_insert_with(|| {
-            group_labels.push(if a.without {
-                s.labels.without(grouping)
-            } else if grouping.is_empty() {
-                Labels::empty()
-            } else {
-                s.labels.keep(grouping)
-            });
-            group_labels.len() - 1
-        });
-        series_group.push(g);
-    }
+    let Grouping {
+        labels: group_labels,
+        of_series: series_group,
+    } = group_series(data.iter().map(|s| &s.labels), a.without, grouping);
     if data.is_empty() || group_labels.len() * FUSE_MIN_SERIES_PER_GROUP > data.len() {
         return Ok(None);
     }
