@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use m3query_chunkenc::XorIterator;
 use m3query_model::{LabelPairs, Labels, Sample};
 use m3query_storage::{
-    Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult, Warnings,
+    Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
 };
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use crate::block::{
     Block, BlockCompaction, BlockPart, SeriesChunks, TMP_CREATION, TMP_DELETION, delete_block_dir,
@@ -26,6 +26,7 @@ use crate::error::IoContext;
 use crate::fileutil::lock_dir;
 use crate::head::{Bounds, Fit, Head, MemSeries, SeriesData, SeriesKey};
 use crate::querier::DbQuerier;
+use crate::readers::{BlockHealth, CorruptBlock, Readers, Snapshot, Wake};
 use crate::wal::{
     self, FSYNC_BUCKETS_S, Fsync, REC_CHUNKS, REC_SERIES, Record, SamplesEncoder, Wal,
     encode_series,
@@ -289,22 +290,18 @@ pub(crate) struct DbInner {
     /// Commits (apply + WAL write) and series creation hold it for reading; a checkpoint
     /// holds it for writing while it cuts the WAL and snapshots the head.
     gate: RwLock<()>,
-    pub(crate) blocks: RwLock<Arc<Vec<Arc<Block>>>>,
+    blocks: RwLock<Arc<Vec<Arc<Block>>>>,
     /// Blocks found damaged, at open or by queries.
-    pub(crate) corrupt_blocks: RwLock<Vec<CorruptBlock>>,
+    health: BlockHealth,
+    /// Open queriers: head truncation waits for those that may miss a new block.
+    readers: Readers,
     maintenance: Mutex<()>,
     append_buffers: Mutex<Vec<AppendBuffers>>,
     counters: Counters,
     closed: AtomicBool,
-    wake: Mutex<bool>,
-    wake_cond: Condvar,
-    /// A querier selected series since the last trim (see `DbInner::trim_due`).
-    trim_after_queries: AtomicBool,
-    /// When the last such querier was dropped, ns since `started`.
-    last_query_end_ns: AtomicU64,
-    /// When queries last led to a trim, ns since `started`.
+    wake: Wake,
+    /// When queries last led to a trim, ns since the readers' start.
     last_trim_ns: AtomicU64,
-    started: Instant,
     _lock: File,
 }
 
@@ -426,19 +423,6 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
     })
 }
 
-/// A block that could not be opened, or whose data failed a checksum when read. Queries
-/// go on without it and say so in their warnings.
-#[derive(Debug, Clone)]
-pub(crate) struct CorruptBlock {
-    /// The block's directory name (its ULID).
-    pub(crate) name: String,
-    /// `meta`, `index`, `chunks` (found at open) or `chunk_checksum` (found by a query).
-    pub(crate) reason: &'static str,
-    /// The block's time range, when its meta.json was readable.
-    pub(crate) range: Option<(i64, i64)>,
-    pub(crate) error: String,
-}
-
 /// Reasons in [`DbMetrics::corrupt_blocks`], always all listed.
 const CORRUPT_REASONS: [&str; 4] = ["meta", "index", "chunks", "chunk_checksum"];
 
@@ -555,17 +539,14 @@ impl Db {
             wal,
             gate: RwLock::new(()),
             blocks: RwLock::new(Arc::new(blocks)),
-            corrupt_blocks: RwLock::new(corrupt_blocks),
+            health: BlockHealth::new(corrupt_blocks),
+            readers: Readers::new(),
             maintenance: Mutex::new(()),
             append_buffers: Mutex::new(Vec::new()),
             counters,
             closed: AtomicBool::new(false),
-            wake: Mutex::new(true),
-            wake_cond: Condvar::new(),
-            trim_after_queries: AtomicBool::new(false),
-            last_query_end_ns: AtomicU64::new(0),
+            wake: Wake::new(),
             last_trim_ns: AtomicU64::new(0),
-            started: Instant::now(),
             _lock: lock,
         });
         let bg_inner = inner.clone();
@@ -584,8 +565,8 @@ impl Db {
     pub fn close(&self) -> Result<()> {
         let first = !self.inner.closed.swap(true, Ordering::AcqRel);
         {
-            *self.inner.wake.lock() = true;
-            self.inner.wake_cond.notify_all();
+            *self.inner.wake.flag.lock() = true;
+            self.inner.wake.cond.notify_all();
         }
         if let Some(h) = self.bg.lock().take() {
             let _ = h.join();
@@ -668,8 +649,7 @@ impl Db {
     /// Damage found since open: stretches of WAL skipped at replay plus blocks left out
     /// (unreadable at open, or a chunk failing its checksum). Cheap: no scan of the head.
     pub fn corruption_count(&self) -> u64 {
-        self.inner.counters.wal_corruptions.load(Ordering::Relaxed)
-            + self.inner.corrupt_blocks.read().len() as u64
+        self.inner.counters.wal_corruptions.load(Ordering::Relaxed) + self.inner.health.len() as u64
     }
 }
 
@@ -692,13 +672,13 @@ impl DbInner {
         let mut next_sync = fsync_every.map(|d| Instant::now() + d);
         loop {
             {
-                let mut w = self.wake.lock();
+                let mut w = self.wake.flag.lock();
                 if !*w && !self.closed.load(Ordering::Acquire) {
                     let mut until = next_sync.map_or(next_maint, |s| s.min(next_maint));
                     if let Some(t) = self.trim_due() {
                         until = until.min(t);
                     }
-                    self.wake_cond.wait_until(&mut w, until);
+                    self.wake.cond.wait_until(&mut w, until);
                 }
                 if self.closed.load(Ordering::Acquire) {
                     return;
@@ -710,11 +690,10 @@ impl DbInner {
             }
             let now = Instant::now();
             if self.trim_due().is_some_and(|t| now >= t)
-                && self.trim_after_queries.swap(false, Ordering::AcqRel)
+                && let Some(at) = self.readers.take_trim()
             {
                 release_free_memory();
-                self.last_trim_ns
-                    .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
+                self.last_trim_ns.store(at, Ordering::Release);
             }
             if let (Some(at), Some(every)) = (next_sync, fsync_every)
                 && now >= at
@@ -735,28 +714,12 @@ impl DbInner {
 
     /// When to return query memory to the OS: a quiet second after the last querier that
     /// selected series was dropped (queries decode into buffers that glibc would otherwise
-    /// keep resident after the burst).
+    /// keep resident after the burst). Trimming locks each malloc arena while it walks it:
+    /// on a large heap, not more often than every TRIM_MIN_INTERVAL.
     fn trim_due(&self) -> Option<Instant> {
-        if !self.trim_after_queries.load(Ordering::Acquire) {
-            return None;
-        }
-        let last = Duration::from_nanos(self.last_query_end_ns.load(Ordering::Acquire));
-        let last_trim = Duration::from_nanos(self.last_trim_ns.load(Ordering::Acquire));
-        // Trimming locks each malloc arena while it walks it: on a large heap, not more
-        // often than every TRIM_MIN_INTERVAL.
-        Some(self.started + (last + TRIM_AFTER_QUERIES_QUIET).max(last_trim + TRIM_MIN_INTERVAL))
-    }
-
-    /// Called when a querier that selected series is dropped.
-    pub(crate) fn query_done(&self) {
-        self.last_query_end_ns
-            .store(self.started.elapsed().as_nanos() as u64, Ordering::Release);
-        if !self.trim_after_queries.swap(true, Ordering::AcqRel) {
-            // Under the lock, so the background thread cannot miss it between computing
-            // its deadline and waiting.
-            let _w = self.wake.lock();
-            self.wake_cond.notify_one();
-        }
+        let last_trim = self.last_trim_ns.load(Ordering::Acquire);
+        self.readers
+            .trim_due(TRIM_AFTER_QUERIES_QUIET, last_trim, TRIM_MIN_INTERVAL)
     }
 
     fn head_compactable(&self) -> bool {
@@ -769,10 +732,10 @@ impl DbInner {
     }
 
     fn wake(&self) {
-        let mut w = self.wake.lock();
+        let mut w = self.wake.flag.lock();
         if !*w {
             *w = true;
-            self.wake_cond.notify_one();
+            self.wake.cond.notify_one();
         }
     }
 
@@ -858,6 +821,18 @@ impl DbInner {
                 self.add_blocks(vec![b], &[]);
                 inc(&self.counters.head_cuts);
             }
+        }
+        // Queriers that took their block list before these blocks were added read this data
+        // from the head: let them finish first (see `readers`).
+        let left = self
+            .readers
+            .wait_for_readers_below(self.readers.epoch(), end);
+        if left > 0 {
+            tracing::warn!(
+                queriers = left,
+                end,
+                "queriers open for minutes: truncating the head anyway; they may miss samples below the cut"
+            );
         }
         let st = head.truncate_persisted(end, &taken_ooo);
         tracing::debug!(
@@ -1057,18 +1032,7 @@ impl DbInner {
             wal_corruptions_total: l(&c.wal_corruptions),
             wal_corrupt_bytes_total: l(&c.wal_corrupt_bytes),
             wal_truncated_bytes_total: l(&c.wal_truncated_bytes),
-            corrupt_blocks: {
-                let cb = self.corrupt_blocks.read();
-                CORRUPT_REASONS
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.to_string(),
-                            cb.iter().filter(|c| c.reason == *r).count() as u64,
-                        )
-                    })
-                    .collect()
-            },
+            corrupt_blocks: self.health.counts(&CORRUPT_REASONS),
             checkpoints_total: l(&c.checkpoints),
             head_cuts_total: l(&c.head_cuts),
             compactions_total: l(&c.compactions),
@@ -1077,44 +1041,6 @@ impl DbInner {
             blocks: blocks.len() as u64,
             blocks_bytes,
             disk_bytes: blocks_bytes + wal_disk,
-        }
-    }
-
-    /// Records that a query found `b` damaged (logged once per block and reason).
-    pub(crate) fn mark_corrupt(&self, b: &Block, reason: &'static str, e: &Error) {
-        let name = b.meta.ulid.clone();
-        {
-            let cb = self.corrupt_blocks.read();
-            if cb.iter().any(|c| c.name == name && c.reason == reason) {
-                return;
-            }
-        }
-        let mut cb = self.corrupt_blocks.write();
-        if cb.iter().any(|c| c.name == name && c.reason == reason) {
-            return;
-        }
-        tracing::error!(block = %name, reason, error = %e,
-            "damaged block data: left out of query results (queries warn)");
-        cb.push(CorruptBlock {
-            name,
-            reason,
-            range: Some((b.meta.min_time, b.meta.max_time)),
-            error: e.to_string(),
-        });
-    }
-
-    /// Warnings for blocks that could not be opened and may hold data in `[mint, maxt]`.
-    pub(crate) fn unreadable_block_warnings(&self, mint: i64, maxt: i64, w: &mut Warnings) {
-        for c in self.corrupt_blocks.read().iter() {
-            if c.reason == "chunk_checksum" {
-                continue; // Warned by the query that reads the damaged chunk.
-            }
-            if c.range.is_none_or(|(lo, hi)| lo <= maxt && hi > mint) {
-                w.push(format!(
-                    "tsdb block {} is unreadable ({}: {}) and was skipped: its data is missing from this result",
-                    c.name, c.reason, c.error
-                ));
-            }
         }
     }
 
@@ -1174,11 +1100,11 @@ impl DbInner {
 
 impl Queryable for Db {
     fn querier(&self, mint: i64, maxt: i64) -> SResult<Box<dyn Querier + '_>> {
+        let i = &*self.inner;
         Ok(Box::new(DbQuerier {
-            db: &self.inner,
+            view: Snapshot::take(&i.head, &i.blocks, &i.health, &i.readers, &i.wake, mint),
             mint,
             maxt,
-            selected: AtomicBool::new(false),
         }))
     }
 

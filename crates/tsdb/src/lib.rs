@@ -64,6 +64,7 @@ mod index;
 mod matchers;
 pub mod postings;
 mod querier;
+mod readers;
 mod stats;
 mod symbols;
 mod wal;

@@ -19,28 +19,19 @@ use m3query_storage::{
 use crate::Result;
 use crate::block::Block;
 use crate::chunks::{QChunk, merge_chunks};
-use crate::db::DbInner;
 use crate::index::{ChunkMeta, IndexReader};
 use crate::matchers::{PostingsIndex, postings_for_matchers};
 use crate::postings::intersect;
+use crate::readers::Snapshot;
 
 /// How often long loops poll the query context.
 const CHECK_EVERY: usize = 1024;
 
+/// Reads `[mint, maxt]` of one snapshot: every select of a query sees the same blocks.
 pub(crate) struct DbQuerier<'a> {
-    pub(crate) db: &'a DbInner,
+    pub(crate) view: Snapshot<'a>,
     pub(crate) mint: i64,
     pub(crate) maxt: i64,
-    /// Whether a select returned series (their decoding is what grows the heap).
-    pub(crate) selected: std::sync::atomic::AtomicBool,
-}
-
-impl Drop for DbQuerier<'_> {
-    fn drop(&mut self) {
-        if *self.selected.get_mut() {
-            self.db.query_done();
-        }
-    }
 }
 
 /// One source's view of a series: its labels and its chunks in the querier's range.
@@ -136,7 +127,7 @@ fn chunk_overlaps(m: &ChunkMeta, mint: i64, maxt: i64) -> bool {
 
 impl DbQuerier<'_> {
     fn head_source(&self, ctx: &Context, matchers: &[Matcher]) -> Result<Source<'static>> {
-        let head = &self.db.head;
+        let head = self.view.head;
         let refs = {
             let p = head.postings.read();
             postings_for_matchers(&*p, matchers)?
@@ -194,7 +185,7 @@ impl DbQuerier<'_> {
                     Ok(c) => c,
                     Err(e @ crate::Error::Corruption { .. }) => {
                         // A wrong value must never be served: leave the chunk out and say so.
-                        self.db.mark_corrupt(b, "chunk_checksum", &e);
+                        self.view.health.mark_corrupt(b, "chunk_checksum", &e);
                         warnings.push(damaged_warning(b, &e));
                         continue;
                     }
@@ -223,12 +214,6 @@ impl DbQuerier<'_> {
         })
     }
 
-    /// Blocks overlapping the range, read after the head (a head cut adds its block before it
-    /// truncates the head, so data moving from one to the other is seen at least once).
-    fn blocks(&self) -> Arc<Vec<Arc<Block>>> {
-        self.db.blocks.read().clone()
-    }
-
     fn select_inner(
         &self,
         ctx: &Context,
@@ -237,8 +222,9 @@ impl DbQuerier<'_> {
         warnings: &mut Warnings,
     ) -> Result<Vec<TsdbSeries>> {
         let head = self.head_source(ctx, matchers)?;
-        let blocks = self.blocks();
-        self.db
+        let blocks = &self.view.blocks;
+        self.view
+            .health
             .unreadable_block_warnings(self.mint, self.maxt, warnings);
         // Sources in precedence order for equal timestamps: older blocks first, head last.
         let mut sources: Vec<Source<'_>> = Vec::new();
@@ -248,7 +234,7 @@ impl DbQuerier<'_> {
                 Err(e @ crate::Error::Corruption { .. }) => {
                     // A damaged index entry or postings list: the block's answer cannot be
                     // trusted, so it is left out, with a warning.
-                    self.db.mark_corrupt(b, "index", &e);
+                    self.view.health.mark_corrupt(b, "index", &e);
                     warnings.push(damaged_warning(b, &e));
                 }
                 Err(e) => return Err(e),
@@ -338,7 +324,7 @@ impl DbQuerier<'_> {
         warnings: &mut Warnings,
     ) -> Result<Vec<String>> {
         let mut all: Vec<Arc<str>> = Vec::new();
-        let head = &self.db.head;
+        let head = self.view.head;
         // As Prometheus: the head answers when its time range overlaps the query's.
         if head.max_time() >= self.mint && head.min_time() <= self.maxt {
             let p = head.postings.read();
@@ -352,7 +338,8 @@ impl DbQuerier<'_> {
             )?);
         }
         for b in self
-            .blocks()
+            .view
+            .blocks
             .iter()
             .filter(|b| b.overlaps(self.mint, self.maxt))
         {
@@ -367,13 +354,14 @@ impl DbQuerier<'_> {
             ) {
                 Ok(v) => all.extend(v),
                 Err(e @ crate::Error::Corruption { .. }) => {
-                    self.db.mark_corrupt(b, "index", &e);
+                    self.view.health.mark_corrupt(b, "index", &e);
                     warnings.push(damaged_warning(b, &e));
                 }
                 Err(e) => return Err(e),
             }
         }
-        self.db
+        self.view
+            .health
             .unreadable_block_warnings(self.mint, self.maxt, warnings);
         all.sort();
         all.dedup();
@@ -483,8 +471,7 @@ impl Querier for DbQuerier<'_> {
         let mut warnings = Warnings::new();
         let series = self.select_inner(ctx, hints, matchers, &mut warnings)?;
         if !series.is_empty() {
-            self.selected
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.view.mark_selected();
         }
         Ok(Box::new(VecSeriesSet::new(series, warnings)))
     }

@@ -389,3 +389,55 @@ fn corruption_count_counts_damaged_blocks() {
         m.wal_corruptions_total + m.corrupt_blocks.iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(in_metrics, 1, "the same figure as the metrics");
 }
+
+/// A querier reads the blocks of its creation: a head cut that starts while it is open must
+/// not drop from the head what the querier cannot find in its blocks. The cut waits for it.
+#[test]
+fn head_cut_waits_for_an_open_querier_that_would_miss_its_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = std::sync::Arc::new(Db::open(dir.path(), Options::default()).expect("open"));
+    let mut app = db.appender();
+    for t in 0..300 {
+        app.append(&series(0), t * 60_000, t as f64)
+            .expect("append");
+    }
+    app.commit().expect("commit");
+    let q = db.querier(0, 300 * 60_000).expect("querier");
+    assert!(db.blocks().is_empty(), "no block yet");
+
+    let cutter = {
+        let db = db.clone();
+        std::thread::spawn(move || db.flush_head().expect("flush"))
+    };
+    // The cut writes its blocks, then waits for `q` before truncating the head.
+    let waited = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        !db.blocks().is_empty() && !cutter.is_finished()
+    });
+    assert!(
+        waited,
+        "the head cut wrote its block and waits for the open querier"
+    );
+    let mut set = q
+        .select(
+            &Context::background(),
+            true,
+            &SelectHints::default(),
+            &name(),
+        )
+        .expect("select");
+    let got = collect_series(set.as_mut(), 0, 300 * 60_000)
+        .expect("read")
+        .0;
+    assert_eq!(got[0].samples.len(), 300, "every sample, from the head");
+    drop(set);
+    drop(q);
+    cutter.join().expect("cutter");
+
+    let after = select_all(&db, 0, 300 * 60_000, &name());
+    assert_eq!(
+        after[0].samples.len(),
+        300,
+        "every sample, now from blocks and head"
+    );
+}
