@@ -132,6 +132,47 @@ fn match_labels(l: &Labels, on: bool, names: &[String]) -> Labels {
     if on { l.keep(names) } else { l.without(names) }
 }
 
+/// Each series' matching signature as a small ordinal, computed once for the whole range,
+/// and a per-step scratch of which signatures a side holds.
+struct Signatures {
+    lhs: Vec<usize>,
+    rhs: Vec<usize>,
+    /// Right-hand series are numbered after the left-hand ones in the output.
+    lhs_len: usize,
+    present: Vec<bool>,
+}
+
+impl Signatures {
+    fn new(lhs: &Matrix, rhs: &Matrix, on: bool, names: &[String]) -> Self {
+        let mut ord: FastMap<u64, usize> = FastMap::default();
+        let mut sig = |l: &Labels| {
+            let h = if on {
+                l.hash_for_labels(names)
+            } else {
+                l.hash_without_labels(names)
+            };
+            let n = ord.len();
+            *ord.entry(h).or_insert(n)
+        };
+        let lhs_sigs: Vec<usize> = lhs.iter().map(|s| sig(&s.labels)).collect();
+        let rhs_sigs: Vec<usize> = rhs.iter().map(|s| sig(&s.labels)).collect();
+        Signatures {
+            present: vec![false; ord.len()],
+            lhs: lhs_sigs,
+            rhs: rhs_sigs,
+            lhs_len: lhs.len(),
+        }
+    }
+
+    /// Marks the signatures of `v`'s series (`sigs` is the side's table).
+    fn mark(present: &mut [bool], sigs: &[usize], v: &[Elem]) {
+        present.iter_mut().for_each(|p| *p = false);
+        for e in v {
+            present[sigs[e.si]] = true;
+        }
+    }
+}
+
 fn vector_vector(
     ev: &mut Evaluator<'_>,
     op: BinOp,
@@ -146,92 +187,194 @@ fn vector_vector(
     }
     let mut names = m.matching_labels.clone();
     names.sort();
-    // Signature ordinals, once per series.
-    let mut ord: FastMap<u64, usize> = FastMap::default();
-    let mut sig = |l: &Labels| {
-        let h = if m.on {
-            l.hash_for_labels(&names)
-        } else {
-            l.hash_without_labels(&names)
-        };
-        let n = ord.len();
-        *ord.entry(h).or_insert(n)
-    };
-    let lhs_len = lhs.len();
-    let lsig: Vec<usize> = lhs.iter().map(|s| sig(&s.labels)).collect();
-    let rsig: Vec<usize> = rhs.iter().map(|s| sig(&s.labels)).collect();
-    let num_sigs = ord.len();
-
-    let mut present = vec![false; num_sigs];
-    let mut right_idx: Vec<usize> = vec![usize::MAX; num_sigs];
-    let mut matched_one: Vec<bool> = vec![false; num_sigs];
-    let mut matched_many: Vec<FastSet<u32>> = vec![FastSet::default(); num_sigs];
-    let mut result_cache = ResultCache::default();
-
-    ev.range_eval(vec![lhs, rhs], move |annos, _, v, out| {
-        let (lv, rv) = (&v[0], &v[1]);
-        match op {
-            BinOp::And => {
-                if lv.is_empty() || rv.is_empty() {
-                    return Ok(());
+    let mut sigs = Signatures::new(&lhs, &rhs, m.on, &names);
+    match op {
+        BinOp::And | BinOp::Or | BinOp::Unless => {
+            ev.range_eval(vec![lhs, rhs], move |_, _, v, out| {
+                let (lv, rv) = (&v[0], &v[1]);
+                match op {
+                    BinOp::And => vector_and(&mut sigs, lv, rv, out),
+                    BinOp::Or => vector_or(&mut sigs, lv, rv, out),
+                    _ => vector_unless(&mut sigs, lv, rv, out),
                 }
-                present.iter_mut().for_each(|p| *p = false);
-                for e in rv {
-                    present[rsig[e.si]] = true;
-                }
-                out.extend(lv.iter().filter(|e| present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
-                return Ok(());
-            }
-            BinOp::Or => {
-                if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
-                    out.extend(rv.iter().map(|e| with_oid(e, lhs_len + e.si)));
-                    return Ok(());
-                }
-                present.iter_mut().for_each(|p| *p = false);
-                for e in lv {
-                    present[lsig[e.si]] = true;
-                    out.push(with_oid(e, e.si));
-                }
-                out.extend(
-                    rv.iter()
-                        .filter(|e| !present[rsig[e.si]])
-                        .map(|e| with_oid(e, lhs_len + e.si)),
-                );
-                return Ok(());
-            }
-            BinOp::Unless => {
-                if lv.is_empty() || rv.is_empty() {
-                    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
-                    return Ok(());
-                }
-                present.iter_mut().for_each(|p| *p = false);
-                for e in rv {
-                    present[rsig[e.si]] = true;
-                }
-                out.extend(lv.iter().filter(|e| !present[lsig[e.si]]).map(|e| with_oid(e, e.si)));
-                return Ok(());
-            }
-            _ => {}
+                Ok(())
+            })
         }
-        let has_fill = m.fill_lhs.is_some() || m.fill_rhs.is_some();
+        _ => {
+            let mut b = VectorBinop::new(op, return_bool, m, names, sigs);
+            ev.range_eval(vec![lhs, rhs], move |annos, _, v, out| {
+                b.step(&v[0], &v[1], out)?;
+                if std::mem::take(&mut b.trimmed) {
+                    annos.info(incompatible_types(op), pos);
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// `lhs and rhs`: left elements whose signature the right side has.
+fn vector_and(sigs: &mut Signatures, lv: &[Elem], rv: &[Elem], out: &mut Vec<Elem>) {
+    if lv.is_empty() || rv.is_empty() {
+        return;
+    }
+    Signatures::mark(&mut sigs.present, &sigs.rhs, rv);
+    out.extend(
+        lv.iter()
+            .filter(|e| sigs.present[sigs.lhs[e.si]])
+            .map(|e| with_oid(e, e.si)),
+    );
+}
+
+/// `lhs or rhs`: every left element, then right elements whose signature the left lacks.
+fn vector_or(sigs: &mut Signatures, lv: &[Elem], rv: &[Elem], out: &mut Vec<Elem>) {
+    let lhs_len = sigs.lhs_len;
+    let right = |e: &Elem| with_oid(e, lhs_len + e.si);
+    out.extend(lv.iter().map(|e| with_oid(e, e.si)));
+    if lv.is_empty() || rv.is_empty() {
+        out.extend(rv.iter().map(right));
+        return;
+    }
+    Signatures::mark(&mut sigs.present, &sigs.lhs, lv);
+    out.extend(
+        rv.iter()
+            .filter(|e| !sigs.present[sigs.rhs[e.si]])
+            .map(right),
+    );
+}
+
+/// `lhs unless rhs`: left elements whose signature the right side lacks.
+fn vector_unless(sigs: &mut Signatures, lv: &[Elem], rv: &[Elem], out: &mut Vec<Elem>) {
+    if lv.is_empty() || rv.is_empty() {
+        out.extend(lv.iter().map(|e| with_oid(e, e.si)));
+        return;
+    }
+    Signatures::mark(&mut sigs.present, &sigs.rhs, rv);
+    out.extend(
+        lv.iter()
+            .filter(|e| !sigs.present[sigs.lhs[e.si]])
+            .map(|e| with_oid(e, e.si)),
+    );
+}
+
+/// An arithmetic or comparison operator between two vectors (Prometheus's `VectorBinop`),
+/// with the state it keeps across steps.
+struct VectorBinop {
+    op: BinOp,
+    return_bool: bool,
+    m: VectorMatching,
+    /// The matching labels, sorted.
+    names: Vec<String>,
+    sigs: Signatures,
+    /// Per signature: the index of the "one" side's element at this step.
+    one_idx: Vec<usize>,
+    /// Per signature: whether it matched at this step (one-to-one), or the result series
+    /// it produced (one-to-many and many-to-one).
+    matched_one: Vec<bool>,
+    matched_many: Vec<FastSet<u32>>,
+    result_cache: ResultCache,
+    /// A trim operator met floats at this step (an info annotation).
+    trimmed: bool,
+}
+
+impl VectorBinop {
+    fn new(
+        op: BinOp,
+        return_bool: bool,
+        m: VectorMatching,
+        names: Vec<String>,
+        sigs: Signatures,
+    ) -> Self {
+        let n = sigs.present.len();
+        VectorBinop {
+            op,
+            return_bool,
+            m,
+            names,
+            sigs,
+            one_idx: vec![usize::MAX; n],
+            matched_one: vec![false; n],
+            matched_many: vec![FastSet::default(); n],
+            result_cache: ResultCache::default(),
+            trimmed: false,
+        }
+    }
+
+    fn one_to_many(&self) -> bool {
+        self.m.card == Card::OneToMany
+    }
+
+    fn step(&mut self, lv: &[Elem], rv: &[Elem], out: &mut Vec<Elem>) -> Result<()> {
+        let has_fill = self.m.fill_lhs.is_some() || self.m.fill_rhs.is_some();
         if (lv.is_empty() && rv.is_empty()) || ((lv.is_empty() || rv.is_empty()) && !has_fill) {
             return Ok(());
         }
-        let one_to_many = m.card == Card::OneToMany;
         // The "many" side is iterated, the "one" side indexed.
-        let (many, one, many_sig, one_sig) = if one_to_many {
-            (rv, lv, &rsig, &lsig)
+        let (many, one) = if self.one_to_many() {
+            (rv, lv)
         } else {
-            (lv, rv, &lsig, &rsig)
+            (lv, rv)
         };
-        present.iter_mut().for_each(|p| *p = false);
+        self.index_one_side(one)?;
+        if self.m.card == Card::OneToOne {
+            self.matched_one.iter_mut().for_each(|x| *x = false);
+        } else {
+            self.matched_many.iter_mut().for_each(FastSet::clear);
+        }
+        // As Prometheus: after swapping sides for group_right the fill values are not swapped.
+        let (fill_one, fill_many) = (self.m.fill_rhs, self.m.fill_lhs);
+        for ls in many {
+            let s = self.many_sig(ls);
+            if self.sigs.present[s] {
+                let rs = &one[self.one_idx[s]];
+                self.pair(ls, rs, s, out)?;
+            } else if let Some(fill) = fill_one {
+                let rs = self.filler(ls, fill);
+                self.pair(ls, &rs, s, out)?;
+            }
+        }
+        if let Some(fill) = fill_many {
+            for rs in one {
+                let s = self.one_sig(rs);
+                let matched = if self.m.card == Card::OneToOne {
+                    self.matched_one[s]
+                } else {
+                    !self.matched_many[s].is_empty()
+                };
+                if !matched {
+                    let ls = self.filler(rs, fill);
+                    self.pair(&ls, rs, s, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn many_sig(&self, e: &Elem) -> usize {
+        if self.one_to_many() {
+            self.sigs.rhs[e.si]
+        } else {
+            self.sigs.lhs[e.si]
+        }
+    }
+
+    fn one_sig(&self, e: &Elem) -> usize {
+        if self.one_to_many() {
+            self.sigs.lhs[e.si]
+        } else {
+            self.sigs.rhs[e.si]
+        }
+    }
+
+    /// Indexes the "one" side by signature; two of its series with one signature are an error.
+    fn index_one_side(&mut self, one: &[Elem]) -> Result<()> {
+        self.sigs.present.iter_mut().for_each(|p| *p = false);
         for (i, e) in one.iter().enumerate() {
-            let s = one_sig[e.si];
-            if present[s] {
-                let dup = &one[right_idx[s]];
-                let side = if one_to_many { "left" } else { "right" };
-                let matched = match_labels(&e.labels, m.on, &names);
+            let s = self.one_sig(e);
+            if self.sigs.present[s] {
+                let dup = &one[self.one_idx[s]];
+                let side = if self.one_to_many() { "left" } else { "right" };
+                let matched = match_labels(&e.labels, self.m.on, &self.names);
                 let (mut d1, mut d2) = (e.labels.to_string(), dup.labels.to_string());
                 if d1 > d2 {
                     std::mem::swap(&mut d1, &mut d2);
@@ -240,104 +383,62 @@ fn vector_vector(
                     "found duplicate series for the match group {matched} on the {side} hand-side of the operation: [{d1}, {d2}];many-to-many matching not allowed: matching labels must be unique on one side"
                 )));
             }
-            present[s] = true;
-            right_idx[s] = i;
-        }
-        if m.card == Card::OneToOne {
-            matched_one.iter_mut().for_each(|x| *x = false);
-        } else {
-            matched_many.iter_mut().for_each(FastSet::clear);
-        }
-
-        let mut trimmed = false;
-        let mut do_op = |ls: &Elem,
-                     rs: &Elem,
-                     s: usize,
-                     out: &mut Vec<Elem>,
-                     matched_one: &mut Vec<bool>,
-                     matched_many: &mut Vec<FastSet<u32>>,
-                     result_cache: &mut ResultCache|
-         -> Result<()> {
-            let (fl, fr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
-            let (mut val, keep) = elem_binop(op, fl, fr);
-            trimmed |= is_trim(op);
-            if return_bool {
-                val = if keep { 1.0 } else { 0.0 };
-            }
-            let (metric, metric_id) = result_cache.get(ls, rs, op, &m);
-            if m.card == Card::OneToOne {
-                if matched_one[s] {
-                    return Err(Error::exec(
-                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
-                    ));
-                }
-                matched_one[s] = true;
-            } else if !matched_many[s].insert(metric_id) {
-                return Err(Error::exec(
-                    "multiple matches for labels: grouping labels must ensure unique matches",
-                ));
-            }
-            if !keep && !return_bool {
-                return Ok(());
-            }
-            out.push(Elem {
-                labels: metric,
-                v: val,
-                t: ls.t,
-                drop_name: return_bool,
-                si: 0,
-                oid: metric_id,
-            });
-            Ok(())
-        };
-
-        // As Prometheus: after swapping sides for group_right the fill values are not swapped.
-        let fill_one = m.fill_rhs;
-        let fill_many = m.fill_lhs;
-        for ls in many.iter() {
-            let s = many_sig[ls.si];
-            if present[s] {
-                let rs = &one[right_idx[s]];
-                do_op(ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
-            } else if let Some(fill) = fill_one {
-                let rs = Elem {
-                    labels: match_labels(&ls.labels, m.on, &names),
-                    v: fill,
-                    t: ls.t,
-                    drop_name: false,
-                    si: SYNTHESIZED,
-                    oid: NO_OID,
-                };
-                do_op(ls, &rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
-            }
-        }
-        if let Some(fill) = fill_many {
-            for rs in one.iter() {
-                let s = one_sig[rs.si];
-                let matched = if m.card == Card::OneToOne {
-                    matched_one[s]
-                } else {
-                    !matched_many[s].is_empty()
-                };
-                if matched {
-                    continue;
-                }
-                let ls = Elem {
-                    labels: match_labels(&rs.labels, m.on, &names),
-                    v: fill,
-                    t: rs.t,
-                    drop_name: false,
-                    si: SYNTHESIZED,
-                    oid: NO_OID,
-                };
-                do_op(&ls, rs, s, out, &mut matched_one, &mut matched_many, &mut result_cache)?;
-            }
-        }
-        if trimmed {
-            annos.info(incompatible_types(op), pos);
+            self.sigs.present[s] = true;
+            self.one_idx[s] = i;
         }
         Ok(())
-    })
+    }
+
+    /// The element a fill modifier stands in for the missing side of `e`.
+    fn filler(&self, e: &Elem, fill: f64) -> Elem {
+        Elem {
+            labels: match_labels(&e.labels, self.m.on, &self.names),
+            v: fill,
+            t: e.t,
+            drop_name: false,
+            si: SYNTHESIZED,
+            oid: NO_OID,
+        }
+    }
+
+    /// Applies the operator to a matched pair (`ls` from the "many" side) of signature `s`.
+    fn pair(&mut self, ls: &Elem, rs: &Elem, s: usize, out: &mut Vec<Elem>) -> Result<()> {
+        let (fl, fr) = if self.one_to_many() {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
+        };
+        let (mut val, keep) = elem_binop(self.op, fl, fr);
+        self.trimmed |= is_trim(self.op);
+        if self.return_bool {
+            val = if keep { 1.0 } else { 0.0 };
+        }
+        let (metric, metric_id) = self.result_cache.get(ls, rs, self.op, &self.m);
+        if self.m.card == Card::OneToOne {
+            if self.matched_one[s] {
+                return Err(Error::exec(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                ));
+            }
+            self.matched_one[s] = true;
+        } else if !self.matched_many[s].insert(metric_id) {
+            return Err(Error::exec(
+                "multiple matches for labels: grouping labels must ensure unique matches",
+            ));
+        }
+        if !keep && !self.return_bool {
+            return Ok(());
+        }
+        out.push(Elem {
+            labels: metric,
+            v: val,
+            t: ls.t,
+            drop_name: self.return_bool,
+            si: 0,
+            oid: metric_id,
+        });
+        Ok(())
+    }
 }
 
 /// `</` and `>/` trim native histogram buckets; on floats they yield nothing and an info.

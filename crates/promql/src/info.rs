@@ -121,6 +121,22 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
         .map(|s| s.labels.clone())
         .collect();
 
+    let info_mat = fetch_info_series(ev, &mat, &ignored, &data, node_ts, offset)?;
+    data.remove(METRIC_NAME);
+    combine_with_info_series(ev, &mat, &info_mat, &ignored, &data)
+}
+
+/// The info series that may enrich `mat` (those not in `ignored`): selected by the
+/// identifying labels' values and the data-label matchers, over the whole range. Each point
+/// holds the info sample's own timestamp, to pick the newest info series of a signature.
+fn fetch_info_series(
+    ev: &mut Evaluator<'_>,
+    mat: &Matrix,
+    ignored: &BTreeSet<Labels>,
+    data: &BTreeMap<String, Vec<Matcher>>,
+    node_ts: Option<i64>,
+    offset: i64,
+) -> Result<Matrix> {
     // Identifying label values of the series to enrich.
     let mut id_values: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for s in mat.iter().filter(|s| !ignored.contains(&s.labels)) {
@@ -137,76 +153,86 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
         .cloned()
         .collect();
     let mut info_mat: Matrix = Vec::new();
-    if !id_values.is_empty() {
-        let mut matchers = Vec::new();
-        for (name, vals) in &id_values {
-            let re = vals
-                .iter()
-                .map(|v| quote_meta(v))
-                .collect::<Vec<_>>()
-                .join("|");
-            matchers.push(
-                Matcher::new(MatchOp::RegexMatch, *name, re)
-                    .map_err(|e| Error::exec(e.to_string()))?,
-            );
-        }
-        for m in data.values().flatten() {
-            if m.name != METRIC_NAME {
-                matchers.push(m.clone());
-            }
-        }
-        matchers.extend(effective_name_matchers(&data_names));
-        let (mut start, mut end) = match node_ts {
-            Some(t) => (t, t),
-            None => (ev.start, ev.end),
-        };
-        start -= ev.lookback - 1;
-        start -= offset;
-        end -= offset;
-        let hints = SelectHints {
-            start_ms: start,
-            end_ms: end,
-            step_ms: ev.interval,
-            func: Some("info".into()),
-            ..SelectHints::default()
-        };
-        let querier = ev.queryable.querier(start, end)?;
-        let mut set = querier.select(ev.ctx, false, &hints, &matchers)?;
-        while let Some(s) = set.next() {
-            let s = s?;
-            let mut buf = Vec::new();
-            s.iter().append_range(start, end, &mut buf)?;
-            // Values are the samples' own timestamps (for picking the newest info series).
-            let mut points = Vec::new();
-            let mut j = 0;
-            for ts in (0..ev.num_steps() as i64).map(|k| ev.start + k * ev.interval) {
-                let r = node_ts.unwrap_or(ts) - offset;
-                while j < buf.len() && buf[j].t <= r {
-                    j += 1;
-                }
-                if j == 0 {
-                    continue;
-                }
-                let x = buf[j - 1];
-                if x.t <= r - ev.lookback || is_stale_nan(x.v) {
-                    continue;
-                }
-                points.push(Point {
-                    t: ts,
-                    v: x.t as f64,
-                });
-            }
-            if !points.is_empty() {
-                info_mat.push(ESeries {
-                    labels: s.labels().clone(),
-                    points,
-                    drop_name: false,
-                });
-            }
+    if id_values.is_empty() {
+        return Ok(info_mat);
+    }
+    let mut matchers = Vec::new();
+    for (name, vals) in &id_values {
+        let re = vals
+            .iter()
+            .map(|v| quote_meta(v))
+            .collect::<Vec<_>>()
+            .join("|");
+        matchers.push(
+            Matcher::new(MatchOp::RegexMatch, *name, re).map_err(|e| Error::exec(e.to_string()))?,
+        );
+    }
+    for m in data.values().flatten() {
+        if m.name != METRIC_NAME {
+            matchers.push(m.clone());
         }
     }
-    data.remove(METRIC_NAME);
+    matchers.extend(effective_name_matchers(&data_names));
+    let (mut start, mut end) = match node_ts {
+        Some(t) => (t, t),
+        None => (ev.start, ev.end),
+    };
+    start -= ev.lookback - 1;
+    start -= offset;
+    end -= offset;
+    let hints = SelectHints {
+        start_ms: start,
+        end_ms: end,
+        step_ms: ev.interval,
+        func: Some("info".into()),
+        ..SelectHints::default()
+    };
+    let querier = ev.queryable.querier(start, end)?;
+    let mut set = querier.select(ev.ctx, false, &hints, &matchers)?;
+    while let Some(s) = set.next() {
+        let s = s?;
+        let mut buf = Vec::new();
+        s.iter().append_range(start, end, &mut buf)?;
+        // Values are the samples' own timestamps (for picking the newest info series).
+        let mut points = Vec::new();
+        let mut j = 0;
+        for ts in (0..ev.num_steps() as i64).map(|k| ev.start + k * ev.interval) {
+            let r = node_ts.unwrap_or(ts) - offset;
+            while j < buf.len() && buf[j].t <= r {
+                j += 1;
+            }
+            if j == 0 {
+                continue;
+            }
+            let x = buf[j - 1];
+            if x.t <= r - ev.lookback || is_stale_nan(x.v) {
+                continue;
+            }
+            points.push(Point {
+                t: ts,
+                v: x.t as f64,
+            });
+        }
+        if !points.is_empty() {
+            info_mat.push(ESeries {
+                labels: s.labels().clone(),
+                points,
+                drop_name: false,
+            });
+        }
+    }
+    Ok(info_mat)
+}
 
+/// Adds to each series of `mat` (but `ignored`) the data labels of its newest matching info
+/// series, step by step.
+fn combine_with_info_series(
+    ev: &mut Evaluator<'_>,
+    mat: &Matrix,
+    info_mat: &Matrix,
+    ignored: &BTreeSet<Labels>,
+    data: &BTreeMap<String, Vec<Matcher>>,
+) -> Result<Matrix> {
     let info_names: BTreeSet<String> = info_mat
         .iter()
         .filter_map(|s| s.labels.metric_name().map(str::to_string))
@@ -233,30 +259,7 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
     let mut out: Matrix = Vec::new();
     for ts in (0..steps as i64).map(|k| ev.start + k * ev.interval) {
         crate::check_ctx(ev.ctx, "expression evaluation")?;
-        // Newest info sample per signature at this step.
-        let mut right: FastMap<&Labels, (usize, f64)> = FastMap::default();
-        for (ii, s) in info_mat.iter().enumerate() {
-            let Some(p) = s.points.get(cur_info[ii]).filter(|p| p.t == ts) else {
-                continue;
-            };
-            cur_info[ii] += 1;
-            let sig = &info_sigs[ii];
-            match right.get(sig) {
-                Some(&(ei, et)) => {
-                    if et < p.v {
-                        right.insert(sig, (ii, p.v));
-                    } else if et == p.v {
-                        return Err(Error::exec(format!(
-                            "found duplicate series for info metric: existing {} @ {}, new {} @ {}",
-                            info_mat[ei].labels, et as i64, s.labels, p.v as i64
-                        )));
-                    }
-                }
-                None => {
-                    right.insert(sig, (ii, p.v));
-                }
-            }
-        }
+        let right = newest_info_per_signature(info_mat, &info_sigs, &mut cur_info, ts)?;
         for (bi, s) in mat.iter().enumerate() {
             let Some(p) = s.points.get(cur_base[bi]).filter(|p| p.t == ts) else {
                 continue;
@@ -265,39 +268,11 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
             let labels = if ignored.contains(&s.labels) {
                 s.labels.clone()
             } else {
-                let mut add: BTreeMap<String, String> = BTreeMap::new();
-                let mut seen = 0;
-                for (_, sig) in &base_sigs[bi] {
-                    let Some(&(ii, _)) = right.get(sig) else {
-                        continue;
-                    };
-                    for l in info_mat[ii].labels.iter() {
-                        if &*l.name == METRIC_NAME {
-                            continue;
-                        }
-                        if !data.is_empty() && !data.contains_key(&*l.name) {
-                            continue;
-                        }
-                        if let Some(v) = add.get(&*l.name)
-                            && v.as_str() != &*l.value
-                        {
-                            return Err(Error::exec(format!("conflicting label: {}", l.name)));
-                        }
-                        if s.labels.has(&l.name) {
-                            continue;
-                        }
-                        add.insert(l.name.to_string(), l.value.to_string());
-                    }
-                    seen += 1;
+                match enriched_labels(&s.labels, &base_sigs[bi], &right, info_mat, data)? {
+                    Some(l) => l,
+                    None if all_empty => s.labels.clone(),
+                    None => continue,
                 }
-                if seen == 0 && !all_empty {
-                    continue;
-                }
-                let mut b = s.labels.builder();
-                for (n, v) in add {
-                    b.set(n, v);
-                }
-                b.labels()
             };
             match index.get(&labels) {
                 Some(&i) => {
@@ -320,4 +295,83 @@ pub(crate) fn eval_info(ev: &mut Evaluator<'_>, c: &Call) -> Result<Matrix> {
         }
     }
     Ok(out)
+}
+
+/// The newest info sample of each signature at step `ts`, as (info series, its sample's
+/// time); two info series of one signature with samples at the same time are an error.
+fn newest_info_per_signature<'a>(
+    info_mat: &Matrix,
+    info_sigs: &'a [Labels],
+    cur_info: &mut [usize],
+    ts: i64,
+) -> Result<FastMap<&'a Labels, (usize, f64)>> {
+    let mut right: FastMap<&Labels, (usize, f64)> = FastMap::default();
+    for (ii, s) in info_mat.iter().enumerate() {
+        let Some(p) = s.points.get(cur_info[ii]).filter(|p| p.t == ts) else {
+            continue;
+        };
+        cur_info[ii] += 1;
+        let sig = &info_sigs[ii];
+        match right.get(sig) {
+            Some(&(ei, et)) => {
+                if et < p.v {
+                    right.insert(sig, (ii, p.v));
+                } else if et == p.v {
+                    return Err(Error::exec(format!(
+                        "found duplicate series for info metric: existing {} @ {}, new {} @ {}",
+                        info_mat[ei].labels, et as i64, s.labels, p.v as i64
+                    )));
+                }
+            }
+            None => {
+                right.insert(sig, (ii, p.v));
+            }
+        }
+    }
+    Ok(right)
+}
+
+/// `base` with the data labels of the info series matching its signatures (`sigs`) added;
+/// `None` when no info series matched. Labels `base` has are kept; two info series giving a
+/// label different values are an error.
+fn enriched_labels(
+    base: &Labels,
+    sigs: &[(String, Labels)],
+    right: &FastMap<&Labels, (usize, f64)>,
+    info_mat: &Matrix,
+    data: &BTreeMap<String, Vec<Matcher>>,
+) -> Result<Option<Labels>> {
+    let mut add: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen = 0;
+    for (_, sig) in sigs {
+        let Some(&(ii, _)) = right.get(sig) else {
+            continue;
+        };
+        for l in info_mat[ii].labels.iter() {
+            if &*l.name == METRIC_NAME {
+                continue;
+            }
+            if !data.is_empty() && !data.contains_key(&*l.name) {
+                continue;
+            }
+            if let Some(v) = add.get(&*l.name)
+                && v.as_str() != &*l.value
+            {
+                return Err(Error::exec(format!("conflicting label: {}", l.name)));
+            }
+            if base.has(&l.name) {
+                continue;
+            }
+            add.insert(l.name.to_string(), l.value.to_string());
+        }
+        seen += 1;
+    }
+    if seen == 0 {
+        return Ok(None);
+    }
+    let mut b = base.builder();
+    for (n, v) in add {
+        b.set(n, v);
+    }
+    Ok(Some(b.labels()))
 }
