@@ -158,6 +158,24 @@ fn bench(c: &mut Criterion) {
             thread_cpu_time() - t0
         })
     });
+    // What the head does when it seals a full chunk: 120 samples, thread CPU time.
+    g.bench_function("encode_120_thread_cpu_time", |b| {
+        let mut enc = DenseEncoder::new();
+        let mut out = Vec::new();
+        b.iter_custom(|iters| {
+            let t0 = thread_cpu_time();
+            for _ in 0..iters {
+                let mut bytes = 0;
+                for ch in as_samples.chunks(120) {
+                    out.clear();
+                    enc.encode(ch, &mut out).expect("encode");
+                    bytes += out.len();
+                }
+                black_box(bytes);
+            }
+            thread_cpu_time() - t0
+        })
+    });
     g.bench_function("encode", |b| {
         let mut enc = DenseEncoder::new();
         let mut out = Vec::new();

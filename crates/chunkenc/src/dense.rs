@@ -53,64 +53,124 @@ fn bits_for(x: u64) -> u8 {
     (64 - x.leading_zeros()) as u8
 }
 
-/// Appends `intseq(xs)` with the given order.
-fn put_intseq_order(out: &mut Vec<u8>, xs: &[i64], order: u8) {
-    out.push(order);
-    let mut resid: Vec<i64> = Vec::with_capacity(xs.len());
-    if order == 2 {
-        put_varint(out, xs[0]);
-        resid.extend(xs.windows(2).map(|w| w[1].wrapping_sub(w[0])));
-    } else {
-        resid.extend_from_slice(xs);
-    }
-    let Some(&base) = resid.iter().min() else {
-        return;
+/// How one order of an intseq is written: its residuals less `base` (their minimum), divided
+/// by `g` (their gcd), in `w` bits each.
+#[derive(Clone, Copy, Debug)]
+struct IntSeqPlan {
+    order: u8,
+    base: i64,
+    g: u64,
+    w: u8,
+    /// Encoded length in bytes.
+    len: usize,
+}
+
+fn varint_len(x: i64) -> usize {
+    uvarint_len(((x << 1) ^ (x >> 63)) as u64)
+}
+
+fn uvarint_len(x: u64) -> usize {
+    (bits_for(x) as usize).max(1).div_ceil(7)
+}
+
+/// The residuals of `xs` at `order`: the values (1), or their successive differences (2).
+fn residuals(xs: &[i64], order: u8) -> impl Iterator<Item = i64> + Clone + '_ {
+    let delta = order == 2;
+    (usize::from(delta)..xs.len()).map(move |i| {
+        if delta {
+            xs[i].wrapping_sub(xs[i - 1])
+        } else {
+            xs[i]
+        }
+    })
+}
+
+/// Plans `intseq(xs)` at `order` without writing it: two passes over the residuals (their
+/// minimum; then gcd and largest offset), one division.
+fn plan_intseq(xs: &[i64], order: u8) -> IntSeqPlan {
+    let mut len = 1 + if order == 2 { varint_len(xs[0]) } else { 0 };
+    let resid = residuals(xs, order);
+    let Some(base) = resid.clone().min() else {
+        return IntSeqPlan {
+            order,
+            base: 0,
+            g: 0,
+            w: 0,
+            len,
+        };
     };
-    let g = resid
-        .iter()
-        .fold(0u64, |g, &r| gcd(g, r.wrapping_sub(base) as u64));
-    put_varint(out, base);
-    put_uvarint(out, g);
-    let w = if g == 0 {
-        0
-    } else {
-        resid
-            .iter()
-            .map(|&r| bits_for(r.wrapping_sub(base) as u64 / g))
-            .max()
-            .unwrap_or(0)
-    };
-    out.push(w);
-    if w == 0 {
-        return;
-    }
-    let mut acc: u128 = 0;
-    let mut nacc: u32 = 0;
-    for &r in &resid {
-        let q = r.wrapping_sub(base) as u64 / g;
-        acc |= u128::from(q) << nacc;
-        nacc += u32::from(w);
-        while nacc >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            nacc -= 8;
+    let (mut g, mut max) = (0u64, 0u64);
+    for r in resid.clone() {
+        let d = r.wrapping_sub(base) as u64;
+        max = max.max(d);
+        // Once the gcd is 1 it stays 1; a multiple of it leaves it as it is.
+        if g != 1 && !d.is_multiple_of(g) {
+            g = gcd(g, d);
         }
     }
-    if nacc > 0 {
-        out.push(acc as u8);
+    let w = max.checked_div(g).map_or(0, bits_for);
+    let n = resid.count();
+    len += varint_len(base) + uvarint_len(g) + 1;
+    len += (n * usize::from(w)).div_ceil(8);
+    IntSeqPlan {
+        order,
+        base,
+        g,
+        w,
+        len,
     }
 }
 
-/// Appends the shorter of the two orders of `intseq(xs)`.
-fn put_intseq(out: &mut Vec<u8>, xs: &[i64], scratch: &mut Vec<u8>) {
-    scratch.clear();
-    put_intseq_order(scratch, xs, 1);
-    let start = out.len();
-    put_intseq_order(out, xs, 2);
-    if scratch.len() < out.len() - start {
-        out.truncate(start);
-        out.extend_from_slice(scratch);
+/// Appends `intseq(xs)` as `p` plans it.
+fn put_intseq_planned(out: &mut Vec<u8>, xs: &[i64], p: IntSeqPlan) {
+    out.push(p.order);
+    if p.order == 2 {
+        put_varint(out, xs[0]);
     }
+    let resid = residuals(xs, p.order);
+    if resid.clone().next().is_none() {
+        return;
+    }
+    put_varint(out, p.base);
+    put_uvarint(out, p.g);
+    out.push(p.w);
+    if p.w == 0 {
+        return;
+    }
+    out.reserve(p.len);
+    let (base, w) = (p.base, u32::from(p.w));
+    let mut pack = |q_of: &dyn Fn(u64) -> u64| {
+        let mut acc: u128 = 0;
+        let mut nacc: u32 = 0;
+        for r in resid.clone() {
+            acc |= u128::from(q_of(r.wrapping_sub(base) as u64)) << nacc;
+            nacc += w;
+            while nacc >= 8 {
+                out.push(acc as u8);
+                acc >>= 8;
+                nacc -= 8;
+            }
+        }
+        if nacc > 0 {
+            out.push(acc as u8);
+        }
+    };
+    // Dividing is the costly step: skipped or a shift when the gcd allows.
+    if p.g == 1 {
+        pack(&|d| d);
+    } else if p.g.is_power_of_two() {
+        let shift = p.g.trailing_zeros();
+        pack(&|d| d >> shift);
+    } else {
+        let g = p.g;
+        pack(&|d| d / g);
+    }
+}
+
+/// Appends the shorter of the two orders of `intseq(xs)` (the second on a tie).
+fn put_intseq(out: &mut Vec<u8>, xs: &[i64]) {
+    let (p1, p2) = (plan_intseq(xs, 1), plan_intseq(xs, 2));
+    put_intseq_planned(out, xs, if p1.len < p2.len { p1 } else { p2 });
 }
 
 /// The mantissa of `v` at scale `k`, if `decimal_value(m, k)` is bit-identical to `v`.
@@ -178,7 +238,6 @@ impl XorValues {
 #[derive(Debug, Default)]
 pub struct DenseEncoder {
     ints: Vec<i64>,
-    scratch: Vec<u8>,
     decimal: Vec<u8>,
 }
 
@@ -205,7 +264,7 @@ impl DenseEncoder {
             self.ints.clear();
             self.ints
                 .extend(samples.windows(2).map(|w| w[1].t.wrapping_sub(w[0].t)));
-            put_intseq(out, &self.ints, &mut self.scratch);
+            put_intseq(out, &self.ints);
         }
         // Decimal, when every value has a mantissa (exceptions allowed); then xor; keep the
         // smaller.
@@ -294,7 +353,7 @@ impl DenseEncoder {
                 .windows(2)
                 .map(|w| w[1].wrapping_sub(w[0]))
                 .collect();
-            put_intseq(out, &deltas, &mut self.scratch);
+            put_intseq(out, &deltas);
         }
         true
     }
@@ -702,6 +761,95 @@ fn xor_next(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The first, straightforward intseq writer: packs both orders and keeps the shorter.
+    /// The planned writer must produce the same bytes (blocks on disk hold them).
+    fn reference_put_intseq(out: &mut Vec<u8>, xs: &[i64]) {
+        fn order(out: &mut Vec<u8>, xs: &[i64], order: u8) {
+            out.push(order);
+            let resid: Vec<i64> = if order == 2 {
+                put_varint(out, xs[0]);
+                xs.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect()
+            } else {
+                xs.to_vec()
+            };
+            let Some(&base) = resid.iter().min() else {
+                return;
+            };
+            let g = resid
+                .iter()
+                .fold(0u64, |g, &r| gcd(g, r.wrapping_sub(base) as u64));
+            put_varint(out, base);
+            put_uvarint(out, g);
+            let w = if g == 0 {
+                0
+            } else {
+                resid
+                    .iter()
+                    .map(|&r| bits_for(r.wrapping_sub(base) as u64 / g))
+                    .max()
+                    .unwrap_or(0)
+            };
+            out.push(w);
+            if w == 0 {
+                return;
+            }
+            let (mut acc, mut nacc) = (0u128, 0u32);
+            for &r in &resid {
+                acc |= u128::from(r.wrapping_sub(base) as u64 / g) << nacc;
+                nacc += u32::from(w);
+                while nacc >= 8 {
+                    out.push(acc as u8);
+                    acc >>= 8;
+                    nacc -= 8;
+                }
+            }
+            if nacc > 0 {
+                out.push(acc as u8);
+            }
+        }
+        let mut one = Vec::new();
+        order(&mut one, xs, 1);
+        let start = out.len();
+        order(out, xs, 2);
+        if one.len() < out.len() - start {
+            out.truncate(start);
+            out.extend_from_slice(&one);
+        }
+    }
+
+    fn intseq_inputs() -> impl Strategy<Value = Vec<i64>> {
+        prop_oneof![
+            prop::collection::vec(any::<i64>(), 1..200),
+            prop::collection::vec(-1000i64..1000, 1..200),
+            (
+                any::<i64>(),
+                1i64..1_000_000,
+                prop::collection::vec(0i64..8, 1..200)
+            )
+                .prop_map(|(b, g, m)| m.iter().map(|&k| b.wrapping_add(g * k)).collect()),
+            (0i64..1 << 40, prop::collection::vec(-3i64..4, 1..200)).prop_map(|(b, j)| {
+                let mut t = b;
+                j.iter()
+                    .map(|&d| {
+                        t += 15_000 + d;
+                        t
+                    })
+                    .collect()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn planned_intseq_writes_the_reference_bytes(xs in intseq_inputs()) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            put_intseq(&mut a, &xs);
+            reference_put_intseq(&mut b, &xs);
+            prop_assert_eq!(a, b);
+        }
+    }
 
     fn round_trip(samples: &[Sample]) -> Vec<u8> {
         let b = encode_dense(samples).expect("encode");
