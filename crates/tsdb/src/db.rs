@@ -24,12 +24,12 @@ use crate::chunks::QChunk;
 use crate::compact::{compact, plan, ranges, retention_victims};
 use crate::error::IoContext;
 use crate::fileutil::lock_dir;
-use crate::head::{Bounds, Fit, Head, MemSeries, SeriesData, SeriesKey};
+use crate::head::{Bounds, Fit, Head, HeadChunk, MemSeries, SeriesData, SeriesKey, SeriesSnapshot};
 use crate::querier::DbQuerier;
 use crate::readers::{BlockHealth, CorruptBlock, Readers, Snapshot, Wake};
 use crate::wal::{
-    self, FSYNC_BUCKETS_S, Fsync, REC_CHUNKS, REC_SERIES, Record, SamplesEncoder, Wal,
-    encode_series,
+    self, FSYNC_BUCKETS_S, Fsync, REC_HEAD_SERIES, REC_SERIES, Record, SamplesEncoder, SeriesState,
+    Wal, encode_series,
 };
 use crate::{Error, Result};
 
@@ -63,16 +63,6 @@ fn now_ms() -> i64 {
 struct TimeWindow {
     oldest: i64,
     newest: i64,
-}
-
-/// A chunk of any encoding as an XOR chunk.
-fn to_xor(c: &QChunk) -> Result<Vec<u8>> {
-    let mut it = c.iter()?;
-    let mut app = m3query_chunkenc::XorAppender::new();
-    while let Some((t, v)) = it.next_sample()? {
-        app.append(t, v)?;
-    }
-    Ok(app.into_bytes())
 }
 
 /// Returns memory the allocator holds but no longer uses to the operating system, where the
@@ -323,8 +313,10 @@ const REPLAY_BATCH: usize = 4096;
 /// What a replay worker applies, in WAL order for each of its series.
 enum ReplayJob {
     Samples(Vec<(Arc<MemSeries>, i64, f64)>),
-    /// A checkpointed chunk's bytes, decoded by the worker.
+    /// A checkpointed chunk's bytes (type 3, older checkpoints), decoded by the worker.
     Chunk(Arc<MemSeries>, Vec<u8>),
+    /// A checkpointed series' chunks (type 4), adopted by the worker.
+    Restore(Arc<MemSeries>, SeriesSnapshot),
 }
 
 fn apply_replay_job(head: &Head, job: ReplayJob) {
@@ -340,6 +332,37 @@ fn apply_replay_job(head: &Head, job: ReplayJob) {
             }
             head.replay_batch(&batch);
         }
+        ReplayJob::Restore(s, snap) => {
+            if let Err(e) = head.restore_series(&s, snap) {
+                // The record passed its CRC, so this is a bug, not damage: say so and go on
+                // with what could be restored.
+                tracing::error!(series = %s.labels, error = %e, "restoring a checkpointed series");
+            }
+        }
+    }
+}
+
+/// A type 4 record's series state, owned by the replay worker that adopts it.
+fn owned_snapshot(st: &SeriesState<'_>) -> SeriesSnapshot {
+    SeriesSnapshot {
+        closed: st
+            .closed
+            .iter()
+            .map(|&(enc, min_t, max_t, b)| HeadChunk {
+                min_t,
+                max_t,
+                enc,
+                bytes: Arc::from(b),
+            })
+            .collect(),
+        open: st.open.map(|(t, b)| (t, b.to_vec())),
+        ooo: st
+            .ooo
+            .iter()
+            .map(|&(t, v)| Sample::new(t, f64::from_bits(v)))
+            .collect(),
+        max_t: st.max_t,
+        last_v: st.last_v,
     }
 }
 
@@ -411,6 +434,22 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
                 for c in chunks {
                     send(&senders, w, ReplayJob::Chunk(s.clone(), c.to_vec()));
                 }
+            }
+            Record::HeadSeries(st) => {
+                let Some(s) = refs.get(&st.r) else {
+                    unknown += 1;
+                    return;
+                };
+                let w = (st.r % workers as u64) as usize;
+                if !batches[w].is_empty() {
+                    let pending = std::mem::take(&mut batches[w]);
+                    send(&senders, w, ReplayJob::Samples(pending));
+                }
+                send(
+                    &senders,
+                    w,
+                    ReplayJob::Restore(s.clone(), owned_snapshot(&st)),
+                );
             }
         });
         for (w, b) in batches.into_iter().enumerate() {
@@ -862,15 +901,11 @@ impl DbInner {
         let (upto, snapshot) = {
             let _g = self.gate.write();
             let upto = self.wal.cut()?;
-            let snap: Vec<(u64, Labels, Vec<QChunk>)> = self
+            let snap: Vec<(u64, Labels, SeriesSnapshot)> = self
                 .head
                 .all_series()
                 .into_iter()
-                .map(|s| {
-                    let mut cs = Vec::new();
-                    s.data.lock().chunks(i64::MIN, i64::MAX, &mut cs);
-                    (s.r, s.labels.clone(), cs)
-                })
+                .map(|s| (s.r, s.labels.clone(), s.data.lock().snapshot()))
                 .collect();
             (upto, snap)
         };
@@ -887,27 +922,26 @@ impl DbInner {
             if !p.is_empty() {
                 emit(REC_SERIES, &p)?;
             }
-            for (r, _, cs) in &snapshot {
-                if cs.is_empty() {
+            for (r, _, snap) in &snapshot {
+                if snap.closed.is_empty() && snap.open.is_none() && snap.ooo.is_empty() {
                     continue;
                 }
+                // Chunks as the head holds them (type 4, wal.md): replay adopts them.
+                let st = SeriesState {
+                    r: *r,
+                    max_t: snap.max_t,
+                    last_v: snap.last_v,
+                    closed: snap
+                        .closed
+                        .iter()
+                        .map(|c| (c.enc, c.min_t, c.max_t, &c.bytes[..]))
+                        .collect(),
+                    open: snap.open.as_ref().map(|(t, b)| (*t, &b[..])),
+                    ooo: snap.ooo.iter().map(|s| (s.t, s.v.to_bits())).collect(),
+                };
                 p.clear();
-                p.extend_from_slice(&r.to_be_bytes());
-                crate::encoding::put_uvarint(&mut p, cs.len() as u64);
-                for c in cs {
-                    // Type 3 records hold XOR chunks (wal.md): sealed head chunks kept in
-                    // the dense encoding go back to XOR here.
-                    let xor;
-                    let b = if c.enc == m3query_chunkenc::ENCODING_XOR {
-                        c.bytes.as_slice()
-                    } else {
-                        xor = to_xor(c)?;
-                        &xor[..]
-                    };
-                    crate::encoding::put_uvarint(&mut p, b.len() as u64);
-                    p.extend_from_slice(b);
-                }
-                emit(REC_CHUNKS, &p)?;
+                wal::encode_series_state(&mut p, &st);
+                emit(REC_HEAD_SERIES, &p)?;
             }
             Ok(())
         })?;
@@ -1540,6 +1574,61 @@ mod tests {
         let db = Db::open(dir.path(), opts).expect("reopen");
         assert_eq!(select(&db), want);
         assert_eq!(label_values(&db), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    /// Checkpoints written before type 4 records hold type 3 ones (every chunk as XOR):
+    /// a database opened on one still replays it.
+    #[test]
+    fn a_checkpoint_of_xor_chunk_records_still_replays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            fsync: Fsync::Never,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts.clone()).expect("open");
+        let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let mut app = db.appender();
+        // 130 samples: one sealed chunk and an open one.
+        for i in 0..130 {
+            app.append(&a, i * 500, i as f64 * 1.5).expect("append");
+        }
+        app.commit().expect("commit");
+        let want = select(&db);
+        assert_eq!(want[0].1.len(), 130);
+        let inner = &db.inner;
+        let upto = {
+            let _g = inner.gate.write();
+            inner.wal.cut().expect("cut")
+        };
+        inner
+            .wal
+            .checkpoint(upto, &mut |emit| {
+                for s in inner.head.all_series() {
+                    let mut p = Vec::new();
+                    encode_series(&mut p, s.r, &s.labels);
+                    emit(REC_SERIES, &p)?;
+                    let mut cs = Vec::new();
+                    s.data.lock().chunks(i64::MIN, i64::MAX, &mut cs);
+                    p.clear();
+                    p.extend_from_slice(&s.r.to_be_bytes());
+                    crate::encoding::put_uvarint(&mut p, cs.len() as u64);
+                    for c in cs {
+                        let mut it = c.iter()?;
+                        let mut x = m3query_chunkenc::XorAppender::new();
+                        while let Some((t, v)) = it.next_sample()? {
+                            x.append(t, v)?;
+                        }
+                        crate::encoding::put_uvarint(&mut p, x.bytes().len() as u64);
+                        p.extend_from_slice(x.bytes());
+                    }
+                    emit(crate::wal::REC_CHUNKS, &p)?;
+                }
+                Ok(())
+            })
+            .expect("checkpoint");
+        drop(db);
+        let db = Db::open(dir.path(), opts).expect("reopen");
+        assert_eq!(select(&db), want);
     }
 
     /// A retry of a batch that was applied (its fsync failed, or the response was lost) is

@@ -178,6 +178,40 @@ fn seal_chunk(xor: &[u8]) -> (u8, Arc<[u8]>) {
     })
 }
 
+/// A series' samples as a checkpoint holds them (see `SeriesData::snapshot`).
+#[derive(Debug, Default)]
+pub(crate) struct SeriesSnapshot {
+    pub(crate) closed: Vec<HeadChunk>,
+    /// The open XOR chunk: its first sample's time and bytes.
+    pub(crate) open: Option<(i64, Vec<u8>)>,
+    pub(crate) ooo: Vec<Sample>,
+    pub(crate) max_t: i64,
+    pub(crate) last_v: u64,
+}
+
+impl SeriesSnapshot {
+    /// Oldest and newest sample times, if it holds any.
+    fn bounds(&self) -> Option<(i64, i64)> {
+        let lo = [
+            self.closed.first().map(|c| c.min_t),
+            self.open.as_ref().map(|o| o.0),
+            self.ooo.first().map(|s| s.t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        let hi = [
+            (self.max_t != i64::MIN).then_some(self.max_t),
+            self.closed.last().map(|c| c.max_t),
+            self.ooo.last().map(|s| s.t),
+        ]
+        .into_iter()
+        .flatten()
+        .max()?;
+        Some((lo, hi))
+    }
+}
+
 #[derive(Debug)]
 struct OpenChunk {
     app: XorAppender,
@@ -344,6 +378,56 @@ impl SeriesData {
                 bytes,
             });
         }
+    }
+
+    /// Its samples as a checkpoint keeps them: closed chunks shared, the open one copied.
+    pub(crate) fn snapshot(&self) -> SeriesSnapshot {
+        SeriesSnapshot {
+            closed: self.closed.clone(),
+            open: self
+                .open
+                .as_ref()
+                .filter(|o| !o.app.is_empty())
+                .map(|o| (o.min_t, o.app.bytes().to_vec())),
+            ooo: self.ooo.clone(),
+            max_t: self.max_t,
+            last_v: self.last_v,
+        }
+    }
+
+    /// Restores a checkpointed series: an empty one adopts the closed chunks as they are and
+    /// re-appends only the open chunk's samples; otherwise every sample is replayed.
+    fn restore(&mut self, snap: SeriesSnapshot, chunk_range: i64) -> Result<()> {
+        if !self.is_empty() || self.max_t != i64::MIN {
+            for c in &snap.closed {
+                let mut it = m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..])?;
+                while let Some((t, v)) = it.next_sample()? {
+                    self.replay(t, v, chunk_range);
+                }
+            }
+        } else {
+            // The newest closed sample is the series' newest unless the open chunk follows
+            // (its replay below moves these on).
+            if let Some(c) = snap.closed.last() {
+                self.max_t = c.max_t;
+                self.last_v = snap.last_v;
+            }
+            self.closed = snap.closed;
+        }
+        if let Some((_, bytes)) = &snap.open {
+            let mut it = XorIterator::new(bytes)?;
+            while let Some((t, v)) = it.next_sample()? {
+                self.replay(t, v, chunk_range);
+            }
+        }
+        for s in snap.ooo {
+            self.replay(s.t, s.v, chunk_range);
+        }
+        if snap.max_t > self.max_t {
+            self.max_t = snap.max_t;
+            self.last_v = snap.last_v;
+        }
+        Ok(())
     }
 
     /// Replays a logged sample: no bounds, anything older than the newest goes out of order.
@@ -785,6 +869,21 @@ impl Head {
         if lo <= hi {
             self.observe(lo, hi);
         }
+    }
+
+    /// Replay: restores a checkpointed series (see `SeriesData::restore`).
+    pub(crate) fn restore_series(&self, s: &MemSeries, snap: SeriesSnapshot) -> Result<()> {
+        let bounds = snap.bounds();
+        let mut d = s.data.lock();
+        let before = d.num_chunks() as i64;
+        let res = d.restore(snap, self.chunk_range_ms);
+        let added = d.num_chunks() as i64 - before;
+        drop(d);
+        self.num_chunks.fetch_add(added, Ordering::Relaxed);
+        if let Some((lo, hi)) = bounds {
+            self.observe(lo, hi);
+        }
+        res
     }
 
     /// Removes `s` if it holds no samples and no appender holds it: a series created by a

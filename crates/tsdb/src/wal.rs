@@ -41,6 +41,7 @@ const RECORD_HEADER: usize = 9;
 pub(crate) const REC_SERIES: u8 = 1;
 pub(crate) const REC_SAMPLES: u8 = 2;
 pub(crate) const REC_CHUNKS: u8 = 3;
+pub(crate) const REC_HEAD_SERIES: u8 = 4;
 
 /// Writes one record (type, payload) into a checkpoint.
 pub(crate) type EmitRecord<'a> = dyn FnMut(u8, &[u8]) -> Result<()> + 'a;
@@ -133,6 +134,99 @@ pub(crate) enum Record<'a> {
     Series(Vec<(u64, Labels)>),
     Samples(Vec<(u64, i64, f64)>),
     Chunks(u64, Vec<&'a [u8]>),
+    HeadSeries(SeriesState<'a>),
+}
+
+/// A head series' samples in a checkpoint (type 4, `wal.md`): its chunks as the head holds
+/// them, so replay adopts them instead of decoding and re-encoding every sample.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesState<'a> {
+    pub(crate) r: u64,
+    /// The newest in-order sample's time (`i64::MIN`: none) and value bits.
+    pub(crate) max_t: i64,
+    pub(crate) last_v: u64,
+    /// Closed chunks in time order: (encoding, min time, max time, bytes).
+    pub(crate) closed: Vec<(u8, i64, i64, &'a [u8])>,
+    /// The open XOR chunk: its first sample's time and its bytes.
+    pub(crate) open: Option<(i64, &'a [u8])>,
+    /// Out-of-order samples, by time: (time, value bits).
+    pub(crate) ooo: Vec<(i64, u64)>,
+}
+
+/// Appends the payload of a type 4 record.
+pub(crate) fn encode_series_state(out: &mut Vec<u8>, s: &SeriesState<'_>) {
+    put_u64(out, s.r);
+    put_varint(out, s.max_t);
+    put_u64(out, s.last_v);
+    put_uvarint(out, s.closed.len() as u64);
+    for &(enc, min_t, max_t, b) in &s.closed {
+        out.push(enc);
+        put_varint(out, min_t);
+        put_varint(out, max_t.wrapping_sub(min_t));
+        put_uvarint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+    match s.open {
+        Some((min_t, b)) => {
+            put_uvarint(out, b.len() as u64);
+            put_varint(out, min_t);
+            out.extend_from_slice(b);
+        }
+        None => put_uvarint(out, 0),
+    }
+    put_uvarint(out, s.ooo.len() as u64);
+    for &(t, v) in &s.ooo {
+        put_varint(out, t);
+        put_u64(out, v);
+    }
+}
+
+fn decode_series_state<'a>(d: &mut Decbuf<'a>) -> Result<SeriesState<'a>, DecodeError> {
+    let bad = |m| Err(DecodeError(m));
+    let mut s = SeriesState {
+        r: d.u64()?,
+        max_t: d.varint()?,
+        last_v: d.u64()?,
+        ..SeriesState::default()
+    };
+    let n = d.uvarint_usize()?;
+    s.closed.reserve(n.min(1024));
+    let mut prev_max = None;
+    for _ in 0..n {
+        let enc = d.u8()?;
+        if enc != m3query_chunkenc::ENCODING_XOR && enc != m3query_chunkenc::ENCODING_DENSE {
+            return bad("unknown chunk encoding in head series record");
+        }
+        let min_t = d.varint()?;
+        let max_t = min_t.wrapping_add(d.varint()?);
+        if max_t < min_t || prev_max.is_some_and(|p| p >= min_t) {
+            return bad("head series chunks out of order");
+        }
+        prev_max = Some(max_t);
+        let len = d.uvarint_usize()?;
+        s.closed.push((enc, min_t, max_t, d.bytes(len)?));
+    }
+    let open_len = d.uvarint_usize()?;
+    if open_len > 0 {
+        let min_t = d.varint()?;
+        if prev_max.is_some_and(|p| p >= min_t) {
+            return bad("head series open chunk before a closed one");
+        }
+        s.open = Some((min_t, d.bytes(open_len)?));
+    }
+    let n = d.uvarint_usize()?;
+    s.ooo.reserve(n.min(1 << 16));
+    for _ in 0..n {
+        let t = d.varint()?;
+        if s.ooo.last().is_some_and(|&(p, _)| p >= t) {
+            return bad("head series out-of-order samples not sorted");
+        }
+        s.ooo.push((t, d.u64()?));
+    }
+    if d.remaining() != 0 {
+        return bad("trailing bytes in head series record");
+    }
+    Ok(s)
 }
 
 fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
@@ -187,6 +281,7 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             }
             Ok(Record::Chunks(r, cs))
         }
+        REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?)),
         _ => Err(DecodeError("unknown record type")),
     }
 }
@@ -197,7 +292,7 @@ fn framed_at(data: &[u8], pos: usize) -> Result<(u8, &[u8], usize), &'static str
         return Err("torn record header");
     };
     let typ = h[0];
-    if !(REC_SERIES..=REC_CHUNKS).contains(&typ) {
+    if !(REC_SERIES..=REC_HEAD_SERIES).contains(&typ) {
         return Err("unknown record type");
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -815,10 +910,65 @@ mod tests {
         let (stats, next) = replay(dir, &mut |r| match r {
             Record::Samples(s) => samples.extend(s),
             Record::Series(s) => series.extend(s.into_iter().map(|(r, _)| r)),
-            Record::Chunks(..) => {}
+            Record::Chunks(..) | Record::HeadSeries(..) => {}
         })
         .expect("replay");
         (samples, series, stats, next)
+    }
+
+    #[test]
+    fn head_series_records_round_trip_and_refuse_disorder() {
+        let (c1, c2, open) = (vec![0u8, 1, 2], vec![3u8; 40], vec![0u8, 1, 9]);
+        let st = SeriesState {
+            r: 7,
+            max_t: 9_000,
+            last_v: 2.5f64.to_bits(),
+            closed: vec![
+                (m3query_chunkenc::ENCODING_DENSE, -50, 1_000, &c1[..]),
+                (m3query_chunkenc::ENCODING_XOR, 1_001, 5_000, &c2[..]),
+            ],
+            open: Some((6_000, &open[..])),
+            ooo: vec![(-100, 1), (4_000, 2)],
+        };
+        let mut p = Vec::new();
+        encode_series_state(&mut p, &st);
+        let Ok(Record::HeadSeries(got)) = decode_record(REC_HEAD_SERIES, &p) else {
+            panic!("decodes");
+        };
+        assert_eq!((got.r, got.max_t, got.last_v), (st.r, st.max_t, st.last_v));
+        assert_eq!(got.closed, st.closed);
+        assert_eq!(got.open, st.open);
+        assert_eq!(got.ooo, st.ooo);
+
+        let swapped = SeriesState {
+            closed: vec![st.closed[1], st.closed[0]],
+            ..SeriesState::default()
+        };
+        p.clear();
+        encode_series_state(&mut p, &swapped);
+        assert!(
+            decode_record(REC_HEAD_SERIES, &p).is_err(),
+            "chunks out of order"
+        );
+        p.clear();
+        encode_series_state(&mut p, &st);
+        p.push(0);
+        assert!(
+            decode_record(REC_HEAD_SERIES, &p).is_err(),
+            "trailing bytes"
+        );
+        let mut bad_enc = Vec::new();
+        encode_series_state(
+            &mut bad_enc,
+            &SeriesState {
+                closed: vec![(99, 0, 1, &c1[..])],
+                ..SeriesState::default()
+            },
+        );
+        assert!(
+            decode_record(REC_HEAD_SERIES, &bad_enc).is_err(),
+            "unknown encoding"
+        );
     }
 
     #[test]
