@@ -310,27 +310,47 @@ impl std::fmt::Debug for Db {
 /// Samples handed to a replay worker at once.
 const REPLAY_BATCH: usize = 4096;
 
+/// Samples for one replay worker, naming series by their index in the worker's table: one
+/// reference-count update per series instead of two per sample (on a count the reader and
+/// the worker would otherwise pass between their caches).
+#[derive(Default)]
+struct ReplayBatch {
+    /// Series the worker appends to its table before applying `samples`.
+    new_series: Vec<Arc<MemSeries>>,
+    samples: Vec<(u32, i64, f64)>,
+}
+
+impl ReplayBatch {
+    fn is_empty(&self) -> bool {
+        self.new_series.is_empty() && self.samples.is_empty()
+    }
+}
+
 /// What a replay worker applies, in WAL order for each of its series.
 enum ReplayJob {
-    Samples(Vec<(Arc<MemSeries>, i64, f64)>),
+    Samples(ReplayBatch),
     /// A checkpointed chunk's bytes (type 3, older checkpoints), decoded by the worker.
     Chunk(Arc<MemSeries>, Vec<u8>),
     /// A checkpointed series' chunks (type 4), adopted by the worker.
     Restore(Arc<MemSeries>, SeriesSnapshot),
 }
 
-fn apply_replay_job(head: &Head, job: ReplayJob) {
+fn apply_replay_job(head: &Head, table: &mut Vec<Arc<MemSeries>>, job: ReplayJob) {
     match job {
-        ReplayJob::Samples(batch) => head.replay_batch(&batch),
+        ReplayJob::Samples(batch) => {
+            table.extend(batch.new_series);
+            head.replay_batch(table, &batch.samples);
+        }
         ReplayJob::Chunk(s, bytes) => {
             let Ok(mut it) = XorIterator::new(&bytes) else {
                 return;
             };
+            let one = [s];
             let mut batch = Vec::with_capacity(128);
             while let Ok(Some((t, v))) = it.next_sample() {
-                batch.push((s.clone(), t, v));
+                batch.push((0, t, v));
             }
-            head.replay_batch(&batch);
+            head.replay_batch(&one, &batch);
         }
         ReplayJob::Restore(s, snap) => {
             if let Err(e) = head.restore_series(&s, snap) {
@@ -375,8 +395,10 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let mut refs: HashMap<u64, Arc<MemSeries>, foldhash::fast::RandomState> =
+    // Each series with its index in its worker's table.
+    let mut refs: HashMap<u64, (Arc<MemSeries>, u32), foldhash::fast::RandomState> =
         HashMap::with_hasher(foldhash::fast::RandomState::default());
+    let mut table_len = vec![0u32; workers];
     let mut unknown = 0u64;
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
@@ -385,14 +407,17 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<ReplayJob>(4);
             senders.push(tx);
             scope.spawn(move || {
+                let mut table = Vec::new();
                 for job in rx {
-                    apply_replay_job(head, job);
+                    apply_replay_job(head, &mut table, job);
                 }
             });
         }
-        let mut batches: Vec<Vec<(Arc<MemSeries>, i64, f64)>> = (0..workers)
-            .map(|_| Vec::with_capacity(REPLAY_BATCH))
-            .collect();
+        let new_batch = || ReplayBatch {
+            new_series: Vec::new(),
+            samples: Vec::with_capacity(REPLAY_BATCH),
+        };
+        let mut batches: Vec<ReplayBatch> = (0..workers).map(|_| new_batch()).collect();
         // A worker only stops when its channel closes, so a send cannot fail while this
         // thread holds the senders; a failed one would mean the worker panicked, which the
         // scope reports when it joins.
@@ -402,26 +427,29 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
         let result = wal::replay(dir, &mut |rec| match rec {
             Record::Series(list) => {
                 for (r, l) in list {
-                    refs.insert(r, head.replay_series(r, &l));
+                    let s = head.replay_series(r, &l);
+                    let w = (r % workers as u64) as usize;
+                    batches[w].new_series.push(s.clone());
+                    refs.insert(r, (s, table_len[w]));
+                    table_len[w] += 1;
                 }
             }
             Record::Samples(list) => {
                 for (r, t, v) in list {
-                    let Some(s) = refs.get(&r) else {
+                    let Some(&(_, i)) = refs.get(&r) else {
                         unknown += 1;
                         continue;
                     };
                     let w = (r % workers as u64) as usize;
-                    batches[w].push((s.clone(), t, v));
-                    if batches[w].len() >= REPLAY_BATCH {
-                        let full =
-                            std::mem::replace(&mut batches[w], Vec::with_capacity(REPLAY_BATCH));
+                    batches[w].samples.push((i, t, v));
+                    if batches[w].samples.len() >= REPLAY_BATCH {
+                        let full = std::mem::replace(&mut batches[w], new_batch());
                         send(&senders, w, ReplayJob::Samples(full));
                     }
                 }
             }
             Record::Chunks(r, chunks) => {
-                let Some(s) = refs.get(&r) else {
+                let Some((s, _)) = refs.get(&r) else {
                     unknown += 1;
                     return;
                 };
@@ -436,7 +464,7 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
                 }
             }
             Record::HeadSeries(st) => {
-                let Some(s) = refs.get(&st.r) else {
+                let Some((s, _)) = refs.get(&st.r) else {
                     unknown += 1;
                     return;
                 };

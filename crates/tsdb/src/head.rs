@@ -850,11 +850,15 @@ impl Head {
         self.insert_series(&mut map, hash, r, key, 0)
     }
 
-    /// Replay: stores a batch of logged samples, with the shared counters (chunks, time range) updated once per batch, since replay workers would
-    /// otherwise contend on them for every sample.
-    pub(crate) fn replay_batch(&self, batch: &[(Arc<MemSeries>, i64, f64)]) {
+    /// Replay: stores a batch of logged samples of series named by their index in `table`,
+    /// with the shared counters (chunks, time range) updated once per batch, since replay
+    /// workers would otherwise contend on them for every sample.
+    pub(crate) fn replay_batch(&self, table: &[Arc<MemSeries>], batch: &[(u32, i64, f64)]) {
         let (mut lo, mut hi, mut chunks) = (i64::MAX, i64::MIN, 0i64);
-        for (s, t, v) in batch {
+        for (i, t, v) in batch {
+            let Some(s) = table.get(*i as usize) else {
+                continue;
+            };
             let mut d = s.data.lock();
             let before = d.num_chunks() as i64;
             d.replay(*t, *v, self.chunk_range_ms);
