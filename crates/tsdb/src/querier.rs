@@ -377,13 +377,17 @@ fn damaged_warning(b: &Block, e: &crate::Error) -> String {
     )
 }
 
-/// Whether any chunk holds a sample in `[mint, maxt]`. A chunk inside the range does; only
-/// chunks straddling its ends are decoded, up to their first sample at or after `mint`.
+/// Whether any chunk holds a sample in `[mint, maxt]`. A chunk's first and last samples are
+/// at its min and max times, so a chunk with either inside the range does; only chunks that
+/// start before the range and end after it are decoded, up to their first sample at or after
+/// `mint`. (An instant query's window holds the open head chunk's last sample: it used to be
+/// decoded here once, then again for the query.)
 fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
-    if chunks.iter().any(|c| c.min_t >= mint && c.max_t <= maxt) {
+    let inside = |t: i64| t >= mint && t <= maxt;
+    if chunks.iter().any(|c| inside(c.min_t) || inside(c.max_t)) {
         return Ok(true);
     }
-    for c in chunks {
+    for c in chunks.iter().filter(|c| c.min_t < mint && c.max_t > maxt) {
         let mut it = c.iter()?;
         while let Some((t, _)) = it.next_sample()? {
             if t >= mint {
