@@ -2,15 +2,19 @@
 //! 2.42, `--enable-feature=native-histograms`): native histograms go in by remote write 1.0
 //! (`TimeSeries.histograms`), come back by remote read as `STREAMED_XOR_CHUNKS` (which
 //! streams the head's chunks as they are, encoding `HISTOGRAM`), decode with our iterator to
-//! what was sent, and our appender, fed the same samples, produces the same bytes.
+//! what was sent, and our appender, fed the same samples, produces the same bytes. The same
+//! for float histograms (`FLOAT_HISTOGRAM` chunks).
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Prometheus, client, eventually, send_snappy};
-use m3query_chunkenc::{HistogramAppend, HistogramAppender, HistogramIterator};
-use m3query_model::histogram::{CounterResetHint, Histogram, Span};
+use m3query_chunkenc::{
+    FloatHistogramAppender, FloatHistogramIterator, HistogramAppend, HistogramAppender,
+    HistogramIterator,
+};
+use m3query_model::histogram::{CounterResetHint, FloatHistogram, Histogram, Span};
 use m3query_remote::prompb;
 use prost::Message;
 
@@ -68,6 +72,31 @@ fn to_proto(t: i64, h: &Histogram) -> prompb::Histogram {
         negative_deltas: h.negative_buckets.clone(),
         positive_spans: spans(&h.positive_spans),
         positive_deltas: h.positive_buckets.clone(),
+        reset_hint: h.counter_reset_hint.to_proto(),
+        timestamp: t,
+        ..Default::default()
+    }
+}
+
+fn to_float_proto(t: i64, h: &FloatHistogram) -> prompb::Histogram {
+    let spans = |s: &[Span]| {
+        s.iter()
+            .map(|s| prompb::BucketSpan {
+                offset: s.offset,
+                length: s.length,
+            })
+            .collect()
+    };
+    prompb::Histogram {
+        count: Some(prompb::histogram::Count::CountFloat(h.count)),
+        sum: h.sum,
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        zero_count: Some(prompb::histogram::ZeroCount::ZeroCountFloat(h.zero_count)),
+        negative_spans: spans(&h.negative_spans),
+        negative_counts: h.negative_buckets.clone(),
+        positive_spans: spans(&h.positive_spans),
+        positive_counts: h.positive_buckets.clone(),
         reset_hint: h.counter_reset_hint.to_proto(),
         timestamp: t,
         ..Default::default()
@@ -168,6 +197,24 @@ fn encode(samples: &[(i64, Histogram)]) -> Vec<(i64, i64, Vec<u8>)> {
     chunks
 }
 
+/// As `encode`, for float histograms.
+fn encode_float(samples: &[(i64, FloatHistogram)]) -> Vec<(i64, i64, Vec<u8>)> {
+    let mut chunks = Vec::new();
+    let mut app = FloatHistogramAppender::new();
+    let mut mint = samples[0].0;
+    let mut maxt = mint;
+    for (t, h) in samples {
+        if let HistogramAppend::NewChunk(next) = app.append(*t, h).expect("append") {
+            chunks.push((mint, maxt, app.bytes().to_vec()));
+            app = *next;
+            mint = *t;
+        }
+        maxt = *t;
+    }
+    chunks.push((mint, maxt, app.bytes().to_vec()));
+    chunks
+}
+
 fn bits(b: &[u8]) -> String {
     b.iter()
         .map(|x| format!("{x:08b}"))
@@ -205,8 +252,23 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
     };
     let sent = samples(t0, false);
     let sent_gap = samples(t0, true);
+    // Float counts (a third of the integer ones) so the receiver takes them as float
+    // histograms.
+    let sent_float: Vec<(i64, FloatHistogram)> = sent
+        .iter()
+        .map(|(t, h)| {
+            let mut f = h.to_float();
+            f.div(3.0);
+            (*t, f)
+        })
+        .collect();
+    let mut float_series = series("f", &[]);
+    float_series.histograms = sent_float
+        .iter()
+        .map(|(t, h)| to_float_proto(*t, h))
+        .collect();
     let req = prompb::WriteRequest {
-        timeseries: vec![series("a", &sent), series("b", &sent_gap)],
+        timeseries: vec![series("a", &sent), series("b", &sent_gap), float_series],
         metadata: vec![],
     };
     let (status, body) = send_snappy(
@@ -267,6 +329,43 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
         }
         (!chunks.is_empty()).then_some(chunks)
     };
+    // 0. The float series comes back as FLOAT_HISTOGRAM chunks, decodes to what was sent,
+    //    and our float appender writes the same bytes.
+    let fchunks = eventually(Duration::from_secs(20), || read("f"))
+        .unwrap_or_else(|| panic!("no chunks read back for f\n{}", prom.log()));
+    let mut fdecoded = Vec::new();
+    for c in &fchunks {
+        assert_eq!(c.r#type, prompb::chunk::Encoding::FloatHistogram as i32);
+        let mut it = FloatHistogramIterator::new(&c.data).expect("header");
+        while let Some(s) = it.next_histogram().expect("valid chunk") {
+            fdecoded.push(s);
+        }
+    }
+    assert_eq!(fdecoded.len(), sent_float.len());
+    for ((t, h), (dt, dh)) in sent_float.iter().zip(&fdecoded) {
+        assert_eq!(t, dt);
+        let (mut a, mut b) = (h.clone(), dh.clone());
+        a.compact(0);
+        b.compact(0);
+        assert_eq!(a, b, "float sample at {t}");
+    }
+    let fours = encode_float(&sent_float);
+    assert_eq!(fours.len(), fchunks.len(), "float chunk count");
+    for (i, ((mint, maxt, bytes), c)) in fours.iter().zip(&fchunks).enumerate() {
+        assert_eq!(
+            (*mint, *maxt),
+            (c.min_time_ms, c.max_time_ms),
+            "float chunk {i} range"
+        );
+        assert_eq!(
+            bytes.as_slice(),
+            &c.data[..],
+            "float chunk {i} bytes differ\nours: {}\nprom: {}",
+            bits(bytes),
+            bits(&c.data)
+        );
+    }
+
     // 1. Every chunk is a HISTOGRAM chunk and decodes, with our iterator, to what was sent
     //    (up to empty buckets a recoding added).
     let norm = |h: &Histogram| {
