@@ -143,7 +143,8 @@ impl FloatHistogramAppender {
         self.s.t
     }
 
-    /// Appends `h` at `t` as Prometheus's `AppendFloatHistogram` (not append-only).
+    /// Appends `h` at `t` as Prometheus's `AppendFloatHistogram` (not append-only); see
+    /// [`HistogramAppend`]. Errors only when `h`'s spans and buckets disagree.
     pub fn append(&mut self, t: i64, h: &FloatHistogram) -> Result<HistogramAppend<Self>> {
         self.append_after(None, t, h)
     }
@@ -157,6 +158,13 @@ impl FloatHistogramAppender {
         h: &FloatHistogram,
     ) -> Result<HistogramAppend<Self>> {
         use CounterResetHeader as H;
+        // The encoding walks buckets by the spans: a histogram whose spans and buckets
+        // disagree (which validation rejects) must not get this far.
+        if count_spans(&h.positive_spans) != h.positive_buckets.len()
+            || count_spans(&h.negative_spans) != h.negative_buckets.len()
+        {
+            return Err(ChunkError::Corrupt("histogram spans and buckets disagree"));
+        }
         if self.num == 0 {
             self.write_sample(t, h);
             let header = match h.counter_reset_hint {

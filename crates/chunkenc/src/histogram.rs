@@ -532,7 +532,8 @@ impl HistogramAppender {
     }
 
     /// Appends `h` at `t` as Prometheus's `AppendHistogram` (not append-only): see
-    /// [`HistogramAppend`]. `h`'s bucket layout may change (buckets added) on the way.
+    /// [`HistogramAppend`]. The stored sample may carry extra empty buckets (the chunk's
+    /// layout). Errors only when `h`'s spans and buckets disagree (validate first).
     pub fn append(&mut self, t: i64, h: &Histogram) -> Result<HistogramAppend<Self>> {
         self.append_after(None, t, h)
     }
@@ -546,6 +547,13 @@ impl HistogramAppender {
         h: &Histogram,
     ) -> Result<HistogramAppend<Self>> {
         use CounterResetHeader as H;
+        // The encoding walks buckets by the spans: a histogram whose spans and buckets
+        // disagree (which validation rejects) must not get this far.
+        if count_spans(&h.positive_spans) != h.positive_buckets.len()
+            || count_spans(&h.negative_spans) != h.negative_buckets.len()
+        {
+            return Err(ChunkError::Corrupt("histogram spans and buckets disagree"));
+        }
         if self.num == 0 {
             self.write_sample(t, h);
             let header = match h.counter_reset_hint {

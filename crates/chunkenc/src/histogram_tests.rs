@@ -269,6 +269,21 @@ fn custom_bucket_chunks() {
 }
 
 #[test]
+fn spans_and_buckets_must_agree() {
+    let mut h = hist(0, 0, &[(0, 1), (1, 1)]);
+    h.positive_buckets.push(1);
+    let mut a = HistogramAppender::new();
+    assert!(a.append(0, &h).is_err());
+    assert_eq!(a.num_samples(), 0);
+    a.append(0, &hist(0, 0, &[(0, 1)])).expect("append");
+    assert!(a.append(1, &h).is_err(), "not even against an open chunk");
+    let mut f = FloatHistogramAppender::new();
+    let mut fh = hist(0, 0, &[(0, 1)]).to_float();
+    fh.negative_buckets.push(1.0);
+    assert!(f.append(0, &fh).is_err());
+}
+
+#[test]
 fn reserved_schemas_are_reduced_on_read() {
     let mut h = hist(0, 0, &[(0, 1), (1, 1), (2, 1)]);
     h.schema = 10;

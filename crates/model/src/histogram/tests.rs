@@ -516,3 +516,141 @@ proptest! {
         prop_assert_eq!(f, r.to_float());
     }
 }
+
+/// Scenarios of Prometheus's `TestFloatHistogramAdd` (inputs and expected results written
+/// out here). Prometheus keeps the first operand's span structure where ours is the
+/// canonical union, so results compare after `compact(0)`.
+#[test]
+fn prometheus_add_scenarios() {
+    let mk = |zt: f64,
+              zc: f64,
+              count: f64,
+              sum: f64,
+              schema: i32,
+              ps: &[(i32, u32)],
+              pb: &[f64],
+              ns: &[(i32, u32)],
+              nb: &[f64]| FloatHistogram {
+        schema,
+        zero_threshold: zt,
+        zero_count: zc,
+        count,
+        sum,
+        positive_spans: sp(ps),
+        positive_buckets: pb.to_vec(),
+        negative_spans: sp(ns),
+        negative_buckets: nb.to_vec(),
+        ..Default::default()
+    };
+    let check = |mut a: FloatHistogram, b: FloatHistogram, mut want: FloatHistogram| {
+        a.add(&b).expect("add");
+        a.compact(0);
+        want.compact(0);
+        assert!(
+            (a.sum - want.sum).abs() < 1e-12,
+            "{} vs {}",
+            a.sum,
+            want.sum
+        );
+        a.sum = want.sum;
+        assert_eq!(a, want);
+    };
+    // "schema change"
+    check(
+        mk(
+            0.01,
+            8.0,
+            21.0,
+            1.234,
+            0,
+            &[(-1, 4), (0, 3)],
+            &[5.0, 4.0, 2.0, 3.0, 6.0, 2.0, 5.0],
+            &[(4, 2), (1, 2)],
+            &[1.0, 1.0, 4.0, 4.0],
+        ),
+        mk(
+            0.01,
+            11.0,
+            30.0,
+            2.345,
+            1,
+            &[(-4, 3), (5, 5)],
+            &[1.0, 0.0, 0.0, 3.0, 2.0, 2.0, 3.0, 4.0],
+            &[(6, 3), (6, 4)],
+            &[3.0, 0.5, 0.5, 2.0, 3.0, 2.0, 4.0],
+        ),
+        mk(
+            0.01,
+            19.0,
+            51.0,
+            3.579,
+            0,
+            &[(-2, 5), (0, 3)],
+            &[1.0, 5.0, 4.0, 2.0, 6.0, 10.0, 9.0, 5.0],
+            &[(3, 3), (1, 3)],
+            &[3.0, 2.0, 1.0, 4.0, 9.0, 6.0],
+        ),
+    );
+    // "larger zero threshold in first histogram ends up inside a populated bucket of second
+    // histogram": 0.2 widens to 0.25, the upper bound of the populated bucket it cuts.
+    check(
+        mk(
+            0.2,
+            17.0,
+            21.0,
+            1.234,
+            0,
+            &[(1, 2), (0, 3)],
+            &[2.0, 3.0, 6.0, 2.0, 5.0],
+            &[(4, 2), (1, 2)],
+            &[1.0, 1.0, 4.0, 4.0],
+        ),
+        mk(
+            0.01,
+            11.0,
+            30.0,
+            2.345,
+            0,
+            &[(-2, 2), (2, 3)],
+            &[1.0, 0.0, 3.0, 4.0, 7.0],
+            &[(3, 2), (3, 2)],
+            &[3.0, 1.0, 5.0, 6.0],
+        ),
+        mk(
+            0.25,
+            29.0,
+            51.0,
+            3.579,
+            0,
+            &[(-1, 1), (1, 5)],
+            &[0.0, 2.0, 6.0, 10.0, 9.0, 5.0],
+            &[(3, 3), (1, 3)],
+            &[3.0, 2.0, 1.0, 4.0, 9.0, 6.0],
+        ),
+    );
+    // "custom buckets with partial intersection" and "intersection and rollup".
+    let nhcb = |sum: f64, ps: &[(i32, u32)], pb: &[f64], cv: &[f64]| FloatHistogram {
+        schema: CUSTOM_BUCKETS_SCHEMA,
+        count: pb.iter().sum(),
+        sum,
+        positive_spans: sp(ps),
+        positive_buckets: pb.to_vec(),
+        custom_values: cv.to_vec(),
+        ..Default::default()
+    };
+    check(
+        nhcb(100.0, &[(0, 3)], &[2.0, 3.0, 5.0], &[1.0, 2.5]),
+        nhcb(80.0, &[(0, 4)], &[1.0, 2.0, 3.0, 2.0], &[1.0, 2.0, 3.0]),
+        nhcb(180.0, &[(0, 2)], &[3.0, 15.0], &[1.0]),
+    );
+    check(
+        nhcb(2.345, &[(0, 1), (1, 1)], &[1.0, 5.0], &[2.0, 4.0]),
+        nhcb(
+            1.234,
+            &[(0, 2), (1, 1), (0, 2)],
+            &[10.0, 20.0, 40.0, 50.0, 100.0],
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+        ),
+        nhcb(3.579, &[(0, 3)], &[31.0, 40.0, 155.0], &[2.0, 4.0]),
+    );
+}
