@@ -1,6 +1,6 @@
 //! Byte compatibility of our native histogram chunk codec with a real Prometheus (Debian's
 //! 2.42, `--enable-feature=native-histograms`): native histograms go in by remote write 1.0
-//! (`TimeSeries.histograms`), come back by remote read as `STREAMED_XOR_CHUNKS` (which
+//! (`TimeSeries.histograms`, encoded by `m3query_remote::histogram`), come back by remote read as `STREAMED_XOR_CHUNKS` (which
 //! streams the head's chunks as they are, encoding `HISTOGRAM`), decode with our iterator to
 //! what was sent, and our appender, fed the same samples, produces the same bytes. The same
 //! for float histograms (`FLOAT_HISTOGRAM` chunks).
@@ -15,6 +15,7 @@ use m3query_chunkenc::{
     HistogramIterator,
 };
 use m3query_model::histogram::{CounterResetHint, FloatHistogram, Histogram, Span};
+use m3query_remote::histogram::v1::{float_to_proto, to_proto};
 use m3query_remote::prompb;
 use prost::Message;
 
@@ -50,56 +51,6 @@ fn hist(schema: i32, zero: u64, pos: &[(i32, i64)], neg: &[(i32, i64)], sum: f64
         positive_buckets: pb,
         negative_buckets: nb,
         custom_values: vec![],
-    }
-}
-
-fn to_proto(t: i64, h: &Histogram) -> prompb::Histogram {
-    let spans = |s: &[Span]| {
-        s.iter()
-            .map(|s| prompb::BucketSpan {
-                offset: s.offset,
-                length: s.length,
-            })
-            .collect()
-    };
-    prompb::Histogram {
-        count: Some(prompb::histogram::Count::CountInt(h.count)),
-        sum: h.sum,
-        schema: h.schema,
-        zero_threshold: h.zero_threshold,
-        zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(h.zero_count)),
-        negative_spans: spans(&h.negative_spans),
-        negative_deltas: h.negative_buckets.clone(),
-        positive_spans: spans(&h.positive_spans),
-        positive_deltas: h.positive_buckets.clone(),
-        reset_hint: h.counter_reset_hint.to_proto(),
-        timestamp: t,
-        ..Default::default()
-    }
-}
-
-fn to_float_proto(t: i64, h: &FloatHistogram) -> prompb::Histogram {
-    let spans = |s: &[Span]| {
-        s.iter()
-            .map(|s| prompb::BucketSpan {
-                offset: s.offset,
-                length: s.length,
-            })
-            .collect()
-    };
-    prompb::Histogram {
-        count: Some(prompb::histogram::Count::CountFloat(h.count)),
-        sum: h.sum,
-        schema: h.schema,
-        zero_threshold: h.zero_threshold,
-        zero_count: Some(prompb::histogram::ZeroCount::ZeroCountFloat(h.zero_count)),
-        negative_spans: spans(&h.negative_spans),
-        negative_counts: h.negative_buckets.clone(),
-        positive_spans: spans(&h.positive_spans),
-        positive_counts: h.positive_buckets.clone(),
-        reset_hint: h.counter_reset_hint.to_proto(),
-        timestamp: t,
-        ..Default::default()
     }
 }
 
@@ -265,7 +216,7 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
     let mut float_series = series("f", &[]);
     float_series.histograms = sent_float
         .iter()
-        .map(|(t, h)| to_float_proto(*t, h))
+        .map(|(t, h)| float_to_proto(*t, h))
         .collect();
     let req = prompb::WriteRequest {
         timeseries: vec![series("a", &sent), series("b", &sent_gap), float_series],
