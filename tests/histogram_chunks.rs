@@ -3,7 +3,7 @@
 //! (`TimeSeries.histograms`, encoded by `m3query_remote::histogram`), come back by remote read as `STREAMED_XOR_CHUNKS` (which
 //! streams the head's chunks as they are, encoding `HISTOGRAM`), decode with our iterator to
 //! what was sent, and our appender, fed the same samples, produces the same bytes. The same
-//! for float histograms (`FLOAT_HISTOGRAM` chunks).
+//! for float histograms (`FLOAT_HISTOGRAM` chunks) and gauge histograms.
 
 mod common;
 
@@ -166,6 +166,25 @@ fn encode_float(samples: &[(i64, FloatHistogram)]) -> Vec<(i64, i64, Vec<u8>)> {
     chunks
 }
 
+/// Our chunk `i` against Prometheus's. The last chunk is the open head chunk, which 2.42's
+/// querier re-encodes before returning it and, since it cannot see through the head's chunk
+/// wrapper, without its counter reset header (tsdb/querier.go at v2.42.0: the
+/// `SetCounterResetHeader(hc.GetCounterResetHeader())` after a failing type assertion). So
+/// there the header byte may also be 0 (unknown); every other byte must match.
+fn assert_same_chunk(kind: &str, i: usize, last: bool, ours: &[u8], prom: &[u8]) {
+    let mut ours_cmp = ours.to_vec();
+    if last && prom.get(2) == Some(&0) && ours_cmp.len() > 2 {
+        ours_cmp[2] = 0;
+    }
+    assert_eq!(
+        ours_cmp.as_slice(),
+        prom,
+        "{kind} chunk {i} bytes differ\nours: {}\nprom: {}",
+        bits(ours),
+        bits(prom)
+    );
+}
+
 fn bits(b: &[u8]) -> String {
     b.iter()
         .map(|x| format!("{x:08b}"))
@@ -218,8 +237,19 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
         .iter()
         .map(|(t, h)| float_to_proto(*t, h))
         .collect();
+    // Gauge histograms, with the left-out empty bucket (gauge chunks took such samples in
+    // 2.42 already) and with counts going down (no reset for gauges).
+    let mut sent_gauge = sent_gap.clone();
+    for (_, h) in sent_gauge.iter_mut() {
+        h.counter_reset_hint = CounterResetHint::Gauge;
+    }
     let req = prompb::WriteRequest {
-        timeseries: vec![series("a", &sent), series("b", &sent_gap), float_series],
+        timeseries: vec![
+            series("a", &sent),
+            series("b", &sent_gap),
+            float_series,
+            series("g", &sent_gauge),
+        ],
         metadata: vec![],
     };
     let (status, body) = send_snappy(
@@ -308,13 +338,7 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
             (c.min_time_ms, c.max_time_ms),
             "float chunk {i} range"
         );
-        assert_eq!(
-            bytes.as_slice(),
-            &c.data[..],
-            "float chunk {i} bytes differ\nours: {}\nprom: {}",
-            bits(bytes),
-            bits(&c.data)
-        );
+        assert_same_chunk("float", i, i + 1 == fchunks.len(), bytes, &c.data);
     }
 
     // 1. Every chunk is a HISTOGRAM chunk and decodes, with our iterator, to what was sent
@@ -325,7 +349,7 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
         f
     };
     let mut chunks = Vec::new();
-    for (job, sent) in [("b", &sent_gap), ("a", &sent)] {
+    for (job, sent) in [("g", &sent_gauge), ("b", &sent_gap), ("a", &sent)] {
         chunks = eventually(Duration::from_secs(20), || read(job))
             .unwrap_or_else(|| panic!("no chunks read back for {job}\n{}", prom.log()));
         let mut decoded = Vec::new();
@@ -340,6 +364,13 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
         for ((t, h), (dt, dh)) in sent.iter().zip(&decoded) {
             assert_eq!(t, dt);
             assert_eq!(norm(h), norm(dh), "series {job}, sample at {t}");
+        }
+        if job == "g" {
+            let ours = encode(sent);
+            assert_eq!(ours.len(), chunks.len(), "gauge chunk count");
+            for (i, ((_, _, bytes), c)) in ours.iter().zip(&chunks).enumerate() {
+                assert_same_chunk("gauge", i, i + 1 == chunks.len(), bytes, &c.data);
+            }
         }
     }
 
@@ -361,12 +392,6 @@ fn prometheus_histogram_chunks_decode_and_match_our_encoding() {
             (c.min_time_ms, c.max_time_ms),
             "chunk {i} range"
         );
-        assert_eq!(
-            bytes.as_slice(),
-            &c.data[..],
-            "chunk {i} bytes differ\nours: {}\nprom: {}",
-            bits(bytes),
-            bits(&c.data)
-        );
+        assert_same_chunk("integer", i, i + 1 == chunks.len(), bytes, &c.data);
     }
 }
