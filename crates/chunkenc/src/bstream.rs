@@ -145,6 +145,11 @@ impl<'a> BitReader<'a> {
         }
     }
 
+    /// Bits left in the stream (an upper bound on what any further read can consume).
+    pub(crate) fn remaining_bits(&self) -> usize {
+        (self.data.len() - self.pos.min(self.data.len())) * 8 + self.valid as usize
+    }
+
     #[cfg(test)]
     pub(crate) fn read_bit(&mut self) -> Option<bool> {
         self.read_bits(1).map(|b| b == 1)

@@ -19,6 +19,11 @@
 //!           | '11' + 5b leading zeros + 6b meaningful bit count (0 means 64) + the bits
 //! ```
 //!
+//! Native histogram chunks are Prometheus's too: [`HistogramAppender`] /
+//! [`HistogramIterator`] (encoding 2, integer counts) and [`FloatHistogramAppender`] /
+//! [`FloatHistogramIterator`] (encoding 3), with a 3-byte header (sample count, counter reset
+//! header) and Prometheus's rules for when a sample cuts a new chunk or recodes the open one.
+//!
 //! The crate is pure (no I/O). It is its own crate because both the embedded TSDB and the
 //! remote-read protocol need it, and the latter must not depend on the former.
 //!
@@ -35,13 +40,30 @@
 
 mod bstream;
 mod dense;
+mod float_histogram;
+mod histogram;
+#[cfg(test)]
+mod histogram_tests;
+mod varbit;
 mod xor;
 
 pub use dense::{DenseEncoder, DenseIterator, dense_num_samples, encode_dense};
+pub use float_histogram::{FloatHistogramAppender, FloatHistogramIterator};
+pub use histogram::{
+    CounterResetHeader, HistogramAppend, HistogramAppender, HistogramIterator,
+    histogram_chunk_num_samples,
+};
 pub use xor::{XorAppender, XorIterator, chunk_num_samples};
 
 /// Prometheus's chunk encoding byte for XOR chunks (`chunkenc.EncXOR`).
 pub const ENCODING_XOR: u8 = 1;
+
+/// Prometheus's chunk encoding byte for integer histogram chunks (`chunkenc.EncHistogram`).
+pub const ENCODING_HISTOGRAM: u8 = 2;
+
+/// Prometheus's chunk encoding byte for float histogram chunks
+/// (`chunkenc.EncFloatHistogram`).
+pub const ENCODING_FLOAT_HISTOGRAM: u8 = 3;
 
 /// Our dense block chunk encoding (`crates/tsdb/docs/format/chunks.md`); a value Prometheus
 /// does not use.

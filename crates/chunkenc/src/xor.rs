@@ -72,6 +72,12 @@ impl Default for XorWindow {
 }
 
 impl XorWindow {
+    /// A window as a decoder left it (Prometheus's iterator starts at 0/0, not 0xff, so an
+    /// appender reopened on a chunk continues with that window).
+    pub(crate) fn from_parts(leading: u8, trailing: u8) -> Self {
+        XorWindow { leading, trailing }
+    }
+
     /// Writes `delta`, the XOR of a value with the one before it.
     #[inline]
     pub(crate) fn write(&mut self, w: &mut BitWriter, delta: u64) {
