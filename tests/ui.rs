@@ -110,7 +110,7 @@ fn embedded_bundle_matches_its_sources() {
 /// Three series of one metric over the last 30 minutes, one point a minute.
 fn load_demo(m: &M3Query, metric: &str) {
     let now = now_ms();
-    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = ["api", "db", "cache"]
+    let series: Vec<common::TestSeries<'_>> = ["api", "db", "cache"]
         .iter()
         .enumerate()
         .map(|(i, job)| {

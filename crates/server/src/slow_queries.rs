@@ -250,7 +250,7 @@ impl SlowQueries {
             .iter()
             .filter(|e| now_ms - e.finished_ms < window_ms)
             .collect();
-        live.sort_by(|a, b| b.duration.cmp(&a.duration));
+        live.sort_by_key(|e| std::cmp::Reverse(e.duration));
         live.into_iter().map(|e| e.query.clone()).collect()
     }
 }
