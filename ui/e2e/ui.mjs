@@ -133,6 +133,21 @@ try {
     report.screenshot = args.screenshot;
   }
 
+  // A shared URL of an instant query: table only, with the answer's warning shown.
+  const warnExpr = `quantile(2, ${args.metric})`;
+  await page.goto(`${args.url}/graph?${new URLSearchParams({ expr: warnExpr, type: 'instant' })}`);
+  await page.locator('#result-table tbody tr').first().waitFor();
+  const warning = await page.locator('.alert.warning').allInnerTexts();
+  check('warnings are shown', warning.some((w) => w.includes('quantile')), JSON.stringify(warning));
+  check('an instant query draws no graph', (await page.locator('#graph').count()) === 0, 'graph present');
+  const instantHead = await page.locator('#result-table thead').innerText();
+  check('an instant query shows values', instantHead.includes('Value'), instantHead);
+
+  // Stacked lines.
+  await page.goto(`${args.url}/graph?${new URLSearchParams({ expr: args.metric, type: 'range', stacked: '1' })}`);
+  await page.locator('#graph canvas').waitFor();
+  check('stacked option is kept', await page.locator('#stacked').isChecked(), 'unchecked');
+
   await page.click('header nav a[href="/slow"]');
   await page.locator('#slow-queries tbody tr').first().waitFor();
   const slow = await page.locator('#slow-queries').innerText();

@@ -878,6 +878,48 @@ mod tests {
     }
 
     #[test]
+    fn server_timing_lists_phases_reads_and_quotes_store_names() {
+        let stats = QueryStats {
+            parse: Duration::from_micros(120),
+            prepare: Duration::from_micros(3400),
+            eval: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let reads = [
+            StoreReads {
+                store: "store-a".into(),
+                count: 2,
+                total: Duration::from_micros(2100),
+            },
+            StoreReads {
+                store: "odd \"name\"\\é".into(),
+                count: 1,
+                total: Duration::from_millis(1),
+            },
+        ];
+        let v = server_timing(
+            Some(&stats),
+            &reads,
+            Duration::from_micros(800),
+            Instant::now(),
+        )
+        .expect("a valid header value");
+        let h = v.to_str().expect("ascii");
+        let (head, total) = h.rsplit_once(", total;dur=").expect("total last");
+        assert_eq!(
+            head,
+            r#"parse;dur=0.120, select;dur=3.400, eval;dur=5.000, remote;desc="store-a";dur=2.100, remote;desc="odd \"name\"\\?";dur=1.000, encode;dur=0.800"#
+        );
+        assert!(total.parse::<f64>().is_ok_and(|t| t >= 0.0), "{h}");
+        // Without engine phases (an answer the results cache assembled): reads, encode, total.
+        let v = server_timing(None, &[], Duration::ZERO, Instant::now()).expect("valid");
+        assert!(
+            v.to_str()
+                .is_ok_and(|h| h.starts_with("encode;dur=0.000, total;dur="))
+        );
+    }
+
+    #[test]
     fn result_shapes_parse_as_prometheus_json() {
         let l = Labels::from_pairs([("__name__", "up"), ("job", "a\"b\n")]);
         let cases = [
