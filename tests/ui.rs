@@ -27,13 +27,26 @@ fn repo() -> &'static Path {
 
 /// `node`, or a failure that says how to get it.
 fn node() -> PathBuf {
-    let ok = Command::new("node")
+    let version = Command::new("node")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success());
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let Some(version) = version else {
+        panic!(
+            "these tests need Node.js 20 or newer (`node` on PATH) for the query page's build and browser test: run scripts/test-deps"
+        );
+    };
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     assert!(
-        ok,
-        "these tests need Node.js (`node` on PATH) for the query page's build and browser test: run scripts/test-deps"
+        major >= 20,
+        "Node.js {version} is too old for ui/'s packages (playwright-core needs 20 or newer)"
     );
     let modules = repo().join("ui/node_modules");
     assert!(
