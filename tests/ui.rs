@@ -458,3 +458,51 @@ fn page_assets_and_routes_are_served() {
     let (s, v) = get_json(&m.url("/assets/nope.js"));
     assert_eq!((s, v["errorType"].as_str()), (404, Some("not_found")));
 }
+
+/// A query the head sampler passed over but tail capture exported still names its trace:
+/// the response's `X-Trace-Id` (which the page links) and the slow-query record agree, and
+/// the trace reached Jaeger.
+#[test]
+fn tail_captured_queries_name_their_trace() {
+    let sink = Sink::jaeger_agent();
+    let m = M3Query::start(&format!(
+        "tracing:\n  backend: jaeger\n  tailCapture:\n    threshold: 0s\n    maxPerSecond: 1000\n  jaeger:\n    sampler: {{type: probabilistic, param: 0}}\n    reporter: {{localAgentHostPort: \"127.0.0.1:{}\", bufferFlushInterval: 100ms}}\n",
+        sink.port
+    ));
+    load_demo(&m, "tail_demo");
+    let r = client()
+        .get(m.url("/api/v1/query?query=sum(tail_demo)&stats=all"))
+        .send()
+        .expect("query");
+    assert_eq!(r.status().as_u16(), 200);
+    let id = r
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a tail-captured query answers X-Trace-Id")
+        .to_string();
+    assert!(r.headers().get("server-timing").is_some());
+    let list = common::eventually(Duration::from_secs(5), || {
+        let (_, v) = get_json(&m.url("/api/v1/status/slow_queries"));
+        v["data"]
+            .as_array()?
+            .iter()
+            .find(|q| q["query"] == "sum(tail_demo)")
+            .cloned()
+    })
+    .expect("recorded");
+    assert_eq!(list["traceId"], id.as_str());
+    let want = u128::from_str_radix(&id, 16).expect("hex trace id");
+    let spans = sink.wait_for("the tail-captured trace", |spans| {
+        spans.iter().any(|s| {
+            s["traceId"]
+                .as_str()
+                .and_then(|t| u128::from_str_radix(t, 16).ok())
+                == Some(want)
+        })
+    });
+    assert!(
+        spans.iter().any(|s| s["tags"]["sampler.type"] == "tail"),
+        "the trace is marked sampler.type=tail: {spans:?}"
+    );
+}
