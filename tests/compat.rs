@@ -197,8 +197,16 @@ fn landing_page_answers_connection_checks() {
     let head = client().head(m.url("/")).send().expect("HEAD /");
     assert_eq!(head.status().as_u16(), 200);
     assert!(head.text().unwrap_or_default().is_empty());
-    // Only `/` itself: other unknown paths stay 404 in Prometheus's shape.
-    let (s, v) = get(&m.url("/graph"));
+    // The query page's own routes answer the page; other unknown paths stay 404 in
+    // Prometheus's shape.
+    let r = client().get(m.url("/graph")).send().expect("GET /graph");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.text()
+            .unwrap_or_default()
+            .contains("<title>m3query</title>")
+    );
+    let (s, v) = get(&m.url("/nonexistent"));
     assert_eq!((s, v["errorType"].as_str()), (404, Some("not_found")));
 }
 

@@ -193,7 +193,11 @@ impl RemoteReadClient {
         );
         let inner = span.clone();
         let read = async move {
+            let started = std::time::Instant::now();
             let result = self.read_in(&inner, ctx, mint, maxt, hints, matchers).await;
+            // The query's per-store read time (the HTTP `Server-Timing` header), failed
+            // reads included: they cost the query their time too.
+            ctx.record_read(&self.cfg.name, started.elapsed());
             if let Err(e) = &result {
                 self.record_failure(&inner, e);
             }

@@ -300,6 +300,31 @@ pub struct Config {
     /// `remoteRead:`: stores queried alongside (or instead of) the local one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote_read: Vec<RemoteReadConfig>,
+    /// `ui:`: the built-in query page.
+    pub ui: UiConfig,
+}
+
+/// `ui:`: the built-in query page served at `/`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Base URL of a Jaeger UI that receives our traces; the page links each query to
+    /// `<jaegerURL>/trace/<X-Trace-Id>`. Empty: no trace links. An http(s) URL, or a path
+    /// (`/jaeger`) when Jaeger is behind the same reverse proxy. Shown to the page's users.
+    #[serde(rename = "jaegerURL")]
+    pub jaeger_url: String,
+}
+
+impl UiConfig {
+    fn validate(&self) -> Result<(), String> {
+        let u = &self.jaeger_url;
+        if u.is_empty() || (u.starts_with('/') && !u.starts_with("//")) {
+            return Ok(());
+        }
+        HttpUrl::parse(u)
+            .map(|_| ())
+            .map_err(|e| format!("ui.jaegerURL: {e} (or give a path such as /jaeger, or \"\")"))
+    }
 }
 
 impl Default for Config {
@@ -316,6 +341,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
             remote_read: Vec::new(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -697,6 +723,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.logging.validate().map_err(|e| e.to_string())?;
         self.tracing.validate()?;
+        self.ui.validate()?;
         if !self.metrics.prometheus.handler_path.starts_with('/') {
             return Err(format!(
                 "metrics.prometheus.handlerPath must start with /, got {:?}",
@@ -802,6 +829,7 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.tracing = c.tracing.redacted();
+        c.ui.jaeger_url = redact_urls(&c.ui.jaeger_url).into_owned();
         for r in &mut c.remote_read {
             r.url = HttpUrl(redact_urls(&r.url.0).into_owned());
             for v in r.headers.values_mut() {
@@ -835,6 +863,28 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn ui_jaeger_url_is_a_url_a_path_or_empty() {
+        for ok in [
+            "",
+            "http://jaeger:16686",
+            "https://j.example/jaeger",
+            "/jaeger",
+        ] {
+            let text = format!("ui:\n  jaegerURL: \"{ok}\"\n");
+            let c = Config::from_yaml("c.yml", &text, |_| None).expect(ok);
+            assert_eq!(c.ui.jaeger_url, ok);
+        }
+        for bad in ["jaeger:16686", "ftp://x", "//host/x"] {
+            let text = format!("ui:\n  jaegerURL: \"{bad}\"\n");
+            let err = Config::from_yaml("c.yml", &text, |_| None).expect_err(bad);
+            assert!(err.to_string().contains("ui.jaegerURL"), "{err}");
+        }
+        let text = "ui:\n  jaegerURL: http://u:secret@jaeger:16686\n";
+        let c = Config::from_yaml("c.yml", text, |_| None).expect("parses");
+        assert!(!c.to_redacted_yaml().contains("secret"));
     }
 
     #[test]

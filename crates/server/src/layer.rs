@@ -24,6 +24,10 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::metrics::HttpMetrics;
+use crate::slow_queries::{Finished, QueryParams, SlowQueries};
+
+/// The routes whose requests the slow-query record takes.
+const QUERY_ROUTES: [&str; 2] = ["/api/v1/query", "/api/v1/query_range"];
 
 /// What a handler tells the request layer about the work it did, through response
 /// extensions: the slow-request log and the span carry it.
@@ -35,6 +39,8 @@ pub struct RequestInfo {
     pub series: Option<u64>,
     /// Samples fetched from storage, or written by a remote write.
     pub samples: Option<u64>,
+    /// A query's time parameters, for the slow-query record.
+    pub params: Option<QueryParams>,
 }
 
 /// A run of identical 5xx errors (a full disk fails every write alike) is logged at ERROR
@@ -113,10 +119,12 @@ pub struct RequestLayer {
     shared: Arc<Shared>,
 }
 
+#[derive(Clone)]
 struct Shared {
     propagation: Propagation,
     metrics: HttpMetrics,
     slow_threshold: Duration,
+    slow_queries: Option<Arc<SlowQueries>>,
 }
 
 impl RequestLayer {
@@ -127,6 +135,25 @@ impl RequestLayer {
                 propagation,
                 metrics,
                 slow_threshold,
+                slow_queries: None,
+            }),
+        }
+    }
+
+    /// Also offers every finished query request to `record` (the UI's slow-query page).
+    pub fn with_slow_queries(self, record: Arc<SlowQueries>) -> Self {
+        let Shared {
+            propagation,
+            metrics,
+            slow_threshold,
+            ..
+        } = Arc::unwrap_or_clone(self.shared);
+        RequestLayer {
+            shared: Arc::new(Shared {
+                propagation,
+                metrics,
+                slow_threshold,
+                slow_queries: Some(record),
             }),
         }
     }
@@ -303,6 +330,20 @@ impl Drop for Completion {
             self.status.as_u16(),
             elapsed.as_secs_f64(),
         );
+        if let (Some(record), Some(info)) = (&self.shared.slow_queries, &self.info)
+            && let Some(query) = info.query.as_deref()
+            && QUERY_ROUTES.contains(&self.route.as_str())
+        {
+            record.offer(Finished {
+                query,
+                params: info.params,
+                duration: elapsed,
+                status: self.status.as_u16(),
+                trace_id: self.span.trace_id(),
+                series: info.series,
+                samples: info.samples,
+            });
+        }
         if elapsed >= self.shared.slow_threshold {
             let info = self.info.clone().unwrap_or_default();
             tracing::warn!(

@@ -13,14 +13,15 @@ pub mod body;
 pub mod config;
 mod conn;
 pub mod error;
-mod landing;
 pub mod layer;
 pub mod metrics;
 pub mod results_cache;
 mod routes;
 pub mod serve;
+pub mod slow_queries;
 pub mod stores;
 pub mod tsdb_metrics;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub started: SystemTime,
     /// The command line, flag name -> value, for `/api/v1/status/flags`.
     flags: OnceLock<BTreeMap<String, String>>,
+    /// The slowest recent queries, for the query page (`/api/v1/status/slow_queries`).
+    pub slow_queries: Arc<slow_queries::SlowQueries>,
 }
 
 impl AppState {
@@ -211,6 +214,7 @@ impl Server {
             build,
             started: SystemTime::now(),
             flags: OnceLock::new(),
+            slow_queries: Arc::new(slow_queries::SlowQueries::new()),
             metrics: OnceLock::new(),
             services: OnceLock::new(),
             metadata: stores::MetadataStore::new(100_000),

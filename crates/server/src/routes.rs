@@ -22,12 +22,18 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
     let metrics_path = cfg.metrics.prometheus.handler_path.clone();
     let body_limit = usize::try_from(cfg.http.max_request_body_bytes.0).unwrap_or(usize::MAX);
     let slow = cfg.middleware.logging.threshold.0;
-    Router::new()
+    let slow_queries = state.slow_queries.clone();
+    let mut router = Router::new();
+    for page in crate::ui::PAGE_ROUTES {
+        router = router.route(page, get(crate::ui::index));
+    }
+    router
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/-/healthy", get(health))
         .route("/-/ready", get(ready))
-        .route("/", get(crate::landing::landing))
+        .route("/assets/{file}", get(crate::ui::asset))
+        .route("/api/v1/status/slow_queries", get(crate::ui::slow_queries))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/status/config", get(api::status::config))
         .route("/api/v1/status/flags", get(api::status::flags))
@@ -78,7 +84,7 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
         ))
         .layer(axum::middleware::map_response(prometheus_shaped))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(RequestLayer::new(propagation, http, slow))
+        .layer(RequestLayer::new(propagation, http, slow).with_slow_queries(slow_queries))
         .with_state(state)
 }
 

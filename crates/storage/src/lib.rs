@@ -21,7 +21,7 @@ pub mod memory;
 pub mod merge;
 mod warnings;
 
-pub use context::Context;
+pub use context::{Context, StoreReads};
 pub use error::{Error, Result};
 pub use warnings::Warnings;
 

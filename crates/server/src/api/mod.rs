@@ -410,6 +410,7 @@ pub async fn remote_write(
         query: None,
         series: None,
         samples: Some(outcome.samples_written),
+        params: None,
     });
     Ok(resp)
 }
@@ -434,6 +435,7 @@ pub async fn remote_read(
         query: Some(record_read_span(&req)),
         series: None,
         samples: None,
+        params: None,
     };
     let limits = ReadLimits::default();
     let ctx = Context::with_deadline(deadline);

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use m3query_model::Labels;
 use m3query_promql::{QueryOptions, QueryResult, QueryStats, Value};
-use m3query_storage::Context;
+use m3query_storage::{Context, StoreReads};
 
 use super::params::Params;
 use super::{LabelsJson, blocking, selector};
@@ -24,6 +24,7 @@ use crate::admission::Permit;
 use crate::error::{ApiError, ApiResponse, ApiResult, ErrorType};
 use crate::layer::{RequestInfo, RequestStart};
 use crate::results_cache::{Answer, Assembled, RangeRequest};
+use crate::slow_queries::QueryParams;
 
 /// Cancels a context when dropped: with a handler's future (the client went away), or a
 /// response stream, so storage and evaluation stop promptly.
@@ -106,7 +107,8 @@ fn common(
     let deadline = arrival.0 + timeout;
     Ok(Common {
         deadline,
-        ctx: Context::with_deadline(deadline),
+        // Remote reads report their time to it, for the `Server-Timing` header.
+        ctx: Context::with_deadline(deadline).with_read_timings(),
         opts: QueryOptions {
             lookback_delta_ms: lookback.filter(|l| *l > 0),
             max_fetched_series: usize::try_from(max_series).unwrap_or(usize::MAX),
@@ -202,6 +204,30 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a query's response reports besides its result: the request layer's figures
+/// ([`RequestInfo`]) and the `Server-Timing` header.
+struct Reply {
+    query: String,
+    params: QueryParams,
+    stats: bool,
+    arrival: Instant,
+    /// The query's context, holding the remote stores' read times.
+    ctx: Context,
+}
+
+/// A failed query's error response, still naming the query for the slow-query record (a
+/// query that timed out is the one to find there).
+fn failed(err: ApiError, query: String, params: Option<QueryParams>) -> Response {
+    let mut resp = err.into_response();
+    resp.extensions_mut().insert(RequestInfo {
+        query: Some(query),
+        series: None,
+        samples: None,
+        params,
+    });
+    resp
+}
+
 /// `GET|POST /api/v1/query`.
 pub async fn instant_query(
     State(state): State<Arc<AppState>>,
@@ -210,16 +236,37 @@ pub async fn instant_query(
     params: Params,
 ) -> Result<Response, ApiError> {
     let query = query_param(&params)?;
+    let mut qp = None;
+    match instant(&state, arrival, &headers, &params, query.clone(), &mut qp).await {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(failed(e, query, qp)),
+    }
+}
+
+async fn instant(
+    state: &AppState,
+    arrival: RequestStart,
+    headers: &HeaderMap,
+    params: &Params,
+    query: String,
+    qp: &mut Option<QueryParams>,
+) -> Result<Response, ApiError> {
     let t = params.time("time", now_ms())?;
-    let c = common(&state, &params, &headers, arrival)?;
+    *qp = Some(QueryParams::Instant { time_ms: t });
+    let c = common(state, params, headers, arrival)?;
     record_span(&query, Some(t), Some(t), None);
-    let stats = c.opts.enable_stats;
-    let q2 = query.clone();
-    let result = evaluate(&state, c, move |engine, queryable, ctx, opts| {
-        engine.instant_query(queryable, ctx, &q2, t, opts)
+    let reply = Reply {
+        query: query.clone(),
+        params: QueryParams::Instant { time_ms: t },
+        stats: c.opts.enable_stats,
+        arrival: arrival.0,
+        ctx: c.ctx.clone(),
+    };
+    let result = evaluate(state, c, move |engine, queryable, ctx, opts| {
+        engine.instant_query(queryable, ctx, &query, t, opts)
     })
     .await?;
-    Ok(respond(result, query, stats))
+    Ok(respond(result, reply))
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -230,6 +277,21 @@ pub async fn range_query(
     params: Params,
 ) -> Result<Response, ApiError> {
     let query = query_param(&params)?;
+    let mut qp = None;
+    match range(&state, arrival, &headers, &params, query.clone(), &mut qp).await {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(failed(e, query, qp)),
+    }
+}
+
+async fn range(
+    state: &AppState,
+    arrival: RequestStart,
+    headers: &HeaderMap,
+    params: &Params,
+    query: String,
+    qp: &mut Option<QueryParams>,
+) -> Result<Response, ApiError> {
     let start = params.required_time("start")?;
     let end = params.required_time("end")?;
     if end < start {
@@ -257,11 +319,27 @@ pub async fn range_query(
             group_thousands(max_points)
         )));
     }
-    let c = common(&state, &params, &headers, arrival)?;
+    *qp = Some(QueryParams::Range {
+        start_ms: start,
+        end_ms: end,
+        step_ms: step,
+    });
+    let c = common(state, params, headers, arrival)?;
     record_span(&query, Some(start), Some(end), Some(step));
     let stats = c.opts.enable_stats;
+    let reply = Reply {
+        query: query.clone(),
+        params: QueryParams::Range {
+            start_ms: start,
+            end_ms: end,
+            step_ms: step,
+        },
+        stats,
+        arrival: arrival.0,
+        ctx: c.ctx.clone(),
+    };
     if let Some(cache) = &state.results_cache {
-        if stats || no_cache(&params, &headers) {
+        if stats || no_cache(params, headers) {
             cache.bypassed();
         } else {
             let cache = cache.clone();
@@ -271,22 +349,21 @@ pub async fn range_query(
                 end_ms: end,
                 step_ms: step,
             };
-            let answer = evaluate(&state, c, move |engine, queryable, ctx, opts| {
+            let answer = evaluate(state, c, move |engine, queryable, ctx, opts| {
                 cache.range_query(engine, queryable, ctx, &req, opts)
             })
             .await?;
             return Ok(match answer {
-                Answer::Computed(result) => respond(result, query, stats),
-                Answer::Assembled(a) => respond_assembled(a, query),
+                Answer::Computed(result) => respond(result, reply),
+                Answer::Assembled(a) => respond_assembled(a, reply),
             });
         }
     }
-    let q2 = query.clone();
-    let result = evaluate(&state, c, move |engine, queryable, ctx, opts| {
-        engine.range_query(queryable, ctx, &q2, start, end, step, opts)
+    let result = evaluate(state, c, move |engine, queryable, ctx, opts| {
+        engine.range_query(queryable, ctx, &query, start, end, step, opts)
     })
     .await?;
-    Ok(respond(result, query, stats))
+    Ok(respond(result, reply))
 }
 
 /// Whether the request asks to skip the results cache: `nocache=1` (or `true`), or
@@ -308,7 +385,7 @@ fn no_cache(params: &Params, headers: &HeaderMap) -> bool {
 
 /// Encodes an answer assembled by the results cache (span `http.encode`, as [`respond`]).
 /// The body shares the cached text (see [`Assembled::into_chunks`]).
-fn respond_assembled(a: Assembled, query: String) -> Response {
+fn respond_assembled(a: Assembled, reply: Reply) -> Response {
     let span = tracing::debug_span!(
         target: "m3query::http",
         "http.encode",
@@ -317,7 +394,9 @@ fn respond_assembled(a: Assembled, query: String) -> Response {
         bytes = tracing::field::Empty,
     );
     let (series, fetched, samples) = (a.series_count(), a.series_fetched, a.samples_fetched);
+    let encode_start = Instant::now();
     let chunks = span.in_scope(|| a.into_chunks());
+    let encode = encode_start.elapsed();
     let len: usize = chunks.iter().map(bytes::Bytes::len).sum();
     span.record("series", i64::try_from(series).unwrap_or(i64::MAX));
     span.record("bytes", i64::try_from(len).unwrap_or(i64::MAX));
@@ -328,10 +407,14 @@ fn respond_assembled(a: Assembled, query: String) -> Response {
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     resp.headers_mut()
         .insert("M3-Series-Count", HeaderValue::from(fetched as u64));
+    if let Some(v) = server_timing(None, &reply.ctx.read_timings(), encode, reply.arrival) {
+        resp.headers_mut().insert("server-timing", v);
+    }
     resp.extensions_mut().insert(RequestInfo {
-        query: Some(query),
+        query: Some(reply.query),
         series: Some(fetched as u64),
         samples: Some(samples as u64),
+        params: Some(reply.params),
     });
     resp
 }
@@ -380,9 +463,60 @@ fn group_thousands(n: u64) -> String {
     out
 }
 
-/// Encodes a result (span `http.encode`) with M3's headers and the figures for the request
-/// layer.
-fn respond(result: QueryResult, query: String, stats: bool) -> Response {
+/// Milliseconds as `Server-Timing` gives them.
+fn write_ms(out: &mut String, d: Duration) {
+    let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
+}
+
+/// The `Server-Timing` header of a query response: the engine's phases (`parse`; `select`:
+/// planning, selecting and decoding series, remote reads included; `eval`), each remote
+/// store's reads (`remote;desc="<store>"`, their time added up: they happen inside
+/// `select`, and reads of several selectors may overlap), `encode` (writing the JSON body,
+/// which happens before the headers are built; sending it is not included) and `total`
+/// (from the request's arrival to the headers: queueing for a slot included). Results
+/// assembled by the results cache have no engine phases of their own.
+fn server_timing(
+    stats: Option<&QueryStats>,
+    reads: &[StoreReads],
+    encode: Duration,
+    arrival: Instant,
+) -> Option<HeaderValue> {
+    let mut out = String::with_capacity(160);
+    if let Some(s) = stats {
+        for (name, d) in [("parse", s.parse), ("select", s.prepare), ("eval", s.eval)] {
+            out.push_str(name);
+            out.push_str(";dur=");
+            write_ms(&mut out, d);
+            out.push_str(", ");
+        }
+    }
+    for r in reads {
+        out.push_str("remote;desc=\"");
+        for c in r.store.chars() {
+            match c {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                ' '..='~' => out.push(c),
+                // A header value is visible ASCII: anything else would void the header.
+                _ => out.push('?'),
+            }
+        }
+        out.push_str("\";dur=");
+        write_ms(&mut out, r.total);
+        out.push_str(", ");
+    }
+    out.push_str("encode;dur=");
+    write_ms(&mut out, encode);
+    out.push_str(", total;dur=");
+    write_ms(&mut out, arrival.elapsed());
+    HeaderValue::from_str(&out).ok()
+}
+
+/// Encodes a result (span `http.encode`) with M3's headers, `Server-Timing` and the figures
+/// for the request layer.
+fn respond(result: QueryResult, reply: Reply) -> Response {
     // DEBUG: created only inside sampled requests (or with debug logging), see the
     // telemetry crate's filter.
     let span = tracing::debug_span!(
@@ -392,11 +526,13 @@ fn respond(result: QueryResult, query: String, stats: bool) -> Response {
         series = tracing::field::Empty,
         bytes = tracing::field::Empty,
     );
+    let encode_start = Instant::now();
     let body = span.in_scope(|| {
         let mut out = String::with_capacity(estimate(&result.value));
-        write_response(&mut out, &result, stats);
+        write_response(&mut out, &result, reply.stats);
         out
     });
+    let encode = encode_start.elapsed();
     let series = match &result.value {
         Value::Vector(v) => v.len(),
         Value::Matrix(m) => m.len(),
@@ -417,10 +553,15 @@ fn respond(result: QueryResult, query: String, stats: bool) -> Response {
         "M3-Series-Count",
         HeaderValue::from(result.stats.series_fetched as u64),
     );
+    let reads = reply.ctx.read_timings();
+    if let Some(v) = server_timing(Some(&result.stats), &reads, encode, reply.arrival) {
+        h.insert("server-timing", v);
+    }
     resp.extensions_mut().insert(RequestInfo {
-        query: Some(query),
+        query: Some(reply.query),
         series: Some(result.stats.series_fetched as u64),
         samples: Some(result.stats.samples_fetched as u64),
+        params: Some(reply.params),
     });
     resp
 }
@@ -734,6 +875,48 @@ mod tests {
         );
         assert_eq!(group_thousands(11000), "11,000");
         assert_eq!(group_thousands(100), "100");
+    }
+
+    #[test]
+    fn server_timing_lists_phases_reads_and_quotes_store_names() {
+        let stats = QueryStats {
+            parse: Duration::from_micros(120),
+            prepare: Duration::from_micros(3400),
+            eval: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let reads = [
+            StoreReads {
+                store: "store-a".into(),
+                count: 2,
+                total: Duration::from_micros(2100),
+            },
+            StoreReads {
+                store: "odd \"name\"\\é".into(),
+                count: 1,
+                total: Duration::from_millis(1),
+            },
+        ];
+        let v = server_timing(
+            Some(&stats),
+            &reads,
+            Duration::from_micros(800),
+            Instant::now(),
+        )
+        .expect("a valid header value");
+        let h = v.to_str().expect("ascii");
+        let (head, total) = h.rsplit_once(", total;dur=").expect("total last");
+        assert_eq!(
+            head,
+            r#"parse;dur=0.120, select;dur=3.400, eval;dur=5.000, remote;desc="store-a";dur=2.100, remote;desc="odd \"name\"\\?";dur=1.000, encode;dur=0.800"#
+        );
+        assert!(total.parse::<f64>().is_ok_and(|t| t >= 0.0), "{h}");
+        // Without engine phases (an answer the results cache assembled): reads, encode, total.
+        let v = server_timing(None, &[], Duration::ZERO, Instant::now()).expect("valid");
+        assert!(
+            v.to_str()
+                .is_ok_and(|h| h.starts_with("encode;dur=0.000, total;dur="))
+        );
     }
 
     #[test]
