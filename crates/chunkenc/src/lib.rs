@@ -53,7 +53,7 @@ pub use histogram::{
     CounterResetHeader, HistogramAppend, HistogramAppender, HistogramIterator,
     histogram_chunk_num_samples,
 };
-pub use xor::{XorAppender, XorIterator, chunk_num_samples};
+pub use xor::{XorAppender, XorIterator, XorSeek, chunk_num_samples};
 
 /// Prometheus's chunk encoding byte for XOR chunks (`chunkenc.EncXOR`).
 pub const ENCODING_XOR: u8 = 1;

@@ -23,6 +23,53 @@ pub struct XorAppender {
     v: u64,
     t_delta: u64,
     window: XorWindow,
+    /// Where a reader may start instead of at the first sample (see [`XorSeek`]).
+    seeks: [XorSeek; SEEKS],
+}
+
+/// Samples between two seek points of an appender.
+const SEEK_EVERY: u16 = 30;
+/// Seek points an appender keeps: a 120-sample chunk gets one every 30 samples.
+const SEEKS: usize = 3;
+
+/// A point to start decoding an XOR chunk mid-way: the decoder's state after sample
+/// `num - 1`, and where sample `num`'s bits start. An appender records one every 30 samples,
+/// so a query that wants the newest samples of the head's open chunk decodes at most 30
+/// samples before them instead of the whole chunk. Samples before the point are not seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XorSeek {
+    /// 0: unset. Otherwise at least 2 (samples 0 and 1 are encoded apart).
+    num: u16,
+    /// Bit offset of sample `num` in the stream after the 2-byte header.
+    bit: u32,
+    t: i64,
+    v: u64,
+    t_delta: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl XorSeek {
+    /// The time of the last sample before the point: a reader that wants samples after it
+    /// loses nothing by starting here.
+    pub fn prev_t(&self) -> i64 {
+        self.t
+    }
+
+    /// The byte the point's bits start in (offset in the chunk, header included): a copy of
+    /// the chunk from there on, with [`XorSeek::rebase`], still decodes from the point.
+    pub fn start_byte(&self) -> usize {
+        2 + (self.bit / 8) as usize
+    }
+
+    /// The point for a copy of the chunk's bytes from [`XorSeek::start_byte`] on, whose first
+    /// two bytes hold the chunk's header.
+    pub fn rebase(self) -> Self {
+        XorSeek {
+            bit: self.bit % 8,
+            ..self
+        }
+    }
 }
 
 impl Default for XorAppender {
@@ -118,7 +165,19 @@ impl XorAppender {
             v: 0,
             t_delta: 0,
             window: XorWindow::default(),
+            seeks: [XorSeek::default(); SEEKS],
         }
+    }
+
+    /// The appender's seek points, oldest first.
+    pub fn seeks(&self) -> impl DoubleEndedIterator<Item = &XorSeek> {
+        self.seeks.iter().filter(|s| s.num != 0)
+    }
+
+    /// The latest seek point with every sample from it on after `t` (to read samples
+    /// `>= t + 1`), if there is one.
+    pub fn seek_before(&self, t: i64) -> Option<XorSeek> {
+        self.seeks().rev().find(|s| s.prev_t() < t).copied()
     }
 
     /// Appends a sample. Timestamps are normally increasing; any sequence round-trips (the
@@ -150,6 +209,9 @@ impl XorAppender {
                 self.write_value(vb);
             }
             _ => {
+                if self.num.is_multiple_of(SEEK_EVERY) {
+                    self.record_seek();
+                }
                 t_delta = t.wrapping_sub(self.t) as u64;
                 let dod = t_delta.wrapping_sub(self.t_delta) as i64;
                 if dod == 0 {
@@ -178,6 +240,30 @@ impl XorAppender {
         self.w.buf[0] = a;
         self.w.buf[1] = b;
         Ok(())
+    }
+
+    /// Records where the next sample starts, with the state a decoder has there.
+    #[cold]
+    fn record_seek(&mut self) {
+        let i = usize::from(self.num / SEEK_EVERY) - 1;
+        if let Some(slot) = self.seeks.get_mut(i) {
+            let bits = self.w.buf.len() * 8 - usize::from(self.w.free) - 16;
+            *slot = XorSeek {
+                num: self.num,
+                bit: bits as u32,
+                t: self.t,
+                v: self.v,
+                t_delta: self.t_delta,
+                // A decoder starts with a 0/0 window; the appender's unset one (0xff) can
+                // only be followed by a new window, so the two agree on every later sample.
+                leading: if self.window.leading == 0xff {
+                    0
+                } else {
+                    self.window.leading
+                },
+                trailing: self.window.trailing,
+            };
+        }
     }
 
     #[inline]
@@ -343,6 +429,36 @@ impl<'a> XorIterator<'a> {
         })
     }
 
+    /// An iterator from seek point `at` of the chunk `bytes` (the appender's bytes, or a
+    /// copy from [`XorSeek::start_byte`] with the point rebased): samples before the point
+    /// are skipped unread.
+    pub fn from_seek(bytes: &'a [u8], at: XorSeek) -> Result<Self> {
+        let total = chunk_num_samples(bytes).ok_or(ChunkError::MissingHeader)?;
+        if at.num < 2 || at.num > total {
+            return Err(ChunkError::Corrupt("seek point outside the chunk"));
+        }
+        let skip = (at.bit / 8) as usize;
+        let Some(rest) = bytes.get(2 + skip..) else {
+            return Err(ChunkError::Corrupt("seek point past the chunk's end"));
+        };
+        let mut br = BitReader::new(rest);
+        if at.bit % 8 > 0 && br.read_bits(at.bit % 8).is_none() {
+            return Err(ChunkError::Corrupt("seek point past the chunk's end"));
+        }
+        Ok(XorIterator {
+            s: State {
+                br,
+                total,
+                read: at.num,
+                t: at.t,
+                v: at.v,
+                t_delta: at.t_delta,
+                leading: u32::from(at.leading),
+                trailing: u32::from(at.trailing),
+            },
+        })
+    }
+
     /// Samples in the chunk, per its header.
     pub fn num_samples(&self) -> u16 {
         self.s.total
@@ -498,6 +614,64 @@ mod tests {
     use super::*;
     use m3query_model::STALE_NAN;
     use proptest::prelude::*;
+
+    fn seek_samples() -> impl Strategy<Value = Vec<(i64, f64)>> {
+        (
+            any::<i64>(),
+            prop::collection::vec((-20_000i64..20_000, any::<bool>(), any::<f64>()), 0..140),
+        )
+            .prop_map(|(t0, steps)| {
+                let mut t = t0 / 4;
+                let mut v = 0.0;
+                steps
+                    .into_iter()
+                    .map(|(dt, same, x)| {
+                        t = t.wrapping_add(15_000 + dt);
+                        if !same {
+                            v = x;
+                        }
+                        (t, v)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        /// From every seek point, on the chunk or on a copy from its start byte, a reader
+        /// gets exactly the samples from the point's on.
+        #[test]
+        fn seek_points_resume_decoding(samples in seek_samples()) {
+            let mut a = XorAppender::new();
+            for &(t, v) in &samples {
+                a.append(t, v).expect("not full");
+            }
+            let want = |from: usize| -> Vec<(i64, u64)> {
+                samples[from..].iter().map(|&(t, v)| (t, v.to_bits())).collect()
+            };
+            let read = |mut it: XorIterator<'_>| {
+                let mut got = Vec::new();
+                while let Some((t, v)) = it.next_sample().expect("valid") {
+                    got.push((t, v.to_bits()));
+                }
+                got
+            };
+            let points: Vec<XorSeek> = a.seeks().copied().collect();
+            prop_assert_eq!(points.len(), (samples.len().saturating_sub(1) / 30).min(SEEKS));
+            for p in points {
+                let from = usize::from(p.num);
+                prop_assert_eq!(p.prev_t(), samples[from - 1].0);
+                prop_assert_eq!(read(XorIterator::from_seek(a.bytes(), p).expect("seek")), want(from));
+                let mut copy = a.bytes()[..2].to_vec();
+                copy.extend_from_slice(&a.bytes()[p.start_byte()..]);
+                let it = XorIterator::from_seek(&copy, p.rebase()).expect("seek on copy");
+                prop_assert_eq!(read(it), want(from));
+            }
+            if let Some(&(t, _)) = samples.get(70) {
+                let p = a.seek_before(t).expect("points before sample 70");
+                prop_assert!(p.prev_t() < t && usize::from(p.num) <= 70);
+            }
+        }
+    }
 
     fn encode(samples: &[(i64, f64)]) -> Vec<u8> {
         let mut a = XorAppender::new();

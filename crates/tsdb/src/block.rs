@@ -393,6 +393,7 @@ mod tests {
             a.append(t, v).expect("fits");
         }
         QChunk {
+            seek: None,
             min_t: samples[0].0,
             max_t: samples[samples.len() - 1].0,
             enc: m3query_chunkenc::ENCODING_XOR,
@@ -472,6 +473,7 @@ mod tests {
                 .map(|m| {
                     let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
                     QChunk {
+                        seek: None,
                         min_t: m.min_t,
                         max_t: m.max_t,
                         enc,
@@ -603,6 +605,7 @@ mod tests {
             .map(|m| {
                 let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
                 QChunk {
+                    seek: None,
                     min_t: m.min_t,
                     max_t: m.max_t,
                     enc,

@@ -55,12 +55,19 @@ pub(crate) struct QChunk {
     /// `ENCODING_XOR` (the head's chunks, version 1 blocks) or `ENCODING_DENSE`.
     pub(crate) enc: u8,
     pub(crate) bytes: ChunkBytes,
+    /// For a copy of the head's open chunk: where decoding starts, past samples older than
+    /// the query's range (`bytes` then hold the header and the chunk from there on).
+    pub(crate) seek: Option<m3query_chunkenc::XorSeek>,
 }
 
 impl QChunk {
     /// A decoder for the chunk.
     pub(crate) fn iter(&self) -> m3query_chunkenc::Result<m3query_chunkenc::ChunkIterator<'_>> {
-        m3query_chunkenc::ChunkIterator::new(self.enc, self.bytes.as_slice())
+        match self.seek {
+            Some(at) => m3query_chunkenc::XorIterator::from_seek(self.bytes.as_slice(), at)
+                .map(m3query_chunkenc::ChunkIterator::Xor),
+            None => m3query_chunkenc::ChunkIterator::new(self.enc, self.bytes.as_slice()),
+        }
     }
 }
 

@@ -78,6 +78,7 @@ pub(crate) fn block_series(block: &Block, out: &mut Vec<SeriesChunks>) -> Result
             .map(|m| {
                 let (enc, bytes) = block.chunks.chunk(m.r)?;
                 Ok(QChunk {
+                    seek: None,
                     min_t: m.min_t,
                     max_t: m.max_t,
                     enc,

@@ -467,6 +467,7 @@ impl SeriesData {
         for c in &self.closed {
             if c.max_t >= mint && c.min_t <= maxt {
                 out.push(QChunk {
+                    seek: None,
                     min_t: c.min_t,
                     max_t: c.max_t,
                     enc: c.enc,
@@ -477,11 +478,25 @@ impl SeriesData {
         if let Some(o) = &self.open {
             let max_t = o.app.last_t();
             if !o.app.is_empty() && max_t >= mint && o.min_t <= maxt {
+                // Copied, since appends go on; from the last seek point before the range
+                // when there is one, so the query neither copies nor decodes older samples.
+                let b = o.app.bytes();
+                let (bytes, seek) = match o.app.seek_before(mint) {
+                    Some(at) => {
+                        let rest = b.get(at.start_byte()..).unwrap_or_default();
+                        let mut v = Vec::with_capacity(2 + rest.len());
+                        v.extend_from_slice(&b[..2]);
+                        v.extend_from_slice(rest);
+                        (Arc::from(v), Some(at.rebase()))
+                    }
+                    None => (Arc::from(b), None),
+                };
                 out.push(QChunk {
+                    seek,
                     min_t: o.min_t,
                     max_t,
                     enc: ENCODING_XOR,
-                    bytes: ChunkBytes::Heap(Arc::from(o.app.bytes())),
+                    bytes: ChunkBytes::Heap(bytes),
                 });
             }
         }
@@ -494,6 +509,7 @@ impl SeriesData {
             }
             if let (Some(first), Some(last)) = (part.first(), part.last()) {
                 out.push(QChunk {
+                    seek: None,
                     min_t: first.t,
                     max_t: last.t,
                     enc: ENCODING_XOR,

@@ -192,6 +192,7 @@ impl DbQuerier<'_> {
                     Err(e) => return Err(e),
                 };
                 cs.push(QChunk {
+                    seek: None,
                     min_t: m.min_t,
                     max_t: m.max_t,
                     enc,

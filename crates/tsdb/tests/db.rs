@@ -441,3 +441,35 @@ fn head_cut_waits_for_an_open_querier_that_would_miss_its_block() {
         "every sample, now from blocks and head"
     );
 }
+
+/// Queries of the head's open chunk start at its last seek point before their range: every
+/// range still gets exactly its samples, wherever it starts.
+#[test]
+fn open_chunk_reads_from_any_start_get_exactly_their_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let mut app = db.appender();
+    // 110 samples: one open chunk with seek points after samples 30, 60 and 90.
+    let times: Vec<i64> = (0..110).map(|i| 1_000 + i * 15_000 + (i % 7) * 13).collect();
+    for (i, &t) in times.iter().enumerate() {
+        app.append(&series(0), t, (i * i) as f64 / 8.0)
+            .expect("append");
+    }
+    app.commit().expect("commit");
+    let end = *times.last().expect("samples");
+    for (k, &from) in times.iter().enumerate() {
+        for mint in [from - 1, from, from + 1] {
+            let got = select_all(&db, mint, end, &name());
+            let want: Vec<i64> = times.iter().copied().filter(|&t| t >= mint).collect();
+            let got_t: Vec<i64> = got
+                .first()
+                .map(|s| s.samples.iter().map(|s| s.t).collect())
+                .unwrap_or_default();
+            assert_eq!(got_t, want, "range from {mint} (sample {k})");
+            if let Some(s) = got.first() {
+                let first = times.len() - want.len();
+                assert_eq!(s.samples[0].v, (first * first) as f64 / 8.0);
+            }
+        }
+    }
+}
