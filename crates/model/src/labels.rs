@@ -423,8 +423,12 @@ impl LabelsBuilder {
     /// Deletes label `name` (a no-op if absent).
     pub fn del(&mut self, name: &str) -> &mut Self {
         self.add.retain(|a| &*a.name != name);
-        if !self.del.iter().any(|d| &**d == name) {
-            self.del.push(Arc::from(name));
+        // Only a label of `base` needs deleting, and its own name is shared, not copied:
+        // queries delete `__name__` from every series they transform.
+        if !self.del.iter().any(|d| &**d == name)
+            && let Some(l) = self.base.iter().find(|l| &*l.name == name)
+        {
+            self.del.push(l.name.clone());
         }
         self
     }
@@ -464,8 +468,10 @@ impl LabelsBuilder {
             .filter(|l| !self.del.contains(&l.name) && !self.add.iter().any(|a| a.name == l.name))
             .cloned()
             .collect();
-        out.extend(self.add.iter().cloned());
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        if !self.add.is_empty() {
+            out.extend(self.add.iter().cloned());
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         Labels(Arc::from(out))
     }
 }

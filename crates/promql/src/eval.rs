@@ -79,12 +79,13 @@ pub(crate) struct Evaluator<'a> {
 
 /// Label names Prometheus drops with the metric name (`DropReserved(IsMetadataLabel)`).
 pub(crate) fn drop_reserved(l: &Labels) -> Labels {
-    if !l.has(METRIC_NAME) && !l.has("__type__") && !l.has("__unit__") {
+    let reserved =
+        |x: &m3query_model::Label| matches!(&*x.name, METRIC_NAME | "__type__" | "__unit__");
+    if !l.iter().any(reserved) {
         return l.clone();
     }
-    let mut b = l.builder();
-    b.del(METRIC_NAME).del("__type__").del("__unit__");
-    b.labels()
+    // A subset of a sorted set is sorted: no builder, no sort.
+    Labels::from_sorted(l.iter().filter(|x| !reserved(x)).cloned().collect())
 }
 
 const DUP_LABELSET: &str = "vector cannot contain metrics with the same labelset";

@@ -450,7 +450,9 @@ fn open_chunk_reads_from_any_start_get_exactly_their_samples() {
     let db = Db::open(dir.path(), Options::default()).expect("open");
     let mut app = db.appender();
     // 110 samples: one open chunk with seek points after samples 30, 60 and 90.
-    let times: Vec<i64> = (0..110).map(|i| 1_000 + i * 15_000 + (i % 7) * 13).collect();
+    let times: Vec<i64> = (0..110)
+        .map(|i| 1_000 + i * 15_000 + (i % 7) * 13)
+        .collect();
     for (i, &t) in times.iter().enumerate() {
         app.append(&series(0), t, (i * i) as f64 / 8.0)
             .expect("append");
