@@ -442,7 +442,7 @@ impl<'a> XorIterator<'a> {
             return Err(ChunkError::Corrupt("seek point past the chunk's end"));
         };
         let mut br = BitReader::new(rest);
-        if at.bit % 8 > 0 && br.read_bits(at.bit % 8).is_none() {
+        if !at.bit.is_multiple_of(8) && br.read_bits(at.bit % 8).is_none() {
             return Err(ChunkError::Corrupt("seek point past the chunk's end"));
         }
         Ok(XorIterator {
