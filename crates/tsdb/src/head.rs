@@ -328,7 +328,7 @@ impl SeriesData {
     pub(crate) fn store(&mut self, fit: Fit, t: i64, v: f64, chunk_range: i64) -> bool {
         match fit {
             Fit::Duplicate => false,
-            Fit::InOrder => self.append_in_order(t, v, chunk_range),
+            Fit::InOrder => self.append_in_order(t, v, chunk_range, true),
             Fit::OutOfOrder => {
                 if let Err(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
                     self.ooo.insert(i, Sample { t, v });
@@ -338,7 +338,10 @@ impl SeriesData {
         }
     }
 
-    fn append_in_order(&mut self, t: i64, v: f64, chunk_range: i64) -> bool {
+    /// Appends an in-order sample, cutting a new chunk when the open one is full or the
+    /// sample is in another chunk-range window. `seal`: a closed chunk is re-encoded dense
+    /// now (else it stays XOR until [`Head::seal_closed`]).
+    fn append_in_order(&mut self, t: i64, v: f64, chunk_range: i64, seal: bool) -> bool {
         let cut = match &self.open {
             None => true,
             Some(o) => {
@@ -347,7 +350,7 @@ impl SeriesData {
             }
         };
         if cut {
-            self.close_open();
+            self.close_open(seal);
             self.open = Some(OpenChunk {
                 app: XorAppender::new(),
                 min_t: t,
@@ -362,12 +365,16 @@ impl SeriesData {
         cut
     }
 
-    fn close_open(&mut self) {
+    fn close_open(&mut self, seal: bool) {
         if let Some(o) = self.open.take()
             && !o.app.is_empty()
         {
             let max_t = o.app.last_t();
-            let (enc, bytes) = seal_chunk(o.app.bytes());
+            let (enc, bytes) = if seal {
+                seal_chunk(o.app.bytes())
+            } else {
+                (ENCODING_XOR, Arc::from(o.app.bytes()))
+            };
             // Exact capacity: a chunk is sealed every ~30 min per series, so a realloc then
             // is cheap, while doubling would leave up to half of every series' list unused.
             self.closed.reserve_exact(1);
@@ -431,9 +438,10 @@ impl SeriesData {
     }
 
     /// Replays a logged sample: no bounds, anything older than the newest goes out of order.
+    /// Chunks it closes stay XOR: sealing them waits until the database is open.
     fn replay(&mut self, t: i64, v: f64, chunk_range: i64) {
         if self.max_t == i64::MIN || t > self.max_t {
-            self.append_in_order(t, v, chunk_range);
+            self.append_in_order(t, v, chunk_range, false);
         } else if t != self.max_t
             && !self.holds(t, v.to_bits())
             && let Err(i) = self.ooo.binary_search_by_key(&t, |s| s.t)
@@ -889,6 +897,24 @@ impl Head {
         if lo <= hi {
             self.observe(lo, hi);
         }
+    }
+
+    /// Seals closed XOR chunks (those replay left unsealed) into the dense encoding where
+    /// that is smaller, one series at a time. Returns how many were re-encoded.
+    pub(crate) fn seal_closed(&self) -> usize {
+        let mut n = 0;
+        for s in self.all_series() {
+            let mut d = s.data.lock();
+            for c in d.closed.iter_mut().filter(|c| c.enc == ENCODING_XOR) {
+                let (enc, bytes) = seal_chunk(&c.bytes);
+                if enc != ENCODING_XOR {
+                    c.enc = enc;
+                    c.bytes = bytes;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Replay: restores a checkpointed series (see `SeriesData::restore`).
