@@ -237,6 +237,15 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, mut buckets: Vec<Bucket>) 
 
 /// Go's `strconv.ParseFloat` for `le` values.
 fn parse_le(s: &str) -> Option<f64> {
+    // The common spellings, without the lower-casing copy the general path makes: this
+    // runs for every bucket series at every step.
+    if s == "+Inf" {
+        return Some(f64::INFINITY);
+    }
+    if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        // Plain decimals parse alike in Go and Rust (correctly rounded; "010" is ten).
+        return s.parse::<f64>().ok();
+    }
     let l = s.to_ascii_lowercase();
     match l.as_str() {
         "+inf" | "inf" | "infinity" | "+infinity" => return Some(f64::INFINITY),
@@ -253,10 +262,33 @@ fn parse_le(s: &str) -> Option<f64> {
     })
 }
 
-/// Classic histograms of one step: buckets grouped by labels without `le`.
+/// Hash of every label but `le` (`__name__` included): a bucket's histogram.
+fn hash_without_le(l: &Labels) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    for x in l.iter().filter(|x| &*x.name != "le") {
+        h.write(x.name.as_bytes());
+        h.write_u8(0xff);
+        h.write(x.value.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+/// Whether `a` and `b` agree on every label but `le`.
+fn eq_without_le(a: &Labels, b: &Labels) -> bool {
+    let skip = |x: &&m3query_model::Label| &*x.name != "le";
+    a.iter().filter(skip).eq(b.iter().filter(skip))
+}
+
+/// Classic histograms of one step: buckets grouped by labels without `le`. Runs for every
+/// bucket series at every step, so a group's label set is built once, from its first bucket,
+/// and the others find it by hash (checked for equality, so a collision cannot merge two).
 fn group_buckets(v: &[Elem], arg: &Expr, annos: &mut Annotations) -> Vec<(Labels, Vec<Bucket>)> {
-    let mut index: FastMap<Labels, usize> = FastMap::default();
-    let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
+    let mut index: FastMap<u64, Vec<usize>> = FastMap::default();
+    // Each group: the labels of its first bucket (for the equality check), the group's
+    // labels without `le`, its buckets.
+    let mut groups: Vec<(Labels, Labels, Vec<Bucket>)> = Vec::new();
     for e in v {
         let le_raw = e.labels.get("le").unwrap_or("");
         let Some(upper) = parse_le(le_raw) else {
@@ -266,20 +298,24 @@ fn group_buckets(v: &[Elem], arg: &Expr, annos: &mut Annotations) -> Vec<(Labels
             );
             continue;
         };
-        let key = if e.labels.has("le") {
-            let mut b = e.labels.builder();
-            b.del("le");
-            b.labels()
-        } else {
-            e.labels.clone()
+        let slots = index.entry(hash_without_le(&e.labels)).or_default();
+        let found = slots
+            .iter()
+            .copied()
+            .find(|&i| eq_without_le(&groups[i].0, &e.labels));
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let mut b = e.labels.builder();
+                b.del("le");
+                groups.push((e.labels.clone(), b.labels(), Vec::new()));
+                slots.push(groups.len() - 1);
+                groups.len() - 1
+            }
         };
-        let i = *index.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(Bucket { upper, count: e.v });
+        groups[i].2.push(Bucket { upper, count: e.v });
     }
-    groups
+    groups.into_iter().map(|(_, l, b)| (l, b)).collect()
 }
 
 pub(crate) fn histogram_quantile(
@@ -457,6 +493,65 @@ mod tests {
         assert_eq!(quantile(2.0, &mut v), f64::INFINITY);
         assert!(almost_equal(1.0, 1.0 + 1e-9, 1e-6));
         assert!(!almost_equal(0.0, 1e-300, 1e-6));
+    }
+
+    /// `le` values parse as Go's `strconv.ParseFloat` does.
+    #[test]
+    fn le_values_parse_as_go() {
+        for (s, want) in [
+            ("0.005", Some(0.005)),
+            ("10", Some(10.0)),
+            ("010", Some(10.0)),
+            ("5.", Some(5.0)),
+            (".5", Some(0.5)),
+            ("+Inf", Some(f64::INFINITY)),
+            ("+inf", Some(f64::INFINITY)),
+            ("-Inf", Some(f64::NEG_INFINITY)),
+            ("1e3", Some(1000.0)),
+            ("-1.5", Some(-1.5)),
+            (".", None),
+            ("", None),
+            ("abc", None),
+        ] {
+            assert_eq!(parse_le(s), want, "{s:?}");
+        }
+    }
+
+    /// Buckets group by every label but `le`, the metric name included.
+    #[test]
+    fn buckets_group_by_labels_without_le() {
+        let e = |name: &str, job: &str, le: &str, v: f64| Elem {
+            labels: Labels::from_pairs([("__name__", name), ("job", job), ("le", le)]),
+            v,
+            t: 0,
+            drop_name: false,
+            si: 0,
+            oid: NO_OID,
+        };
+        let v = vec![
+            e("a_bucket", "x", "1", 1.0),
+            e("a_bucket", "y", "1", 2.0),
+            e("b_bucket", "x", "1", 3.0),
+            e("a_bucket", "x", "+Inf", 4.0),
+        ];
+        let mut annos = Annotations::new();
+        let arg = crate::parser::parse("a_bucket").expect("parses");
+        let groups = group_buckets(&v, &arg, &mut annos);
+        let got: Vec<(String, Vec<f64>)> = groups
+            .iter()
+            .map(|(l, b)| (l.to_string(), b.iter().map(|b| b.count).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "{__name__=\"a_bucket\", job=\"x\"}".to_string(),
+                    vec![1.0, 4.0]
+                ),
+                ("{__name__=\"a_bucket\", job=\"y\"}".to_string(), vec![2.0]),
+                ("{__name__=\"b_bucket\", job=\"x\"}".to_string(), vec![3.0]),
+            ]
+        );
     }
 
     #[test]
