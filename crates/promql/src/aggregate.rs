@@ -311,6 +311,7 @@ fn aggregate_plain(
             continue;
         }
         out.push(ESeries {
+            hists: Vec::new(),
             labels,
             points,
             drop_name: out_drop[gi],
@@ -446,6 +447,7 @@ fn aggregate_k(
             continue;
         }
         out.push(ESeries {
+            hists: Vec::new(),
             labels: std::mem::take(&mut input[si].labels),
             points,
             drop_name: out_drop[si],
@@ -632,6 +634,7 @@ fn fused_over_rollup(
         }
         ev.add_samples(points.len())?;
         out.push(ESeries {
+            hists: Vec::new(),
             labels,
             points,
             drop_name: group_drop[g],
@@ -870,6 +873,7 @@ fn count_values(
         }
         for (labels, n) in res {
             out.push(Elem {
+                h: None,
                 labels,
                 v: n as f64,
                 t: ts,

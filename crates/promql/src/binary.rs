@@ -58,6 +58,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                 let l = v[0].first().map_or(f64::NAN, |e| e.v);
                 let r = v[1].first().map_or(f64::NAN, |e| e.v);
                 out.push(Elem {
+                    h: None,
                     labels: Labels::empty(),
                     v: scalar_binop(op, l, r),
                     t: ts,
@@ -89,6 +90,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                     }
                     if keep {
                         out.push(Elem {
+                            h: None,
                             labels: e.labels.clone(),
                             v: val,
                             t: e.t,
@@ -392,6 +394,7 @@ impl VectorBinop {
     /// The element a fill modifier stands in for the missing side of `e`.
     fn filler(&self, e: &Elem, fill: f64) -> Elem {
         Elem {
+            h: None,
             labels: match_labels(&e.labels, self.m.on, &self.names),
             v: fill,
             t: e.t,
@@ -430,6 +433,7 @@ impl VectorBinop {
             return Ok(());
         }
         out.push(Elem {
+            h: None,
             labels: metric,
             v: val,
             t: ls.t,

@@ -14,7 +14,9 @@ use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
     AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
-use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, NO_OID, Point, Val, total_points};
+use crate::value::{
+    ESeries, Elem, FastMap, FastSet, HPoint, Matrix, NO_OID, Point, Val, total_points,
+};
 use crate::{Error, Result, check_ctx};
 
 /// The series one selector selected, samples decoded in time order.
@@ -26,6 +28,10 @@ pub(crate) struct SelSeries {
     /// The samples without staleness markers, when there are markers (range windows skip
     /// them); `None` when `points` has none.
     pub clean: Option<Vec<Point>>,
+    /// Native histogram samples, staleness markers included; empty for float series.
+    pub hists: Vec<HPoint>,
+    /// `hists` without staleness markers, when there are markers.
+    pub clean_hists: Option<Vec<HPoint>>,
 }
 
 impl SelSeries {
@@ -45,12 +51,28 @@ impl SelSeries {
             labels,
             points,
             clean,
+            hists: Vec::new(),
+            clean_hists: None,
         }
+    }
+
+    /// Adds the series' native histogram samples.
+    pub fn with_hists(mut self, hists: Vec<HPoint>) -> Self {
+        if hists.iter().any(HPoint::is_stale) {
+            self.clean_hists = Some(hists.iter().filter(|h| !h.is_stale()).cloned().collect());
+        }
+        self.hists = hists;
+        self
     }
 
     /// The samples a range window sees.
     pub fn range_points(&self) -> &[Point] {
         self.clean.as_deref().unwrap_or(&self.points)
+    }
+
+    /// The histogram samples a range window sees.
+    pub fn range_hists(&self) -> &[HPoint] {
+        self.clean_hists.as_deref().unwrap_or(&self.hists)
     }
 }
 
@@ -159,11 +181,11 @@ impl<'a> Evaluator<'a> {
                 let v = *val;
                 self.add_samples(self.num_steps())?;
                 let points: Vec<Point> = self.step_ts().map(|t| Point { t, v }).collect();
-                Ok(Val::Matrix(vec![ESeries {
-                    labels: Labels::empty(),
+                Ok(Val::Matrix(vec![ESeries::floats(
+                    Labels::empty(),
                     points,
-                    drop_name: false,
-                }]))
+                    false,
+                )]))
             }
             Expr::String { val, .. } => Ok(Val::String(val.clone())),
             Expr::VectorSelector(vs) => {
@@ -181,6 +203,11 @@ impl<'a> Evaluator<'a> {
                         s.drop_name = true;
                         for p in &mut s.points {
                             p.v = -p.v;
+                        }
+                        for h in &mut s.hists {
+                            let mut x = (*h.h).clone();
+                            x.mul(-1.0);
+                            h.h = std::sync::Arc::new(x);
                         }
                     }
                 }
@@ -211,14 +238,23 @@ impl<'a> Evaluator<'a> {
             if si % 256 == 0 {
                 self.check()?;
             }
+            if !s.hists.is_empty() {
+                let (points, hists) = self.lookup_mixed(vs, &s.points, &s.hists, timestamps);
+                if !points.is_empty() || !hists.is_empty() {
+                    self.add_samples(points.len() + hists.len())?;
+                    out.push(ESeries {
+                        labels: s.labels.clone(),
+                        points,
+                        hists,
+                        drop_name: timestamps,
+                    });
+                }
+                continue;
+            }
             let points = self.lookup_series(vs, &s.points, timestamps);
             if !points.is_empty() {
                 self.add_samples(points.len())?;
-                out.push(ESeries {
-                    labels: s.labels.clone(),
-                    points,
-                    drop_name: timestamps,
-                });
+                out.push(ESeries::floats(s.labels.clone(), points, timestamps));
             }
         }
         Ok(out)
@@ -263,6 +299,59 @@ impl<'a> Evaluator<'a> {
         points
     }
 
+    /// [`Evaluator::lookup_series`] for a series that holds native histograms: at each step
+    /// the latest sample of either kind within the lookback, unless it is a staleness marker.
+    /// With `timestamps`, both kinds yield the sample's time as a float.
+    pub(crate) fn lookup_mixed(
+        &self,
+        vs: &VectorSelector,
+        floats: &[Point],
+        hists: &[HPoint],
+        timestamps: bool,
+    ) -> (Vec<Point>, Vec<HPoint>) {
+        let mut points = Vec::new();
+        let mut hpoints = Vec::new();
+        for ts in self.step_ts() {
+            let r = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            let fi = floats.partition_point(|x| x.t <= r);
+            let hi = hists.partition_point(|x| x.t <= r);
+            let f = fi.checked_sub(1).map(|i| floats[i]);
+            let h = hi.checked_sub(1).map(|i| &hists[i]);
+            let take_hist = match (f, h) {
+                (Some(f), Some(h)) => h.t > f.t,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if take_hist {
+                let Some(h) = h else { continue };
+                if h.t <= r - self.lookback || h.is_stale() {
+                    continue;
+                }
+                if timestamps {
+                    points.push(Point {
+                        t: ts,
+                        v: h.t as f64 / 1000.0,
+                    });
+                } else {
+                    hpoints.push(HPoint {
+                        t: ts,
+                        h: h.h.clone(),
+                    });
+                }
+            } else if let Some(x) = f {
+                if x.t <= r - self.lookback || is_stale_nan(x.v) {
+                    continue;
+                }
+                let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
+                points.push(Point { t: ts, v });
+            }
+        }
+        (points, hpoints)
+    }
+
     /// A smoothed instant selector: the value interpolated between the samples around each
     /// step (Prometheus's `smoothSeries`).
     fn eval_smoothed_selector(&mut self, vs: &VectorSelector) -> Result<Matrix> {
@@ -301,11 +390,7 @@ impl<'a> Evaluator<'a> {
             }
             if !points.is_empty() {
                 self.add_samples(points.len())?;
-                out.push(ESeries {
-                    labels: s.labels.clone(),
-                    points,
-                    drop_name: false,
-                });
+                out.push(ESeries::floats(s.labels.clone(), points, false));
             }
         }
         Ok(out)
@@ -341,11 +426,20 @@ impl<'a> Evaluator<'a> {
             if vs.anchored || vs.smoothed {
                 points = functions::extend_floats(&points, wstart, wend, vs.smoothed);
             }
-            if !points.is_empty() {
-                self.add_samples(points.len())?;
+            let rh = s.range_hists();
+            let hists: Vec<HPoint> = if rh.is_empty() {
+                Vec::new()
+            } else {
+                let lo = rh.partition_point(|x| x.t <= fetch_start);
+                let hi = rh.partition_point(|x| x.t <= fetch_end);
+                rh[lo..hi].to_vec()
+            };
+            if !points.is_empty() || !hists.is_empty() {
+                self.add_samples(points.len() + hists.len())?;
                 out.push(ESeries {
                     labels: s.labels.clone(),
                     points,
+                    hists,
                     drop_name: false,
                 });
             }
@@ -619,6 +713,7 @@ impl<'a> Evaluator<'a> {
                 annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
             }
             out.push(ESeries {
+                hists: Vec::new(),
                 labels: input.labels.clone(),
                 points: r.points,
                 drop_name: !keeps_name || input.drop_name,
@@ -648,6 +743,7 @@ impl<'a> Evaluator<'a> {
                 return Ok(Vec::new());
             }
             return Ok(vec![ESeries {
+                hists: Vec::new(),
                 labels: functions::absent_labels(&c.args[0]),
                 points,
                 drop_name: true,
@@ -666,6 +762,17 @@ impl<'a> Evaluator<'a> {
     {
         let inputs_total: usize = args.iter().map(total_points).sum();
         let mut cursors: Vec<Vec<usize>> = args.iter().map(|m| vec![0; m.len()]).collect();
+        // Histogram cursors, only for arguments that hold histograms at all.
+        let mut hcursors: Vec<Vec<usize>> = args
+            .iter()
+            .map(|m| {
+                if m.iter().any(|s| !s.hists.is_empty()) {
+                    vec![0; m.len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         let mut vecs: Vec<Vec<Elem>> = args.iter().map(|m| Vec::with_capacity(m.len())).collect();
         let mut out_vec: Vec<Elem> = Vec::new();
         let instant = self.start == self.end;
@@ -689,6 +796,22 @@ impl<'a> Evaluator<'a> {
                         v.push(Elem {
                             labels: s.labels.clone(),
                             v: p.v,
+                            h: None,
+                            t: ts,
+                            drop_name: s.drop_name,
+                            si,
+                            oid: NO_OID,
+                        });
+                        gathered += 1;
+                    } else if let Some(c) = hcursors[ai].get_mut(si)
+                        && let Some(p) = s.hists.get(*c)
+                        && p.t == ts
+                    {
+                        *c += 1;
+                        v.push(Elem {
+                            labels: s.labels.clone(),
+                            v: 0.0,
+                            h: Some(p.h.clone()),
                             t: ts,
                             drop_name: s.drop_name,
                             si,
@@ -707,10 +830,16 @@ impl<'a> Evaluator<'a> {
             if instant {
                 let mat = out_vec
                     .drain(..)
-                    .map(|e| ESeries {
-                        labels: e.labels,
-                        points: vec![Point { t: ts, v: e.v }],
-                        drop_name: e.drop_name,
+                    .map(|e| match e.h {
+                        Some(h) => ESeries {
+                            labels: e.labels,
+                            points: Vec::new(),
+                            hists: vec![HPoint { t: ts, h }],
+                            drop_name: e.drop_name,
+                        },
+                        None => {
+                            ESeries::floats(e.labels, vec![Point { t: ts, v: e.v }], e.drop_name)
+                        }
                     })
                     .collect();
                 self.release_samples(inputs_total);
@@ -726,41 +855,17 @@ impl<'a> Evaluator<'a> {
                     match by_oid[k] {
                         usize::MAX => {
                             by_oid[k] = result.len();
-                            let mut points = Vec::with_capacity(steps);
-                            points.push(Point { t: ts, v: e.v });
-                            result.push(ESeries {
-                                labels: e.labels,
-                                points,
-                                drop_name: e.drop_name,
-                            });
+                            result.push(new_out_series(e, ts, steps));
                         }
-                        i => {
-                            let s = &mut result[i];
-                            if s.points.last().is_some_and(|p| p.t == ts) {
-                                return Err(Error::exec(DUP_LABELSET));
-                            }
-                            s.points.push(Point { t: ts, v: e.v });
-                        }
+                        i => push_out_point(&mut result[i], e, ts)?,
                     }
                     continue;
                 }
                 match index.get(&e.labels) {
-                    Some(&i) => {
-                        let s = &mut result[i];
-                        if s.points.last().is_some_and(|p| p.t == ts) {
-                            return Err(Error::exec(DUP_LABELSET));
-                        }
-                        s.points.push(Point { t: ts, v: e.v });
-                    }
+                    Some(&i) => push_out_point(&mut result[i], e, ts)?,
                     None => {
                         index.insert(e.labels.clone(), result.len());
-                        let mut points = Vec::with_capacity(steps);
-                        points.push(Point { t: ts, v: e.v });
-                        result.push(ESeries {
-                            labels: e.labels,
-                            points,
-                            drop_name: e.drop_name,
-                        });
+                        result.push(new_out_series(e, ts, steps));
                     }
                 }
             }
@@ -769,6 +874,36 @@ impl<'a> Evaluator<'a> {
         self.release_samples(inputs_total);
         Ok(result)
     }
+}
+
+/// A new output series of [`Evaluator::range_eval`] holding `e` at `ts`.
+fn new_out_series(e: Elem, ts: i64, steps: usize) -> ESeries {
+    match e.h {
+        Some(h) => ESeries {
+            labels: e.labels,
+            points: Vec::new(),
+            hists: vec![HPoint { t: ts, h }],
+            drop_name: e.drop_name,
+        },
+        None => {
+            let mut points = Vec::with_capacity(steps);
+            points.push(Point { t: ts, v: e.v });
+            ESeries::floats(e.labels, points, e.drop_name)
+        }
+    }
+}
+
+/// Appends `e` at `ts` to an output series; two values for one series at one step are the
+/// duplicate-labelset error.
+fn push_out_point(s: &mut ESeries, e: Elem, ts: i64) -> Result<()> {
+    if s.points.last().is_some_and(|p| p.t == ts) || s.hists.last().is_some_and(|p| p.t == ts) {
+        return Err(Error::exec(DUP_LABELSET));
+    }
+    match e.h {
+        Some(h) => s.hists.push(HPoint { t: ts, h }),
+        None => s.points.push(Point { t: ts, v: e.v }),
+    }
+    Ok(())
 }
 
 /// One input series of a rollup.
@@ -1005,7 +1140,12 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
             Some(last) if last.labels == s.labels => {
                 last.points.extend(s.points);
                 last.points.sort_by_key(|p| p.t);
-                if last.points.windows(2).any(|w| w[0].t == w[1].t) {
+                last.hists.extend(s.hists);
+                last.hists.sort_by_key(|p| p.t);
+                if last.points.windows(2).any(|w| w[0].t == w[1].t)
+                    || last.hists.windows(2).any(|w| w[0].t == w[1].t)
+                    || has_common_time(&last.points, &last.hists)
+                {
                     return Err(Error::exec(DUP_LABELSET));
                 }
             }
@@ -1013,6 +1153,23 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
         }
     }
     Ok(out)
+}
+
+/// Whether a float point and a histogram point share a timestamp (both sorted).
+fn has_common_time(points: &[Point], hists: &[HPoint]) -> bool {
+    if hists.is_empty() || points.is_empty() {
+        return false;
+    }
+    let mut j = 0;
+    for p in points {
+        while j < hists.len() && hists[j].t < p.t {
+            j += 1;
+        }
+        if hists.get(j).is_some_and(|h| h.t == p.t) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Merges series with identical labels (after `label_replace`/`label_join`); an error if two
@@ -1026,6 +1183,7 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
         match index.get(&s.labels) {
             Some(&i) => {
                 out[i].points.extend(s.points);
+                out[i].hists.extend(s.hists);
                 merged_any = true;
             }
             None => {
@@ -1037,7 +1195,11 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
     if merged_any {
         for s in &mut out {
             s.points.sort_by_key(|p| p.t);
-            if s.points.windows(2).any(|w| w[0].t == w[1].t) {
+            s.hists.sort_by_key(|p| p.t);
+            if s.points.windows(2).any(|w| w[0].t == w[1].t)
+                || s.hists.windows(2).any(|w| w[0].t == w[1].t)
+                || has_common_time(&s.points, &s.hists)
+            {
                 return Err(Error::exec(DUP_LABELSET));
             }
         }

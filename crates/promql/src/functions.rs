@@ -160,6 +160,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         }),
         "vector" => Instant(|_, _, v, o, _| {
             o.push(Elem {
+                h: None,
                 labels: Labels::empty(),
                 v: scalar_arg(v, 0),
                 t: 0,
@@ -196,6 +197,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "timestamp" => Instant(|_, _, v, o, _| {
             for e in v.first().map(Vec::as_slice).unwrap_or_default() {
                 o.push(Elem {
+                    h: None,
                     labels: e.labels.clone(),
                     v: e.t as f64 / 1000.0,
                     t: e.t,
@@ -211,6 +213,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 return Ok(());
             }
             o.push(Elem {
+                h: None,
                 labels: absent_labels(&c.args[0]),
                 v: 1.0,
                 t: 0,
@@ -274,6 +277,7 @@ fn go_min(a: f64, b: f64) -> f64 {
 
 fn scalar_elem(v: f64) -> Elem {
     Elem {
+        h: None,
         labels: Labels::empty(),
         v,
         t: 0,
@@ -290,6 +294,7 @@ fn scalar_arg(v: &[Vec<Elem>], i: usize) -> f64 {
 fn simple(v: &[Vec<Elem>], o: &mut Vec<Elem>, f: impl Fn(f64) -> f64) -> Result<()> {
     for e in v.first().map(Vec::as_slice).unwrap_or_default() {
         o.push(Elem {
+            h: None,
             labels: e.labels.clone(),
             v: f(e.v),
             t: e.t,
@@ -419,6 +424,7 @@ fn date(
         }
         let c = m3query_model::time::civil(e.v as i64);
         o.push(Elem {
+            h: None,
             labels: e.labels.clone(),
             v: f(&c) as f64,
             t: e.t,

@@ -215,6 +215,7 @@ fn fetch_info_series(
         }
         if !points.is_empty() {
             info_mat.push(ESeries {
+                hists: Vec::new(),
                 labels: s.labels().clone(),
                 points,
                 drop_name: false,
@@ -286,6 +287,7 @@ fn combine_with_info_series(
                 None => {
                     index.insert(labels.clone(), out.len());
                     out.push(ESeries {
+                        hists: Vec::new(),
                         labels,
                         points: vec![Point { t: ts, v: p.v }],
                         drop_name: s.drop_name,

@@ -59,7 +59,7 @@ mod xxhash;
 pub use annotations::Annotations;
 pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
 pub use json::{parse_query, parse_query_ctx};
-pub use value::{Point, Sample, Series, Value};
+pub use value::{FloatHistogram, HPoint, HistogramSeries, Point, Sample, Series, Value};
 
 use m3query_storage::Context;
 

@@ -314,6 +314,7 @@ pub(crate) fn histogram_quantile(
             );
         }
         out.push(Elem {
+            h: None,
             labels,
             v: val,
             t: ts,
@@ -344,6 +345,7 @@ pub(crate) fn histogram_fraction(
             continue;
         }
         out.push(Elem {
+            h: None,
             labels,
             v: bucket_fraction(lower, upper, buckets),
             t: ts,
@@ -416,6 +418,7 @@ pub(crate) fn histogram_quantiles(
             let mut b = labels.builder();
             b.set(label.as_str(), format_openmetrics_float(q));
             out.push(Elem {
+                h: None,
                 labels: b.labels(),
                 v: val,
                 t: ts,
