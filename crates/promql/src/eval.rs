@@ -519,10 +519,23 @@ impl<'a> Evaluator<'a> {
             (FuncKind::Range(f), Some(idx)) => self.eval_range_call(c, idx, f),
             (FuncKind::Instant(f), _) => {
                 let mut args = Vec::with_capacity(c.args.len());
+                let floats_only = !functions::reads_histograms(name);
                 for a in &c.args {
                     match a.value_type() {
                         ValueType::String => args.push(Vec::new()),
-                        _ => args.push(self.eval_matrix(a)?),
+                        _ => {
+                            let mut m = self.eval_matrix(a)?;
+                            if floats_only && m.iter().any(|s| !s.hists.is_empty()) {
+                                // Histogram samples do not reach float functions.
+                                let dropped: usize = m.iter().map(|s| s.hists.len()).sum();
+                                self.release_samples(dropped);
+                                for s in &mut m {
+                                    s.hists.clear();
+                                }
+                                m.retain(|s| !s.points.is_empty());
+                            }
+                            args.push(m);
+                        }
                     }
                 }
                 let call = c;

@@ -246,8 +246,16 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "histogram_quantile" => Instant(crate::quantile::histogram_quantile),
         "histogram_fraction" => Instant(crate::quantile::histogram_fraction),
         // These act on native histogram samples only; float samples yield nothing.
-        "histogram_avg" | "histogram_count" | "histogram_sum" | "histogram_stddev"
-        | "histogram_stdvar" | "start_timestamp" => Instant(|_, _, _, _, _| Ok(())),
+        "histogram_count" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.count)),
+        "histogram_sum" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.sum)),
+        "histogram_avg" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.sum / h.count)),
+        "histogram_stddev" => {
+            Instant(|_, _, v, o, _| histogram_simple(v, o, |h| crate::hist::variance(h).sqrt()))
+        }
+        "histogram_stdvar" => {
+            Instant(|_, _, v, o, _| histogram_simple(v, o, crate::hist::variance))
+        }
+        "start_timestamp" => Instant(|_, _, _, _, _| Ok(())),
         "histogram_quantiles" => Instant(crate::quantile::histogram_quantiles),
         "label_replace" | "label_join" | "info" => Special,
         "start" | "end" | "range" | "step" => {
@@ -273,6 +281,48 @@ fn go_min(a: f64, b: f64) -> f64 {
     } else {
         a.min(b)
     }
+}
+
+/// A float per native histogram sample of the first argument; floats yield nothing.
+fn histogram_simple(
+    v: &[Vec<Elem>],
+    o: &mut Vec<Elem>,
+    f: impl Fn(&crate::value::FloatHistogram) -> f64,
+) -> Result<()> {
+    for e in v.first().map(Vec::as_slice).unwrap_or_default() {
+        if let Some(h) = &e.h {
+            o.push(Elem {
+                h: None,
+                labels: e.labels.clone(),
+                v: f(h),
+                t: e.t,
+                drop_name: true,
+                si: e.si,
+                oid: NO_OID,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Functions that read native histogram samples of their instant-vector arguments; every
+/// other function sees floats only (Prometheus skips histogram samples in them).
+pub(crate) fn reads_histograms(name: &str) -> bool {
+    matches!(
+        name,
+        "histogram_count"
+            | "histogram_sum"
+            | "histogram_avg"
+            | "histogram_stddev"
+            | "histogram_stdvar"
+            | "histogram_quantile"
+            | "histogram_quantiles"
+            | "histogram_fraction"
+            | "absent"
+            | "timestamp"
+            | "sort_by_label"
+            | "sort_by_label_desc"
+    )
 }
 
 fn scalar_elem(v: f64) -> Elem {

@@ -48,6 +48,7 @@ pub mod deep;
 mod engine;
 mod eval;
 pub(crate) mod functions;
+mod hist;
 mod info;
 mod json;
 pub mod parser;
