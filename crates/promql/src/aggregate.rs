@@ -528,6 +528,10 @@ fn fused_over_rollup(
     };
     // Groups from the selected series' labels (a rollup keeps its input's labels).
     let data = ev.sel.get(sel_id).map(|v| v.as_slice()).unwrap_or_default();
+    // Histograms take the general path.
+    if data.iter().any(|s| !s.hists.is_empty()) {
+        return Ok(None);
+    }
     let Grouping {
         labels: group_labels,
         of_series: series_group,

@@ -595,6 +595,7 @@ impl<'a> Evaluator<'a> {
                         .map(|s| RollupInput {
                             labels: s.labels.clone(),
                             points: std::borrow::Cow::Borrowed(s.range_points()),
+                            hists: std::borrow::Cow::Borrowed(s.range_hists()),
                             drop_name: false,
                         })
                         .collect(),
@@ -616,6 +617,7 @@ impl<'a> Evaluator<'a> {
                         .map(|s| RollupInput {
                             labels: s.labels,
                             points: std::borrow::Cow::Owned(s.points),
+                            hists: std::borrow::Cow::Owned(s.hists),
                             drop_name: s.drop_name,
                         })
                         .collect(),
@@ -665,6 +667,7 @@ impl<'a> Evaluator<'a> {
                 .map(|(_, a)| a.pos()),
             scalars: &prep.scalars,
             f,
+            name: c.func.name,
             counter: matches!(c.func.name, "rate" | "increase") && !ext,
             ctx: self.ctx,
             replicate: prep.at.is_some()
@@ -683,11 +686,18 @@ impl<'a> Evaluator<'a> {
         inputs: &[RollupInput<'_>],
     ) -> Result<Vec<SeriesRollup>> {
         self.check()?;
+        let one = |i: &RollupInput<'_>| {
+            if i.hists.is_empty() {
+                spec.run(&i.points)
+            } else {
+                spec.run_mixed(i)
+            }
+        };
         if inputs.len() >= self.parallel_threshold {
             use rayon::prelude::*;
-            return Ok(inputs.par_iter().map(|i| spec.run(&i.points)).collect());
+            return Ok(inputs.par_iter().map(one).collect());
         }
-        Ok(inputs.iter().map(|i| spec.run(&i.points)).collect())
+        Ok(inputs.iter().map(one).collect())
     }
 
     /// Evaluates a function over a range vector argument: per series, per step, a window.
@@ -712,11 +722,12 @@ impl<'a> Evaluator<'a> {
                 return Err(e);
             }
             annos.merge(r.annos);
-            if r.points.is_empty() {
+            if r.points.is_empty() && r.hists.is_empty() {
                 continue;
             }
-            self.add_samples(r.points.len())?;
+            self.add_samples(r.points.len() + r.hists.len())?;
             if matches!(name, "rate" | "increase")
+                && input.hists.is_empty()
                 && let Some(mn) = input.labels.metric_name()
                 && !mn.ends_with("_total")
                 && !mn.ends_with("_sum")
@@ -726,7 +737,7 @@ impl<'a> Evaluator<'a> {
                 annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
             }
             out.push(ESeries {
-                hists: Vec::new(),
+                hists: r.hists,
                 labels: input.labels.clone(),
                 points: r.points,
                 drop_name: !keeps_name || input.drop_name,
@@ -923,6 +934,8 @@ fn push_out_point(s: &mut ESeries, e: Elem, ts: i64) -> Result<()> {
 pub(crate) struct RollupInput<'s> {
     pub labels: Labels,
     pub points: std::borrow::Cow<'s, [Point]>,
+    /// Native histogram samples (empty for float series).
+    pub hists: std::borrow::Cow<'s, [HPoint]>,
     pub drop_name: bool,
 }
 
@@ -958,6 +971,8 @@ pub(crate) struct WindowSpec<'s> {
     /// Scalar arguments, one value per step.
     scalars: &'s [Vec<f64>],
     f: functions::RangeFn,
+    /// The function's name, for the histogram rollups.
+    name: &'static str,
     /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
     /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
     replicate: bool,
@@ -970,6 +985,8 @@ pub(crate) struct WindowSpec<'s> {
 /// One series' rollup output.
 pub(crate) struct SeriesRollup {
     pub points: Vec<Point>,
+    /// Histogram results (rollups of series with native histograms).
+    pub hists: Vec<HPoint>,
     pub annos: Annotations,
     pub err: Option<Error>,
     /// Most points one window held.
@@ -982,6 +999,7 @@ impl WindowSpec<'_> {
         if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
             return SeriesRollup {
                 points: Vec::new(),
+                hists: Vec::new(),
                 annos: Annotations::new(),
                 err: Some(e),
                 max_window: 0,
@@ -1081,10 +1099,97 @@ impl WindowSpec<'_> {
         }
         SeriesRollup {
             points,
+            hists: Vec::new(),
             annos: rctx.annos,
             err: rctx.err,
             max_window,
         }
+    }
+
+    /// [`WindowSpec::run`] for a series with native histograms: windows over both kinds of
+    /// samples, evaluated by the histogram-aware rollups. Not on the float hot path.
+    fn run_mixed(&self, input: &RollupInput<'_>) -> SeriesRollup {
+        let mut out = SeriesRollup {
+            points: Vec::new(),
+            hists: Vec::new(),
+            annos: Annotations::new(),
+            err: None,
+            max_window: 0,
+        };
+        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
+            out.err = Some(e);
+            return out;
+        }
+        let mut rctx = RangeCtx {
+            ts: 0,
+            range_start: 0,
+            range_end: 0,
+            range_ms: self.range_ms,
+            params: Vec::with_capacity(self.scalars.len()),
+            anchored: self.anchored,
+            smoothed: self.smoothed,
+            pos: self.pos,
+            param_pos: self.param_pos,
+            annos: Annotations::new(),
+            err: None,
+            no_resets: false,
+        };
+        let (pts, hs) = (&*input.points, &*input.hists);
+        for k in 0..self.steps {
+            let ts = self.start + k as i64 * self.interval;
+            let wend = self.at.unwrap_or(ts) - self.offset_ms;
+            let wstart = wend - self.range_ms;
+            let fetch_start = wstart - self.ext_left;
+            let fetch_end = wend + self.ext_right;
+            let fw = &pts[pts.partition_point(|p| p.t <= fetch_start)
+                ..pts.partition_point(|p| p.t <= fetch_end)];
+            let hw = &hs[hs.partition_point(|p| p.t <= fetch_start)
+                ..hs.partition_point(|p| p.t <= fetch_end)];
+            let (mut fw, mut hw) = (fw, hw);
+            if self.anchored || self.smoothed {
+                // Of the samples at or before the window start, only the latest (of either
+                // kind) anchors the window (Prometheus's `pickFirstSampleIndices`).
+                let fb = fw.partition_point(|p| p.t <= wstart);
+                let hb = hw.partition_point(|p| p.t <= wstart);
+                let last_f = fb.checked_sub(1).map(|i| fw[i].t);
+                let last_h = hb.checked_sub(1).map(|i| hw[i].t);
+                match (last_f, last_h) {
+                    (Some(f), Some(h)) if f > h => {
+                        fw = &fw[fb - 1..];
+                        hw = &hw[hb..];
+                    }
+                    (Some(_), Some(_)) | (None, Some(_)) => {
+                        fw = &fw[fb..];
+                        hw = &hw[hb - 1..];
+                    }
+                    (Some(_), None) => fw = &fw[fb - 1..],
+                    (None, None) => {}
+                }
+            }
+            if fw.is_empty() && hw.is_empty() {
+                continue;
+            }
+            out.max_window = out.max_window.max(fw.len() + hw.len());
+            rctx.ts = ts;
+            rctx.range_start = wstart;
+            rctx.range_end = wend;
+            rctx.params.clear();
+            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            match crate::hist::rollup(self.name, fw, hw, &input.labels, &mut rctx, self.f) {
+                Some(crate::hist::RollupOut::F(v)) => out.points.push(Point { t: ts, v }),
+                Some(crate::hist::RollupOut::H(h)) => out.hists.push(HPoint {
+                    t: ts,
+                    h: std::sync::Arc::new(h),
+                }),
+                None => {}
+            }
+            if rctx.err.is_some() {
+                break;
+            }
+        }
+        out.annos = rctx.annos;
+        out.err = rctx.err;
+        out
     }
 }
 

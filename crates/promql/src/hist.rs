@@ -1,9 +1,11 @@
 //! Native histogram arithmetic PromQL functions need, with Prometheus 3.x semantics
 //! (`promql/quantile.go` and `functions.go`): quantiles, fractions, variance.
 
-use m3query_model::histogram::Bucket;
+use m3query_model::histogram::{Bucket, CounterResetHint};
 
-use crate::value::FloatHistogram;
+use crate::annotations::msg;
+use crate::functions::RangeCtx;
+use crate::value::{FloatHistogram, HPoint, Point};
 
 /// The buckets in the order Prometheus's `AllBucketIterator` yields them: negative buckets
 /// from the lowest, the zero bucket if it holds observations, positive buckets; bucket
@@ -259,6 +261,389 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
         c + ((inc - t) + sum)
     };
     (t, c)
+}
+
+/// A rollup's value over a window holding native histograms.
+pub(crate) enum RollupOut {
+    F(f64),
+    H(FloatHistogram),
+}
+
+/// The metric name annotations name.
+fn metric_of(labels: &m3query_model::Labels) -> &str {
+    labels.metric_name().unwrap_or("")
+}
+
+/// A rollup over a window of a series that holds native histograms (`hists` non-empty or
+/// the series had some elsewhere): Prometheus's histogram branches of the range functions.
+/// `float_fn` is the float rollup, used when the window holds floats only.
+pub(crate) fn rollup(
+    name: &str,
+    floats: &[Point],
+    hists: &[HPoint],
+    labels: &m3query_model::Labels,
+    c: &mut RangeCtx,
+    float_fn: crate::functions::RangeFn,
+) -> Option<RollupOut> {
+    if hists.is_empty() {
+        return float_fn(floats, c).map(RollupOut::F);
+    }
+    let metric = metric_of(labels);
+    let mixed = !floats.is_empty();
+    match name {
+        "rate" | "increase" | "delta" => {
+            if mixed {
+                c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+                return None;
+            }
+            if c.anchored || c.smoothed {
+                // Extended (anchored/smoothed) histogram rates are not implemented.
+                return None;
+            }
+            let is_counter = name != "delta";
+            extrapolated_histogram_rate(hists, is_counter, name == "rate", metric, c)
+                .map(RollupOut::H)
+        }
+        "irate" | "idelta" => instant_histogram_value(floats, hists, name == "irate", metric, c),
+        "sum_over_time" | "avg_over_time" => {
+            if mixed {
+                c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+                return None;
+            }
+            let mut sum = (*hists[0].h).clone();
+            let (mut reset_seen, mut not_reset_seen, mut reconciled) = (false, false, false);
+            let mut track = |h: &FloatHistogram| match h.counter_reset_hint {
+                CounterResetHint::CounterReset => reset_seen = true,
+                CounterResetHint::NotCounterReset => not_reset_seen = true,
+                _ => {}
+            };
+            track(&sum);
+            for p in &hists[1..] {
+                track(&p.h);
+                match sum.add(&p.h) {
+                    Ok(o) => reconciled |= o.custom_bounds_reconciled,
+                    Err(_) => {
+                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        return None;
+                    }
+                }
+            }
+            if reset_seen && not_reset_seen {
+                c.annos
+                    .warn(msg::counter_reset_collision("aggregation"), c.pos);
+            }
+            if reconciled {
+                c.annos
+                    .info(msg::mismatched_custom_buckets("aggregation"), c.pos);
+            }
+            if name == "avg_over_time" {
+                sum.div(hists.len() as f64);
+            }
+            Some(RollupOut::H(sum))
+        }
+        "count_over_time" => Some(RollupOut::F((floats.len() + hists.len()) as f64)),
+        "present_over_time" | "absent_over_time" => Some(RollupOut::F(1.0)),
+        "last_over_time" => {
+            let h = &hists[hists.len() - 1];
+            match floats.last() {
+                Some(f) if f.t > h.t => Some(RollupOut::F(f.v)),
+                _ => Some(RollupOut::H((*h.h).clone())),
+            }
+        }
+        "first_over_time" => {
+            let h = &hists[0];
+            match floats.first() {
+                Some(f) if f.t < h.t => Some(RollupOut::F(f.v)),
+                _ => Some(RollupOut::H((*h.h).clone())),
+            }
+        }
+        "ts_of_last_over_time" => {
+            let t = hists[hists.len() - 1]
+                .t
+                .max(floats.last().map_or(i64::MIN, |f| f.t));
+            Some(RollupOut::F(t as f64 / 1000.0))
+        }
+        "ts_of_first_over_time" => {
+            let t = hists[0].t.min(floats.first().map_or(i64::MAX, |f| f.t));
+            Some(RollupOut::F(t as f64 / 1000.0))
+        }
+        "resets" | "changes" => {
+            let resets = name == "resets";
+            let (mut fi, mut hi) = (0usize, 0usize);
+            let mut prev: Option<(Option<f64>, Option<&FloatHistogram>)> = None;
+            let mut n = 0u64;
+            while fi < floats.len() || hi < hists.len() {
+                let take_float =
+                    hi >= hists.len() || (fi < floats.len() && floats[fi].t < hists[hi].t);
+                let cur = if take_float {
+                    fi += 1;
+                    (Some(floats[fi - 1].v), None)
+                } else {
+                    hi += 1;
+                    (None, Some(&*hists[hi - 1].h))
+                };
+                if let Some(p) = prev {
+                    n += match (p, cur) {
+                        ((Some(a), _), (Some(b), _)) => {
+                            if resets {
+                                u64::from(b < a)
+                            } else {
+                                u64::from(b != a && !(a.is_nan() && b.is_nan()))
+                            }
+                        }
+                        ((_, Some(a)), (_, Some(b))) => {
+                            if resets {
+                                u64::from(b.detect_reset(a))
+                            } else {
+                                u64::from(a != b)
+                            }
+                        }
+                        _ => 1,
+                    };
+                }
+                prev = Some(cur);
+            }
+            Some(RollupOut::F(n as f64))
+        }
+        _ => {
+            if mixed {
+                c.annos
+                    .info(msg::histogram_ignored_in_mixed_range(metric), c.pos);
+                return float_fn(floats, c).map(RollupOut::F);
+            }
+            None
+        }
+    }
+}
+
+/// A copy of `h` at a schema no finer than `schema`.
+fn at_schema(h: &FloatHistogram, schema: i32) -> FloatHistogram {
+    let mut h = h.clone();
+    if schema < h.schema && !h.uses_custom_buckets() {
+        // Reducing to a coarser valid schema cannot fail.
+        let _ = h.reduce_resolution(schema);
+    }
+    h
+}
+
+/// Prometheus's `histogramRate`: last minus first, plus every value lost at a counter reset.
+fn histogram_rate(
+    points: &[HPoint],
+    is_counter: bool,
+    metric: &str,
+    c: &mut RangeCtx,
+) -> Option<FloatHistogram> {
+    let first = &*points[0].h;
+    let last = &*points[points.len() - 1].h;
+    if is_counter
+        && (first.counter_reset_hint == CounterResetHint::Gauge
+            || last.counter_reset_hint == CounterResetHint::Gauge)
+    {
+        c.annos.warn(msg::not_counter(metric), c.pos);
+    }
+    let empty;
+    let mut prev: &FloatHistogram = first;
+    if is_counter {
+        let second = &*points[1].h;
+        if second.detect_reset(first) {
+            empty = FloatHistogram {
+                schema: second.schema,
+                custom_values: second.custom_values.clone(),
+                ..FloatHistogram::default()
+            };
+            prev = &empty;
+        }
+    }
+    let custom = prev.uses_custom_buckets();
+    if last.uses_custom_buckets() != custom {
+        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+        return None;
+    }
+    let mut min_schema = last.schema.min(prev.schema);
+    for p in &points[1..points.len() - 1] {
+        if !is_counter {
+            continue;
+        }
+        if p.h.counter_reset_hint == CounterResetHint::Gauge {
+            c.annos.warn(msg::not_counter(metric), c.pos);
+        }
+        min_schema = min_schema.min(p.h.schema);
+        if p.h.uses_custom_buckets() != custom {
+            c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+            return None;
+        }
+    }
+    let mut h = at_schema(last, min_schema);
+    match h.sub(prev) {
+        Ok(o) if o.custom_bounds_reconciled => {
+            c.annos
+                .info(msg::mismatched_custom_buckets("subtraction"), c.pos);
+        }
+        Ok(_) => {}
+        Err(_) => {
+            c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+            return None;
+        }
+    }
+    if is_counter {
+        let mut prev = prev;
+        for p in &points[1..] {
+            let cur = &*p.h;
+            if cur.detect_reset(prev) {
+                match h.add(prev) {
+                    Ok(o) if o.custom_bounds_reconciled => {
+                        c.annos
+                            .info(msg::mismatched_custom_buckets("addition"), c.pos);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        return None;
+                    }
+                }
+            }
+            prev = cur;
+        }
+    } else if first.counter_reset_hint != CounterResetHint::Gauge
+        || last.counter_reset_hint != CounterResetHint::Gauge
+    {
+        c.annos.warn(msg::not_gauge(metric), c.pos);
+    }
+    h.counter_reset_hint = CounterResetHint::Gauge;
+    h.compact(0);
+    Some(h)
+}
+
+/// Prometheus's `extrapolatedRate` for histogram windows.
+fn extrapolated_histogram_rate(
+    hists: &[HPoint],
+    is_counter: bool,
+    is_rate: bool,
+    metric: &str,
+    c: &mut RangeCtx,
+) -> Option<FloatHistogram> {
+    if hists.len() < 2 {
+        return None;
+    }
+    let mut result = histogram_rate(hists, is_counter, metric, c)?;
+    let first_t = hists[0].t;
+    let last_t = hists[hists.len() - 1].t;
+    let n_minus_one = (hists.len() - 1) as f64;
+    let mut to_start = (first_t - c.range_start) as f64 / 1000.0;
+    let mut to_end = (c.range_end - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = sampled / n_minus_one;
+    let threshold = avg * 1.1;
+    if to_start >= threshold {
+        to_start = avg / 2.0;
+    }
+    if is_counter {
+        let mut to_zero = to_start;
+        if result.count > 0.0 && hists[0].h.count >= 0.0 {
+            to_zero = sampled * (hists[0].h.count / result.count);
+        }
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg / 2.0;
+    }
+    let mut factor = if sampled != 0.0 {
+        (sampled + to_start + to_end) / sampled
+    } else {
+        1.0
+    };
+    if is_rate {
+        factor /= c.range_ms as f64 / 1000.0;
+    }
+    result.mul(factor);
+    Some(result)
+}
+
+/// Prometheus's `instantValue` (`irate`/`idelta`) over a window with histograms.
+fn instant_histogram_value(
+    floats: &[Point],
+    hists: &[HPoint],
+    is_rate: bool,
+    metric: &str,
+    c: &mut RangeCtx,
+) -> Option<RollupOut> {
+    if floats.len() + hists.len() < 2 {
+        return None;
+    }
+    // The last two samples of either kind.
+    enum S<'a> {
+        F(i64, f64),
+        H(i64, &'a FloatHistogram),
+    }
+    let t_of = |s: &S<'_>| match s {
+        S::F(t, _) | S::H(t, _) => *t,
+    };
+    let mut all: Vec<S<'_>> = floats
+        .iter()
+        .rev()
+        .take(2)
+        .map(|p| S::F(p.t, p.v))
+        .chain(hists.iter().rev().take(2).map(|p| S::H(p.t, &*p.h)))
+        .collect();
+    all.sort_by_key(|s| t_of(s));
+    let n = all.len();
+    let (a, b) = (&all[n - 2], &all[n - 1]);
+    let interval = t_of(b) - t_of(a);
+    if interval == 0 {
+        return None;
+    }
+    match (a, b) {
+        (S::F(_, x), S::F(_, y)) => {
+            let mut v = *y;
+            if !is_rate || y.partial_cmp(x) != Some(std::cmp::Ordering::Less) {
+                v = y - x;
+            }
+            if is_rate {
+                v /= interval as f64 / 1000.0;
+            }
+            Some(RollupOut::F(v))
+        }
+        (S::H(_, x), S::H(_, y)) => {
+            let mut r = (*y).clone();
+            if is_rate
+                && (y.counter_reset_hint == CounterResetHint::Gauge
+                    || x.counter_reset_hint == CounterResetHint::Gauge)
+            {
+                c.annos.warn(msg::not_counter(metric), c.pos);
+            }
+            if !is_rate
+                && (y.counter_reset_hint != CounterResetHint::Gauge
+                    || x.counter_reset_hint != CounterResetHint::Gauge)
+            {
+                c.annos.warn(msg::not_gauge(metric), c.pos);
+            }
+            if !is_rate || !y.detect_reset(x) {
+                match r.sub(x) {
+                    Ok(o) if o.custom_bounds_reconciled => {
+                        c.annos
+                            .info(msg::mismatched_custom_buckets("subtraction"), c.pos);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        return None;
+                    }
+                }
+            }
+            r.counter_reset_hint = CounterResetHint::Gauge;
+            r.compact(0);
+            if is_rate {
+                r.div(interval as f64 / 1000.0);
+            }
+            Some(RollupOut::H(r))
+        }
+        _ => {
+            c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+            None
+        }
+    }
 }
 
 #[cfg(test)]
