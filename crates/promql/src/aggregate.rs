@@ -148,6 +148,8 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     let groups = group_series(input.iter().map(|s| &s.labels), a.without, &grouping);
     if crate::eval::is_k_aggregation(a.op) {
         aggregate_k(ev, a.op, input, &groups, &params)
+    } else if input.iter().any(|s| !s.hists.is_empty()) {
+        aggregate_plain_hist(ev, a.op, input, groups, &params, a.expr.pos())
     } else {
         aggregate_plain(ev, a.op, input, groups, &params)
     }
@@ -317,6 +319,252 @@ fn aggregate_plain(
             drop_name: out_drop[gi],
         });
     }
+    ev.add_samples(crate::value::total_points(&out))?;
+    Ok(out)
+}
+
+/// One group's state in [`aggregate_plain_hist`].
+#[derive(Default)]
+struct HGroup {
+    seen: bool,
+    drop_name: bool,
+    f: f64,
+    c: f64,
+    mean: f64,
+    count: f64,
+    has_float: bool,
+    h: Option<crate::value::FloatHistogram>,
+    has_hist: bool,
+    incompatible: bool,
+    reset_seen: bool,
+    not_reset_seen: bool,
+    values: Vec<f64>,
+}
+
+/// [`aggregate_plain`] for input with native histograms (Prometheus's `aggregation` with
+/// its histogram rules): `sum` and `avg` add histograms (a group mixing floats and
+/// histograms yields nothing and a warning), `count` and `group` count them, the others
+/// ignore them with an info annotation. Float-only input never comes here.
+fn aggregate_plain_hist(
+    ev: &mut Evaluator<'_>,
+    op: AggOp,
+    input: Matrix,
+    grouping: Grouping,
+    params: &Params,
+    pos: crate::parser::PosRange,
+) -> Result<Matrix> {
+    use m3query_model::histogram::CounterResetHint;
+    let steps = ev.num_steps();
+    let ngroups = grouping.labels.len();
+    let mut cursors = vec![(0usize, 0usize); input.len()];
+    let mut out: Vec<ESeries> = grouping
+        .labels
+        .iter()
+        .map(|l| ESeries::floats(l.clone(), Vec::new(), false))
+        .collect();
+    let input_total = crate::value::total_points(&input);
+    let mut annos = crate::annotations::Annotations::new();
+    let ignored = |annos: &mut crate::annotations::Annotations| {
+        annos.info(msg::histogram_ignored_in_agg(op.as_str()), pos);
+    };
+    for (step, ts) in (0..steps).map(|k| (k, ev.start + k as i64 * ev.interval)) {
+        if step % 64 == 0 {
+            crate::check_ctx(ev.ctx, "expression evaluation")?;
+        }
+        let param = params.values.get(step).copied().unwrap_or(0.0);
+        let mut groups: Vec<HGroup> = (0..ngroups).map(|_| HGroup::default()).collect();
+        for (si, s) in input.iter().enumerate() {
+            let (fc, hc) = &mut cursors[si];
+            let (f, h) = if let Some(p) = s.points.get(*fc).filter(|p| p.t == ts) {
+                *fc += 1;
+                (p.v, None)
+            } else if let Some(p) = s.hists.get(*hc).filter(|p| p.t == ts) {
+                *hc += 1;
+                (0.0, Some(&p.h))
+            } else {
+                continue;
+            };
+            let g = &mut groups[grouping.of_series[si]];
+            if let Some(h) = h {
+                match h.counter_reset_hint {
+                    CounterResetHint::CounterReset => g.reset_seen = true,
+                    CounterResetHint::NotCounterReset => g.not_reset_seen = true,
+                    _ => {}
+                }
+            }
+            if !g.seen {
+                *g = HGroup {
+                    seen: true,
+                    drop_name: s.drop_name,
+                    f,
+                    mean: f,
+                    count: 1.0,
+                    reset_seen: g.reset_seen,
+                    not_reset_seen: g.not_reset_seen,
+                    ..HGroup::default()
+                };
+                match op {
+                    AggOp::Sum | AggOp::Avg => match h {
+                        Some(h) => {
+                            g.h = Some((**h).clone());
+                            g.has_hist = true;
+                        }
+                        None => g.has_float = true,
+                    },
+                    AggOp::Stddev | AggOp::Stdvar => {
+                        if h.is_some() {
+                            g.seen = false;
+                            ignored(&mut annos);
+                        } else if f.is_nan() || f.is_infinite() {
+                            g.f = f64::NAN;
+                        } else {
+                            g.f = 0.0;
+                        }
+                    }
+                    AggOp::Quantile => {
+                        if h.is_some() {
+                            g.seen = false;
+                            ignored(&mut annos);
+                        }
+                        g.values = vec![f];
+                    }
+                    AggOp::Group => g.f = 1.0,
+                    AggOp::Min | AggOp::Max => {
+                        if h.is_some() {
+                            g.seen = false;
+                            ignored(&mut annos);
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if g.incompatible {
+                continue;
+            }
+            if s.drop_name {
+                g.drop_name = true;
+            }
+            match op {
+                AggOp::Sum | AggOp::Avg => {
+                    if op == AggOp::Avg {
+                        g.count += 1.0;
+                    }
+                    match h {
+                        Some(h) => {
+                            g.has_hist = true;
+                            if let Some(acc) = &mut g.h {
+                                match acc.add(h) {
+                                    Ok(o) => {
+                                        if o.custom_bounds_reconciled {
+                                            annos.info(
+                                                msg::mismatched_custom_buckets("aggregation"),
+                                                pos,
+                                            );
+                                        }
+                                    }
+                                    Err(_) => {
+                                        annos.warn(
+                                            msg::mixed_exponential_custom(
+                                                s.labels.metric_name().unwrap_or(""),
+                                            ),
+                                            pos,
+                                        );
+                                        g.incompatible = true;
+                                    }
+                                }
+                            }
+                        }
+                        None => {
+                            g.has_float = true;
+                            (g.f, g.c) = kahan_inc(f, g.f, g.c);
+                        }
+                    }
+                }
+                AggOp::Group => {}
+                AggOp::Max | AggOp::Min => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                        continue;
+                    }
+                    let better = if op == AggOp::Max { g.f < f } else { g.f > f };
+                    if better || g.f.is_nan() {
+                        g.f = f;
+                    }
+                }
+                AggOp::Count => g.count += 1.0,
+                AggOp::Stddev | AggOp::Stdvar => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                    } else {
+                        g.count += 1.0;
+                        let delta = f - g.mean;
+                        g.mean += delta / g.count;
+                        g.f += delta * (f - g.mean);
+                    }
+                }
+                AggOp::Quantile => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                        continue;
+                    }
+                    g.values.push(f);
+                }
+                _ => {}
+            }
+        }
+        for (gi, g) in groups.iter_mut().enumerate() {
+            if !g.seen {
+                continue;
+            }
+            let mut hist = None;
+            let v = match op {
+                AggOp::Sum | AggOp::Avg => {
+                    if g.has_float && g.has_hist {
+                        annos.warn(msg::mixed_floats_histograms_agg(), pos);
+                        continue;
+                    }
+                    if g.incompatible {
+                        continue;
+                    }
+                    if g.has_hist {
+                        if let Some(mut h) = g.h.take() {
+                            if op == AggOp::Avg {
+                                h.div(g.count);
+                            }
+                            h.compact(0);
+                            hist = Some(h);
+                        }
+                        0.0
+                    } else if op == AggOp::Avg {
+                        g.f / g.count + g.c / g.count
+                    } else {
+                        g.f + g.c
+                    }
+                }
+                AggOp::Count => g.count,
+                AggOp::Stdvar => g.f / g.count,
+                AggOp::Stddev => (g.f / g.count).sqrt(),
+                AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
+                _ => g.f,
+            };
+            if g.reset_seen && g.not_reset_seen {
+                annos.warn(msg::counter_reset_collision("aggregation"), pos);
+            }
+            let o = &mut out[gi];
+            o.drop_name = g.drop_name;
+            match hist {
+                Some(h) => o.hists.push(crate::value::HPoint {
+                    t: ts,
+                    h: std::sync::Arc::new(h),
+                }),
+                None => o.points.push(Point { t: ts, v }),
+            }
+        }
+    }
+    ev.release_samples(input_total);
+    ev.annos.merge(annos);
+    out.retain(|s| !s.points.is_empty() || !s.hists.is_empty());
     ev.add_samples(crate::value::total_points(&out))?;
     Ok(out)
 }
