@@ -136,8 +136,11 @@ fn hist_elem_binop(
             out.h = Some(l.clone());
             out.keep = (**l == **r) == (op == BinOp::Eqlc);
         }
-        (Some(_), None) if is_trim(op) => {
-            // Bucket trimming is not implemented: the pair yields nothing.
+        (Some(l), None) if is_trim(op) => {
+            let mut h = (**l).clone();
+            crate::hist::trim_buckets(&mut h, rf, op == BinOp::TrimUpper);
+            out.h = Some(Arc::new(h));
+            out.keep = true;
         }
         _ => out.err = Some(incompatible()),
     }
@@ -182,7 +185,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
             let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
             ev.range_eval(vec![vec_m, sc_m], move |annos, _, v, out| {
                 let s = v[1].first().map_or(f64::NAN, |e| e.v);
-                if is_trim(op) && !v[0].is_empty() {
+                if is_trim(op) && v[0].iter().any(|e| e.h.is_none()) {
                     annos.info(incompatible_types(op), pos);
                 }
                 for e in &v[0] {

@@ -646,6 +646,178 @@ fn instant_histogram_value(
     }
 }
 
+/// Prometheus's `TrimBuckets` (`</` with `upper`, `>/` without): drops the observations
+/// above (below) `rhs`, interpolating inside the bucket `rhs` falls in, and re-estimates the
+/// sum from bucket midpoints when anything was trimmed.
+pub(crate) fn trim_buckets(h: &mut FloatHistogram, rhs: f64, upper: bool) {
+    let custom = h.uses_custom_buckets();
+    let (mut count, mut sum) = (0.0, 0.0);
+    let mut trimmed = false;
+    let (mut has_pos, mut has_neg) = (false, false);
+    for positive in [true, false] {
+        let buckets: Vec<Bucket<f64>> = if positive {
+            h.positive_buckets().collect()
+        } else {
+            h.negative_buckets().collect()
+        };
+        for (i, b) in buckets.iter().enumerate() {
+            if b.count == 0.0 {
+                continue;
+            }
+            if positive {
+                has_pos = true;
+            } else {
+                has_neg = true;
+            }
+            let whole = if upper {
+                b.upper <= rhs
+            } else {
+                b.lower >= rhs
+            };
+            let partial = if upper { b.lower < rhs } else { b.upper > rhs };
+            let slot = if positive {
+                &mut h.positive_buckets[i]
+            } else {
+                &mut h.negative_buckets[i]
+            };
+            if whole {
+                count += b.count;
+                sum += midpoint(b.lower, b.upper, positive, custom) * b.count;
+            } else if partial {
+                let (keep, mid) = bucket_trim(b, rhs, upper, positive, custom);
+                count += keep;
+                sum += mid * keep;
+                if *slot != keep {
+                    *slot = keep;
+                    trimmed = true;
+                }
+            } else {
+                *slot = 0.0;
+                trimmed = true;
+            }
+        }
+    }
+    if h.zero_count > 0.0 {
+        let (keep, mid) = zero_bucket_trim(h, rhs, has_neg, has_pos, upper);
+        if h.zero_count != keep {
+            h.zero_count = keep;
+            trimmed = true;
+        }
+        sum += mid * keep;
+        count += keep;
+    }
+    if trimmed {
+        h.count = count;
+        h.sum = sum;
+        h.compact(0);
+    }
+}
+
+fn midpoint(lo: f64, hi: f64, positive: bool, linear: bool) -> f64 {
+    if lo.is_infinite() {
+        if hi.is_infinite() {
+            return 0.0;
+        }
+        if hi > 0.0 {
+            return hi / 2.0;
+        }
+        return hi;
+    } else if hi.is_infinite() {
+        return lo;
+    }
+    if linear {
+        return (lo + hi) / 2.0;
+    }
+    let g = (lo * hi).abs().sqrt();
+    if positive { g } else { -g }
+}
+
+fn bucket_trim(b: &Bucket<f64>, rhs: f64, upper: bool, positive: bool, custom: bool) -> (f64, f64) {
+    if b.lower == f64::NEG_INFINITY || b.upper == f64::INFINITY {
+        return infinity_bucket_trim(upper, b, rhs);
+    }
+    let under = if rhs <= b.lower {
+        0.0
+    } else if rhs >= b.upper {
+        b.count
+    } else {
+        b.count * fraction_below(b, rhs, custom)
+    };
+    if upper {
+        (under, midpoint(b.lower, rhs, positive, custom))
+    } else {
+        (b.count - under, midpoint(rhs, b.upper, positive, custom))
+    }
+}
+
+fn infinity_bucket_trim(upper: bool, b: &Bucket<f64>, rhs: f64) -> (f64, f64) {
+    let zero_if_inf = |x: f64| if x.is_infinite() { 0.0 } else { x };
+    if b.lower == f64::NEG_INFINITY {
+        if upper {
+            if rhs >= b.upper {
+                return (b.count, 0.0);
+            }
+            if rhs > 0.0 && b.upper > 0.0 && b.upper != f64::INFINITY {
+                return (b.count * rhs / b.upper, rhs / 2.0);
+            }
+            if b.upper <= 0.0 {
+                return (b.count, rhs);
+            }
+            return (0.0, zero_if_inf(b.upper));
+        }
+        if rhs <= b.lower {
+            return (b.count, 0.0);
+        }
+        if rhs >= 0.0 && b.upper > rhs && b.upper != f64::INFINITY {
+            return (b.count * (1.0 - rhs / b.upper), (rhs + b.upper) / 2.0);
+        }
+        return (0.0, zero_if_inf(b.upper));
+    }
+    // The upper bound is +Inf.
+    if upper {
+        return (0.0, zero_if_inf(b.lower));
+    }
+    if rhs >= b.lower {
+        return (b.count, rhs);
+    }
+    (0.0, zero_if_inf(b.lower))
+}
+
+fn zero_bucket_trim(
+    h: &FloatHistogram,
+    rhs: f64,
+    has_neg: bool,
+    has_pos: bool,
+    upper_trim: bool,
+) -> (f64, f64) {
+    let zb = h.zero_bucket();
+    let (mut lo, mut hi) = (zb.lower, zb.upper);
+    if has_neg && !has_pos {
+        hi = 0.0;
+    }
+    if has_pos && !has_neg {
+        lo = 0.0;
+    }
+    let (fraction, mid) = if upper_trim {
+        if rhs <= lo {
+            return (0.0, 0.0);
+        }
+        if rhs >= hi {
+            return (zb.count, (lo + hi) / 2.0);
+        }
+        ((rhs - lo) / (hi - lo), (lo + rhs) / 2.0)
+    } else {
+        if rhs <= lo {
+            return (zb.count, (lo + hi) / 2.0);
+        }
+        if rhs >= hi {
+            return (0.0, 0.0);
+        }
+        ((hi - rhs) / (hi - lo), (rhs + hi) / 2.0)
+    };
+    (zb.count * fraction, mid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
