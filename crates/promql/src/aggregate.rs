@@ -147,7 +147,7 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     }
     let groups = group_series(input.iter().map(|s| &s.labels), a.without, &grouping);
     if crate::eval::is_k_aggregation(a.op) {
-        aggregate_k(ev, a.op, input, &groups, &params)
+        aggregate_k(ev, a.op, input, &groups, &params, a.expr.pos())
     } else if input.iter().any(|s| !s.hists.is_empty()) {
         aggregate_plain_hist(ev, a.op, input, groups, &params, a.expr.pos())
     } else {
@@ -577,10 +577,19 @@ fn aggregate_k(
     mut input: Matrix,
     grouping: &Grouping,
     params: &Params,
+    pos: crate::parser::PosRange,
 ) -> Result<Matrix> {
     let steps = ev.num_steps();
     let mut groups: Vec<KGroup> = vec![KGroup::default(); grouping.labels.len()];
     let mut cursors = vec![0usize; input.len()];
+    // Native histograms: limitk and limit_ratio pass them through, topk and bottomk ignore
+    // them (with an info). Only input with histograms pays for this.
+    let has_hists = input.iter().any(|s| !s.hists.is_empty());
+    let mut hcursors = vec![0usize; if has_hists { input.len() } else { 0 }];
+    let mut step_h: Vec<Option<std::sync::Arc<crate::value::FloatHistogram>>> =
+        vec![None; hcursors.len()];
+    let mut out_hists: Vec<Vec<crate::value::HPoint>> = vec![Vec::new(); hcursors.len()];
+    let mut annos = crate::annotations::Annotations::new();
     let mut out_points: Vec<Vec<Point>> = vec![Vec::new(); input.len()];
     let mut out_drop: Vec<bool> = vec![false; input.len()];
     // An instant query lists series in the order the heaps give them, as Prometheus does.
@@ -612,11 +621,30 @@ fn aggregate_k(
         }
         for (si, s) in input.iter().enumerate() {
             let c = &mut cursors[si];
-            let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
+            let f = if let Some(p) = s.points.get(*c).filter(|p| p.t == ts) {
+                *c += 1;
+                if has_hists {
+                    step_h[si] = None;
+                }
+                p.v
+            } else if has_hists {
+                let hc = &mut hcursors[si];
+                while s.hists.get(*hc).is_some_and(|p| p.t < ts) {
+                    *hc += 1;
+                }
+                let Some(p) = s.hists.get(*hc).filter(|p| p.t == ts) else {
+                    continue;
+                };
+                *hc += 1;
+                if matches!(op, AggOp::Topk | AggOp::Bottomk) {
+                    annos.info(msg::histogram_ignored_in_agg(op.as_str()), pos);
+                    continue;
+                }
+                step_h[si] = Some(p.h.clone());
+                0.0
+            } else {
                 continue;
             };
-            *c += 1;
-            let f = p.v;
             let g = &mut groups[grouping.of_series[si]];
             if !g.seen {
                 g.seen = true;
@@ -670,10 +698,13 @@ fn aggregate_k(
                 _ => {}
             }
             for (si, v) in g.heap.drain(..) {
-                if out_points[si].is_empty() {
+                if out_points[si].is_empty() && out_hists.get(si).is_none_or(Vec::is_empty) {
                     out_drop[si] = input[si].drop_name;
                 }
-                out_points[si].push(Point { t: ts, v });
+                match step_h.get_mut(si).and_then(Option::take) {
+                    Some(h) => out_hists[si].push(crate::value::HPoint { t: ts, h }),
+                    None => out_points[si].push(Point { t: ts, v }),
+                }
                 if steps == 1 {
                     instant_order.push(si);
                 }
@@ -688,14 +719,19 @@ fn aggregate_k(
     } else {
         (0..input.len()).collect()
     };
+    ev.annos.merge(annos);
     let mut out: Matrix = Vec::new();
     for si in order {
         let points = std::mem::take(&mut out_points[si]);
-        if points.is_empty() {
+        let hists = out_hists
+            .get_mut(si)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if points.is_empty() && hists.is_empty() {
             continue;
         }
         out.push(ESeries {
-            hists: Vec::new(),
+            hists,
             labels: std::mem::take(&mut input[si].labels),
             points,
             drop_name: out_drop[si],
