@@ -333,7 +333,7 @@ struct HGroup {
     mean: f64,
     count: f64,
     has_float: bool,
-    h: Option<crate::value::FloatHistogram>,
+    h: Option<crate::hist::HistAcc>,
     has_hist: bool,
     incompatible: bool,
     reset_seen: bool,
@@ -406,7 +406,7 @@ fn aggregate_plain_hist(
                 match op {
                     AggOp::Sum | AggOp::Avg => match h {
                         Some(h) => {
-                            g.h = Some((**h).clone());
+                            g.h = Some(crate::hist::HistAcc::new(h));
                             g.has_hist = true;
                         }
                         None => g.has_float = true,
@@ -429,11 +429,9 @@ fn aggregate_plain_hist(
                         g.values = vec![f];
                     }
                     AggOp::Group => g.f = 1.0,
-                    AggOp::Min | AggOp::Max => {
-                        if h.is_some() {
-                            g.seen = false;
-                            ignored(&mut annos);
-                        }
+                    AggOp::Min | AggOp::Max if h.is_some() => {
+                        g.seen = false;
+                        ignored(&mut annos);
                     }
                     _ => {}
                 }
@@ -454,7 +452,12 @@ fn aggregate_plain_hist(
                         Some(h) => {
                             g.has_hist = true;
                             if let Some(acc) = &mut g.h {
-                                match acc.add(h) {
+                                let r = if op == AggOp::Avg {
+                                    acc.add_to_mean(h)
+                                } else {
+                                    acc.add(h)
+                                };
+                                match r {
                                     Ok(o) => {
                                         if o.custom_bounds_reconciled {
                                             annos.info(
@@ -528,10 +531,12 @@ fn aggregate_plain_hist(
                         continue;
                     }
                     if g.has_hist {
-                        if let Some(mut h) = g.h.take() {
-                            if op == AggOp::Avg {
-                                h.div(g.count);
-                            }
+                        if let Some(acc) = g.h.take() {
+                            let mut h = if op == AggOp::Avg {
+                                acc.mean()
+                            } else {
+                                acc.sum()
+                            };
                             h.compact(0);
                             hist = Some(h);
                         }
@@ -1139,7 +1144,11 @@ fn count_values(
         let mut res: Vec<(Labels, usize)> = Vec::new();
         for e in &vecs[0] {
             let mut b = e.labels.builder();
-            b.set(label.as_str(), crate::parser::format_float_f_go(e.v));
+            let value = match &e.h {
+                Some(h) => crate::hist::go_string(h),
+                None => crate::parser::format_float_f_go(e.v),
+            };
+            b.set(label.as_str(), value);
             let metric = b.labels();
             let key = if without {
                 metric.hash_without_labels(&grouping)

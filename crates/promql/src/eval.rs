@@ -668,6 +668,7 @@ impl<'a> Evaluator<'a> {
             scalars: &prep.scalars,
             f,
             name: c.func.name,
+            arg_pos: c.args[idx].pos(),
             counter: matches!(c.func.name, "rate" | "increase") && !ext,
             ctx: self.ctx,
             replicate: prep.at.is_some()
@@ -973,6 +974,8 @@ pub(crate) struct WindowSpec<'s> {
     f: functions::RangeFn,
     /// The function's name, for the histogram rollups.
     name: &'static str,
+    /// The range argument's position (histogram annotations point at it).
+    arg_pos: crate::parser::PosRange,
     /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
     /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
     replicate: bool,
@@ -1175,7 +1178,15 @@ impl WindowSpec<'_> {
             rctx.range_end = wend;
             rctx.params.clear();
             rctx.params.extend(self.scalars.iter().map(|s| s[k]));
-            match crate::hist::rollup(self.name, fw, hw, &input.labels, &mut rctx, self.f) {
+            match crate::hist::rollup(
+                self.name,
+                fw,
+                hw,
+                &input.labels,
+                &mut rctx,
+                self.f,
+                self.arg_pos,
+            ) {
                 Some(crate::hist::RollupOut::F(v)) => out.points.push(Point { t: ts, v }),
                 Some(crate::hist::RollupOut::H(h)) => out.hists.push(HPoint {
                     t: ts,

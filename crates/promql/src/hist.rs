@@ -1,7 +1,7 @@
 //! Native histogram arithmetic PromQL functions need, with Prometheus 3.x semantics
 //! (`promql/quantile.go` and `functions.go`): quantiles, fractions, variance.
 
-use m3query_model::histogram::{Bucket, CounterResetHint};
+use m3query_model::histogram::{AddOutcome, Bucket, CounterResetHint};
 
 use crate::annotations::msg;
 use crate::functions::RangeCtx;
@@ -284,6 +284,7 @@ pub(crate) fn rollup(
     labels: &m3query_model::Labels,
     c: &mut RangeCtx,
     float_fn: crate::functions::RangeFn,
+    pos: crate::parser::PosRange,
 ) -> Option<RollupOut> {
     if hists.is_empty() {
         return float_fn(floats, c).map(RollupOut::F);
@@ -293,7 +294,7 @@ pub(crate) fn rollup(
     match name {
         "rate" | "increase" | "delta" => {
             if mixed {
-                c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+                c.annos.warn(msg::mixed_floats_histograms(metric), pos);
                 return None;
             }
             if c.anchored || c.smoothed {
@@ -301,45 +302,50 @@ pub(crate) fn rollup(
                 return None;
             }
             let is_counter = name != "delta";
-            extrapolated_histogram_rate(hists, is_counter, name == "rate", metric, c)
+            extrapolated_histogram_rate(hists, is_counter, name == "rate", metric, c, pos)
                 .map(RollupOut::H)
         }
-        "irate" | "idelta" => instant_histogram_value(floats, hists, name == "irate", metric, c),
+        "irate" | "idelta" => {
+            instant_histogram_value(floats, hists, name == "irate", metric, c, pos)
+        }
         "sum_over_time" | "avg_over_time" => {
             if mixed {
-                c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+                c.annos.warn(msg::mixed_floats_histograms(metric), pos);
                 return None;
             }
-            let mut sum = (*hists[0].h).clone();
+            let mut acc = HistAcc::new(&hists[0].h);
             let (mut reset_seen, mut not_reset_seen, mut reconciled) = (false, false, false);
             let mut track = |h: &FloatHistogram| match h.counter_reset_hint {
                 CounterResetHint::CounterReset => reset_seen = true,
                 CounterResetHint::NotCounterReset => not_reset_seen = true,
                 _ => {}
             };
-            track(&sum);
+            track(&hists[0].h);
+            let avg = name == "avg_over_time";
             for p in &hists[1..] {
                 track(&p.h);
-                match sum.add(&p.h) {
+                let r = if avg {
+                    acc.add_to_mean(&p.h)
+                } else {
+                    acc.add(&p.h)
+                };
+                match r {
                     Ok(o) => reconciled |= o.custom_bounds_reconciled,
                     Err(_) => {
-                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        c.annos.warn(msg::mixed_exponential_custom(metric), pos);
                         return None;
                     }
                 }
             }
             if reset_seen && not_reset_seen {
                 c.annos
-                    .warn(msg::counter_reset_collision("aggregation"), c.pos);
+                    .warn(msg::counter_reset_collision("aggregation"), pos);
             }
             if reconciled {
                 c.annos
-                    .info(msg::mismatched_custom_buckets("aggregation"), c.pos);
+                    .info(msg::mismatched_custom_buckets("aggregation"), pos);
             }
-            if name == "avg_over_time" {
-                sum.div(hists.len() as f64);
-            }
-            Some(RollupOut::H(sum))
+            Some(RollupOut::H(if avg { acc.mean() } else { acc.sum() }))
         }
         "count_over_time" => Some(RollupOut::F((floats.len() + hists.len()) as f64)),
         "present_over_time" | "absent_over_time" => Some(RollupOut::F(1.0)),
@@ -408,7 +414,7 @@ pub(crate) fn rollup(
         _ => {
             if mixed {
                 c.annos
-                    .info(msg::histogram_ignored_in_mixed_range(metric), c.pos);
+                    .info(msg::histogram_ignored_in_mixed_range(metric), pos);
                 return float_fn(floats, c).map(RollupOut::F);
             }
             None
@@ -432,6 +438,7 @@ fn histogram_rate(
     is_counter: bool,
     metric: &str,
     c: &mut RangeCtx,
+    pos: crate::parser::PosRange,
 ) -> Option<FloatHistogram> {
     let first = &*points[0].h;
     let last = &*points[points.len() - 1].h;
@@ -439,7 +446,7 @@ fn histogram_rate(
         && (first.counter_reset_hint == CounterResetHint::Gauge
             || last.counter_reset_hint == CounterResetHint::Gauge)
     {
-        c.annos.warn(msg::not_counter(metric), c.pos);
+        c.annos.warn(msg::not_counter(metric), pos);
     }
     let empty;
     let mut prev: &FloatHistogram = first;
@@ -456,7 +463,7 @@ fn histogram_rate(
     }
     let custom = prev.uses_custom_buckets();
     if last.uses_custom_buckets() != custom {
-        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+        c.annos.warn(msg::mixed_exponential_custom(metric), pos);
         return None;
     }
     let mut min_schema = last.schema.min(prev.schema);
@@ -465,11 +472,11 @@ fn histogram_rate(
             continue;
         }
         if p.h.counter_reset_hint == CounterResetHint::Gauge {
-            c.annos.warn(msg::not_counter(metric), c.pos);
+            c.annos.warn(msg::not_counter(metric), pos);
         }
         min_schema = min_schema.min(p.h.schema);
         if p.h.uses_custom_buckets() != custom {
-            c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+            c.annos.warn(msg::mixed_exponential_custom(metric), pos);
             return None;
         }
     }
@@ -477,11 +484,11 @@ fn histogram_rate(
     match h.sub(prev) {
         Ok(o) if o.custom_bounds_reconciled => {
             c.annos
-                .info(msg::mismatched_custom_buckets("subtraction"), c.pos);
+                .info(msg::mismatched_custom_buckets("subtraction"), pos);
         }
         Ok(_) => {}
         Err(_) => {
-            c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+            c.annos.warn(msg::mixed_exponential_custom(metric), pos);
             return None;
         }
     }
@@ -493,11 +500,11 @@ fn histogram_rate(
                 match h.add(prev) {
                     Ok(o) if o.custom_bounds_reconciled => {
                         c.annos
-                            .info(msg::mismatched_custom_buckets("addition"), c.pos);
+                            .info(msg::mismatched_custom_buckets("addition"), pos);
                     }
                     Ok(_) => {}
                     Err(_) => {
-                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        c.annos.warn(msg::mixed_exponential_custom(metric), pos);
                         return None;
                     }
                 }
@@ -507,7 +514,7 @@ fn histogram_rate(
     } else if first.counter_reset_hint != CounterResetHint::Gauge
         || last.counter_reset_hint != CounterResetHint::Gauge
     {
-        c.annos.warn(msg::not_gauge(metric), c.pos);
+        c.annos.warn(msg::not_gauge(metric), pos);
     }
     h.counter_reset_hint = CounterResetHint::Gauge;
     h.compact(0);
@@ -521,11 +528,12 @@ fn extrapolated_histogram_rate(
     is_rate: bool,
     metric: &str,
     c: &mut RangeCtx,
+    pos: crate::parser::PosRange,
 ) -> Option<FloatHistogram> {
     if hists.len() < 2 {
         return None;
     }
-    let mut result = histogram_rate(hists, is_counter, metric, c)?;
+    let mut result = histogram_rate(hists, is_counter, metric, c, pos)?;
     let first_t = hists[0].t;
     let last_t = hists[hists.len() - 1].t;
     let n_minus_one = (hists.len() - 1) as f64;
@@ -568,6 +576,7 @@ fn instant_histogram_value(
     is_rate: bool,
     metric: &str,
     c: &mut RangeCtx,
+    pos: crate::parser::PosRange,
 ) -> Option<RollupOut> {
     if floats.len() + hists.len() < 2 {
         return None;
@@ -585,7 +594,7 @@ fn instant_histogram_value(
         .rev()
         .take(2)
         .map(|p| S::F(p.t, p.v))
-        .chain(hists.iter().rev().take(2).map(|p| S::H(p.t, &*p.h)))
+        .chain(hists.iter().rev().take(2).map(|p| S::H(p.t, &p.h)))
         .collect();
     all.sort_by_key(|s| t_of(s));
     let n = all.len();
@@ -611,23 +620,23 @@ fn instant_histogram_value(
                 && (y.counter_reset_hint == CounterResetHint::Gauge
                     || x.counter_reset_hint == CounterResetHint::Gauge)
             {
-                c.annos.warn(msg::not_counter(metric), c.pos);
+                c.annos.warn(msg::not_counter(metric), pos);
             }
             if !is_rate
                 && (y.counter_reset_hint != CounterResetHint::Gauge
                     || x.counter_reset_hint != CounterResetHint::Gauge)
             {
-                c.annos.warn(msg::not_gauge(metric), c.pos);
+                c.annos.warn(msg::not_gauge(metric), pos);
             }
             if !is_rate || !y.detect_reset(x) {
                 match r.sub(x) {
                     Ok(o) if o.custom_bounds_reconciled => {
                         c.annos
-                            .info(msg::mismatched_custom_buckets("subtraction"), c.pos);
+                            .info(msg::mismatched_custom_buckets("subtraction"), pos);
                     }
                     Ok(_) => {}
                     Err(_) => {
-                        c.annos.warn(msg::mixed_exponential_custom(metric), c.pos);
+                        c.annos.warn(msg::mixed_exponential_custom(metric), pos);
                         return None;
                     }
                 }
@@ -640,7 +649,7 @@ fn instant_histogram_value(
             Some(RollupOut::H(r))
         }
         _ => {
-            c.annos.warn(msg::mixed_floats_histograms(metric), c.pos);
+            c.annos.warn(msg::mixed_floats_histograms(metric), pos);
             None
         }
     }
@@ -816,6 +825,232 @@ fn zero_bucket_trim(
         ((hi - rhs) / (hi - lo), (rhs + hi) / 2.0)
     };
     (zb.count * fraction, mid)
+}
+
+/// Go's `FloatHistogram.String()`: count, sum and the non-empty buckets from lowest to
+/// highest (what `count_values` uses as a histogram's label value).
+pub(crate) fn go_string(h: &FloatHistogram) -> String {
+    use crate::parser::printer_g as g;
+    let bucket = |b: &Bucket<f64>| {
+        format!(
+            "{}{},{}{}:{}",
+            if b.lower_inclusive { '[' } else { '(' },
+            g(b.lower),
+            g(b.upper),
+            if b.upper_inclusive { ']' } else { ')' },
+            g(b.count)
+        )
+    };
+    let mut s = format!("{{count:{}, sum:{}", g(h.count), g(h.sum));
+    let mut neg: Vec<Bucket<f64>> = h.negative_buckets().filter(|b| b.count != 0.0).collect();
+    neg.reverse();
+    for b in &neg {
+        s.push_str(", ");
+        s.push_str(&bucket(b));
+    }
+    if h.zero_count != 0.0 {
+        s.push_str(", ");
+        s.push_str(&bucket(&h.zero_bucket()));
+    }
+    for b in h.positive_buckets().filter(|b| b.count != 0.0) {
+        s.push_str(", ");
+        s.push_str(&bucket(&b));
+    }
+    s.push('}');
+    s
+}
+
+/// A field of a histogram in [`HistAcc`]: count, sum, zero bucket, or a bucket index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Field {
+    Count,
+    Sum,
+    Zero,
+    Neg(i32),
+    Pos(i32),
+}
+
+/// A compensated (Kahan–Neumaier) sum or mean of histograms, field by field, as
+/// Prometheus's `KahanAdd` and incremental mean give for `sum`/`avg`/`sum_over_time`/
+/// `avg_over_time`. Histograms of one layout (schema, zero threshold, custom bounds) are
+/// summed per bucket index; a differing layout falls back to plain
+/// [`FloatHistogram::add`] (exact reconciliation of layouts is the model's job).
+pub(crate) struct HistAcc {
+    layout: FloatHistogram,
+    fields: std::collections::BTreeMap<Field, (f64, f64)>,
+    n: f64,
+    incremental: bool,
+    /// Set once a histogram of another layout arrived: the plain running sum.
+    plain: Option<FloatHistogram>,
+}
+
+fn fields_of(h: &FloatHistogram) -> Vec<(Field, f64)> {
+    let mut v = vec![
+        (Field::Count, h.count),
+        (Field::Sum, h.sum),
+        (Field::Zero, h.zero_count),
+    ];
+    v.extend(h.positive_buckets().map(|b| (Field::Pos(b.index), b.count)));
+    v.extend(h.negative_buckets().map(|b| (Field::Neg(b.index), b.count)));
+    v
+}
+
+fn same_layout(a: &FloatHistogram, b: &FloatHistogram) -> bool {
+    a.schema == b.schema
+        && a.zero_threshold == b.zero_threshold
+        && a.uses_custom_buckets() == b.uses_custom_buckets()
+        && (!a.uses_custom_buckets()
+            || m3query_model::histogram::custom_bounds_match(&a.custom_values, &b.custom_values))
+}
+
+fn combined_hint(a: CounterResetHint, b: CounterResetHint) -> CounterResetHint {
+    use CounterResetHint::*;
+    match (a, b) {
+        (x, y) if x == y => x,
+        (Gauge, _) | (_, Gauge) => Gauge,
+        _ => Unknown,
+    }
+}
+
+impl HistAcc {
+    pub(crate) fn new(h: &FloatHistogram) -> Self {
+        let layout = FloatHistogram {
+            counter_reset_hint: h.counter_reset_hint,
+            schema: h.schema,
+            zero_threshold: h.zero_threshold,
+            custom_values: h.custom_values.clone(),
+            ..FloatHistogram::default()
+        };
+        HistAcc {
+            layout,
+            fields: fields_of(h)
+                .into_iter()
+                .map(|(k, v)| (k, (v, 0.0)))
+                .collect(),
+            n: 1.0,
+            incremental: false,
+            plain: None,
+        }
+    }
+
+    /// Adds `h` to the sum. `Err` when the schemas cannot be combined (exponential with
+    /// custom buckets).
+    pub(crate) fn add(&mut self, h: &FloatHistogram) -> Result<AddOutcome, ()> {
+        self.n += 1.0;
+        self.layout.counter_reset_hint =
+            combined_hint(self.layout.counter_reset_hint, h.counter_reset_hint);
+        if self.plain.is_none() && same_layout(&self.layout, h) {
+            for (k, x) in fields_of(h) {
+                let e = self.fields.entry(k).or_insert((0.0, 0.0));
+                *e = kahan_inc(x, e.0, e.1);
+            }
+            return Ok(AddOutcome::default());
+        }
+        let mut acc = match self.plain.take() {
+            Some(p) => p,
+            None => self.sum(),
+        };
+        let r = acc.add(h).map_err(|_| ());
+        self.plain = Some(acc);
+        r
+    }
+
+    /// Adds `h` to the mean (Prometheus's avg: a compensated sum until it overflows, then
+    /// an incremental mean).
+    pub(crate) fn add_to_mean(&mut self, h: &FloatHistogram) -> Result<AddOutcome, ()> {
+        if self.plain.is_some() || !same_layout(&self.layout, h) {
+            return self.add(h);
+        }
+        self.n += 1.0;
+        self.layout.counter_reset_hint =
+            combined_hint(self.layout.counter_reset_hint, h.counter_reset_hint);
+        let n = self.n;
+        if !self.incremental {
+            let mut tentative = self.fields.clone();
+            for (k, x) in fields_of(h) {
+                let e = tentative.entry(k).or_insert((0.0, 0.0));
+                *e = kahan_inc(x, e.0, e.1);
+            }
+            if !tentative.values().any(|(s, _)| s.is_infinite()) {
+                self.fields = tentative;
+                return Ok(AddOutcome::default());
+            }
+            self.incremental = true;
+            for e in self.fields.values_mut() {
+                *e = (e.0 / (n - 1.0), e.1 / (n - 1.0));
+            }
+        }
+        let q = (n - 1.0) / n;
+        let new: std::collections::BTreeMap<Field, f64> = fields_of(h).into_iter().collect();
+        for k in new.keys() {
+            self.fields.entry(*k).or_insert((0.0, 0.0));
+        }
+        for (k, e) in self.fields.iter_mut() {
+            let x = new.get(k).copied().unwrap_or(0.0);
+            *e = kahan_inc(x / n, q * e.0, q * e.1);
+        }
+        Ok(AddOutcome::default())
+    }
+
+    fn build(&self, value: impl Fn(f64, f64) -> f64) -> FloatHistogram {
+        let mut h = self.layout.clone();
+        let mut pos: Vec<(i32, f64)> = Vec::new();
+        let mut neg: Vec<(i32, f64)> = Vec::new();
+        for (k, (s, c)) in &self.fields {
+            let v = value(*s, *c);
+            match k {
+                Field::Count => h.count = v,
+                Field::Sum => h.sum = v,
+                Field::Zero => h.zero_count = v,
+                Field::Pos(i) => pos.push((*i, v)),
+                Field::Neg(i) => neg.push((*i, v)),
+            }
+        }
+        (h.positive_spans, h.positive_buckets) = spans_of(&pos);
+        (h.negative_spans, h.negative_buckets) = spans_of(&neg);
+        h
+    }
+
+    /// The sum.
+    pub(crate) fn sum(&self) -> FloatHistogram {
+        if let Some(p) = &self.plain {
+            return p.clone();
+        }
+        self.build(|s, c| if s.is_infinite() { s } else { s + c })
+    }
+
+    /// The mean of everything added with [`HistAcc::add_to_mean`].
+    pub(crate) fn mean(&self) -> FloatHistogram {
+        if let Some(p) = &self.plain {
+            let mut p = p.clone();
+            p.div(self.n);
+            return p;
+        }
+        let n = self.n;
+        if self.incremental {
+            self.build(|m, c| m + c)
+        } else {
+            self.build(|s, c| s / n + c / n)
+        }
+    }
+}
+
+/// Spans and buckets for `(index, count)` pairs in index order.
+fn spans_of(pairs: &[(i32, f64)]) -> (Vec<m3query_model::histogram::Span>, Vec<f64>) {
+    use m3query_model::histogram::Span;
+    let mut spans: Vec<Span> = Vec::new();
+    let mut buckets = Vec::with_capacity(pairs.len());
+    let mut next: Option<i32> = None;
+    for &(i, c) in pairs {
+        match (next, spans.last_mut()) {
+            (Some(n), Some(last)) if n == i => last.length += 1,
+            (Some(n), _) => spans.push(Span::new(i - n, 1)),
+            (None, _) => spans.push(Span::new(i, 1)),
+        }
+        buckets.push(c);
+        next = Some(i + 1);
+    }
+    (spans, buckets)
 }
 
 #[cfg(test)]
