@@ -617,7 +617,7 @@ impl<'a> Evaluator<'a> {
                         .map(|s| RollupInput {
                             labels: s.labels,
                             points: std::borrow::Cow::Owned(s.points),
-                            hists: std::borrow::Cow::Owned(s.hists),
+                            hists: std::borrow::Cow::Owned(unknown_resets(s.hists)),
                             drop_name: s.drop_name,
                         })
                         .collect(),
@@ -899,6 +899,25 @@ impl<'a> Evaluator<'a> {
         self.release_samples(inputs_total);
         Ok(result)
     }
+}
+
+/// A subquery's histograms as a range function sees them: `CounterReset` and
+/// `NotCounterReset` hints become `Unknown`, since the subquery's steps may skip or repeat
+/// the samples the hints were about (Prometheus does the same), so resets are detected from
+/// the values.
+fn unknown_resets(mut hists: Vec<HPoint>) -> Vec<HPoint> {
+    use m3query_model::histogram::CounterResetHint;
+    for p in &mut hists {
+        if matches!(
+            p.h.counter_reset_hint,
+            CounterResetHint::CounterReset | CounterResetHint::NotCounterReset
+        ) {
+            let mut h = (*p.h).clone();
+            h.counter_reset_hint = CounterResetHint::Unknown;
+            p.h = std::sync::Arc::new(h);
+        }
+    }
+    hists
 }
 
 /// A new output series of [`Evaluator::range_eval`] holding `e` at `ts`.

@@ -295,6 +295,64 @@ impl MemAppender<'_> {
     }
 }
 
+impl MemAppender<'_> {
+    /// The series' latest sample if it is a (non-stale) histogram: the sample a new
+    /// histogram would share a chunk with in the TSDB.
+    fn previous_histogram(&self, labels: &Labels) -> Option<std::sync::Arc<FloatHistogram>> {
+        let pending = self.pending.iter().rev().find(|(l, _)| l == labels);
+        let last = match pending {
+            Some((_, Pending::Hist(h))) => Some(h.clone()),
+            Some((_, Pending::Float(_))) => None,
+            None => {
+                let map = self.store.series.read();
+                let d = map.get(labels)?;
+                match (d.floats.last(), d.hists.last()) {
+                    (Some(f), Some(h)) if f.t > h.t => None,
+                    (_, h) => h.cloned(),
+                }
+            }
+        };
+        last.filter(|h| !h.is_stale()).map(|h| h.h)
+    }
+}
+
+/// The counter reset hint a histogram reads back with from the TSDB's histogram chunks, which
+/// the in-memory store mimics so queries see what they would see there: gauges stay gauges;
+/// a histogram that starts a series (or follows a float) keeps its own hint; one that
+/// follows a histogram is a `CounterReset` when it was given as one, `Unknown` when a reset
+/// is detected or its layout (schema, zero threshold, custom bounds) changed (both start a
+/// new chunk), and `NotCounterReset` otherwise (a later sample of the same chunk).
+fn read_back_hint(
+    h: &FloatHistogram,
+    prev: Option<&FloatHistogram>,
+) -> m3query_model::histogram::CounterResetHint {
+    use m3query_model::histogram::CounterResetHint::*;
+    let Some(prev) = prev else {
+        return h.counter_reset_hint;
+    };
+    if h.counter_reset_hint == Gauge || prev.counter_reset_hint == Gauge {
+        return h.counter_reset_hint;
+    }
+    if h.counter_reset_hint == CounterReset {
+        return CounterReset;
+    }
+    let mut probe = h.clone();
+    probe.counter_reset_hint = Unknown;
+    if probe.detect_reset(prev) {
+        // The TSDB cuts a new chunk at a detected reset, and reads its first sample back
+        // as `Unknown` (prometheus/prometheus#15346).
+        return Unknown;
+    }
+    let layout_changed = h.schema != prev.schema
+        || h.zero_threshold != prev.zero_threshold
+        || h.custom_values != prev.custom_values;
+    if layout_changed {
+        Unknown
+    } else {
+        NotCounterReset
+    }
+}
+
 impl Appender for MemAppender<'_> {
     fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<()> {
         if !self.check_order(labels, t, Some(v))? {
@@ -308,11 +366,12 @@ impl Appender for MemAppender<'_> {
 
     fn append_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> Result<()> {
         self.check_order(labels, t, None)?;
+        let mut h = h.clone();
+        let prev = self.previous_histogram(labels);
+        h.counter_reset_hint = read_back_hint(&h, prev.as_deref());
         self.last.insert(labels.clone(), t);
-        self.pending.push((
-            labels.clone(),
-            Pending::Hist(HistogramSample::new(t, h.clone())),
-        ));
+        self.pending
+            .push((labels.clone(), Pending::Hist(HistogramSample::new(t, h))));
         Ok(())
     }
 
@@ -436,5 +495,29 @@ mod histogram_tests {
             .expect("mem");
         assert_eq!(hs.len(), 1);
         assert_eq!(*hs[0].h, h);
+    }
+
+    #[test]
+    fn histogram_hints_read_back_as_from_chunks() {
+        use m3query_model::histogram::CounterResetHint::*;
+        let h = |count: f64| FloatHistogram {
+            count,
+            sum: count,
+            positive_spans: vec![Span::new(0, 1)],
+            positive_buckets: vec![count],
+            ..FloatHistogram::default()
+        };
+        assert_eq!(read_back_hint(&h(1.0), None), Unknown);
+        assert_eq!(read_back_hint(&h(2.0), Some(&h(1.0))), NotCounterReset);
+        assert_eq!(read_back_hint(&h(1.0), Some(&h(2.0))), Unknown);
+        let mut wider = h(3.0);
+        wider.zero_threshold = 0.5;
+        assert_eq!(read_back_hint(&wider, Some(&h(2.0))), Unknown);
+        let mut reset = h(3.0);
+        reset.counter_reset_hint = CounterReset;
+        assert_eq!(read_back_hint(&reset, Some(&h(2.0))), CounterReset);
+        let mut gauge = h(1.0);
+        gauge.counter_reset_hint = Gauge;
+        assert_eq!(read_back_hint(&gauge, Some(&h(2.0))), Gauge);
     }
 }
