@@ -362,6 +362,13 @@ impl<'a> Evaluator<'a> {
             .unwrap_or_default();
         let mut out = Vec::new();
         for s in data {
+            if !s.hists.is_empty() {
+                if let Some(series) = self.smoothed_histograms(vs, s) {
+                    self.add_samples(series.points.len() + series.hists.len())?;
+                    out.push(series);
+                }
+                continue;
+            }
             let samples = s.range_points();
             let mut points = Vec::new();
             for ts in self.step_ts() {
@@ -394,6 +401,87 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// A smoothed instant selector over a series with native histograms (Prometheus's
+    /// `smoothSeries`): histograms interpolated between the samples around each step; a
+    /// window mixing floats and histograms is warned about and skipped.
+    fn smoothed_histograms(&mut self, vs: &VectorSelector, s: &SelSeries) -> Option<ESeries> {
+        let (floats, hists) = (s.range_points(), s.range_hists());
+        let metric = s.labels.metric_name().unwrap_or("");
+        let mut out = ESeries {
+            labels: s.labels.clone(),
+            points: Vec::new(),
+            hists: Vec::new(),
+            drop_name: false,
+        };
+        for ts in self.step_ts() {
+            let data_ts = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            let (lo_t, hi_t) = (data_ts - self.lookback, data_ts + self.lookback);
+            let fw = &floats
+                [floats.partition_point(|x| x.t <= lo_t)..floats.partition_point(|x| x.t <= hi_t)];
+            let hw = &hists
+                [hists.partition_point(|x| x.t <= lo_t)..hists.partition_point(|x| x.t <= hi_t)];
+            if fw.is_empty() && hw.is_empty() {
+                continue;
+            }
+            if !fw.is_empty() && !hw.is_empty() {
+                self.annos
+                    .warn(msg::mixed_floats_histograms(metric), vs.pos);
+                continue;
+            }
+            if !fw.is_empty() {
+                // As the float smoothing does.
+                let k = fw.partition_point(|x| x.t <= data_ts);
+                let v = match (k.checked_sub(1).map(|i| fw[i]), fw.get(k)) {
+                    (Some(a), _) if a.t == data_ts => a.v,
+                    (Some(a), Some(b)) => {
+                        a.v + (b.v - a.v) * (data_ts - a.t) as f64 / (b.t - a.t) as f64
+                    }
+                    (Some(a), None) => a.v,
+                    (None, Some(b)) => b.v,
+                    (None, None) => continue,
+                };
+                out.points.push(Point { t: ts, v });
+                continue;
+            }
+            let k = hw.partition_point(|x| x.t < data_ts);
+            let h = match (k.checked_sub(1).map(|i| &hw[i]), hw.get(k)) {
+                (_, Some(b)) if b.t == data_ts => b.h.clone(),
+                (Some(a), Some(b)) => {
+                    if a.h.uses_custom_buckets() != b.h.uses_custom_buckets() {
+                        self.annos
+                            .warn(msg::mixed_exponential_custom(metric), vs.pos);
+                        continue;
+                    }
+                    use m3query_model::histogram::CounterResetHint::Gauge;
+                    let is_counter =
+                        a.h.counter_reset_hint != Gauge || b.h.counter_reset_hint != Gauge;
+                    match crate::hist::interpolate(a, b, data_ts, is_counter, self.annos, vs.pos) {
+                        Ok(h) => std::sync::Arc::new(h),
+                        Err(()) => {
+                            self.annos
+                                .warn(msg::mixed_exponential_custom(metric), vs.pos);
+                            continue;
+                        }
+                    }
+                }
+                (Some(a), None) => {
+                    let mut h = (*a.h).clone();
+                    h.counter_reset_hint = m3query_model::histogram::CounterResetHint::Unknown;
+                    std::sync::Arc::new(h)
+                }
+                _ => continue,
+            };
+            out.hists.push(HPoint { t: ts, h });
+        }
+        if out.points.is_empty() && out.hists.is_empty() {
+            return None;
+        }
+        Some(out)
     }
 
     /// A range vector at the (single) evaluation time: raw samples with their timestamps.

@@ -360,7 +360,8 @@ fn clamp(v: &[Vec<Elem>], o: &mut Vec<Elem>, min: f64, max: f64) -> Result<()> {
     if max < min {
         return Ok(());
     }
-    simple(v, o, |x| min.max(max.min(x)))
+    // Go's math.Max/math.Min: a NaN bound or value gives NaN.
+    simple(v, o, |x| go_max(min, go_min(max, x)))
 }
 
 /// `sort`/`sort_desc` order: by value, NaN last.

@@ -77,9 +77,16 @@ pub(crate) fn quantile(q: f64, h: &FloatHistogram) -> (f64, NanNote) {
             break;
         }
     }
-    let Some(mut bucket) = bucket else {
-        return (f64::NAN, NanNote::None);
-    };
+    // No bucket holds observations (all are NaN, or all buckets are empty): Prometheus goes
+    // on with an empty bucket at zero.
+    let mut bucket = bucket.unwrap_or(Bucket {
+        lower: 0.0,
+        upper: 0.0,
+        lower_inclusive: false,
+        upper_inclusive: false,
+        count: 0.0,
+        index: 0,
+    });
     if !h.uses_custom_buckets() && bucket.lower < 0.0 && bucket.upper > 0.0 {
         if h.negative_buckets.is_empty() && !h.positive_buckets.is_empty() {
             bucket.lower = 0.0;
@@ -298,8 +305,7 @@ pub(crate) fn rollup(
                 return None;
             }
             if c.anchored || c.smoothed {
-                // Extended (anchored/smoothed) histogram rates are not implemented.
-                return None;
+                return extended_histogram_rate(hists, name, metric, c, pos).map(RollupOut::H);
             }
             let is_counter = name != "delta";
             extrapolated_histogram_rate(hists, is_counter, name == "rate", metric, c, pos)
@@ -418,6 +424,181 @@ pub(crate) fn rollup(
                 return float_fn(floats, c).map(RollupOut::F);
             }
             None
+        }
+    }
+}
+
+/// Prometheus's `interpolateHistograms`: the histogram at `t` between `p1` and `p2`; for counters, a reset between them interpolates from zero.
+pub(crate) fn interpolate(
+    p1: &HPoint,
+    p2: &HPoint,
+    t: i64,
+    is_counter: bool,
+    annos: &mut crate::annotations::Annotations,
+    pos: crate::parser::PosRange,
+) -> Result<FloatHistogram, ()> {
+    let (h1, t1, h2, t2) = (&*p1.h, p1.t, &*p2.h, p2.t);
+    if t == t1 {
+        return Ok(h1.clone());
+    }
+    if t == t2 {
+        return Ok(h2.clone());
+    }
+    let fraction = (t - t1) as f64 / (t2 - t1) as f64;
+    let mut r = h2.clone();
+    if is_counter && h2.detect_reset(h1) {
+        r.mul(fraction);
+        return Ok(r);
+    }
+    let o = r.sub(h1).map_err(|_| ())?;
+    if o.custom_bounds_reconciled {
+        annos.info(msg::mismatched_custom_buckets("subtraction"), pos);
+    }
+    r.mul(fraction);
+    let o = r.add(h1).map_err(|_| ())?;
+    if o.custom_bounds_reconciled {
+        annos.info(msg::mismatched_custom_buckets("addition"), pos);
+    }
+    Ok(r)
+}
+
+/// Prometheus's `extendedHistogramRate`: `rate`/`increase`/`delta` over an `anchored` or
+/// `smoothed` window of histograms (`hists` starts with the sample at or before the range
+/// start, when there is one).
+fn extended_histogram_rate(
+    h: &[HPoint],
+    name: &str,
+    metric: &str,
+    c: &mut RangeCtx,
+    pos: crate::parser::PosRange,
+) -> Option<FloatHistogram> {
+    let is_counter = name != "delta";
+    let (range_start, range_end, smoothed) = (c.range_start, c.range_end, c.smoothed);
+    let mut last = h.len() - 1;
+    let first = h[..last]
+        .partition_point(|p| p.t <= range_start)
+        .saturating_sub(1);
+    if smoothed {
+        last = h[..last].partition_point(|p| p.t < range_end);
+    }
+    if h[last].t <= range_start || (smoothed && h[first].t > range_end) {
+        return None;
+    }
+    let custom = h[first].h.uses_custom_buckets();
+    for p in &h[first..=last] {
+        if p.h.uses_custom_buckets() != custom {
+            c.annos.warn(msg::mixed_exponential_custom(metric), pos);
+            return None;
+        }
+        if is_counter && p.h.counter_reset_hint == CounterResetHint::Gauge {
+            c.annos.warn(msg::not_counter(metric), pos);
+        }
+    }
+    let interp = |a: usize, b: usize, t: i64, annos: &mut crate::annotations::Annotations| {
+        interpolate(&h[a], &h[b], t, is_counter, annos, pos)
+    };
+    let left = if smoothed && h[first].t < range_start {
+        interp(first, first + 1, range_start, &mut c.annos)
+    } else {
+        Ok((*h[first].h).clone())
+    };
+    let right = if smoothed && last > 0 && h[last].t > range_end {
+        interp(last - 1, last, range_end, &mut c.annos)
+    } else {
+        Ok((*h[last].h).clone())
+    };
+    let (Ok(left), Ok(right)) = (left, right) else {
+        c.annos.warn(msg::mixed_exponential_custom(metric), pos);
+        return None;
+    };
+    if !is_counter
+        && (left.counter_reset_hint != CounterResetHint::Gauge
+            || right.counter_reset_hint != CounterResetHint::Gauge)
+    {
+        c.annos.warn(msg::not_gauge(metric), pos);
+    }
+    let mut result = right.clone();
+    if !checked_combine(&mut result, &left, false, metric, c, pos) {
+        return None;
+    }
+    if is_counter {
+        // Values lost at counter resets inside the window.
+        let mut start = first + 1;
+        let mut prev: &FloatHistogram = &left;
+        if smoothed
+            && h[first].t < range_start
+            && first + 1 < h.len()
+            && h[first + 1].h.detect_reset(&h[first].h)
+        {
+            prev = &h[first + 1].h;
+            start += 1;
+        }
+        let mut correction: Option<FloatHistogram> = None;
+        if start <= last {
+            for p in &h[start..last] {
+                if p.h.detect_reset(prev) {
+                    match &mut correction {
+                        None => correction = Some(prev.clone()),
+                        Some(acc) => {
+                            if !checked_combine(acc, prev, true, metric, c, pos) {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                prev = &p.h;
+            }
+            if right.detect_reset(prev) {
+                match &mut correction {
+                    None => correction = Some(prev.clone()),
+                    Some(acc) => {
+                        if !checked_combine(acc, prev, true, metric, c, pos) {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(corr) = correction
+            && !checked_combine(&mut result, &corr, true, metric, c, pos)
+        {
+            return None;
+        }
+    }
+    if name == "rate" {
+        result.div(c.range_ms as f64 / 1000.0);
+    }
+    result.counter_reset_hint = CounterResetHint::Gauge;
+    result.compact(0);
+    Some(result)
+}
+
+/// `base += other` (or `-=`), with Prometheus's annotations; `false` when the schemas
+/// cannot be combined.
+fn checked_combine(
+    base: &mut FloatHistogram,
+    other: &FloatHistogram,
+    add: bool,
+    metric: &str,
+    c: &mut RangeCtx,
+    pos: crate::parser::PosRange,
+) -> bool {
+    let r = if add {
+        base.add(other)
+    } else {
+        base.sub(other)
+    };
+    match r {
+        Ok(o) => {
+            if o.custom_bounds_reconciled {
+                let op = if add { "addition" } else { "subtraction" };
+                c.annos.info(msg::mismatched_custom_buckets(op), pos);
+            }
+            true
+        }
+        Err(_) => {
+            c.annos.warn(msg::mixed_exponential_custom(metric), pos);
+            false
         }
     }
 }
