@@ -307,6 +307,7 @@ impl Engine {
                 s.matchers == spec.matchers
                     && s.hints.start_ms == spec.hints.start_ms
                     && s.hints.end_ms == spec.hints.end_ms
+                    && s.skip_histogram_buckets == spec.skip_histogram_buckets
             }) {
                 out.push(data.clone());
                 continue;
@@ -348,6 +349,7 @@ impl Engine {
             // series loads any amount before evaluation's own count starts.
             let loaded = std::sync::atomic::AtomicUsize::new(stats.samples_fetched);
             let max_samples = self.opts.max_samples;
+            let skip_buckets = spec.skip_histogram_buckets;
             let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
                 let mut hbuf = Vec::new();
@@ -362,6 +364,8 @@ impl Engine {
                 let sel = SelSeries::new(s.labels().clone(), buf);
                 Ok(if hbuf.is_empty() {
                     sel
+                } else if skip_buckets {
+                    sel.with_hists(histogram_stats(hbuf))
                 } else {
                     sel.with_hists(hbuf)
                 })
@@ -387,6 +391,44 @@ impl Engine {
         }
         Ok((out, warnings.into_vec(), limited))
     }
+}
+
+/// Histograms as Prometheus's `HistogramStatsIterator` yields them to `histogram_count`,
+/// `histogram_sum` and `histogram_avg`: count, sum, schema and a counter reset hint, no
+/// buckets. An `Unknown` hint is replaced by reset detection against the previous
+/// histogram (with buckets), so resets the storage could not mark become `CounterReset`.
+fn histogram_stats(hists: Vec<HPoint>) -> Vec<HPoint> {
+    use m3query_model::histogram::CounterResetHint;
+    let mut last: Option<Arc<crate::value::FloatHistogram>> = None;
+    hists
+        .into_iter()
+        .map(|p| {
+            let src = &p.h;
+            let mut hint = src.counter_reset_hint;
+            if !p.is_stale() {
+                if hint == CounterResetHint::Unknown
+                    && let Some(prev) = &last
+                {
+                    hint = if src.detect_reset(prev) {
+                        CounterResetHint::CounterReset
+                    } else {
+                        CounterResetHint::NotCounterReset
+                    };
+                }
+                last = Some(p.h.clone());
+            }
+            HPoint {
+                t: p.t,
+                h: Arc::new(crate::value::FloatHistogram {
+                    counter_reset_hint: hint,
+                    schema: src.schema,
+                    count: src.count,
+                    sum: src.sum,
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
 }
 
 /// A count as a span field: an `i64`, which exporters send as an integer tag
