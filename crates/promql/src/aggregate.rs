@@ -147,7 +147,9 @@ pub(crate) fn eval_aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr) -> Resul
     }
     let groups = group_series(input.iter().map(|s| &s.labels), a.without, &grouping);
     if crate::eval::is_k_aggregation(a.op) {
-        aggregate_k(ev, a.op, input, &groups, &params)
+        aggregate_k(ev, a.op, input, &groups, &params, a.expr.pos())
+    } else if input.iter().any(|s| !s.hists.is_empty()) {
+        aggregate_plain_hist(ev, a.op, input, groups, &params, a.expr.pos())
     } else {
         aggregate_plain(ev, a.op, input, groups, &params)
     }
@@ -311,11 +313,263 @@ fn aggregate_plain(
             continue;
         }
         out.push(ESeries {
+            hists: Vec::new(),
             labels,
             points,
             drop_name: out_drop[gi],
         });
     }
+    ev.add_samples(crate::value::total_points(&out))?;
+    Ok(out)
+}
+
+/// One group's state in [`aggregate_plain_hist`].
+#[derive(Default)]
+struct HGroup {
+    seen: bool,
+    drop_name: bool,
+    f: f64,
+    c: f64,
+    mean: f64,
+    count: f64,
+    has_float: bool,
+    h: Option<crate::hist::HistAcc>,
+    has_hist: bool,
+    incompatible: bool,
+    reset_seen: bool,
+    not_reset_seen: bool,
+    values: Vec<f64>,
+}
+
+/// [`aggregate_plain`] for input with native histograms (Prometheus's `aggregation` with
+/// its histogram rules): `sum` and `avg` add histograms (a group mixing floats and
+/// histograms yields nothing and a warning), `count` and `group` count them, the others
+/// ignore them with an info annotation. Float-only input never comes here.
+fn aggregate_plain_hist(
+    ev: &mut Evaluator<'_>,
+    op: AggOp,
+    input: Matrix,
+    grouping: Grouping,
+    params: &Params,
+    pos: crate::parser::PosRange,
+) -> Result<Matrix> {
+    use m3query_model::histogram::CounterResetHint;
+    let steps = ev.num_steps();
+    let ngroups = grouping.labels.len();
+    let mut cursors = vec![(0usize, 0usize); input.len()];
+    let mut out: Vec<ESeries> = grouping
+        .labels
+        .iter()
+        .map(|l| ESeries::floats(l.clone(), Vec::new(), false))
+        .collect();
+    let input_total = crate::value::total_points(&input);
+    let mut annos = crate::annotations::Annotations::new();
+    let ignored = |annos: &mut crate::annotations::Annotations| {
+        annos.info(msg::histogram_ignored_in_agg(op.as_str()), pos);
+    };
+    for (step, ts) in (0..steps).map(|k| (k, ev.start + k as i64 * ev.interval)) {
+        if step % 64 == 0 {
+            crate::check_ctx(ev.ctx, "expression evaluation")?;
+        }
+        let param = params.values.get(step).copied().unwrap_or(0.0);
+        let mut groups: Vec<HGroup> = (0..ngroups).map(|_| HGroup::default()).collect();
+        for (si, s) in input.iter().enumerate() {
+            let (fc, hc) = &mut cursors[si];
+            let (f, h) = if let Some(p) = s.points.get(*fc).filter(|p| p.t == ts) {
+                *fc += 1;
+                (p.v, None)
+            } else if let Some(p) = s.hists.get(*hc).filter(|p| p.t == ts) {
+                *hc += 1;
+                (0.0, Some(&p.h))
+            } else {
+                continue;
+            };
+            let g = &mut groups[grouping.of_series[si]];
+            if let Some(h) = h {
+                match h.counter_reset_hint {
+                    CounterResetHint::CounterReset => g.reset_seen = true,
+                    CounterResetHint::NotCounterReset => g.not_reset_seen = true,
+                    _ => {}
+                }
+            }
+            if !g.seen {
+                *g = HGroup {
+                    seen: true,
+                    drop_name: s.drop_name,
+                    f,
+                    mean: f,
+                    count: 1.0,
+                    reset_seen: g.reset_seen,
+                    not_reset_seen: g.not_reset_seen,
+                    ..HGroup::default()
+                };
+                match op {
+                    AggOp::Sum | AggOp::Avg => match h {
+                        Some(h) => {
+                            g.h = Some(crate::hist::HistAcc::new(h));
+                            g.has_hist = true;
+                        }
+                        None => g.has_float = true,
+                    },
+                    AggOp::Stddev | AggOp::Stdvar => {
+                        if h.is_some() {
+                            g.seen = false;
+                            ignored(&mut annos);
+                        } else if f.is_nan() || f.is_infinite() {
+                            g.f = f64::NAN;
+                        } else {
+                            g.f = 0.0;
+                        }
+                    }
+                    AggOp::Quantile => {
+                        if h.is_some() {
+                            g.seen = false;
+                            ignored(&mut annos);
+                        }
+                        g.values = vec![f];
+                    }
+                    AggOp::Group => g.f = 1.0,
+                    AggOp::Min | AggOp::Max if h.is_some() => {
+                        g.seen = false;
+                        ignored(&mut annos);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if g.incompatible {
+                continue;
+            }
+            if s.drop_name {
+                g.drop_name = true;
+            }
+            match op {
+                AggOp::Sum | AggOp::Avg => {
+                    if op == AggOp::Avg {
+                        g.count += 1.0;
+                    }
+                    match h {
+                        Some(h) => {
+                            g.has_hist = true;
+                            if let Some(acc) = &mut g.h {
+                                let r = if op == AggOp::Avg {
+                                    acc.add_to_mean(h)
+                                } else {
+                                    acc.add(h)
+                                };
+                                match r {
+                                    Ok(o) => {
+                                        if o.custom_bounds_reconciled {
+                                            annos.info(
+                                                msg::mismatched_custom_buckets("aggregation"),
+                                                pos,
+                                            );
+                                        }
+                                    }
+                                    Err(_) => {
+                                        annos.warn(
+                                            msg::mixed_exponential_custom(
+                                                s.labels.metric_name().unwrap_or(""),
+                                            ),
+                                            pos,
+                                        );
+                                        g.incompatible = true;
+                                    }
+                                }
+                            }
+                        }
+                        None => {
+                            g.has_float = true;
+                            (g.f, g.c) = kahan_inc(f, g.f, g.c);
+                        }
+                    }
+                }
+                AggOp::Group => {}
+                AggOp::Max | AggOp::Min => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                        continue;
+                    }
+                    let better = if op == AggOp::Max { g.f < f } else { g.f > f };
+                    if better || g.f.is_nan() {
+                        g.f = f;
+                    }
+                }
+                AggOp::Count => g.count += 1.0,
+                AggOp::Stddev | AggOp::Stdvar => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                    } else {
+                        g.count += 1.0;
+                        let delta = f - g.mean;
+                        g.mean += delta / g.count;
+                        g.f += delta * (f - g.mean);
+                    }
+                }
+                AggOp::Quantile => {
+                    if h.is_some() {
+                        ignored(&mut annos);
+                        continue;
+                    }
+                    g.values.push(f);
+                }
+                _ => {}
+            }
+        }
+        for (gi, g) in groups.iter_mut().enumerate() {
+            if !g.seen {
+                continue;
+            }
+            let mut hist = None;
+            let v = match op {
+                AggOp::Sum | AggOp::Avg => {
+                    if g.has_float && g.has_hist {
+                        annos.warn(msg::mixed_floats_histograms_agg(), pos);
+                        continue;
+                    }
+                    if g.incompatible {
+                        continue;
+                    }
+                    if g.has_hist {
+                        if let Some(acc) = g.h.take() {
+                            let mut h = if op == AggOp::Avg {
+                                acc.mean()
+                            } else {
+                                acc.sum()
+                            };
+                            h.compact(0);
+                            hist = Some(h);
+                        }
+                        0.0
+                    } else if op == AggOp::Avg {
+                        g.f / g.count + g.c / g.count
+                    } else {
+                        g.f + g.c
+                    }
+                }
+                AggOp::Count => g.count,
+                AggOp::Stdvar => g.f / g.count,
+                AggOp::Stddev => (g.f / g.count).sqrt(),
+                AggOp::Quantile => crate::quantile::quantile(param, &mut g.values),
+                _ => g.f,
+            };
+            if g.reset_seen && g.not_reset_seen {
+                annos.warn(msg::counter_reset_collision("aggregation"), pos);
+            }
+            let o = &mut out[gi];
+            o.drop_name = g.drop_name;
+            match hist {
+                Some(h) => o.hists.push(crate::value::HPoint {
+                    t: ts,
+                    h: std::sync::Arc::new(h),
+                }),
+                None => o.points.push(Point { t: ts, v }),
+            }
+        }
+    }
+    ev.release_samples(input_total);
+    ev.annos.merge(annos);
+    out.retain(|s| !s.points.is_empty() || !s.hists.is_empty());
     ev.add_samples(crate::value::total_points(&out))?;
     Ok(out)
 }
@@ -328,10 +582,19 @@ fn aggregate_k(
     mut input: Matrix,
     grouping: &Grouping,
     params: &Params,
+    pos: crate::parser::PosRange,
 ) -> Result<Matrix> {
     let steps = ev.num_steps();
     let mut groups: Vec<KGroup> = vec![KGroup::default(); grouping.labels.len()];
     let mut cursors = vec![0usize; input.len()];
+    // Native histograms: limitk and limit_ratio pass them through, topk and bottomk ignore
+    // them (with an info). Only input with histograms pays for this.
+    let has_hists = input.iter().any(|s| !s.hists.is_empty());
+    let mut hcursors = vec![0usize; if has_hists { input.len() } else { 0 }];
+    let mut step_h: Vec<Option<std::sync::Arc<crate::value::FloatHistogram>>> =
+        vec![None; hcursors.len()];
+    let mut out_hists: Vec<Vec<crate::value::HPoint>> = vec![Vec::new(); hcursors.len()];
+    let mut annos = crate::annotations::Annotations::new();
     let mut out_points: Vec<Vec<Point>> = vec![Vec::new(); input.len()];
     let mut out_drop: Vec<bool> = vec![false; input.len()];
     // An instant query lists series in the order the heaps give them, as Prometheus does.
@@ -363,11 +626,30 @@ fn aggregate_k(
         }
         for (si, s) in input.iter().enumerate() {
             let c = &mut cursors[si];
-            let Some(p) = s.points.get(*c).filter(|p| p.t == ts) else {
+            let f = if let Some(p) = s.points.get(*c).filter(|p| p.t == ts) {
+                *c += 1;
+                if has_hists {
+                    step_h[si] = None;
+                }
+                p.v
+            } else if has_hists {
+                let hc = &mut hcursors[si];
+                while s.hists.get(*hc).is_some_and(|p| p.t < ts) {
+                    *hc += 1;
+                }
+                let Some(p) = s.hists.get(*hc).filter(|p| p.t == ts) else {
+                    continue;
+                };
+                *hc += 1;
+                if matches!(op, AggOp::Topk | AggOp::Bottomk) {
+                    annos.info(msg::histogram_ignored_in_agg(op.as_str()), pos);
+                    continue;
+                }
+                step_h[si] = Some(p.h.clone());
+                0.0
+            } else {
                 continue;
             };
-            *c += 1;
-            let f = p.v;
             let g = &mut groups[grouping.of_series[si]];
             if !g.seen {
                 g.seen = true;
@@ -421,10 +703,13 @@ fn aggregate_k(
                 _ => {}
             }
             for (si, v) in g.heap.drain(..) {
-                if out_points[si].is_empty() {
+                if out_points[si].is_empty() && out_hists.get(si).is_none_or(Vec::is_empty) {
                     out_drop[si] = input[si].drop_name;
                 }
-                out_points[si].push(Point { t: ts, v });
+                match step_h.get_mut(si).and_then(Option::take) {
+                    Some(h) => out_hists[si].push(crate::value::HPoint { t: ts, h }),
+                    None => out_points[si].push(Point { t: ts, v }),
+                }
                 if steps == 1 {
                     instant_order.push(si);
                 }
@@ -439,13 +724,19 @@ fn aggregate_k(
     } else {
         (0..input.len()).collect()
     };
+    ev.annos.merge(annos);
     let mut out: Matrix = Vec::new();
     for si in order {
         let points = std::mem::take(&mut out_points[si]);
-        if points.is_empty() {
+        let hists = out_hists
+            .get_mut(si)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if points.is_empty() && hists.is_empty() {
             continue;
         }
         out.push(ESeries {
+            hists,
             labels: std::mem::take(&mut input[si].labels),
             points,
             drop_name: out_drop[si],
@@ -526,6 +817,10 @@ fn fused_over_rollup(
     };
     // Groups from the selected series' labels (a rollup keeps its input's labels).
     let data = ev.sel.get(sel_id).map(|v| v.as_slice()).unwrap_or_default();
+    // Histograms take the general path.
+    if data.iter().any(|s| !s.hists.is_empty()) {
+        return Ok(None);
+    }
     let Grouping {
         labels: group_labels,
         of_series: series_group,
@@ -632,6 +927,7 @@ fn fused_over_rollup(
         }
         ev.add_samples(points.len())?;
         out.push(ESeries {
+            hists: Vec::new(),
             labels,
             points,
             drop_name: group_drop[g],
@@ -848,7 +1144,11 @@ fn count_values(
         let mut res: Vec<(Labels, usize)> = Vec::new();
         for e in &vecs[0] {
             let mut b = e.labels.builder();
-            b.set(label.as_str(), crate::parser::format_float_f_go(e.v));
+            let value = match &e.h {
+                Some(h) => crate::hist::go_string(h),
+                None => crate::parser::format_float_f_go(e.v),
+            };
+            b.set(label.as_str(), value);
             let metric = b.labels();
             let key = if without {
                 metric.hash_without_labels(&grouping)
@@ -870,6 +1170,7 @@ fn count_values(
         }
         for (labels, n) in res {
             out.push(Elem {
+                h: None,
                 labels,
                 v: n as f64,
                 t: ts,

@@ -255,6 +255,93 @@ pub(crate) mod msg {
         )
     }
 
+    /// Go's `maybeAddMetricName`.
+    fn with_metric(base: &str, metric: &str) -> String {
+        if metric.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base} for metric name {metric:?}")
+        }
+    }
+
+    pub fn mixed_classic_native(metric: &str) -> String {
+        with_metric(
+            "vector contains a mix of classic and native histograms",
+            metric,
+        )
+    }
+
+    pub fn quantile_nan_result(metric: &str) -> String {
+        with_metric(
+            "input to histogram_quantile has NaN observations, result is NaN",
+            metric,
+        )
+    }
+
+    pub fn quantile_nan_skew(metric: &str) -> String {
+        with_metric(
+            "input to histogram_quantile has NaN observations, result is skewed higher",
+            metric,
+        )
+    }
+
+    pub fn fraction_nans(metric: &str) -> String {
+        with_metric(
+            "input to histogram_fraction has NaN observations, which are excluded from all fractions",
+            metric,
+        )
+    }
+
+    pub fn mixed_floats_histograms(metric: &str) -> String {
+        format!("encountered a mix of histograms and floats for metric name {metric:?}")
+    }
+
+    pub fn mixed_floats_histograms_agg() -> String {
+        "encountered a mix of histograms and floats for aggregation".into()
+    }
+
+    pub fn not_counter(metric: &str) -> String {
+        format!("this native histogram metric is not a counter: {metric:?}")
+    }
+
+    pub fn not_gauge(metric: &str) -> String {
+        format!("this native histogram metric is not a gauge: {metric:?}")
+    }
+
+    pub fn mixed_exponential_custom(metric: &str) -> String {
+        format!(
+            "vector contains a mix of histograms with exponential and custom buckets schemas for metric name {metric:?}"
+        )
+    }
+
+    pub fn histogram_ignored_in_agg(op: &str) -> String {
+        format!("ignored histogram in {op} aggregation")
+    }
+
+    pub fn histogram_ignored_in_mixed_range(metric: &str) -> String {
+        format!(
+            "ignored histograms in a range containing both floats and histograms for metric name {metric:?}"
+        )
+    }
+
+    pub fn incompatible_types_in_binop(lhs: &str, op: &str, rhs: &str) -> String {
+        format!(
+            "incompatible sample types encountered for binary operator {op:?}: {lhs} {op} {rhs}"
+        )
+    }
+
+    pub fn incompatible_layout_in_binop(op: &str) -> String {
+        format!("incompatible bucket layout encountered for binary operator {op}")
+    }
+
+    pub fn counter_reset_collision(operation: &str) -> String {
+        format!("conflicting counter resets during histogram {operation}")
+    }
+
+    pub fn mismatched_custom_buckets(operation: &str) -> String {
+        format!("mismatched custom buckets were reconciled during {operation}")
+    }
+
     pub fn sort_in_range_query() -> String {
         "sort is ineffective for range queries since results are always ordered by labels".into()
     }

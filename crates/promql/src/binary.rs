@@ -7,7 +7,10 @@ use m3query_model::{Labels, METRIC_NAME};
 
 use crate::eval::Evaluator;
 use crate::parser::{BinOp, BinaryExpr, Card, PosRange, ValueType, VectorMatching};
-use crate::value::{Elem, FastMap, FastSet, Matrix, NO_OID};
+use std::sync::Arc;
+
+use crate::annotations::msg;
+use crate::value::{Elem, FastMap, FastSet, FloatHistogram, Matrix, NO_OID};
 use crate::{Error, Result};
 
 fn scalar_binop(op: BinOp, l: f64, r: f64) -> f64 {
@@ -45,6 +48,113 @@ fn elem_binop(op: BinOp, l: f64, r: f64) -> (f64, bool) {
     }
 }
 
+/// An annotation a histogram operation raises: `true` for a warning, `false` for an info.
+type Note = (bool, String);
+
+/// The outcome of an operator on a pair where at least one side is a native histogram.
+struct HistBinop {
+    v: f64,
+    h: Option<Arc<FloatHistogram>>,
+    keep: bool,
+    /// Prometheus's `info` result: raised, the sample still counts.
+    info: Option<Note>,
+    /// Prometheus's `err` result: raised, and the pair yields nothing (vector-vector) or,
+    /// unless a warning, nothing (vector-scalar).
+    err: Option<Note>,
+}
+
+/// Prometheus's `vectorElemBinop` for pairs with a histogram on at least one side.
+fn hist_elem_binop(
+    op: BinOp,
+    lf: f64,
+    rf: f64,
+    lh: Option<&Arc<FloatHistogram>>,
+    rh: Option<&Arc<FloatHistogram>>,
+) -> HistBinop {
+    let mut out = HistBinop {
+        v: 0.0,
+        h: None,
+        keep: false,
+        info: None,
+        err: None,
+    };
+    let kind = |h: Option<&Arc<FloatHistogram>>| if h.is_some() { "histogram" } else { "float" };
+    let incompatible = || {
+        (
+            false,
+            msg::incompatible_types_in_binop(kind(lh), op.as_str(), kind(rh)),
+        )
+    };
+    let scaled = |h: &FloatHistogram, f: &dyn Fn(&mut FloatHistogram)| {
+        let mut h = h.clone();
+        f(&mut h);
+        h.compact(0);
+        Some(Arc::new(h))
+    };
+    match (lh, rh) {
+        (None, Some(r)) if op == BinOp::Mul => {
+            out.h = scaled(r, &|h| h.mul(lf));
+            out.keep = true;
+        }
+        (Some(l), None) if op == BinOp::Mul => {
+            out.h = scaled(l, &|h| h.mul(rf));
+            out.keep = true;
+        }
+        (Some(l), None) if op == BinOp::Div => {
+            out.h = scaled(l, &|h| h.div(rf));
+            out.keep = true;
+        }
+        (Some(l), Some(r)) if matches!(op, BinOp::Add | BinOp::Sub) => {
+            let mut res = (**l).clone();
+            let (r, operation) = if op == BinOp::Add {
+                (res.add(r), "addition")
+            } else {
+                (res.sub(r), "subtraction")
+            };
+            match r {
+                Err(_) => {
+                    out.err = Some((true, msg::incompatible_layout_in_binop(op.as_str())));
+                    return out;
+                }
+                Ok(o) => {
+                    if op == BinOp::Sub {
+                        res.counter_reset_hint = m3query_model::histogram::CounterResetHint::Gauge;
+                    }
+                    if o.counter_reset_collision {
+                        out.err = Some((true, msg::counter_reset_collision(operation)));
+                    }
+                    if o.custom_bounds_reconciled {
+                        out.info = Some((false, msg::mismatched_custom_buckets(operation)));
+                    }
+                }
+            }
+            res.compact(0);
+            out.h = Some(Arc::new(res));
+            out.keep = true;
+        }
+        (Some(l), Some(r)) if matches!(op, BinOp::Eqlc | BinOp::Neq) => {
+            out.h = Some(l.clone());
+            out.keep = (**l == **r) == (op == BinOp::Eqlc);
+        }
+        (Some(l), None) if is_trim(op) => {
+            let mut h = (**l).clone();
+            crate::hist::trim_buckets(&mut h, rf, op == BinOp::TrimUpper);
+            out.h = Some(Arc::new(h));
+            out.keep = true;
+        }
+        _ => out.err = Some(incompatible()),
+    }
+    out
+}
+
+fn note(annos: &mut crate::annotations::Annotations, n: Note, pos: PosRange) {
+    if n.0 {
+        annos.warn(n.1, pos);
+    } else {
+        annos.info(n.1, pos);
+    }
+}
+
 pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matrix> {
     let lt = b.lhs.value_type();
     let rt = b.rhs.value_type();
@@ -58,6 +168,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                 let l = v[0].first().map_or(f64::NAN, |e| e.v);
                 let r = v[1].first().map_or(f64::NAN, |e| e.v);
                 out.push(Elem {
+                    h: None,
                     labels: Labels::empty(),
                     v: scalar_binop(op, l, r),
                     t: ts,
@@ -74,10 +185,48 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
             let pos = PosRange::new(b.lhs.pos().start, b.rhs.pos().end);
             ev.range_eval(vec![vec_m, sc_m], move |annos, _, v, out| {
                 let s = v[1].first().map_or(f64::NAN, |e| e.v);
-                if is_trim(op) && !v[0].is_empty() {
+                if is_trim(op) && v[0].iter().any(|e| e.h.is_none()) {
                     annos.info(incompatible_types(op), pos);
                 }
                 for e in &v[0] {
+                    if e.h.is_some() {
+                        let (lh, rh) = if swap {
+                            (None, e.h.as_ref())
+                        } else {
+                            (e.h.as_ref(), None)
+                        };
+                        let (lf, rf) = if swap { (s, 0.0) } else { (0.0, s) };
+                        let r = hist_elem_binop(op, lf, rf, lh, rh);
+                        if let Some(n) = r.err {
+                            let warn = n.0;
+                            note(annos, n, pos);
+                            if !warn {
+                                continue;
+                            }
+                        }
+                        let (mut val, mut h, mut keep) = (r.v, r.h, r.keep);
+                        if op.is_comparison() && swap {
+                            val = rf;
+                            h = rh.cloned();
+                        }
+                        if return_bool {
+                            val = if keep { 1.0 } else { 0.0 };
+                            h = None;
+                            keep = true;
+                        }
+                        if keep {
+                            out.push(Elem {
+                                h,
+                                labels: e.labels.clone(),
+                                v: val,
+                                t: e.t,
+                                drop_name: e.drop_name || op.changes_metric_schema() || return_bool,
+                                si: e.si,
+                                oid: e.si as u32,
+                            });
+                        }
+                        continue;
+                    }
                     let (lf, rf) = if swap { (s, e.v) } else { (e.v, s) };
                     let (mut val, mut keep) = elem_binop(op, lf, rf);
                     if op.is_comparison() && swap {
@@ -89,6 +238,7 @@ pub(crate) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr) -> Result<Matr
                     }
                     if keep {
                         out.push(Elem {
+                            h: None,
                             labels: e.labels.clone(),
                             v: val,
                             t: e.t,
@@ -207,6 +357,9 @@ fn vector_vector(
                 if std::mem::take(&mut b.trimmed) {
                     annos.info(incompatible_types(op), pos);
                 }
+                for n in b.notes.drain(..) {
+                    note(annos, n, pos);
+                }
                 Ok(())
             })
         }
@@ -275,6 +428,8 @@ struct VectorBinop {
     result_cache: ResultCache,
     /// A trim operator met floats at this step (an info annotation).
     trimmed: bool,
+    /// Annotations histogram pairs raised at this step.
+    notes: Vec<Note>,
 }
 
 impl VectorBinop {
@@ -297,6 +452,7 @@ impl VectorBinop {
             matched_many: vec![FastSet::default(); n],
             result_cache: ResultCache::default(),
             trimmed: false,
+            notes: Vec::new(),
         }
     }
 
@@ -392,6 +548,7 @@ impl VectorBinop {
     /// The element a fill modifier stands in for the missing side of `e`.
     fn filler(&self, e: &Elem, fill: f64) -> Elem {
         Elem {
+            h: None,
             labels: match_labels(&e.labels, self.m.on, &self.names),
             v: fill,
             t: e.t,
@@ -408,10 +565,30 @@ impl VectorBinop {
         } else {
             (ls.v, rs.v)
         };
-        let (mut val, keep) = elem_binop(self.op, fl, fr);
-        self.trimmed |= is_trim(self.op);
+        let mut hist = None;
+        let (mut val, keep) = if ls.h.is_some() || rs.h.is_some() {
+            let (hl, hr) = if self.one_to_many() {
+                (rs.h.as_ref(), ls.h.as_ref())
+            } else {
+                (ls.h.as_ref(), rs.h.as_ref())
+            };
+            let r = hist_elem_binop(self.op, fl, fr, hl, hr);
+            if let Some(n) = r.err {
+                self.notes.push(n);
+                return Ok(());
+            }
+            if let Some(n) = r.info {
+                self.notes.push(n);
+            }
+            hist = r.h;
+            (r.v, r.keep)
+        } else {
+            self.trimmed |= is_trim(self.op);
+            elem_binop(self.op, fl, fr)
+        };
         if self.return_bool {
             val = if keep { 1.0 } else { 0.0 };
+            hist = None;
         }
         let (metric, metric_id) = self.result_cache.get(ls, rs, self.op, &self.m);
         if self.m.card == Card::OneToOne {
@@ -430,6 +607,7 @@ impl VectorBinop {
             return Ok(());
         }
         out.push(Elem {
+            h: hist,
             labels: metric,
             v: val,
             t: ls.t,

@@ -11,7 +11,7 @@ use crate::annotations::Annotations;
 use crate::eval::{Counters, Evaluator, SelSeries, cleanup_names};
 use crate::parser::{Expr, ValueType};
 use crate::plan::{QueryTimes, SelectSpec, collect_selectors, preprocess};
-use crate::value::{ESeries, Sample, Series, Val, Value};
+use crate::value::{ESeries, HPoint, HistogramSeries, Sample, Series, Val, Value};
 use crate::{Error, Result, check_ctx};
 
 /// The longest lookback accepted (a year), so time arithmetic stays far from overflow.
@@ -91,6 +91,11 @@ pub struct QueryResult {
     pub stats: QueryStats,
     /// True when `max_fetched_series` truncated the series (M3's `M3-Results-Limited`).
     pub series_limited: bool,
+    /// The result's native histogram points, beside the float points in `value`: for a
+    /// vector, one series per histogram sample (at the evaluation time); for a matrix, each
+    /// series' histogram points (a series may have floats in `value` too). In label order
+    /// for matrices, in result order for vectors. Empty for float-only results.
+    pub histograms: Vec<HistogramSeries>,
 }
 
 /// The PromQL engine. Cheap to share: it holds only options.
@@ -255,7 +260,7 @@ impl Engine {
             ev.eval(&expr)?
         };
         check_ctx(ctx, "expression evaluation")?;
-        let value = finish(&expr, val, start, instant)?;
+        let (value, histograms) = finish(&expr, val, start, instant)?;
         eval_span.record("samples", count(counters.total));
         drop(_guard);
         stats.eval = t2.elapsed();
@@ -271,6 +276,7 @@ impl Engine {
             infos,
             stats,
             series_limited: limited,
+            histograms,
         })
     }
 
@@ -301,6 +307,7 @@ impl Engine {
                 s.matchers == spec.matchers
                     && s.hints.start_ms == spec.hints.start_ms
                     && s.hints.end_ms == spec.hints.end_ms
+                    && s.skip_histogram_buckets == spec.skip_histogram_buckets
             }) {
                 out.push(data.clone());
                 continue;
@@ -342,14 +349,26 @@ impl Engine {
             // series loads any amount before evaluation's own count starts.
             let loaded = std::sync::atomic::AtomicUsize::new(stats.samples_fetched);
             let max_samples = self.opts.max_samples;
+            let skip_buckets = spec.skip_histogram_buckets;
             let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
                 let mut buf = Vec::new();
-                s.iter().append_range(start, end, &mut buf)?;
-                let n = buf.len();
+                let mut hbuf = Vec::new();
+                let mut it = s.iter();
+                it.append_range(start, end, &mut buf)?;
+                // Stores without histograms return at once (the trait's default).
+                it.append_histograms(start, end, &mut hbuf)?;
+                let n = buf.len() + hbuf.len();
                 if loaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > max_samples {
                     return Err(Error::TooManySamples);
                 }
-                Ok(SelSeries::new(s.labels().clone(), buf))
+                let sel = SelSeries::new(s.labels().clone(), buf);
+                Ok(if hbuf.is_empty() {
+                    sel
+                } else if skip_buckets {
+                    sel.with_hists(histogram_stats(hbuf))
+                } else {
+                    sel.with_hists(hbuf)
+                })
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
                 raw.par_iter()
@@ -360,8 +379,8 @@ impl Engine {
                     .map(|s| decode(s.as_ref()))
                     .collect::<Result<_>>()?
             };
-            decoded.retain(|s| !s.points.is_empty());
-            let samples: usize = decoded.iter().map(|s| s.points.len()).sum();
+            decoded.retain(|s| !s.points.is_empty() || !s.hists.is_empty());
+            let samples: usize = decoded.iter().map(|s| s.points.len() + s.hists.len()).sum();
             span.record("series", count(decoded.len() as u64));
             span.record("samples", count(samples as u64));
             stats.series_fetched += decoded.len();
@@ -374,6 +393,44 @@ impl Engine {
     }
 }
 
+/// Histograms as Prometheus's `HistogramStatsIterator` yields them to `histogram_count`,
+/// `histogram_sum` and `histogram_avg`: count, sum, schema and a counter reset hint, no
+/// buckets. An `Unknown` hint is replaced by reset detection against the previous
+/// histogram (with buckets), so resets the storage could not mark become `CounterReset`.
+fn histogram_stats(hists: Vec<HPoint>) -> Vec<HPoint> {
+    use m3query_model::histogram::CounterResetHint;
+    let mut last: Option<Arc<crate::value::FloatHistogram>> = None;
+    hists
+        .into_iter()
+        .map(|p| {
+            let src = &p.h;
+            let mut hint = src.counter_reset_hint;
+            if !p.is_stale() {
+                if hint == CounterResetHint::Unknown
+                    && let Some(prev) = &last
+                {
+                    hint = if src.detect_reset(prev) {
+                        CounterResetHint::CounterReset
+                    } else {
+                        CounterResetHint::NotCounterReset
+                    };
+                }
+                last = Some(p.h.clone());
+            }
+            HPoint {
+                t: p.t,
+                h: Arc::new(crate::value::FloatHistogram {
+                    counter_reset_hint: hint,
+                    schema: src.schema,
+                    count: src.count,
+                    sum: src.sum,
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
+}
+
 /// A count as a span field: an `i64`, which exporters send as an integer tag
 /// (tracing-opentelemetry turns `u64` and `usize` fields into strings).
 fn count(n: u64) -> i64 {
@@ -384,10 +441,15 @@ fn count(n: u64) -> i64 {
 /// and whether the series limit truncated anything.
 type Selected = (Vec<Arc<Vec<SelSeries>>>, Vec<String>, bool);
 
-/// Turns the evaluator's matrix into the query's result type.
-fn finish(expr: &Expr, val: Val, start: i64, instant: bool) -> Result<Value> {
+/// Turns the evaluator's matrix into the query's result type and its histogram points.
+fn finish(
+    expr: &Expr,
+    val: Val,
+    start: i64,
+    instant: bool,
+) -> Result<(Value, Vec<HistogramSeries>)> {
     let m = match val {
-        Val::String(s) => return Ok(Value::String { t_ms: start, s }),
+        Val::String(s) => return Ok((Value::String { t_ms: start, s }, Vec::new())),
         Val::Matrix(m) => m,
     };
     let t = expr.value_type();
@@ -395,43 +457,62 @@ fn finish(expr: &Expr, val: Val, start: i64, instant: bool) -> Result<Value> {
         match t {
             ValueType::Vector => {
                 let m = cleanup_names(m, true)?;
-                Ok(Value::Vector(
-                    m.into_iter()
-                        .filter_map(|s| {
-                            s.points.first().map(|p| Sample {
-                                labels: s.labels,
-                                t_ms: start,
-                                v: p.v,
-                            })
-                        })
-                        .collect(),
-                ))
+                let mut floats = Vec::with_capacity(m.len());
+                let mut hists = Vec::new();
+                for s in m {
+                    if let Some(p) = s.points.first() {
+                        floats.push(Sample {
+                            labels: s.labels,
+                            t_ms: start,
+                            v: p.v,
+                        });
+                    } else if let Some(h) = s.hists.into_iter().next() {
+                        hists.push(HistogramSeries {
+                            labels: s.labels,
+                            points: vec![HPoint { t: start, h: h.h }],
+                        });
+                    }
+                }
+                Ok((Value::Vector(floats), hists))
             }
             ValueType::Scalar => {
                 let v = m
                     .first()
                     .and_then(|s| s.points.first())
                     .map_or(f64::NAN, |p| p.v);
-                Ok(Value::Scalar { t_ms: start, v })
+                Ok((Value::Scalar { t_ms: start, v }, Vec::new()))
             }
             _ => {
                 let m = cleanup_names(m, false)?;
-                Ok(Value::Matrix(sorted(m)))
+                let (f, h) = sorted(m);
+                Ok((Value::Matrix(f), h))
             }
         }
     } else {
         let m = cleanup_names(m, false)?;
-        Ok(Value::Matrix(sorted(m)))
+        let (f, h) = sorted(m);
+        Ok((Value::Matrix(f), h))
     }
 }
 
-/// Drops empty series; `m` is sorted by labels already ([`cleanup_names`]).
-fn sorted(m: Vec<ESeries>) -> Vec<Series> {
-    m.into_iter()
-        .filter(|s| !s.points.is_empty())
-        .map(|s| Series {
-            labels: s.labels,
-            samples: s.points,
-        })
-        .collect()
+/// Splits float and histogram points and drops empty series; `m` is sorted by labels already
+/// ([`cleanup_names`]).
+fn sorted(m: Vec<ESeries>) -> (Vec<Series>, Vec<HistogramSeries>) {
+    let mut hists = Vec::new();
+    let mut floats = Vec::with_capacity(m.len());
+    for s in m {
+        if !s.hists.is_empty() {
+            hists.push(HistogramSeries {
+                labels: s.labels.clone(),
+                points: s.hists,
+            });
+        }
+        if !s.points.is_empty() {
+            floats.push(Series {
+                labels: s.labels,
+                samples: s.points,
+            });
+        }
+    }
+    (floats, hists)
 }

@@ -14,7 +14,9 @@ use crate::functions::{self, FuncKind, RangeCtx};
 use crate::parser::{
     AggOp, Call, DurationExpr, Expr, MatrixSelector, SubqueryExpr, ValueType, VectorSelector,
 };
-use crate::value::{ESeries, Elem, FastMap, FastSet, Matrix, NO_OID, Point, Val, total_points};
+use crate::value::{
+    ESeries, Elem, FastMap, FastSet, HPoint, Matrix, NO_OID, Point, Val, total_points,
+};
 use crate::{Error, Result, check_ctx};
 
 /// The series one selector selected, samples decoded in time order.
@@ -26,6 +28,10 @@ pub(crate) struct SelSeries {
     /// The samples without staleness markers, when there are markers (range windows skip
     /// them); `None` when `points` has none.
     pub clean: Option<Vec<Point>>,
+    /// Native histogram samples, staleness markers included; empty for float series.
+    pub hists: Vec<HPoint>,
+    /// `hists` without staleness markers, when there are markers.
+    pub clean_hists: Option<Vec<HPoint>>,
 }
 
 impl SelSeries {
@@ -45,12 +51,28 @@ impl SelSeries {
             labels,
             points,
             clean,
+            hists: Vec::new(),
+            clean_hists: None,
         }
+    }
+
+    /// Adds the series' native histogram samples.
+    pub fn with_hists(mut self, hists: Vec<HPoint>) -> Self {
+        if hists.iter().any(HPoint::is_stale) {
+            self.clean_hists = Some(hists.iter().filter(|h| !h.is_stale()).cloned().collect());
+        }
+        self.hists = hists;
+        self
     }
 
     /// The samples a range window sees.
     pub fn range_points(&self) -> &[Point] {
         self.clean.as_deref().unwrap_or(&self.points)
+    }
+
+    /// The histogram samples a range window sees.
+    pub fn range_hists(&self) -> &[HPoint] {
+        self.clean_hists.as_deref().unwrap_or(&self.hists)
     }
 }
 
@@ -160,11 +182,11 @@ impl<'a> Evaluator<'a> {
                 let v = *val;
                 self.add_samples(self.num_steps())?;
                 let points: Vec<Point> = self.step_ts().map(|t| Point { t, v }).collect();
-                Ok(Val::Matrix(vec![ESeries {
-                    labels: Labels::empty(),
+                Ok(Val::Matrix(vec![ESeries::floats(
+                    Labels::empty(),
                     points,
-                    drop_name: false,
-                }]))
+                    false,
+                )]))
             }
             Expr::String { val, .. } => Ok(Val::String(val.clone())),
             Expr::VectorSelector(vs) => {
@@ -182,6 +204,11 @@ impl<'a> Evaluator<'a> {
                         s.drop_name = true;
                         for p in &mut s.points {
                             p.v = -p.v;
+                        }
+                        for h in &mut s.hists {
+                            let mut x = (*h.h).clone();
+                            x.mul(-1.0);
+                            h.h = std::sync::Arc::new(x);
                         }
                     }
                 }
@@ -212,14 +239,23 @@ impl<'a> Evaluator<'a> {
             if si % 256 == 0 {
                 self.check()?;
             }
+            if !s.hists.is_empty() {
+                let (points, hists) = self.lookup_mixed(vs, &s.points, &s.hists, timestamps);
+                if !points.is_empty() || !hists.is_empty() {
+                    self.add_samples(points.len() + hists.len())?;
+                    out.push(ESeries {
+                        labels: s.labels.clone(),
+                        points,
+                        hists,
+                        drop_name: timestamps,
+                    });
+                }
+                continue;
+            }
             let points = self.lookup_series(vs, &s.points, timestamps);
             if !points.is_empty() {
                 self.add_samples(points.len())?;
-                out.push(ESeries {
-                    labels: s.labels.clone(),
-                    points,
-                    drop_name: timestamps,
-                });
+                out.push(ESeries::floats(s.labels.clone(), points, timestamps));
             }
         }
         Ok(out)
@@ -264,6 +300,59 @@ impl<'a> Evaluator<'a> {
         points
     }
 
+    /// [`Evaluator::lookup_series`] for a series that holds native histograms: at each step
+    /// the latest sample of either kind within the lookback, unless it is a staleness marker.
+    /// With `timestamps`, both kinds yield the sample's time as a float.
+    pub(crate) fn lookup_mixed(
+        &self,
+        vs: &VectorSelector,
+        floats: &[Point],
+        hists: &[HPoint],
+        timestamps: bool,
+    ) -> (Vec<Point>, Vec<HPoint>) {
+        let mut points = Vec::new();
+        let mut hpoints = Vec::new();
+        for ts in self.step_ts() {
+            let r = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            let fi = floats.partition_point(|x| x.t <= r);
+            let hi = hists.partition_point(|x| x.t <= r);
+            let f = fi.checked_sub(1).map(|i| floats[i]);
+            let h = hi.checked_sub(1).map(|i| &hists[i]);
+            let take_hist = match (f, h) {
+                (Some(f), Some(h)) => h.t > f.t,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if take_hist {
+                let Some(h) = h else { continue };
+                if h.t <= r - self.lookback || h.is_stale() {
+                    continue;
+                }
+                if timestamps {
+                    points.push(Point {
+                        t: ts,
+                        v: h.t as f64 / 1000.0,
+                    });
+                } else {
+                    hpoints.push(HPoint {
+                        t: ts,
+                        h: h.h.clone(),
+                    });
+                }
+            } else if let Some(x) = f {
+                if x.t <= r - self.lookback || is_stale_nan(x.v) {
+                    continue;
+                }
+                let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
+                points.push(Point { t: ts, v });
+            }
+        }
+        (points, hpoints)
+    }
+
     /// A smoothed instant selector: the value interpolated between the samples around each
     /// step (Prometheus's `smoothSeries`).
     fn eval_smoothed_selector(&mut self, vs: &VectorSelector) -> Result<Matrix> {
@@ -274,6 +363,13 @@ impl<'a> Evaluator<'a> {
             .unwrap_or_default();
         let mut out = Vec::new();
         for s in data {
+            if !s.hists.is_empty() {
+                if let Some(series) = self.smoothed_histograms(vs, s) {
+                    self.add_samples(series.points.len() + series.hists.len())?;
+                    out.push(series);
+                }
+                continue;
+            }
             let samples = s.range_points();
             let mut points = Vec::new();
             for ts in self.step_ts() {
@@ -302,14 +398,91 @@ impl<'a> Evaluator<'a> {
             }
             if !points.is_empty() {
                 self.add_samples(points.len())?;
-                out.push(ESeries {
-                    labels: s.labels.clone(),
-                    points,
-                    drop_name: false,
-                });
+                out.push(ESeries::floats(s.labels.clone(), points, false));
             }
         }
         Ok(out)
+    }
+
+    /// A smoothed instant selector over a series with native histograms (Prometheus's
+    /// `smoothSeries`): histograms interpolated between the samples around each step; a
+    /// window mixing floats and histograms is warned about and skipped.
+    fn smoothed_histograms(&mut self, vs: &VectorSelector, s: &SelSeries) -> Option<ESeries> {
+        let (floats, hists) = (s.range_points(), s.range_hists());
+        let metric = s.labels.metric_name().unwrap_or("");
+        let mut out = ESeries {
+            labels: s.labels.clone(),
+            points: Vec::new(),
+            hists: Vec::new(),
+            drop_name: false,
+        };
+        for ts in self.step_ts() {
+            let data_ts = match vs.timestamp {
+                Some(t) => t - vs.original_offset_ms,
+                None => ts - vs.original_offset_ms,
+            };
+            let (lo_t, hi_t) = (data_ts - self.lookback, data_ts + self.lookback);
+            let fw = &floats
+                [floats.partition_point(|x| x.t <= lo_t)..floats.partition_point(|x| x.t <= hi_t)];
+            let hw = &hists
+                [hists.partition_point(|x| x.t <= lo_t)..hists.partition_point(|x| x.t <= hi_t)];
+            if fw.is_empty() && hw.is_empty() {
+                continue;
+            }
+            if !fw.is_empty() && !hw.is_empty() {
+                self.annos
+                    .warn(msg::mixed_floats_histograms(metric), vs.pos);
+                continue;
+            }
+            if !fw.is_empty() {
+                // As the float smoothing does.
+                let k = fw.partition_point(|x| x.t <= data_ts);
+                let v = match (k.checked_sub(1).map(|i| fw[i]), fw.get(k)) {
+                    (Some(a), _) if a.t == data_ts => a.v,
+                    (Some(a), Some(b)) => {
+                        a.v + (b.v - a.v) * (data_ts - a.t) as f64 / (b.t - a.t) as f64
+                    }
+                    (Some(a), None) => a.v,
+                    (None, Some(b)) => b.v,
+                    (None, None) => continue,
+                };
+                out.points.push(Point { t: ts, v });
+                continue;
+            }
+            let k = hw.partition_point(|x| x.t < data_ts);
+            let h = match (k.checked_sub(1).map(|i| &hw[i]), hw.get(k)) {
+                (_, Some(b)) if b.t == data_ts => b.h.clone(),
+                (Some(a), Some(b)) => {
+                    if a.h.uses_custom_buckets() != b.h.uses_custom_buckets() {
+                        self.annos
+                            .warn(msg::mixed_exponential_custom(metric), vs.pos);
+                        continue;
+                    }
+                    use m3query_model::histogram::CounterResetHint::Gauge;
+                    let is_counter =
+                        a.h.counter_reset_hint != Gauge || b.h.counter_reset_hint != Gauge;
+                    match crate::hist::interpolate(a, b, data_ts, is_counter, self.annos, vs.pos) {
+                        Ok(h) => std::sync::Arc::new(h),
+                        Err(()) => {
+                            self.annos
+                                .warn(msg::mixed_exponential_custom(metric), vs.pos);
+                            continue;
+                        }
+                    }
+                }
+                (Some(a), None) => {
+                    let mut h = (*a.h).clone();
+                    h.counter_reset_hint = m3query_model::histogram::CounterResetHint::Unknown;
+                    std::sync::Arc::new(h)
+                }
+                _ => continue,
+            };
+            out.hists.push(HPoint { t: ts, h });
+        }
+        if out.points.is_empty() && out.hists.is_empty() {
+            return None;
+        }
+        Some(out)
     }
 
     /// A range vector at the (single) evaluation time: raw samples with their timestamps.
@@ -342,11 +515,20 @@ impl<'a> Evaluator<'a> {
             if vs.anchored || vs.smoothed {
                 points = functions::extend_floats(&points, wstart, wend, vs.smoothed);
             }
-            if !points.is_empty() {
-                self.add_samples(points.len())?;
+            let rh = s.range_hists();
+            let hists: Vec<HPoint> = if rh.is_empty() {
+                Vec::new()
+            } else {
+                let lo = rh.partition_point(|x| x.t <= fetch_start);
+                let hi = rh.partition_point(|x| x.t <= fetch_end);
+                rh[lo..hi].to_vec()
+            };
+            if !points.is_empty() || !hists.is_empty() {
+                self.add_samples(points.len() + hists.len())?;
                 out.push(ESeries {
                     labels: s.labels.clone(),
                     points,
+                    hists,
                     drop_name: false,
                 });
             }
@@ -426,10 +608,23 @@ impl<'a> Evaluator<'a> {
             (FuncKind::Range(f), Some(idx)) => self.eval_range_call(c, idx, f),
             (FuncKind::Instant(f), _) => {
                 let mut args = Vec::with_capacity(c.args.len());
+                let floats_only = !functions::reads_histograms(name);
                 for a in &c.args {
                     match a.value_type() {
                         ValueType::String => args.push(Vec::new()),
-                        _ => args.push(self.eval_matrix(a)?),
+                        _ => {
+                            let mut m = self.eval_matrix(a)?;
+                            if floats_only && m.iter().any(|s| !s.hists.is_empty()) {
+                                // Histogram samples do not reach float functions.
+                                let dropped: usize = m.iter().map(|s| s.hists.len()).sum();
+                                self.release_samples(dropped);
+                                for s in &mut m {
+                                    s.hists.clear();
+                                }
+                                m.retain(|s| !s.points.is_empty());
+                            }
+                            args.push(m);
+                        }
                     }
                 }
                 let call = c;
@@ -489,6 +684,7 @@ impl<'a> Evaluator<'a> {
                         .map(|s| RollupInput {
                             labels: s.labels.clone(),
                             points: std::borrow::Cow::Borrowed(s.range_points()),
+                            hists: std::borrow::Cow::Borrowed(s.range_hists()),
                             drop_name: false,
                         })
                         .collect(),
@@ -510,6 +706,7 @@ impl<'a> Evaluator<'a> {
                         .map(|s| RollupInput {
                             labels: s.labels,
                             points: std::borrow::Cow::Owned(s.points),
+                            hists: std::borrow::Cow::Owned(unknown_resets(s.hists)),
                             drop_name: s.drop_name,
                         })
                         .collect(),
@@ -559,6 +756,8 @@ impl<'a> Evaluator<'a> {
                 .map(|(_, a)| a.pos()),
             scalars: &prep.scalars,
             f,
+            name: c.func.name,
+            arg_pos: c.args[idx].pos(),
             counter: matches!(c.func.name, "rate" | "increase") && !ext,
             ctx: self.ctx,
             replicate: prep.at.is_some()
@@ -577,11 +776,18 @@ impl<'a> Evaluator<'a> {
         inputs: &[RollupInput<'_>],
     ) -> Result<Vec<SeriesRollup>> {
         self.check()?;
+        let one = |i: &RollupInput<'_>| {
+            if i.hists.is_empty() {
+                spec.run(&i.points)
+            } else {
+                spec.run_mixed(i)
+            }
+        };
         if inputs.len() >= self.parallel_threshold {
             use rayon::prelude::*;
-            return Ok(inputs.par_iter().map(|i| spec.run(&i.points)).collect());
+            return Ok(inputs.par_iter().map(one).collect());
         }
-        Ok(inputs.iter().map(|i| spec.run(&i.points)).collect())
+        Ok(inputs.iter().map(one).collect())
     }
 
     /// Evaluates a function over a range vector argument: per series, per step, a window.
@@ -606,11 +812,12 @@ impl<'a> Evaluator<'a> {
                 return Err(e);
             }
             annos.merge(r.annos);
-            if r.points.is_empty() {
+            if r.points.is_empty() && r.hists.is_empty() {
                 continue;
             }
-            self.add_samples(r.points.len())?;
+            self.add_samples(r.points.len() + r.hists.len())?;
             if matches!(name, "rate" | "increase")
+                && input.hists.is_empty()
                 && let Some(mn) = input.labels.metric_name()
                 && !mn.ends_with("_total")
                 && !mn.ends_with("_sum")
@@ -620,6 +827,7 @@ impl<'a> Evaluator<'a> {
                 annos.info(msg::possible_non_counter(mn), c.args[idx].pos());
             }
             out.push(ESeries {
+                hists: r.hists,
                 labels: input.labels.clone(),
                 points: r.points,
                 drop_name: !keeps_name || input.drop_name,
@@ -649,6 +857,7 @@ impl<'a> Evaluator<'a> {
                 return Ok(Vec::new());
             }
             return Ok(vec![ESeries {
+                hists: Vec::new(),
                 labels: functions::absent_labels(&c.args[0]),
                 points,
                 drop_name: true,
@@ -667,6 +876,17 @@ impl<'a> Evaluator<'a> {
     {
         let inputs_total: usize = args.iter().map(total_points).sum();
         let mut cursors: Vec<Vec<usize>> = args.iter().map(|m| vec![0; m.len()]).collect();
+        // Histogram cursors, only for arguments that hold histograms at all.
+        let mut hcursors: Vec<Vec<usize>> = args
+            .iter()
+            .map(|m| {
+                if m.iter().any(|s| !s.hists.is_empty()) {
+                    vec![0; m.len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         let mut vecs: Vec<Vec<Elem>> = args.iter().map(|m| Vec::with_capacity(m.len())).collect();
         let mut out_vec: Vec<Elem> = Vec::new();
         let instant = self.start == self.end;
@@ -690,6 +910,22 @@ impl<'a> Evaluator<'a> {
                         v.push(Elem {
                             labels: s.labels.clone(),
                             v: p.v,
+                            h: None,
+                            t: ts,
+                            drop_name: s.drop_name,
+                            si,
+                            oid: NO_OID,
+                        });
+                        gathered += 1;
+                    } else if let Some(c) = hcursors[ai].get_mut(si)
+                        && let Some(p) = s.hists.get(*c)
+                        && p.t == ts
+                    {
+                        *c += 1;
+                        v.push(Elem {
+                            labels: s.labels.clone(),
+                            v: 0.0,
+                            h: Some(p.h.clone()),
                             t: ts,
                             drop_name: s.drop_name,
                             si,
@@ -708,10 +944,16 @@ impl<'a> Evaluator<'a> {
             if instant {
                 let mat = out_vec
                     .drain(..)
-                    .map(|e| ESeries {
-                        labels: e.labels,
-                        points: vec![Point { t: ts, v: e.v }],
-                        drop_name: e.drop_name,
+                    .map(|e| match e.h {
+                        Some(h) => ESeries {
+                            labels: e.labels,
+                            points: Vec::new(),
+                            hists: vec![HPoint { t: ts, h }],
+                            drop_name: e.drop_name,
+                        },
+                        None => {
+                            ESeries::floats(e.labels, vec![Point { t: ts, v: e.v }], e.drop_name)
+                        }
                     })
                     .collect();
                 self.release_samples(inputs_total);
@@ -727,41 +969,17 @@ impl<'a> Evaluator<'a> {
                     match by_oid[k] {
                         usize::MAX => {
                             by_oid[k] = result.len();
-                            let mut points = Vec::with_capacity(steps);
-                            points.push(Point { t: ts, v: e.v });
-                            result.push(ESeries {
-                                labels: e.labels,
-                                points,
-                                drop_name: e.drop_name,
-                            });
+                            result.push(new_out_series(e, ts, steps));
                         }
-                        i => {
-                            let s = &mut result[i];
-                            if s.points.last().is_some_and(|p| p.t == ts) {
-                                return Err(Error::exec(DUP_LABELSET));
-                            }
-                            s.points.push(Point { t: ts, v: e.v });
-                        }
+                        i => push_out_point(&mut result[i], e, ts)?,
                     }
                     continue;
                 }
                 match index.get(&e.labels) {
-                    Some(&i) => {
-                        let s = &mut result[i];
-                        if s.points.last().is_some_and(|p| p.t == ts) {
-                            return Err(Error::exec(DUP_LABELSET));
-                        }
-                        s.points.push(Point { t: ts, v: e.v });
-                    }
+                    Some(&i) => push_out_point(&mut result[i], e, ts)?,
                     None => {
                         index.insert(e.labels.clone(), result.len());
-                        let mut points = Vec::with_capacity(steps);
-                        points.push(Point { t: ts, v: e.v });
-                        result.push(ESeries {
-                            labels: e.labels,
-                            points,
-                            drop_name: e.drop_name,
-                        });
+                        result.push(new_out_series(e, ts, steps));
                     }
                 }
             }
@@ -772,10 +990,61 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// A subquery's histograms as a range function sees them: `CounterReset` and
+/// `NotCounterReset` hints become `Unknown`, since the subquery's steps may skip or repeat
+/// the samples the hints were about (Prometheus does the same), so resets are detected from
+/// the values.
+fn unknown_resets(mut hists: Vec<HPoint>) -> Vec<HPoint> {
+    use m3query_model::histogram::CounterResetHint;
+    for p in &mut hists {
+        if matches!(
+            p.h.counter_reset_hint,
+            CounterResetHint::CounterReset | CounterResetHint::NotCounterReset
+        ) {
+            let mut h = (*p.h).clone();
+            h.counter_reset_hint = CounterResetHint::Unknown;
+            p.h = std::sync::Arc::new(h);
+        }
+    }
+    hists
+}
+
+/// A new output series of [`Evaluator::range_eval`] holding `e` at `ts`.
+fn new_out_series(e: Elem, ts: i64, steps: usize) -> ESeries {
+    match e.h {
+        Some(h) => ESeries {
+            labels: e.labels,
+            points: Vec::new(),
+            hists: vec![HPoint { t: ts, h }],
+            drop_name: e.drop_name,
+        },
+        None => {
+            let mut points = Vec::with_capacity(steps);
+            points.push(Point { t: ts, v: e.v });
+            ESeries::floats(e.labels, points, e.drop_name)
+        }
+    }
+}
+
+/// Appends `e` at `ts` to an output series; two values for one series at one step are the
+/// duplicate-labelset error.
+fn push_out_point(s: &mut ESeries, e: Elem, ts: i64) -> Result<()> {
+    if s.points.last().is_some_and(|p| p.t == ts) || s.hists.last().is_some_and(|p| p.t == ts) {
+        return Err(Error::exec(DUP_LABELSET));
+    }
+    match e.h {
+        Some(h) => s.hists.push(HPoint { t: ts, h }),
+        None => s.points.push(Point { t: ts, v: e.v }),
+    }
+    Ok(())
+}
+
 /// One input series of a rollup.
 pub(crate) struct RollupInput<'s> {
     pub labels: Labels,
     pub points: std::borrow::Cow<'s, [Point]>,
+    /// Native histogram samples (empty for float series).
+    pub hists: std::borrow::Cow<'s, [HPoint]>,
     pub drop_name: bool,
 }
 
@@ -811,6 +1080,10 @@ pub(crate) struct WindowSpec<'s> {
     /// Scalar arguments, one value per step.
     scalars: &'s [Vec<f64>],
     f: functions::RangeFn,
+    /// The function's name, for the histogram rollups.
+    name: &'static str,
+    /// The range argument's position (histogram annotations point at it).
+    arg_pos: crate::parser::PosRange,
     /// With `@`, every step sees the same window: compute once, repeat (Prometheus's
     /// step-invariant evaluation). Not for `predict_linear`, which uses the step time.
     replicate: bool,
@@ -823,6 +1096,8 @@ pub(crate) struct WindowSpec<'s> {
 /// One series' rollup output.
 pub(crate) struct SeriesRollup {
     pub points: Vec<Point>,
+    /// Histogram results (rollups of series with native histograms).
+    pub hists: Vec<HPoint>,
     pub annos: Annotations,
     pub err: Option<Error>,
     /// Most points one window held.
@@ -835,6 +1110,7 @@ impl WindowSpec<'_> {
         if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
             return SeriesRollup {
                 points: Vec::new(),
+                hists: Vec::new(),
                 annos: Annotations::new(),
                 err: Some(e),
                 max_window: 0,
@@ -934,10 +1210,105 @@ impl WindowSpec<'_> {
         }
         SeriesRollup {
             points,
+            hists: Vec::new(),
             annos: rctx.annos,
             err: rctx.err,
             max_window,
         }
+    }
+
+    /// [`WindowSpec::run`] for a series with native histograms: windows over both kinds of
+    /// samples, evaluated by the histogram-aware rollups. Not on the float hot path.
+    fn run_mixed(&self, input: &RollupInput<'_>) -> SeriesRollup {
+        let mut out = SeriesRollup {
+            points: Vec::new(),
+            hists: Vec::new(),
+            annos: Annotations::new(),
+            err: None,
+            max_window: 0,
+        };
+        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
+            out.err = Some(e);
+            return out;
+        }
+        let mut rctx = RangeCtx {
+            ts: 0,
+            range_start: 0,
+            range_end: 0,
+            range_ms: self.range_ms,
+            params: Vec::with_capacity(self.scalars.len()),
+            anchored: self.anchored,
+            smoothed: self.smoothed,
+            pos: self.pos,
+            param_pos: self.param_pos,
+            annos: Annotations::new(),
+            err: None,
+            no_resets: false,
+        };
+        let (pts, hs) = (&*input.points, &*input.hists);
+        for k in 0..self.steps {
+            let ts = self.start + k as i64 * self.interval;
+            let wend = self.at.unwrap_or(ts) - self.offset_ms;
+            let wstart = wend - self.range_ms;
+            let fetch_start = wstart - self.ext_left;
+            let fetch_end = wend + self.ext_right;
+            let fw = &pts[pts.partition_point(|p| p.t <= fetch_start)
+                ..pts.partition_point(|p| p.t <= fetch_end)];
+            let hw = &hs[hs.partition_point(|p| p.t <= fetch_start)
+                ..hs.partition_point(|p| p.t <= fetch_end)];
+            let (mut fw, mut hw) = (fw, hw);
+            if self.anchored || self.smoothed {
+                // Of the samples at or before the window start, only the latest (of either
+                // kind) anchors the window (Prometheus's `pickFirstSampleIndices`).
+                let fb = fw.partition_point(|p| p.t <= wstart);
+                let hb = hw.partition_point(|p| p.t <= wstart);
+                let last_f = fb.checked_sub(1).map(|i| fw[i].t);
+                let last_h = hb.checked_sub(1).map(|i| hw[i].t);
+                match (last_f, last_h) {
+                    (Some(f), Some(h)) if f > h => {
+                        fw = &fw[fb - 1..];
+                        hw = &hw[hb..];
+                    }
+                    (Some(_), Some(_)) | (None, Some(_)) => {
+                        fw = &fw[fb..];
+                        hw = &hw[hb - 1..];
+                    }
+                    (Some(_), None) => fw = &fw[fb - 1..],
+                    (None, None) => {}
+                }
+            }
+            if fw.is_empty() && hw.is_empty() {
+                continue;
+            }
+            out.max_window = out.max_window.max(fw.len() + hw.len());
+            rctx.ts = ts;
+            rctx.range_start = wstart;
+            rctx.range_end = wend;
+            rctx.params.clear();
+            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            match crate::hist::rollup(
+                self.name,
+                fw,
+                hw,
+                &input.labels,
+                &mut rctx,
+                self.f,
+                self.arg_pos,
+            ) {
+                Some(crate::hist::RollupOut::F(v)) => out.points.push(Point { t: ts, v }),
+                Some(crate::hist::RollupOut::H(h)) => out.hists.push(HPoint {
+                    t: ts,
+                    h: std::sync::Arc::new(h),
+                }),
+                None => {}
+            }
+            if rctx.err.is_some() {
+                break;
+            }
+        }
+        out.annos = rctx.annos;
+        out.err = rctx.err;
+        out
     }
 }
 
@@ -1006,7 +1377,12 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
             Some(last) if last.labels == s.labels => {
                 last.points.extend(s.points);
                 last.points.sort_by_key(|p| p.t);
-                if last.points.windows(2).any(|w| w[0].t == w[1].t) {
+                last.hists.extend(s.hists);
+                last.hists.sort_by_key(|p| p.t);
+                if last.points.windows(2).any(|w| w[0].t == w[1].t)
+                    || last.hists.windows(2).any(|w| w[0].t == w[1].t)
+                    || has_common_time(&last.points, &last.hists)
+                {
                     return Err(Error::exec(DUP_LABELSET));
                 }
             }
@@ -1014,6 +1390,23 @@ pub(crate) fn cleanup_names(m: Matrix, instant_vector: bool) -> Result<Matrix> {
         }
     }
     Ok(out)
+}
+
+/// Whether a float point and a histogram point share a timestamp (both sorted).
+fn has_common_time(points: &[Point], hists: &[HPoint]) -> bool {
+    if hists.is_empty() || points.is_empty() {
+        return false;
+    }
+    let mut j = 0;
+    for p in points {
+        while j < hists.len() && hists[j].t < p.t {
+            j += 1;
+        }
+        if hists.get(j).is_some_and(|h| h.t == p.t) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Merges series with identical labels (after `label_replace`/`label_join`); an error if two
@@ -1027,6 +1420,7 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
         match index.get(&s.labels) {
             Some(&i) => {
                 out[i].points.extend(s.points);
+                out[i].hists.extend(s.hists);
                 merged_any = true;
             }
             None => {
@@ -1038,7 +1432,11 @@ pub(crate) fn merge_same_labelset(m: Matrix) -> Result<Matrix> {
     if merged_any {
         for s in &mut out {
             s.points.sort_by_key(|p| p.t);
-            if s.points.windows(2).any(|w| w[0].t == w[1].t) {
+            s.hists.sort_by_key(|p| p.t);
+            if s.points.windows(2).any(|w| w[0].t == w[1].t)
+                || s.hists.windows(2).any(|w| w[0].t == w[1].t)
+                || has_common_time(&s.points, &s.hists)
+            {
                 return Err(Error::exec(DUP_LABELSET));
             }
         }

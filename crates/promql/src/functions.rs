@@ -160,6 +160,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         }),
         "vector" => Instant(|_, _, v, o, _| {
             o.push(Elem {
+                h: None,
                 labels: Labels::empty(),
                 v: scalar_arg(v, 0),
                 t: 0,
@@ -196,6 +197,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "timestamp" => Instant(|_, _, v, o, _| {
             for e in v.first().map(Vec::as_slice).unwrap_or_default() {
                 o.push(Elem {
+                    h: None,
                     labels: e.labels.clone(),
                     v: e.t as f64 / 1000.0,
                     t: e.t,
@@ -211,6 +213,7 @@ pub(crate) fn kind(name: &str) -> FuncKind {
                 return Ok(());
             }
             o.push(Elem {
+                h: None,
                 labels: absent_labels(&c.args[0]),
                 v: 1.0,
                 t: 0,
@@ -243,8 +246,16 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "histogram_quantile" => Instant(crate::quantile::histogram_quantile),
         "histogram_fraction" => Instant(crate::quantile::histogram_fraction),
         // These act on native histogram samples only; float samples yield nothing.
-        "histogram_avg" | "histogram_count" | "histogram_sum" | "histogram_stddev"
-        | "histogram_stdvar" | "start_timestamp" => Instant(|_, _, _, _, _| Ok(())),
+        "histogram_count" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.count)),
+        "histogram_sum" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.sum)),
+        "histogram_avg" => Instant(|_, _, v, o, _| histogram_simple(v, o, |h| h.sum / h.count)),
+        "histogram_stddev" => {
+            Instant(|_, _, v, o, _| histogram_simple(v, o, |h| crate::hist::variance(h).sqrt()))
+        }
+        "histogram_stdvar" => {
+            Instant(|_, _, v, o, _| histogram_simple(v, o, crate::hist::variance))
+        }
+        "start_timestamp" => Instant(|_, _, _, _, _| Ok(())),
         "histogram_quantiles" => Instant(crate::quantile::histogram_quantiles),
         "label_replace" | "label_join" | "info" => Special,
         "start" | "end" | "range" | "step" => {
@@ -272,8 +283,51 @@ fn go_min(a: f64, b: f64) -> f64 {
     }
 }
 
+/// A float per native histogram sample of the first argument; floats yield nothing.
+fn histogram_simple(
+    v: &[Vec<Elem>],
+    o: &mut Vec<Elem>,
+    f: impl Fn(&crate::value::FloatHistogram) -> f64,
+) -> Result<()> {
+    for e in v.first().map(Vec::as_slice).unwrap_or_default() {
+        if let Some(h) = &e.h {
+            o.push(Elem {
+                h: None,
+                labels: e.labels.clone(),
+                v: f(h),
+                t: e.t,
+                drop_name: true,
+                si: e.si,
+                oid: NO_OID,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Functions that read native histogram samples of their instant-vector arguments; every
+/// other function sees floats only (Prometheus skips histogram samples in them).
+pub(crate) fn reads_histograms(name: &str) -> bool {
+    matches!(
+        name,
+        "histogram_count"
+            | "histogram_sum"
+            | "histogram_avg"
+            | "histogram_stddev"
+            | "histogram_stdvar"
+            | "histogram_quantile"
+            | "histogram_quantiles"
+            | "histogram_fraction"
+            | "absent"
+            | "timestamp"
+            | "sort_by_label"
+            | "sort_by_label_desc"
+    )
+}
+
 fn scalar_elem(v: f64) -> Elem {
     Elem {
+        h: None,
         labels: Labels::empty(),
         v,
         t: 0,
@@ -290,6 +344,7 @@ fn scalar_arg(v: &[Vec<Elem>], i: usize) -> f64 {
 fn simple(v: &[Vec<Elem>], o: &mut Vec<Elem>, f: impl Fn(f64) -> f64) -> Result<()> {
     for e in v.first().map(Vec::as_slice).unwrap_or_default() {
         o.push(Elem {
+            h: None,
             labels: e.labels.clone(),
             v: f(e.v),
             t: e.t,
@@ -305,7 +360,8 @@ fn clamp(v: &[Vec<Elem>], o: &mut Vec<Elem>, min: f64, max: f64) -> Result<()> {
     if max < min {
         return Ok(());
     }
-    simple(v, o, |x| min.max(max.min(x)))
+    // Go's math.Max/math.Min: a NaN bound or value gives NaN.
+    simple(v, o, |x| go_max(min, go_min(max, x)))
 }
 
 /// `sort`/`sort_desc` order: by value, NaN last.
@@ -419,6 +475,7 @@ fn date(
         }
         let c = m3query_model::time::civil(e.v as i64);
         o.push(Elem {
+            h: None,
             labels: e.labels.clone(),
             v: f(&c) as f64,
             t: e.t,

@@ -192,7 +192,10 @@ fn fetch_info_series(
     while let Some(s) = set.next() {
         let s = s?;
         let mut buf = Vec::new();
-        s.iter().append_range(start, end, &mut buf)?;
+        let mut hists = Vec::new();
+        let mut it = s.iter();
+        it.append_range(start, end, &mut buf)?;
+        it.append_histograms(start, end, &mut hists)?;
         // Values are the samples' own timestamps (for picking the newest info series).
         let mut points = Vec::new();
         let mut j = 0;
@@ -200,6 +203,16 @@ fn fetch_info_series(
             let r = node_ts.unwrap_or(ts) - offset;
             while j < buf.len() && buf[j].t <= r {
                 j += 1;
+            }
+            // Info metrics are floats: a histogram the step would pick is an error, as in
+            // Prometheus.
+            let hi = hists.partition_point(|h| h.t <= r);
+            if let Some(h) = hi.checked_sub(1).map(|i| &hists[i])
+                && h.t > r - ev.lookback
+                && !h.is_stale()
+                && j.checked_sub(1).is_none_or(|k| buf[k].t < h.t)
+            {
+                return Err(Error::exec("info sample should be float"));
             }
             if j == 0 {
                 continue;
@@ -215,6 +228,7 @@ fn fetch_info_series(
         }
         if !points.is_empty() {
             info_mat.push(ESeries {
+                hists: Vec::new(),
                 labels: s.labels().clone(),
                 points,
                 drop_name: false,
@@ -286,6 +300,7 @@ fn combine_with_info_series(
                 None => {
                     index.insert(labels.clone(), out.len());
                     out.push(ESeries {
+                        hists: Vec::new(),
                         labels,
                         points: vec![Point { t: ts, v: p.v }],
                         drop_name: s.drop_name,

@@ -12,6 +12,61 @@ use m3query_storage::Context;
 use crate::Result;
 use crate::parser::{AtSpecial, Card, DurationExpr, Expr, ParseOptions, format_float_f};
 
+/// Appends a native histogram in the shape of Prometheus 3's query API (`histogram` in a
+/// vector sample, each element of `histograms` in a matrix series):
+/// `{"count":"..","sum":"..","buckets":[[rule,"lower","upper","count"],...]}` with the
+/// non-empty buckets from lowest to highest and `rule` 0 for `(l,u]`, 1 for `[l,u)`, 2 for
+/// `(l,u)`, 3 for `[l,u]`. Floats are written as the API writes sample values (quoted,
+/// `+Inf`/`-Inf`/`NaN`). The HTTP layer pairs it with the timestamp:
+/// `"histogram":[ts, {..}]`.
+pub fn write_histogram_json(out: &mut String, h: &m3query_model::FloatHistogram) {
+    fn val(out: &mut String, v: f64) {
+        use std::fmt::Write;
+        out.push('"');
+        if v.is_nan() {
+            out.push_str("NaN");
+        } else if v == f64::INFINITY {
+            out.push_str("+Inf");
+        } else if v == f64::NEG_INFINITY {
+            out.push_str("-Inf");
+        } else {
+            let _ = write!(out, "{v}");
+        }
+        out.push('"');
+    }
+    out.push_str("{\"count\":");
+    val(out, h.count);
+    out.push_str(",\"sum\":");
+    val(out, h.sum);
+    let mut first = true;
+    for b in crate::hist::all_buckets(h) {
+        if b.count == 0.0 {
+            continue;
+        }
+        out.push_str(if first { ",\"buckets\":[" } else { "," });
+        first = false;
+        let rule = match (b.lower_inclusive, b.upper_inclusive) {
+            (true, true) => '3',
+            (true, false) => '1',
+            (false, true) => '0',
+            (false, false) => '2',
+        };
+        out.push('[');
+        out.push(rule);
+        out.push(',');
+        val(out, b.lower);
+        out.push(',');
+        val(out, b.upper);
+        out.push(',');
+        val(out, b.count);
+        out.push(']');
+    }
+    if !first {
+        out.push(']');
+    }
+    out.push('}');
+}
+
 /// Parses `expr` and returns its syntax tree as Prometheus's `parse_query` JSON, as text.
 ///
 /// Text, not a `serde_json::Value`: the value would be as deep as the tree, and serializing or
@@ -259,6 +314,38 @@ fn translate(e: &Expr, w: &mut Walk<'_>) -> Result<J> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn histogram_json_has_prometheus_shape() {
+        use m3query_model::FloatHistogram;
+        use m3query_model::histogram::Span;
+        let h = FloatHistogram {
+            count: 5.0,
+            sum: 2.5,
+            zero_threshold: 0.001,
+            zero_count: 1.0,
+            positive_spans: vec![Span::new(0, 2)],
+            positive_buckets: vec![3.0, 0.0],
+            negative_spans: vec![Span::new(1, 1)],
+            negative_buckets: vec![1.0],
+            ..FloatHistogram::default()
+        };
+        let mut out = String::new();
+        super::write_histogram_json(&mut out, &h);
+        let j: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(
+            j,
+            serde_json::json!({"count": "5", "sum": "2.5", "buckets": [
+                [1, "-2", "-1", "1"],
+                [3, "-0.001", "0.001", "1"],
+                [0, "0.5", "1", "3"]
+            ]})
+        );
+        let mut out = String::new();
+        super::write_histogram_json(&mut out, &FloatHistogram::default());
+        assert_eq!(out, r#"{"count":"0","sum":"0"}"#);
+    }
+
     use super::*;
 
     #[test]

@@ -37,9 +37,16 @@
 //!
 //! Limits: `max_samples` (points held in memory at once, counted like Prometheus),
 //! `max_fetched_series`, the [`Context`]'s deadline and cancellation, checked between series
-//! and steps (and by every parallel worker). Native histograms are never evaluated: the
-//! storage seam carries floats only, and functions that read histograms yield nothing for
-//! float input, as in Prometheus.
+//! and steps (and by every parallel worker).
+//!
+//! Native histograms ride beside the floats, as Prometheus's `Series` holds `Floats` and
+//! `Histograms` apart: stores hand them over through
+//! [`SampleIterator::append_histograms`](m3query_storage::SampleIterator::append_histograms),
+//! every series keeps a second, usually empty, list of histogram points, and only code that
+//! meets a non-empty one takes a histogram path (`hist` holds the Prometheus 3.x histogram
+//! functions), so float evaluation runs the code it ran before. Results carry histogram
+//! points in [`QueryResult::histograms`]; [`write_histogram_json`] renders one as the HTTP
+//! API does.
 
 mod aggregate;
 mod annotations;
@@ -48,6 +55,7 @@ pub mod deep;
 mod engine;
 mod eval;
 pub(crate) mod functions;
+mod hist;
 mod info;
 mod json;
 pub mod parser;
@@ -58,8 +66,8 @@ mod xxhash;
 
 pub use annotations::Annotations;
 pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
-pub use json::{parse_query, parse_query_ctx};
-pub use value::{Point, Sample, Series, Value};
+pub use json::{parse_query, parse_query_ctx, write_histogram_json};
+pub use value::{FloatHistogram, HPoint, HistogramSeries, Point, Sample, Series, Value};
 
 use m3query_storage::Context;
 

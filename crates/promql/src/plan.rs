@@ -12,7 +12,7 @@ use m3query_storage::SelectHints;
 
 use crate::Result;
 use crate::eval::duration_ms;
-use crate::parser::{AtSpecial, Expr, PosRange};
+use crate::parser::{AtSpecial, BinOp, Expr, PosRange};
 
 /// What one selector needs from storage.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub(crate) struct SelectSpec {
     pub hints: SelectHints,
     /// The selector as written, for the span.
     pub text: String,
+    /// Only histogram counts and sums are read (under `histogram_count`/`_sum`/`_avg`):
+    /// histograms are decoded as Prometheus's `HistogramStatsIterator` returns them.
+    pub skip_histogram_buckets: bool,
 }
 
 /// The query's time parameters.
@@ -110,7 +113,8 @@ pub(crate) fn preprocess(e: &mut Expr, t: &QueryTimes) -> Result<()> {
     Ok(())
 }
 
-/// Subqueries on the path from the root to a selector (offset, range, `@`, step).
+/// Subqueries on the path from the root to a selector (offset, range, `@`, step), and what
+/// decides whether its histograms need buckets.
 #[derive(Clone, Copy, Default)]
 struct SubqPath {
     offset: i64,
@@ -118,6 +122,11 @@ struct SubqPath {
     ts: Option<i64>,
     /// The innermost subquery's step (0: none on the path).
     step: i64,
+    /// Under `histogram_count`/`histogram_sum`/`histogram_avg`.
+    hist_stats: bool,
+    /// Under a subquery, a quantile/fraction function or a trim operator, which need
+    /// buckets whatever is above them (Prometheus's `detectHistogramStatsDecoding`).
+    needs_buckets: bool,
 }
 
 /// Numbers selectors and returns what each needs, in id order.
@@ -203,6 +212,7 @@ fn walk(
             } else {
                 t.default_subquery_step
             };
+            p.needs_buckets = true;
             walk(&mut sq.expr, t, p, parent, out);
         }
         Expr::Call(c) => {
@@ -217,6 +227,14 @@ fn walk(
             } else {
                 c.args.len()
             };
+            let mut path = path;
+            match c.func.name {
+                "histogram_count" | "histogram_sum" | "histogram_avg" => path.hist_stats = true,
+                "histogram_quantile" | "histogram_quantiles" | "histogram_fraction" => {
+                    path.needs_buckets = true;
+                }
+                _ => {}
+            }
             for a in c.args.iter_mut().take(n) {
                 walk(a, t, path, Some(&par), out);
             }
@@ -233,6 +251,10 @@ fn walk(
             walk(&mut a.expr, t, path, Some(&par), out);
         }
         Expr::Binary(b) => {
+            let mut path = path;
+            if matches!(b.op, BinOp::TrimUpper | BinOp::TrimLower) {
+                path.needs_buckets = true;
+            }
             walk(&mut b.lhs, t, path, None, out);
             walk(&mut b.rhs, t, path, None, out);
         }
@@ -266,6 +288,7 @@ fn spec(
             limit: 0,
         },
         text,
+        skip_histogram_buckets: path.hist_stats && !path.needs_buckets,
     }
 }
 

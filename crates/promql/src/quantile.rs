@@ -290,6 +290,9 @@ fn group_buckets(v: &[Elem], arg: &Expr, annos: &mut Annotations) -> Vec<(Labels
     // labels without `le`, its buckets.
     let mut groups: Vec<(Labels, Labels, Vec<Bucket>)> = Vec::new();
     for e in v {
+        if e.h.is_some() {
+            continue;
+        }
         let le_raw = e.labels.get("le").unwrap_or("");
         let Some(upper) = parse_le(le_raw) else {
             annos.warn(
@@ -332,7 +335,14 @@ pub(crate) fn histogram_quantile(
         annos.warn(msg::invalid_quantile(q), c.args[0].pos());
     }
     let input = v.get(1).map(Vec::as_slice).unwrap_or_default();
-    for (labels, buckets) in group_buckets(input, &c.args[1], annos) {
+    let (natives, groups) = split_histograms(input, &c.args[1], annos);
+    for e in natives {
+        let Some(h) = &e.h else { continue };
+        let (val, note) = crate::hist::quantile(q, h);
+        note_nans(annos, note, e, c.args[1].pos());
+        out.push(native_result(e, val, ts));
+    }
+    for (labels, buckets) in groups {
         if buckets.is_empty() {
             continue;
         }
@@ -350,6 +360,7 @@ pub(crate) fn histogram_quantile(
             );
         }
         out.push(Elem {
+            h: None,
             labels,
             v: val,
             t: ts,
@@ -375,11 +386,19 @@ pub(crate) fn histogram_fraction(
         return Ok(());
     };
     let input = v.get(2).map(Vec::as_slice).unwrap_or_default();
-    for (labels, buckets) in group_buckets(input, &c.args[2], annos) {
+    let (natives, groups) = split_histograms(input, &c.args[2], annos);
+    for e in natives {
+        let Some(h) = &e.h else { continue };
+        let (val, note) = crate::hist::fraction(lower, upper, h);
+        note_nans(annos, note, e, c.args[2].pos());
+        out.push(native_result(e, val, ts));
+    }
+    for (labels, buckets) in groups {
         if buckets.is_empty() {
             continue;
         }
         out.push(Elem {
+            h: None,
             labels,
             v: bucket_fraction(lower, upper, buckets),
             t: ts,
@@ -389,6 +408,62 @@ pub(crate) fn histogram_fraction(
         });
     }
     Ok(())
+}
+
+/// Splits one step's input into native histogram samples and classic bucket groups
+/// (Prometheus's `resetHistograms`): a native histogram whose labels equal a classic group's
+/// is a mix, warned about, and both are dropped.
+fn split_histograms<'e>(
+    input: &'e [Elem],
+    arg: &Expr,
+    annos: &mut Annotations,
+) -> (Vec<&'e Elem>, Vec<(Labels, Vec<Bucket>)>) {
+    let mut groups = group_buckets(input, arg, annos);
+    let mut natives = Vec::new();
+    for e in input.iter().filter(|e| e.h.is_some()) {
+        if let Some(i) = groups
+            .iter()
+            .position(|(l, b)| !b.is_empty() && *l == e.labels)
+        {
+            annos.warn(
+                msg::mixed_classic_native(e.labels.metric_name().unwrap_or("")),
+                arg.pos(),
+            );
+            groups.remove(i);
+            continue;
+        }
+        natives.push(e);
+    }
+    (natives, groups)
+}
+
+/// The float result of a function over a native histogram sample.
+fn native_result(e: &Elem, v: f64, ts: i64) -> Elem {
+    Elem {
+        h: None,
+        labels: e.labels.clone(),
+        v,
+        t: ts,
+        drop_name: true,
+        si: e.si,
+        oid: NO_OID,
+    }
+}
+
+fn note_nans(
+    annos: &mut Annotations,
+    note: crate::hist::NanNote,
+    e: &Elem,
+    pos: crate::parser::PosRange,
+) {
+    use crate::hist::NanNote;
+    let metric = e.labels.metric_name().unwrap_or("");
+    match note {
+        NanNote::None => {}
+        NanNote::QuantileNaN => annos.info(msg::quantile_nan_result(metric), pos),
+        NanNote::QuantileSkew => annos.info(msg::quantile_nan_skew(metric), pos),
+        NanNote::FractionNaNs => annos.info(msg::fraction_nans(metric), pos),
+    }
 }
 
 /// Go's `FormatOpenMetricsFloat`.
@@ -430,8 +505,18 @@ pub(crate) fn histogram_quantiles(
         qs.push(q);
     }
     let input = v.first().map(Vec::as_slice).unwrap_or_default();
-    let groups = group_buckets(input, &c.args[0], annos);
+    let (natives, groups) = split_histograms(input, &c.args[0], annos);
     for q in qs {
+        for e in &natives {
+            let Some(h) = &e.h else { continue };
+            let (val, note) = crate::hist::quantile(q, h);
+            note_nans(annos, note, e, c.args[0].pos());
+            let mut r = native_result(e, val, ts);
+            let mut b = r.labels.builder();
+            b.set(label.as_str(), format_openmetrics_float(q));
+            r.labels = b.labels();
+            out.push(r);
+        }
         for (labels, buckets) in &groups {
             if buckets.is_empty() {
                 continue;
@@ -452,6 +537,7 @@ pub(crate) fn histogram_quantiles(
             let mut b = labels.builder();
             b.set(label.as_str(), format_openmetrics_float(q));
             out.push(Elem {
+                h: None,
                 labels: b.labels(),
                 v: val,
                 t: ts,

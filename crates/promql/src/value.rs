@@ -10,6 +10,26 @@ pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::Random
 /// samples become evaluation input without a copy.
 pub use m3query_model::Sample as Point;
 
+/// One native histogram point: a timestamp and a shared histogram (the storage's histogram
+/// sample type, so selected histograms become evaluation input without a copy).
+pub use m3query_storage::HistogramSample as HPoint;
+
+/// The histogram type every PromQL operation works on.
+pub use m3query_model::FloatHistogram;
+
+/// Native histogram points of one result series. A query's float points are in
+/// [`QueryResult::value`](crate::QueryResult); its histogram points come here, beside them
+/// (as Prometheus's `Series` holds `Floats` and `Histograms` apart), so the float result
+/// types stay as they were.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSeries {
+    /// The series' labels (the same labels as the float series of the same series, if any).
+    pub labels: Labels,
+    /// The histogram points in time order; for an instant vector one point at the
+    /// evaluation time.
+    pub points: Vec<HPoint>,
+}
+
 /// One element of an instant vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -71,7 +91,22 @@ impl Value {
 pub(crate) struct ESeries {
     pub labels: Labels,
     pub points: Vec<Point>,
+    /// Native histogram points, in time order, at timestamps `points` does not use. Empty
+    /// for float series, so float code paths never look at it.
+    pub hists: Vec<HPoint>,
     pub drop_name: bool,
+}
+
+impl ESeries {
+    /// A float series.
+    pub fn floats(labels: Labels, points: Vec<Point>, drop_name: bool) -> Self {
+        ESeries {
+            labels,
+            points,
+            hists: Vec::new(),
+            drop_name,
+        }
+    }
 }
 
 pub(crate) type Matrix = Vec<ESeries>;
@@ -81,6 +116,8 @@ pub(crate) type Matrix = Vec<ESeries>;
 pub(crate) struct Elem {
     pub labels: Labels,
     pub v: f64,
+    /// A native histogram sample (then `v` is unused); `None` for floats.
+    pub h: Option<std::sync::Arc<FloatHistogram>>,
     /// The sample's own timestamp (for `timestamp()`), else the step.
     pub t: i64,
     pub drop_name: bool,
@@ -103,5 +140,5 @@ pub(crate) enum Val {
 
 /// Total points in a matrix.
 pub(crate) fn total_points(m: &Matrix) -> usize {
-    m.iter().map(|s| s.points.len()).sum()
+    m.iter().map(|s| s.points.len() + s.hists.len()).sum()
 }

@@ -361,3 +361,67 @@ fn trim_operators_on_floats_yield_nothing_and_an_info() {
         vec!["PromQL info: incompatible sample types encountered for binary operator \"</\": float </ float (1:1)".to_string()]
     );
 }
+
+#[test]
+fn native_histograms_flow_through_selectors_functions_and_results() {
+    use m3query_model::FloatHistogram;
+    use m3query_model::histogram::Span;
+    let s = MemStorage::new();
+    let mut app = s.appender();
+    let l = Labels::from_pairs([("__name__", "rpc_seconds"), ("job", "a")]);
+    for k in 0..=10i64 {
+        let c = k as f64;
+        let h = FloatHistogram {
+            count: 4.0 * c,
+            sum: 8.0 * c,
+            positive_spans: vec![Span::new(0, 2)],
+            positive_buckets: vec![c, 3.0 * c],
+            ..FloatHistogram::default()
+        };
+        app.append_histogram(&l, k * 60_000, &h).expect("append");
+    }
+    app.commit().expect("commit");
+    let ctx = Context::background();
+    let opts = QueryOptions::default();
+    let e = engine();
+
+    // An instant selector returns the histogram beside the (empty) float vector.
+    let r = e
+        .instant_query(&s, &ctx, "rpc_seconds", 600_000, &opts)
+        .expect("query");
+    assert_eq!(r.value, Value::Vector(Vec::new()));
+    assert_eq!(r.histograms.len(), 1);
+    assert_eq!(r.histograms[0].labels, l);
+    assert_eq!(r.histograms[0].points[0].t, 600_000);
+    assert_eq!(r.histograms[0].points[0].h.count, 40.0);
+
+    // Functions read histograms; rate keeps them histograms.
+    let r = e
+        .instant_query(
+            &s,
+            &ctx,
+            "histogram_count(rate(rpc_seconds[5m]))",
+            600_000,
+            &opts,
+        )
+        .expect("query");
+    let Value::Vector(v) = &r.value else {
+        panic!("expected a vector, got {:?}", r.value);
+    };
+    assert_eq!(v.len(), 1);
+    assert!((v[0].v - 4.0 / 60.0).abs() < 1e-9, "{}", v[0].v);
+    let r = e
+        .range_query(&s, &ctx, "sum(rpc_seconds) * 2", 0, 600_000, 300_000, &opts)
+        .expect("query");
+    assert_eq!(r.value, Value::Matrix(Vec::new()));
+    let counts: Vec<f64> = r.histograms[0].points.iter().map(|p| p.h.count).collect();
+    assert_eq!(counts, vec![0.0, 40.0, 80.0]);
+
+    // The histogram JSON the HTTP layer writes.
+    let mut json = String::new();
+    m3query_promql::write_histogram_json(&mut json, &r.histograms[0].points[1].h);
+    assert!(
+        json.starts_with(r#"{"count":"40","sum":"80","buckets":["#),
+        "{json}"
+    );
+}

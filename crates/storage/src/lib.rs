@@ -28,7 +28,48 @@ pub use warnings::Warnings;
 use std::future::Future;
 use std::pin::Pin;
 
-use m3query_model::{LabelPairs, Labels, Matcher, Sample};
+use m3query_model::{FloatHistogram, LabelPairs, Labels, Matcher, STALE_NAN, Sample, is_stale_nan};
+
+/// One native histogram sample: a timestamp (ms) and a histogram with float counts.
+///
+/// Histograms travel beside a series' float samples, not inside them (as Prometheus's
+/// `Series` holds `Floats` and `Histograms` apart), so the float path keeps its 16-byte
+/// `Copy` samples. The histogram is shared: the engine copies samples between windows and
+/// steps, and only an operation that changes a histogram clones it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSample {
+    /// Milliseconds since the Unix epoch.
+    pub t: i64,
+    /// The histogram; a sum with the stale-marker bit pattern marks staleness.
+    pub h: std::sync::Arc<FloatHistogram>,
+}
+
+impl HistogramSample {
+    /// A sample at `t`.
+    pub fn new(t: i64, h: FloatHistogram) -> Self {
+        HistogramSample {
+            t,
+            h: std::sync::Arc::new(h),
+        }
+    }
+
+    /// A staleness marker for a histogram series (Prometheus marks stale histograms by their
+    /// sum).
+    pub fn stale(t: i64) -> Self {
+        HistogramSample::new(
+            t,
+            FloatHistogram {
+                sum: STALE_NAN,
+                ..FloatHistogram::default()
+            },
+        )
+    }
+
+    /// Whether this is a staleness marker.
+    pub fn is_stale(&self) -> bool {
+        is_stale_nan(self.h.sum)
+    }
+}
 
 /// What a select is for, so a store can avoid reading or sending what the query will not use.
 /// All fields are advisory: a store may return more than asked, never less.
@@ -212,6 +253,22 @@ pub trait SampleIterator: Send {
         }
         Ok(())
     }
+
+    /// Appends the series' native histogram samples with `mint <= t <= maxt` to `out`, in
+    /// time order. Histograms are a second stream beside the floats: a series may hold both
+    /// (a float sample and a histogram never share a timestamp), and `append_range`/`next`
+    /// yield only the floats. It reads the histogram stream independently of the float
+    /// methods, so it may be called before or after them on the same iterator. The default,
+    /// for stores that hold floats only, appends nothing.
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<()> {
+        let _ = (mint, maxt, out);
+        Ok(())
+    }
 }
 
 /// A [`SampleIterator`] over a slice of samples.
@@ -324,6 +381,14 @@ pub trait Appender: Send {
             }
         }
         Ok(())
+    }
+    /// Adds one native histogram sample. The default refuses it: only stores that hold
+    /// histograms override this.
+    fn append_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> Result<()> {
+        let _ = (labels, t, h);
+        Err(Error::BadRequest(
+            "this store does not hold native histograms".into(),
+        ))
     }
     /// Makes every accepted sample durable and visible.
     fn commit(self: Box<Self>) -> Result<()>;

@@ -6,18 +6,96 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use m3query_model::{Labels, Matcher, Sample};
+use m3query_model::{FloatHistogram, Labels, Matcher, Sample};
 use parking_lot::RwLock;
 
 use crate::{
-    Appendable, Appender, Context, Error, LabelHints, LabelValues, Querier, Queryable, Result,
-    SelectHints, SeriesSet, VecSeries, VecSeriesSet, Warnings, matchers_select_something,
+    Appendable, Appender, Context, Error, HistogramSample, LabelHints, LabelValues, Querier,
+    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, SliceIterator, VecSeriesSet,
+    Warnings, matchers_select_something,
 };
+
+/// One series' data: float samples and native histogram samples, each in time order.
+#[derive(Debug, Default, Clone)]
+struct MemData {
+    floats: Vec<Sample>,
+    hists: Vec<HistogramSample>,
+}
+
+impl MemData {
+    fn first_t(&self) -> Option<i64> {
+        match (self.floats.first(), self.hists.first()) {
+            (Some(a), Some(b)) => Some(a.t.min(b.t)),
+            (a, b) => a.map(|s| s.t).or(b.map(|h| h.t)),
+        }
+    }
+
+    fn last_t(&self) -> Option<i64> {
+        match (self.floats.last(), self.hists.last()) {
+            (Some(a), Some(b)) => Some(a.t.max(b.t)),
+            (a, b) => a.map(|s| s.t).or(b.map(|h| h.t)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.floats.len() + self.hists.len()
+    }
+}
 
 /// An in-memory store.
 #[derive(Debug, Default)]
 pub struct MemStorage {
-    series: RwLock<BTreeMap<Labels, Vec<Sample>>>,
+    series: RwLock<BTreeMap<Labels, MemData>>,
+}
+
+/// A selected series of the in-memory store: floats and histograms in the querier's range.
+#[derive(Debug, Clone)]
+struct MemSeries {
+    labels: Labels,
+    floats: Vec<Sample>,
+    hists: Vec<HistogramSample>,
+}
+
+impl Series for MemSeries {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+    fn iter(&self) -> Box<dyn SampleIterator + '_> {
+        Box::new(MemIter {
+            floats: SliceIterator::new(&self.floats),
+            hists: &self.hists,
+        })
+    }
+}
+
+struct MemIter<'a> {
+    floats: SliceIterator<'a>,
+    hists: &'a [HistogramSample],
+}
+
+impl SampleIterator for MemIter<'_> {
+    fn next(&mut self) -> Result<Option<Sample>> {
+        self.floats.next()
+    }
+
+    fn append_range(&mut self, mint: i64, maxt: i64, out: &mut Vec<Sample>) -> Result<()> {
+        self.floats.append_range(mint, maxt, out)
+    }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<()> {
+        let lo = self.hists.partition_point(|s| s.t < mint);
+        let hi = self.hists.partition_point(|s| s.t <= maxt);
+        if lo < hi {
+            out.extend_from_slice(&self.hists[lo..hi]);
+        }
+        self.hists = &self.hists[hi..];
+        Ok(())
+    }
 }
 
 impl MemStorage {
@@ -38,13 +116,13 @@ impl MemStorage {
 
     /// How many samples it holds, over all series.
     pub fn num_samples(&self) -> usize {
-        self.series.read().values().map(Vec::len).sum()
+        self.series.read().values().map(MemData::len).sum()
     }
 
     fn matching<'a>(
-        map: &'a BTreeMap<Labels, Vec<Sample>>,
+        map: &'a BTreeMap<Labels, MemData>,
         matchers: &'a [Matcher],
-    ) -> impl Iterator<Item = (&'a Labels, &'a Vec<Sample>)> + 'a {
+    ) -> impl Iterator<Item = (&'a Labels, &'a MemData)> + 'a {
         map.iter().filter(move |(l, _)| {
             matchers
                 .iter()
@@ -53,9 +131,10 @@ impl MemStorage {
     }
 }
 
-fn has_samples_in(samples: &[Sample], mint: i64, maxt: i64) -> bool {
-    let i = samples.partition_point(|s| s.t < mint);
-    samples.get(i).is_some_and(|s| s.t <= maxt)
+fn has_samples_in(d: &MemData, mint: i64, maxt: i64) -> bool {
+    let i = d.floats.partition_point(|s| s.t < mint);
+    let j = d.hists.partition_point(|s| s.t < mint);
+    d.floats.get(i).is_some_and(|s| s.t <= maxt) || d.hists.get(j).is_some_and(|s| s.t <= maxt)
 }
 
 impl Queryable for MemStorage {
@@ -71,7 +150,7 @@ impl Queryable for MemStorage {
         self.series
             .read()
             .values()
-            .filter_map(|s| s.first().map(|x| x.t))
+            .filter_map(MemData::first_t)
             .min()
     }
 }
@@ -99,18 +178,21 @@ impl Querier for MemQuerier<'_> {
         let (mint, maxt) = (self.mint, self.maxt);
         let map = self.store.series.read();
         let mut out = Vec::new();
-        for (labels, samples) in MemStorage::matching(&map, matchers) {
-            let lo = samples.partition_point(|s| s.t < mint);
-            let hi = samples.partition_point(|s| s.t <= maxt);
-            if lo >= hi {
+        for (labels, d) in MemStorage::matching(&map, matchers) {
+            let lo = d.floats.partition_point(|s| s.t < mint);
+            let hi = d.floats.partition_point(|s| s.t <= maxt);
+            let hlo = d.hists.partition_point(|s| s.t < mint);
+            let hhi = d.hists.partition_point(|s| s.t <= maxt);
+            if lo >= hi && hlo >= hhi {
                 continue;
             }
             if hints.limit > 0 && out.len() >= hints.limit {
                 break;
             }
-            out.push(VecSeries {
+            out.push(MemSeries {
                 labels: labels.clone(),
-                samples: samples[lo..hi].to_vec(),
+                floats: d.floats[lo..hi].to_vec(),
+                hists: d.hists[hlo..hhi].to_vec(),
             });
         }
         Ok(Box::new(VecSeriesSet::new(out, Warnings::new())))
@@ -158,48 +240,149 @@ impl Appendable for MemStorage {
     }
 }
 
+/// A pending sample: a float or a histogram.
+enum Pending {
+    Float(Sample),
+    Hist(HistogramSample),
+}
+
 struct MemAppender<'a> {
     store: &'a MemStorage,
-    pending: Vec<(Labels, Sample)>,
-    /// Last timestamp and value per series within this transaction.
-    last: HashMap<Labels, Sample>,
+    pending: Vec<(Labels, Pending)>,
+    /// Last timestamp per series within this transaction.
+    last: HashMap<Labels, i64>,
+}
+
+impl MemAppender<'_> {
+    /// Checks order against the series' last sample; `Ok(false)` for an exact duplicate of
+    /// the last float (accepted and dropped, as Prometheus does).
+    fn check_order(&self, labels: &Labels, t: i64, float: Option<f64>) -> Result<bool> {
+        if labels.is_empty() {
+            return Err(Error::InvalidLabels("empty label set".into()));
+        }
+        let map = self.store.series.read();
+        let stored = map.get(labels);
+        let last_t = match self.last.get(labels) {
+            Some(t) => Some(*t),
+            None => stored.and_then(MemData::last_t),
+        };
+        let Some(last_t) = last_t else {
+            return Ok(true);
+        };
+        if t < last_t {
+            return Err(Error::OutOfOrderSample);
+        }
+        if t == last_t {
+            let same_float = float.is_some_and(|v| {
+                let pending = self.pending.iter().rev().find_map(|(l, p)| match p {
+                    Pending::Float(s) if l == labels && s.t == t => Some(s.v),
+                    _ => None,
+                });
+                let prev = pending.or_else(|| {
+                    stored
+                        .and_then(|d| d.floats.last())
+                        .filter(|s| s.t == t)
+                        .map(|s| s.v)
+                });
+                prev.is_some_and(|p| p.to_bits() == v.to_bits())
+            });
+            if same_float {
+                return Ok(false);
+            }
+            return Err(Error::DuplicateSampleForTimestamp);
+        }
+        Ok(true)
+    }
+}
+
+impl MemAppender<'_> {
+    /// The series' latest sample if it is a (non-stale) histogram: the sample a new
+    /// histogram would share a chunk with in the TSDB.
+    fn previous_histogram(&self, labels: &Labels) -> Option<std::sync::Arc<FloatHistogram>> {
+        let pending = self.pending.iter().rev().find(|(l, _)| l == labels);
+        let last = match pending {
+            Some((_, Pending::Hist(h))) => Some(h.clone()),
+            Some((_, Pending::Float(_))) => None,
+            None => {
+                let map = self.store.series.read();
+                let d = map.get(labels)?;
+                match (d.floats.last(), d.hists.last()) {
+                    (Some(f), Some(h)) if f.t > h.t => None,
+                    (_, h) => h.cloned(),
+                }
+            }
+        };
+        last.filter(|h| !h.is_stale()).map(|h| h.h)
+    }
+}
+
+/// The counter reset hint a histogram reads back with from the TSDB's histogram chunks, which
+/// the in-memory store mimics so queries see what they would see there: gauges stay gauges;
+/// a histogram that starts a series (or follows a float) keeps its own hint; one that
+/// follows a histogram is a `CounterReset` when it was given as one, `Unknown` when a reset
+/// is detected or its layout (schema, zero threshold, custom bounds) changed (both start a
+/// new chunk), and `NotCounterReset` otherwise (a later sample of the same chunk).
+fn read_back_hint(
+    h: &FloatHistogram,
+    prev: Option<&FloatHistogram>,
+) -> m3query_model::histogram::CounterResetHint {
+    use m3query_model::histogram::CounterResetHint::*;
+    let Some(prev) = prev else {
+        return h.counter_reset_hint;
+    };
+    if h.counter_reset_hint == Gauge || prev.counter_reset_hint == Gauge {
+        return h.counter_reset_hint;
+    }
+    if h.counter_reset_hint == CounterReset {
+        return CounterReset;
+    }
+    let mut probe = h.clone();
+    probe.counter_reset_hint = Unknown;
+    if probe.detect_reset(prev) {
+        // The TSDB cuts a new chunk at a detected reset, and reads its first sample back
+        // as `Unknown` (prometheus/prometheus#15346).
+        return Unknown;
+    }
+    let layout_changed = h.schema != prev.schema
+        || h.zero_threshold != prev.zero_threshold
+        || h.custom_values != prev.custom_values;
+    if layout_changed {
+        Unknown
+    } else {
+        NotCounterReset
+    }
 }
 
 impl Appender for MemAppender<'_> {
     fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<()> {
-        if labels.is_empty() {
-            return Err(Error::InvalidLabels("empty label set".into()));
+        if !self.check_order(labels, t, Some(v))? {
+            return Ok(());
         }
-        let last = match self.last.get(labels) {
-            Some(s) => Some(*s),
-            None => self
-                .store
-                .series
-                .read()
-                .get(labels)
-                .and_then(|s| s.last().copied()),
-        };
-        if let Some(last) = last {
-            if t < last.t {
-                return Err(Error::OutOfOrderSample);
-            }
-            if t == last.t {
-                if last.v.to_bits() == v.to_bits() {
-                    return Ok(());
-                }
-                return Err(Error::DuplicateSampleForTimestamp);
-            }
-        }
-        let s = Sample::new(t, v);
-        self.last.insert(labels.clone(), s);
-        self.pending.push((labels.clone(), s));
+        self.last.insert(labels.clone(), t);
+        self.pending
+            .push((labels.clone(), Pending::Float(Sample::new(t, v))));
+        Ok(())
+    }
+
+    fn append_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> Result<()> {
+        self.check_order(labels, t, None)?;
+        let mut h = h.clone();
+        let prev = self.previous_histogram(labels);
+        h.counter_reset_hint = read_back_hint(&h, prev.as_deref());
+        self.last.insert(labels.clone(), t);
+        self.pending
+            .push((labels.clone(), Pending::Hist(HistogramSample::new(t, h))));
         Ok(())
     }
 
     fn commit(self: Box<Self>) -> Result<()> {
         let mut map = self.store.series.write();
         for (l, s) in self.pending {
-            map.entry(l).or_default().push(s);
+            let d = map.entry(l).or_default();
+            match s {
+                Pending::Float(s) => d.floats.push(s),
+                Pending::Hist(h) => d.hists.push(h),
+            }
         }
         Ok(())
     }
@@ -256,5 +439,85 @@ mod tests {
             q.select(&ctx, true, &SelectHints::default(), &empty)
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+    use m3query_model::histogram::Span;
+
+    #[test]
+    fn histograms_are_stored_beside_floats() {
+        let s = MemStorage::new();
+        let l = Labels::from_pairs([("__name__", "h")]);
+        let h = FloatHistogram {
+            count: 3.0,
+            sum: 5.0,
+            positive_spans: vec![Span::new(0, 2)],
+            positive_buckets: vec![1.0, 2.0],
+            ..FloatHistogram::default()
+        };
+        let mut app = s.appender();
+        app.append(&l, 0, 1.0).expect("in order");
+        app.append_histogram(&l, 10, &h).expect("in order");
+        assert!(matches!(
+            app.append_histogram(&l, 5, &h),
+            Err(Error::OutOfOrderSample)
+        ));
+        assert!(matches!(
+            app.append(&l, 10, 1.0),
+            Err(Error::DuplicateSampleForTimestamp)
+        ));
+        app.commit().expect("commit");
+        assert_eq!(s.num_samples(), 2);
+        let q = s.querier(5, 20).expect("querier");
+        let ctx = Context::background();
+        let mut set = q
+            .select(
+                &ctx,
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "h")],
+            )
+            .expect("select");
+        let series = set.next().expect("one series").expect("ok");
+        let mut floats = Vec::new();
+        series
+            .iter()
+            .append_range(i64::MIN, i64::MAX, &mut floats)
+            .expect("mem");
+        assert!(floats.is_empty(), "the float at 0 is outside the querier");
+        let mut hs = Vec::new();
+        series
+            .iter()
+            .append_histograms(i64::MIN, i64::MAX, &mut hs)
+            .expect("mem");
+        assert_eq!(hs.len(), 1);
+        assert_eq!(*hs[0].h, h);
+    }
+
+    #[test]
+    fn histogram_hints_read_back_as_from_chunks() {
+        use m3query_model::histogram::CounterResetHint::*;
+        let h = |count: f64| FloatHistogram {
+            count,
+            sum: count,
+            positive_spans: vec![Span::new(0, 1)],
+            positive_buckets: vec![count],
+            ..FloatHistogram::default()
+        };
+        assert_eq!(read_back_hint(&h(1.0), None), Unknown);
+        assert_eq!(read_back_hint(&h(2.0), Some(&h(1.0))), NotCounterReset);
+        assert_eq!(read_back_hint(&h(1.0), Some(&h(2.0))), Unknown);
+        let mut wider = h(3.0);
+        wider.zero_threshold = 0.5;
+        assert_eq!(read_back_hint(&wider, Some(&h(2.0))), Unknown);
+        let mut reset = h(3.0);
+        reset.counter_reset_hint = CounterReset;
+        assert_eq!(read_back_hint(&reset, Some(&h(2.0))), CounterReset);
+        let mut gauge = h(1.0);
+        gauge.counter_reset_hint = Gauge;
+        assert_eq!(read_back_hint(&gauge, Some(&h(2.0))), Gauge);
     }
 }

@@ -23,8 +23,8 @@ use m3query_model::{Labels, Matcher, Sample};
 use tracing::Instrument;
 
 use crate::{
-    AsyncQuerier, BoxFuture, Context, Error, LabelHints, LabelValues, Querier, Queryable, Result,
-    SampleIterator, SelectHints, Series, SeriesSet, Warnings,
+    AsyncQuerier, BoxFuture, Context, Error, HistogramSample, LabelHints, LabelValues, Querier,
+    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, Warnings,
 };
 
 /// One store in a fan-out.
@@ -525,6 +525,26 @@ impl SampleIterator for ChainIterator<'_> {
             return Ok(Some(s));
         }
     }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<()> {
+        // Every part's histograms in time order; at equal timestamps the earliest part wins,
+        // as for floats.
+        let mut all: Vec<(i64, usize, HistogramSample)> = Vec::new();
+        for (i, it) in self.iters.iter_mut().enumerate() {
+            let mut part = Vec::new();
+            it.append_histograms(mint, maxt, &mut part)?;
+            all.extend(part.into_iter().map(|h| (h.t, i, h)));
+        }
+        all.sort_by_key(|(t, i, _)| (*t, *i));
+        all.dedup_by_key(|(t, _, _)| *t);
+        out.extend(all.into_iter().map(|(_, _, h)| h));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -545,6 +565,48 @@ mod tests {
 
     fn up() -> Vec<Matcher> {
         vec![Matcher::new(MatchOp::Equal, "__name__", "up").expect("valid")]
+    }
+
+    #[test]
+    fn merges_histograms_across_stores() {
+        use m3query_model::FloatHistogram;
+        let a = Arc::new(MemStorage::new());
+        let b = Arc::new(MemStorage::new());
+        let l = Labels::from_pairs([("__name__", "h")]);
+        let h = |count: f64| FloatHistogram {
+            count,
+            ..FloatHistogram::default()
+        };
+        for (s, ts) in [(&a, [0, 10]), (&b, [10, 20])] {
+            let mut app = s.appender();
+            for t in ts {
+                app.append_histogram(
+                    &l,
+                    t,
+                    &h(t as f64 + if Arc::ptr_eq(s, &a) { 0.0 } else { 0.5 }),
+                )
+                .expect("append");
+            }
+            app.commit().expect("commit");
+        }
+        let m = MergeQueryable::from_stores(vec![a.clone(), b.clone()]);
+        let q = m.querier(0, 100).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "h")],
+            )
+            .expect("select");
+        let series = set.next().expect("one series").expect("ok");
+        let mut hs = Vec::new();
+        series
+            .iter()
+            .append_histograms(i64::MIN, i64::MAX, &mut hs)
+            .expect("mem");
+        let got: Vec<(i64, f64)> = hs.iter().map(|h| (h.t, h.h.count)).collect();
+        assert_eq!(got, vec![(0, 0.0), (10, 10.0), (20, 20.5)]);
     }
 
     #[test]

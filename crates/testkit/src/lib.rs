@@ -16,10 +16,15 @@
 //! [`RunOptions::strict`] it also repeats each instant eval as a range query around its time,
 //! as the Go harness does.
 //!
-//! Every eval counts once: passed or failed. Evals that need native histograms or start
-//! timestamps (which the float-only storage cannot hold) are not run and count as failed, with
-//! their cause, as are all evals of a file that does not parse.
+//! Native histograms (`{{...}}` notation and `load_with_nhcb` conversions) are loaded into the
+//! store beside floats, and histogram results are compared as Prometheus's harness does
+//! (both compacted, counter reset hints only when the expectation spells one out).
+//!
+//! Every eval counts once: passed or failed. Evals that need start timestamps (which the
+//! storage cannot hold) are not run and count as failed, with their cause, as are all evals
+//! of a file that does not parse.
 
+mod nhcb;
 mod script;
 
 use std::collections::BTreeMap;
@@ -32,7 +37,9 @@ use m3query_promql::{Engine, EngineOptions, QueryOptions, QueryResult, Value};
 use m3query_storage::memory::MemStorage;
 use m3query_storage::{Appendable, Context};
 
-pub use script::{Command, EvalCmd, Expect, ExpectKind, Expected, ScriptError, parse_script};
+pub use script::{
+    Command, EvalCmd, Expect, ExpectKind, Expected, ScriptError, SeqValue, parse_script,
+};
 
 /// How to run scripts.
 #[derive(Debug, Clone)]
@@ -275,8 +282,6 @@ fn run_file(path: &Path, opts: &RunOptions, report: &mut Report) {
 struct Runner {
     store: MemStorage,
     engine: Engine,
-    /// Series that hold native histograms (not loadable here), since the last `clear`.
-    histogram_series: Vec<Labels>,
     /// Series loaded with start timestamps.
     st_series: Vec<Labels>,
     /// Load problems that make later evals unreliable.
@@ -290,7 +295,6 @@ impl Runner {
         Runner {
             store: MemStorage::new(),
             engine: test_engine(),
-            histogram_series: Vec::new(),
             st_series: Vec::new(),
             load_errors: Vec::new(),
         }
@@ -298,7 +302,6 @@ impl Runner {
 
     fn clear(&mut self) {
         self.store.clear();
-        self.histogram_series.clear();
         self.st_series.clear();
         self.load_errors.clear();
     }
@@ -306,38 +309,42 @@ impl Runner {
     fn load(&mut self, load: &script::Load) {
         let mut app = self.store.appender();
         for s in &load.series {
-            if s.has_histograms {
-                self.histogram_series.push(s.labels.clone());
-                continue;
-            }
             if s.has_start_timestamps {
                 self.st_series.push(s.labels.clone());
             }
-            for (t, v) in &s.samples {
-                if let Err(e) = app.append(&s.labels, *t, *v) {
+            // Floats and histograms of one series go in time order.
+            let mut fi = s.samples.iter().peekable();
+            let mut hi = s.histograms.iter().peekable();
+            loop {
+                let take_float = match (fi.peek(), hi.peek()) {
+                    (Some(f), Some(h)) => f.0 <= h.0,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                let r = if take_float {
+                    let Some((t, v)) = fi.next() else { break };
+                    app.append(&s.labels, *t, *v)
+                } else {
+                    let Some((t, h)) = hi.next() else { break };
+                    app.append_histogram(&s.labels, *t, h)
+                };
+                if let Err(e) = r {
                     self.load_errors.push(format!("{}: {e}", s.labels));
+                }
+            }
+        }
+        if load.with_nhcb {
+            for (labels, samples) in nhcb::convert(&load.series) {
+                for (t, h) in samples {
+                    if let Err(e) = app.append_histogram(&labels, t, &h) {
+                        self.load_errors.push(format!("{labels}: {e}"));
+                    }
                 }
             }
         }
         if let Err(e) = app.commit() {
             self.load_errors.push(e.to_string());
-        }
-        if load.with_nhcb {
-            // The converted native histograms `X{...}` of classic `X_bucket`/`_count`/`_sum`.
-            for s in &load.series {
-                let Some(name) = s.labels.metric_name() else {
-                    continue;
-                };
-                let base = name
-                    .strip_suffix("_bucket")
-                    .or_else(|| name.strip_suffix("_count"))
-                    .or_else(|| name.strip_suffix("_sum"));
-                if let Some(base) = base {
-                    let mut b = s.labels.builder();
-                    b.del("le").set(m3query_model::METRIC_NAME, base);
-                    self.histogram_series.push(b.labels());
-                }
-            }
         }
     }
 
@@ -359,12 +366,6 @@ impl Runner {
     }
 
     fn eval(&mut self, ev: &EvalCmd, opts: &RunOptions) -> EvalResult {
-        if ev.expects_histograms || Self::selects_any(&ev.expr, &self.histogram_series) {
-            return Err((
-                Cause::NativeHistograms,
-                "not run: the eval reads or expects native histograms".into(),
-            ));
-        }
         if Self::selects_any(&ev.expr, &self.st_series) {
             return Err((
                 Cause::StartTimestamps,
@@ -431,7 +432,7 @@ impl Runner {
         }
         ev.check_annotations(&res.warnings, &res.infos)
             .map_err(|m| (Cause::Annotations, m))?;
-        ev.compare(&res.value)
+        ev.compare(&res.value, &res.histograms)
             .map_err(|m| (Cause::WrongResult, m))?;
         if opts.strict && ev.range.is_none() && !ev.excluded_from_range_mode() {
             self.range_mode_check(ev, expr, at, &res)?;
@@ -479,6 +480,19 @@ impl Runner {
                 });
             }
         }
+        let hists: Vec<m3query_promql::HistogramSeries> = res
+            .histograms
+            .iter()
+            .filter_map(|s| {
+                s.points
+                    .iter()
+                    .find(|p| p.t == at)
+                    .map(|p| m3query_promql::HistogramSeries {
+                        labels: s.labels.clone(),
+                        points: vec![p.clone()],
+                    })
+            })
+            .collect();
         let v = match instant.value {
             Value::Scalar { .. } => Value::Scalar {
                 t_ms: at,
@@ -486,7 +500,7 @@ impl Runner {
             },
             _ => Value::Vector(vec),
         };
-        ev.compare(&v)
+        ev.compare(&v, &hists)
             .map_err(|m| (Cause::RangeMode, format!("range mode: {m}")))
     }
 }
@@ -632,6 +646,47 @@ pub fn describe(v: &Value) -> String {
             out
         }
     }
+}
+
+/// A histogram in the scripts' `{{...}}` notation (spans written out), for messages.
+pub(crate) fn fmt_h(h: &m3query_model::FloatHistogram) -> String {
+    let mut s = format!(
+        "{{{{schema:{} count:{} sum:{}",
+        h.schema,
+        h.count,
+        fmt_f(h.sum)
+    );
+    if h.zero_count != 0.0 || h.zero_threshold != 0.0 {
+        s.push_str(&format!(
+            " z_bucket:{} z_bucket_w:{}",
+            h.zero_count, h.zero_threshold
+        ));
+    }
+    if !h.custom_values.is_empty() {
+        s.push_str(&format!(" custom_values:{:?}", h.custom_values));
+    }
+    if !h.positive_buckets.is_empty() {
+        s.push_str(&format!(
+            " spans:{:?} buckets:{:?}",
+            h.positive_spans
+                .iter()
+                .map(|s| (s.offset, s.length))
+                .collect::<Vec<_>>(),
+            h.positive_buckets
+        ));
+    }
+    if !h.negative_buckets.is_empty() {
+        s.push_str(&format!(
+            " n_spans:{:?} n_buckets:{:?}",
+            h.negative_spans
+                .iter()
+                .map(|s| (s.offset, s.length))
+                .collect::<Vec<_>>(),
+            h.negative_buckets
+        ));
+    }
+    s.push_str(&format!(" hint:{:?}}}}}", h.counter_reset_hint));
+    s
 }
 
 pub(crate) fn fmt_f(v: f64) -> String {

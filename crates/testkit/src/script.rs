@@ -3,10 +3,11 @@
 
 use std::fmt;
 
+use m3query_model::histogram::{CounterResetHint, Span};
 use m3query_model::time::parse_duration;
-use m3query_model::{Labels, STALE_NAN, is_stale_nan};
-use m3query_promql::Value;
+use m3query_model::{FloatHistogram, Labels, STALE_NAN, is_stale_nan};
 use m3query_promql::parser::unquote;
+use m3query_promql::{HistogramSeries, Value};
 use regex::Regex;
 
 /// A script that does not parse.
@@ -54,9 +55,46 @@ pub struct Load {
 #[derive(Debug, Clone)]
 pub struct LoadSeries {
     pub labels: Labels,
+    /// Float samples.
     pub samples: Vec<(i64, f64)>,
+    /// Native histogram samples.
+    pub histograms: Vec<(i64, FloatHistogram)>,
     pub has_histograms: bool,
     pub has_start_timestamps: bool,
+}
+
+/// One value of a series in a script: a float or a native histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeqValue {
+    /// A float (or the staleness marker).
+    Float(f64),
+    /// A native histogram; `hint_set` when the notation gave `counter_reset_hint` (only
+    /// then is the hint compared, as in Prometheus's harness).
+    Histogram {
+        /// The histogram.
+        h: Box<FloatHistogram>,
+        /// Whether the counter reset hint was written out.
+        hint_set: bool,
+    },
+}
+
+impl SeqValue {
+    /// The float, if this is one.
+    pub fn float(&self) -> Option<f64> {
+        match self {
+            SeqValue::Float(v) => Some(*v),
+            SeqValue::Histogram { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for SeqValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeqValue::Float(v) => f.write_str(&crate::fmt_f(*v)),
+            SeqValue::Histogram { h, .. } => f.write_str(&crate::fmt_h(h)),
+        }
+    }
 }
 
 /// The kinds of `expect` line.
@@ -114,7 +152,7 @@ pub enum Expected {
     /// A scalar result.
     Scalar(f64),
     /// Series with their values (`None` for `_`), in the order listed.
-    Series(Vec<(Labels, Vec<Option<f64>>)>),
+    Series(Vec<(Labels, Vec<Option<SeqValue>>)>),
     /// A string result.
     String(String),
 }
@@ -238,9 +276,14 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
                 let (labels, rest) = parse_metric(def, i + 1)?;
                 let (vals, has_h) = parse_values(rest, i + 1)?;
                 let mut samples = Vec::with_capacity(vals.len());
-                for (k, v) in vals.iter().enumerate() {
-                    if let Some(v) = v {
-                        samples.push((k as i64 * interval_ms, *v));
+                let mut histograms = Vec::new();
+                for (k, v) in vals.into_iter().enumerate() {
+                    match v {
+                        Some(SeqValue::Float(v)) => samples.push((k as i64 * interval_ms, v)),
+                        Some(SeqValue::Histogram { h, .. }) => {
+                            histograms.push((k as i64 * interval_ms, *h))
+                        }
+                        None => {}
                     }
                 }
                 let has_st = pending_st.take().is_some();
@@ -249,6 +292,7 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
                 series.push(LoadSeries {
                     labels,
                     samples,
+                    histograms,
                     has_histograms: has_h,
                     has_start_timestamps: has_st,
                 });
@@ -329,7 +373,7 @@ fn parse_eval(
             .map_err(|e| err(line, e.to_string()))?;
     let re_expect_range = Regex::new(r"^\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+)$")
         .map_err(|e| err(line, e.to_string()))?;
-    let mut series: Vec<(Labels, Vec<Option<f64>>)> = Vec::new();
+    let mut series: Vec<(Labels, Vec<Option<SeqValue>>)> = Vec::new();
     let mut j = i;
     while j + 1 < lines.len() {
         j += 1;
@@ -532,35 +576,70 @@ fn read_string(s: &str, i: usize, line: usize) -> Result<(String, usize), Script
     Ok((v, j + 1))
 }
 
-/// Expands series values: numbers, `_`, `_xN`, `stale`, `a+bxN`, `a-bxN`, `axN`.
+/// Expands series values: numbers, `_`, `_xN`, `stale`, `a+bxN`, `a-bxN`, `axN`, and native
+/// histograms `{{...}}` with `{{h}}xN`, `{{h}}+{{d}}xN`, `{{h}}-{{d}}xN`.
 /// Returns the values (None: omitted) and whether any was a native histogram.
-fn parse_values(s: &str, line: usize) -> Result<(Vec<Option<f64>>, bool), ScriptError> {
+fn parse_values(s: &str, line: usize) -> Result<(Vec<Option<SeqValue>>, bool), ScriptError> {
     let mut out = Vec::new();
     let mut has_h = false;
     let mut rest = s.trim();
     while !rest.is_empty() {
         if rest.starts_with("{{") {
             has_h = true;
-            // Skip the histogram and any `x N` / `+{{..}}xN` that follows.
-            let end = rest.find("}}").map_or(rest.len(), |e| e + 2);
-            let after = &rest[end..];
+            let (base, hint_set, after) = read_histogram(rest, line)?;
             let tok_end = after.find(char::is_whitespace).unwrap_or(after.len());
             let tok = &after[..tok_end];
             if let Some(times) = tok.strip_prefix('x') {
-                let n: usize = times.parse().unwrap_or(0);
-                out.extend(std::iter::repeat_n(None, n + 1));
+                let n: usize = times
+                    .parse()
+                    .map_err(|_| err(line, format!("bad repetition {tok:?}")))?;
+                for _ in 0..=n {
+                    out.push(Some(SeqValue::Histogram {
+                        h: Box::new(base.clone()),
+                        hint_set,
+                    }));
+                }
                 rest = after[tok_end..].trim_start();
-            } else if tok.starts_with('+') || tok.starts_with('-') {
-                // {{a}}+{{b}}xN
-                let full = &after[1..];
-                let e2 = full.find("}}").map_or(full.len(), |e| e + 2);
-                let tail = &full[e2..];
+            } else if let Some(op) = tok.chars().next().filter(|c| *c == '+' || *c == '-') {
+                let (inc, inc_hint_set, tail) = read_histogram(&after[1..], line)?;
                 let t_end = tail.find(char::is_whitespace).unwrap_or(tail.len());
-                let n: usize = tail[..t_end].trim_start_matches('x').parse().unwrap_or(0);
-                out.extend(std::iter::repeat_n(None, n + 1));
+                let n: usize = tail[..t_end]
+                    .strip_prefix('x')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| err(line, "expected xN after a histogram increment"))?;
+                // The hint flag of the increment applies to the whole run (as in Prometheus).
+                let mut cur = base;
+                out.push(Some(SeqValue::Histogram {
+                    h: Box::new(cur.clone()),
+                    hint_set: inc_hint_set,
+                }));
+                for _ in 0..n {
+                    if cur.schema > inc.schema {
+                        return Err(err(
+                            line,
+                            format!(
+                                "error combining histograms: cannot merge from schema {} to {}",
+                                inc.schema, cur.schema
+                            ),
+                        ));
+                    }
+                    let r = if op == '+' {
+                        cur.add(&inc)
+                    } else {
+                        cur.sub(&inc)
+                    };
+                    r.map_err(|e| err(line, format!("error combining histograms: {e}")))?;
+                    out.push(Some(SeqValue::Histogram {
+                        h: Box::new(cur.clone()),
+                        hint_set: inc_hint_set,
+                    }));
+                }
                 rest = tail[t_end..].trim_start();
             } else {
-                out.push(None);
+                out.push(Some(SeqValue::Histogram {
+                    h: Box::new(base),
+                    hint_set,
+                }));
                 rest = after.trim_start();
             }
             continue;
@@ -573,7 +652,86 @@ fn parse_values(s: &str, line: usize) -> Result<(Vec<Option<f64>>, bool), Script
     Ok((out, has_h))
 }
 
-fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<(), ScriptError> {
+/// Reads one `{{...}}` histogram at the start of `s`: the histogram, whether it set
+/// `counter_reset_hint`, and the text after `}}`. Buckets are absolute counts; each side's
+/// buckets form one span starting at its offset (Prometheus's `buildHistogramFromMap`).
+fn read_histogram(s: &str, line: usize) -> Result<(FloatHistogram, bool, &str), ScriptError> {
+    let body_start = s
+        .strip_prefix("{{")
+        .ok_or_else(|| err(line, "expected {{ to start a histogram"))?;
+    let end = body_start
+        .find("}}")
+        .ok_or_else(|| err(line, "unterminated histogram"))?;
+    let body = body_start[..end].replace('[', " [ ").replace(']', " ] ");
+    let after = &body_start[end + 2..];
+    let mut h = FloatHistogram::default();
+    let mut hint_set = false;
+    let (mut pos, mut neg): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let (mut off, mut noff) = (0i32, 0i32);
+    let mut toks = body.split_whitespace().peekable();
+    let bad = |what: &str| err(line, format!("bad histogram {what}"));
+    let num = |t: Option<&str>, what: &str| -> Result<f64, ScriptError> {
+        t.and_then(parse_number).ok_or_else(|| bad(what))
+    };
+    while let Some(t) = toks.next() {
+        let (key, val) = match t.split_once(':') {
+            Some((k, "")) => (k, toks.next()),
+            Some((k, v)) => (k, Some(v)),
+            None => return Err(bad(&format!("field {t:?}"))),
+        };
+        let mut list = |first: Option<&str>| -> Result<Vec<f64>, ScriptError> {
+            if first != Some("[") {
+                return Err(bad(&format!("{key} list")));
+            }
+            let mut v = Vec::new();
+            loop {
+                match toks.next() {
+                    Some("]") => return Ok(v),
+                    Some(x) => v.push(parse_number(x).ok_or_else(|| bad(key))?),
+                    None => return Err(bad(&format!("{key} list"))),
+                }
+            }
+        };
+        match key {
+            "schema" => h.schema = num(val, key)? as i32,
+            "sum" => h.sum = num(val, key)?,
+            "count" => h.count = num(val, key)?,
+            "z_bucket" => h.zero_count = num(val, key)?,
+            "z_bucket_w" => h.zero_threshold = num(val, key)?,
+            "offset" => off = num(val, key)? as i32,
+            "n_offset" => noff = num(val, key)? as i32,
+            "buckets" => pos = list(val)?,
+            "n_buckets" => neg = list(val)?,
+            "custom_values" => h.custom_values = list(val)?,
+            "counter_reset_hint" => {
+                hint_set = true;
+                h.counter_reset_hint = match val {
+                    Some("unknown") => CounterResetHint::Unknown,
+                    Some("reset") => CounterResetHint::CounterReset,
+                    Some("not_reset") => CounterResetHint::NotCounterReset,
+                    Some("gauge") => CounterResetHint::Gauge,
+                    _ => return Err(bad("counter_reset_hint")),
+                };
+            }
+            _ => return Err(bad(&format!("field {key:?}"))),
+        }
+    }
+    if !pos.is_empty() {
+        h.positive_spans = vec![Span::new(off, pos.len() as u32)];
+    }
+    if !neg.is_empty() {
+        h.negative_spans = vec![Span::new(noff, neg.len() as u32)];
+    }
+    h.positive_buckets = pos;
+    h.negative_buckets = neg;
+    Ok((h, hint_set, after))
+}
+
+fn expand_token(
+    tok: &str,
+    line: usize,
+    out: &mut Vec<Option<SeqValue>>,
+) -> Result<(), ScriptError> {
     let bad = || err(line, format!("bad series value {tok:?}"));
     if tok == "_" {
         out.push(None);
@@ -585,7 +743,7 @@ fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<()
         return Ok(());
     }
     if tok == "stale" {
-        out.push(Some(STALE_NAN));
+        out.push(Some(SeqValue::Float(STALE_NAN)));
         return Ok(());
     }
     // Repetition: `<expr>x<N>`.
@@ -601,7 +759,7 @@ fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<()
         _ => (tok, None),
     };
     let Some(n) = times else {
-        out.push(Some(parse_number(base).ok_or_else(bad)?));
+        out.push(Some(SeqValue::Float(parse_number(base).ok_or_else(bad)?)));
         return Ok(());
     };
     // `a+b` or `a-b` (the operator is not a leading sign or an exponent sign).
@@ -616,7 +774,10 @@ fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<()
     match op {
         None => {
             let v = parse_number(base).ok_or_else(bad)?;
-            out.extend(std::iter::repeat_n(Some(v), n as usize + 1));
+            out.extend(std::iter::repeat_n(
+                Some(SeqValue::Float(v)),
+                n as usize + 1,
+            ));
         }
         Some(k) => {
             let mut v = parse_number(&base[..k]).ok_or_else(bad)?;
@@ -625,7 +786,7 @@ fn expand_token(tok: &str, line: usize, out: &mut Vec<Option<f64>>) -> Result<()
                 d = -d;
             }
             for _ in 0..=n {
-                out.push(Some(v));
+                out.push(Some(SeqValue::Float(v)));
                 v += d;
             }
         }
@@ -743,7 +904,7 @@ impl EvalCmd {
         Ok(())
     }
 
-    fn find(&self, labels: &Labels) -> Option<(usize, &Vec<Option<f64>>)> {
+    fn find(&self, labels: &Labels) -> Option<(usize, &Vec<Option<SeqValue>>)> {
         match &self.expected {
             Expected::Series(s) => s
                 .iter()
@@ -761,21 +922,21 @@ impl EvalCmd {
         }
     }
 
-    /// Compares a result with the expectation.
-    pub fn compare(&self, v: &Value) -> Result<(), String> {
-        let f = crate::fmt_f;
+    /// Compares a result (float value plus histogram points) with the expectation.
+    pub fn compare(&self, v: &Value, hists: &[HistogramSeries]) -> Result<(), String> {
+        let got = Got::new(v, hists);
         match v {
-            Value::Matrix(m) => {
+            Value::Matrix(fm) => {
+                let Got::Matrix(m) = &got else {
+                    return Err("internal: matrix expected".into());
+                };
                 if self.is_ordered() {
                     return Err("expected ordered result, but query returned a matrix".into());
                 }
                 if let Expected::Scalar(_) = self.expected {
-                    return Err(format!(
-                        "expected scalar result, but got {}",
-                        crate::describe(v)
-                    ));
+                    return Err(format!("expected scalar result, but got {got}"));
                 }
-                for w in m.windows(2) {
+                for w in fm.windows(2) {
                     if w[0].labels > w[1].labels {
                         return Err(format!(
                             "matrix results should always be sorted by labels: {} before {}",
@@ -787,13 +948,9 @@ impl EvalCmd {
                     .range
                     .or(self.expect_range)
                     .unwrap_or((self.at, self.at, 0));
-                for s in m {
-                    let Some((_, vals)) = self.find(&s.labels) else {
-                        return Err(format!(
-                            "unexpected metric {} in result\n got: {}",
-                            s.labels,
-                            crate::describe(v)
-                        ));
+                for (labels, samples) in m {
+                    let Some((_, vals)) = self.find(labels) else {
+                        return Err(format!("unexpected metric {labels} in result\n got: {got}"));
                     };
                     let mut exp = Vec::new();
                     for (i, e) in vals.iter().enumerate() {
@@ -802,94 +959,81 @@ impl EvalCmd {
                             return Err(format!(
                                 "expected {} points for {}, but query time range cannot return this many points",
                                 vals.len(),
-                                s.labels
+                                labels
                             ));
                         }
                         if let Some(e) = e {
-                            exp.push((ts, *e));
+                            exp.push((ts, e));
                         }
                     }
-                    if exp.len() != s.samples.len() {
+                    if exp.len() != samples.len() {
                         return Err(format!(
-                            "expected {} points for {}, got {}\n got: {}",
+                            "expected {} points for {}, got {}\n got: {got}",
                             exp.len(),
-                            s.labels,
-                            s.samples.len(),
-                            crate::describe(v)
+                            labels,
+                            samples.len(),
                         ));
                     }
-                    for (i, ((t, e), p)) in exp.iter().zip(&s.samples).enumerate() {
-                        if *t != p.t {
+                    for (i, ((t, e), (pt, pv))) in exp.iter().zip(samples).enumerate() {
+                        if t != pt {
                             return Err(format!(
-                                "expected point {i} of {} at t={t}, got t={}\n got: {}",
-                                s.labels,
-                                p.t,
-                                crate::describe(v)
+                                "expected point {i} of {labels} at t={t}, got t={pt}\n got: {got}",
                             ));
                         }
-                        if !almost_equal(p.v, *e) {
+                        if !values_match(e, pv) {
                             return Err(format!(
-                                "expected {} at t={t} for {}, got {}\n got: {}",
-                                f(*e),
-                                s.labels,
-                                f(p.v),
-                                crate::describe(v)
+                                "expected {e} at t={t} for {labels}, got {pv}\n got: {got}",
                             ));
                         }
                     }
                 }
-                let seen = m.iter().filter(|s| self.find(&s.labels).is_some()).count();
+                let seen = m.iter().filter(|(l, _)| self.find(l).is_some()).count();
                 if seen != self.expected_len() {
                     return Err(format!(
-                        "expected {} series, got {}\n got: {}",
+                        "expected {} series, got {}\n got: {got}",
                         self.expected_len(),
                         seen,
-                        crate::describe(v)
                     ));
                 }
                 Ok(())
             }
-            Value::Vector(vs) => {
+            Value::Vector(_) => {
+                let Got::Vector(vs) = &got else {
+                    return Err("internal: vector expected".into());
+                };
                 if let Expected::Scalar(_) = self.expected {
-                    return Err(format!(
-                        "expected scalar result, but got {}",
-                        crate::describe(v)
-                    ));
+                    return Err(format!("expected scalar result, but got {got}"));
                 }
-                for (pos, s) in vs.iter().enumerate() {
-                    let Some((epos, vals)) = self.find(&s.labels) else {
+                for (pos, (labels, val)) in vs.iter().enumerate() {
+                    let Some((epos, vals)) = self.find(labels) else {
                         return Err(format!(
-                            "unexpected metric {} in result, has value {}\n got: {}",
-                            s.labels,
-                            f(s.v),
-                            crate::describe(v)
+                            "unexpected metric {labels} in result, has value {val}\n got: {got}",
                         ));
                     };
                     if self.is_ordered() && epos != pos {
                         return Err(format!(
                             "expected metric {} at position {} but was at {}",
-                            s.labels,
+                            labels,
                             epos + 1,
                             pos + 1
                         ));
                     }
-                    let e = vals.first().copied().flatten().unwrap_or(f64::NAN);
-                    if !almost_equal(e, s.v) {
+                    let e = vals
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .unwrap_or(SeqValue::Float(f64::NAN));
+                    if !values_match(&e, val) {
                         return Err(format!(
-                            "expected {} for {} but got {}\n got: {}",
-                            f(e),
-                            s.labels,
-                            f(s.v),
-                            crate::describe(v)
+                            "expected {e} for {labels} but got {val}\n got: {got}",
                         ));
                     }
                 }
                 if vs.len() != self.expected_len() {
                     return Err(format!(
-                        "expected {} series, got {}\n got: {}",
+                        "expected {} series, got {}\n got: {got}",
                         self.expected_len(),
                         vs.len(),
-                        crate::describe(v)
                     ));
                 }
                 Ok(())
@@ -899,12 +1043,16 @@ impl EvalCmd {
                     if almost_equal(e, *got) {
                         Ok(())
                     } else {
-                        Err(format!("expected scalar {} but got {}", f(e), f(*got)))
+                        Err(format!(
+                            "expected scalar {} but got {}",
+                            crate::fmt_f(e),
+                            crate::fmt_f(*got)
+                        ))
                     }
                 }
                 _ => Err(format!(
                     "expected vector or matrix result, but got scalar {}",
-                    f(*got)
+                    crate::fmt_f(*got)
                 )),
             },
             Value::String { s, .. } => match &self.expected {
@@ -914,6 +1062,144 @@ impl EvalCmd {
             },
         }
     }
+}
+
+/// A query result as compared: floats and histograms together.
+pub(crate) enum Got {
+    /// An instant vector, floats first, then histograms.
+    Vector(Vec<(Labels, SeqValue)>),
+    /// A matrix: per series (in label order) its points of both kinds in time order.
+    Matrix(Vec<(Labels, Vec<(i64, SeqValue)>)>),
+    /// Scalars and strings are compared as they are.
+    Other,
+}
+
+impl Got {
+    pub(crate) fn new(v: &Value, hists: &[HistogramSeries]) -> Got {
+        let hv = |h: &FloatHistogram| SeqValue::Histogram {
+            h: Box::new(h.clone()),
+            hint_set: false,
+        };
+        match v {
+            Value::Vector(vs) => {
+                let mut out: Vec<(Labels, SeqValue)> = vs
+                    .iter()
+                    .map(|s| (s.labels.clone(), SeqValue::Float(s.v)))
+                    .collect();
+                for s in hists {
+                    if let Some(p) = s.points.first() {
+                        out.push((s.labels.clone(), hv(&p.h)));
+                    }
+                }
+                Got::Vector(out)
+            }
+            Value::Matrix(ms) => {
+                let mut map: std::collections::BTreeMap<Labels, Vec<(i64, SeqValue)>> =
+                    std::collections::BTreeMap::new();
+                for s in ms {
+                    map.entry(s.labels.clone())
+                        .or_default()
+                        .extend(s.samples.iter().map(|p| (p.t, SeqValue::Float(p.v))));
+                }
+                for s in hists {
+                    map.entry(s.labels.clone())
+                        .or_default()
+                        .extend(s.points.iter().map(|p| (p.t, hv(&p.h))));
+                }
+                Got::Matrix(
+                    map.into_iter()
+                        .map(|(l, mut pts)| {
+                            pts.sort_by_key(|p| p.0);
+                            (l, pts)
+                        })
+                        .collect(),
+                )
+            }
+            _ => Got::Other,
+        }
+    }
+}
+
+impl fmt::Display for Got {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Got::Vector(vs) => {
+                write!(f, "vector of {}:", vs.len())?;
+                for (l, v) in vs.iter().take(20) {
+                    write!(f, "\n    {l} {v}")?;
+                }
+                Ok(())
+            }
+            Got::Matrix(ms) => {
+                write!(f, "matrix of {}:", ms.len())?;
+                for (l, pts) in ms.iter().take(20) {
+                    write!(f, "\n    {l}")?;
+                    for (t, v) in pts.iter().take(30) {
+                        write!(f, " {v}@{t}")?;
+                    }
+                }
+                Ok(())
+            }
+            Got::Other => f.write_str("a scalar or string"),
+        }
+    }
+}
+
+/// Whether a result value matches an expected one: floats with the harness's tolerance,
+/// histograms as Prometheus's `compareNativeHistogram` after compacting both.
+fn values_match(exp: &SeqValue, got: &SeqValue) -> bool {
+    match (exp, got) {
+        (SeqValue::Float(e), SeqValue::Float(g)) => almost_equal(*e, *g),
+        (SeqValue::Histogram { h: e, hint_set }, SeqValue::Histogram { h: g, .. }) => {
+            let mut e = (**e).clone();
+            let mut g = (**g).clone();
+            e.compact(0);
+            g.compact(0);
+            histograms_match(&e, &g, *hint_set)
+        }
+        _ => false,
+    }
+}
+
+fn histograms_match(e: &FloatHistogram, g: &FloatHistogram, hint_set: bool) -> bool {
+    let buckets = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| almost_equal(*x, *y))
+    };
+    e.schema == g.schema
+        && almost_equal(e.count, g.count)
+        && almost_equal(e.sum, g.sum)
+        && (!e.uses_custom_buckets()
+            || m3query_model::histogram::custom_bounds_match(&e.custom_values, &g.custom_values))
+        && e.zero_threshold == g.zero_threshold
+        && almost_equal(e.zero_count, g.zero_count)
+        && spans_match(&e.negative_spans, &g.negative_spans)
+        && buckets(&e.negative_buckets, &g.negative_buckets)
+        && spans_match(&e.positive_spans, &g.positive_spans)
+        && buckets(&e.positive_buckets, &g.positive_buckets)
+        && (!hint_set || e.counter_reset_hint == g.counter_reset_hint)
+}
+
+/// Prometheus's `spansMatch`: equal once zero-length spans are dropped and adjacent spans
+/// (offset 0) are merged.
+fn spans_match(a: &[Span], b: &[Span]) -> bool {
+    fn norm(s: &[Span]) -> Vec<Span> {
+        let mut out: Vec<Span> = Vec::new();
+        let mut carry = 0;
+        for sp in s {
+            if sp.length == 0 {
+                carry += sp.offset;
+                continue;
+            }
+            let off = sp.offset + carry;
+            carry = 0;
+            match out.last_mut() {
+                Some(last) if off == 0 => last.length += sp.length,
+                _ => out.push(Span::new(off, sp.length)),
+            }
+        }
+        out
+    }
+    norm(a) == norm(b)
 }
 
 #[cfg(test)]
@@ -926,7 +1212,7 @@ mod tests {
         assert!(!h);
         let got: Vec<String> = v
             .iter()
-            .map(|x| x.map_or("_".into(), crate::fmt_f))
+            .map(|x| x.as_ref().map_or("_".into(), |x| x.to_string()))
             .collect();
         assert_eq!(
             got,
@@ -934,8 +1220,40 @@ mod tests {
                 "1", "2", "5", "8", "_", "stale", "_", "_", "-1", "-2", "inf", "31", "1000"
             ]
         );
-        let (_, h) = parse_values("{{schema:1 sum:3 count:2}}x2 1", 1).expect("parses");
+        let (v, h) = parse_values("{{schema:1 sum:3 count:2}}x2 1", 1).expect("parses");
         assert!(h);
+        assert_eq!(v.len(), 4);
+        let (v, _) = parse_values(
+            "{{schema:0 sum:1 count:1 buckets:[1] offset:1 counter_reset_hint:gauge}}+{{sum:2 count:2 buckets:[1 1]}}x2 _ stale",
+            1,
+        )
+        .expect("parses");
+        assert_eq!(v.len(), 5);
+        match &v[2] {
+            Some(SeqValue::Histogram { h, hint_set }) => {
+                assert!(!hint_set, "the increment's flag applies");
+                assert_eq!(h.count, 5.0);
+                assert_eq!(h.sum, 5.0);
+                assert_eq!(h.positive_spans, vec![Span::new(0, 2)]);
+                assert_eq!(h.positive_buckets, vec![2.0, 3.0]);
+                assert_eq!(h.counter_reset_hint, CounterResetHint::Gauge);
+            }
+            other => panic!("expected a histogram, got {other:?}"),
+        }
+        let (v, _) = parse_values(
+            "{{schema:-53 sum:1 count:1 custom_values:[5 10] buckets:[1] n_buckets:[2] n_offset:-1 z_bucket:3 z_bucket_w:0.5}}",
+            1,
+        )
+        .expect("parses");
+        match &v[0] {
+            Some(SeqValue::Histogram { h, .. }) => {
+                assert_eq!(h.custom_values, vec![5.0, 10.0]);
+                assert_eq!(h.negative_spans, vec![Span::new(-1, 1)]);
+                assert_eq!((h.zero_count, h.zero_threshold), (3.0, 0.5));
+            }
+            other => panic!("expected a histogram, got {other:?}"),
+        }
+        assert!(parse_values("{{schema:1 bogus:2}}", 1).is_err());
     }
 
     #[test]
@@ -957,6 +1275,39 @@ mod tests {
             _ => panic!("expected eval"),
         }
         assert!(parse_script("bogus").is_err());
+    }
+
+    #[test]
+    fn histogram_comparison_compacts_and_checks_hints() {
+        let h = |spans: Vec<Span>, b: Vec<f64>, hint| SeqValue::Histogram {
+            h: Box::new(FloatHistogram {
+                count: 3.0,
+                sum: 1.0,
+                positive_spans: spans,
+                positive_buckets: b,
+                counter_reset_hint: hint,
+                ..FloatHistogram::default()
+            }),
+            hint_set: true,
+        };
+        let a = h(
+            vec![Span::new(0, 3)],
+            vec![1.0, 0.0, 2.0],
+            CounterResetHint::Unknown,
+        );
+        let b = h(
+            vec![Span::new(0, 1), Span::new(1, 1)],
+            vec![1.0, 2.0],
+            CounterResetHint::Unknown,
+        );
+        assert!(values_match(&a, &b));
+        let c = h(
+            vec![Span::new(0, 1), Span::new(1, 1)],
+            vec![1.0, 2.0],
+            CounterResetHint::Gauge,
+        );
+        assert!(!values_match(&a, &c));
+        assert!(!values_match(&a, &SeqValue::Float(3.0)));
     }
 
     #[test]
