@@ -609,6 +609,7 @@ mod tests {
         let e = |name: &str, job: &str, le: &str, v: f64| Elem {
             labels: Labels::from_pairs([("__name__", name), ("job", job), ("le", le)]),
             v,
+            h: None,
             t: 0,
             drop_name: false,
             si: 0,
