@@ -10,8 +10,8 @@ use m3query_model::{STALE_NAN_BITS, is_stale_nan};
 
 use crate::bstream::{BitReader, BitWriter};
 use crate::histogram::{
-    CounterResetHeader, Fit, HEADER_SIZE, HistogramAppend, Last, Next, count_spans, fit_counter,
-    fit_gauge, read_header, sample_spans, set_header, span_indices, widen, xor_read,
+    CounterResetHeader, Fit, HEADER_SIZE, HistogramAppend, Last, Next, check_layout, count_spans,
+    fit_counter, fit_gauge, read_header, sample_spans, set_header, span_indices, widen, xor_read,
 };
 use crate::varbit::{Layout, put_varbit_int, read_varbit_int};
 use crate::xor::XorWindow;
@@ -158,13 +158,12 @@ impl FloatHistogramAppender {
         h: &FloatHistogram,
     ) -> Result<HistogramAppend<Self>> {
         use CounterResetHeader as H;
-        // The encoding walks buckets by the spans: a histogram whose spans and buckets
-        // disagree (which validation rejects) must not get this far.
-        if count_spans(&h.positive_spans) != h.positive_buckets.len()
-            || count_spans(&h.negative_spans) != h.negative_buckets.len()
-        {
-            return Err(ChunkError::Corrupt("histogram spans and buckets disagree"));
-        }
+        check_layout(
+            &h.positive_spans,
+            h.positive_buckets.len(),
+            &h.negative_spans,
+            h.negative_buckets.len(),
+        )?;
         if self.num == 0 {
             self.write_sample(t, h);
             let header = match h.counter_reset_hint {

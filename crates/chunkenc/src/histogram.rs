@@ -164,6 +164,15 @@ pub(crate) fn count_spans(spans: &[Span]) -> usize {
     spans.iter().map(|s| s.length as usize).sum()
 }
 
+/// The encoding walks buckets by the spans: a histogram whose spans and buckets disagree
+/// (which validation rejects) must not get as far as an appender.
+pub(crate) fn check_layout(pos: &[Span], npos: usize, neg: &[Span], nneg: usize) -> Result<()> {
+    if count_spans(pos) != npos || count_spans(neg) != nneg {
+        return Err(ChunkError::Corrupt("histogram spans and buckets disagree"));
+    }
+    Ok(())
+}
+
 /// Spans of ordered bucket indices, adjacent ones in one span (Prometheus's `addBucket`
 /// way of building merged spans).
 pub(crate) fn spans_of(indices: &[i32]) -> Vec<Span> {
@@ -547,13 +556,12 @@ impl HistogramAppender {
         h: &Histogram,
     ) -> Result<HistogramAppend<Self>> {
         use CounterResetHeader as H;
-        // The encoding walks buckets by the spans: a histogram whose spans and buckets
-        // disagree (which validation rejects) must not get this far.
-        if count_spans(&h.positive_spans) != h.positive_buckets.len()
-            || count_spans(&h.negative_spans) != h.negative_buckets.len()
-        {
-            return Err(ChunkError::Corrupt("histogram spans and buckets disagree"));
-        }
+        check_layout(
+            &h.positive_spans,
+            h.positive_buckets.len(),
+            &h.negative_spans,
+            h.negative_buckets.len(),
+        )?;
         if self.num == 0 {
             self.write_sample(t, h);
             let header = match h.counter_reset_hint {

@@ -1104,19 +1104,20 @@ pub(crate) struct SeriesRollup {
     pub max_window: usize,
 }
 
+/// One step's window: `(start, end]` as the range function sees it, and the `(fetch_start,
+/// fetch_end]` span of samples it is given (wider with `anchored`/`smoothed`).
+struct StepWindow {
+    ts: i64,
+    start: i64,
+    end: i64,
+    fetch_start: i64,
+    fetch_end: i64,
+}
+
 impl WindowSpec<'_> {
-    /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
-    fn run(&self, pts: &[Point]) -> SeriesRollup {
-        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
-            return SeriesRollup {
-                points: Vec::new(),
-                hists: Vec::new(),
-                annos: Annotations::new(),
-                err: Some(e),
-                max_window: 0,
-            };
-        }
-        let mut rctx = RangeCtx {
+    /// A fresh context for one series' range-function calls.
+    fn range_ctx(&self) -> RangeCtx {
+        RangeCtx {
             ts: 0,
             range_start: 0,
             range_end: 0,
@@ -1129,7 +1130,44 @@ impl WindowSpec<'_> {
             annos: Annotations::new(),
             err: None,
             no_resets: false,
-        };
+        }
+    }
+
+    /// Step `k`'s window.
+    fn step_window(&self, k: usize) -> StepWindow {
+        let ts = self.start + k as i64 * self.interval;
+        let end = self.at.unwrap_or(ts) - self.offset_ms;
+        let start = end - self.range_ms;
+        StepWindow {
+            ts,
+            start,
+            end,
+            fetch_start: start - self.ext_left,
+            fetch_end: end + self.ext_right,
+        }
+    }
+
+    /// Points `rctx` at step `k`'s window and scalar arguments.
+    fn enter_step(&self, rctx: &mut RangeCtx, k: usize, w: &StepWindow) {
+        rctx.ts = w.ts;
+        rctx.range_start = w.start;
+        rctx.range_end = w.end;
+        rctx.params.clear();
+        rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+    }
+
+    /// Slides a two-pointer window over `pts` (sorted by time) across all steps.
+    fn run(&self, pts: &[Point]) -> SeriesRollup {
+        if let Err(e) = check_ctx(self.ctx, "expression evaluation") {
+            return SeriesRollup {
+                points: Vec::new(),
+                hists: Vec::new(),
+                annos: Annotations::new(),
+                err: Some(e),
+                max_window: 0,
+            };
+        }
+        let mut rctx = self.range_ctx();
         // For counter rollups: resets_before[i] counts resets among pts[1..=i], so a window
         // [lo, hi) holds resets[lo+1..hi] = resets_before[hi-1] - resets_before[lo].
         let resets_before: Vec<u32> = if self.counter {
@@ -1154,11 +1192,8 @@ impl WindowSpec<'_> {
             self.steps
         };
         for k in 0..steps {
-            let ts = self.start + k as i64 * self.interval;
-            let wend = self.at.unwrap_or(ts) - self.offset_ms;
-            let wstart = wend - self.range_ms;
-            let fetch_start = wstart - self.ext_left;
-            let fetch_end = wend + self.ext_right;
+            let w = self.step_window(k);
+            let (ts, fetch_start, fetch_end) = (w.ts, w.fetch_start, w.fetch_end);
             if lo > 0 && pts[lo - 1].t > fetch_start {
                 lo = pts.partition_point(|p| p.t <= fetch_start);
             }
@@ -1179,11 +1214,7 @@ impl WindowSpec<'_> {
                 continue;
             }
             max_window = max_window.max(window.len());
-            rctx.ts = ts;
-            rctx.range_start = wstart;
-            rctx.range_end = wend;
-            rctx.params.clear();
-            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            self.enter_step(&mut rctx, k, &w);
             if self.counter {
                 let hi_i = lo + window.len() - 1;
                 rctx.no_resets = resets_before[hi_i] == resets_before[lo];
@@ -1231,31 +1262,15 @@ impl WindowSpec<'_> {
             out.err = Some(e);
             return out;
         }
-        let mut rctx = RangeCtx {
-            ts: 0,
-            range_start: 0,
-            range_end: 0,
-            range_ms: self.range_ms,
-            params: Vec::with_capacity(self.scalars.len()),
-            anchored: self.anchored,
-            smoothed: self.smoothed,
-            pos: self.pos,
-            param_pos: self.param_pos,
-            annos: Annotations::new(),
-            err: None,
-            no_resets: false,
-        };
+        let mut rctx = self.range_ctx();
         let (pts, hs) = (&*input.points, &*input.hists);
         for k in 0..self.steps {
-            let ts = self.start + k as i64 * self.interval;
-            let wend = self.at.unwrap_or(ts) - self.offset_ms;
-            let wstart = wend - self.range_ms;
-            let fetch_start = wstart - self.ext_left;
-            let fetch_end = wend + self.ext_right;
-            let fw = &pts[pts.partition_point(|p| p.t <= fetch_start)
-                ..pts.partition_point(|p| p.t <= fetch_end)];
-            let hw = &hs[hs.partition_point(|p| p.t <= fetch_start)
-                ..hs.partition_point(|p| p.t <= fetch_end)];
+            let w = self.step_window(k);
+            let (ts, wstart) = (w.ts, w.start);
+            let fw = &pts[pts.partition_point(|p| p.t <= w.fetch_start)
+                ..pts.partition_point(|p| p.t <= w.fetch_end)];
+            let hw = &hs[hs.partition_point(|p| p.t <= w.fetch_start)
+                ..hs.partition_point(|p| p.t <= w.fetch_end)];
             let (mut fw, mut hw) = (fw, hw);
             if self.anchored || self.smoothed {
                 // Of the samples at or before the window start, only the latest (of either
@@ -1281,11 +1296,7 @@ impl WindowSpec<'_> {
                 continue;
             }
             out.max_window = out.max_window.max(fw.len() + hw.len());
-            rctx.ts = ts;
-            rctx.range_start = wstart;
-            rctx.range_end = wend;
-            rctx.params.clear();
-            rctx.params.extend(self.scalars.iter().map(|s| s[k]));
+            self.enter_step(&mut rctx, k, &w);
             match crate::hist::rollup(
                 self.name,
                 fw,
