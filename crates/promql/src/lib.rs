@@ -66,7 +66,7 @@ mod xxhash;
 
 pub use annotations::Annotations;
 pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
-pub use json::{parse_query, parse_query_ctx, write_histogram_json};
+pub use json::{parse_query, parse_query_ctx, write_histogram_json, write_sample_value};
 pub use value::{FloatHistogram, HPoint, HistogramSeries, Point, Sample, Series, Value};
 
 use m3query_storage::Context;

@@ -620,21 +620,7 @@ pub(crate) fn write_ts(out: &mut String, t_ms: i64) {
 
 /// Prometheus's value rendering: Go's `FormatFloat(v, 'f', -1, 64)`, in quotes.
 pub(crate) fn write_val(out: &mut String, v: f64) {
-    out.push('"');
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
-        // Whole numbers (counters, timestamps, `up`) print the same as integers, which
-        // format several times faster than the shortest-float search; -0 keeps its sign.
-        let _ = write!(out, "{}", v as i64);
-    } else {
-        let _ = write!(out, "{v}");
-    }
-    out.push('"');
+    m3query_promql::write_sample_value(out, v);
 }
 
 pub(crate) fn write_labels(out: &mut String, l: &Labels) {
