@@ -28,7 +28,9 @@ pub use warnings::Warnings;
 use std::future::Future;
 use std::pin::Pin;
 
-use m3query_model::{FloatHistogram, LabelPairs, Labels, Matcher, STALE_NAN, Sample, is_stale_nan};
+use m3query_model::{
+    FloatHistogram, Histogram, LabelPairs, Labels, Matcher, STALE_NAN, Sample, is_stale_nan,
+};
 
 /// One native histogram sample: a timestamp (ms) and a histogram with float counts.
 ///
@@ -389,6 +391,13 @@ pub trait Appender: Send {
         Err(Error::BadRequest(
             "this store does not hold native histograms".into(),
         ))
+    }
+    /// Adds one native histogram sample with integer counts, as scrapes and most remote
+    /// writers produce them. Stores that keep integer histograms apart (Prometheus's
+    /// HISTOGRAM chunks are smaller than FLOAT_HISTOGRAM ones) override this; the default
+    /// stores it as a float histogram, which every query reads the same way.
+    fn append_int_histogram(&mut self, labels: &Labels, t: i64, h: &Histogram) -> Result<()> {
+        self.append_histogram(labels, t, &h.to_float())
     }
     /// Makes every accepted sample durable and visible.
     fn commit(self: Box<Self>) -> Result<()>;

@@ -498,6 +498,41 @@ mod histogram_tests {
     }
 
     #[test]
+    fn integer_histograms_read_back_as_their_float_form() {
+        let s = MemStorage::new();
+        let l = Labels::from_pairs([("__name__", "h")]);
+        // Integer buckets are deltas: absolute counts 1 and 3.
+        let h = m3query_model::Histogram {
+            count: 4,
+            sum: 2.5,
+            positive_spans: vec![Span::new(0, 2)],
+            positive_buckets: vec![1, 2],
+            ..m3query_model::Histogram::default()
+        };
+        let mut app = s.appender();
+        app.append_int_histogram(&l, 10, &h).expect("in order");
+        app.commit().expect("commit");
+        let q = s.querier(0, 20).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                false,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "h")],
+            )
+            .expect("select");
+        let series = set.next().expect("one series").expect("ok");
+        let mut hs = Vec::new();
+        series
+            .iter()
+            .append_histograms(i64::MIN, i64::MAX, &mut hs)
+            .expect("mem");
+        assert_eq!(hs.len(), 1);
+        assert_eq!(hs[0].h.positive_buckets, vec![1.0, 3.0]);
+        assert_eq!(*hs[0].h, h.to_float());
+    }
+
+    #[test]
     fn histogram_hints_read_back_as_from_chunks() {
         use m3query_model::histogram::CounterResetHint::*;
         let h = |count: f64| FloatHistogram {
