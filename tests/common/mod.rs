@@ -1,6 +1,7 @@
 //! Starts the real `m3query` binary on a free loopback port, as a user would run it.
 #![allow(dead_code)]
 
+pub mod hist;
 pub mod router;
 
 use std::io::Write;
@@ -198,6 +199,62 @@ pub fn remote_read_samples(
         .decompress_vec(&body)
         .expect("snappy read response");
     prompb::ReadResponse::decode(raw.as_slice()).expect("decode read response")
+}
+
+/// Reads `[start, end]` of the series `matchers` select through remote read as
+/// `STREAMED_XOR_CHUNKS` (at `read_url`) and decodes every frame (checking its CRC); panics on
+/// anything but a 200.
+pub fn remote_read_streamed(
+    read_url: &str,
+    matchers: Vec<m3query_remote::prompb::LabelMatcher>,
+    start: i64,
+    end: i64,
+) -> Vec<m3query_remote::prompb::ChunkedSeries> {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let req = prompb::ReadRequest {
+        queries: vec![prompb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers,
+            hints: None,
+        }],
+        accepted_response_types: vec![prompb::read_request::ResponseType::StreamedXorChunks as i32],
+    };
+    let r = client()
+        .post(read_url)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Read-Version", "0.1.0")
+        .body(
+            snap::raw::Encoder::new()
+                .compress_vec(&req.encode_to_vec())
+                .expect("snappy"),
+        )
+        .send()
+        .expect("remote read");
+    let status = r.status().as_u16();
+    let body = r.bytes().expect("read body");
+    assert_eq!(
+        status,
+        200,
+        "remote read: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let mut reader = m3query_remote::read::FrameReader::new(&body);
+    let mut out: Vec<prompb::ChunkedSeries> = Vec::new();
+    while let Some(frame) = reader.next_frame() {
+        let resp = prompb::ChunkedReadResponse::decode(frame.expect("frame CRC"))
+            .expect("decode ChunkedReadResponse");
+        for cs in resp.chunked_series {
+            // A series longer than one frame continues in the next with the same labels.
+            match out.last_mut() {
+                Some(last) if last.labels == cs.labels => last.chunks.extend(cs.chunks),
+                _ => out.push(cs),
+            }
+        }
+    }
+    out
 }
 
 /// An equality matcher for remote read.
