@@ -61,6 +61,7 @@ mod json;
 pub mod parser;
 mod plan;
 mod quantile;
+mod start_ts;
 mod value;
 mod xxhash;
 
