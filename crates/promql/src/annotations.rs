@@ -20,6 +20,9 @@ struct Anno {
     pos: PosRange,
     /// For the histogram_quantile monotonicity info, which merges across steps.
     mono: Option<Mono>,
+    /// For annotations that count how often they were raised (the start time overlap
+    /// warning): `(N occurrences)` when more than once.
+    count: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +72,12 @@ impl Annotations {
                     });
                     prev.pos = a.pos;
                 }
-                _ => *prev = a,
+                _ => match (prev.count, a.count) {
+                    // As Prometheus's `startTimeOverlapErr.Merge`: the earlier one stays,
+                    // with both counts.
+                    (Some(p), Some(n)) => prev.count = Some(p + n),
+                    _ => *prev = a,
+                },
             }
             return;
         }
@@ -84,6 +92,19 @@ impl Annotations {
             msg: msg.into(),
             pos,
             mono: None,
+            count: None,
+        });
+    }
+
+    /// Notes a warning at `pos` that counts its occurrences: the same message again adds
+    /// to the count instead of replacing it, and it renders `(N occurrences)` when N > 1.
+    pub(crate) fn counted_warn(&mut self, msg: impl Into<String>, pos: PosRange) {
+        self.add(Anno {
+            kind: Kind::Warning,
+            msg: msg.into(),
+            pos,
+            mono: None,
+            count: Some(1),
         });
     }
 
@@ -94,6 +115,7 @@ impl Annotations {
             msg: msg.into(),
             pos,
             mono: None,
+            count: None,
         });
     }
 
@@ -132,6 +154,7 @@ impl Annotations {
                 max_diff,
                 count: 0,
             }),
+            count: None,
         });
     }
 
@@ -163,7 +186,10 @@ impl Annotations {
                     rfc3339_secs(m.min_ts),
                     rfc3339_secs(m.max_ts),
                 ),
-                None => format!("{prefix}: {} ({pos})", a.msg),
+                None => match a.count {
+                    Some(n) if n > 1 => format!("{prefix}: {} ({n} occurrences) ({pos})", a.msg),
+                    _ => format!("{prefix}: {} ({pos})", a.msg),
+                },
             };
             match a.kind {
                 Kind::Warning => warnings.push(s),
@@ -302,6 +328,13 @@ pub(crate) mod msg {
 
     pub fn not_counter(metric: &str) -> String {
         format!("this native histogram metric is not a counter: {metric:?}")
+    }
+
+    /// Raised with [`Annotations::counted_warn`](super::Annotations::counted_warn).
+    pub fn start_time_overlap(metric: &str) -> String {
+        format!(
+            "sample has start time that overlaps with previous sample timestamp for metric {metric:?}"
+        )
     }
 
     pub fn not_gauge(metric: &str) -> String {

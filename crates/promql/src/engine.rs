@@ -361,7 +361,13 @@ impl Engine {
                 if loaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > max_samples {
                     return Err(Error::TooManySamples);
                 }
-                let sel = SelSeries::new(s.labels().clone(), buf);
+                let mut sel = SelSeries::new(s.labels().clone(), buf);
+                // Likewise stores without start timestamps (the default appends nothing).
+                let mut sts = Vec::new();
+                it.append_start_timestamps(start, end, &mut sts)?;
+                if !sts.is_empty() {
+                    sel = sel.with_start_timestamps(sts);
+                }
                 Ok(if hbuf.is_empty() {
                     sel
                 } else if skip_buckets {

@@ -7,7 +7,7 @@
 //! with per-series state (signatures, group indexes) computed once.
 
 use m3query_model::{Labels, METRIC_NAME, is_stale_nan};
-use m3query_storage::{Context, Queryable};
+use m3query_storage::{Context, Queryable, StartTimestamp};
 
 use crate::annotations::{Annotations, msg};
 use crate::functions::{self, FuncKind, RangeCtx};
@@ -32,6 +32,9 @@ pub(crate) struct SelSeries {
     pub hists: Vec<HPoint>,
     /// `hists` without staleness markers, when there are markers.
     pub clean_hists: Option<Vec<HPoint>>,
+    /// The start timestamps of the samples that have one, in time order; empty for almost
+    /// every series (stores without start timestamps never fill it).
+    pub sts: Vec<StartTimestamp>,
 }
 
 impl SelSeries {
@@ -53,7 +56,14 @@ impl SelSeries {
             clean,
             hists: Vec::new(),
             clean_hists: None,
+            sts: Vec::new(),
         }
+    }
+
+    /// Adds the series' start timestamps.
+    pub fn with_start_timestamps(mut self, sts: Vec<StartTimestamp>) -> Self {
+        self.sts = sts;
+        self
     }
 
     /// Adds the series' native histogram samples.
@@ -256,6 +266,52 @@ impl<'a> Evaluator<'a> {
             if !points.is_empty() {
                 self.add_samples(points.len())?;
                 out.push(ESeries::floats(s.labels.clone(), points, timestamps));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `start_timestamp(selector)`: at every step, the start timestamp (in seconds) of the
+    /// sample the instant selector picks (the latest of either kind within the lookback,
+    /// unless it is a staleness marker); 0 for a sample whose start is unknown.
+    fn eval_start_timestamps(&mut self, vs: &VectorSelector) -> Result<Matrix> {
+        let data = self
+            .sel
+            .get(vs.id)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (si, s) in data.iter().enumerate() {
+            if si % 256 == 0 {
+                self.check()?;
+            }
+            let (floats, hists) = (&s.points, &s.hists);
+            let mut points = Vec::new();
+            for ts in self.step_ts() {
+                let r = vs.timestamp.unwrap_or(ts) - vs.original_offset_ms;
+                let fi = floats.partition_point(|x| x.t <= r);
+                let hi = hists.partition_point(|x| x.t <= r);
+                let f = fi
+                    .checked_sub(1)
+                    .map(|i| (floats[i].t, is_stale_nan(floats[i].v)));
+                let h = hi.checked_sub(1).map(|i| (hists[i].t, hists[i].is_stale()));
+                let latest = match (f, h) {
+                    (Some(f), Some(h)) => Some(if h.0 > f.0 { h } else { f }),
+                    (f, h) => f.or(h),
+                };
+                let Some((t, stale)) = latest else { continue };
+                if t <= r - self.lookback || stale {
+                    continue;
+                }
+                let st = crate::start_ts::at(&s.sts, t);
+                points.push(Point {
+                    t: ts,
+                    v: st as f64 / 1000.0,
+                });
+            }
+            if !points.is_empty() {
+                self.add_samples(points.len())?;
+                out.push(ESeries::floats(s.labels.clone(), points, true));
             }
         }
         Ok(out)
@@ -584,6 +640,11 @@ impl<'a> Evaluator<'a> {
         {
             return self.eval_vector_selector(vs, true);
         }
+        if name == "start_timestamp"
+            && let Some(Expr::VectorSelector(vs)) = c.args.first().map(Expr::unwrap_parens)
+        {
+            return self.eval_start_timestamps(vs);
+        }
         match name {
             "label_replace" => return functions::label_replace(self, c),
             "label_join" => return functions::label_join(self, c),
@@ -685,6 +746,7 @@ impl<'a> Evaluator<'a> {
                             labels: s.labels.clone(),
                             points: std::borrow::Cow::Borrowed(s.range_points()),
                             hists: std::borrow::Cow::Borrowed(s.range_hists()),
+                            sts: &s.sts,
                             drop_name: false,
                         })
                         .collect(),
@@ -707,6 +769,8 @@ impl<'a> Evaluator<'a> {
                             labels: s.labels,
                             points: std::borrow::Cow::Owned(s.points),
                             hists: std::borrow::Cow::Owned(unknown_resets(s.hists)),
+                            // Subqueries cut the propagation of start timestamps.
+                            sts: &[],
                             drop_name: s.drop_name,
                         })
                         .collect(),
@@ -759,6 +823,7 @@ impl<'a> Evaluator<'a> {
             name: c.func.name,
             arg_pos: c.args[idx].pos(),
             counter: matches!(c.func.name, "rate" | "increase") && !ext,
+            reads_sts: crate::start_ts::used_by(c.func.name),
             ctx: self.ctx,
             replicate: prep.at.is_some()
                 && c.func.name != "predict_linear"
@@ -777,7 +842,9 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Vec<SeriesRollup>> {
         self.check()?;
         let one = |i: &RollupInput<'_>| {
-            if i.hists.is_empty() {
+            // Series with start timestamps take the general path when the function reads
+            // them; the float path stays as it is for everything else.
+            if i.hists.is_empty() && (i.sts.is_empty() || !spec.reads_sts) {
                 spec.run(&i.points)
             } else {
                 spec.run_mixed(i)
@@ -1045,6 +1112,9 @@ pub(crate) struct RollupInput<'s> {
     pub points: std::borrow::Cow<'s, [Point]>,
     /// Native histogram samples (empty for float series).
     pub hists: std::borrow::Cow<'s, [HPoint]>,
+    /// Start timestamps of the selected samples (empty for most series and for subqueries,
+    /// which produce none).
+    pub sts: &'s [StartTimestamp],
     pub drop_name: bool,
 }
 
@@ -1089,6 +1159,8 @@ pub(crate) struct WindowSpec<'s> {
     replicate: bool,
     /// `rate`/`increase` over plain windows: track counter resets per series once.
     counter: bool,
+    /// The function reads start timestamps (`rate`, `increase`, `irate`, `resets`).
+    reads_sts: bool,
     /// Checked before each series, so cancellation and deadlines stop parallel rollups too.
     ctx: &'s Context,
 }
@@ -1264,43 +1336,61 @@ impl WindowSpec<'_> {
         }
         let mut rctx = self.range_ctx();
         let (pts, hs) = (&*input.points, &*input.hists);
+        // Start timestamps aligned with the samples, once per series.
+        let (fsts, hsts) = if self.reads_sts && !input.sts.is_empty() {
+            (
+                crate::start_ts::align(pts.iter().map(|p| p.t), input.sts),
+                crate::start_ts::align(hs.iter().map(|p| p.t), input.sts),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for k in 0..self.steps {
             let w = self.step_window(k);
             let (ts, wstart) = (w.ts, w.start);
-            let fw = &pts[pts.partition_point(|p| p.t <= w.fetch_start)
-                ..pts.partition_point(|p| p.t <= w.fetch_end)];
-            let hw = &hs[hs.partition_point(|p| p.t <= w.fetch_start)
-                ..hs.partition_point(|p| p.t <= w.fetch_end)];
-            let (mut fw, mut hw) = (fw, hw);
+            let (mut flo, fhi) = (
+                pts.partition_point(|p| p.t <= w.fetch_start),
+                pts.partition_point(|p| p.t <= w.fetch_end),
+            );
+            let (mut hlo, hhi) = (
+                hs.partition_point(|p| p.t <= w.fetch_start),
+                hs.partition_point(|p| p.t <= w.fetch_end),
+            );
             if self.anchored || self.smoothed {
                 // Of the samples at or before the window start, only the latest (of either
                 // kind) anchors the window (Prometheus's `pickFirstSampleIndices`).
-                let fb = fw.partition_point(|p| p.t <= wstart);
-                let hb = hw.partition_point(|p| p.t <= wstart);
-                let last_f = fb.checked_sub(1).map(|i| fw[i].t);
-                let last_h = hb.checked_sub(1).map(|i| hw[i].t);
+                let fb = flo + pts[flo..fhi].partition_point(|p| p.t <= wstart);
+                let hb = hlo + hs[hlo..hhi].partition_point(|p| p.t <= wstart);
+                let last_f = (fb > flo).then(|| pts[fb - 1].t);
+                let last_h = (hb > hlo).then(|| hs[hb - 1].t);
                 match (last_f, last_h) {
                     (Some(f), Some(h)) if f > h => {
-                        fw = &fw[fb - 1..];
-                        hw = &hw[hb..];
+                        flo = fb - 1;
+                        hlo = hb;
                     }
                     (Some(_), Some(_)) | (None, Some(_)) => {
-                        fw = &fw[fb..];
-                        hw = &hw[hb - 1..];
+                        flo = fb;
+                        hlo = hb - 1;
                     }
-                    (Some(_), None) => fw = &fw[fb - 1..],
+                    (Some(_), None) => flo = fb - 1,
                     (None, None) => {}
                 }
             }
+            let (fw, hw) = (&pts[flo..fhi], &hs[hlo..hhi]);
             if fw.is_empty() && hw.is_empty() {
                 continue;
             }
+            let sts = crate::start_ts::WindowSts {
+                floats: fsts.get(flo..fhi).unwrap_or_default(),
+                hists: hsts.get(hlo..hhi).unwrap_or_default(),
+            };
             out.max_window = out.max_window.max(fw.len() + hw.len());
             self.enter_step(&mut rctx, k, &w);
             match crate::hist::rollup(
                 self.name,
                 fw,
                 hw,
+                sts,
                 &input.labels,
                 &mut rctx,
                 self.f,

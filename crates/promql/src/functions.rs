@@ -255,6 +255,8 @@ pub(crate) fn kind(name: &str) -> FuncKind {
         "histogram_stdvar" => {
             Instant(|_, _, v, o, _| histogram_simple(v, o, crate::hist::variance))
         }
+        // Over a selector the evaluator answers it; any other expression carries no start
+        // timestamps, so there is nothing to return (as in Prometheus).
         "start_timestamp" => Instant(|_, _, _, _, _| Ok(())),
         "histogram_quantiles" => Instant(crate::quantile::histogram_quantiles),
         "label_replace" | "label_join" | "info" => Special,
@@ -618,7 +620,7 @@ fn quantile_over_time(w: &[Point], c: &mut RangeCtx) -> Option<f64> {
 
 /// For anchored windows, where counting starts: the last sample at or before the window
 /// start (Prometheus's `pickFirstSampleIndices`). `None`: nothing after the window start.
-fn first_index(w: &[Point], c: &RangeCtx) -> Option<usize> {
+pub(crate) fn first_index(w: &[Point], c: &RangeCtx) -> Option<usize> {
     if !c.anchored {
         return Some(0);
     }

@@ -5,6 +5,7 @@ use m3query_model::histogram::{AddOutcome, Bucket, CounterResetHint};
 
 use crate::annotations::msg;
 use crate::functions::RangeCtx;
+use crate::start_ts::{self, WindowSts, st};
 use crate::value::{FloatHistogram, HPoint, Point};
 
 /// The buckets in the order Prometheus's `AllBucketIterator` yields them: negative buckets
@@ -284,16 +285,24 @@ fn metric_of(labels: &m3query_model::Labels) -> &str {
 /// A rollup over a window of a series that holds native histograms (`hists` non-empty or
 /// the series had some elsewhere): Prometheus's histogram branches of the range functions.
 /// `float_fn` is the float rollup, used when the window holds floats only.
+/// `sts` are the window's start timestamps (empty when the series has none or the function
+/// does not read them).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rollup(
     name: &str,
     floats: &[Point],
     hists: &[HPoint],
+    sts: WindowSts<'_>,
     labels: &m3query_model::Labels,
     c: &mut RangeCtx,
     float_fn: crate::functions::RangeFn,
     pos: crate::parser::PosRange,
 ) -> Option<RollupOut> {
     if hists.is_empty() {
+        if !sts.floats.is_empty() {
+            return float_rollup_with_sts(name, floats, sts.floats, labels, c, float_fn, pos)
+                .map(RollupOut::F);
+        }
         return float_fn(floats, c).map(RollupOut::F);
     }
     let metric = metric_of(labels);
@@ -308,11 +317,19 @@ pub(crate) fn rollup(
                 return extended_histogram_rate(hists, name, metric, c, pos).map(RollupOut::H);
             }
             let is_counter = name != "delta";
-            extrapolated_histogram_rate(hists, is_counter, name == "rate", metric, c, pos)
-                .map(RollupOut::H)
+            extrapolated_histogram_rate(
+                hists,
+                sts.hists,
+                is_counter,
+                name == "rate",
+                metric,
+                c,
+                pos,
+            )
+            .map(RollupOut::H)
         }
         "irate" | "idelta" => {
-            instant_histogram_value(floats, hists, name == "irate", metric, c, pos)
+            instant_histogram_value(floats, hists, sts, name == "irate", metric, c, pos)
         }
         "sum_over_time" | "avg_over_time" => {
             if mixed {
@@ -382,30 +399,35 @@ pub(crate) fn rollup(
         "resets" | "changes" => {
             let resets = name == "resets";
             let (mut fi, mut hi) = (0usize, 0usize);
-            let mut prev: Option<(Option<f64>, Option<&FloatHistogram>)> = None;
+            // Each sample: its float or histogram, its time and its start timestamp.
+            type Cur<'h> = (Option<f64>, Option<&'h FloatHistogram>, i64, i64);
+            let mut prev: Option<Cur<'_>> = None;
             let mut n = 0u64;
             while fi < floats.len() || hi < hists.len() {
                 let take_float =
                     hi >= hists.len() || (fi < floats.len() && floats[fi].t < hists[hi].t);
-                let cur = if take_float {
+                let cur: Cur<'_> = if take_float {
                     fi += 1;
-                    (Some(floats[fi - 1].v), None)
+                    let p = floats[fi - 1];
+                    (Some(p.v), None, p.t, st(sts.floats, fi - 1))
                 } else {
                     hi += 1;
-                    (None, Some(&*hists[hi - 1].h))
+                    let p = &hists[hi - 1];
+                    (None, Some(&*p.h), p.t, st(sts.hists, hi - 1))
                 };
                 if let Some(p) = prev {
+                    let st_reset = resets && start_ts::is_reset(p.3, p.2, cur.3, cur.2);
                     n += match (p, cur) {
-                        ((Some(a), _), (Some(b), _)) => {
+                        ((Some(a), ..), (Some(b), ..)) => {
                             if resets {
-                                u64::from(b < a)
+                                u64::from(b < a || st_reset)
                             } else {
                                 u64::from(b != a && !(a.is_nan() && b.is_nan()))
                             }
                         }
-                        ((_, Some(a)), (_, Some(b))) => {
+                        ((_, Some(a), ..), (_, Some(b), ..)) => {
                             if resets {
-                                u64::from(b.detect_reset(a))
+                                u64::from(st_reset || b.detect_reset(a))
                             } else {
                                 u64::from(a != b)
                             }
@@ -425,6 +447,35 @@ pub(crate) fn rollup(
             }
             None
         }
+    }
+}
+
+/// A rollup over a float window with start timestamps `sts` (aligned with `floats`): the
+/// start-aware forms of the functions that read them, the plain rollup for the rest.
+fn float_rollup_with_sts(
+    name: &str,
+    floats: &[Point],
+    sts: &[i64],
+    labels: &m3query_model::Labels,
+    c: &mut RangeCtx,
+    float_fn: crate::functions::RangeFn,
+    pos: crate::parser::PosRange,
+) -> Option<f64> {
+    match name {
+        // `anchored`/`smoothed` windows interpolate at their edges and ignore starts, as
+        // Prometheus's `extendedRate` does.
+        "rate" | "increase" if !(c.anchored || c.smoothed) => {
+            start_ts::rate(floats, sts, c, name == "rate", metric_of(labels), pos)
+        }
+        "irate" => start_ts::irate(floats, sts),
+        "resets" => {
+            let first = crate::functions::first_index(floats, c)?;
+            Some(start_ts::resets(
+                &floats[first..],
+                sts.get(first..).unwrap_or_default(),
+            ))
+        }
+        _ => float_fn(floats, c),
     }
 }
 
@@ -616,6 +667,7 @@ fn at_schema(h: &FloatHistogram, schema: i32) -> FloatHistogram {
 /// Prometheus's `histogramRate`: last minus first, plus every value lost at a counter reset.
 fn histogram_rate(
     points: &[HPoint],
+    sts: &[i64],
     is_counter: bool,
     metric: &str,
     c: &mut RangeCtx,
@@ -633,7 +685,8 @@ fn histogram_rate(
     let mut prev: &FloatHistogram = first;
     if is_counter {
         let second = &*points[1].h;
-        if second.detect_reset(first) {
+        let st_reset = start_ts::is_reset(st(sts, 0), points[0].t, st(sts, 1), points[1].t);
+        if st_reset || second.detect_reset(first) {
             empty = FloatHistogram {
                 schema: second.schema,
                 custom_values: second.custom_values.clone(),
@@ -674,10 +727,14 @@ fn histogram_rate(
         }
     }
     if is_counter {
+        if !sts.is_empty() {
+            start_ts::warn_overlap(points.iter().map(|p| p.t), sts, metric, c, pos);
+        }
         let mut prev = prev;
-        for p in &points[1..] {
+        for (i, p) in points.iter().enumerate().skip(1) {
             let cur = &*p.h;
-            if cur.detect_reset(prev) {
+            let st_reset = start_ts::is_reset(st(sts, i - 1), points[i - 1].t, st(sts, i), p.t);
+            if st_reset || cur.detect_reset(prev) {
                 match h.add(prev) {
                     Ok(o) if o.custom_bounds_reconciled => {
                         c.annos
@@ -702,51 +759,41 @@ fn histogram_rate(
     Some(h)
 }
 
-/// Prometheus's `extrapolatedRate` for histogram windows.
+/// Prometheus's `extrapolatedRate` for histogram windows. With a start timestamp inside the
+/// window on the first sample, one sample is enough: the counter was zero at its start.
 fn extrapolated_histogram_rate(
     hists: &[HPoint],
+    sts: &[i64],
     is_counter: bool,
     is_rate: bool,
     metric: &str,
     c: &mut RangeCtx,
     pos: crate::parser::PosRange,
 ) -> Option<FloatHistogram> {
-    if hists.len() < 2 {
-        return None;
-    }
-    let mut result = histogram_rate(hists, is_counter, metric, c, pos)?;
-    let first_t = hists[0].t;
-    let last_t = hists[hists.len() - 1].t;
-    let n_minus_one = (hists.len() - 1) as f64;
-    let mut to_start = (first_t - c.range_start) as f64 / 1000.0;
-    let mut to_end = (c.range_end - last_t) as f64 / 1000.0;
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg = sampled / n_minus_one;
-    let threshold = avg * 1.1;
-    if to_start >= threshold {
-        to_start = avg / 2.0;
-    }
-    if is_counter {
-        let mut to_zero = to_start;
-        if result.count > 0.0 && hists[0].h.count >= 0.0 {
-            to_zero = sampled * (hists[0].h.count / result.count);
-        }
-        if to_zero < to_start {
-            to_start = to_zero;
-        }
-    }
-    if to_end >= threshold {
-        to_end = avg / 2.0;
-    }
-    let mut factor = if sampled != 0.0 {
-        (sampled + to_start + to_end) / sampled
+    let (first, last) = (hists.first()?, hists.last()?);
+    let mut result = if hists.len() > 1 {
+        Some(histogram_rate(hists, sts, is_counter, metric, c, pos)?)
     } else {
-        1.0
+        None
     };
-    if is_rate {
-        factor /= c.range_ms as f64 / 1000.0;
+    let zero_ratio = result
+        .as_ref()
+        .filter(|r| is_counter && r.count > 0.0 && first.h.count >= 0.0)
+        .map(|r| first.h.count / r.count);
+    let st0 = if is_counter { st(sts, 0) } else { 0 };
+    let e = start_ts::extrapolate(first.t, last.t, hists.len(), st0, zero_ratio, c, is_rate)?;
+    if e.add_first {
+        match &mut result {
+            None => result = Some((*first.h).clone()),
+            Some(r) => {
+                if !checked_combine(r, &first.h, true, metric, c, pos) {
+                    return None;
+                }
+            }
+        }
     }
-    result.mul(factor);
+    let mut result = result?;
+    result.mul(e.factor);
     Some(result)
 }
 
@@ -754,6 +801,7 @@ fn extrapolated_histogram_rate(
 fn instant_histogram_value(
     floats: &[Point],
     hists: &[HPoint],
+    sts: WindowSts<'_>,
     is_rate: bool,
     metric: &str,
     c: &mut RangeCtx,
@@ -762,32 +810,32 @@ fn instant_histogram_value(
     if floats.len() + hists.len() < 2 {
         return None;
     }
-    // The last two samples of either kind.
+    // The last two samples of either kind, with their start timestamps.
     enum S<'a> {
-        F(i64, f64),
-        H(i64, &'a FloatHistogram),
+        F(i64, f64, i64),
+        H(i64, &'a FloatHistogram, i64),
     }
-    let t_of = |s: &S<'_>| match s {
-        S::F(t, _) | S::H(t, _) => *t,
+    let t_st = |s: &S<'_>| match s {
+        S::F(t, _, st) | S::H(t, _, st) => (*t, *st),
     };
-    let mut all: Vec<S<'_>> = floats
-        .iter()
-        .rev()
-        .take(2)
-        .map(|p| S::F(p.t, p.v))
-        .chain(hists.iter().rev().take(2).map(|p| S::H(p.t, &p.h)))
+    let (nf, nh) = (floats.len(), hists.len());
+    let mut all: Vec<S<'_>> = (nf.saturating_sub(2)..nf)
+        .map(|i| S::F(floats[i].t, floats[i].v, st(sts.floats, i)))
+        .chain((nh.saturating_sub(2)..nh).map(|i| S::H(hists[i].t, &hists[i].h, st(sts.hists, i))))
         .collect();
-    all.sort_by_key(|s| t_of(s));
+    all.sort_by_key(|s| t_st(s).0);
     let n = all.len();
     let (a, b) = (&all[n - 2], &all[n - 1]);
-    let interval = t_of(b) - t_of(a);
+    let ((ta, sta), (tb, stb)) = (t_st(a), t_st(b));
+    let interval = tb - ta;
     if interval == 0 {
         return None;
     }
+    let st_reset = start_ts::is_reset(sta, ta, stb, tb);
     match (a, b) {
-        (S::F(_, x), S::F(_, y)) => {
+        (S::F(_, x, _), S::F(_, y, _)) => {
             let mut v = *y;
-            if !is_rate || y.partial_cmp(x) != Some(std::cmp::Ordering::Less) {
+            if !is_rate || !(y < x || st_reset) {
                 v = y - x;
             }
             if is_rate {
@@ -795,7 +843,7 @@ fn instant_histogram_value(
             }
             Some(RollupOut::F(v))
         }
-        (S::H(_, x), S::H(_, y)) => {
+        (S::H(_, x, _), S::H(_, y, _)) => {
             let mut r = (*y).clone();
             if is_rate
                 && (y.counter_reset_hint == CounterResetHint::Gauge
@@ -809,7 +857,7 @@ fn instant_histogram_value(
             {
                 c.annos.warn(msg::not_gauge(metric), pos);
             }
-            if !is_rate || !y.detect_reset(x) {
+            if !is_rate || !(st_reset || y.detect_reset(x)) {
                 match r.sub(x) {
                     Ok(o) if o.custom_bounds_reconciled => {
                         c.annos

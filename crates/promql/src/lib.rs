@@ -47,6 +47,12 @@
 //! functions), so float evaluation runs the code it ran before. Results carry histogram
 //! points in [`QueryResult::histograms`]; [`write_histogram_json`] renders one as the HTTP
 //! API does.
+//!
+//! Start timestamps (Prometheus 3.x's `ST`) ride beside them the same way, through
+//! [`SampleIterator::append_start_timestamps`](m3query_storage::SampleIterator::append_start_timestamps):
+//! `rate`, `increase`, `irate` and `resets` over a series that has them take the general
+//! rollup path (`start_ts` holds the rules), `start_timestamp()` reads them, and series
+//! without them (every series of a store that keeps none) evaluate as before.
 
 mod aggregate;
 mod annotations;
@@ -61,6 +67,7 @@ mod json;
 pub mod parser;
 mod plan;
 mod quantile;
+mod start_ts;
 mod value;
 mod xxhash;
 

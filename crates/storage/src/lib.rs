@@ -73,6 +73,22 @@ impl HistogramSample {
     }
 }
 
+/// The start timestamp of one sample: when the counter (or the delta) the sample reports
+/// began, as OpenTelemetry and Prometheus 3.x carry it (`created` timestamps, `ST`). A store
+/// lists it only for samples that have one; a sample without one has an unknown start, which
+/// Prometheus writes as 0 (so `st` is never 0 here).
+///
+/// Start timestamps are a side stream keyed by the sample's time, beside the float and
+/// histogram streams, so the 16-byte float [`Sample`] stays as it is and only series that have
+/// start timestamps pay for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartTimestamp {
+    /// The sample's timestamp (ms): a float or a histogram sample of the same series.
+    pub t: i64,
+    /// Its start timestamp (ms); may lie before, at or (invalidly) after `t`.
+    pub st: i64,
+}
+
 /// What a select is for, so a store can avoid reading or sending what the query will not use.
 /// All fields are advisory: a store may return more than asked, never less.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -271,6 +287,21 @@ pub trait SampleIterator: Send {
         let _ = (mint, maxt, out);
         Ok(())
     }
+
+    /// Appends the start timestamps of the series' samples (float or histogram) with
+    /// `mint <= t <= maxt` to `out`, in time order; samples without a start timestamp are
+    /// left out. Like [`SampleIterator::append_histograms`] it reads its own stream,
+    /// independently of the sample methods. The default, for stores that keep no start
+    /// timestamps, appends nothing: every sample then has an unknown start.
+    fn append_start_timestamps(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StartTimestamp>,
+    ) -> Result<()> {
+        let _ = (mint, maxt, out);
+        Ok(())
+    }
 }
 
 /// A [`SampleIterator`] over a slice of samples.
@@ -398,6 +429,17 @@ pub trait Appender: Send {
     /// stores it as a float histogram, which every query reads the same way.
     fn append_int_histogram(&mut self, labels: &Labels, t: i64, h: &Histogram) -> Result<()> {
         self.append_histogram(labels, t, &h.to_float())
+    }
+    /// Records `st` as the start timestamp of the sample at `t` that was just appended to
+    /// series `labels` in this transaction (so call it right after that sample's `append`).
+    /// An `st` of 0 means "unknown" and is accepted and dropped. The default refuses: only
+    /// stores that keep start timestamps override this. Start timestamps are optional
+    /// metadata, so a writer may ignore the refusal; the sample itself is stored either way.
+    fn append_start_timestamp(&mut self, labels: &Labels, t: i64, st: i64) -> Result<()> {
+        let _ = (labels, t, st);
+        Err(Error::BadRequest(
+            "this store does not keep start timestamps".into(),
+        ))
     }
     /// Makes every accepted sample durable and visible.
     fn commit(self: Box<Self>) -> Result<()>;

@@ -11,15 +11,17 @@ use parking_lot::RwLock;
 
 use crate::{
     Appendable, Appender, Context, Error, HistogramSample, LabelHints, LabelValues, Querier,
-    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, SliceIterator, VecSeriesSet,
-    Warnings, matchers_select_something,
+    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, SliceIterator,
+    StartTimestamp, VecSeriesSet, Warnings, matchers_select_something,
 };
 
-/// One series' data: float samples and native histogram samples, each in time order.
+/// One series' data: float samples and native histogram samples, each in time order, and
+/// the start timestamps of those samples that have one (usually none).
 #[derive(Debug, Default, Clone)]
 struct MemData {
     floats: Vec<Sample>,
     hists: Vec<HistogramSample>,
+    sts: Vec<StartTimestamp>,
 }
 
 impl MemData {
@@ -48,12 +50,14 @@ pub struct MemStorage {
     series: RwLock<BTreeMap<Labels, MemData>>,
 }
 
-/// A selected series of the in-memory store: floats and histograms in the querier's range.
+/// A selected series of the in-memory store: floats, histograms and start timestamps in
+/// the querier's range.
 #[derive(Debug, Clone)]
 struct MemSeries {
     labels: Labels,
     floats: Vec<Sample>,
     hists: Vec<HistogramSample>,
+    sts: Vec<StartTimestamp>,
 }
 
 impl Series for MemSeries {
@@ -64,6 +68,7 @@ impl Series for MemSeries {
         Box::new(MemIter {
             floats: SliceIterator::new(&self.floats),
             hists: &self.hists,
+            sts: &self.sts,
         })
     }
 }
@@ -71,6 +76,7 @@ impl Series for MemSeries {
 struct MemIter<'a> {
     floats: SliceIterator<'a>,
     hists: &'a [HistogramSample],
+    sts: &'a [StartTimestamp],
 }
 
 impl SampleIterator for MemIter<'_> {
@@ -94,6 +100,21 @@ impl SampleIterator for MemIter<'_> {
             out.extend_from_slice(&self.hists[lo..hi]);
         }
         self.hists = &self.hists[hi..];
+        Ok(())
+    }
+
+    fn append_start_timestamps(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StartTimestamp>,
+    ) -> Result<()> {
+        let lo = self.sts.partition_point(|s| s.t < mint);
+        let hi = self.sts.partition_point(|s| s.t <= maxt);
+        if lo < hi {
+            out.extend_from_slice(&self.sts[lo..hi]);
+        }
+        self.sts = &self.sts[hi..];
         Ok(())
     }
 }
@@ -189,10 +210,13 @@ impl Querier for MemQuerier<'_> {
             if hints.limit > 0 && out.len() >= hints.limit {
                 break;
             }
+            let slo = d.sts.partition_point(|s| s.t < mint);
+            let shi = d.sts.partition_point(|s| s.t <= maxt);
             out.push(MemSeries {
                 labels: labels.clone(),
                 floats: d.floats[lo..hi].to_vec(),
                 hists: d.hists[hlo..hhi].to_vec(),
+                sts: d.sts[slo..shi.max(slo)].to_vec(),
             });
         }
         Ok(Box::new(VecSeriesSet::new(out, Warnings::new())))
@@ -240,10 +264,11 @@ impl Appendable for MemStorage {
     }
 }
 
-/// A pending sample: a float or a histogram.
+/// A pending sample (a float or a histogram), or the start timestamp of one.
 enum Pending {
     Float(Sample),
     Hist(HistogramSample),
+    Start(StartTimestamp),
 }
 
 struct MemAppender<'a> {
@@ -299,10 +324,14 @@ impl MemAppender<'_> {
     /// The series' latest sample if it is a (non-stale) histogram: the sample a new
     /// histogram would share a chunk with in the TSDB.
     fn previous_histogram(&self, labels: &Labels) -> Option<std::sync::Arc<FloatHistogram>> {
-        let pending = self.pending.iter().rev().find(|(l, _)| l == labels);
+        let pending = self
+            .pending
+            .iter()
+            .rev()
+            .find(|(l, p)| l == labels && !matches!(p, Pending::Start(_)));
         let last = match pending {
             Some((_, Pending::Hist(h))) => Some(h.clone()),
-            Some((_, Pending::Float(_))) => None,
+            Some((_, Pending::Float(_) | Pending::Start(_))) => None,
             None => {
                 let map = self.store.series.read();
                 let d = map.get(labels)?;
@@ -375,6 +404,30 @@ impl Appender for MemAppender<'_> {
         Ok(())
     }
 
+    fn append_start_timestamp(&mut self, labels: &Labels, t: i64, st: i64) -> Result<()> {
+        if st == 0 {
+            // Prometheus's "unknown start": the same as none.
+            return Ok(());
+        }
+        let last_t = match self.last.get(labels) {
+            Some(t) => Some(*t),
+            None => self
+                .store
+                .series
+                .read()
+                .get(labels)
+                .and_then(MemData::last_t),
+        };
+        if last_t != Some(t) {
+            return Err(Error::BadRequest(format!(
+                "a start timestamp for {labels} at {t} belongs right after that series' sample at {t}"
+            )));
+        }
+        self.pending
+            .push((labels.clone(), Pending::Start(StartTimestamp { t, st })));
+        Ok(())
+    }
+
     fn commit(self: Box<Self>) -> Result<()> {
         let mut map = self.store.series.write();
         for (l, s) in self.pending {
@@ -382,6 +435,15 @@ impl Appender for MemAppender<'_> {
             match s {
                 Pending::Float(s) => d.floats.push(s),
                 Pending::Hist(h) => d.hists.push(h),
+                Pending::Start(x) => {
+                    // Samples arrive in time order, so this is almost always a push; a
+                    // sample given its start twice keeps the later one.
+                    let i = d.sts.partition_point(|s| s.t < x.t);
+                    match d.sts.get_mut(i) {
+                        Some(s) if s.t == x.t => *s = x,
+                        _ => d.sts.insert(i, x),
+                    }
+                }
             }
         }
         Ok(())
@@ -554,5 +616,104 @@ mod histogram_tests {
         let mut gauge = h(1.0);
         gauge.counter_reset_hint = Gauge;
         assert_eq!(read_back_hint(&gauge, Some(&h(2.0))), Gauge);
+    }
+}
+
+#[cfg(test)]
+mod start_timestamp_tests {
+    use super::*;
+
+    fn select_one(s: &MemStorage, mint: i64, maxt: i64) -> Box<dyn Series> {
+        let q = s.querier(mint, maxt).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                false,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "c")],
+            )
+            .expect("select");
+        set.next().expect("one series").expect("ok")
+    }
+
+    #[test]
+    fn start_timestamps_are_a_side_stream_of_the_samples_that_have_one() {
+        let s = MemStorage::new();
+        let l = Labels::from_pairs([("__name__", "c")]);
+        let mut app = s.appender();
+        app.append(&l, 10, 1.0).expect("in order");
+        app.append_start_timestamp(&l, 10, 5)
+            .expect("after its sample");
+        app.append(&l, 20, 2.0).expect("in order");
+        // 0 is Prometheus's "unknown": accepted, not stored.
+        app.append_start_timestamp(&l, 20, 0)
+            .expect("unknown start");
+        app.append(&l, 30, 3.0).expect("in order");
+        assert!(
+            app.append_start_timestamp(&l, 20, 15).is_err(),
+            "only the sample just appended can get a start"
+        );
+        app.append_start_timestamp(&l, 30, 25)
+            .expect("after its sample");
+        app.commit().expect("commit");
+
+        let series = select_one(&s, 0, 100);
+        let mut sts = Vec::new();
+        series
+            .iter()
+            .append_start_timestamps(i64::MIN, i64::MAX, &mut sts)
+            .expect("mem");
+        assert_eq!(
+            sts,
+            vec![
+                StartTimestamp { t: 10, st: 5 },
+                StartTimestamp { t: 30, st: 25 }
+            ]
+        );
+        // The querier's range cuts the side stream like the samples.
+        let series = select_one(&s, 15, 100);
+        let mut sts = Vec::new();
+        series
+            .iter()
+            .append_start_timestamps(i64::MIN, i64::MAX, &mut sts)
+            .expect("mem");
+        assert_eq!(sts, vec![StartTimestamp { t: 30, st: 25 }]);
+        // The float stream is unchanged.
+        let mut floats = Vec::new();
+        series
+            .iter()
+            .append_range(i64::MIN, i64::MAX, &mut floats)
+            .expect("mem");
+        assert_eq!(floats, vec![Sample::new(20, 2.0), Sample::new(30, 3.0)]);
+    }
+
+    #[test]
+    fn stores_without_start_timestamps_refuse_them_and_yield_none() {
+        let series = crate::VecSeries {
+            labels: Labels::from_pairs([("__name__", "c")]),
+            samples: vec![Sample::new(1, 1.0)],
+        };
+        let mut sts = Vec::new();
+        series
+            .iter()
+            .append_start_timestamps(i64::MIN, i64::MAX, &mut sts)
+            .expect("default");
+        assert!(sts.is_empty());
+
+        struct FloatsOnly;
+        impl Appender for FloatsOnly {
+            fn append(&mut self, _: &Labels, _: i64, _: f64) -> Result<()> {
+                Ok(())
+            }
+            fn commit(self: Box<Self>) -> Result<()> {
+                Ok(())
+            }
+            fn rollback(self: Box<Self>) {}
+        }
+        let l = Labels::from_pairs([("__name__", "c")]);
+        assert!(matches!(
+            FloatsOnly.append_start_timestamp(&l, 1, 0),
+            Err(Error::BadRequest(_))
+        ));
     }
 }

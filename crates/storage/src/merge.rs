@@ -545,6 +545,26 @@ impl SampleIterator for ChainIterator<'_> {
         out.extend(all.into_iter().map(|(_, _, h)| h));
         Ok(())
     }
+
+    fn append_start_timestamps(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<crate::StartTimestamp>,
+    ) -> Result<()> {
+        // As for histograms: every part's start timestamps, the earliest part's at equal
+        // timestamps.
+        let mut all: Vec<(usize, crate::StartTimestamp)> = Vec::new();
+        for (i, it) in self.iters.iter_mut().enumerate() {
+            let mut part = Vec::new();
+            it.append_start_timestamps(mint, maxt, &mut part)?;
+            all.extend(part.into_iter().map(|s| (i, s)));
+        }
+        all.sort_by_key(|(i, s)| (s.t, *i));
+        all.dedup_by_key(|(_, s)| s.t);
+        out.extend(all.into_iter().map(|(_, s)| s));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@
 //! store beside floats, and histogram results are compared as Prometheus's harness does
 //! (both compacted, counter reset hints only when the expectation spells one out).
 //!
-//! Every eval counts once: passed or failed. Evals that need start timestamps (which the
-//! storage cannot hold) are not run and count as failed, with their cause, as are all evals
-//! of a file that does not parse.
+//! Start timestamps (`metric@st` lines) are loaded beside the samples they belong to, and
+//! the engine uses them as Prometheus's does with `UseStartTimestamps` on.
+//!
+//! Every eval counts once: passed or failed. All evals of a file that does not parse count
+//! as failed, with their cause.
 
 mod nhcb;
 mod script;
@@ -32,7 +34,6 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use m3query_model::{Labels, Matcher};
 use m3query_promql::{Engine, EngineOptions, QueryOptions, QueryResult, Value};
 use m3query_storage::memory::MemStorage;
 use m3query_storage::{Appendable, Context};
@@ -65,8 +66,6 @@ impl Default for RunOptions {
 pub enum Cause {
     /// The eval reads native histogram series or expects histogram results.
     NativeHistograms,
-    /// The eval reads series loaded with start timestamps (`@st`).
-    StartTimestamps,
     /// The file could not be read or parsed, so none of its evals ran.
     ScriptError,
     /// Our parser rejected an expression Prometheus accepts.
@@ -91,7 +90,6 @@ impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Cause::NativeHistograms => "needs native histograms",
-            Cause::StartTimestamps => "needs start timestamps",
             Cause::ScriptError => "script could not be parsed",
             Cause::UnsupportedSyntax => "unsupported syntax in parser",
             Cause::Unsupported => "unsupported function or feature",
@@ -141,11 +139,11 @@ impl Report {
         m
     }
 
-    /// Evals that failed for a reason other than native histograms or start timestamps.
+    /// Evals that failed for a reason other than native histograms.
     pub fn failed_without_histograms(&self) -> usize {
         self.failures
             .iter()
-            .filter(|f| !matches!(f.cause, Cause::NativeHistograms | Cause::StartTimestamps))
+            .filter(|f| !matches!(f.cause, Cause::NativeHistograms))
             .count()
     }
 
@@ -215,7 +213,7 @@ fn write_summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     if considered > 0 {
         writeln!(
             w,
-            "Evals not needing native histograms or start timestamps: {} of {} passed ({:.1}%)",
+            "Evals not needing native histograms: {} of {} passed ({:.1}%)",
             report.passed,
             considered,
             100.0 * report.passed as f64 / considered as f64
@@ -282,8 +280,6 @@ fn run_file(path: &Path, opts: &RunOptions, report: &mut Report) {
 struct Runner {
     store: MemStorage,
     engine: Engine,
-    /// Series loaded with start timestamps.
-    st_series: Vec<Labels>,
     /// Load problems that make later evals unreliable.
     load_errors: Vec<String>,
 }
@@ -295,26 +291,22 @@ impl Runner {
         Runner {
             store: MemStorage::new(),
             engine: test_engine(),
-            st_series: Vec::new(),
             load_errors: Vec::new(),
         }
     }
 
     fn clear(&mut self) {
         self.store.clear();
-        self.st_series.clear();
         self.load_errors.clear();
     }
 
     fn load(&mut self, load: &script::Load) {
         let mut app = self.store.appender();
         for s in &load.series {
-            if s.has_start_timestamps {
-                self.st_series.push(s.labels.clone());
-            }
             // Floats and histograms of one series go in time order.
             let mut fi = s.samples.iter().peekable();
             let mut hi = s.histograms.iter().peekable();
+            let mut sti = s.start_timestamps.iter().peekable();
             loop {
                 let take_float = match (fi.peek(), hi.peek()) {
                     (Some(f), Some(h)) => f.0 <= h.0,
@@ -322,13 +314,25 @@ impl Runner {
                     (None, Some(_)) => false,
                     (None, None) => break,
                 };
-                let r = if take_float {
+                let (t, r) = if take_float {
                     let Some((t, v)) = fi.next() else { break };
-                    app.append(&s.labels, *t, *v)
+                    (*t, app.append(&s.labels, *t, *v))
                 } else {
                     let Some((t, h)) = hi.next() else { break };
-                    app.append_histogram(&s.labels, *t, h)
+                    (*t, app.append_histogram(&s.labels, *t, h))
                 };
+                // The sample's start timestamp goes right after it.
+                let r = r.and_then(|()| {
+                    while sti.peek().is_some_and(|(st_t, _)| *st_t < t) {
+                        sti.next();
+                    }
+                    match sti.peek() {
+                        Some((st_t, st)) if *st_t == t => {
+                            app.append_start_timestamp(&s.labels, t, *st)
+                        }
+                        _ => Ok(()),
+                    }
+                });
                 if let Err(e) = r {
                     self.load_errors.push(format!("{}: {e}", s.labels));
                 }
@@ -348,30 +352,7 @@ impl Runner {
         }
     }
 
-    /// Whether the expression selects any of `series`.
-    fn selects_any(expr: &str, series: &[Labels]) -> bool {
-        if series.is_empty() {
-            return false;
-        }
-        let Ok(e) = m3query_promql::parse(expr) else {
-            return false;
-        };
-        let mut sels: Vec<Vec<Matcher>> = Vec::new();
-        collect_matchers(&e, &mut sels);
-        sels.iter().any(|ms| {
-            series
-                .iter()
-                .any(|l| ms.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
-        })
-    }
-
     fn eval(&mut self, ev: &EvalCmd, opts: &RunOptions) -> EvalResult {
-        if Self::selects_any(&ev.expr, &self.st_series) {
-            return Err((
-                Cause::StartTimestamps,
-                "not run: the eval reads series loaded with start timestamps".into(),
-            ));
-        }
         if let Err(e) = m3query_promql::parse(&ev.expr) {
             return Err((Cause::UnsupportedSyntax, format!("parse error: {e}")));
         }
@@ -595,29 +576,6 @@ fn at_modifier_variant(expr: &str, t: i64) -> Option<String> {
         return None;
     }
     Some(e.to_string())
-}
-
-fn collect_matchers(e: &m3query_promql::parser::Expr, out: &mut Vec<Vec<Matcher>>) {
-    use m3query_promql::parser::Expr;
-    match e {
-        Expr::VectorSelector(vs) => out.push(vs.matchers.clone()),
-        Expr::MatrixSelector(ms) => out.push(ms.vs.matchers.clone()),
-        Expr::Subquery(s) => collect_matchers(&s.expr, out),
-        Expr::Call(c) => c.args.iter().for_each(|a| collect_matchers(a, out)),
-        Expr::Aggregate(a) => {
-            collect_matchers(&a.expr, out);
-            if let Some(p) = &a.param {
-                collect_matchers(p, out);
-            }
-        }
-        Expr::Binary(b) => {
-            collect_matchers(&b.lhs, out);
-            collect_matchers(&b.rhs, out);
-        }
-        Expr::Paren(i, _) | Expr::StepInvariant(i) => collect_matchers(i, out),
-        Expr::Unary { expr, .. } => collect_matchers(expr, out),
-        Expr::Number { .. } | Expr::String { .. } => {}
-    }
 }
 
 /// A short description of a result for messages.

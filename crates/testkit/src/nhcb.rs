@@ -171,7 +171,7 @@ mod tests {
                 .collect(),
             histograms: Vec::new(),
             has_histograms: false,
-            has_start_timestamps: false,
+            start_timestamps: Vec::new(),
         }
     }
 

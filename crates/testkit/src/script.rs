@@ -60,7 +60,9 @@ pub struct LoadSeries {
     /// Native histogram samples.
     pub histograms: Vec<(i64, FloatHistogram)>,
     pub has_histograms: bool,
-    pub has_start_timestamps: bool,
+    /// `(t, st)`: the start timestamp of the sample at `t`, from a `metric@st` line, for the
+    /// samples that have one (Prometheus's `ST`; 0 is "unknown" and left out).
+    pub start_timestamps: Vec<(i64, i64)>,
 }
 
 /// One value of a series in a script: a float or a native histogram.
@@ -260,7 +262,8 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
             let interval_ms = dur(&caps[2], i + 1)?;
             let with_nhcb = caps.get(1).is_some();
             let mut series = Vec::new();
-            let mut pending_st: Option<Labels> = None;
+            // A `metric@st` line waiting for its sample line: labels, offsets, line number.
+            let mut pending_st: Option<(Labels, Vec<Option<i64>>, usize)> = None;
             i += 1;
             while i < lines.len() && !lines[i].is_empty() {
                 let def = &lines[i];
@@ -268,25 +271,55 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
                 if let Some(sp) = space
                     && def[..sp].ends_with("@st")
                 {
+                    if let Some((_, _, at)) = pending_st {
+                        return Err(err(at, "@st line has no following sample line"));
+                    }
                     let (labels, _) = parse_metric(&def[..sp - 3], i + 1)?;
-                    pending_st = Some(labels);
+                    let offsets = parse_st_sequence(&def[sp..], i + 1)?;
+                    pending_st = Some((labels, offsets, i + 1));
                     i += 1;
                     continue;
                 }
                 let (labels, rest) = parse_metric(def, i + 1)?;
                 let (vals, has_h) = parse_values(rest, i + 1)?;
+                let offsets = match pending_st.take() {
+                    None => Vec::new(),
+                    Some((st_labels, offsets, at)) => {
+                        if st_labels != labels {
+                            return Err(err(
+                                at,
+                                "@st metric does not match the following sample line metric",
+                            ));
+                        }
+                        if offsets.len() != vals.len() {
+                            return Err(err(
+                                at,
+                                format!(
+                                    "@st line has {} values but sample line has {}",
+                                    offsets.len(),
+                                    vals.len()
+                                ),
+                            ));
+                        }
+                        offsets
+                    }
+                };
                 let mut samples = Vec::with_capacity(vals.len());
                 let mut histograms = Vec::new();
+                let mut start_timestamps = Vec::new();
                 for (k, v) in vals.into_iter().enumerate() {
+                    let t = k as i64 * interval_ms;
                     match v {
-                        Some(SeqValue::Float(v)) => samples.push((k as i64 * interval_ms, v)),
-                        Some(SeqValue::Histogram { h, .. }) => {
-                            histograms.push((k as i64 * interval_ms, *h))
-                        }
-                        None => {}
+                        Some(SeqValue::Float(v)) => samples.push((t, v)),
+                        Some(SeqValue::Histogram { h, .. }) => histograms.push((t, *h)),
+                        None => continue,
+                    }
+                    if let Some(Some(off)) = offsets.get(k)
+                        && t + off != 0
+                    {
+                        start_timestamps.push((t, t + off));
                     }
                 }
-                let has_st = pending_st.take().is_some();
                 // Redefinition in one load replaces the earlier one.
                 series.retain(|s: &LoadSeries| s.labels != labels);
                 series.push(LoadSeries {
@@ -294,9 +327,12 @@ pub fn parse_script(text: &str) -> Result<Vec<Command>, ScriptError> {
                     samples,
                     histograms,
                     has_histograms: has_h,
-                    has_start_timestamps: has_st,
+                    start_timestamps,
                 });
                 i += 1;
+            }
+            if let Some((_, _, at)) = pending_st {
+                return Err(err(at, "@st line has no following sample line"));
             }
             cmds.push(Command::Load(Load {
                 interval_ms,
@@ -650,6 +686,72 @@ fn parse_values(s: &str, line: usize) -> Result<(Vec<Option<SeqValue>>, bool), S
         expand_token(tok, line, &mut out)?;
     }
     Ok((out, has_h))
+}
+
+/// Parses the offsets of a `metric@st` line (Prometheus's `parseSTSequence`): one entry per
+/// sample position, `None` for `_`. Items: `_`, `_xN`, `<dur>`, `<dur>xN`, `<dur>+<dur>xN`,
+/// `<dur>-<dur>xN`, durations signed and in one unit (`-30s`, `+1m`, `-59999ms`, `0`).
+fn parse_st_sequence(s: &str, line: usize) -> Result<Vec<Option<i64>>, ScriptError> {
+    let mut out = Vec::new();
+    for item in s.split_whitespace() {
+        let bad = |why: &str| err(line, format!("invalid ST item {item:?}: {why}"));
+        let count = |n: &str| -> Result<usize, ScriptError> {
+            n.parse::<usize>().map_err(|_| bad("invalid repeat count"))
+        };
+        if item == "_" {
+            out.push(None);
+            continue;
+        }
+        if let Some(n) = item.strip_prefix("_x") {
+            let n = count(n)?;
+            if n == 0 {
+                return Err(bad("invalid repeat count"));
+            }
+            out.extend(std::iter::repeat_n(None, n));
+            continue;
+        }
+        let (base, rest) = st_duration_prefix(item).map_err(|e| bad(&e))?;
+        if rest.is_empty() {
+            out.push(Some(base));
+        } else if let Some(n) = rest.strip_prefix('x') {
+            out.extend(std::iter::repeat_n(Some(base), count(n)? + 1));
+        } else if let Some(sign) = rest.chars().next().filter(|c| *c == '+' || *c == '-') {
+            let (delta, tail) = st_duration_prefix(&rest[1..]).map_err(|e| bad(&e))?;
+            let delta = if sign == '-' { -delta } else { delta };
+            let n = tail
+                .strip_prefix('x')
+                .ok_or_else(|| bad("expected 'x<count>' after step duration"))?;
+            let mut off = base;
+            for _ in 0..=count(n)? {
+                out.push(Some(off));
+                off += delta;
+            }
+        } else {
+            return Err(bad("unexpected character after duration"));
+        }
+    }
+    Ok(out)
+}
+
+/// A signed one-unit duration at the start of `s` (ms) and the rest of `s`. The unit stops
+/// at `x`, the repeat separator.
+fn st_duration_prefix(s: &str) -> Result<(i64, &str), String> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let digits = body.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("expected digits in duration {s:?}"));
+    }
+    let unit = body[digits..]
+        .bytes()
+        .take_while(|b| b.is_ascii_alphabetic() && *b != b'x')
+        .count();
+    let end = digits + unit;
+    let ms = parse_duration(&body[..end]).map_err(|e| e.to_string())?;
+    Ok((if neg { -ms } else { ms }, &body[end..]))
 }
 
 /// Reads one `{{...}}` histogram at the start of `s`: the histogram, whether it set
@@ -1205,6 +1307,50 @@ fn spans_match(a: &[Span], b: &[Span]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_timestamp_lines() {
+        let seq = parse_st_sequence(" _ _x2 -30s-1mx2 +1m 0-1mx1 1ms -59999msx1 -0ms", 1)
+            .expect("parses");
+        assert_eq!(
+            seq,
+            vec![
+                None,
+                None,
+                None,
+                Some(-30_000),
+                Some(-90_000),
+                Some(-150_000),
+                Some(60_000),
+                Some(0),
+                Some(-60_000),
+                Some(1),
+                Some(-59_999),
+                Some(-59_999),
+                Some(0),
+            ]
+        );
+        for bad in ["_x0", "1m*2", "-1m-", "-1m+1mx", "x3", "-1y2"] {
+            assert!(parse_st_sequence(bad, 1).is_err(), "{bad}");
+        }
+        let script = "load 1m\n    m{a=\"1\"}@st _ -1m -0ms -1s\n    m{a=\"1\"} _ 1 2 3\n";
+        let cmds = parse_script(script).expect("parses");
+        let Some(Command::Load(load)) = cmds.first() else {
+            panic!("a load")
+        };
+        // Per sample: T + offset. The first sample's ST, 1m - 1m, is 0: "unknown", left out.
+        assert_eq!(
+            load.series[0].start_timestamps,
+            vec![(120_000, 120_000), (180_000, 179_000)]
+        );
+        for bad in [
+            "load 1m\n    m@st -1m\n",
+            "load 1m\n    m@st -1m -1m\n    m 1\n",
+            "load 1m\n    m@st -1m\n    n 1\n",
+        ] {
+            assert!(parse_script(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn series_notation() {
