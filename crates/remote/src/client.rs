@@ -1362,13 +1362,16 @@ mod tests {
         );
     }
 
+    /// Histograms with their timestamps.
+    type Hists = Vec<(i64, m3query_model::FloatHistogram)>;
+
     /// Floats and native histograms of `h{kind=KIND}` as a store answers a select.
     fn hist_series(
         q: &dyn Queryable,
         kind: &str,
         mint: i64,
         maxt: i64,
-    ) -> Result<(Vec<Sample>, Vec<(i64, m3query_model::FloatHistogram)>)> {
+    ) -> Result<(Vec<Sample>, Hists)> {
         let querier = q.querier(mint, maxt)?;
         let mut set = querier.select(
             &Context::background(),

@@ -139,7 +139,7 @@ macro_rules! convert {
 /// smaller, and what Prometheus itself would send for them. A stale marker qualifies.
 pub fn float_as_int(h: &FloatHistogram) -> Option<Histogram> {
     const LIMIT: f64 = (1u64 << 53) as f64;
-    let int = |c: f64| (c >= 0.0 && c < LIMIT && c.fract() == 0.0).then_some(c as u64);
+    let int = |c: f64| ((0.0..LIMIT).contains(&c) && c.fract() == 0.0).then_some(c as u64);
     let deltas = |b: &[f64]| -> Option<Vec<i64>> {
         let mut prev = 0i64;
         b.iter()

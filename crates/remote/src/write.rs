@@ -323,10 +323,7 @@ impl Outcome {
                     Ok(())
                 }
                 .and_then(|()| h.validate());
-                match valid {
-                    Ok(()) => (t, app.append_int_histogram(labels, t, &h)),
-                    Err(e) => return Ok(self.invalid_histogram(&e, labels, t)),
-                }
+                (t, valid.map(|()| app.append_int_histogram(labels, t, &h)))
             }
             WireHistogram::Float(t, mut h) => {
                 let valid = if reserved.contains(&h.schema) {
@@ -335,10 +332,17 @@ impl Outcome {
                     Ok(())
                 }
                 .and_then(|()| h.validate());
-                match valid {
-                    Ok(()) => (t, app.append_histogram(labels, t, &h)),
-                    Err(e) => return Ok(self.invalid_histogram(&e, labels, t)),
+                (t, valid.map(|()| app.append_histogram(labels, t, &h)))
+            }
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.histograms_invalid += 1;
+                if self.histograms_invalid == 1 {
+                    self.example(format!("{e} for series {labels} at timestamp {t}"));
                 }
+                return Ok(());
             }
         };
         match r {
@@ -366,18 +370,6 @@ impl Outcome {
                 Ok(())
             }
             Err(e) => Err(e),
-        }
-    }
-
-    fn invalid_histogram(
-        &mut self,
-        e: &m3query_model::histogram::HistogramError,
-        labels: &Labels,
-        t: i64,
-    ) {
-        self.histograms_invalid += 1;
-        if self.histograms_invalid == 1 {
-            self.example(format!("{e} for series {labels} at timestamp {t}"));
         }
     }
 
@@ -1248,7 +1240,10 @@ mod tests {
         }
     }
 
-    fn expected_v1() -> (Vec<(i64, FloatHistogram)>, Vec<(i64, FloatHistogram)>) {
+    /// Histograms with their timestamps.
+    type Hists = Vec<(i64, FloatHistogram)>;
+
+    fn expected_v1() -> (Hists, Hists) {
         (
             vec![
                 (10, int_hist(1).to_float()),
