@@ -153,14 +153,24 @@ fn remote_write_errors_are_prometheus_shaped() {
     assert_eq!(s, 400);
     assert!(body.contains("UTF-8"), "{body}");
 
-    // Native histograms are refused explicitly.
+    // An invalid native histogram (its buckets hold 1 observation, its count says 2) is
+    // refused with Prometheus's reason, whatever the store.
     let req = prompb::WriteRequest {
         timeseries: vec![prompb::TimeSeries {
             labels: vec![prompb::Label {
                 name: b"__name__".to_vec().into(),
                 value: b"h".to_vec().into(),
             }],
-            histograms: vec![prompb::Histogram::default()],
+            histograms: vec![prompb::Histogram {
+                count: Some(prompb::histogram::Count::CountInt(2)),
+                positive_spans: vec![prompb::BucketSpan {
+                    offset: 0,
+                    length: 1,
+                }],
+                positive_deltas: vec![1],
+                timestamp: 1,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
         metadata: vec![],
@@ -171,7 +181,14 @@ fn remote_write_errors_are_prometheus_shaped() {
         "application/x-protobuf",
     );
     assert_eq!(s, 400);
-    assert!(body.contains("1 native histogram samples"), "{body}");
+    assert!(
+        body.contains("1 invalid native histogram samples"),
+        "{body}"
+    );
+    assert!(
+        body.contains("histogram's observation count should equal the number of observations found in the buckets"),
+        "{body}"
+    );
 
     // The server is fine, and counted what it refused.
     let metrics = c
@@ -185,7 +202,7 @@ fn remote_write_errors_are_prometheus_shaped() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("m3query_remote_write_histograms_refused_total 1"),
+        metrics.contains(r#"m3query_remote_write_histograms_total{result="invalid"} 1"#),
         "{metrics}"
     );
 }

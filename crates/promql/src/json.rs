@@ -33,15 +33,44 @@ pub fn write_sample_value(out: &mut String, v: f64) {
     out.push('"');
 }
 
+/// Appends a float as Prometheus's `jsonutil.MarshalFloat` writes vector, matrix and histogram
+/// values: Go's `FormatFloat(v, 'f', -1, 64)`, except `'e'` (`1e-07`, `2.938735877055719e-39`,
+/// `1e+21`) below 1e-6 and from 1e21 in magnitude, in quotes, `+Inf`/`-Inf`/`NaN` spelled
+/// out. (Scalars are written with `'f'` throughout: [`write_sample_value`].)
+pub fn write_json_float(out: &mut String, v: f64) {
+    use std::fmt::Write;
+    let a = v.abs();
+    if !v.is_finite() || a == 0.0 || (1e-6..1e21).contains(&a) {
+        return write_sample_value(out, v);
+    }
+    // Rust's `{:e}` gives the shortest round-tripping digits as Go's -1 precision does;
+    // Go writes the exponent with a sign and at least two digits.
+    let s = format!("{v:e}");
+    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+    let (sign, digits) = match exp.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exp),
+    };
+    out.push('"');
+    out.push_str(mantissa);
+    out.push('e');
+    out.push(sign);
+    if digits.len() < 2 {
+        out.push('0');
+    }
+    let _ = write!(out, "{digits}");
+    out.push('"');
+}
+
 /// Appends a native histogram in the shape of Prometheus 3's query API (`histogram` in a
 /// vector sample, each element of `histograms` in a matrix series):
 /// `{"count":"..","sum":"..","buckets":[[rule,"lower","upper","count"],...]}` with the
 /// non-empty buckets from lowest to highest and `rule` 0 for `(l,u]`, 1 for `[l,u)`, 2 for
-/// `(l,u)`, 3 for `[l,u]`. Floats are written as the API writes sample values (quoted,
-/// `+Inf`/`-Inf`/`NaN`). The HTTP layer pairs it with the timestamp:
+/// `(l,u)`, 3 for `[l,u]`. Floats are written as [`write_json_float`] writes them (quoted,
+/// `+Inf`/`-Inf`/`NaN`, exponent form for tiny and huge ones). The HTTP layer pairs it with the timestamp:
 /// `"histogram":[ts, {..}]`.
 pub fn write_histogram_json(out: &mut String, h: &m3query_model::FloatHistogram) {
-    let val = write_sample_value;
+    let val = write_json_float;
     out.push_str("{\"count\":");
     val(out, h.count);
     out.push_str(",\"sum\":");
@@ -352,6 +381,37 @@ mod tests {
         let mut out = String::new();
         super::write_histogram_json(&mut out, &FloatHistogram::default());
         assert_eq!(out, r#"{"count":"0","sum":"0"}"#);
+    }
+
+    /// Go's `jsonutil.MarshalFloat`, from Prometheus's json codec tests and Go's
+    /// `strconv.FormatFloat` (checked against a real Prometheus: `vector(1e-7)` answers
+    /// `"1e-07"`).
+    #[test]
+    fn json_floats_are_go_marshal_float() {
+        let mut s = String::new();
+        for v in [
+            1.2345678e6,
+            1.2345678e-6,
+            1.2345678e-67,
+            1e-7,
+            1e21,
+            1.5e300,
+            -2.938735877055719e-39,
+            0.001,
+            1e-6,
+            9.99e20,
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::NEG_INFINITY,
+        ] {
+            super::write_json_float(&mut s, v);
+            s.push(' ');
+        }
+        assert_eq!(
+            s,
+            r#""1234567.8" "0.0000012345678" "1.2345678e-67" "1e-07" "1e+21" "1.5e+300" "-2.938735877055719e-39" "0.001" "0.000001" "999000000000000000000" "0" "-0" "NaN" "-Inf" "#
+        );
     }
 
     use super::*;

@@ -73,7 +73,9 @@ mod xxhash;
 
 pub use annotations::Annotations;
 pub use engine::{Engine, EngineOptions, QueryOptions, QueryResult, QueryStats};
-pub use json::{parse_query, parse_query_ctx, write_histogram_json, write_sample_value};
+pub use json::{
+    parse_query, parse_query_ctx, write_histogram_json, write_json_float, write_sample_value,
+};
 pub use value::{FloatHistogram, HPoint, HistogramSeries, Point, Sample, Series, Value};
 
 use m3query_storage::Context;

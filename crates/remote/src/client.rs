@@ -33,13 +33,16 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use m3query_chunkenc::{XorIterator, chunk_num_samples};
+use m3query_chunkenc::{
+    FloatHistogramIterator, HistogramIterator, XorIterator, chunk_num_samples,
+    histogram_chunk_num_samples,
+};
 use m3query_model::redact::redact_urls;
 use m3query_model::{Labels, MatchOp, Matcher, Sample};
 use m3query_storage::{
-    AsyncQuerier, BoxFuture, Context, Error as StorageError, LabelHints, LabelValues, Querier,
-    Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet, VecSeries, VecSeriesSet,
-    Warnings,
+    AsyncQuerier, BoxFuture, Context, Error as StorageError, HistogramSample, LabelHints,
+    LabelValues, Querier, Queryable, Result, SampleIterator, SelectHints, Series, SeriesSet,
+    VecSeries, VecSeriesSet, Warnings,
 };
 use prost::Message;
 use tracing::Instrument;
@@ -514,13 +517,16 @@ impl RemoteReadClient {
                 let keep = |c: &&prompb::Chunk| {
                     !decoder.labels_only && c.max_time_ms >= mint && c.min_time_ms <= maxt
                 };
-                if let Some(c) = cs
-                    .chunks
-                    .iter()
-                    .find(|c| c.r#type != prompb::chunk::Encoding::Xor as i32)
-                {
+                // XOR chunks for floats, HISTOGRAM / FLOAT_HISTOGRAM for native histograms.
+                let kind = |c: &prompb::Chunk| match prompb::chunk::Encoding::try_from(c.r#type) {
+                    Ok(prompb::chunk::Encoding::Xor) => Some(ChunkKind::Xor),
+                    Ok(prompb::chunk::Encoding::Histogram) => Some(ChunkKind::Histogram),
+                    Ok(prompb::chunk::Encoding::FloatHistogram) => Some(ChunkKind::FloatHistogram),
+                    _ => None,
+                };
+                if let Some(c) = cs.chunks.iter().find(|c| kind(c).is_none()) {
                     return Err(self.unavailable(format!(
-                        "series {labels} has a chunk of encoding {} (native histograms are not supported)",
+                        "series {labels} has a chunk of unknown encoding {}",
                         c.r#type
                     )));
                 }
@@ -530,12 +536,18 @@ impl RemoteReadClient {
                 let mut chunks = Vec::with_capacity(cs.chunks.iter().filter(keep).count());
                 let mut samples = 0usize;
                 for c in cs.chunks.iter().filter(keep) {
-                    samples += usize::from(chunk_num_samples(&c.data).unwrap_or(0));
+                    let kind = kind(c).unwrap_or(ChunkKind::Xor);
+                    let n = match kind {
+                        ChunkKind::Xor => chunk_num_samples(&c.data),
+                        _ => histogram_chunk_num_samples(&c.data),
+                    };
+                    samples += usize::from(n.unwrap_or(0));
                     let start = data.len();
                     data.extend_from_slice(&c.data);
                     chunks.push(RemoteChunk {
                         min_t: c.min_time_ms,
                         max_t: c.max_time_ms,
+                        kind,
                         range: start..data.len(),
                     });
                 }
@@ -582,20 +594,36 @@ impl RemoteReadClient {
                         .iter()
                         .filter(move |s| s.timestamp >= mint && s.timestamp <= maxt)
                 };
+                let hists_in_range = || {
+                    ts.histograms
+                        .iter()
+                        .filter(move |h| h.timestamp >= mint && h.timestamp <= maxt)
+                };
                 let n = if decoder.labels_only {
                     0
                 } else {
-                    in_range().count()
+                    in_range().count() + hists_in_range().count()
                 };
                 let labels_only = decoder.labels_only;
                 let fed = decoder.feed(labels, n, || {
-                    SeriesData::Samples(if labels_only {
-                        Vec::new()
-                    } else {
+                    if labels_only {
+                        return SeriesData::Samples(Vec::new(), Vec::new());
+                    }
+                    SeriesData::Samples(
                         in_range()
                             .map(|s| Sample::new(s.timestamp, s.value))
-                            .collect()
-                    })
+                            .collect(),
+                        hists_in_range()
+                            .map(|h| match crate::histogram::v1::from_proto(h) {
+                                crate::histogram::HistogramSample::Int(t, h) => {
+                                    HistogramSample::new(t, h.to_float())
+                                }
+                                crate::histogram::HistogramSample::Float(t, h) => {
+                                    HistogramSample::new(t, h)
+                                }
+                            })
+                            .collect(),
+                    )
                 });
                 fed.map_err(|e| self.limit_error(e))?;
                 if decoder.truncated {
@@ -781,16 +809,29 @@ fn wire_labels(ls: &[prompb::Label]) -> std::result::Result<Labels, String> {
     Labels::try_from_pairs(pairs)
 }
 
-/// One XOR chunk of a streamed series: its time range and where its bytes are in the
+/// What a streamed chunk holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkKind {
+    /// Floats (XOR).
+    Xor,
+    /// Native histograms with integer counts (`HISTOGRAM`).
+    Histogram,
+    /// Native histograms with float counts (`FLOAT_HISTOGRAM`).
+    FloatHistogram,
+}
+
+/// One chunk of a streamed series: its time range, kind and where its bytes are in the
 /// series' buffer.
 struct RemoteChunk {
     min_t: i64,
     max_t: i64,
+    kind: ChunkKind,
     range: std::ops::Range<usize>,
 }
 
 enum SeriesData {
-    Samples(Vec<Sample>),
+    /// A `SAMPLES` response's floats and native histograms.
+    Samples(Vec<Sample>, Vec<HistogramSample>),
     /// A series' chunks in one buffer (one allocation per series, not per chunk).
     Chunks {
         data: Vec<u8>,
@@ -810,12 +851,12 @@ impl RemoteSeries {
         let mut out = Vec::new();
         for d in &self.data {
             match d {
-                SeriesData::Samples(s) => {
+                SeriesData::Samples(s, _) => {
                     out.extend(s.iter().filter(|x| x.t >= mint && x.t <= maxt).copied())
                 }
                 SeriesData::Chunks { data, chunks } => {
                     for c in chunks {
-                        if c.max_t < mint || c.min_t > maxt {
+                        if c.kind != ChunkKind::Xor || c.max_t < mint || c.min_t > maxt {
                             continue;
                         }
                         let bytes = data.get(c.range.clone()).unwrap_or_default();
@@ -833,6 +874,59 @@ impl RemoteSeries {
         }
         Ok(out)
     }
+
+    /// Appends every native histogram sample in `[mint, maxt]` to `out`, in time order,
+    /// duplicates (overlapping chunks) removed.
+    fn histograms(&self, mint: i64, maxt: i64, out: &mut Vec<HistogramSample>) -> Result<()> {
+        let start = out.len();
+        let corrupt = |e: m3query_chunkenc::ChunkError| {
+            StorageError::Corruption(format!("remote histogram chunk: {e}"))
+        };
+        for d in &self.data {
+            match d {
+                SeriesData::Samples(_, h) => {
+                    out.extend(h.iter().filter(|x| x.t >= mint && x.t <= maxt).cloned())
+                }
+                SeriesData::Chunks { data, chunks } => {
+                    for c in chunks {
+                        if c.kind == ChunkKind::Xor || c.max_t < mint || c.min_t > maxt {
+                            continue;
+                        }
+                        let bytes = data.get(c.range.clone()).unwrap_or_default();
+                        if c.kind == ChunkKind::Histogram {
+                            let mut it = HistogramIterator::new(bytes).map_err(corrupt)?;
+                            while let Some((t, h)) = it.next_histogram().map_err(corrupt)? {
+                                if t > maxt {
+                                    break;
+                                }
+                                if t >= mint {
+                                    out.push(HistogramSample::new(t, h.to_float()));
+                                }
+                            }
+                        } else {
+                            let mut it = FloatHistogramIterator::new(bytes).map_err(corrupt)?;
+                            while let Some((t, h)) = it.next_histogram().map_err(corrupt)? {
+                                if t > maxt {
+                                    break;
+                                }
+                                if t >= mint {
+                                    out.push(HistogramSample::new(t, h));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let added = &mut out[start..];
+        if !added.windows(2).all(|w| w[0].t < w[1].t) {
+            added.sort_by_key(|s| s.t);
+            let mut kept: Vec<HistogramSample> = out.drain(start..).collect();
+            kept.dedup_by_key(|s| s.t);
+            out.extend(kept);
+        }
+        Ok(())
+    }
 }
 
 /// A series handed to the engine: decoded lazily, bounded to the querier's range.
@@ -848,22 +942,38 @@ impl Series for LazySeries {
     }
     fn iter(&self) -> Box<dyn SampleIterator + '_> {
         match self.inner.samples(self.mint, self.maxt) {
-            Ok(samples) => Box::new(OwnedIter { samples, pos: 0 }),
+            Ok(samples) => Box::new(OwnedIter {
+                samples,
+                pos: 0,
+                series: self,
+            }),
             Err(e) => Box::new(FailedIter(Some(e))),
         }
     }
 }
 
-struct OwnedIter {
+struct OwnedIter<'a> {
     samples: Vec<Sample>,
     pos: usize,
+    /// Histograms are decoded only when asked for (most queries read floats only).
+    series: &'a LazySeries,
 }
 
-impl SampleIterator for OwnedIter {
+impl SampleIterator for OwnedIter<'_> {
     fn next(&mut self) -> Result<Option<Sample>> {
         let s = self.samples.get(self.pos).copied();
         self.pos += 1;
         Ok(s)
+    }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<()> {
+        let s = self.series;
+        s.inner.histograms(mint.max(s.mint), maxt.min(s.maxt), out)
     }
 }
 
@@ -1252,6 +1362,112 @@ mod tests {
         );
     }
 
+    /// Histograms with their timestamps.
+    type Hists = Vec<(i64, m3query_model::FloatHistogram)>;
+
+    /// Floats and native histograms of `h{kind=KIND}` as a store answers a select.
+    fn hist_series(
+        q: &dyn Queryable,
+        kind: &str,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(Vec<Sample>, Hists)> {
+        let querier = q.querier(mint, maxt)?;
+        let mut set = querier.select(
+            &Context::background(),
+            true,
+            &SelectHints::default(),
+            &[
+                Matcher::equal("__name__", "h"),
+                Matcher::equal("kind", kind),
+            ],
+        )?;
+        let mut floats = Vec::new();
+        let mut hists = Vec::new();
+        let mut n = 0;
+        while let Some(series) = set.next() {
+            let series = series?;
+            n += 1;
+            let mut it = series.iter();
+            it.append_range(mint, maxt, &mut floats)?;
+            let mut hs = Vec::new();
+            it.append_histograms(mint, maxt, &mut hs)?;
+            hists.extend(hs.into_iter().map(|h| (h.t, (*h.h).clone())));
+        }
+        assert_eq!(n, 1, "one series of kind {kind}");
+        Ok((floats, hists))
+    }
+
+    /// Native histograms (integer, float, custom buckets, a stale marker) come back through
+    /// the client as the store holds them, from `SAMPLES` responses and from streamed
+    /// `HISTOGRAM`/`FLOAT_HISTOGRAM` chunks (cut across small frames), within the range.
+    #[test]
+    fn histograms_come_back_through_both_response_types() {
+        let rt = runtime();
+        let (s, want) = crate::read::tests::hist_store();
+        let s = Arc::new(s);
+        for streamed in [false, true] {
+            let c = RemoteReadClient::new(
+                config(serve(s.clone(), 3, 200), streamed),
+                rt.handle().clone(),
+            )
+            .expect("client");
+            let (floats, hists) = hist_series(&c, "mixed", 0, i64::MAX).expect("read");
+            assert_eq!(floats.len(), 10, "streamed: {streamed}");
+            assert_eq!(hists, want, "streamed: {streamed}");
+            assert!(m3query_model::is_stale_nan(hists[hists.len() - 1].1.sum));
+            let (_, custom) = hist_series(&c, "nhcb", 0, i64::MAX).expect("read");
+            assert_eq!(custom.len(), 3);
+            assert_eq!(custom[0].1.custom_values, vec![0.25]);
+            // A narrower read keeps only what is in range.
+            let (floats, hists) = hist_series(&c, "mixed", 50_000, 60_000).expect("read");
+            assert!(floats.is_empty());
+            assert_eq!(
+                hists.iter().map(|h| h.0).collect::<Vec<_>>(),
+                (50..=60).map(|s| s * 1000).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// A fan-out over two stores holding overlapping parts of a histogram series merges
+    /// them into one series, each sample once.
+    #[test]
+    fn histograms_from_several_stores_merge() {
+        let rt = runtime();
+        let (full, want) = crate::read::tests::hist_store();
+        // The second store holds the histograms from t=100s on only.
+        let part = MemStorage::new();
+        let mut app = part.appender();
+        let l = Labels::from_pairs([("__name__", "h"), ("kind", "mixed")]);
+        for (t, h) in want.iter().filter(|(t, _)| *t >= 100_000) {
+            app.append_histogram(&l, *t, h).expect("append");
+        }
+        app.commit().expect("commit");
+        let a: Arc<dyn Queryable> = Arc::new(
+            RemoteReadClient::new(
+                config(serve(Arc::new(full), 1, 200), true),
+                rt.handle().clone(),
+            )
+            .expect("client"),
+        );
+        let b: Arc<dyn Queryable> = Arc::new(
+            RemoteReadClient::new(
+                config(serve(Arc::new(part), 1, 200), false),
+                rt.handle().clone(),
+            )
+            .expect("client"),
+        );
+        let got = rt
+            .block_on(rt.spawn(async move {
+                let m = MergeQueryable::from_stores(vec![a, b]);
+                hist_series(&m, "mixed", 0, i64::MAX)
+            }))
+            .expect("the task did not panic")
+            .expect("merged read");
+        assert_eq!(got.0.len(), 10);
+        assert_eq!(got.1, want);
+    }
+
     #[test]
     fn errors_name_the_store_and_required_matchers_route() {
         let rt = runtime();
@@ -1429,7 +1645,7 @@ mod tests {
                     .data
                     .iter()
                     .map(|d| match d {
-                        SeriesData::Samples(v) => v.len(),
+                        SeriesData::Samples(v, h) => v.len() + h.len(),
                         SeriesData::Chunks { chunks, .. } => chunks.len() * 120,
                     })
                     .sum();

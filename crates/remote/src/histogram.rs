@@ -132,6 +132,40 @@ macro_rules! convert {
     };
 }
 
+/// The integer histogram a float histogram stands for, when every count (total, zero bucket,
+/// each bucket) is a non-negative integer below 2^53 (exactly representable), as scraped and
+/// remote-written integer histograms read back through the storage seam's float form are.
+/// Remote read sends those in Prometheus's integer form (`count_int`, `HISTOGRAM` chunks):
+/// smaller, and what Prometheus itself would send for them. A stale marker qualifies.
+pub fn float_as_int(h: &FloatHistogram) -> Option<Histogram> {
+    const LIMIT: f64 = (1u64 << 53) as f64;
+    let int = |c: f64| ((0.0..LIMIT).contains(&c) && c.fract() == 0.0).then_some(c as u64);
+    let deltas = |b: &[f64]| -> Option<Vec<i64>> {
+        let mut prev = 0i64;
+        b.iter()
+            .map(|&c| {
+                let c = int(c)? as i64;
+                let d = c - prev;
+                prev = c;
+                Some(d)
+            })
+            .collect()
+    };
+    Some(Histogram {
+        counter_reset_hint: h.counter_reset_hint,
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        zero_count: int(h.zero_count)?,
+        count: int(h.count)?,
+        sum: h.sum,
+        positive_spans: h.positive_spans.clone(),
+        negative_spans: h.negative_spans.clone(),
+        positive_buckets: deltas(&h.positive_buckets)?,
+        negative_buckets: deltas(&h.negative_buckets)?,
+        custom_values: h.custom_values.clone(),
+    })
+}
+
 convert!(
     v1,
     crate::prompb,
@@ -187,6 +221,26 @@ mod tests {
             v2::from_proto(&v2::float_to_proto(8, &f)),
             HistogramSample::Float(8, f)
         );
+    }
+
+    #[test]
+    fn integral_float_histograms_convert_back_to_integer_ones() {
+        let h = sample();
+        let back = float_as_int(&h.to_float()).expect("integral");
+        assert_eq!(back, h);
+        assert_eq!(back.counter_reset_hint, CounterResetHint::NotCounterReset);
+        let mut f = h.to_float();
+        f.positive_buckets[1] = 2.5;
+        assert_eq!(float_as_int(&f), None);
+        let mut f = h.to_float();
+        f.count = 2f64.powi(53);
+        assert_eq!(float_as_int(&f), None);
+        let stale = FloatHistogram {
+            sum: m3query_model::STALE_NAN,
+            ..Default::default()
+        };
+        let int = float_as_int(&stale).expect("a stale marker is integral");
+        assert!(m3query_model::is_stale_nan(int.sum));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!   is counted and skipped, and the rest of the batch is still written;
 //! - a series with invalid labels (no metric name, empty or duplicate label names, invalid
 //!   UTF-8, a 2.0 symbol reference out of range) is counted and skipped;
-//! - native histogram samples are refused explicitly (counted, never silently dropped);
+//! - native histogram samples (integer or float counts, any schema including custom buckets)
+//!   are validated as Prometheus validates them and appended; an invalid one, or one the store
+//!   refuses (out of order, or a store that holds no histograms), is counted and skipped like
+//!   a refused float sample;
 //! - exemplars and metadata are decoded and returned to the caller, which stores them.
 //!
 //! [`Outcome::refusal`] summarises what was refused; the HTTP layer answers 400 with it, since
@@ -14,10 +17,12 @@
 
 use std::fmt::Write as _;
 
+use m3query_model::histogram::{EXPONENTIAL_SCHEMA_MAX, EXPONENTIAL_SCHEMA_MAX_RESERVED};
 use m3query_model::{Exemplar, LabelPairs, Labels, METRIC_NAME, Metadata, MetricType};
 use m3query_storage::{Appender, Error as StorageError};
 use prost::Message;
 
+use crate::histogram::HistogramSample as WireHistogram;
 use crate::prompb::{self, v2};
 
 /// Which protobuf a remote-write request carries.
@@ -185,7 +190,7 @@ pub fn decompress_into(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(
 pub struct Outcome {
     /// Samples stored.
     pub samples_written: u64,
-    /// Native histogram samples stored (always 0: they are refused).
+    /// Native histogram samples stored.
     pub histograms_written: u64,
     /// Exemplars kept (set by the caller, which stores them).
     pub exemplars_written: u64,
@@ -201,7 +206,11 @@ pub struct Outcome {
     pub invalid_series: u64,
     /// Samples carried by series refused for invalid labels.
     pub invalid_series_samples: u64,
-    /// Native histogram samples refused (the store holds floats only).
+    /// Native histogram samples refused as invalid (Prometheus's histogram validation).
+    pub histograms_invalid: u64,
+    /// Native histogram samples the store refused outright (a store that holds no
+    /// histograms); refusals of the kinds floats have (out of order, too old) are counted
+    /// with the floats'.
     pub histograms_refused: u64,
     /// Series and metadata entries the request held, valid or not.
     pub series_received: u64,
@@ -233,18 +242,23 @@ impl Outcome {
             "duplicate samples for a timestamp with a different value",
         );
         add(self.invalid_series, "series with invalid labels");
+        add(self.histograms_invalid, "invalid native histogram samples");
         add(
             self.histograms_refused,
-            "native histogram samples (not supported: send classic histograms)",
+            "native histogram samples the store does not accept",
         );
         if parts.is_empty() {
             return None;
         }
-        let mut msg = format!(
-            "{} samples written; refused: {}",
-            self.samples_written,
-            parts.join(", ")
-        );
+        let mut msg = format!("{} samples ", self.samples_written);
+        if self.histograms_written > 0 {
+            let _ = write!(
+                msg,
+                "and {} native histogram samples ",
+                self.histograms_written
+            );
+        }
+        let _ = write!(msg, "written; refused: {}", parts.join(", "));
         if !self.examples.is_empty() {
             let _ = write!(msg, " (first: {})", self.examples.join("; "));
         }
@@ -283,6 +297,75 @@ impl Outcome {
             Err(e) if e.is_sample_error() => {
                 if self.count_refusal(&e) {
                     self.example(format!("{e} for series {labels} at timestamp {t}"));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends one native histogram sample of `labels`: schemas Prometheus reserves above 8
+    /// are reduced to 8 (as its remote-write handler does), the histogram is validated, and
+    /// integer histograms go to [`Appender::append_int_histogram`] so stores can keep them
+    /// in integer chunks. Refusals are counted; other store errors abort the request.
+    fn append_histogram(
+        &mut self,
+        app: &mut dyn Appender,
+        labels: &Labels,
+        h: WireHistogram,
+    ) -> Result<(), StorageError> {
+        let reserved = EXPONENTIAL_SCHEMA_MAX + 1..=EXPONENTIAL_SCHEMA_MAX_RESERVED;
+        let (t, r) = match h {
+            WireHistogram::Int(t, mut h) => {
+                let valid = if reserved.contains(&h.schema) {
+                    h.reduce_resolution(EXPONENTIAL_SCHEMA_MAX)
+                } else {
+                    Ok(())
+                }
+                .and_then(|()| h.validate());
+                (t, valid.map(|()| app.append_int_histogram(labels, t, &h)))
+            }
+            WireHistogram::Float(t, mut h) => {
+                let valid = if reserved.contains(&h.schema) {
+                    h.reduce_resolution(EXPONENTIAL_SCHEMA_MAX)
+                } else {
+                    Ok(())
+                }
+                .and_then(|()| h.validate());
+                (t, valid.map(|()| app.append_histogram(labels, t, &h)))
+            }
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.histograms_invalid += 1;
+                if self.histograms_invalid == 1 {
+                    self.example(format!("{e} for series {labels} at timestamp {t}"));
+                }
+                return Ok(());
+            }
+        };
+        match r {
+            Ok(()) => {
+                self.histograms_written += 1;
+                Ok(())
+            }
+            Err(e) if e.is_sample_error() => {
+                if self.count_refusal(&e) {
+                    self.example(format!(
+                        "{e} (native histogram) for series {labels} at timestamp {t}"
+                    ));
+                }
+                Ok(())
+            }
+            // A store that holds no native histograms refuses each one the same way; the
+            // batch's floats are still written.
+            Err(StorageError::BadRequest(why)) => {
+                self.histograms_refused += 1;
+                if self.histograms_refused == 1 {
+                    self.example(format!(
+                        "{why} (native histogram for series {labels} at timestamp {t})"
+                    ));
                 }
                 Ok(())
             }
@@ -422,15 +505,16 @@ pub fn write_v1(req: &prompb::WriteRequest, app: &mut dyn Appender) -> Result<Ou
         let labels = match build_labels(ts.labels.iter().map(|l| (&l.name[..], &l.value[..]))) {
             Ok(l) => l,
             Err(why) => {
-                out.invalid(why, ts.samples.len());
-                out.histograms_refused += ts.histograms.len() as u64;
+                out.invalid(why, ts.samples.len() + ts.histograms.len());
                 continue;
             }
         };
         for s in &ts.samples {
             out.append(app, &labels, s.timestamp, s.value)?;
         }
-        out.histograms_refused += ts.histograms.len() as u64;
+        for h in &ts.histograms {
+            out.append_histogram(app, &labels, crate::histogram::v1::from_proto(h))?;
+        }
         for e in &ts.exemplars {
             let el = build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..])));
             out.exemplar(&labels, el, e.value, e.timestamp);
@@ -744,12 +828,12 @@ fn append_series(
     for e in &sc.exemplars {
         exemplars.push(prompb::Exemplar::decode(*e).map_err(|e| decode_err(e.to_string()))?);
     }
+    let mut histograms = Vec::with_capacity(sc.histograms.len());
     for h in &sc.histograms {
-        prompb::Histogram::decode(*h).map_err(|e| decode_err(e.to_string()))?;
+        histograms.push(prompb::Histogram::decode(*h).map_err(|e| decode_err(e.to_string()))?);
     }
-    out.histograms_refused += sc.histograms.len() as u64;
     if let Err(why) = check_pairs(&sc.raw, &mut sc.pairs) {
-        out.invalid(why, sc.samples.len());
+        out.invalid(why, sc.samples.len() + histograms.len());
         return Ok(());
     }
     let pairs = LabelPairs::new(&sc.pairs).map_err(|e| {
@@ -767,8 +851,11 @@ fn append_series(
         }
     })?;
     out.samples_written += sc.samples.len() as u64 - refused;
-    if !exemplars.is_empty() {
+    if !exemplars.is_empty() || !histograms.is_empty() {
         let labels = pairs.to_labels();
+        for h in &histograms {
+            out.append_histogram(app, &labels, crate::histogram::v1::from_proto(h))?;
+        }
         for e in exemplars {
             let el = build_exemplar_labels(e.labels.iter().map(|l| (&l.name[..], &l.value[..])));
             out.exemplar(&labels, el, e.value, e.timestamp);
@@ -834,15 +921,16 @@ pub fn write_v2(req: &v2::Request, app: &mut dyn Appender) -> Result<Outcome, Wr
         {
             Ok(l) => l,
             Err(why) => {
-                out.invalid(why, ts.samples.len());
-                out.histograms_refused += ts.histograms.len() as u64;
+                out.invalid(why, ts.samples.len() + ts.histograms.len());
                 continue;
             }
         };
         for s in &ts.samples {
             out.append(app, &labels, s.timestamp, s.value)?;
         }
-        out.histograms_refused += ts.histograms.len() as u64;
+        for h in &ts.histograms {
+            out.append_histogram(app, &labels, crate::histogram::v2::from_proto(h))?;
+        }
         for e in &ts.exemplars {
             let el = resolve_refs(&req.symbols, &e.labels_refs)
                 .and_then(|pairs| build_exemplar_labels(pairs.into_iter()));
@@ -872,7 +960,8 @@ pub fn write_v2(req: &v2::Request, app: &mut dyn Appender) -> Result<Outcome, Wr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m3query_model::Matcher;
+    use m3query_model::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, Span};
+    use m3query_model::{FloatHistogram, Histogram, Matcher};
     use m3query_storage::memory::MemStorage;
     use m3query_storage::{Appendable, Context, Queryable, SelectHints, collect_series};
 
@@ -1040,19 +1129,365 @@ mod tests {
         assert!(out.refusal().expect("refused").contains("UTF-8"));
     }
 
+    /// An integer histogram with a zero bucket and both sides (schema 3).
+    fn int_hist(scale: u64) -> Histogram {
+        Histogram {
+            schema: 3,
+            zero_threshold: 0.001,
+            zero_count: 2 * scale,
+            count: 10 * scale,
+            sum: 12.5 * scale as f64,
+            positive_spans: vec![Span::new(-2, 2), Span::new(3, 1)],
+            negative_spans: vec![Span::new(1, 1)],
+            // Absolute counts 1, 3, 2 (deltas 1, 2, -1) and 2.
+            positive_buckets: vec![scale as i64, 2 * scale as i64, -(scale as i64)],
+            negative_buckets: vec![2 * scale as i64],
+            ..Default::default()
+        }
+    }
+
+    /// A float histogram with non-integer counts.
+    fn float_hist() -> FloatHistogram {
+        FloatHistogram {
+            schema: 0,
+            count: 2.5,
+            sum: 3.0,
+            zero_threshold: 0.5,
+            zero_count: 0.5,
+            positive_spans: vec![Span::new(1, 2)],
+            positive_buckets: vec![1.25, 0.75],
+            ..Default::default()
+        }
+    }
+
+    /// A histogram with custom buckets (NHCB): bounds 0.1 and 1, buckets at indices 0..=2.
+    fn nhcb() -> Histogram {
+        Histogram {
+            schema: CUSTOM_BUCKETS_SCHEMA,
+            count: 6,
+            sum: 4.5,
+            positive_spans: vec![Span::new(0, 3)],
+            positive_buckets: vec![1, 2, -1],
+            custom_values: vec![0.1, 1.0],
+            ..Default::default()
+        }
+    }
+
+    fn stale_hist() -> Histogram {
+        Histogram {
+            sum: m3query_model::STALE_NAN,
+            ..Default::default()
+        }
+    }
+
+    /// What a store holds as native histograms for `name`: (t, histogram) in time order.
+    fn stored_hists(s: &MemStorage, name: &str) -> Vec<(i64, FloatHistogram)> {
+        let q = s.querier(i64::MIN, i64::MAX).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", name)],
+            )
+            .expect("select");
+        let mut out = Vec::new();
+        while let Some(series) = set.next() {
+            let series = series.expect("series");
+            let mut hs = Vec::new();
+            series
+                .iter()
+                .append_histograms(i64::MIN, i64::MAX, &mut hs)
+                .expect("histograms");
+            out.extend(hs.into_iter().map(|h| (h.t, (*h.h).clone())));
+        }
+        out
+    }
+
+    fn assert_same(got: &[(i64, FloatHistogram)], want: &[(i64, FloatHistogram)]) {
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((gt, g), (wt, w)) in got.iter().zip(want) {
+            assert_eq!(gt, wt);
+            if m3query_model::is_stale_nan(w.sum) {
+                assert!(m3query_model::is_stale_nan(g.sum), "{g:?}");
+            } else {
+                assert_eq!(g, w);
+            }
+        }
+    }
+
+    /// Integer (with zero bucket, both sides), float, custom-bucket and stale histograms,
+    /// each with an exemplar beside, as remote write 1.0 sends them.
+    fn v1_histogram_request() -> prompb::WriteRequest {
+        use crate::histogram::v1;
+        let mut ts = series(&[("__name__", "h"), ("job", "a")], &[(5, 1.0)]);
+        ts.histograms = vec![
+            v1::to_proto(10, &int_hist(1)),
+            v1::to_proto(20, &int_hist(2)),
+            v1::float_to_proto(30, &float_hist()),
+            v1::to_proto(40, &stale_hist()),
+        ];
+        ts.exemplars = vec![prompb::Exemplar {
+            labels: vec![label("trace_id", "t1")],
+            value: 0.3,
+            timestamp: 20,
+        }];
+        let mut custom = series(&[("__name__", "nhcb")], &[]);
+        custom.histograms = vec![v1::to_proto(10, &nhcb())];
+        prompb::WriteRequest {
+            timeseries: vec![ts, custom],
+            metadata: vec![],
+        }
+    }
+
+    /// Histograms with their timestamps.
+    type Hists = Vec<(i64, FloatHistogram)>;
+
+    fn expected_v1() -> (Hists, Hists) {
+        (
+            vec![
+                (10, int_hist(1).to_float()),
+                (20, int_hist(2).to_float()),
+                (30, float_hist()),
+                (40, stale_hist().to_float()),
+            ],
+            vec![(10, nhcb().to_float())],
+        )
+    }
+
     #[test]
-    fn histograms_are_refused_explicitly() {
+    fn v1_histograms_are_written_by_both_decoders() {
+        let req = v1_histogram_request();
+        let body = req.encode_to_vec();
+        for in_place in [true, false] {
+            let s = MemStorage::new();
+            let mut app = s.appender();
+            let out = if in_place {
+                write(Protocol::V1, &body, app.as_mut()).expect("write")
+            } else {
+                write_v1(&req, app.as_mut()).expect("write")
+            };
+            app.commit().expect("commit");
+            assert_eq!(out.refusal(), None, "in place: {in_place}");
+            assert_eq!((out.samples_written, out.histograms_written), (1, 5));
+            assert_eq!(out.exemplars.len(), 1);
+            assert_eq!(stored(&s, "h"), vec![(5, 1.0)]);
+            let (h, custom) = expected_v1();
+            assert_same(&stored_hists(&s, "h"), &h);
+            assert_same(&stored_hists(&s, "nhcb"), &custom);
+            assert_eq!(stored_hists(&s, "nhcb")[0].1.custom_values, vec![0.1, 1.0]);
+        }
+    }
+
+    #[test]
+    fn v2_histograms_are_written() {
+        use crate::histogram::v2 as h2;
+        let mut reset = int_hist(1);
+        reset.counter_reset_hint = CounterResetHint::CounterReset;
+        let req = v2::Request {
+            symbols: ["", "__name__", "h", "nhcb", "trace_id", "t1"]
+                .map(String::from)
+                .to_vec(),
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2],
+                    samples: vec![v2::Sample {
+                        value: 1.0,
+                        timestamp: 5,
+                    }],
+                    histograms: vec![
+                        h2::to_proto(10, &int_hist(2)),
+                        h2::to_proto(20, &reset),
+                        h2::float_to_proto(30, &float_hist()),
+                        h2::to_proto(40, &stale_hist()),
+                    ],
+                    exemplars: vec![v2::Exemplar {
+                        labels_refs: vec![4, 5],
+                        value: 0.3,
+                        timestamp: 10,
+                    }],
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 3],
+                    histograms: vec![h2::to_proto(10, &nhcb())],
+                    ..Default::default()
+                },
+            ],
+        };
         let s = MemStorage::new();
-        let mut ts = series(&[("__name__", "h")], &[]);
-        ts.histograms.push(prompb::Histogram::default());
+        let mut app = s.appender();
+        let out = write(Protocol::V2, &req.encode_to_vec(), app.as_mut()).expect("write");
+        app.commit().expect("commit");
+        assert_eq!(out.refusal(), None);
+        assert_eq!((out.samples_written, out.histograms_written), (1, 5));
+        assert_eq!(out.exemplars.len(), 1);
+        let got = stored_hists(&s, "h");
+        assert_same(
+            &got,
+            &[
+                (10, int_hist(2).to_float()),
+                (20, reset.to_float()),
+                (30, float_hist()),
+                (40, stale_hist().to_float()),
+            ],
+        );
+        // The reset hint travels: the store reads it back as a reset.
+        assert_eq!(got[1].1.counter_reset_hint, CounterResetHint::CounterReset);
+        assert_same(&stored_hists(&s, "nhcb"), &[(10, nhcb().to_float())]);
+    }
+
+    #[test]
+    fn invalid_histograms_are_refused_with_prometheus_reasons_and_the_rest_written() {
+        use crate::histogram::v1;
+        let mut bad_count = int_hist(1);
+        bad_count.count = 99;
+        let mut bad_spans = int_hist(1);
+        bad_spans.positive_spans = vec![Span::new(0, 1)];
+        let mut bad_schema = int_hist(1);
+        bad_schema.schema = -7;
+        let mut ts = series(&[("__name__", "h")], &[(1, 1.0)]);
+        ts.histograms = vec![
+            v1::to_proto(10, &bad_count),
+            v1::to_proto(20, &int_hist(1)),
+            v1::to_proto(30, &bad_spans),
+            v1::to_proto(40, &bad_schema),
+            v1::float_to_proto(
+                50,
+                &FloatHistogram {
+                    count: -1.0,
+                    ..float_hist()
+                },
+            ),
+        ];
+        // A histogram on a series with invalid labels counts with its series' samples.
+        let mut nameless = series(&[("job", "x")], &[]);
+        nameless.histograms = vec![v1::to_proto(10, &int_hist(1))];
         let req = prompb::WriteRequest {
-            timeseries: vec![ts],
+            timeseries: vec![ts, nameless],
             metadata: vec![],
         };
+        let s = MemStorage::new();
         let mut app = s.appender();
-        let out = write_v1(&req, app.as_mut()).expect("write");
-        assert_eq!(out.histograms_refused, 1);
-        assert!(out.refusal().expect("refused").contains("native histogram"));
+        let out = write(Protocol::V1, &req.encode_to_vec(), app.as_mut()).expect("write");
+        app.commit().expect("commit");
+        assert_eq!((out.samples_written, out.histograms_written), (1, 1));
+        assert_eq!(out.histograms_invalid, 4);
+        assert_eq!((out.invalid_series, out.invalid_series_samples), (1, 1));
+        let msg = out.refusal().expect("refused");
+        assert!(
+            msg.starts_with("1 samples and 1 native histogram samples written"),
+            "{msg}"
+        );
+        assert!(msg.contains("4 invalid native histogram samples"), "{msg}");
+        // Prometheus's reason for the first, with the series and timestamp.
+        assert!(
+            msg.contains(
+                "10 observations found in buckets, but the Count field is 99: histogram's observation count should equal the number of observations found in the buckets (in absence of NaN) for series {__name__=\"h\"} at timestamp 10"
+            ),
+            "{msg}"
+        );
+        assert_same(&stored_hists(&s, "h"), &[(20, int_hist(1).to_float())]);
+    }
+
+    #[test]
+    fn reserved_schemas_are_reduced_and_refusals_counted() {
+        use crate::histogram::v1;
+        // Schema 9 is reserved: reduced to 8 as Prometheus's handler does (buckets 1 and 2 of
+        // schema 9 both fall into bucket 1 of schema 8).
+        let fine = Histogram {
+            schema: 9,
+            count: 3,
+            sum: 1.0,
+            positive_spans: vec![Span::new(1, 2)],
+            positive_buckets: vec![1, 1],
+            ..Default::default()
+        };
+        let mut ts = series(&[("__name__", "h")], &[]);
+        ts.histograms = vec![
+            v1::to_proto(10, &fine),
+            // Out of order: refused by the store as a float would be.
+            v1::to_proto(5, &int_hist(1)),
+        ];
+        let s = MemStorage::new();
+        let mut app = s.appender();
+        let out = write_v1(
+            &prompb::WriteRequest {
+                timeseries: vec![ts],
+                metadata: vec![],
+            },
+            app.as_mut(),
+        )
+        .expect("write");
+        app.commit().expect("commit");
+        assert_eq!((out.histograms_written, out.out_of_order), (1, 1));
+        let msg = out.refusal().expect("refused");
+        assert!(
+            msg.contains("out of order sample (native histogram)"),
+            "{msg}"
+        );
+        let got = stored_hists(&s, "h");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.schema, 8);
+        assert_eq!(got[0].1.positive_spans, vec![Span::new(1, 1)]);
+        assert_eq!(got[0].1.positive_buckets, vec![3.0]);
+    }
+
+    /// A store that holds floats only (the trait's default histogram methods).
+    struct FloatsOnly<'a>(Box<dyn Appender + 'a>);
+
+    impl Appender for FloatsOnly<'_> {
+        fn append(&mut self, labels: &Labels, t: i64, v: f64) -> m3query_storage::Result<()> {
+            self.0.append(labels, t, v)
+        }
+        fn commit(self: Box<Self>) -> m3query_storage::Result<()> {
+            self.0.commit()
+        }
+        fn rollback(self: Box<Self>) {
+            self.0.rollback()
+        }
+    }
+
+    #[test]
+    fn a_store_without_histograms_refuses_them_clearly_and_keeps_the_floats() {
+        let req = v1_histogram_request();
+        let body = req.encode_to_vec();
+        for protocol in [Protocol::V1, Protocol::V2] {
+            let s = MemStorage::new();
+            let mut app: Box<dyn Appender> = Box::new(FloatsOnly(s.appender()));
+            let out = match protocol {
+                Protocol::V1 => write(protocol, &body, app.as_mut()),
+                Protocol::V2 => {
+                    let ts = &req.timeseries[0];
+                    let v2req = v2::Request {
+                        symbols: ["", "__name__", "h"].map(String::from).to_vec(),
+                        timeseries: vec![v2::TimeSeries {
+                            labels_refs: vec![1, 2],
+                            samples: vec![v2::Sample {
+                                value: 1.0,
+                                timestamp: 5,
+                            }],
+                            histograms: vec![crate::histogram::v2::to_proto(10, &int_hist(1))],
+                            ..Default::default()
+                        }],
+                    };
+                    assert_eq!(ts.samples.len(), 1);
+                    write(protocol, &v2req.encode_to_vec(), app.as_mut())
+                }
+            }
+            .expect("write");
+            app.commit().expect("commit");
+            assert_eq!(out.samples_written, 1, "{protocol:?}");
+            assert_eq!(out.histograms_written, 0);
+            assert!(out.histograms_refused > 0);
+            let msg = out.refusal().expect("refused");
+            assert!(
+                msg.contains("native histogram samples the store does not accept")
+                    && msg.contains("this store does not hold native histograms"),
+                "{msg}"
+            );
+            assert_eq!(stored(&s, "h"), vec![(5, 1.0)]);
+        }
     }
 
     #[test]
@@ -1162,10 +1597,18 @@ mod tests {
                         )
                     })
                     .collect();
+                let hists: Vec<(String, Vec<(i64, FloatHistogram)>)> = series
+                    .iter()
+                    .filter_map(|x| {
+                        let name = x.labels.metric_name()?;
+                        Some((x.labels.to_string(), stored_hists(&s, name)))
+                    })
+                    .collect();
                 format!(
-                    "written {} hist {} ooo {} old {} dup {} invalid {}/{} refused {} msg {:?} meta {:?} ex {:?} data {:?}",
+                    "written {} hist {}/{} ooo {} old {} dup {} invalid {}/{} refused {} msg {:?} meta {:?} ex {:?} data {:?} hists {:?}",
                     o.samples_written,
-                    o.histograms_refused,
+                    o.histograms_written,
+                    o.histograms_invalid,
                     o.out_of_order,
                     o.too_old,
                     o.duplicate,
@@ -1175,7 +1618,8 @@ mod tests {
                     o.refusal(),
                     o.metadata,
                     o.exemplars,
-                    data
+                    data,
+                    hists
                 )
             }
         }
@@ -1221,18 +1665,29 @@ mod tests {
                 value: 1.5,
                 timestamp: 7,
             });
+        let mut invalid = int_hist(1);
+        invalid.count = 3;
+        let histogram = prop::sample::select(vec![
+            prompb::Histogram::default(),
+            crate::histogram::v1::to_proto(7, &int_hist(1)),
+            crate::histogram::v1::to_proto(3, &int_hist(2)),
+            crate::histogram::v1::float_to_proto(12, &float_hist()),
+            crate::histogram::v1::to_proto(9, &invalid),
+        ]);
         let ts = (
             prop::collection::vec(label, 0..4),
             prop::collection::vec(sample, 0..4),
             prop::collection::vec(exemplar, 0..2),
-            0usize..2,
+            prop::collection::vec(histogram, 0..3),
         )
-            .prop_map(|(labels, samples, exemplars, h)| prompb::TimeSeries {
-                labels,
-                samples,
-                exemplars,
-                histograms: vec![prompb::Histogram::default(); h],
-            });
+            .prop_map(
+                |(labels, samples, exemplars, histograms)| prompb::TimeSeries {
+                    labels,
+                    samples,
+                    exemplars,
+                    histograms,
+                },
+            );
         let meta = prop::sample::select(vec!["", "up"]).prop_map(|n| prompb::MetricMetadata {
             r#type: 2,
             metric_family_name: n.into(),

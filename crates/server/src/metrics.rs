@@ -331,8 +331,8 @@ pub struct RemoteWriteMetrics {
     pub samples: Family<ResultLabels, Counter>,
     /// `m3query_remote_write_exemplars`, by result.
     pub exemplars: Family<ResultLabels, Counter>,
-    /// `m3query_remote_write_histograms_refused`.
-    pub histograms_refused: Counter,
+    /// `m3query_remote_write_histograms`, by result.
+    pub histograms: Family<ResultLabels, Counter>,
 }
 
 impl RemoteWriteMetrics {
@@ -349,9 +349,9 @@ impl RemoteWriteMetrics {
             self.exemplars.clone(),
         );
         r.register(
-            "m3query_remote_write_histograms_refused",
-            "Native histogram samples refused (not supported)",
-            self.histograms_refused.clone(),
+            "m3query_remote_write_histograms",
+            "Remote-write native histogram samples by result: written, invalid (failed Prometheus's histogram validation), refused (the store holds no histograms); those refused as out of order or too old count with the samples",
+            self.histograms.clone(),
         );
     }
 
@@ -382,8 +382,16 @@ impl RemoteWriteMetrics {
                 .get_or_create(&ResultLabels { result: "skipped" })
                 .inc_by(skipped);
         }
-        if o.histograms_refused > 0 {
-            self.histograms_refused.inc_by(o.histograms_refused);
+        for (result, n) in [
+            ("written", o.histograms_written),
+            ("invalid", o.histograms_invalid),
+            ("refused", o.histograms_refused),
+        ] {
+            if n > 0 {
+                self.histograms
+                    .get_or_create(&ResultLabels { result })
+                    .inc_by(n);
+            }
         }
     }
 }

@@ -41,15 +41,15 @@ use m3query_model::{LabelPairs, Labels, Matcher, Sample};
 use m3query_promql::parser::{self, DurationExpr, Expr};
 use m3query_promql::{Engine, QueryOptions, QueryResult, Value};
 use m3query_storage::{
-    Appender, Context, LabelHints, LabelValues, Querier, Queryable, SampleIterator, SelectHints,
-    Series, SeriesSet, Warnings,
+    Appender, Context, HistogramSample, LabelHints, LabelValues, Querier, Queryable,
+    SampleIterator, SelectHints, Series, SeriesSet, Warnings,
 };
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::api::query::{write_labels, write_strs, write_ts, write_val};
+use crate::api::query::{write_hpoint, write_labels, write_strs, write_ts, write_val};
 use crate::config::ResultsCacheConfig;
 use crate::metrics::MetricsRegistry;
 
@@ -184,6 +184,10 @@ type EntryKey = (Arc<QueryKey>, i64);
 #[derive(Debug)]
 struct PartSeries {
     labels: Labels,
+    /// The series' native histogram points (its float points are another `PartSeries`
+    /// with the same labels, just before it): parts keep series ordered by labels, floats
+    /// first.
+    hist: bool,
     ts: Vec<i64>,
     off: Vec<u32>,
     text: String,
@@ -315,7 +319,7 @@ impl Part {
         let (mut i, mut j) = (0, 0);
         while i < self.series.len() || j < next.series.len() {
             let ord = match (self.series.get(i), next.series.get(j)) {
-                (Some(a), Some(b)) => a.labels.cmp(&b.labels),
+                (Some(a), Some(b)) => a.labels.cmp(&b.labels).then(a.hist.cmp(&b.hist)),
                 (Some(_), None) => std::cmp::Ordering::Less,
                 _ => std::cmp::Ordering::Greater,
             };
@@ -343,6 +347,7 @@ impl Part {
                     ts.extend_from_slice(&b.ts);
                     series.push(PartSeries {
                         labels: a.labels.clone(),
+                        hist: a.hist,
                         ts,
                         off,
                         text,
@@ -420,6 +425,7 @@ impl Part {
 fn copy_series(s: &PartSeries) -> PartSeries {
     PartSeries {
         labels: s.labels.clone(),
+        hist: s.hist,
         ts: s.ts.clone(),
         off: s.off.clone(),
         text: s.text.clone(),
@@ -509,6 +515,8 @@ type Frag = (u32, u32, u32, u32);
 #[derive(Debug)]
 struct AssembledSeries {
     labels: Labels,
+    /// Histogram points (after the float points of the same labels, if any).
+    hist: bool,
     frags: Vec<Frag>,
 }
 
@@ -516,6 +524,11 @@ impl Assembled {
     /// Series in the answer.
     pub fn series_count(&self) -> usize {
         self.series.len()
+            - self
+                .series
+                .windows(2)
+                .filter(|w| w[0].labels == w[1].labels)
+                .count()
     }
 
     /// The response body, byte for byte what the uncached answer encodes to.
@@ -562,12 +575,23 @@ impl Assembled {
     fn emit(&self, out: &mut String, text: &mut dyn FnMut(&mut String, &str, Option<Frag>)) {
         out.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"matrix\",\"result\":[");
         for (i, s) in self.series.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+            // A series' histogram points join the object of its float points, as the
+            // uncached answer writes them (`values` then `histograms`).
+            let joins = s.hist && i > 0 && self.series[i - 1].labels == s.labels;
+            if joins {
+                out.truncate(out.len() - 1);
+            } else {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(out, &s.labels);
             }
-            out.push_str("{\"metric\":");
-            write_labels(out, &s.labels);
-            out.push_str(",\"values\":[");
+            out.push_str(if s.hist {
+                ",\"histograms\":["
+            } else {
+                ",\"values\":["
+            });
             for (j, &(p, si, a, b)) in s.frags.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
@@ -1152,32 +1176,53 @@ impl ResultsCache {
         let Value::Matrix(m) = r.value else {
             return Ok(Err((r, false)));
         };
-        let series = m
-            .into_iter()
-            .map(|s| {
-                let mut text = String::with_capacity(s.samples.len() * 24);
-                let mut ts = Vec::with_capacity(s.samples.len());
-                let mut off = Vec::with_capacity(s.samples.len());
-                for (k, p) in s.samples.iter().enumerate() {
-                    if k > 0 {
-                        text.push(',');
-                    }
-                    off.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
-                    ts.push(p.t);
-                    text.push('[');
-                    write_ts(&mut text, p.t);
+        let float_series = m.into_iter().map(|s| {
+            let mut text = String::with_capacity(s.samples.len() * 24);
+            let mut ts = Vec::with_capacity(s.samples.len());
+            let mut off = Vec::with_capacity(s.samples.len());
+            for (k, p) in s.samples.iter().enumerate() {
+                if k > 0 {
                     text.push(',');
-                    write_val(&mut text, p.v);
-                    text.push(']');
                 }
-                PartSeries {
-                    labels: s.labels,
-                    ts,
-                    off,
-                    text,
+                off.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+                ts.push(p.t);
+                text.push('[');
+                write_ts(&mut text, p.t);
+                text.push(',');
+                write_val(&mut text, p.v);
+                text.push(']');
+            }
+            PartSeries {
+                labels: s.labels,
+                hist: false,
+                ts,
+                off,
+                text,
+            }
+        });
+        let hist_series = r.histograms.into_iter().map(|s| {
+            let mut text = String::with_capacity(s.points.len() * 128);
+            let mut ts = Vec::with_capacity(s.points.len());
+            let mut off = Vec::with_capacity(s.points.len());
+            for (k, p) in s.points.iter().enumerate() {
+                if k > 0 {
+                    text.push(',');
                 }
-            })
-            .collect();
+                off.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+                ts.push(p.t);
+                write_hpoint(&mut text, p);
+            }
+            PartSeries {
+                labels: s.labels,
+                hist: true,
+                ts,
+                off,
+                text,
+            }
+        });
+        // Both lists are sorted by labels: one list by labels, floats first.
+        let mut series: Vec<PartSeries> = float_series.chain(hist_series).collect();
+        series.sort_by(|a, b| a.labels.cmp(&b.labels).then(a.hist.cmp(&b.hist)));
         let mut keys: Vec<KeySpan> = rec.keys.into_values().collect();
         keys.sort_unstable_by_key(|k| k.key);
         let steps = (y - x) / step + 1;
@@ -1402,15 +1447,17 @@ fn assemble(
     let mut cursor = vec![0usize; parts.len()];
     let mut series: Vec<AssembledSeries> = Vec::new();
     loop {
-        let mut min: Option<&Labels> = None;
+        let mut min: Option<(&Labels, bool)> = None;
         for (pi, (p, _, _)) in parts.iter().enumerate() {
             if let Some(s) = p.series.get(cursor[pi])
-                && min.is_none_or(|m| s.labels != *m && s.labels < *m)
+                && min.is_none_or(|(m, h)| {
+                    s.labels.cmp(m).then(s.hist.cmp(&h)) == std::cmp::Ordering::Less
+                })
             {
-                min = Some(&s.labels);
+                min = Some((&s.labels, s.hist));
             }
         }
-        let Some(labels) = min else {
+        let Some((labels, hist)) = min else {
             break;
         };
         let mut frags = Vec::new();
@@ -1418,6 +1465,7 @@ fn assemble(
             let si = cursor[pi];
             if let Some(s) = p.series.get(si)
                 && s.labels == *labels
+                && s.hist == hist
             {
                 cursor[pi] += 1;
                 if let Some((a, b)) = s.slice(*x, *y) {
@@ -1428,6 +1476,7 @@ fn assemble(
         if !frags.is_empty() {
             series.push(AssembledSeries {
                 labels: labels.clone(),
+                hist,
                 frags,
             });
         }
@@ -1688,6 +1737,26 @@ impl SampleIterator for WatchIter<'_> {
             .decoded(self.key, self.ord, mint, maxt, &out[before..]);
         Ok(())
     }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> m3query_storage::Result<()> {
+        let before = out.len();
+        self.inner.append_histograms(mint, maxt, out)?;
+        if out.len() > before {
+            // Histogram samples count as samples do, for the series' spans and the sample
+            // figures (the engine counts each histogram as one sample).
+            let at: Vec<Sample> = out[before..]
+                .iter()
+                .map(|h| Sample::new(h.t, 0.0))
+                .collect();
+            self.rec.decoded(self.key, self.ord, mint, maxt, &at);
+        }
+        Ok(())
+    }
 }
 
 // ---- The write side ------------------------------------------------------------------------
@@ -1715,6 +1784,26 @@ impl Appender for WatchedAppender<'_> {
             self.min_t = self.min_t.min(t);
         }
         self.inner.append_samples(labels, samples, refused)
+    }
+
+    fn append_histogram(
+        &mut self,
+        labels: &Labels,
+        t: i64,
+        h: &m3query_model::FloatHistogram,
+    ) -> m3query_storage::Result<()> {
+        self.min_t = self.min_t.min(t);
+        self.inner.append_histogram(labels, t, h)
+    }
+
+    fn append_int_histogram(
+        &mut self,
+        labels: &Labels,
+        t: i64,
+        h: &m3query_model::Histogram,
+    ) -> m3query_storage::Result<()> {
+        self.min_t = self.min_t.min(t);
+        self.inner.append_int_histogram(labels, t, h)
     }
 
     fn commit(self: Box<Self>) -> m3query_storage::Result<()> {
@@ -1959,6 +2048,91 @@ mod tests {
         }
         // Parts of one entry merge as they grow: a few, not one per refresh.
         assert!(f.parts() < 20, "{} parts", f.parts());
+    }
+
+    /// Native histogram counters `h{instance}` over `[0, hours]` at 15s through the watched
+    /// appender (integer ones, as remote write brings them), plus a float series of the same
+    /// name and one series that is a float first and a histogram later.
+    fn load_histograms(f: &Fixture, hours: i64) {
+        use m3query_model::histogram::Span;
+        let mut app = f.cache.watch(f.store.appender());
+        for i in 0..3usize {
+            let l = labels("h", "a", i);
+            let mut t = 0;
+            while t <= hours * HOUR {
+                let n = (t / 15_000) as u64 * (i as u64 + 1);
+                let h = m3query_model::Histogram {
+                    count: 2 * n,
+                    sum: n as f64 * 0.75,
+                    zero_threshold: 2.938735877055719e-39,
+                    zero_count: n / 2,
+                    positive_spans: vec![Span::new(-1, 2)],
+                    positive_buckets: vec![n as i64, (n - n / 2) as i64 - n as i64],
+                    ..Default::default()
+                };
+                app.append_int_histogram(&l, t, &h).expect("in order");
+                t += 15_000;
+            }
+        }
+        let mixed = labels("h", "b", 9);
+        let mut t = 0;
+        while t <= hours * HOUR {
+            if t < hours * HOUR / 2 {
+                app.append(&mixed, t, t as f64).expect("in order");
+            } else {
+                let h = m3query_model::FloatHistogram {
+                    count: 1.5,
+                    sum: t as f64,
+                    positive_spans: vec![Span::new(0, 1)],
+                    positive_buckets: vec![1.5],
+                    ..Default::default()
+                };
+                app.append_histogram(&mixed, t, &h).expect("in order");
+            }
+            t += 15_000;
+        }
+        app.commit().expect("commit");
+    }
+
+    /// Range queries over native histograms answer from the cache byte for byte as
+    /// uncached: histogram results (`histograms` beside `values`, a series with both), float
+    /// results computed from histograms, and refreshes that join cached and new parts.
+    #[test]
+    fn histogram_results_are_cached_and_match_uncached() {
+        let f = fixture(HOUR, 5 * MIN, 64 << 20);
+        load_histograms(&f, 6);
+        let step = 60_000;
+        f.now.store(6 * HOUR, Ordering::Relaxed);
+        // (`rate` over the series that turns from floats into histograms is left out: the
+        // engine's "might not be a counter" info looks at a series' whole input, not at its
+        // float output as Prometheus does, so it is not additive over parts.)
+        for q in [
+            "h",
+            "rate(h{job=\"a\"}[5m])",
+            "histogram_quantile(0.9, sum by (job) (rate(h{job=\"a\"}[5m])))",
+            "histogram_count(h)",
+            "h{job=\"b\"} offset 2h",
+        ] {
+            let (body, _) = f.answer(q, 2 * HOUR, 5 * HOUR, step, &QueryOptions::default());
+            f.check(q, 2 * HOUR, 5 * HOUR, step);
+            // Refreshes: cached parts joined with new ones.
+            for k in 1..4 {
+                f.now.fetch_add(step, Ordering::Relaxed);
+                f.check(q, 2 * HOUR + k * step, 5 * HOUR + k * step, step);
+            }
+            f.now.store(6 * HOUR, Ordering::Relaxed);
+            if q == "h" {
+                assert!(body.contains("\"histograms\":[["), "{body}");
+                // The series that changes kind has both keys in one object.
+                assert!(
+                    body.contains("\"instance\":\"i9\",\"job\":\"b\"},\"values\":[[")
+                        && body.contains("]],\"histograms\":[["),
+                    "{body}"
+                );
+            }
+        }
+        assert!(f.parts() > 0, "histogram results are cached");
+        assert!(f.cache.metrics.hits.get() > 0);
     }
 
     #[test]

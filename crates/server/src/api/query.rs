@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use m3query_model::Labels;
-use m3query_promql::{QueryOptions, QueryResult, QueryStats, Value};
+use m3query_promql::{HPoint, HistogramSeries, QueryOptions, QueryResult, QueryStats, Value};
 use m3query_storage::{Context, StoreReads};
 
 use super::params::Params;
@@ -618,9 +618,10 @@ pub(crate) fn write_ts(out: &mut String, t_ms: i64) {
     }
 }
 
-/// Prometheus's value rendering: Go's `FormatFloat(v, 'f', -1, 64)`, in quotes.
+/// Prometheus's rendering of vector, matrix and exemplar values (`jsonutil.MarshalFloat`):
+/// Go's `FormatFloat(v, 'f', -1, 64)` in quotes, exponent form below 1e-6 and from 1e21.
 pub(crate) fn write_val(out: &mut String, v: f64) {
-    m3query_promql::write_sample_value(out, v);
+    m3query_promql::write_json_float(out, v);
 }
 
 pub(crate) fn write_labels(out: &mut String, l: &Labels) {
@@ -636,8 +637,11 @@ pub(crate) fn write_labels(out: &mut String, l: &Labels) {
     out.push('}');
 }
 
-/// `"resultType":..,"result":..`
-pub fn write_result(out: &mut String, v: &Value) {
+/// `"resultType":..,"result":..`, with the result's native histogram points (`hists`, from
+/// [`QueryResult::histograms`]) where Prometheus 3 puts them: a vector element holding a
+/// histogram has `"histogram":[t,{..}]` instead of `"value"`; a matrix series has
+/// `"histograms":[[t,{..}],..]` after its `"values"` (each key only when it has points).
+pub fn write_result(out: &mut String, v: &Value, hists: &[HistogramSeries]) {
     out.push_str("\"resultType\":");
     write_str(out, v.type_name());
     out.push_str(",\"result\":");
@@ -646,7 +650,7 @@ pub fn write_result(out: &mut String, v: &Value) {
             out.push('[');
             write_ts(out, *t_ms);
             out.push(',');
-            write_val(out, *v);
+            m3query_promql::write_sample_value(out, *v);
             out.push(']');
         }
         Value::String { t_ms, s } => {
@@ -658,44 +662,147 @@ pub fn write_result(out: &mut String, v: &Value) {
         }
         Value::Vector(samples) => {
             out.push('[');
-            for (i, s) in samples.iter().enumerate() {
-                if i > 0 {
+            let mut first = true;
+            // The engine keeps float and histogram elements apart; each list is in result
+            // order, and a merge by labels restores the order of a selector's result
+            // (sorted by labels) where both kinds occur.
+            for item in merge_by_labels(samples, |s| &s.labels, hists, |h| &h.labels) {
+                if !first {
                     out.push(',');
                 }
-                out.push_str("{\"metric\":");
-                write_labels(out, &s.labels);
-                out.push_str(",\"value\":[");
-                write_ts(out, s.t_ms);
-                out.push(',');
-                write_val(out, s.v);
-                out.push_str("]}");
+                first = false;
+                match item {
+                    Merged::Left(s) => {
+                        out.push_str("{\"metric\":");
+                        write_labels(out, &s.labels);
+                        out.push_str(",\"value\":[");
+                        write_ts(out, s.t_ms);
+                        out.push(',');
+                        write_val(out, s.v);
+                        out.push_str("]}");
+                    }
+                    Merged::Right(h) | Merged::Both(_, h) => {
+                        // An instant vector holds one point per series; `Both` cannot occur.
+                        out.push_str("{\"metric\":");
+                        write_labels(out, &h.labels);
+                        out.push_str(",\"histogram\":");
+                        if let Some(p) = h.points.first() {
+                            write_hpoint(out, p);
+                        }
+                        out.push('}');
+                    }
+                }
             }
             out.push(']');
         }
         Value::Matrix(series) => {
             out.push('[');
-            for (i, s) in series.iter().enumerate() {
-                if i > 0 {
+            let mut first = true;
+            for item in merge_by_labels(series, |s| &s.labels, hists, |h| &h.labels) {
+                if !first {
                     out.push(',');
                 }
+                first = false;
+                let (labels, floats, hs) = match item {
+                    Merged::Left(s) => (&s.labels, &s.samples[..], &[][..]),
+                    Merged::Right(h) => (&h.labels, &[][..], &h.points[..]),
+                    Merged::Both(s, h) => (&s.labels, &s.samples[..], &h.points[..]),
+                };
                 out.push_str("{\"metric\":");
-                write_labels(out, &s.labels);
-                out.push_str(",\"values\":[");
-                for (j, p) in s.samples.iter().enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    out.push('[');
-                    write_ts(out, p.t);
-                    out.push(',');
-                    write_val(out, p.v);
+                write_labels(out, labels);
+                if !floats.is_empty() || hs.is_empty() {
+                    out.push_str(",\"values\":[");
+                    write_fpoints(out, floats);
                     out.push(']');
                 }
-                out.push_str("]}");
+                if !hs.is_empty() {
+                    out.push_str(",\"histograms\":[");
+                    write_hpoints(out, hs);
+                    out.push(']');
+                }
+                out.push('}');
             }
             out.push(']');
         }
     }
+}
+
+/// `[t,"v"],[t,"v"]...`
+pub(crate) fn write_fpoints(out: &mut String, points: &[m3query_promql::Point]) {
+    for (j, p) in points.iter().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        write_ts(out, p.t);
+        out.push(',');
+        write_val(out, p.v);
+        out.push(']');
+    }
+}
+
+/// `[t,{histogram}]`
+pub(crate) fn write_hpoint(out: &mut String, p: &HPoint) {
+    out.push('[');
+    write_ts(out, p.t);
+    out.push(',');
+    m3query_promql::write_histogram_json(out, &p.h);
+    out.push(']');
+}
+
+/// `[t,{..}],[t,{..}]...`
+pub(crate) fn write_hpoints(out: &mut String, points: &[HPoint]) {
+    for (j, p) in points.iter().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        write_hpoint(out, p);
+    }
+}
+
+/// An element of two lists merged by labels.
+pub(crate) enum Merged<'a, A, B> {
+    Left(&'a A),
+    Right(&'a B),
+    Both(&'a A, &'a B),
+}
+
+/// Merges two lists by labels, keeping each list's own order: an element of `a` goes before
+/// one of `b` with greater labels, equal labels pair up. For lists sorted by labels (matrices)
+/// this is the sorted union.
+pub(crate) fn merge_by_labels<'a, A, B>(
+    a: &'a [A],
+    la: impl Fn(&A) -> &Labels,
+    b: &'a [B],
+    lb: impl Fn(&B) -> &Labels,
+) -> impl Iterator<Item = Merged<'a, A, B>> {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
+        (Some(x), Some(y)) => Some(match la(x).cmp(lb(y)) {
+            std::cmp::Ordering::Less => {
+                i += 1;
+                Merged::Left(x)
+            }
+            std::cmp::Ordering::Greater => {
+                j += 1;
+                Merged::Right(y)
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+                Merged::Both(x, y)
+            }
+        }),
+        (Some(x), None) => {
+            i += 1;
+            Some(Merged::Left(x))
+        }
+        (None, Some(y)) => {
+            j += 1;
+            Some(Merged::Right(y))
+        }
+        (None, None) => None,
+    })
 }
 
 fn write_seconds(out: &mut String, d: Duration) {
@@ -743,7 +850,7 @@ pub fn encode_response(out: &mut String, r: &QueryResult) {
 
 pub(crate) fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
     out.push_str("{\"status\":\"success\",\"data\":{");
-    write_result(out, &r.value);
+    write_result(out, &r.value, &r.histograms);
     if stats {
         write_stats(out, &r.stats);
     }
@@ -855,7 +962,7 @@ mod tests {
             (1_796_299_200.0, "\"1796299200\""),
             (0.5, "\"0.5\""),
             (1e15, "\"1000000000000000\""),
-            (1e21, "\"1000000000000000000000\""),
+            (1e21, "\"1e+21\""),
             (123456789.125, "\"123456789.125\""),
             (f64::NAN, "\"NaN\""),
             (f64::INFINITY, "\"+Inf\""),
@@ -889,10 +996,19 @@ mod tests {
         ] {
             write_val(&mut s, v);
         }
-        assert_eq!(
-            s,
-            r#""1""0.1""1000000000000000000000""0.0000001""NaN""+Inf""-Inf""-0""#
+        // Go's `jsonutil.MarshalFloat`, as a real Prometheus answers `vector(1e-7)` with
+        // "1e-07" (scalars keep 'f': `1e-7` answers "0.0000001").
+        assert_eq!(s, r#""1""0.1""1e+21""1e-07""NaN""+Inf""-Inf""-0""#);
+        let mut s = String::from("{");
+        write_result(
+            &mut s,
+            &Value::Scalar {
+                t_ms: 1000,
+                v: 1e-7,
+            },
+            &[],
         );
+        assert_eq!(s, r#"{"resultType":"scalar","result":[1,"0.0000001"]"#);
         assert_eq!(group_thousands(11000), "11,000");
         assert_eq!(group_thousands(100), "100");
     }
@@ -978,10 +1094,183 @@ mod tests {
         ];
         for (v, want) in cases {
             let mut out = String::from("{");
-            write_result(&mut out, &v);
+            write_result(&mut out, &v, &[]);
             out.push('}');
             let got: serde_json::Value = serde_json::from_str(&out).expect(&out);
             assert_eq!(got, want);
         }
+    }
+
+    /// Prometheus's histogram from its json codec test (`web/api/v1/json_codec_test.go`).
+    fn codec_test_histogram() -> m3query_promql::FloatHistogram {
+        use m3query_model::histogram::Span;
+        m3query_promql::FloatHistogram {
+            schema: 2,
+            zero_threshold: 0.001,
+            zero_count: 12.0,
+            count: 10.0,
+            sum: 20.0,
+            positive_spans: vec![Span::new(3, 2), Span::new(1, 3)],
+            negative_spans: vec![Span::new(2, 2)],
+            positive_buckets: vec![1.0, 2.0, 2.0, 1.0, 1.0],
+            negative_buckets: vec![2.0, 1.0],
+            ..Default::default()
+        }
+    }
+
+    /// The histogram's JSON as Prometheus's codec test expects it.
+    const CODEC_TEST_HISTOGRAM: &str = r#"{"count":"10","sum":"20","buckets":[[1,"-1.6817928305074288","-1.414213562373095","1"],[1,"-1.414213562373095","-1.189207115002721","2"],[3,"-0.001","0.001","12"],[0,"1.414213562373095","1.6817928305074288","1"],[0,"1.6817928305074288","2","2"],[0,"2.378414230005442","2.82842712474619","2"],[0,"2.82842712474619","3.3635856610148576","1"],[0,"3.3635856610148576","4","1"]]}"#;
+
+    fn hseries(name: &str, points: &[i64]) -> HistogramSeries {
+        HistogramSeries {
+            labels: Labels::from_pairs([("__name__", name)]),
+            points: points
+                .iter()
+                .map(|t| HPoint::new(*t, codec_test_histogram()))
+                .collect(),
+        }
+    }
+
+    /// As [`hseries`], with a small schema-0 histogram.
+    fn small_hseries(name: &str, points: &[i64]) -> HistogramSeries {
+        use m3query_model::histogram::Span;
+        let h = m3query_promql::FloatHistogram {
+            count: 3.0,
+            sum: 2.5,
+            positive_spans: vec![Span::new(0, 2)],
+            positive_buckets: vec![1.0, 2.0],
+            ..Default::default()
+        };
+        HistogramSeries {
+            labels: Labels::from_pairs([("__name__", name)]),
+            points: points.iter().map(|t| HPoint::new(*t, h.clone())).collect(),
+        }
+    }
+
+    const SMALL: &str =
+        r#"{"count":"3","sum":"2.5","buckets":[[0,"0.5","1","1"],[0,"1","2","2"]]}"#;
+
+    fn body(v: Value, histograms: Vec<HistogramSeries>) -> String {
+        let r = QueryResult {
+            value: v,
+            warnings: vec![],
+            infos: vec![],
+            stats: QueryStats::default(),
+            series_limited: false,
+            histograms,
+        };
+        let mut out = String::new();
+        encode_response(&mut out, &r);
+        out
+    }
+
+    /// Prometheus's `TestJsonCodec_Encode` matrix-of-histograms case. Its schema-2 bounds
+    /// come from Prometheus's precomputed bound table, which differs from the model's
+    /// `exp2` bounds in the last unit of a few entries (see `m3query_model`'s
+    /// `bucket_bound`): the shape and every string but those digits are Prometheus's, and
+    /// the numbers agree to 1e-15.
+    #[test]
+    fn histogram_matrix_is_prometheus_codec_golden() {
+        let got = body(Value::Matrix(vec![]), vec![hseries("foo", &[1000])]);
+        let want = format!(
+            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{"__name__":"foo"}},"histograms":[[1,{CODEC_TEST_HISTOGRAM}]]}}]}}}}"#
+        );
+        fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+            use serde_json::Value as J;
+            match (a, b) {
+                (J::Array(x), J::Array(y)) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b))
+                }
+                (J::Object(x), J::Object(y)) => {
+                    x.len() == y.len()
+                        && x.iter()
+                            .zip(y)
+                            .all(|((ka, a), (kb, b))| ka == kb && close(a, b))
+                }
+                (J::String(x), J::String(y)) => {
+                    x == y
+                        || matches!((x.parse::<f64>(), y.parse::<f64>()), (Ok(p), Ok(q))
+                            if (p - q).abs() <= 1e-15 * q.abs())
+                }
+                _ => a == b,
+            }
+        }
+        let (g, w): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&got).expect("valid JSON"),
+            serde_json::from_str(&want).expect("valid JSON"),
+        );
+        assert!(close(&g, &w), "{got}\n{want}");
+        // Byte for byte with bounds that are exact in any implementation (schema 0).
+        let mut h = codec_test_histogram();
+        h.schema = 0;
+        let s = HistogramSeries {
+            labels: Labels::from_pairs([("__name__", "foo")]),
+            points: vec![HPoint::new(1000, h)],
+        };
+        assert_eq!(
+            body(Value::Matrix(vec![]), vec![s]),
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"foo"},"histograms":[[1,{"count":"10","sum":"20","buckets":[[1,"-8","-4","1"],[1,"-4","-2","2"],[3,"-0.001","0.001","12"],[0,"4","8","1"],[0,"8","16","2"],[0,"32","64","2"],[0,"64","128","1"],[0,"128","256","1"]]}]]}]}}"#
+        );
+    }
+
+    /// A vector element with a histogram has `histogram` in place of `value` (Prometheus's
+    /// `marshalSampleJSON`); float and histogram elements keep label order; a matrix series
+    /// with both kinds has `values` then `histograms`.
+    #[test]
+    fn mixed_vectors_and_matrices_are_prometheus_shaped() {
+        let floats = Value::Vector(vec![
+            Sample {
+                labels: Labels::from_pairs([("__name__", "a")]),
+                t_ms: 2000,
+                v: 1e-7,
+            },
+            Sample {
+                labels: Labels::from_pairs([("__name__", "c")]),
+                t_ms: 2000,
+                v: 3.0,
+            },
+        ]);
+        assert_eq!(
+            body(floats, vec![small_hseries("b", &[2000])]),
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{"__name__":"a"}},"value":[2,"1e-07"]}},{{"metric":{{"__name__":"b"}},"histogram":[2,{SMALL}]}},{{"metric":{{"__name__":"c"}},"value":[2,"3"]}}]}}}}"#
+            )
+        );
+        let m = Value::Matrix(vec![
+            Series {
+                labels: Labels::from_pairs([("__name__", "a")]),
+                samples: vec![Point { t: 1000, v: 1.0 }],
+            },
+            Series {
+                labels: Labels::from_pairs([("__name__", "b")]),
+                samples: vec![Point { t: 1000, v: 2.0 }],
+            },
+        ]);
+        assert_eq!(
+            body(m, vec![small_hseries("b", &[2000, 3500])]),
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{"__name__":"a"}},"values":[[1,"1"]]}},{{"metric":{{"__name__":"b"}},"values":[[1,"2"]],"histograms":[[2,{h}],[3.500,{h}]]}}]}}}}"#,
+                h = SMALL
+            )
+        );
+    }
+
+    /// Tiny and huge bounds and counts print as Go prints them: client_golang's default zero
+    /// threshold is 2^-128.
+    #[test]
+    fn histogram_floats_use_go_exponent_form() {
+        let h = m3query_promql::FloatHistogram {
+            zero_threshold: 2.938735877055719e-39,
+            zero_count: 1.0,
+            count: 1.0,
+            sum: 1e-300,
+            ..Default::default()
+        };
+        let mut out = String::new();
+        m3query_promql::write_histogram_json(&mut out, &h);
+        assert_eq!(
+            out,
+            r#"{"count":"1","sum":"1e-300","buckets":[[3,"-2.938735877055719e-39","2.938735877055719e-39","1"]]}"#
+        );
     }
 }
