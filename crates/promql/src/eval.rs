@@ -883,8 +883,11 @@ impl<'a> Evaluator<'a> {
                 continue;
             }
             self.add_samples(r.points.len() + r.hists.len())?;
+            // Prometheus asks whether the result has float points, not whether the input
+            // has histograms: a series that turns from floats into histograms still gets
+            // the hint for the steps its floats produced.
             if matches!(name, "rate" | "increase")
-                && input.hists.is_empty()
+                && !r.points.is_empty()
                 && let Some(mn) = input.labels.metric_name()
                 && !mn.ends_with("_total")
                 && !mn.ends_with("_sum")

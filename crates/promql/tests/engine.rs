@@ -227,6 +227,50 @@ fn annotations_are_rendered_with_positions() {
     assert!(r.infos.is_empty(), "{:?}", r.infos);
 }
 
+/// Prometheus gives the "might not be a counter" hint when the rate's result has float
+/// points, whatever else the input holds: a series that turns from floats into histograms
+/// gets it for the steps its floats answer, and not for steps only histograms answer.
+#[test]
+fn non_counter_hint_follows_the_float_results() {
+    use m3query_model::FloatHistogram;
+    use m3query_model::histogram::Span;
+    let s = MemStorage::new();
+    let l = Labels::from_pairs([("__name__", "latency")]);
+    let mut app = s.appender();
+    for k in 0..10i64 {
+        app.append(&l, k * 15_000, k as f64).expect("append");
+    }
+    for k in 10..20i64 {
+        let h = FloatHistogram {
+            count: k as f64,
+            sum: k as f64,
+            positive_spans: vec![Span::new(0, 1)],
+            positive_buckets: vec![k as f64],
+            ..FloatHistogram::default()
+        };
+        app.append_histogram(&l, k * 15_000, &h).expect("append");
+    }
+    app.commit().expect("commit");
+    let infos = |start: i64, end: i64| {
+        engine()
+            .range_query(
+                &s,
+                &Context::background(),
+                "rate(latency[1m])",
+                start,
+                end,
+                60_000,
+                &QueryOptions::default(),
+            )
+            .expect("query")
+            .infos
+    };
+    let want = "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"latency\" (1:6)";
+    // One range over both kinds: its float steps give the hint.
+    assert_eq!(infos(60_000, 280_000), vec![want.to_string()], "both kinds");
+    assert!(infos(240_000, 280_000).is_empty(), "histograms only");
+}
+
 #[test]
 fn stats_are_collected() {
     let s = store(5);
