@@ -60,6 +60,7 @@ mod encoding;
 mod error;
 mod fileutil;
 mod head;
+mod hist;
 mod index;
 mod matchers;
 pub mod postings;
