@@ -13,9 +13,9 @@ use m3query_model::Sample;
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::{ChunkReader, ChunkWriter, QChunk, merge_chunks};
-use crate::hist::{decode_chunks, encode_chunks, for_each_in_chunk, is_hist_encoding};
 use crate::error::IoContext;
 use crate::fileutil::{dir_size, sync_dir};
+use crate::hist::{decode_chunks, encode_chunks, for_each_in_chunk, is_hist_encoding};
 use crate::index::{ChunkMeta, IndexReader, write_index};
 use crate::{Error, Result};
 
@@ -210,8 +210,8 @@ impl Block {
                 let (enc, c) = self.chunks.chunk(m.r)?;
                 // Every sample decodes, in time order, within the chunk's recorded range.
                 let (n, ts) = if is_hist_encoding(enc) {
-                    let n = m3query_chunkenc::histogram_chunk_num_samples(c.as_slice())
-                        .unwrap_or(0);
+                    let n =
+                        m3query_chunkenc::histogram_chunk_num_samples(c.as_slice()).unwrap_or(0);
                     let mut ts = Vec::with_capacity(usize::from(n));
                     for_each_in_chunk(enc, c.as_slice(), |t, _| {
                         ts.push(t);
@@ -360,15 +360,12 @@ fn write_block_files(
     let mut samples: Vec<Sample> = Vec::new();
     let mut buf = Vec::new();
     for s in series {
-        let (hchunks, fchunks): (Vec<QChunk>, Vec<QChunk>) = if s
-            .chunks
-            .iter()
-            .any(|c| is_hist_encoding(c.enc))
-        {
-            s.chunks.into_iter().partition(|c| is_hist_encoding(c.enc))
-        } else {
-            (Vec::new(), s.chunks)
-        };
+        let (hchunks, fchunks): (Vec<QChunk>, Vec<QChunk>) =
+            if s.chunks.iter().any(|c| is_hist_encoding(c.enc)) {
+                s.chunks.into_iter().partition(|c| is_hist_encoding(c.enc))
+            } else {
+                (Vec::new(), s.chunks)
+            };
         // Every float chunk is written in the dense encoding (chunks.md), in chunks of at
         // most DENSE_SAMPLES_PER_CHUNK samples of even size.
         series_samples(&fchunks, mint, last, &mut samples)?;
@@ -607,7 +604,10 @@ mod tests {
         let meta = crate::compact::compact(dir.path(), &[b1, b2])
             .expect("compact")
             .expect("data");
-        assert_eq!(meta.version, META_VERSION_FLOATS, "no histograms: readable by v2 builds");
+        assert_eq!(
+            meta.version, META_VERSION_FLOATS,
+            "no histograms: readable by v2 builds"
+        );
         let c = Block::open(&dir.path().join(&meta.ulid)).expect("open compacted");
         c.verify().expect("verify compacted");
         let after = read_all(&c);

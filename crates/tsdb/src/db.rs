@@ -1464,9 +1464,10 @@ impl DbAppender<'_> {
                 }
                 match as_float {
                     Some(v) => self.samples.push((i as u32, t, v)),
-                    None => self
-                        .samples
-                        .push((i as u32 | HIST_FLAG, t, f64::from_bits(u64::from(k)))),
+                    None => {
+                        self.samples
+                            .push((i as u32 | HIST_FLAG, t, f64::from_bits(u64::from(k))))
+                    }
                 }
                 Ok(())
             }
@@ -1506,16 +1507,15 @@ impl DbAppender<'_> {
         let mut floats = SamplesEncoder::default();
         let mut hists = HistSamplesEncoder::default();
         let mut cur: Option<u8> = None;
-        let mut flush = |cur: Option<u8>, f: &mut SamplesEncoder, h: &mut HistSamplesEncoder| {
-            match cur {
+        let mut flush =
+            |cur: Option<u8>, f: &mut SamplesEncoder, h: &mut HistSamplesEncoder| match cur {
                 Some(REC_SAMPLES) => out.push((REC_SAMPLES, std::mem::take(f).buf)),
                 Some(typ) => {
                     out.push((typ, std::mem::take(&mut h.buf)));
                     h.clear();
                 }
                 None => {}
-            }
-        };
+            };
         for &(ie, t, v, _) in accepted {
             let i = (ie & !HIST_FLAG) as usize;
             let r = self.series[i].s.r;
@@ -1748,8 +1748,7 @@ impl Appender for DbAppender<'_> {
                 db.wal.log_samples(&enc.buf).map(Some)
             } else {
                 let payloads = self.mixed_records(&accepted, &hvals);
-                let recs: Vec<(u8, &[u8])> =
-                    payloads.iter().map(|(t, p)| (*t, &p[..])).collect();
+                let recs: Vec<(u8, &[u8])> = payloads.iter().map(|(t, p)| (*t, &p[..])).collect();
                 db.wal.log_records(&recs).map(Some)
             };
             if let Ok(Some(_)) = &res {

@@ -1281,7 +1281,14 @@ mod tests {
         ));
         d.store(Fit::OutOfOrder, 50, 3.0, 7_200_000);
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, false, 50, 3f64.to_bits(), b(i64::MIN, Some(40))),
+            d.fit(
+                d.max_t,
+                d.last_v,
+                false,
+                50,
+                3f64.to_bits(),
+                b(i64::MIN, Some(40))
+            ),
             Ok(Fit::Duplicate)
         ));
         let mut cs = Vec::new();

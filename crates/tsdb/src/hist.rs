@@ -257,7 +257,9 @@ impl HistApp {
                 HistogramAppend::NewChunk(n) => Some(HistApp::Float(*n)),
                 _ => None,
             }),
-            _ => Err(ChunkError::Corrupt("histogram kind differs from its chunk's")),
+            _ => Err(ChunkError::Corrupt(
+                "histogram kind differs from its chunk's",
+            )),
         }
     }
 }
@@ -322,11 +324,13 @@ impl HistData {
         let cut = match &self.open {
             None => true,
             Some(o) => {
-                o.app.enc() != if h.is_float() {
-                    ENCODING_FLOAT_HISTOGRAM
-                } else {
-                    ENCODING_HISTOGRAM
-                } || t.div_euclid(chunk_range) != o.min_t.div_euclid(chunk_range)
+                o.app.enc()
+                    != if h.is_float() {
+                        ENCODING_FLOAT_HISTOGRAM
+                    } else {
+                        ENCODING_HISTOGRAM
+                    }
+                    || t.div_euclid(chunk_range) != o.min_t.div_euclid(chunk_range)
                     || (o.app.bytes().len() >= TARGET_BYTES_PER_CHUNK
                         && o.app.num_samples() >= MIN_SAMPLES_PER_CHUNK)
                     || !prev_is_newest
@@ -626,15 +630,16 @@ pub(crate) fn decode_chunks(
     Ok(all.into_iter().map(|(t, _, v)| (t, v)).collect())
 }
 
+/// A chunk written by [`encode_chunks`]: encoding, first and last sample's time, bytes.
+pub(crate) type EncodedChunk = (u8, i64, i64, Vec<u8>);
+
 /// Encodes samples (time-ordered, as they read back) into histogram chunks: a change of
 /// kind, the codec's cuts and the size rule start a chunk, whose header records the hint its
 /// first sample read back with, so the new chunks read back as the samples did.
-pub(crate) fn encode_chunks(
-    samples: &[(i64, HistVal)],
-) -> Result<Vec<(u8, i64, i64, Vec<u8>)>, ChunkError> {
+pub(crate) fn encode_chunks(samples: &[(i64, HistVal)]) -> Result<Vec<EncodedChunk>, ChunkError> {
     let mut out = Vec::new();
     let mut open: Option<OpenHist> = None;
-    let finish = |o: OpenHist, out: &mut Vec<(u8, i64, i64, Vec<u8>)>| {
+    let finish = |o: OpenHist, out: &mut Vec<EncodedChunk>| {
         out.push((o.app.enc(), o.min_t, o.app.last_t(), o.app.bytes().to_vec()));
     };
     for (t, h) in samples {

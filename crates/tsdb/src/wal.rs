@@ -13,10 +13,10 @@ use m3query_model::{Label, Labels};
 use parking_lot::{Condvar, Mutex};
 
 use crate::encoding::{Decbuf, DecodeError, put_str, put_u64, put_uvarint, put_varint};
-use crate::head::HeadChunk;
-use crate::hist::{HistSnapshot, HistVal, decode_hist_samples, is_hist_encoding};
 use crate::error::IoContext;
 use crate::fileutil::sync_dir;
+use crate::head::HeadChunk;
+use crate::hist::{HistSnapshot, HistVal, decode_hist_samples, is_hist_encoding};
 use crate::{Error, Result};
 
 /// When `Appender::commit` returns, relative to the fsync of its WAL record. See
