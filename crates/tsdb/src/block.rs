@@ -635,6 +635,87 @@ mod tests {
         assert!(err.contains("version 4"), "{err}");
     }
 
+    /// Histogram chunks keep their encoding in blocks; overlapping ones (from overlapping
+    /// blocks) are merged, the first listed winning at equal timestamps, and clipped.
+    #[test]
+    fn histogram_chunks_are_kept_or_merged() {
+        use crate::hist::{HistVal, decode_chunks, encode_chunks};
+        use m3query_model::histogram::Span;
+        let hv = |c: u64| {
+            HistVal::Int(m3query_model::Histogram {
+                count: c,
+                sum: c as f64,
+                positive_spans: vec![Span::new(0, 1)],
+                positive_buckets: vec![c as i64],
+                ..Default::default()
+            })
+        };
+        let chunk = |samples: &[(i64, u64)]| -> Vec<QChunk> {
+            let s: Vec<(i64, HistVal)> = samples.iter().map(|&(t, c)| (t, hv(c))).collect();
+            encode_chunks(&s)
+                .expect("encode")
+                .into_iter()
+                .map(|(enc, min_t, max_t, b)| QChunk {
+                    seek: None,
+                    min_t,
+                    max_t,
+                    enc,
+                    bytes: ChunkBytes::Heap(Arc::from(b)),
+                })
+                .collect()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = chunk(&[(10, 1), (20, 2), (30, 3)]);
+        a.extend(chunk(&[(25, 9), (40, 4), (500, 5)]));
+        let series = vec![
+            SeriesChunks {
+                labels: Labels::from_pairs([("a", "clean")]),
+                chunks: chunk(&[(10, 1), (20, 2)]),
+            },
+            SeriesChunks {
+                labels: Labels::from_pairs([("a", "overlap")]),
+                chunks: a,
+            },
+        ];
+        let meta = write_block(dir.path(), 0, 100, series, BlockCompaction::default())
+            .expect("write")
+            .expect("data");
+        assert_eq!(meta.version, META_VERSION);
+        assert_eq!(meta.stats.num_histogram_samples, 2 + 5);
+        let b = Block::open(&dir.path().join(&meta.ulid)).expect("open");
+        b.verify().expect("verify");
+        let read = |id| {
+            let mut metas = Vec::new();
+            b.index.series(id, Some(&mut metas)).expect("series");
+            let qs: Vec<QChunk> = metas
+                .iter()
+                .map(|m| {
+                    let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
+                    assert_eq!(enc, m3query_chunkenc::ENCODING_HISTOGRAM);
+                    QChunk {
+                        seek: None,
+                        min_t: m.min_t,
+                        max_t: m.max_t,
+                        enc,
+                        bytes,
+                    }
+                })
+                .collect();
+            decode_chunks(&qs, i64::MIN, i64::MAX)
+                .expect("decode")
+                .into_iter()
+                .map(|(t, h)| (t, h.to_float().count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(0), vec![(10, 1.0), (20, 2.0)]);
+        assert_eq!(
+            read(1),
+            vec![(10, 1.0), (20, 2.0), (25, 9.0), (30, 3.0), (40, 4.0)]
+        );
+        let f = dir.path().join(&meta.ulid).join("chunks").join("000001");
+        assert_eq!(fs::read(&f).expect("read")[4], 3, "a version 3 chunk file");
+    }
+
     #[test]
     fn ulids_are_unique_and_well_formed() {
         let a = new_ulid();

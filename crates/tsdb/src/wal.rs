@@ -1074,6 +1074,96 @@ mod tests {
     }
 
     #[test]
+    fn histogram_records_round_trip_and_refuse_damage() {
+        use crate::hist::HistSamplesEncoder;
+        use m3query_model::histogram::{CounterResetHint, Span};
+        let ih = m3query_model::Histogram {
+            counter_reset_hint: CounterResetHint::Gauge,
+            schema: -53,
+            count: 5,
+            sum: -2.5,
+            positive_spans: vec![Span::new(0, 2), Span::new(3, 1)],
+            positive_buckets: vec![1, 1, -1],
+            custom_values: vec![0.5, 1.0, 2.0, 4.0, 8.0],
+            ..Default::default()
+        };
+        let fh = m3query_model::FloatHistogram {
+            schema: 3,
+            zero_threshold: 1e-3,
+            zero_count: 0.5,
+            count: 7.25,
+            sum: f64::NAN,
+            positive_spans: vec![Span::new(-2, 1)],
+            negative_spans: vec![Span::new(4, 2)],
+            positive_buckets: vec![1.75],
+            negative_buckets: vec![2.0, 3.0],
+            ..Default::default()
+        };
+        for (typ, vals) in [
+            (
+                REC_HISTOGRAMS,
+                vec![HistVal::Int(ih.clone()), HistVal::stale(false)],
+            ),
+            (
+                REC_FLOAT_HISTOGRAMS,
+                vec![HistVal::Float(fh.clone()), HistVal::stale(true)],
+            ),
+        ] {
+            let mut e = HistSamplesEncoder::default();
+            for (i, v) in vals.iter().enumerate() {
+                e.push(9 + i as u64, -5 + i as i64 * 1000, v);
+            }
+            let Ok(Record::Histograms(got)) = decode_record(typ, &e.buf) else {
+                panic!("decodes");
+            };
+            assert_eq!(got.len(), 2);
+            for ((r, t, g), (i, w)) in got.iter().zip(vals.iter().enumerate()) {
+                assert_eq!((*r, *t), (9 + i as u64, -5 + i as i64 * 1000));
+                assert!(
+                    w.same_as_stored(g) && g.hint() == w.hint(),
+                    "{g:?} vs {w:?}"
+                );
+            }
+            // A truncated payload is an undecodable record, not a shorter one.
+            assert!(decode_record(typ, &e.buf[..e.buf.len() - 1]).is_err());
+        }
+
+        let c = m3query_chunkenc::ENCODING_HISTOGRAM;
+        let (b1, b2) = (vec![1u8, 2, 3], vec![4u8; 9]);
+        let st = HistSnapshot {
+            last_t: 9_000,
+            closed: vec![HeadChunk {
+                min_t: -10,
+                max_t: 100,
+                enc: c,
+                bytes: Arc::from(&b1[..]),
+            }],
+            open: Some((m3query_chunkenc::ENCODING_FLOAT_HISTOGRAM, 200, b2.clone())),
+        };
+        let mut p = Vec::new();
+        encode_hist_state(&mut p, 77, &st);
+        let Ok(Record::HeadHistograms(r, got)) = decode_record(REC_HEAD_HISTOGRAMS, &p) else {
+            panic!("decodes");
+        };
+        assert_eq!((r, got.last_t), (77, 9_000));
+        assert_eq!(got.closed.len(), 1);
+        assert_eq!(&got.closed[0].bytes[..], &b1[..]);
+        assert_eq!(got.open, st.open);
+        p.push(0);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "trailing");
+        let mut late = st.clone();
+        late.open = Some((c, 50, b2));
+        p.clear();
+        encode_hist_state(&mut p, 77, &late);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "disorder");
+        let mut xor = st;
+        xor.closed[0].enc = m3query_chunkenc::ENCODING_XOR;
+        p.clear();
+        encode_hist_state(&mut p, 77, &xor);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "encoding");
+    }
+
+    #[test]
     fn write_replay_torn_tail_and_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wd = dir.path().join("wal");
