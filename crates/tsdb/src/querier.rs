@@ -524,8 +524,9 @@ impl Querier for DbQuerier<'_> {
 pub(crate) struct TsdbSeries {
     labels: Labels,
     chunks: Vec<QChunk>,
-    /// Native histogram chunks, apart from the floats' (usually none).
-    hchunks: Vec<QChunk>,
+    /// Native histogram chunks, apart from the floats' (usually none: boxed, so float
+    /// series stay as small as they were).
+    hchunks: Option<Box<[QChunk]>>,
     mint: i64,
     maxt: i64,
     /// Chunks overlap in time (several sources, or out-of-order data): merge by timestamp.
@@ -538,9 +539,9 @@ impl TsdbSeries {
             let (h, f): (Vec<QChunk>, Vec<QChunk>) =
                 chunks.into_iter().partition(|c| is_hist_encoding(c.enc));
             chunks = f;
-            h
+            Some(h.into_boxed_slice())
         } else {
-            Vec::new()
+            None
         };
         // Stable, so chunks keep source precedence when they start at the same time.
         let sorted = chunks.windows(2).all(|w| w[0].max_t < w[1].min_t);
@@ -573,7 +574,7 @@ impl Series for TsdbSeries {
 
     fn iter(&self) -> Box<dyn SampleIterator + '_> {
         let hists = HistStream {
-            chunks: &self.hchunks,
+            chunks: self.hchunks.as_deref().unwrap_or(&[]),
             mint: self.mint,
             maxt: self.maxt,
             samples: None,
