@@ -15,12 +15,17 @@ use serde::{Deserialize, Serialize};
 use crate::chunks::{ChunkReader, ChunkWriter, QChunk, merge_chunks};
 use crate::error::IoContext;
 use crate::fileutil::{dir_size, sync_dir};
+use crate::hist::{decode_chunks, encode_chunks, for_each_in_chunk, is_hist_encoding};
 use crate::index::{ChunkMeta, IndexReader, write_index};
 use crate::{Error, Result};
 
 pub(crate) const META_FORMAT: &str = "m3query-tsdb-block";
-/// Version 2: chunk files may hold dense chunks. Version 1 blocks are still opened.
-pub(crate) const META_VERSION: u32 = 2;
+/// Version 2: chunk files may hold dense chunks. Version 3: they may hold native histogram
+/// chunks (only blocks that do are written as 3, so float-only blocks stay readable by
+/// builds that know version 2). Versions 1 and 2 are still opened.
+pub(crate) const META_VERSION: u32 = 3;
+/// The version of blocks without histograms.
+const META_VERSION_FLOATS: u32 = 2;
 pub(crate) const TMP_CREATION: &str = ".tmp-for-creation";
 pub(crate) const TMP_DELETION: &str = ".tmp-for-deletion";
 
@@ -52,8 +57,15 @@ pub struct BlockStats {
     pub num_series: u64,
     /// Chunks in the block.
     pub num_chunks: u64,
-    /// Samples in the block.
+    /// Samples in the block (floats and native histograms).
     pub num_samples: u64,
+    /// Of those, native histogram samples (Prometheus's `numHistogramSamples`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_histogram_samples: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A block's lineage, as Prometheus's `meta.json` records it.
@@ -189,22 +201,35 @@ impl Block {
     pub(crate) fn verify(&self) -> Result<()> {
         self.index.verify()?;
         let mut metas = Vec::new();
-        let (mut chunks, mut samples) = (0u64, 0u64);
+        let (mut chunks, mut samples, mut hist_samples) = (0u64, 0u64, 0u64);
         for id in 0..self.index.num_series() {
             metas.clear();
             self.index.series(id, Some(&mut metas))?;
             for m in &metas {
                 self.chunks.verify_chunk(m.r)?;
                 let (enc, c) = self.chunks.chunk(m.r)?;
-                let mut it = m3query_chunkenc::ChunkIterator::new(enc, c.as_slice())?;
-                let n = it.num_samples();
                 // Every sample decodes, in time order, within the chunk's recorded range.
-                let mut buf = Vec::with_capacity(usize::from(n));
-                it.append_range(i64::MIN, i64::MAX, &mut buf)?;
-                if buf.len() != usize::from(n)
-                    || buf.first().is_some_and(|s| s.t != m.min_t)
-                    || buf.last().is_some_and(|s| s.t != m.max_t)
-                    || !buf.windows(2).all(|w| w[0].t < w[1].t)
+                let (n, ts) = if is_hist_encoding(enc) {
+                    let n =
+                        m3query_chunkenc::histogram_chunk_num_samples(c.as_slice()).unwrap_or(0);
+                    let mut ts = Vec::with_capacity(usize::from(n));
+                    for_each_in_chunk(enc, c.as_slice(), |t, _| {
+                        ts.push(t);
+                        true
+                    })?;
+                    hist_samples += u64::from(n);
+                    (n, ts)
+                } else {
+                    let mut it = m3query_chunkenc::ChunkIterator::new(enc, c.as_slice())?;
+                    let n = it.num_samples();
+                    let mut buf = Vec::with_capacity(usize::from(n));
+                    it.append_range(i64::MIN, i64::MAX, &mut buf)?;
+                    (n, buf.iter().map(|s| s.t).collect())
+                };
+                if ts.len() != usize::from(n)
+                    || ts.first().is_some_and(|&t| t != m.min_t)
+                    || ts.last().is_some_and(|&t| t != m.max_t)
+                    || !ts.windows(2).all(|w| w[0] < w[1])
                 {
                     return Err(Error::corruption(
                         self.dir.display().to_string(),
@@ -225,6 +250,7 @@ impl Block {
         if s.num_series != u64::from(self.index.num_series())
             || s.num_chunks != chunks
             || s.num_samples != samples
+            || s.num_histogram_samples != hist_samples
         {
             return Err(Error::corruption(
                 self.dir.display().to_string(),
@@ -296,7 +322,11 @@ pub(crate) fn write_block(
     }
     let meta = BlockMeta {
         format: META_FORMAT.to_string(),
-        version: META_VERSION,
+        version: if stats.num_histogram_samples > 0 {
+            META_VERSION
+        } else {
+            META_VERSION_FLOATS
+        },
         ulid: ulid.clone(),
         min_time: mint,
         max_time: maxt,
@@ -330,9 +360,15 @@ fn write_block_files(
     let mut samples: Vec<Sample> = Vec::new();
     let mut buf = Vec::new();
     for s in series {
-        // Every block is written in the dense encoding (chunks.md), in chunks of at most
-        // DENSE_SAMPLES_PER_CHUNK samples of even size.
-        series_samples(&s.chunks, mint, last, &mut samples)?;
+        let (hchunks, fchunks): (Vec<QChunk>, Vec<QChunk>) =
+            if s.chunks.iter().any(|c| is_hist_encoding(c.enc)) {
+                s.chunks.into_iter().partition(|c| is_hist_encoding(c.enc))
+            } else {
+                (Vec::new(), s.chunks)
+            };
+        // Every float chunk is written in the dense encoding (chunks.md), in chunks of at
+        // most DENSE_SAMPLES_PER_CHUNK samples of even size.
+        series_samples(&fchunks, mint, last, &mut samples)?;
         let mut metas = Vec::new();
         let per = samples
             .len()
@@ -352,6 +388,14 @@ fn write_block_files(
             });
             stats.num_samples += part.len() as u64;
         }
+        if !hchunks.is_empty() {
+            // Histogram chunks keep Prometheus's encodings (2, 3): as they are when they fit
+            // the block and do not overlap, else merged and re-encoded.
+            let n = write_hist_chunks(&mut cw, &hchunks, mint, last, &mut metas)?;
+            stats.num_samples += n;
+            stats.num_histogram_samples += n;
+            metas.sort_by_key(|m| m.min_t);
+        }
         if metas.is_empty() {
             continue;
         }
@@ -366,6 +410,41 @@ fn write_block_files(
         write_index(&dir.join("index"), &index_series)?;
     }
     Ok((n, stats))
+}
+
+/// Writes a series' histogram chunks for a block over `[mint, last]`; returns the samples
+/// written.
+fn write_hist_chunks(
+    cw: &mut ChunkWriter,
+    chunks: &[QChunk],
+    mint: i64,
+    last: i64,
+    metas: &mut Vec<ChunkMeta>,
+) -> Result<u64> {
+    let mut sorted = chunks.to_vec();
+    sorted.sort_by_key(|c| c.min_t);
+    let mut n = 0u64;
+    if clean(&sorted, mint, last) {
+        for c in &sorted {
+            let r = cw.write(c.enc, c.bytes.as_slice())?;
+            metas.push(ChunkMeta {
+                min_t: c.min_t,
+                max_t: c.max_t,
+                r,
+            });
+            n += u64::from(
+                m3query_chunkenc::histogram_chunk_num_samples(c.bytes.as_slice()).unwrap_or(0),
+            );
+        }
+        return Ok(n);
+    }
+    // In the given order, which is the precedence for equal timestamps.
+    let samples = decode_chunks(chunks, mint, last)?;
+    for (enc, min_t, max_t, bytes) in encode_chunks(&samples)? {
+        let r = cw.write(enc, &bytes)?;
+        metas.push(ChunkMeta { min_t, max_t, r });
+    }
+    Ok(samples.len() as u64)
 }
 
 /// Renames a block out of the way, then removes it (a crash in between leaves a
@@ -525,7 +604,10 @@ mod tests {
         let meta = crate::compact::compact(dir.path(), &[b1, b2])
             .expect("compact")
             .expect("data");
-        assert_eq!(meta.version, META_VERSION);
+        assert_eq!(
+            meta.version, META_VERSION_FLOATS,
+            "no histograms: readable by v2 builds"
+        );
         let c = Block::open(&dir.path().join(&meta.ulid)).expect("open compacted");
         c.verify().expect("verify compacted");
         let after = read_all(&c);
@@ -544,12 +626,94 @@ mod tests {
         // A chunk file from a newer format is refused with a clear error, not misread.
         let f = dir.path().join(&meta.ulid).join("chunks").join("000001");
         let mut data = fs::read(&f).expect("read");
-        data[4] = 3;
+        assert_eq!(data[4], 2, "no histograms: a version 2 chunk file");
+        data[4] = 4;
         fs::write(&f, &data).expect("write");
         let err = Block::open(&dir.path().join(&meta.ulid))
             .expect_err("refused")
             .to_string();
-        assert!(err.contains("version 3"), "{err}");
+        assert!(err.contains("version 4"), "{err}");
+    }
+
+    /// Histogram chunks keep their encoding in blocks; overlapping ones (from overlapping
+    /// blocks) are merged, the first listed winning at equal timestamps, and clipped.
+    #[test]
+    fn histogram_chunks_are_kept_or_merged() {
+        use crate::hist::{HistVal, decode_chunks, encode_chunks};
+        use m3query_model::histogram::Span;
+        let hv = |c: u64| {
+            HistVal::Int(m3query_model::Histogram {
+                count: c,
+                sum: c as f64,
+                positive_spans: vec![Span::new(0, 1)],
+                positive_buckets: vec![c as i64],
+                ..Default::default()
+            })
+        };
+        let chunk = |samples: &[(i64, u64)]| -> Vec<QChunk> {
+            let s: Vec<(i64, HistVal)> = samples.iter().map(|&(t, c)| (t, hv(c))).collect();
+            encode_chunks(&s)
+                .expect("encode")
+                .into_iter()
+                .map(|(enc, min_t, max_t, b)| QChunk {
+                    seek: None,
+                    min_t,
+                    max_t,
+                    enc,
+                    bytes: ChunkBytes::Heap(Arc::from(b)),
+                })
+                .collect()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = chunk(&[(10, 1), (20, 2), (30, 3)]);
+        a.extend(chunk(&[(25, 9), (40, 4), (500, 5)]));
+        let series = vec![
+            SeriesChunks {
+                labels: Labels::from_pairs([("a", "clean")]),
+                chunks: chunk(&[(10, 1), (20, 2)]),
+            },
+            SeriesChunks {
+                labels: Labels::from_pairs([("a", "overlap")]),
+                chunks: a,
+            },
+        ];
+        let meta = write_block(dir.path(), 0, 100, series, BlockCompaction::default())
+            .expect("write")
+            .expect("data");
+        assert_eq!(meta.version, META_VERSION);
+        assert_eq!(meta.stats.num_histogram_samples, 2 + 5);
+        let b = Block::open(&dir.path().join(&meta.ulid)).expect("open");
+        b.verify().expect("verify");
+        let read = |id| {
+            let mut metas = Vec::new();
+            b.index.series(id, Some(&mut metas)).expect("series");
+            let qs: Vec<QChunk> = metas
+                .iter()
+                .map(|m| {
+                    let (enc, bytes) = b.chunks.chunk(m.r).expect("chunk");
+                    assert_eq!(enc, m3query_chunkenc::ENCODING_HISTOGRAM);
+                    QChunk {
+                        seek: None,
+                        min_t: m.min_t,
+                        max_t: m.max_t,
+                        enc,
+                        bytes,
+                    }
+                })
+                .collect();
+            decode_chunks(&qs, i64::MIN, i64::MAX)
+                .expect("decode")
+                .into_iter()
+                .map(|(t, h)| (t, h.to_float().count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(0), vec![(10, 1.0), (20, 2.0)]);
+        assert_eq!(
+            read(1),
+            vec![(10, 1.0), (20, 2.0), (25, 9.0), (30, 3.0), (40, 4.0)]
+        );
+        let f = dir.path().join(&meta.ulid).join("chunks").join("000001");
+        assert_eq!(fs::read(&f).expect("read")[4], 3, "a version 3 chunk file");
     }
 
     #[test]

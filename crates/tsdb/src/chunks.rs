@@ -14,8 +14,13 @@ use crate::error::IoContext;
 use crate::{Error, Result};
 
 pub(crate) const CHUNKS_MAGIC: u32 = 0x85BD_40DD;
-/// Version 2 files may hold dense chunks; version 1 files (XOR only) are still read.
-pub(crate) const CHUNKS_VERSION: u8 = 2;
+/// Version 2 files may hold dense chunks; version 3 files also native histogram chunks
+/// (encodings 2 and 3; a file is written as 3 only when it holds one, so builds that read
+/// version 2 refuse it clearly instead of failing on a chunk). Versions 1 (XOR only) and 2
+/// are still read.
+pub(crate) const CHUNKS_VERSION: u8 = 3;
+/// The version of files without histogram chunks.
+const CHUNKS_VERSION_FLOATS: u8 = 2;
 const CHUNKS_HEADER: usize = 8;
 const MAX_SEGMENT_BYTES: u64 = 512 << 20;
 
@@ -83,6 +88,8 @@ pub(crate) struct ChunkWriter {
     done: Vec<(u32, BufWriter<File>)>,
     scratch: Vec<u8>,
     pub(crate) bytes: u64,
+    /// Segments holding histogram chunks (their version byte becomes 3 at `finish`).
+    with_hists: Vec<u32>,
 }
 
 impl ChunkWriter {
@@ -95,6 +102,7 @@ impl ChunkWriter {
             done: Vec::new(),
             scratch: Vec::new(),
             bytes: 0,
+            with_hists: Vec::new(),
         })
     }
 
@@ -111,7 +119,7 @@ impl ChunkWriter {
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let mut h = [0u8; CHUNKS_HEADER];
         h[..4].copy_from_slice(&CHUNKS_MAGIC.to_be_bytes());
-        h[4] = CHUNKS_VERSION;
+        h[4] = CHUNKS_VERSION_FLOATS;
         w.write_all(&h).ctx("write", &path)?;
         self.off = CHUNKS_HEADER as u64;
         self.bytes += CHUNKS_HEADER as u64;
@@ -134,6 +142,9 @@ impl ChunkWriter {
             return Err(Error::corruption("chunk writer", "no open segment"));
         };
         let r = (u64::from(*seq) << 32) | self.off;
+        if crate::hist::is_hist_encoding(enc) && self.with_hists.last() != Some(seq) {
+            self.with_hists.push(*seq);
+        }
         w.write_all(&self.scratch)
             .ctx("write chunk file", &segment_path(&self.dir, *seq))?;
         self.off += self.scratch.len() as u64;
@@ -153,6 +164,11 @@ impl ChunkWriter {
             let f = w
                 .into_inner()
                 .map_err(|e| Error::io(format!("flush {}", path.display()), e.into_error()))?;
+            if self.with_hists.contains(&seq) {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&[CHUNKS_VERSION], 4)
+                    .ctx("write chunk file version", &path)?;
+            }
             f.sync_all().ctx("fsync", &path)?;
         }
         crate::fileutil::sync_dir(&self.dir)
@@ -226,7 +242,13 @@ impl ChunkReader {
         );
         let len = d.uvarint_usize().map_err(|e| self.corrupt(r, e.0))?;
         let enc = d.u8().map_err(|e| self.corrupt(r, e.0))?;
-        if enc != ENCODING_XOR && (enc != ENCODING_DENSE || *version < 2) {
+        let known = match enc {
+            ENCODING_XOR => true,
+            ENCODING_DENSE => *version >= 2,
+            e if crate::hist::is_hist_encoding(e) => *version >= 3,
+            _ => false,
+        };
+        if !known {
             return Err(self.corrupt(r, "unknown chunk encoding"));
         }
         let start = off + d.position();

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use m3query_chunkenc::XorIterator;
-use m3query_model::{LabelPairs, Labels, Sample};
+use m3query_model::{FloatHistogram, Histogram, LabelPairs, Labels, STALE_NAN_BITS, Sample};
 use m3query_storage::{
     Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
 };
@@ -25,11 +25,13 @@ use crate::compact::{compact, plan, ranges, retention_victims};
 use crate::error::IoContext;
 use crate::fileutil::lock_dir;
 use crate::head::{Bounds, Fit, Head, HeadChunk, MemSeries, SeriesData, SeriesKey, SeriesSnapshot};
+use crate::hist::{HistSamplesEncoder, HistSnapshot, HistVal};
 use crate::querier::DbQuerier;
 use crate::readers::{BlockHealth, CorruptBlock, Readers, Snapshot, Wake};
 use crate::wal::{
-    self, FSYNC_BUCKETS_S, Fsync, REC_HEAD_SERIES, REC_SERIES, Record, SamplesEncoder, SeriesState,
-    Wal, encode_series,
+    self, FSYNC_BUCKETS_S, Fsync, REC_FLOAT_HISTOGRAMS, REC_HEAD_HISTOGRAMS, REC_HEAD_SERIES,
+    REC_HISTOGRAMS, REC_SAMPLES, REC_SERIES, Record, SamplesEncoder, SeriesState, Wal,
+    encode_series,
 };
 use crate::{Error, Result};
 
@@ -173,6 +175,8 @@ pub struct DbMetrics {
     pub head_chunks: u64,
     /// Bytes of sample data (chunks, out-of-order buffers) held by the head.
     pub head_chunk_bytes: u64,
+    /// Of those, bytes of native histogram chunks.
+    pub head_histogram_chunk_bytes: u64,
     /// `i64::MAX`/`i64::MIN` while the head is empty.
     pub head_min_time_ms: i64,
     /// See `head_min_time_ms`.
@@ -181,8 +185,10 @@ pub struct DbMetrics {
     pub head_min_valid_time_ms: i64,
     /// Distinct strings interned by the head.
     pub symbols: u64,
-    /// Samples committed.
+    /// Samples committed (floats and native histograms).
     pub samples_appended_total: u64,
+    /// Of those, native histogram samples.
+    pub histogram_samples_appended_total: u64,
     /// Samples committed into the out-of-order window.
     pub out_of_order_samples_appended_total: u64,
     /// Samples refused as out of order.
@@ -246,6 +252,7 @@ pub struct DbMetrics {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     samples_appended: AtomicU64,
+    hist_appended: AtomicU64,
     ooo_appended: AtomicU64,
     refused_ooo: AtomicU64,
     refused_bounds: AtomicU64,
@@ -333,6 +340,10 @@ enum ReplayJob {
     Chunk(Arc<MemSeries>, Vec<u8>),
     /// A checkpointed series' chunks (type 4), adopted by the worker.
     Restore(Arc<MemSeries>, SeriesSnapshot),
+    /// Logged histograms (types 5 and 6).
+    Histograms(Vec<(Arc<MemSeries>, i64, HistVal)>),
+    /// A checkpointed series' histogram chunks (type 7).
+    RestoreHistograms(Arc<MemSeries>, HistSnapshot),
 }
 
 fn apply_replay_job(head: &Head, table: &mut Vec<Arc<MemSeries>>, job: ReplayJob) {
@@ -359,6 +370,13 @@ fn apply_replay_job(head: &Head, table: &mut Vec<Arc<MemSeries>>, job: ReplayJob
                 tracing::error!(series = %s.labels, error = %e, "restoring a checkpointed series");
             }
         }
+        ReplayJob::Histograms(list) => head.replay_hists(&list),
+        ReplayJob::RestoreHistograms(s, snap) => {
+            if let Err(e) = head.restore_hist_series(&s, snap) {
+                tracing::error!(series = %s.labels, error = %e,
+                    "restoring a checkpointed series' histograms");
+            }
+        }
     }
 }
 
@@ -383,6 +401,23 @@ fn owned_snapshot(st: &SeriesState<'_>) -> SeriesSnapshot {
             .collect(),
         max_t: st.max_t,
         last_v: st.last_v,
+        hist: None,
+    }
+}
+
+/// A checkpointed series' float part as its type 4 record holds it.
+fn float_state(r: u64, snap: &SeriesSnapshot) -> SeriesState<'_> {
+    SeriesState {
+        r,
+        max_t: snap.max_t,
+        last_v: snap.last_v,
+        closed: snap
+            .closed
+            .iter()
+            .map(|c| (c.enc, c.min_t, c.max_t, &c.bytes[..]))
+            .collect(),
+        open: snap.open.as_ref().map(|(t, b)| (*t, &b[..])),
+        ooo: snap.ooo.iter().map(|s| (s.t, s.v.to_bits())).collect(),
     }
 }
 
@@ -478,6 +513,40 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
                     w,
                     ReplayJob::Restore(s.clone(), owned_snapshot(&st)),
                 );
+            }
+            Record::Histograms(list) => {
+                // Per worker, after the floats batched before them: WAL order per series.
+                let mut per: Vec<Vec<(Arc<MemSeries>, i64, HistVal)>> =
+                    (0..workers).map(|_| Vec::new()).collect();
+                for (r, t, h) in list {
+                    let Some((s, _)) = refs.get(&r) else {
+                        unknown += 1;
+                        continue;
+                    };
+                    per[(r % workers as u64) as usize].push((s.clone(), t, h));
+                }
+                for (w, list) in per.into_iter().enumerate() {
+                    if list.is_empty() {
+                        continue;
+                    }
+                    if !batches[w].is_empty() {
+                        let pending = std::mem::take(&mut batches[w]);
+                        send(&senders, w, ReplayJob::Samples(pending));
+                    }
+                    send(&senders, w, ReplayJob::Histograms(list));
+                }
+            }
+            Record::HeadHistograms(r, snap) => {
+                let Some((s, _)) = refs.get(&r) else {
+                    unknown += 1;
+                    return;
+                };
+                let w = (r % workers as u64) as usize;
+                if !batches[w].is_empty() {
+                    let pending = std::mem::take(&mut batches[w]);
+                    send(&senders, w, ReplayJob::Samples(pending));
+                }
+                send(&senders, w, ReplayJob::RestoreHistograms(s.clone(), snap));
             }
         });
         for (w, b) in batches.into_iter().enumerate() {
@@ -963,24 +1032,24 @@ impl DbInner {
                 emit(REC_SERIES, &p)?;
             }
             for (r, _, snap) in &snapshot {
+                if let Some(h) = &snap.hist {
+                    // Histogram chunks (type 7, wal.md), after the series' floats.
+                    let mut q = Vec::new();
+                    wal::encode_hist_state(&mut q, *r, h);
+                    if !(snap.closed.is_empty() && snap.open.is_none() && snap.ooo.is_empty()) {
+                        p.clear();
+                        wal::encode_series_state(&mut p, &float_state(*r, snap));
+                        emit(REC_HEAD_SERIES, &p)?;
+                    }
+                    emit(REC_HEAD_HISTOGRAMS, &q)?;
+                    continue;
+                }
                 if snap.closed.is_empty() && snap.open.is_none() && snap.ooo.is_empty() {
                     continue;
                 }
                 // Chunks as the head holds them (type 4, wal.md): replay adopts them.
-                let st = SeriesState {
-                    r: *r,
-                    max_t: snap.max_t,
-                    last_v: snap.last_v,
-                    closed: snap
-                        .closed
-                        .iter()
-                        .map(|c| (c.enc, c.min_t, c.max_t, &c.bytes[..]))
-                        .collect(),
-                    open: snap.open.as_ref().map(|(t, b)| (*t, &b[..])),
-                    ooo: snap.ooo.iter().map(|s| (s.t, s.v.to_bits())).collect(),
-                };
                 p.clear();
-                wal::encode_series_state(&mut p, &st);
+                wal::encode_series_state(&mut p, &float_state(*r, snap));
                 emit(REC_HEAD_SERIES, &p)?;
             }
             Ok(())
@@ -1078,15 +1147,18 @@ impl DbInner {
                 cum,
             ));
         }
+        let chunk_bytes = self.head.chunk_bytes();
         DbMetrics {
             head_series: self.head.num_series(),
             head_chunks: self.head.num_chunks.load(Ordering::Relaxed).max(0) as u64,
-            head_chunk_bytes: self.head.chunk_bytes() as u64,
+            head_chunk_bytes: chunk_bytes.0 as u64,
+            head_histogram_chunk_bytes: chunk_bytes.1 as u64,
             head_min_time_ms: self.head.min_time(),
             head_max_time_ms: self.head.max_time(),
             head_min_valid_time_ms: self.head.min_valid_time(),
             symbols: self.head.symbols.len() as u64,
             samples_appended_total: l(&c.samples_appended),
+            histogram_samples_appended_total: l(&c.hist_appended),
             out_of_order_samples_appended_total: l(&c.ooo_appended),
             refused_out_of_order_total: l(&c.refused_ooo),
             refused_out_of_bounds_total: l(&c.refused_bounds),
@@ -1201,6 +1273,7 @@ impl Appendable for Db {
             series: b.series,
             by_hash: b.by_hash,
             samples: b.samples,
+            hists: b.hists,
             wal: b.wal,
             last: None,
             done: false,
@@ -1216,6 +1289,24 @@ struct PendingSeries {
     /// Newest in-order sample appended in this transaction (`i64::MIN`: none).
     max_t: i64,
     last_v: u64,
+    /// When that sample is a histogram: its index in the transaction's `hists`.
+    hist: Option<u32>,
+}
+
+/// Marks a pending entry's series index: the entry is a histogram whose value bits hold its
+/// index in the transaction's `hists` (keeps float entries 16 bytes and every entry in
+/// append order).
+const HIST_FLAG: u32 = 1 << 31;
+
+/// What a series' newest sample is, as a commit extends it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NewestHist {
+    /// Not a histogram (a float, or none).
+    No,
+    /// The stored newest histogram.
+    Stored,
+    /// A histogram of this batch (index in `hists`).
+    Pending(usize),
 }
 
 /// A write transaction: validates samples as they are appended, applies and logs them on
@@ -1225,6 +1316,8 @@ struct DbAppender<'a> {
     series: Vec<PendingSeries>,
     by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
+    /// Histograms appended (see [`HIST_FLAG`]).
+    hists: Vec<HistVal>,
     /// The samples record being built at commit.
     wal: Vec<u8>,
     last: Option<(Labels, usize)>,
@@ -1241,6 +1334,7 @@ pub(crate) struct AppendBuffers {
     series: Vec<PendingSeries>,
     by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
+    hists: Vec<HistVal>,
     wal: Vec<u8>,
 }
 
@@ -1274,6 +1368,7 @@ impl DbAppender<'_> {
             created,
             max_t: i64::MIN,
             last_v: 0,
+            hist: None,
         });
         let i = self.series.len() - 1;
         self.by_hash.entry(hash).or_insert(i);
@@ -1307,16 +1402,27 @@ impl DbAppender<'_> {
     fn queue(&mut self, i: usize, d: &SeriesData, t: i64, v: f64, bounds: Bounds) -> SResult<()> {
         let p = &mut self.series[i];
         let vb = v.to_bits();
-        let (mt, lv) = if p.max_t != i64::MIN && p.max_t > d.max_t {
-            (p.max_t, p.last_v)
+        let pending = p.max_t != i64::MIN && p.max_t > d.max_t;
+        let (mt, lv, nh) = if pending {
+            (p.max_t, p.last_v, p.hist.is_some())
         } else {
-            (d.max_t, d.last_v)
+            (d.max_t, d.last_v, d.newest_is_hist())
         };
-        match d.fit(mt, lv, t, vb, bounds) {
+        if nh && vb == STALE_NAN_BITS {
+            // Marks a histogram series stale: judged (and, at commit, stored) as a
+            // histogram stale marker, as Prometheus's head does.
+            let float = match (pending, p.hist) {
+                (true, Some(k)) => self.hists[k as usize].is_float(),
+                _ => d.newest_hist().is_some_and(HistVal::is_float),
+            };
+            return self.queue_hist(i, d, t, HistVal::stale(float), Some(v));
+        }
+        match d.fit(mt, lv, nh, t, vb, bounds) {
             Ok(f) => {
                 if f == Fit::InOrder {
                     p.max_t = t;
                     p.last_v = vb;
+                    p.hist = None;
                 }
                 self.samples.push((i as u32, t, v));
                 Ok(())
@@ -1326,6 +1432,112 @@ impl DbAppender<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// As [`DbAppender::queue`] for a histogram. `as_float`: the float stale marker it
+    /// stands for (queued as that float; the commit decides its kind against the series'
+    /// newest sample then).
+    fn queue_hist(
+        &mut self,
+        i: usize,
+        d: &SeriesData,
+        t: i64,
+        h: HistVal,
+        as_float: Option<f64>,
+    ) -> SResult<()> {
+        let bounds = self.db.head.bounds();
+        let p = &self.series[i];
+        let pending = p.max_t != i64::MIN && p.max_t > d.max_t;
+        let (mt, newest) = if pending {
+            (p.max_t, p.hist.map(|k| &self.hists[k as usize]))
+        } else {
+            (d.max_t, d.newest_hist())
+        };
+        match d.fit_hist(mt, newest, t, &h, bounds) {
+            Ok(f) => {
+                let k = self.hists.len() as u32;
+                self.hists.push(h);
+                if f == Fit::InOrder {
+                    let p = &mut self.series[i];
+                    p.max_t = t;
+                    p.hist = Some(k);
+                }
+                match as_float {
+                    Some(v) => self.samples.push((i as u32, t, v)),
+                    None => {
+                        self.samples
+                            .push((i as u32 | HIST_FLAG, t, f64::from_bits(u64::from(k))))
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.db.count_refusal(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks and queues one histogram of either kind.
+    fn append_hist(&mut self, labels: &Labels, t: i64, h: HistVal) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        labels.validate().map_err(StorageError::InvalidLabels)?;
+        // Prometheus's head refuses invalid histograms; the seam has no per-sample variant
+        // for it, so it is a bad request (the caller's whole write is at fault).
+        h.validate().map_err(StorageError::BadRequest)?;
+        let w = self.window();
+        self.db.check_window(w, t)?;
+        let i = self.series_index_for(labels);
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        self.queue_hist(i, &d, t, h, None)
+    }
+
+    /// The WAL records of a batch holding histograms: runs of one record type in the order
+    /// the samples were judged, so replay applies each series' samples in that order.
+    fn mixed_records(
+        &self,
+        accepted: &[(u32, i64, f64, Fit)],
+        hvals: &[HistVal],
+    ) -> Vec<(u8, Vec<u8>)> {
+        let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut floats = SamplesEncoder::default();
+        let mut hists = HistSamplesEncoder::default();
+        let mut cur: Option<u8> = None;
+        let mut flush =
+            |cur: Option<u8>, f: &mut SamplesEncoder, h: &mut HistSamplesEncoder| match cur {
+                Some(REC_SAMPLES) => out.push((REC_SAMPLES, std::mem::take(f).buf)),
+                Some(typ) => {
+                    out.push((typ, std::mem::take(&mut h.buf)));
+                    h.clear();
+                }
+                None => {}
+            };
+        for &(ie, t, v, _) in accepted {
+            let i = (ie & !HIST_FLAG) as usize;
+            let r = self.series[i].s.r;
+            let h = (ie & HIST_FLAG != 0)
+                .then(|| hvals.get(v.to_bits() as usize))
+                .flatten();
+            let typ = match h {
+                None => REC_SAMPLES,
+                Some(h) if h.is_float() => REC_FLOAT_HISTOGRAMS,
+                Some(_) => REC_HISTOGRAMS,
+            };
+            if cur != Some(typ) {
+                flush(cur, &mut floats, &mut hists);
+                cur = Some(typ);
+            }
+            match h {
+                None => floats.push(r, t, v),
+                Some(h) => hists.push(r, t, h),
+            }
+        }
+        flush(cur, &mut floats, &mut hists);
+        out
     }
 
     /// Ends the transaction: unpins its series and removes those it left without samples
@@ -1361,6 +1573,15 @@ impl Appender for DbAppender<'_> {
         let s = self.series[i].s.clone();
         let d = s.data.lock();
         self.queue(i, &d, t, v, bounds)
+    }
+
+    fn append_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> SResult<()> {
+        self.append_hist(labels, t, HistVal::Float(h.clone()))
+    }
+
+    /// Integer histograms go to HISTOGRAM chunks (smaller than FLOAT_HISTOGRAM ones).
+    fn append_int_histogram(&mut self, labels: &Labels, t: i64, h: &Histogram) -> SResult<()> {
+        self.append_hist(labels, t, HistVal::Int(h.clone()))
     }
 
     /// One series lookup (by a hash of the borrowed pairs, no label set built unless the
@@ -1419,10 +1640,15 @@ impl Appender for DbAppender<'_> {
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut ooo, mut dropped, mut chunks_cut, mut dups) = (0u64, 0u64, 0i64, 0u64);
         let mut order: Vec<usize> = Vec::new();
+        let mut hvals = std::mem::take(&mut self.hists);
+        let mut mixed = false;
+        let count: u64;
+        // Accepted histograms, of which `hdups` duplicates.
+        let (mut hcount, mut hdups) = (0u64, 0u64);
         {
             let mut used = vec![false; self.series.len()];
             for &(i, _, _) in &self.samples {
-                used[i as usize] = true;
+                used[(i & !HIST_FLAG) as usize] = true;
             }
             order.extend((0..self.series.len()).filter(|&i| used[i]));
         }
@@ -1437,51 +1663,121 @@ impl Appender for DbAppender<'_> {
             // Bounds read under the series locks: see `persist_below`.
             let b = head.bounds();
             // Each series' newest in-order sample as this batch extends it.
-            let mut newest: Vec<(i64, u64)> = locked
+            let mut newest: Vec<(i64, u64, NewestHist)> = locked
                 .iter()
-                .map(|d| d.as_ref().map_or((i64::MIN, 0), |d| (d.max_t, d.last_v)))
+                .map(|d| {
+                    d.as_ref().map_or((i64::MIN, 0, NewestHist::No), |d| {
+                        let nh = if d.newest_is_hist() {
+                            NewestHist::Stored
+                        } else {
+                            NewestHist::No
+                        };
+                        (d.max_t, d.last_v, nh)
+                    })
+                })
                 .collect();
             let mut accepted: Vec<(u32, i64, f64, Fit)> = Vec::with_capacity(self.samples.len());
-            for &(i, t, v) in &self.samples {
-                let Some(d) = locked[i as usize].as_deref() else {
+            for &(ie, t, v) in &self.samples {
+                let i = (ie & !HIST_FLAG) as usize;
+                let Some(d) = locked[i].as_deref() else {
                     continue;
                 };
-                let (mt, lv) = newest[i as usize];
-                match d.fit(mt, lv, t, v.to_bits(), b) {
+                let (mt, lv, nh) = newest[i];
+                let vb = v.to_bits();
+                let hist = if ie & HIST_FLAG != 0 {
+                    Some(vb as usize)
+                } else if vb == STALE_NAN_BITS && nh != NewestHist::No {
+                    // A stale float after a histogram marks the histogram stale.
+                    let float = match nh {
+                        NewestHist::Pending(k) => hvals[k].is_float(),
+                        _ => d.newest_hist().is_some_and(HistVal::is_float),
+                    };
+                    hvals.push(HistVal::stale(float));
+                    Some(hvals.len() - 1)
+                } else {
+                    None
+                };
+                let Some(k) = hist else {
+                    match d.fit(mt, lv, nh != NewestHist::No, t, vb, b) {
+                        Ok(f) => {
+                            match f {
+                                Fit::InOrder => newest[i] = (t, vb, NewestHist::No),
+                                Fit::Duplicate => dups += 1,
+                                Fit::OutOfOrder => {}
+                            }
+                            enc.push(self.series[i].s.r, t, v);
+                            accepted.push((ie, t, v, f));
+                            lo = lo.min(t);
+                            hi = hi.max(t);
+                        }
+                        Err(_) => dropped += 1,
+                    }
+                    continue;
+                };
+                let prev = match nh {
+                    NewestHist::No => None,
+                    NewestHist::Stored => d.newest_hist(),
+                    NewestHist::Pending(j) => hvals.get(j),
+                };
+                let Some(h) = hvals.get(k) else {
+                    continue;
+                };
+                match d.fit_hist(mt, prev, t, h, b) {
                     Ok(f) => {
                         match f {
-                            Fit::InOrder => newest[i as usize] = (t, v.to_bits()),
-                            Fit::Duplicate => dups += 1,
+                            Fit::InOrder => newest[i] = (t, 0, NewestHist::Pending(k)),
+                            Fit::Duplicate => {
+                                dups += 1;
+                                hdups += 1;
+                            }
                             Fit::OutOfOrder => {}
                         }
-                        enc.push(self.series[i as usize].s.r, t, v);
-                        accepted.push((i, t, v, f));
+                        hcount += 1;
+                        mixed = true;
+                        accepted.push((i as u32 | HIST_FLAG, t, f64::from_bits(k as u64), f));
                         lo = lo.min(t);
                         hi = hi.max(t);
                     }
                     Err(_) => dropped += 1,
                 }
             }
-            if enc.is_empty() {
+            count = accepted.len() as u64;
+            let res = if accepted.is_empty() {
                 Ok(None)
+            } else if !mixed {
+                db.wal.log_samples(&enc.buf).map(Some)
             } else {
-                db.wal.log_samples(&enc.buf).map(|seq| {
-                    for &(i, t, v, f) in &accepted {
-                        if let Some(d) = locked[i as usize].as_deref_mut() {
-                            if d.store(f, t, v, range) {
-                                chunks_cut += 1;
+                let payloads = self.mixed_records(&accepted, &hvals);
+                let recs: Vec<(u8, &[u8])> = payloads.iter().map(|(t, p)| (*t, &p[..])).collect();
+                db.wal.log_records(&recs).map(Some)
+            };
+            if let Ok(Some(_)) = &res {
+                for &(ie, t, v, f) in &accepted {
+                    let i = (ie & !HIST_FLAG) as usize;
+                    if let Some(d) = locked[i].as_deref_mut() {
+                        let cut = if ie & HIST_FLAG != 0 {
+                            match hvals.get(v.to_bits() as usize) {
+                                Some(h) => d.store_hist(f, t, h, range, true),
+                                None => false,
                             }
-                            if f == Fit::OutOfOrder {
-                                ooo += 1;
-                            }
+                        } else {
+                            d.store(f, t, v, range)
+                        };
+                        if cut {
+                            chunks_cut += 1;
+                        }
+                        if f == Fit::OutOfOrder {
+                            ooo += 1;
                         }
                     }
-                    head.observe(lo, hi);
-                    head.num_chunks.fetch_add(chunks_cut, Ordering::Relaxed);
-                    Some(seq)
-                })
+                }
+                head.observe(lo, hi);
+                head.num_chunks.fetch_add(chunks_cut, Ordering::Relaxed);
             }
+            res
         };
+        hvals.clear();
+        self.hists = hvals;
         let c = &db.counters;
         c.dropped_at_commit.fetch_add(dropped, Ordering::Relaxed);
         let seq = match logged {
@@ -1499,7 +1795,10 @@ impl Appender for DbAppender<'_> {
             // logged again, so the retry's acknowledgement is as durable as it says.
             db.wal.wait_durable(seq)?;
             c.samples_appended
-                .fetch_add(enc.count as u64 - dups, Ordering::Relaxed);
+                .fetch_add(count - dups, Ordering::Relaxed);
+            if hcount > 0 {
+                c.hist_appended.fetch_add(hcount - hdups, Ordering::Relaxed);
+            }
         }
         self.wal = std::mem::take(&mut enc.buf);
         if db.head_compactable() {
@@ -1524,11 +1823,13 @@ impl Drop for DbAppender<'_> {
         self.series.clear();
         self.by_hash.clear();
         self.samples.clear();
+        self.hists.clear();
         self.wal.clear();
         let b = AppendBuffers {
             series: std::mem::take(&mut self.series),
             by_hash: std::mem::take(&mut self.by_hash),
             samples: std::mem::take(&mut self.samples),
+            hists: std::mem::take(&mut self.hists),
             wal: std::mem::take(&mut self.wal),
         };
         let mut pool = self.db.append_buffers.lock();

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::Result;
 use crate::chunks::{ChunkBytes, QChunk};
+use crate::hist::{HistData, HistSnapshot, HistVal};
 use crate::matchers::PostingsIndex;
 use crate::symbols::Symbols;
 
@@ -187,15 +188,19 @@ pub(crate) struct SeriesSnapshot {
     pub(crate) ooo: Vec<Sample>,
     pub(crate) max_t: i64,
     pub(crate) last_v: u64,
+    /// The histogram chunks (a type 7 record), if the series holds histograms.
+    pub(crate) hist: Option<HistSnapshot>,
 }
 
 impl SeriesSnapshot {
     /// Oldest and newest sample times, if it holds any.
     fn bounds(&self) -> Option<(i64, i64)> {
+        let hb = self.hist.as_ref().and_then(HistSnapshot::bounds);
         let lo = [
             self.closed.first().map(|c| c.min_t),
             self.open.as_ref().map(|o| o.0),
             self.ooo.first().map(|s| s.t),
+            hb.map(|b| b.0),
         ]
         .into_iter()
         .flatten()
@@ -204,6 +209,7 @@ impl SeriesSnapshot {
             (self.max_t != i64::MIN).then_some(self.max_t),
             self.closed.last().map(|c| c.max_t),
             self.ooo.last().map(|s| s.t),
+            hb.map(|b| b.1),
         ]
         .into_iter()
         .flatten()
@@ -225,9 +231,12 @@ pub(crate) struct SeriesData {
     open: Option<OpenChunk>,
     /// Out-of-order samples, sorted by time, unique timestamps.
     ooo: Vec<Sample>,
-    /// Newest in-order sample (`i64::MIN`: none yet) and its value bits.
+    /// Newest in-order sample of either kind (`i64::MIN`: none yet) and, when it is a
+    /// float, its value bits.
     pub(crate) max_t: i64,
     pub(crate) last_v: u64,
+    /// Native histogram chunks; boxed so float-only series pay one pointer.
+    pub(crate) hist: Option<Box<HistData>>,
 }
 
 /// How a sample fits a series.
@@ -258,7 +267,95 @@ impl SeriesData {
             ooo: Vec::new(),
             max_t: i64::MIN,
             last_v: 0,
+            hist: None,
         }
+    }
+
+    /// Whether the series' newest sample is a histogram.
+    #[inline]
+    pub(crate) fn newest_is_hist(&self) -> bool {
+        self.hist
+            .as_ref()
+            .is_some_and(|h| h.last_t == self.max_t && self.max_t != i64::MIN)
+    }
+
+    /// The series' newest sample when it is a histogram.
+    pub(crate) fn newest_hist(&self) -> Option<&HistVal> {
+        if self.newest_is_hist() {
+            self.hist.as_ref().and_then(|h| h.last.as_ref())
+        } else {
+            None
+        }
+    }
+
+    /// Where histogram `h` at `t` fits given the newest in-order sample (`max_t`; `newest`
+    /// is it when it is a histogram). Prometheus's rules and errors; out-of-order
+    /// histograms are refused even within the out-of-order window (not supported yet).
+    pub(crate) fn fit_hist(
+        &self,
+        max_t: i64,
+        newest: Option<&HistVal>,
+        t: i64,
+        h: &HistVal,
+        b: Bounds,
+    ) -> Result<Fit, StorageError> {
+        if max_t != i64::MIN && t == max_t {
+            return match newest {
+                Some(n) if h.same_as_stored(n) => Ok(Fit::Duplicate),
+                _ => Err(StorageError::DuplicateSampleForTimestamp),
+            };
+        }
+        if t > max_t && t >= b.min_valid_t {
+            return Ok(Fit::InOrder);
+        }
+        // A retried write of a stored histogram (see `fit`).
+        if self.hist.as_ref().is_some_and(|d| d.holds(t, h)) {
+            return Ok(Fit::Duplicate);
+        }
+        match b.ooo_min_t {
+            Some(oldest) if t >= oldest => Err(StorageError::OutOfOrderSample),
+            Some(_) => Err(StorageError::TooOldSample),
+            None if t < b.min_valid_t => Err(StorageError::OutOfBounds),
+            None => Err(StorageError::OutOfOrderSample),
+        }
+    }
+
+    /// Stores a histogram judged by [`SeriesData::fit_hist`]. Returns how many chunks
+    /// were started (the float chunk a kind change closes is not one).
+    pub(crate) fn store_hist(
+        &mut self,
+        fit: Fit,
+        t: i64,
+        h: &HistVal,
+        chunk_range: i64,
+        seal: bool,
+    ) -> bool {
+        if fit != Fit::InOrder {
+            return false;
+        }
+        let newest = self.newest_is_hist();
+        // A change of kind cuts the float chunk, as in Prometheus's head.
+        self.close_open(seal);
+        let d = self.hist.get_or_insert_with(|| Box::new(HistData::new()));
+        let started = match d.append(t, h, newest, chunk_range) {
+            Ok(s) => s,
+            Err(e) => {
+                // Validated before it was accepted: a bug, not bad input.
+                tracing::error!(error = %e, t, "appending a histogram to its chunk");
+                return false;
+            }
+        };
+        self.max_t = t;
+        started
+    }
+
+    /// Replays a logged histogram: appended when newer than the series' newest; older ones
+    /// are retries of stored samples (or, never written so, out of order: dropped).
+    fn replay_hist(&mut self, t: i64, h: &HistVal, chunk_range: i64) -> bool {
+        if self.max_t == i64::MIN || t > self.max_t {
+            return self.store_hist(Fit::InOrder, t, h, chunk_range, false);
+        }
+        false
     }
 
     /// Where `(t, v)` fits given the newest in-order sample `(max_t, last_v)` (the stored one
@@ -267,12 +364,13 @@ impl SeriesData {
         &self,
         max_t: i64,
         last_v: u64,
+        newest_hist: bool,
         t: i64,
         vb: u64,
         b: Bounds,
     ) -> Result<Fit, StorageError> {
         if max_t != i64::MIN && t == max_t {
-            return if vb == last_v {
+            return if vb == last_v && !newest_hist {
                 Ok(Fit::Duplicate)
             } else {
                 Err(StorageError::DuplicateSampleForTimestamp)
@@ -291,6 +389,10 @@ impl SeriesData {
             Some(oldest) if t >= oldest => match self.ooo.binary_search_by_key(&t, |s| s.t) {
                 Ok(i) if self.ooo[i].v.to_bits() == vb => Ok(Fit::Duplicate),
                 Ok(_) => Err(StorageError::DuplicateSampleForTimestamp),
+                // One time order per series: no float where a histogram is.
+                Err(_) if self.hist.as_ref().is_some_and(|h| h.has_time(t)) => {
+                    Err(StorageError::DuplicateSampleForTimestamp)
+                }
                 Err(_) => Ok(Fit::OutOfOrder),
             },
             Some(_) => Err(StorageError::TooOldSample),
@@ -351,6 +453,10 @@ impl SeriesData {
         };
         if cut {
             self.close_open(seal);
+            // After a histogram (a change of kind), its chunk is cut too.
+            if let Some(h) = self.hist.as_mut() {
+                h.close_open();
+            }
             self.open = Some(OpenChunk {
                 app: XorAppender::new(),
                 min_t: t,
@@ -399,6 +505,11 @@ impl SeriesData {
             ooo: self.ooo.clone(),
             max_t: self.max_t,
             last_v: self.last_v,
+            hist: self
+                .hist
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.snapshot()),
         }
     }
 
@@ -434,6 +545,27 @@ impl SeriesData {
             self.max_t = snap.max_t;
             self.last_v = snap.last_v;
         }
+        if let Some(h) = snap.hist {
+            self.restore_hist(h, chunk_range)?;
+        }
+        Ok(())
+    }
+
+    /// Restores checkpointed histogram chunks: adopted as they are by a series without
+    /// histograms, else replayed sample by sample.
+    pub(crate) fn restore_hist(&mut self, snap: HistSnapshot, chunk_range: i64) -> Result<()> {
+        if self.hist.as_ref().is_none_or(|h| h.is_empty()) {
+            let mut d = HistData::new();
+            d.adopt(snap)?;
+            if d.last_t > self.max_t {
+                self.max_t = d.last_t;
+            }
+            self.hist = Some(Box::new(d));
+        } else {
+            for (t, h) in snap.samples()? {
+                self.replay_hist(t, &h, chunk_range);
+            }
+        }
         Ok(())
     }
 
@@ -459,14 +591,15 @@ impl SeriesData {
             .map(|c| c.min_t)
             .or(self.open.as_ref().map(|o| o.min_t));
         let b = self.ooo.first().map(|s| s.t);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let h = self.hist.as_ref().and_then(|h| h.min_time());
+        [a, b, h].into_iter().flatten().min()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
+        self.closed.is_empty()
+            && self.open.is_none()
+            && self.ooo.is_empty()
+            && self.hist.as_ref().is_none_or(|h| h.is_empty())
     }
 
     /// Chunks overlapping `[mint, maxt]`, in time order: closed ones shared, the open one
@@ -525,6 +658,9 @@ impl SeriesData {
                 });
             }
         }
+        if let Some(h) = &self.hist {
+            h.chunks(mint, maxt, out);
+        }
     }
 
     /// Timestamps of out-of-order samples older than `t`.
@@ -568,11 +704,19 @@ impl SeriesData {
             self.open = None;
             removed += 1;
         }
+        if let Some(h) = self.hist.as_mut() {
+            removed += h.truncate_before(t);
+            if h.is_empty() {
+                self.hist = None;
+            }
+        }
         removed
     }
 
     pub(crate) fn num_chunks(&self) -> usize {
-        self.closed.len() + usize::from(self.open.is_some())
+        self.closed.len()
+            + usize::from(self.open.is_some())
+            + self.hist.as_ref().map_or(0, |h| h.num_chunks())
     }
 
     fn heap_bytes(&self) -> usize {
@@ -583,6 +727,12 @@ impl SeriesData {
             + self.closed.capacity() * std::mem::size_of::<HeadChunk>()
             + self.open.as_ref().map_or(0, |o| o.app.allocated_bytes())
             + self.ooo.capacity() * std::mem::size_of::<Sample>()
+            + self.hist_heap_bytes()
+    }
+
+    /// Heap bytes of its histogram chunks.
+    pub(crate) fn hist_heap_bytes(&self) -> usize {
+        self.hist.as_ref().map_or(0, |h| h.heap_bytes())
     }
 }
 
@@ -899,6 +1049,41 @@ impl Head {
         }
     }
 
+    /// Replay: stores logged histograms, in WAL order per series.
+    pub(crate) fn replay_hists(&self, batch: &[(Arc<MemSeries>, i64, HistVal)]) {
+        let (mut lo, mut hi, mut chunks) = (i64::MAX, i64::MIN, 0i64);
+        for (s, t, h) in batch {
+            let mut d = s.data.lock();
+            let before = d.num_chunks() as i64;
+            d.replay_hist(*t, h, self.chunk_range_ms);
+            chunks += d.num_chunks() as i64 - before;
+            drop(d);
+            lo = lo.min(*t);
+            hi = hi.max(*t);
+        }
+        if chunks != 0 {
+            self.num_chunks.fetch_add(chunks, Ordering::Relaxed);
+        }
+        if lo <= hi {
+            self.observe(lo, hi);
+        }
+    }
+
+    /// Replay: restores a checkpointed series' histogram chunks (a type 7 record).
+    pub(crate) fn restore_hist_series(&self, s: &MemSeries, snap: HistSnapshot) -> Result<()> {
+        let bounds = snap.bounds();
+        let mut d = s.data.lock();
+        let before = d.num_chunks() as i64;
+        let res = d.restore_hist(snap, self.chunk_range_ms);
+        let added = d.num_chunks() as i64 - before;
+        drop(d);
+        self.num_chunks.fetch_add(added, Ordering::Relaxed);
+        if let Some((lo, hi)) = bounds {
+            self.observe(lo, hi);
+        }
+        res
+    }
+
     /// Seals closed XOR chunks (those replay left unsealed) into the dense encoding where
     /// that is smaller, one series at a time. Returns how many were re-encoded.
     pub(crate) fn seal_closed(&self) -> usize {
@@ -1034,15 +1219,17 @@ impl Head {
         stats
     }
 
-    /// Approximate heap bytes held by sample data.
-    pub(crate) fn chunk_bytes(&self) -> usize {
-        let mut n = 0;
+    /// Approximate heap bytes held by sample data, and the part of it in histogram chunks.
+    pub(crate) fn chunk_bytes(&self) -> (usize, usize) {
+        let (mut n, mut h) = (0, 0);
         for s in self.by_ref.iter() {
             for m in s.read().values() {
-                n += m.data.lock().heap_bytes();
+                let d = m.data.lock();
+                n += d.heap_bytes();
+                h += d.hist_heap_bytes();
             }
         }
-        n
+        (n, h)
     }
 }
 
@@ -1064,37 +1251,44 @@ mod tests {
         let none = b(i64::MIN, None);
         // An empty series takes any timestamp.
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, -5_000_000, 0, none),
+            d.fit(d.max_t, d.last_v, false, -5_000_000, 0, none),
             Ok(Fit::InOrder)
         ));
         d.store(Fit::InOrder, 100, 1.0, 7_200_000);
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 100, 1f64.to_bits(), none),
+            d.fit(d.max_t, d.last_v, false, 100, 1f64.to_bits(), none),
             Ok(Fit::Duplicate)
         ));
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 100, 2f64.to_bits(), none),
+            d.fit(d.max_t, d.last_v, false, 100, 2f64.to_bits(), none),
             Err(StorageError::DuplicateSampleForTimestamp)
         ));
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 50, 0, none),
+            d.fit(d.max_t, d.last_v, false, 50, 0, none),
             Err(StorageError::OutOfOrderSample)
         ));
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 150, 0, b(200, None)),
+            d.fit(d.max_t, d.last_v, false, 150, 0, b(200, None)),
             Err(StorageError::OutOfBounds)
         ));
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 50, 0, b(i64::MIN, Some(40))),
+            d.fit(d.max_t, d.last_v, false, 50, 0, b(i64::MIN, Some(40))),
             Ok(Fit::OutOfOrder)
         ));
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 30, 0, b(i64::MIN, Some(40))),
+            d.fit(d.max_t, d.last_v, false, 30, 0, b(i64::MIN, Some(40))),
             Err(StorageError::TooOldSample)
         ));
         d.store(Fit::OutOfOrder, 50, 3.0, 7_200_000);
         assert!(matches!(
-            d.fit(d.max_t, d.last_v, 50, 3f64.to_bits(), b(i64::MIN, Some(40))),
+            d.fit(
+                d.max_t,
+                d.last_v,
+                false,
+                50,
+                3f64.to_bits(),
+                b(i64::MIN, Some(40))
+            ),
             Ok(Fit::Duplicate)
         ));
         let mut cs = Vec::new();

@@ -26,6 +26,12 @@
 //!   opens, and every chunk, series entry and postings list read is checked against its CRC:
 //!   damaged data is left out of results with a warning naming the block, never served.
 //!
+//! - **Native histograms** (`hist`): integer histograms in Prometheus's HISTOGRAM chunks,
+//!   float ones in FLOAT_HISTOGRAM chunks, beside a series' floats in one time order per
+//!   series (a change of kind cuts a chunk); logged in their own WAL records, checkpointed
+//!   as chunks, and written to blocks in their own encodings. Out-of-order histograms are
+//!   refused even within the out-of-order window.
+//!
 //! On-disk formats are specified in `docs/format/*.md`. Background work runs on one thread
 //! owned by the `Db`; [`Db::close`] (or drop) stops it. No async runtime is needed.
 //!
@@ -60,6 +66,7 @@ mod encoding;
 mod error;
 mod fileutil;
 mod head;
+mod hist;
 mod index;
 mod matchers;
 pub mod postings;

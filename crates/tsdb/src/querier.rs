@@ -11,14 +11,15 @@ use std::sync::Arc;
 use m3query_chunkenc::ChunkIterator;
 use m3query_model::{Labels, Matcher, Sample};
 use m3query_storage::{
-    Context, Error as StorageError, LabelHints, LabelValues, Querier, Result as SResult,
-    SampleIterator, SelectHints, Series, SeriesSet, VecSeriesSet, Warnings,
+    Context, Error as StorageError, HistogramSample, LabelHints, LabelValues, Querier,
+    Result as SResult, SampleIterator, SelectHints, Series, SeriesSet, VecSeriesSet, Warnings,
     matchers_select_something,
 };
 
 use crate::Result;
 use crate::block::Block;
 use crate::chunks::{QChunk, merge_chunks};
+use crate::hist::{decode_chunks, for_each_in_chunk, is_hist_encoding, to_sample};
 use crate::index::{ChunkMeta, IndexReader};
 use crate::matchers::{PostingsIndex, postings_for_matchers};
 use crate::postings::intersect;
@@ -389,6 +390,17 @@ fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
         return Ok(true);
     }
     for c in chunks.iter().filter(|c| c.min_t < mint && c.max_t > maxt) {
+        if is_hist_encoding(c.enc) {
+            let mut found = false;
+            for_each_in_chunk(c.enc, c.bytes.as_slice(), |t, _| {
+                found = t >= mint && t <= maxt;
+                t < mint
+            })?;
+            if found {
+                return Ok(true);
+            }
+            continue;
+        }
         let mut it = c.iter()?;
         while let Some((t, _)) = it.next_sample()? {
             if t >= mint {
@@ -512,6 +524,9 @@ impl Querier for DbQuerier<'_> {
 pub(crate) struct TsdbSeries {
     labels: Labels,
     chunks: Vec<QChunk>,
+    /// Native histogram chunks, apart from the floats' (usually none: boxed, so float
+    /// series stay as small as they were).
+    hchunks: Option<Box<[QChunk]>>,
     mint: i64,
     maxt: i64,
     /// Chunks overlap in time (several sources, or out-of-order data): merge by timestamp.
@@ -520,6 +535,14 @@ pub(crate) struct TsdbSeries {
 
 impl TsdbSeries {
     fn new(labels: Labels, mut chunks: Vec<QChunk>, mint: i64, maxt: i64) -> Self {
+        let hchunks = if chunks.iter().any(|c| is_hist_encoding(c.enc)) {
+            let (h, f): (Vec<QChunk>, Vec<QChunk>) =
+                chunks.into_iter().partition(|c| is_hist_encoding(c.enc));
+            chunks = f;
+            Some(h.into_boxed_slice())
+        } else {
+            None
+        };
         // Stable, so chunks keep source precedence when they start at the same time.
         let sorted = chunks.windows(2).all(|w| w[0].max_t < w[1].min_t);
         let overlapping = if sorted {
@@ -536,6 +559,7 @@ impl TsdbSeries {
         TsdbSeries {
             labels,
             chunks,
+            hchunks,
             mint,
             maxt,
             overlapping,
@@ -549,11 +573,19 @@ impl Series for TsdbSeries {
     }
 
     fn iter(&self) -> Box<dyn SampleIterator + '_> {
+        let hists = HistStream {
+            chunks: self.hchunks.as_deref().unwrap_or(&[]),
+            mint: self.mint,
+            maxt: self.maxt,
+            samples: None,
+            pos: 0,
+        };
         if self.overlapping {
             return Box::new(MergedIter {
                 src: Some((&self.chunks, self.mint, self.maxt)),
                 samples: Vec::new(),
                 pos: 0,
+                hists,
             });
         }
         Box::new(ChunksIter {
@@ -563,6 +595,7 @@ impl Series for TsdbSeries {
             mint: self.mint,
             maxt: self.maxt,
             done: false,
+            hists,
         })
     }
 }
@@ -579,6 +612,42 @@ struct ChunksIter<'a> {
     mint: i64,
     maxt: i64,
     done: bool,
+    hists: HistStream<'a>,
+}
+
+/// A series' histogram samples within the querier's range, decoded on first use (a
+/// histogram is far bigger than its chunk's per-sample cost, so there is little to gain
+/// from skipping within chunks). Consumed as [`SampleIterator::append_histograms`] says.
+struct HistStream<'a> {
+    chunks: &'a [QChunk],
+    mint: i64,
+    maxt: i64,
+    samples: Option<Vec<HistogramSample>>,
+    pos: usize,
+}
+
+impl HistStream<'_> {
+    fn append(&mut self, mint: i64, maxt: i64, out: &mut Vec<HistogramSample>) -> SResult<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let all = match &mut self.samples {
+            Some(s) => s,
+            None => {
+                let decoded = decode_chunks(self.chunks, self.mint, self.maxt).map_err(cerr)?;
+                self.samples
+                    .insert(decoded.iter().map(|(t, h)| to_sample(*t, h)).collect())
+            }
+        };
+        let rest = all.get(self.pos..).unwrap_or_default();
+        let lo = rest.partition_point(|s| s.t < mint);
+        let hi = rest.partition_point(|s| s.t <= maxt);
+        if lo < hi {
+            out.extend_from_slice(&rest[lo..hi]);
+        }
+        self.pos += hi;
+        Ok(())
+    }
 }
 
 impl ChunksIter<'_> {
@@ -642,6 +711,15 @@ impl SampleIterator for ChunksIter<'_> {
             }
         }
     }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> SResult<()> {
+        self.hists.append(mint, maxt, out)
+    }
 }
 
 /// Iterates overlapping chunks, merged and deduplicated on first use.
@@ -649,6 +727,7 @@ struct MergedIter<'a> {
     src: Option<(&'a [QChunk], i64, i64)>,
     samples: Vec<Sample>,
     pos: usize,
+    hists: HistStream<'a>,
 }
 
 impl MergedIter<'_> {
@@ -678,5 +757,14 @@ impl SampleIterator for MergedIter<'_> {
         }
         self.pos += (hi + 1).min(rest.len());
         Ok(())
+    }
+
+    fn append_histograms(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> SResult<()> {
+        self.hists.append(mint, maxt, out)
     }
 }

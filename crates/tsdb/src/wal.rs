@@ -15,6 +15,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::encoding::{Decbuf, DecodeError, put_str, put_u64, put_uvarint, put_varint};
 use crate::error::IoContext;
 use crate::fileutil::sync_dir;
+use crate::head::HeadChunk;
+use crate::hist::{HistSnapshot, HistVal, decode_hist_samples, is_hist_encoding};
 use crate::{Error, Result};
 
 /// When `Appender::commit` returns, relative to the fsync of its WAL record. See
@@ -42,6 +44,11 @@ pub(crate) const REC_SERIES: u8 = 1;
 pub(crate) const REC_SAMPLES: u8 = 2;
 pub(crate) const REC_CHUNKS: u8 = 3;
 pub(crate) const REC_HEAD_SERIES: u8 = 4;
+pub(crate) const REC_HISTOGRAMS: u8 = 5;
+pub(crate) const REC_FLOAT_HISTOGRAMS: u8 = 6;
+pub(crate) const REC_HEAD_HISTOGRAMS: u8 = 7;
+/// The highest record type this build reads.
+const REC_MAX: u8 = REC_HEAD_HISTOGRAMS;
 
 /// Writes one record (type, payload) into a checkpoint.
 pub(crate) type EmitRecord<'a> = dyn FnMut(u8, &[u8]) -> Result<()> + 'a;
@@ -122,10 +129,6 @@ impl SamplesEncoder {
         put_u64(&mut self.buf, v.to_bits());
         self.count += 1;
     }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
 }
 
 /// A decoded WAL record.
@@ -135,6 +138,10 @@ pub(crate) enum Record<'a> {
     Samples(Vec<(u64, i64, f64)>),
     Chunks(u64, Vec<&'a [u8]>),
     HeadSeries(SeriesState<'a>),
+    /// Histogram samples (types 5 and 6): ref, time, histogram.
+    Histograms(Vec<(u64, i64, HistVal)>),
+    /// A checkpointed series' histogram chunks (type 7).
+    HeadHistograms(u64, HistSnapshot),
 }
 
 /// A head series' samples in a checkpoint (type 4, `wal.md`): its chunks as the head holds
@@ -229,6 +236,76 @@ fn decode_series_state<'a>(d: &mut Decbuf<'a>) -> Result<SeriesState<'a>, Decode
     Ok(s)
 }
 
+/// Appends the payload of a type 7 record: a series' histogram chunks.
+pub(crate) fn encode_hist_state(out: &mut Vec<u8>, r: u64, s: &HistSnapshot) {
+    put_u64(out, r);
+    put_varint(out, s.last_t);
+    put_uvarint(out, s.closed.len() as u64);
+    for c in &s.closed {
+        out.push(c.enc);
+        put_varint(out, c.min_t);
+        put_varint(out, c.max_t.wrapping_sub(c.min_t));
+        put_uvarint(out, c.bytes.len() as u64);
+        out.extend_from_slice(&c.bytes);
+    }
+    match &s.open {
+        Some((enc, min_t, b)) => {
+            put_uvarint(out, b.len() as u64);
+            out.push(*enc);
+            put_varint(out, *min_t);
+            out.extend_from_slice(b);
+        }
+        None => put_uvarint(out, 0),
+    }
+}
+
+fn decode_hist_state(d: &mut Decbuf<'_>) -> Result<(u64, HistSnapshot), DecodeError> {
+    let bad = |m| Err(DecodeError(m));
+    let r = d.u64()?;
+    let mut s = HistSnapshot {
+        last_t: d.varint()?,
+        ..HistSnapshot::default()
+    };
+    let n = d.uvarint_usize()?;
+    s.closed.reserve(n.min(1024));
+    let mut prev_max = None;
+    for _ in 0..n {
+        let enc = d.u8()?;
+        if !is_hist_encoding(enc) {
+            return bad("not a histogram chunk encoding in head histograms record");
+        }
+        let min_t = d.varint()?;
+        let max_t = min_t.wrapping_add(d.varint()?);
+        if max_t < min_t || prev_max.is_some_and(|p| p >= min_t) {
+            return bad("head histogram chunks out of order");
+        }
+        prev_max = Some(max_t);
+        let len = d.uvarint_usize()?;
+        s.closed.push(HeadChunk {
+            min_t,
+            max_t,
+            enc,
+            bytes: Arc::from(d.bytes(len)?),
+        });
+    }
+    let open_len = d.uvarint_usize()?;
+    if open_len > 0 {
+        let enc = d.u8()?;
+        if !is_hist_encoding(enc) {
+            return bad("not a histogram chunk encoding in head histograms record");
+        }
+        let min_t = d.varint()?;
+        if prev_max.is_some_and(|p| p >= min_t) {
+            return bad("head histograms open chunk before a closed one");
+        }
+        s.open = Some((enc, min_t, d.bytes(open_len)?.to_vec()));
+    }
+    if d.remaining() != 0 {
+        return bad("trailing bytes in head histograms record");
+    }
+    Ok((r, s))
+}
+
 fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut d = Decbuf::new(payload);
     match typ {
@@ -282,6 +359,14 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             Ok(Record::Chunks(r, cs))
         }
         REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?)),
+        REC_HISTOGRAMS | REC_FLOAT_HISTOGRAMS => Ok(Record::Histograms(decode_hist_samples(
+            payload,
+            typ == REC_FLOAT_HISTOGRAMS,
+        )?)),
+        REC_HEAD_HISTOGRAMS => {
+            let (r, s) = decode_hist_state(&mut d)?;
+            Ok(Record::HeadHistograms(r, s))
+        }
         _ => Err(DecodeError("unknown record type")),
     }
 }
@@ -292,7 +377,7 @@ fn framed_at(data: &[u8], pos: usize) -> Result<(u8, &[u8], usize), &'static str
         return Err("torn record header");
     };
     let typ = h[0];
-    if !(REC_SERIES..=REC_HEAD_SERIES).contains(&typ) {
+    if !(REC_SERIES..=REC_MAX).contains(&typ) {
         return Err("unknown record type");
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -755,8 +840,18 @@ impl Wal {
     /// write's sequence number for [`Wal::wait_durable`]. On failure nothing of the record
     /// stays in the log, and buffered series records (other writers' too) stay buffered.
     pub(crate) fn log_samples(&self, payload: &[u8]) -> Result<u64> {
+        self.log_records(&[(REC_SAMPLES, payload)])
+    }
+
+    /// Writes records (type, payload) in one write, as [`Wal::log_samples`] does one: a
+    /// commit with histograms logs its samples as runs of float and histogram records in
+    /// append order, so replay applies each series' samples in the order they were judged.
+    pub(crate) fn log_records(&self, records: &[(u8, &[u8])]) -> Result<u64> {
         let mut w = self.w.lock();
-        let rec_len = (RECORD_HEADER + payload.len()) as u64;
+        let rec_len: u64 = records
+            .iter()
+            .map(|(_, p)| (RECORD_HEADER + p.len()) as u64)
+            .sum();
         if w.broken
             || (w.seg_len > SEGMENT_HEADER as u64
                 && w.seg_len + w.buf.len() as u64 + rec_len > self.segment_bytes)
@@ -765,7 +860,9 @@ impl Wal {
         }
         let mut buf = std::mem::take(&mut w.buf);
         let series_len = buf.len();
-        frame_record(&mut buf, REC_SAMPLES, payload);
+        for (typ, payload) in records {
+            frame_record(&mut buf, *typ, payload);
+        }
         let res = self.append(&mut w, &buf);
         buf.truncate(series_len);
         if res.is_ok() {
@@ -773,7 +870,9 @@ impl Wal {
         }
         w.buf = buf;
         res?;
-        self.metrics.records.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         w.written_seq += 1;
         Ok(w.written_seq)
     }
@@ -910,7 +1009,10 @@ mod tests {
         let (stats, next) = replay(dir, &mut |r| match r {
             Record::Samples(s) => samples.extend(s),
             Record::Series(s) => series.extend(s.into_iter().map(|(r, _)| r)),
-            Record::Chunks(..) | Record::HeadSeries(..) => {}
+            Record::Chunks(..)
+            | Record::HeadSeries(..)
+            | Record::Histograms(..)
+            | Record::HeadHistograms(..) => {}
         })
         .expect("replay");
         (samples, series, stats, next)
@@ -969,6 +1071,96 @@ mod tests {
             decode_record(REC_HEAD_SERIES, &bad_enc).is_err(),
             "unknown encoding"
         );
+    }
+
+    #[test]
+    fn histogram_records_round_trip_and_refuse_damage() {
+        use crate::hist::HistSamplesEncoder;
+        use m3query_model::histogram::{CounterResetHint, Span};
+        let ih = m3query_model::Histogram {
+            counter_reset_hint: CounterResetHint::Gauge,
+            schema: -53,
+            count: 5,
+            sum: -2.5,
+            positive_spans: vec![Span::new(0, 2), Span::new(3, 1)],
+            positive_buckets: vec![1, 1, -1],
+            custom_values: vec![0.5, 1.0, 2.0, 4.0, 8.0],
+            ..Default::default()
+        };
+        let fh = m3query_model::FloatHistogram {
+            schema: 3,
+            zero_threshold: 1e-3,
+            zero_count: 0.5,
+            count: 7.25,
+            sum: f64::NAN,
+            positive_spans: vec![Span::new(-2, 1)],
+            negative_spans: vec![Span::new(4, 2)],
+            positive_buckets: vec![1.75],
+            negative_buckets: vec![2.0, 3.0],
+            ..Default::default()
+        };
+        for (typ, vals) in [
+            (
+                REC_HISTOGRAMS,
+                vec![HistVal::Int(ih.clone()), HistVal::stale(false)],
+            ),
+            (
+                REC_FLOAT_HISTOGRAMS,
+                vec![HistVal::Float(fh.clone()), HistVal::stale(true)],
+            ),
+        ] {
+            let mut e = HistSamplesEncoder::default();
+            for (i, v) in vals.iter().enumerate() {
+                e.push(9 + i as u64, -5 + i as i64 * 1000, v);
+            }
+            let Ok(Record::Histograms(got)) = decode_record(typ, &e.buf) else {
+                panic!("decodes");
+            };
+            assert_eq!(got.len(), 2);
+            for ((r, t, g), (i, w)) in got.iter().zip(vals.iter().enumerate()) {
+                assert_eq!((*r, *t), (9 + i as u64, -5 + i as i64 * 1000));
+                assert!(
+                    w.same_as_stored(g) && g.hint() == w.hint(),
+                    "{g:?} vs {w:?}"
+                );
+            }
+            // A truncated payload is an undecodable record, not a shorter one.
+            assert!(decode_record(typ, &e.buf[..e.buf.len() - 1]).is_err());
+        }
+
+        let c = m3query_chunkenc::ENCODING_HISTOGRAM;
+        let (b1, b2) = (vec![1u8, 2, 3], vec![4u8; 9]);
+        let st = HistSnapshot {
+            last_t: 9_000,
+            closed: vec![HeadChunk {
+                min_t: -10,
+                max_t: 100,
+                enc: c,
+                bytes: Arc::from(&b1[..]),
+            }],
+            open: Some((m3query_chunkenc::ENCODING_FLOAT_HISTOGRAM, 200, b2.clone())),
+        };
+        let mut p = Vec::new();
+        encode_hist_state(&mut p, 77, &st);
+        let Ok(Record::HeadHistograms(r, got)) = decode_record(REC_HEAD_HISTOGRAMS, &p) else {
+            panic!("decodes");
+        };
+        assert_eq!((r, got.last_t), (77, 9_000));
+        assert_eq!(got.closed.len(), 1);
+        assert_eq!(&got.closed[0].bytes[..], &b1[..]);
+        assert_eq!(got.open, st.open);
+        p.push(0);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "trailing");
+        let mut late = st.clone();
+        late.open = Some((c, 50, b2));
+        p.clear();
+        encode_hist_state(&mut p, 77, &late);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "disorder");
+        let mut xor = st;
+        xor.closed[0].enc = m3query_chunkenc::ENCODING_XOR;
+        p.clear();
+        encode_hist_state(&mut p, 77, &xor);
+        assert!(decode_record(REC_HEAD_HISTOGRAMS, &p).is_err(), "encoding");
     }
 
     #[test]
