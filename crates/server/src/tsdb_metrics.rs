@@ -46,6 +46,12 @@ impl Collector for TsdbCollector {
         )?;
         gauge(
             &mut e,
+            "m3query_tsdb_head_histogram_chunk_bytes",
+            "Bytes of native histogram head chunks in memory (part of head_chunk_bytes)",
+            m.head_histogram_chunk_bytes as f64,
+        )?;
+        gauge(
+            &mut e,
             "m3query_tsdb_head_min_time_seconds",
             "Oldest timestamp in the head",
             m.head_min_time_ms as f64 / 1000.0,
@@ -67,6 +73,12 @@ impl Collector for TsdbCollector {
             "m3query_tsdb_samples_appended",
             "Samples appended to the head",
             m.samples_appended_total as f64,
+        )?;
+        counter(
+            &mut e,
+            "m3query_tsdb_histogram_samples_appended",
+            "Native histogram samples appended to the head (part of samples_appended)",
+            m.histogram_samples_appended_total as f64,
         )?;
         counter(
             &mut e,
