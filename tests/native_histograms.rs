@@ -4,7 +4,8 @@
 //! same writes.
 //!
 //! 2.42 cannot read us through its own `remote_read`: its remote-read client has no histogram
-//! support (storage/remote/codec.go at v2.42.0 reads floats only and drops histograms). So the
+//! support (storage/remote/codec.go at v2.42.0 reads floats only and drops histograms; 2.44 added
+//! it), and Debian's package is the Prometheus these tests can run. So the
 //! comparison goes the other way round: both servers get the same writes, and their query
 //! answers and their streamed remote-read chunks must decode to the same histograms.
 

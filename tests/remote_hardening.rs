@@ -341,7 +341,7 @@ fn peak_rss_reading_a_large_streamed_answer() {
     let samples: Vec<m3query_model::Sample> = (0..9_000)
         .map(|i| m3query_model::Sample::new(now - (9_000 - i) * 15_000, (i as f64).sin()))
         .collect();
-    let chunks = m3query_remote::read::encode_chunks(&samples).expect("chunks");
+    let chunks = m3query_remote::read::encode_chunks(&samples, &[]).expect("chunks");
     let mut body = Vec::new();
     for s in 0..1_800 {
         let msg = prompb::ChunkedReadResponse {
