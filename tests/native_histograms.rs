@@ -302,8 +302,11 @@ fn same_result(ours: &[Value], prom: &[Value], what: &str) {
     }
 }
 
+/// A series' histograms in time order.
+type Points = Vec<(i64, FloatHistogram)>;
+
 /// Every histogram of the streamed chunks of each series, with the chunk encodings seen.
-fn decode_chunks(series: &[prompb::ChunkedSeries]) -> Vec<(Vec<i32>, Vec<(i64, FloatHistogram)>)> {
+fn decode_chunks(series: &[prompb::ChunkedSeries]) -> Vec<(Vec<i32>, Points)> {
     series
         .iter()
         .map(|cs| {
