@@ -197,7 +197,7 @@ pub(crate) struct SideFit {
     pub(crate) forward: bool,
     /// The chunk has (empty) buckets the sample lacks (the sample gets them).
     pub(crate) backward: bool,
-    /// Indices of both, in order.
+    /// Indices of both, in order; filled only when `forward` or `backward` is set.
     pub(crate) union: Vec<i32>,
 }
 
@@ -211,6 +211,14 @@ pub(crate) fn fit_side<T: Copy + PartialOrd + Default>(
     b_counts: &[T],
     counter: bool,
 ) -> Option<SideFit> {
+    // The common case, a sample with the chunk's layout: nothing to insert either way, and
+    // no index lists to build (`union` is read only when there are inserts).
+    if a_spans == b_spans {
+        if counter && a_counts.iter().zip(b_counts).any(|(a, b)| a > b) {
+            return None;
+        }
+        return Some(SideFit::default());
+    }
     let ai = span_indices(a_spans);
     let bi = span_indices(b_spans);
     let zero = T::default();
@@ -399,7 +407,16 @@ pub(crate) fn sample_spans(
         return (h_pos.to_vec(), h_neg.to_vec());
     }
     if gauge {
-        return (spans_of(&pos.union), spans_of(&neg.union));
+        // Both sides get merged spans; a side without inserts left its union empty (see
+        // `fit_side`), and its union would be its own indices.
+        let merged = |fit: &SideFit, own: &[Span]| {
+            if fit.forward || fit.backward {
+                spans_of(&fit.union)
+            } else {
+                spans_of(&span_indices(own))
+            }
+        };
+        return (merged(pos, h_pos), merged(neg, h_neg));
     }
     if !any_fwd {
         return (layout.positive_spans.clone(), layout.negative_spans.clone());
@@ -634,7 +651,15 @@ impl HistogramAppender {
     fn fit(&self, h: &Histogram) -> Fit {
         // Counts compare as Go compares them: counts as uint64, buckets as int64; i128
         // holds both.
-        let wide = |d: &[i64]| abs_of(d).into_iter().map(i128::from).collect::<Vec<_>>();
+        let wide = |d: &[i64]| {
+            let mut cur = 0i64;
+            d.iter()
+                .map(|x| {
+                    cur = cur.wrapping_add(*x);
+                    i128::from(cur)
+                })
+                .collect::<Vec<_>>()
+        };
         let (a_pos, a_neg) = (wide(&self.s.pos), wide(&self.s.neg));
         let (b_pos, b_neg) = (wide(&h.positive_buckets), wide(&h.negative_buckets));
         let last = Last {

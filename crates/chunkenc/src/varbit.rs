@@ -24,9 +24,11 @@ pub(crate) fn put_varbit_int(w: &mut BitWriter, v: i64) {
     }
     for (ones, width) in WIDTHS {
         if bit_range(v, width) {
-            // `ones` one bits then a zero.
-            w.write_bits(((1u64 << ones) - 1) << 1, ones + 1);
-            w.write_bits(v as u64, width);
+            // `ones` one bits, a zero, then the value: at most 7 + 1 + 56 = 64 bits, so
+            // one write.
+            let prefix = ((1u64 << ones) - 1) << 1;
+            let value = (v as u64) & ((1u64 << width) - 1);
+            w.write_bits((prefix << width) | value, ones + 1 + width);
             return;
         }
     }
@@ -42,8 +44,8 @@ pub(crate) fn put_varbit_uint(w: &mut BitWriter, v: u64) {
     }
     for (ones, width) in WIDTHS {
         if v.leading_zeros() >= 64 - width {
-            w.write_bits(((1u64 << ones) - 1) << 1, ones + 1);
-            w.write_bits(v, width);
+            let prefix = ((1u64 << ones) - 1) << 1;
+            w.write_bits((prefix << width) | v, ones + 1 + width);
             return;
         }
     }
