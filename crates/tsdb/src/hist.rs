@@ -69,6 +69,23 @@ impl HistVal {
         }
     }
 
+    /// Heap bytes of its spans and buckets.
+    fn bucket_bytes(&self) -> usize {
+        let spans = |a: &[Span], b: &[Span]| (a.len() + b.len()) * std::mem::size_of::<Span>();
+        match self {
+            HistVal::Int(h) => {
+                spans(&h.positive_spans, &h.negative_spans)
+                    + (h.positive_buckets.len() + h.negative_buckets.len() + h.custom_values.len())
+                        * 8
+            }
+            HistVal::Float(h) => {
+                spans(&h.positive_spans, &h.negative_spans)
+                    + (h.positive_buckets.len() + h.negative_buckets.len() + h.custom_values.len())
+                        * 8
+            }
+        }
+    }
+
     pub(crate) fn is_float(&self) -> bool {
         matches!(self, HistVal::Float(_))
     }
@@ -86,6 +103,19 @@ impl HistVal {
             HistVal::Int(h) => h.counter_reset_hint,
             HistVal::Float(h) => h.counter_reset_hint,
         }
+    }
+
+    /// This histogram as the out-of-order store keeps it: a counter histogram's hint becomes
+    /// `Unknown` (whether a counter reset lies before it cannot be known across inserts
+    /// out of order, as in Prometheus), a gauge stays a gauge, a stale marker as it is.
+    pub(crate) fn for_ooo(mut self) -> HistVal {
+        if !self.is_stale() && self.hint() != CounterResetHint::Gauge {
+            match &mut self {
+                HistVal::Int(h) => h.counter_reset_hint = CounterResetHint::Unknown,
+                HistVal::Float(h) => h.counter_reset_hint = CounterResetHint::Unknown,
+            }
+        }
+        self
     }
 
     pub(crate) fn to_float(&self) -> FloatHistogram {
@@ -279,6 +309,10 @@ pub(crate) struct HistData {
     pub(crate) last_t: i64,
     /// The newest histogram, for duplicate checks and the next chunk's header.
     pub(crate) last: Option<HistVal>,
+    /// Out-of-order histograms, sorted by time, unique timestamps, hints as
+    /// [`HistVal::for_ooo`] leaves them. Kept uncompressed (as Prometheus's OOO head
+    /// chunks): they are few, and inserted anywhere in time.
+    pub(crate) ooo: Vec<(i64, HistVal)>,
 }
 
 impl HistData {
@@ -362,22 +396,84 @@ impl HistData {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_none()
+        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
     }
 
     pub(crate) fn min_time(&self) -> Option<i64> {
-        self.closed
+        let in_order = self
+            .closed
             .first()
             .map(|c| c.min_t)
-            .or(self.open.as_ref().map(|o| o.min_t))
+            .or(self.open.as_ref().map(|o| o.min_t));
+        match (in_order, self.ooo.first()) {
+            (Some(a), Some(b)) => Some(a.min(b.0)),
+            (a, b) => a.or(b.map(|x| x.0)),
+        }
+    }
+
+    /// Stores an out-of-order histogram (judged by `SeriesData::fit_hist`). An existing
+    /// sample at `t` wins (a retried write, already judged a duplicate).
+    pub(crate) fn insert_ooo(&mut self, t: i64, h: &HistVal) {
+        match self.ooo.last() {
+            Some(l) if l.0 >= t => {
+                if let Err(i) = self.ooo.binary_search_by_key(&t, |x| x.0) {
+                    self.ooo.insert(i, (t, h.clone().for_ooo()));
+                }
+            }
+            _ => self.ooo.push((t, h.clone().for_ooo())),
+        }
+    }
+
+    /// The out-of-order histogram at `t`, if any.
+    fn ooo_at(&self, t: i64) -> Option<&HistVal> {
+        self.ooo
+            .binary_search_by_key(&t, |x| x.0)
+            .ok()
+            .map(|i| &self.ooo[i].1)
+    }
+
+    /// Timestamps of out-of-order histograms older than `t`.
+    pub(crate) fn ooo_times_before(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
+        let n = self.ooo.partition_point(|x| x.0 < t);
+        self.ooo[..n].iter().map(|x| x.0)
+    }
+
+    /// Drops the out-of-order histograms whose timestamps are in `taken` (sorted; those
+    /// persisted), keeping those at or after `t` and any that arrived since.
+    pub(crate) fn drop_ooo_taken(&mut self, t: i64, taken: &[i64]) {
+        if self.ooo.is_empty() || taken.is_empty() {
+            return;
+        }
+        self.ooo
+            .retain(|x| x.0 >= t || taken.binary_search(&x.0).is_err());
+        if self.ooo.is_empty() {
+            self.ooo = Vec::new();
+        }
     }
 
     pub(crate) fn num_chunks(&self) -> usize {
         self.closed.len() + usize::from(self.open.is_some())
     }
 
-    /// Chunks overlapping `[mint, maxt]`: closed ones shared, the open one copied.
+    /// Chunks overlapping `[mint, maxt]`: out-of-order histograms in range encoded into
+    /// chunks (each reads back with its stored hint, see [`encode_chunks`]), then the closed
+    /// in-order ones shared and the open one copied.
     pub(crate) fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<QChunk>) {
+        let lo = self.ooo.partition_point(|x| x.0 < mint);
+        let hi = self.ooo.partition_point(|x| x.0 <= maxt);
+        if lo < hi {
+            match encode_chunks(&self.ooo[lo..hi]) {
+                Ok(cs) => out.extend(cs.into_iter().map(|(enc, min_t, max_t, b)| QChunk {
+                    seek: None,
+                    min_t,
+                    max_t,
+                    enc,
+                    bytes: ChunkBytes::Heap(Arc::from(b)),
+                })),
+                // Validated before they were accepted: a bug, not bad input.
+                Err(e) => tracing::error!(error = %e, "encoding out-of-order histograms"),
+            }
+        }
         for c in &self.closed {
             if c.max_t >= mint && c.min_t <= maxt {
                 out.push(QChunk {
@@ -405,6 +501,9 @@ impl HistData {
 
     /// Whether a sample equal to `h` is stored at `t` (decodes the one chunk holding `t`).
     pub(crate) fn holds(&self, t: i64, h: &HistVal) -> bool {
+        if let Some(o) = self.ooo_at(t) {
+            return h.same_as_stored(o);
+        }
         let find = |enc: u8, bytes: &[u8]| -> bool {
             let mut found = None;
             let _ = for_each_in_chunk(enc, bytes, |ct, v| {
@@ -432,6 +531,9 @@ impl HistData {
 
     /// Whether any histogram is stored at `t`.
     pub(crate) fn has_time(&self, t: i64) -> bool {
+        if self.ooo_at(t).is_some() {
+            return true;
+        }
         let find = |enc: u8, bytes: &[u8]| -> bool {
             let mut found = false;
             let _ = for_each_in_chunk(enc, bytes, |ct, _| {
@@ -452,7 +554,8 @@ impl HistData {
         }
     }
 
-    /// Drops chunks that end before `t`. Returns how many.
+    /// Drops in-order chunks that end before `t` (out-of-order histograms go by
+    /// [`HistData::drop_ooo_taken`]). Returns how many.
     pub(crate) fn truncate_before(&mut self, t: i64) -> usize {
         let before = self.closed.len();
         self.closed.retain(|c| c.max_t >= t);
@@ -472,6 +575,12 @@ impl HistData {
             + self.closed.capacity() * std::mem::size_of::<HeadChunk>()
             + self.open.as_ref().map_or(0, |o| o.app.bytes().len())
             + std::mem::size_of::<HistData>()
+            + self.ooo.capacity() * std::mem::size_of::<(i64, HistVal)>()
+            + self
+                .ooo
+                .iter()
+                .map(|(_, h)| h.bucket_bytes())
+                .sum::<usize>()
     }
 
     /// Its chunks as a checkpoint keeps them.
@@ -483,6 +592,7 @@ impl HistData {
                 .open
                 .as_ref()
                 .map(|o| (o.app.enc(), o.min_t, o.app.bytes().to_vec())),
+            ooo: self.ooo.clone(),
         }
     }
 
@@ -490,6 +600,7 @@ impl HistData {
     /// decoded from the newest chunk.
     pub(crate) fn adopt(&mut self, snap: HistSnapshot) -> Result<(), ChunkError> {
         self.closed = snap.closed;
+        self.ooo = snap.ooo;
         self.open = match snap.open {
             Some((enc, min_t, bytes)) => Some(OpenHist {
                 app: HistApp::from_bytes(enc, &bytes)?,
@@ -525,6 +636,9 @@ pub(crate) struct HistSnapshot {
     pub(crate) closed: Vec<HeadChunk>,
     /// The open chunk: encoding, first sample's time, bytes.
     pub(crate) open: Option<(u8, i64, Vec<u8>)>,
+    /// Out-of-order histograms (not in the type 7 record: a checkpoint logs them as type 8
+    /// and 9 records after it).
+    pub(crate) ooo: Vec<(i64, HistVal)>,
 }
 
 impl HistSnapshot {
@@ -533,8 +647,18 @@ impl HistSnapshot {
             .closed
             .first()
             .map(|c| c.min_t)
-            .or(self.open.as_ref().map(|o| o.1))?;
-        Some((lo, self.last_t))
+            .or(self.open.as_ref().map(|o| o.1));
+        let (olo, ohi) = (self.ooo.first().map(|x| x.0), self.ooo.last().map(|x| x.0));
+        let lo = match (lo, olo) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let hi = match (has_in_order(self), ohi) {
+            (true, Some(h)) => self.last_t.max(h),
+            (true, None) => self.last_t,
+            (false, h) => h?,
+        };
+        Some((lo, hi))
     }
 
     /// Every sample, in time order.
@@ -554,6 +678,11 @@ impl HistSnapshot {
         }
         Ok(out)
     }
+}
+
+/// Whether a snapshot holds in-order chunks.
+fn has_in_order(s: &HistSnapshot) -> bool {
+    !s.closed.is_empty() || s.open.is_some()
 }
 
 /// Calls `f` with each sample of a histogram chunk (as it reads back: hints from the chunk,
@@ -635,7 +764,11 @@ pub(crate) type EncodedChunk = (u8, i64, i64, Vec<u8>);
 
 /// Encodes samples (time-ordered, as they read back) into histogram chunks: a change of
 /// kind, the codec's cuts and the size rule start a chunk, whose header records the hint its
-/// first sample read back with, so the new chunks read back as the samples did.
+/// first sample read back with, so the new chunks read back as the samples did. A sample
+/// whose hint a chunk's later samples cannot carry (`Unknown`, `CounterReset`: they read
+/// back as `NotCounterReset` or `Gauge`) starts a chunk too; in chunks read back those are
+/// chunk starts already, so only merged streams (out-of-order histograms, which read back
+/// `Unknown`, or a histogram that follows a float) get extra chunks.
 pub(crate) fn encode_chunks(samples: &[(i64, HistVal)]) -> Result<Vec<EncodedChunk>, ChunkError> {
     let mut out = Vec::new();
     let mut open: Option<OpenHist> = None;
@@ -656,6 +789,11 @@ pub(crate) fn encode_chunks(samples: &[(i64, HistVal)]) -> Result<Vec<EncodedChu
                     || (o.app.bytes().len() >= TARGET_BYTES_PER_CHUNK
                         && o.app.num_samples() >= MIN_SAMPLES_PER_CHUNK)
                     || o.app.num_samples() == u16::MAX
+                    || (!h.is_stale()
+                        && !matches!(
+                            h.hint(),
+                            CounterResetHint::NotCounterReset | CounterResetHint::Gauge
+                        ))
             }
         };
         if cut {
