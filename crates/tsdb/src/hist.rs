@@ -16,6 +16,14 @@
 //! `Unknown` there because its previous chunk may be gone (prometheus/prometheus#15346);
 //! ours says what was known when the chunk was cut, which a query window that starts at the
 //! chunk does not use and one that spans the cut does.
+//!
+//! Out-of-order histograms (within the out-of-order window) are kept apart, uncompressed
+//! (`HistData::ooo`), and read back with the hint `Unknown` (a gauge's `Gauge`): whether a
+//! counter reset lies between one and its neighbours cannot be known when samples arrive in
+//! any order (Prometheus's merge of in-order and out-of-order data says `Unknown` too). The
+//! in-order histograms keep their hints (Prometheus's chain iterator would make the one right
+//! after an out-of-order sample `Unknown` as well; ours reads back as if the out-of-order
+//! sample were not there).
 
 use std::sync::Arc;
 
@@ -1014,4 +1022,91 @@ pub(crate) fn decode_hist_samples(
         out.push((r, t, decode_hist(&mut d, float)?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CounterResetHint::*;
+
+    fn h(count: u64, hint: CounterResetHint) -> HistVal {
+        HistVal::Int(Histogram {
+            counter_reset_hint: hint,
+            schema: 0,
+            zero_threshold: 0.001,
+            count,
+            sum: count as f64,
+            positive_spans: vec![Span::new(0, 1)],
+            positive_buckets: vec![count as i64],
+            ..Histogram::default()
+        })
+    }
+
+    /// Re-encoding keeps every sample's hint, also where a merge put an `Unknown` (an
+    /// out-of-order histogram) or `CounterReset` sample where the codec would append it.
+    #[test]
+    fn encoded_chunks_read_back_with_the_samples_hints() {
+        let samples = vec![
+            (10, h(1, Unknown)),
+            (20, h(2, NotCounterReset)),
+            (25, h(3, Unknown)),
+            (30, h(4, NotCounterReset)),
+            (40, h(5, CounterReset)),
+            (50, h(6, NotCounterReset)),
+            (60, h(7, Gauge)),
+            (70, h(7, Gauge)),
+            (80, HistVal::stale(false)),
+            (90, h(1, Unknown)),
+        ];
+        let chunks = encode_chunks(&samples).expect("encode");
+        let mut got = Vec::new();
+        for (enc, _, _, bytes) in &chunks {
+            for_each_in_chunk(*enc, bytes, |t, v| {
+                got.push((t, v.is_stale(), v.hint()));
+                true
+            })
+            .expect("decode");
+        }
+        let want: Vec<(i64, bool, CounterResetHint)> = samples
+            .iter()
+            .map(|(t, v)| (*t, v.is_stale(), v.hint()))
+            .collect();
+        let hints = |v: &[(i64, bool, CounterResetHint)]| -> Vec<(i64, Option<CounterResetHint>)> {
+            v.iter().map(|&(t, s, h)| (t, (!s).then_some(h))).collect()
+        };
+        assert_eq!(hints(&got), hints(&want));
+        // Extra chunks only where needed: 10-20, 25-30, 40-50, 60-70, 80, 90.
+        assert_eq!(
+            chunks.len(),
+            6,
+            "{:?}",
+            chunks.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>()
+        );
+    }
+
+    /// Out-of-order histograms are kept with hint `Unknown` (gauges `Gauge`), sorted, one
+    /// per timestamp, and read back so.
+    #[test]
+    fn out_of_order_histograms_read_back_unknown() {
+        let mut d = HistData::new();
+        d.insert_ooo(30, &h(3, NotCounterReset));
+        d.insert_ooo(10, &h(1, CounterReset));
+        d.insert_ooo(20, &h(2, Gauge));
+        d.insert_ooo(20, &h(9, Unknown));
+        let mut cs = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut cs);
+        let got: Vec<(i64, CounterResetHint, f64)> = decode_chunks(&cs, i64::MIN, i64::MAX)
+            .expect("decode")
+            .iter()
+            .map(|(t, v)| (*t, v.hint(), v.to_float().count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(10, Unknown, 1.0), (20, Gauge, 2.0), (30, Unknown, 3.0)]
+        );
+        assert!(d.has_time(20) && d.holds(20, &h(2, Unknown)) && !d.holds(20, &h(9, Unknown)));
+        d.drop_ooo_taken(25, &[10, 20, 30]);
+        assert_eq!(d.ooo.iter().map(|x| x.0).collect::<Vec<_>>(), vec![30]);
+        assert_eq!(d.min_time(), Some(30));
+    }
 }
