@@ -463,25 +463,11 @@ impl HistData {
         self.closed.len() + usize::from(self.open.is_some())
     }
 
-    /// Chunks overlapping `[mint, maxt]`: out-of-order histograms in range encoded into
-    /// chunks (each reads back with its stored hint, see [`encode_chunks`]), then the closed
-    /// in-order ones shared and the open one copied.
+    /// Chunks overlapping `[mint, maxt]`: closed ones shared, the open one copied, then the
+    /// out-of-order histograms in range encoded into chunks (each reads back with its stored
+    /// hint, see [`encode_chunks`]; after the in-order ones, which win a merge at an equal
+    /// timestamp, as for floats).
     pub(crate) fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<QChunk>) {
-        let lo = self.ooo.partition_point(|x| x.0 < mint);
-        let hi = self.ooo.partition_point(|x| x.0 <= maxt);
-        if lo < hi {
-            match encode_chunks(&self.ooo[lo..hi]) {
-                Ok(cs) => out.extend(cs.into_iter().map(|(enc, min_t, max_t, b)| QChunk {
-                    seek: None,
-                    min_t,
-                    max_t,
-                    enc,
-                    bytes: ChunkBytes::Heap(Arc::from(b)),
-                })),
-                // Validated before they were accepted: a bug, not bad input.
-                Err(e) => tracing::error!(error = %e, "encoding out-of-order histograms"),
-            }
-        }
         for c in &self.closed {
             if c.max_t >= mint && c.min_t <= maxt {
                 out.push(QChunk {
@@ -503,6 +489,21 @@ impl HistData {
                     enc: o.app.enc(),
                     bytes: ChunkBytes::Heap(Arc::from(o.app.bytes())),
                 });
+            }
+        }
+        let lo = self.ooo.partition_point(|x| x.0 < mint);
+        let hi = self.ooo.partition_point(|x| x.0 <= maxt);
+        if lo < hi {
+            match encode_chunks(&self.ooo[lo..hi]) {
+                Ok(cs) => out.extend(cs.into_iter().map(|(enc, min_t, max_t, b)| QChunk {
+                    seek: None,
+                    min_t,
+                    max_t,
+                    enc,
+                    bytes: ChunkBytes::Heap(Arc::from(b)),
+                })),
+                // Validated before they were accepted: a bug, not bad input.
+                Err(e) => tracing::error!(error = %e, "encoding out-of-order histograms"),
             }
         }
     }
