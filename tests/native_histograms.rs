@@ -615,3 +615,130 @@ fn native_histograms_round_trip_like_prometheus_and_survive_kill9() {
     compare_with_prometheus(&ours, "after kill -9");
     check_streamed(&ours, "after kill -9");
 }
+
+/// Within `storage.outOfOrderWindow` remote write accepts histograms older than their series'
+/// newest sample, as Prometheus 3 does: they read back merged in time order through the query
+/// API and remote read (hint `Unknown`: a reset across them cannot be known), and survive
+/// kill -9 (WAL replay). Without the window they are refused, alone.
+#[test]
+fn out_of_order_histograms_within_the_window() {
+    let now = now_ms();
+    let t0 = now - now % 60_000 - 20 * 60_000;
+    let h = |k: u64| Histogram {
+        counter_reset_hint: CounterResetHint::NotCounterReset,
+        schema: 0,
+        zero_threshold: 0.001,
+        zero_count: 1,
+        count: 1 + 3 * k,
+        sum: k as f64 * 2.5,
+        positive_spans: vec![Span::new(0, 2)],
+        positive_buckets: vec![k as i64, k as i64],
+        ..Histogram::default()
+    };
+    let request = |ts: &[i64]| {
+        prompb::WriteRequest {
+            timeseries: vec![prompb::TimeSeries {
+                labels: labels(&[("__name__", "nh_ooo"), ("job", "late")]),
+                histograms: ts
+                    .iter()
+                    .map(|&t| v1::to_proto(t, &h(((t - t0) / 30_000) as u64)))
+                    .collect(),
+                ..Default::default()
+            }],
+            metadata: vec![],
+        }
+        .encode_to_vec()
+    };
+    // In order every minute, then the half minutes in between, late.
+    let in_order: Vec<i64> = (0..6).map(|k| t0 + 2 * k * 30_000).collect();
+    let late: Vec<i64> = (0..5).map(|k| t0 + (2 * k + 1) * 30_000).collect();
+    let mut all: Vec<i64> = in_order.iter().chain(&late).copied().collect();
+    all.sort_unstable();
+
+    let refused = M3Query::start("");
+    let url = refused.url("/api/v1/write");
+    write_ok(
+        &url,
+        &request(&in_order),
+        "application/x-protobuf",
+        "m3query",
+    );
+    let (status, body) = send_snappy(&url, &request(&late), "application/x-protobuf");
+    assert_eq!(status, 400, "no window: refused: {body}");
+    assert!(body.contains("5 out of order samples"), "{body}");
+    drop(refused);
+
+    let mut m = M3Query::start("  outOfOrderWindow: 1h\n");
+    let url = m.url("/api/v1/write");
+    write_ok(
+        &url,
+        &request(&in_order),
+        "application/x-protobuf",
+        "m3query",
+    );
+    write_ok(
+        &url,
+        &request(&late),
+        "application/x-protobuf",
+        "m3query late",
+    );
+    let end = t0 + 10 * 30_000;
+    let check = |base: &str, when: &str| {
+        let r = api(
+            base,
+            "/api/v1/query_range",
+            &[
+                ("query", "nh_ooo".to_string()),
+                ("start", secs(t0)),
+                ("end", secs(end)),
+                ("step", "30".to_string()),
+            ],
+        );
+        assert_eq!(r.len(), 1, "{when}: {r:?}");
+        let got: Vec<(i64, String)> = r[0]["histograms"]
+            .as_array()
+            .expect("histograms")
+            .iter()
+            .map(|p| {
+                (
+                    (p[0].as_f64().expect("time") * 1000.0).round() as i64,
+                    p[1]["count"].as_str().expect("count").to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(i64, String)> = all
+            .iter()
+            .map(|&t| (t, h(((t - t0) / 30_000) as u64).count.to_string()))
+            .collect();
+        assert_eq!(got, want, "{when}: query API");
+        let rr = remote_read_samples(
+            &format!("{base}/api/v1/read"),
+            vec![eq_matcher("__name__", "nh_ooo")],
+            t0,
+            end,
+        );
+        let hs = &rr.results[0].timeseries[0].histograms;
+        let hints: Vec<(i64, CounterResetHint)> = hs
+            .iter()
+            .map(|x| (x.timestamp, CounterResetHint::from_proto(x.reset_hint)))
+            .collect();
+        assert_eq!(hints.len(), all.len(), "{when}: remote read");
+        for (t, hint) in hints {
+            if late.contains(&t) {
+                assert_eq!(
+                    hint,
+                    CounterResetHint::Unknown,
+                    "{when}: late sample at {t}"
+                );
+            }
+        }
+    };
+    let base = m.url("");
+    check(&base, "head");
+    let _ = m.child.kill();
+    let _ = m.child.wait();
+    let dir = std::mem::replace(&mut m.dir, tempfile::tempdir().expect("tempdir"));
+    drop(m);
+    let m = M3Query::start_in(dir, "  outOfOrderWindow: 1h\n", &[]);
+    check(&m.url(""), "after kill -9");
+}

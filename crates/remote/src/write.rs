@@ -350,6 +350,15 @@ impl Outcome {
                 self.histograms_written += 1;
                 Ok(())
             }
+            // A store that validates beyond what was checked here: counted as invalid,
+            // as the histograms refused above.
+            Err(StorageError::InvalidSample(why)) => {
+                self.histograms_invalid += 1;
+                if self.histograms_invalid == 1 {
+                    self.example(format!("{why} for series {labels} at timestamp {t}"));
+                }
+                Ok(())
+            }
             Err(e) if e.is_sample_error() => {
                 if self.count_refusal(&e) {
                     self.example(format!(
@@ -1446,6 +1455,57 @@ mod tests {
         fn rollback(self: Box<Self>) {
             self.0.rollback()
         }
+    }
+
+    /// A store that refuses every integer histogram as an invalid sample (as a store that
+    /// validates beyond the handler's checks would) and keeps float histograms.
+    struct StrictHists<'a>(Box<dyn Appender + 'a>);
+
+    impl Appender for StrictHists<'_> {
+        fn append(&mut self, labels: &Labels, t: i64, v: f64) -> m3query_storage::Result<()> {
+            self.0.append(labels, t, v)
+        }
+        fn append_int_histogram(
+            &mut self,
+            _labels: &Labels,
+            _t: i64,
+            _h: &Histogram,
+        ) -> m3query_storage::Result<()> {
+            Err(StorageError::InvalidSample("store says no".into()))
+        }
+        fn append_histogram(
+            &mut self,
+            labels: &Labels,
+            t: i64,
+            h: &FloatHistogram,
+        ) -> m3query_storage::Result<()> {
+            self.0.append_histogram(labels, t, h)
+        }
+        fn commit(self: Box<Self>) -> m3query_storage::Result<()> {
+            self.0.commit()
+        }
+        fn rollback(self: Box<Self>) {
+            self.0.rollback()
+        }
+    }
+
+    #[test]
+    fn a_store_refusing_an_invalid_histogram_refuses_only_that_sample() {
+        let body = v1_histogram_request().encode_to_vec();
+        let s = MemStorage::new();
+        let mut app: Box<dyn Appender> = Box::new(StrictHists(s.appender()));
+        let out = write(Protocol::V1, &body, app.as_mut()).expect("not a request error");
+        app.commit().expect("commit");
+        assert_eq!(out.samples_written, 1);
+        // The integer histograms refused one by one, the float one written.
+        assert_eq!((out.histograms_invalid, out.histograms_written), (4, 1));
+        assert_eq!(out.histograms_refused, 0);
+        let msg = out.refusal().expect("refused");
+        assert!(
+            msg.contains("invalid native histogram samples") && msg.contains("store says no"),
+            "{msg}"
+        );
+        assert_eq!(stored(&s, "h"), vec![(5, 1.0)]);
     }
 
     #[test]

@@ -343,6 +343,7 @@ pub fn storage_kind(e: &m3query_storage::Error) -> ErrorType {
         | E::DuplicateSampleForTimestamp
         | E::TooFarInFuture(_)
         | E::OlderThanRetention(_)
+        | E::InvalidSample(_)
         | E::InvalidLabels(_) => ErrorType::BadData,
         E::Unavailable { .. } | E::Closed => ErrorType::Unavailable,
         E::Io { .. } | E::Corruption(_) | E::Other(_) => ErrorType::Internal,

@@ -21,6 +21,10 @@ pub enum Error {
     /// A sample older than the store keeps; the detail names the limit.
     #[error("sample older than the retention: {0}")]
     OlderThanRetention(String),
+    /// One sample the store refuses as invalid (a native histogram whose counts, spans
+    /// and buckets disagree); the detail says why. The rest of a batch can go on.
+    #[error("invalid sample: {0}")]
+    InvalidSample(String),
     /// A label set the store cannot hold (empty, or invalid names or values).
     #[error("invalid labels: {0}")]
     InvalidLabels(String),
@@ -83,6 +87,7 @@ impl Error {
                 | Error::DuplicateSampleForTimestamp
                 | Error::TooFarInFuture(_)
                 | Error::OlderThanRetention(_)
+                | Error::InvalidSample(_)
         )
     }
 }

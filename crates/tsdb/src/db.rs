@@ -30,8 +30,8 @@ use crate::querier::DbQuerier;
 use crate::readers::{BlockHealth, CorruptBlock, Readers, Snapshot, Wake};
 use crate::wal::{
     self, FSYNC_BUCKETS_S, Fsync, REC_FLOAT_HISTOGRAMS, REC_HEAD_HISTOGRAMS, REC_HEAD_SERIES,
-    REC_HISTOGRAMS, REC_SAMPLES, REC_SERIES, Record, SamplesEncoder, SeriesState, Wal,
-    encode_series,
+    REC_HISTOGRAMS, REC_OOO_FLOAT_HISTOGRAMS, REC_OOO_HISTOGRAMS, REC_SAMPLES, REC_SERIES, Record,
+    SamplesEncoder, SeriesState, Wal, encode_series,
 };
 use crate::{Error, Result};
 
@@ -1031,17 +1031,43 @@ impl DbInner {
             if !p.is_empty() {
                 emit(REC_SERIES, &p)?;
             }
+            // Out-of-order histograms (types 8 and 9), after every series' chunks, so
+            // replay judges them against their series' newest sample as appends were.
+            let mut ooo_int = HistSamplesEncoder::default();
+            let mut ooo_float = HistSamplesEncoder::default();
             for (r, _, snap) in &snapshot {
                 if let Some(h) = &snap.hist {
-                    // Histogram chunks (type 7, wal.md), after the series' floats.
+                    // Histogram chunks (type 7, wal.md), after the series' floats; those
+                    // carry the series' newest time, which out-of-order histograms need.
                     let mut q = Vec::new();
                     wal::encode_hist_state(&mut q, *r, h);
-                    if !(snap.closed.is_empty() && snap.open.is_none() && snap.ooo.is_empty()) {
+                    if !(snap.closed.is_empty()
+                        && snap.open.is_none()
+                        && snap.ooo.is_empty()
+                        && h.ooo.is_empty())
+                    {
                         p.clear();
                         wal::encode_series_state(&mut p, &float_state(*r, snap));
                         emit(REC_HEAD_SERIES, &p)?;
                     }
                     emit(REC_HEAD_HISTOGRAMS, &q)?;
+                    for (t, v) in &h.ooo {
+                        let e = if v.is_float() {
+                            &mut ooo_float
+                        } else {
+                            &mut ooo_int
+                        };
+                        e.push(*r, *t, v);
+                        if e.buf.len() >= 1 << 20 {
+                            let typ = if v.is_float() {
+                                REC_OOO_FLOAT_HISTOGRAMS
+                            } else {
+                                REC_OOO_HISTOGRAMS
+                            };
+                            emit(typ, &e.buf)?;
+                            e.clear();
+                        }
+                    }
                     continue;
                 }
                 if snap.closed.is_empty() && snap.open.is_none() && snap.ooo.is_empty() {
@@ -1051,6 +1077,14 @@ impl DbInner {
                 p.clear();
                 wal::encode_series_state(&mut p, &float_state(*r, snap));
                 emit(REC_HEAD_SERIES, &p)?;
+            }
+            for (typ, e) in [
+                (REC_OOO_HISTOGRAMS, &ooo_int),
+                (REC_OOO_FLOAT_HISTOGRAMS, &ooo_float),
+            ] {
+                if !e.buf.is_empty() {
+                    emit(typ, &e.buf)?;
+                }
             }
             Ok(())
         })?;
@@ -1485,9 +1519,8 @@ impl DbAppender<'_> {
             return Err(StorageError::InvalidLabels("empty label set".into()));
         }
         labels.validate().map_err(StorageError::InvalidLabels)?;
-        // Prometheus's head refuses invalid histograms; the seam has no per-sample variant
-        // for it, so it is a bad request (the caller's whole write is at fault).
-        h.validate().map_err(StorageError::BadRequest)?;
+        // Prometheus's head refuses invalid histograms, one sample at a time.
+        h.validate().map_err(StorageError::InvalidSample)?;
         let w = self.window();
         self.db.check_window(w, t)?;
         let i = self.series_index_for(labels);
@@ -1516,16 +1549,18 @@ impl DbAppender<'_> {
                 }
                 None => {}
             };
-        for &(ie, t, v, _) in accepted {
+        for &(ie, t, v, f) in accepted {
             let i = (ie & !HIST_FLAG) as usize;
             let r = self.series[i].s.r;
             let h = (ie & HIST_FLAG != 0)
                 .then(|| hvals.get(v.to_bits() as usize))
                 .flatten();
-            let typ = match h {
-                None => REC_SAMPLES,
-                Some(h) if h.is_float() => REC_FLOAT_HISTOGRAMS,
-                Some(_) => REC_HISTOGRAMS,
+            let typ = match (h, f) {
+                (None, _) => REC_SAMPLES,
+                (Some(h), Fit::OutOfOrder) if h.is_float() => REC_OOO_FLOAT_HISTOGRAMS,
+                (Some(_), Fit::OutOfOrder) => REC_OOO_HISTOGRAMS,
+                (Some(h), _) if h.is_float() => REC_FLOAT_HISTOGRAMS,
+                (Some(_), _) => REC_HISTOGRAMS,
             };
             if cur != Some(typ) {
                 flush(cur, &mut floats, &mut hists);

@@ -4,8 +4,9 @@
 //! side map, resolved by comparing labels) and, for lookups from postings and the WAL, in
 //! shards keyed by their ref. Each series owns its sealed chunks (dense when smaller, else
 //! XOR; exact-size `Arc<[u8]>`, shared with queries without copying), the open XOR chunk it
-//! appends to, and a sorted buffer of out-of-order samples. Label strings are interned, so identical names and
-//! values share one allocation.
+//! appends to, and a sorted buffer of out-of-order samples (native histograms: the same, in
+//! `SeriesData::hist`). Label strings are interned, so identical names and values share one
+//! allocation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -289,8 +290,10 @@ impl SeriesData {
     }
 
     /// Where histogram `h` at `t` fits given the newest in-order sample (`max_t`; `newest`
-    /// is it when it is a histogram). Prometheus's rules and errors; out-of-order
-    /// histograms are refused even within the out-of-order window (not supported yet).
+    /// is it when it is a histogram). Prometheus's rules and errors: within the
+    /// out-of-order window an older histogram is out of order, unless the head holds a
+    /// sample at `t` (the same histogram: a retried write, accepted; anything else:
+    /// refused, as one time order per series holds one sample per timestamp).
     pub(crate) fn fit_hist(
         &self,
         max_t: i64,
@@ -313,15 +316,25 @@ impl SeriesData {
             return Ok(Fit::Duplicate);
         }
         match b.ooo_min_t {
-            Some(oldest) if t >= oldest => Err(StorageError::OutOfOrderSample),
+            Some(oldest) if t >= oldest => {
+                if self.hist.as_ref().is_some_and(|d| d.has_time(t))
+                    || self.ooo.binary_search_by_key(&t, |s| s.t).is_ok()
+                    || self.float_at(t).is_some()
+                {
+                    Err(StorageError::DuplicateSampleForTimestamp)
+                } else {
+                    Ok(Fit::OutOfOrder)
+                }
+            }
             Some(_) => Err(StorageError::TooOldSample),
             None if t < b.min_valid_t => Err(StorageError::OutOfBounds),
             None => Err(StorageError::OutOfOrderSample),
         }
     }
 
-    /// Stores a histogram judged by [`SeriesData::fit_hist`]. Returns how many chunks
-    /// were started (the float chunk a kind change closes is not one).
+    /// Stores a histogram judged by [`SeriesData::fit_hist`]. Returns whether a chunk was
+    /// started (the float chunk a kind change closes is not one; out-of-order histograms
+    /// are kept apart, see [`HistData::insert_ooo`]).
     pub(crate) fn store_hist(
         &mut self,
         fit: Fit,
@@ -330,8 +343,15 @@ impl SeriesData {
         chunk_range: i64,
         seal: bool,
     ) -> bool {
-        if fit != Fit::InOrder {
-            return false;
+        match fit {
+            Fit::InOrder => {}
+            Fit::Duplicate => return false,
+            Fit::OutOfOrder => {
+                self.hist
+                    .get_or_insert_with(|| Box::new(HistData::new()))
+                    .insert_ooo(t, h);
+                return false;
+            }
         }
         let newest = self.newest_is_hist();
         // A change of kind cuts the float chunk, as in Prometheus's head.
@@ -349,11 +369,19 @@ impl SeriesData {
         started
     }
 
-    /// Replays a logged histogram: appended when newer than the series' newest; older ones
-    /// are retries of stored samples (or, never written so, out of order: dropped).
+    /// Replays a logged histogram (no bounds, as [`SeriesData::replay`]): appended when
+    /// newer than the series' newest; an older one is out of order unless a sample is
+    /// stored at its time (a logged retry of a stored sample, or a refused collision).
     fn replay_hist(&mut self, t: i64, h: &HistVal, chunk_range: i64) -> bool {
         if self.max_t == i64::MIN || t > self.max_t {
             return self.store_hist(Fit::InOrder, t, h, chunk_range, false);
+        }
+        if t != self.max_t
+            && !self.hist.as_ref().is_some_and(|d| d.has_time(t))
+            && self.ooo.binary_search_by_key(&t, |s| s.t).is_err()
+            && self.float_at(t).is_none()
+        {
+            self.store_hist(Fit::OutOfOrder, t, h, chunk_range, false);
         }
         false
     }
@@ -404,25 +432,35 @@ impl SeriesData {
     /// Whether an in-order sample `(t, value bits vb)` is stored: decodes at most the one
     /// chunk whose time range holds `t`.
     fn holds(&self, t: i64, vb: u64) -> bool {
+        self.float_at(t) == Some(vb)
+    }
+
+    /// The value bits of the in-order float stored at `t`, if any: decodes at most the one
+    /// chunk whose time range holds `t`.
+    fn float_at(&self, t: i64) -> Option<u64> {
         let find = |mut it: m3query_chunkenc::ChunkIterator<'_>| {
             while let Ok(Some((ct, v))) = it.next_sample() {
                 if ct >= t {
-                    return ct == t && v.to_bits() == vb;
+                    return (ct == t).then_some(v.to_bits());
                 }
             }
-            false
+            None
         };
         let i = self.closed.partition_point(|c| c.max_t < t);
         if let Some(c) = self.closed.get(i)
             && c.min_t <= t
         {
-            return m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..]).is_ok_and(&find);
+            return m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..])
+                .ok()
+                .and_then(find);
         }
         match &self.open {
             Some(o) if o.min_t <= t && !o.app.is_empty() && t <= o.app.last_t() => {
-                m3query_chunkenc::ChunkIterator::new(ENCODING_XOR, o.app.bytes()).is_ok_and(&find)
+                m3query_chunkenc::ChunkIterator::new(ENCODING_XOR, o.app.bytes())
+                    .ok()
+                    .and_then(find)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -553,7 +591,7 @@ impl SeriesData {
 
     /// Restores checkpointed histogram chunks: adopted as they are by a series without
     /// histograms, else replayed sample by sample.
-    pub(crate) fn restore_hist(&mut self, snap: HistSnapshot, chunk_range: i64) -> Result<()> {
+    pub(crate) fn restore_hist(&mut self, mut snap: HistSnapshot, chunk_range: i64) -> Result<()> {
         if self.hist.as_ref().is_none_or(|h| h.is_empty()) {
             let mut d = HistData::new();
             d.adopt(snap)?;
@@ -562,7 +600,8 @@ impl SeriesData {
             }
             self.hist = Some(Box::new(d));
         } else {
-            for (t, h) in snap.samples()? {
+            let ooo = std::mem::take(&mut snap.ooo);
+            for (t, h) in snap.samples()?.into_iter().chain(ooo) {
                 self.replay_hist(t, &h, chunk_range);
             }
         }
@@ -663,15 +702,26 @@ impl SeriesData {
         }
     }
 
-    /// Timestamps of out-of-order samples older than `t`.
+    /// Timestamps of out-of-order samples (floats and histograms) older than `t`, sorted.
     pub(crate) fn ooo_times_before(&self, t: i64) -> Vec<i64> {
         let n = self.ooo.partition_point(|s| s.t < t);
-        self.ooo[..n].iter().map(|s| s.t).collect()
+        let mut v: Vec<i64> = self.ooo[..n].iter().map(|s| s.t).collect();
+        if let Some(h) = &self.hist
+            && !h.ooo.is_empty()
+        {
+            v.extend(h.ooo_times_before(t));
+            // One sample per timestamp across kinds: sorting keeps them unique.
+            v.sort_unstable();
+        }
+        v
     }
 
     /// Drops in-order chunks that end before `t`, and the out-of-order samples whose
     /// timestamps are in `taken` (those persisted; others may have arrived since).
     fn truncate_persisted(&mut self, t: i64, taken: &[i64]) -> usize {
+        if let Some(h) = self.hist.as_mut() {
+            h.drop_ooo_taken(t, taken);
+        }
         let removed = self.truncate_in_order(t);
         if !taken.is_empty() {
             self.ooo

@@ -16,6 +16,14 @@
 //! `Unknown` there because its previous chunk may be gone (prometheus/prometheus#15346);
 //! ours says what was known when the chunk was cut, which a query window that starts at the
 //! chunk does not use and one that spans the cut does.
+//!
+//! Out-of-order histograms (within the out-of-order window) are kept apart, uncompressed
+//! (`HistData::ooo`), and read back with the hint `Unknown` (a gauge's `Gauge`): whether a
+//! counter reset lies between one and its neighbours cannot be known when samples arrive in
+//! any order (Prometheus's merge of in-order and out-of-order data says `Unknown` too). The
+//! in-order histograms keep their hints (Prometheus's chain iterator would make the one right
+//! after an out-of-order sample `Unknown` as well; ours reads back as if the out-of-order
+//! sample were not there).
 
 use std::sync::Arc;
 
@@ -69,6 +77,23 @@ impl HistVal {
         }
     }
 
+    /// Heap bytes of its spans and buckets.
+    fn bucket_bytes(&self) -> usize {
+        let spans = |a: &[Span], b: &[Span]| (a.len() + b.len()) * std::mem::size_of::<Span>();
+        match self {
+            HistVal::Int(h) => {
+                spans(&h.positive_spans, &h.negative_spans)
+                    + (h.positive_buckets.len() + h.negative_buckets.len() + h.custom_values.len())
+                        * 8
+            }
+            HistVal::Float(h) => {
+                spans(&h.positive_spans, &h.negative_spans)
+                    + (h.positive_buckets.len() + h.negative_buckets.len() + h.custom_values.len())
+                        * 8
+            }
+        }
+    }
+
     pub(crate) fn is_float(&self) -> bool {
         matches!(self, HistVal::Float(_))
     }
@@ -86,6 +111,19 @@ impl HistVal {
             HistVal::Int(h) => h.counter_reset_hint,
             HistVal::Float(h) => h.counter_reset_hint,
         }
+    }
+
+    /// This histogram as the out-of-order store keeps it: a counter histogram's hint becomes
+    /// `Unknown` (whether a counter reset lies before it cannot be known across inserts
+    /// out of order, as in Prometheus), a gauge stays a gauge, a stale marker as it is.
+    pub(crate) fn for_ooo(mut self) -> HistVal {
+        if !self.is_stale() && self.hint() != CounterResetHint::Gauge {
+            match &mut self {
+                HistVal::Int(h) => h.counter_reset_hint = CounterResetHint::Unknown,
+                HistVal::Float(h) => h.counter_reset_hint = CounterResetHint::Unknown,
+            }
+        }
+        self
     }
 
     pub(crate) fn to_float(&self) -> FloatHistogram {
@@ -279,6 +317,10 @@ pub(crate) struct HistData {
     pub(crate) last_t: i64,
     /// The newest histogram, for duplicate checks and the next chunk's header.
     pub(crate) last: Option<HistVal>,
+    /// Out-of-order histograms, sorted by time, unique timestamps, hints as
+    /// [`HistVal::for_ooo`] leaves them. Kept uncompressed (as Prometheus's OOO head
+    /// chunks): they are few, and inserted anywhere in time.
+    pub(crate) ooo: Vec<(i64, HistVal)>,
 }
 
 impl HistData {
@@ -362,21 +404,69 @@ impl HistData {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_none()
+        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
     }
 
     pub(crate) fn min_time(&self) -> Option<i64> {
-        self.closed
+        let in_order = self
+            .closed
             .first()
             .map(|c| c.min_t)
-            .or(self.open.as_ref().map(|o| o.min_t))
+            .or(self.open.as_ref().map(|o| o.min_t));
+        match (in_order, self.ooo.first()) {
+            (Some(a), Some(b)) => Some(a.min(b.0)),
+            (a, b) => a.or(b.map(|x| x.0)),
+        }
+    }
+
+    /// Stores an out-of-order histogram (judged by `SeriesData::fit_hist`). An existing
+    /// sample at `t` wins (a retried write, already judged a duplicate).
+    pub(crate) fn insert_ooo(&mut self, t: i64, h: &HistVal) {
+        match self.ooo.last() {
+            Some(l) if l.0 >= t => {
+                if let Err(i) = self.ooo.binary_search_by_key(&t, |x| x.0) {
+                    self.ooo.insert(i, (t, h.clone().for_ooo()));
+                }
+            }
+            _ => self.ooo.push((t, h.clone().for_ooo())),
+        }
+    }
+
+    /// The out-of-order histogram at `t`, if any.
+    fn ooo_at(&self, t: i64) -> Option<&HistVal> {
+        self.ooo
+            .binary_search_by_key(&t, |x| x.0)
+            .ok()
+            .map(|i| &self.ooo[i].1)
+    }
+
+    /// Timestamps of out-of-order histograms older than `t`.
+    pub(crate) fn ooo_times_before(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
+        let n = self.ooo.partition_point(|x| x.0 < t);
+        self.ooo[..n].iter().map(|x| x.0)
+    }
+
+    /// Drops the out-of-order histograms whose timestamps are in `taken` (sorted; those
+    /// persisted), keeping those at or after `t` and any that arrived since.
+    pub(crate) fn drop_ooo_taken(&mut self, t: i64, taken: &[i64]) {
+        if self.ooo.is_empty() || taken.is_empty() {
+            return;
+        }
+        self.ooo
+            .retain(|x| x.0 >= t || taken.binary_search(&x.0).is_err());
+        if self.ooo.is_empty() {
+            self.ooo = Vec::new();
+        }
     }
 
     pub(crate) fn num_chunks(&self) -> usize {
         self.closed.len() + usize::from(self.open.is_some())
     }
 
-    /// Chunks overlapping `[mint, maxt]`: closed ones shared, the open one copied.
+    /// Chunks overlapping `[mint, maxt]`: closed ones shared, the open one copied, then the
+    /// out-of-order histograms in range encoded into chunks (each reads back with its stored
+    /// hint, see [`encode_chunks`]; after the in-order ones, which win a merge at an equal
+    /// timestamp, as for floats).
     pub(crate) fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<QChunk>) {
         for c in &self.closed {
             if c.max_t >= mint && c.min_t <= maxt {
@@ -401,10 +491,28 @@ impl HistData {
                 });
             }
         }
+        let lo = self.ooo.partition_point(|x| x.0 < mint);
+        let hi = self.ooo.partition_point(|x| x.0 <= maxt);
+        if lo < hi {
+            match encode_chunks(&self.ooo[lo..hi]) {
+                Ok(cs) => out.extend(cs.into_iter().map(|(enc, min_t, max_t, b)| QChunk {
+                    seek: None,
+                    min_t,
+                    max_t,
+                    enc,
+                    bytes: ChunkBytes::Heap(Arc::from(b)),
+                })),
+                // Validated before they were accepted: a bug, not bad input.
+                Err(e) => tracing::error!(error = %e, "encoding out-of-order histograms"),
+            }
+        }
     }
 
     /// Whether a sample equal to `h` is stored at `t` (decodes the one chunk holding `t`).
     pub(crate) fn holds(&self, t: i64, h: &HistVal) -> bool {
+        if let Some(o) = self.ooo_at(t) {
+            return h.same_as_stored(o);
+        }
         let find = |enc: u8, bytes: &[u8]| -> bool {
             let mut found = None;
             let _ = for_each_in_chunk(enc, bytes, |ct, v| {
@@ -432,6 +540,9 @@ impl HistData {
 
     /// Whether any histogram is stored at `t`.
     pub(crate) fn has_time(&self, t: i64) -> bool {
+        if self.ooo_at(t).is_some() {
+            return true;
+        }
         let find = |enc: u8, bytes: &[u8]| -> bool {
             let mut found = false;
             let _ = for_each_in_chunk(enc, bytes, |ct, _| {
@@ -452,7 +563,8 @@ impl HistData {
         }
     }
 
-    /// Drops chunks that end before `t`. Returns how many.
+    /// Drops in-order chunks that end before `t` (out-of-order histograms go by
+    /// [`HistData::drop_ooo_taken`]). Returns how many.
     pub(crate) fn truncate_before(&mut self, t: i64) -> usize {
         let before = self.closed.len();
         self.closed.retain(|c| c.max_t >= t);
@@ -472,6 +584,12 @@ impl HistData {
             + self.closed.capacity() * std::mem::size_of::<HeadChunk>()
             + self.open.as_ref().map_or(0, |o| o.app.bytes().len())
             + std::mem::size_of::<HistData>()
+            + self.ooo.capacity() * std::mem::size_of::<(i64, HistVal)>()
+            + self
+                .ooo
+                .iter()
+                .map(|(_, h)| h.bucket_bytes())
+                .sum::<usize>()
     }
 
     /// Its chunks as a checkpoint keeps them.
@@ -483,6 +601,7 @@ impl HistData {
                 .open
                 .as_ref()
                 .map(|o| (o.app.enc(), o.min_t, o.app.bytes().to_vec())),
+            ooo: self.ooo.clone(),
         }
     }
 
@@ -490,6 +609,7 @@ impl HistData {
     /// decoded from the newest chunk.
     pub(crate) fn adopt(&mut self, snap: HistSnapshot) -> Result<(), ChunkError> {
         self.closed = snap.closed;
+        self.ooo = snap.ooo;
         self.open = match snap.open {
             Some((enc, min_t, bytes)) => Some(OpenHist {
                 app: HistApp::from_bytes(enc, &bytes)?,
@@ -525,6 +645,9 @@ pub(crate) struct HistSnapshot {
     pub(crate) closed: Vec<HeadChunk>,
     /// The open chunk: encoding, first sample's time, bytes.
     pub(crate) open: Option<(u8, i64, Vec<u8>)>,
+    /// Out-of-order histograms (not in the type 7 record: a checkpoint logs them as type 8
+    /// and 9 records after it).
+    pub(crate) ooo: Vec<(i64, HistVal)>,
 }
 
 impl HistSnapshot {
@@ -533,8 +656,18 @@ impl HistSnapshot {
             .closed
             .first()
             .map(|c| c.min_t)
-            .or(self.open.as_ref().map(|o| o.1))?;
-        Some((lo, self.last_t))
+            .or(self.open.as_ref().map(|o| o.1));
+        let (olo, ohi) = (self.ooo.first().map(|x| x.0), self.ooo.last().map(|x| x.0));
+        let lo = match (lo, olo) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let hi = match (has_in_order(self), ohi) {
+            (true, Some(h)) => self.last_t.max(h),
+            (true, None) => self.last_t,
+            (false, h) => h?,
+        };
+        Some((lo, hi))
     }
 
     /// Every sample, in time order.
@@ -554,6 +687,11 @@ impl HistSnapshot {
         }
         Ok(out)
     }
+}
+
+/// Whether a snapshot holds in-order chunks.
+fn has_in_order(s: &HistSnapshot) -> bool {
+    !s.closed.is_empty() || s.open.is_some()
 }
 
 /// Calls `f` with each sample of a histogram chunk (as it reads back: hints from the chunk,
@@ -635,7 +773,11 @@ pub(crate) type EncodedChunk = (u8, i64, i64, Vec<u8>);
 
 /// Encodes samples (time-ordered, as they read back) into histogram chunks: a change of
 /// kind, the codec's cuts and the size rule start a chunk, whose header records the hint its
-/// first sample read back with, so the new chunks read back as the samples did.
+/// first sample read back with, so the new chunks read back as the samples did. A sample
+/// whose hint a chunk's later samples cannot carry (`Unknown`, `CounterReset`: they read
+/// back as `NotCounterReset` or `Gauge`) starts a chunk too; in chunks read back those are
+/// chunk starts already, so only merged streams (out-of-order histograms, which read back
+/// `Unknown`, or a histogram that follows a float) get extra chunks.
 pub(crate) fn encode_chunks(samples: &[(i64, HistVal)]) -> Result<Vec<EncodedChunk>, ChunkError> {
     let mut out = Vec::new();
     let mut open: Option<OpenHist> = None;
@@ -656,6 +798,11 @@ pub(crate) fn encode_chunks(samples: &[(i64, HistVal)]) -> Result<Vec<EncodedChu
                     || (o.app.bytes().len() >= TARGET_BYTES_PER_CHUNK
                         && o.app.num_samples() >= MIN_SAMPLES_PER_CHUNK)
                     || o.app.num_samples() == u16::MAX
+                    || (!h.is_stale()
+                        && !matches!(
+                            h.hint(),
+                            CounterResetHint::NotCounterReset | CounterResetHint::Gauge
+                        ))
             }
         };
         if cut {
@@ -876,4 +1023,91 @@ pub(crate) fn decode_hist_samples(
         out.push((r, t, decode_hist(&mut d, float)?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CounterResetHint::*;
+
+    fn h(count: u64, hint: CounterResetHint) -> HistVal {
+        HistVal::Int(Histogram {
+            counter_reset_hint: hint,
+            schema: 0,
+            zero_threshold: 0.001,
+            count,
+            sum: count as f64,
+            positive_spans: vec![Span::new(0, 1)],
+            positive_buckets: vec![count as i64],
+            ..Histogram::default()
+        })
+    }
+
+    /// Re-encoding keeps every sample's hint, also where a merge put an `Unknown` (an
+    /// out-of-order histogram) or `CounterReset` sample where the codec would append it.
+    #[test]
+    fn encoded_chunks_read_back_with_the_samples_hints() {
+        let samples = vec![
+            (10, h(1, Unknown)),
+            (20, h(2, NotCounterReset)),
+            (25, h(3, Unknown)),
+            (30, h(4, NotCounterReset)),
+            (40, h(5, CounterReset)),
+            (50, h(6, NotCounterReset)),
+            (60, h(7, Gauge)),
+            (70, h(7, Gauge)),
+            (80, HistVal::stale(false)),
+            (90, h(1, Unknown)),
+        ];
+        let chunks = encode_chunks(&samples).expect("encode");
+        let mut got = Vec::new();
+        for (enc, _, _, bytes) in &chunks {
+            for_each_in_chunk(*enc, bytes, |t, v| {
+                got.push((t, v.is_stale(), v.hint()));
+                true
+            })
+            .expect("decode");
+        }
+        let want: Vec<(i64, bool, CounterResetHint)> = samples
+            .iter()
+            .map(|(t, v)| (*t, v.is_stale(), v.hint()))
+            .collect();
+        let hints = |v: &[(i64, bool, CounterResetHint)]| -> Vec<(i64, Option<CounterResetHint>)> {
+            v.iter().map(|&(t, s, h)| (t, (!s).then_some(h))).collect()
+        };
+        assert_eq!(hints(&got), hints(&want));
+        // Extra chunks only where needed: 10-20, 25-30, 40-50, 60-70, 80, 90.
+        assert_eq!(
+            chunks.len(),
+            6,
+            "{:?}",
+            chunks.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>()
+        );
+    }
+
+    /// Out-of-order histograms are kept with hint `Unknown` (gauges `Gauge`), sorted, one
+    /// per timestamp, and read back so.
+    #[test]
+    fn out_of_order_histograms_read_back_unknown() {
+        let mut d = HistData::new();
+        d.insert_ooo(30, &h(3, NotCounterReset));
+        d.insert_ooo(10, &h(1, CounterReset));
+        d.insert_ooo(20, &h(2, Gauge));
+        d.insert_ooo(20, &h(9, Unknown));
+        let mut cs = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut cs);
+        let got: Vec<(i64, CounterResetHint, f64)> = decode_chunks(&cs, i64::MIN, i64::MAX)
+            .expect("decode")
+            .iter()
+            .map(|(t, v)| (*t, v.hint(), v.to_float().count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(10, Unknown, 1.0), (20, Gauge, 2.0), (30, Unknown, 3.0)]
+        );
+        assert!(d.has_time(20) && d.holds(20, &h(2, Unknown)) && !d.holds(20, &h(9, Unknown)));
+        d.drop_ooo_taken(25, &[10, 20, 30]);
+        assert_eq!(d.ooo.iter().map(|x| x.0).collect::<Vec<_>>(), vec![30]);
+        assert_eq!(d.min_time(), Some(30));
+    }
 }

@@ -29,8 +29,10 @@
 //! - **Native histograms** (`hist`): integer histograms in Prometheus's HISTOGRAM chunks,
 //!   float ones in FLOAT_HISTOGRAM chunks, beside a series' floats in one time order per
 //!   series (a change of kind cuts a chunk); logged in their own WAL records, checkpointed
-//!   as chunks, and written to blocks in their own encodings. Out-of-order histograms are
-//!   refused even within the out-of-order window.
+//!   as chunks, and written to blocks in their own encodings. Within the out-of-order
+//!   window older histograms are accepted as floats are (kept apart in the head, logged as
+//!   WAL types 8 and 9, merged into blocks at head cuts); they read back with the counter
+//!   reset hint `Unknown` (a gauge's `Gauge`).
 //!
 //! On-disk formats are specified in `docs/format/*.md`. Background work runs on one thread
 //! owned by the `Db`; [`Db::close`] (or drop) stops it. No async runtime is needed.

@@ -47,8 +47,13 @@ pub(crate) const REC_HEAD_SERIES: u8 = 4;
 pub(crate) const REC_HISTOGRAMS: u8 = 5;
 pub(crate) const REC_FLOAT_HISTOGRAMS: u8 = 6;
 pub(crate) const REC_HEAD_HISTOGRAMS: u8 = 7;
+/// Out-of-order histograms: payloads as types 5 and 6. Apart from those so a build that
+/// predates out-of-order histograms counts them as damage instead of dropping them as
+/// retries (its replay drops a type 5/6 histogram older than its series' newest).
+pub(crate) const REC_OOO_HISTOGRAMS: u8 = 8;
+pub(crate) const REC_OOO_FLOAT_HISTOGRAMS: u8 = 9;
 /// The highest record type this build reads.
-const REC_MAX: u8 = REC_HEAD_HISTOGRAMS;
+const REC_MAX: u8 = REC_OOO_FLOAT_HISTOGRAMS;
 
 /// Writes one record (type, payload) into a checkpoint.
 pub(crate) type EmitRecord<'a> = dyn FnMut(u8, &[u8]) -> Result<()> + 'a;
@@ -359,10 +364,14 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             Ok(Record::Chunks(r, cs))
         }
         REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?)),
-        REC_HISTOGRAMS | REC_FLOAT_HISTOGRAMS => Ok(Record::Histograms(decode_hist_samples(
-            payload,
-            typ == REC_FLOAT_HISTOGRAMS,
-        )?)),
+        REC_HISTOGRAMS | REC_FLOAT_HISTOGRAMS | REC_OOO_HISTOGRAMS | REC_OOO_FLOAT_HISTOGRAMS => {
+            // Replay decides order by time for both (as for floats): an out-of-order record
+            // only says so for older builds.
+            Ok(Record::Histograms(decode_hist_samples(
+                payload,
+                typ == REC_FLOAT_HISTOGRAMS || typ == REC_OOO_FLOAT_HISTOGRAMS,
+            )?))
+        }
         REC_HEAD_HISTOGRAMS => {
             let (r, s) = decode_hist_state(&mut d)?;
             Ok(Record::HeadHistograms(r, s))
@@ -1108,6 +1117,15 @@ mod tests {
                 REC_FLOAT_HISTOGRAMS,
                 vec![HistVal::Float(fh.clone()), HistVal::stale(true)],
             ),
+            // Out-of-order records share the in-order records' payloads.
+            (
+                REC_OOO_HISTOGRAMS,
+                vec![HistVal::stale(false), HistVal::Int(ih.clone())],
+            ),
+            (
+                REC_OOO_FLOAT_HISTOGRAMS,
+                vec![HistVal::stale(true), HistVal::Float(fh.clone())],
+            ),
         ] {
             let mut e = HistSamplesEncoder::default();
             for (i, v) in vals.iter().enumerate() {
@@ -1139,6 +1157,7 @@ mod tests {
                 bytes: Arc::from(&b1[..]),
             }],
             open: Some((m3query_chunkenc::ENCODING_FLOAT_HISTOGRAM, 200, b2.clone())),
+            ooo: Vec::new(),
         };
         let mut p = Vec::new();
         encode_hist_state(&mut p, 77, &st);

@@ -1,6 +1,7 @@
 //! Crash safety: a writer process is SIGKILLed at random points, many times, while it
-//! appends, cuts the head into blocks and compacts them; after each kill every batch it had
-//! acknowledged must be there, and no half-written block may survive opening.
+//! appends (floats and native histograms, in and out of order), cuts the head into blocks
+//! and compacts them; after each kill every batch it had acknowledged must be there, and no
+//! half-written block may survive opening.
 //!
 //! The writer is this test binary re-executed with `CHILD_ENV` set, running only
 //! `crash_writer_child`; it prints `ACK <batch>` after each commit returns.
@@ -11,14 +12,44 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use m3query_model::{Labels, Matcher};
-use m3query_storage::{Appendable, Context, Queryable, SelectHints, collect_series};
+use m3query_model::histogram::Span;
+use m3query_model::{Histogram, Labels, Matcher};
+use m3query_storage::{
+    Appendable, Context, HistogramSample, Queryable, SelectHints, collect_series,
+};
 use m3query_tsdb::{Db, Options};
 
 const CHILD_ENV: &str = "M3QUERY_TSDB_CRASH_CHILD_DIR";
 const START_ENV: &str = "M3QUERY_TSDB_CRASH_START";
 const SERIES: usize = 25;
+/// Series of native histograms: one in order per batch, and one out of order (from
+/// batch `OOO_LAG` on, `OOO_LAG` batches back, between two in-order ones).
+const HIST_SERIES: usize = 4;
+const OOO_LAG: u64 = 5;
 const STEP_MS: i64 = 100;
+
+fn hist_labels(s: usize) -> Labels {
+    Labels::from_pairs([("__name__", "crash_hist"), ("series", &*format!("h{s}"))])
+}
+
+/// The histogram series `s` gets with key `k` (its batch, or an out-of-order key).
+fn hist(k: u64, s: usize) -> Histogram {
+    let (a, b) = (k + s as u64, k % 7);
+    Histogram {
+        zero_threshold: 0.001,
+        zero_count: 1,
+        count: 1 + a + b,
+        sum: k as f64 * 1.5 + s as f64,
+        positive_spans: vec![Span::new(0, 2)],
+        positive_buckets: vec![a as i64, b as i64 - a as i64],
+        ..Histogram::default()
+    }
+}
+
+/// The out-of-order histogram batch `b` appends: time and key.
+fn ooo_hist_at(b: u64) -> Option<(i64, u64)> {
+    (b >= OOO_LAG).then(|| ((b - OOO_LAG) as i64 * STEP_MS + STEP_MS / 2, 1_000_000 + b))
+}
 
 fn labels(s: usize) -> Labels {
     Labels::from_pairs([
@@ -36,6 +67,7 @@ fn opts() -> Options {
     Options {
         // 20 batches per block: the head is cut and blocks compacted all the time.
         block_range_ms: 2000,
+        out_of_order_window_ms: 2000,
         maintenance_interval_ms: 20,
         wal_segment_bytes: 64 << 10,
         ..Options::default()
@@ -59,6 +91,15 @@ fn crash_writer_child() {
             app.append(&labels(s), batch as i64 * STEP_MS, value(batch, s))
                 .expect("append");
         }
+        for s in 0..HIST_SERIES {
+            let l = hist_labels(s);
+            app.append_int_histogram(&l, batch as i64 * STEP_MS, &hist(batch, s))
+                .expect("append histogram");
+            if let Some((t, k)) = ooo_hist_at(batch) {
+                app.append_int_histogram(&l, t, &hist(k, s))
+                    .expect("append out-of-order histogram");
+            }
+        }
         app.commit().expect("commit");
         println!("ACK {batch}");
     }
@@ -75,12 +116,17 @@ impl Rng {
     }
 }
 
-fn leftover_tmp_dirs(dir: &Path) -> usize {
+fn tmp_dirs(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .expect("read dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-for-"))
-        .count()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-for-"))
+        .collect()
+}
+
+fn leftover_tmp_dirs(dir: &Path) -> usize {
+    tmp_dirs(dir).len()
 }
 
 #[test]
@@ -150,7 +196,8 @@ fn sigkill_at_random_points_loses_no_acknowledged_sample() {
         max_acked = acks.last().copied();
 
         // A kill during a head cut or compaction leaves a temp block directory behind.
-        if leftover_tmp_dirs(dir.path()) > 0 {
+        let left = tmp_dirs(dir.path());
+        if !left.is_empty() {
             killed_mid_block += 1;
         }
         // Every complete block verifies (checksums, stats), before and after opening.
@@ -163,10 +210,11 @@ fn sigkill_at_random_points_loses_no_acknowledged_sample() {
             },
         )
         .expect("reopen after SIGKILL");
-        assert_eq!(
-            leftover_tmp_dirs(dir.path()),
-            0,
-            "open removes half-written blocks"
+        // (The opened database's own maintenance may be writing a block already.)
+        let now = tmp_dirs(dir.path());
+        assert!(
+            left.iter().all(|n| !now.contains(n)),
+            "open removes half-written blocks: {left:?} still in {now:?}"
         );
         let last = max_acked.expect("acked");
         let q = db.querier(0, last as i64 * STEP_MS).expect("querier");
@@ -196,6 +244,50 @@ fn sigkill_at_random_points_loses_no_acknowledged_sample() {
             );
             assert_eq!(got, want, "cycle {cycle}, series {idx}");
         }
+        drop(set);
+        // Histograms: every acknowledged one, in order and out of order, once; the
+        // out-of-order one of the batch after the last acknowledged may be there (committed,
+        // unacknowledged); nothing else.
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("__name__", "crash_hist")],
+            )
+            .expect("select");
+        let mut hist_series = 0;
+        while let Some(hs) = set.next() {
+            let hs = hs.expect("series");
+            let idx: usize = hs.labels().get("series").expect("label")[1..]
+                .parse()
+                .expect("index");
+            let mut got: Vec<HistogramSample> = Vec::new();
+            hs.iter()
+                .append_histograms(i64::MIN, i64::MAX, &mut got)
+                .expect("read histograms");
+            let key = |x: &Histogram| (x.count as f64, x.sum);
+            let mut want: Vec<(i64, (f64, f64))> = (0..=last)
+                .map(|b| (b as i64 * STEP_MS, key(&hist(b, idx))))
+                .chain(
+                    (0..=last)
+                        .filter_map(ooo_hist_at)
+                        .map(|(t, k)| (t, key(&hist(k, idx)))),
+                )
+                .collect();
+            let maybe = ooo_hist_at(last + 1).map(|(t, k)| (t, key(&hist(k, idx))));
+            let got: Vec<(i64, (f64, f64))> =
+                got.iter().map(|x| (x.t, (x.h.count, x.h.sum))).collect();
+            if let Some(m) = maybe
+                && got.contains(&m)
+            {
+                want.push(m);
+            }
+            want.sort_by_key(|x| x.0);
+            assert_eq!(got, want, "cycle {cycle}, histogram series {idx}");
+            hist_series += 1;
+        }
+        assert_eq!(hist_series, HIST_SERIES, "cycle {cycle}");
         drop(set);
         drop(q);
         let m = db.metrics();

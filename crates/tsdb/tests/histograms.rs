@@ -81,7 +81,19 @@ fn dump(q: &dyn Queryable, mint: i64, maxt: i64) -> Dump {
 }
 
 fn assert_same(db: &Db, mem: &MemStorage, what: &str) {
-    let (a, b) = (dump(db, i64::MIN, i64::MAX), dump(mem, i64::MIN, i64::MAX));
+    assert_same_with(db, mem, &Ooo::default(), what);
+}
+
+/// As [`assert_same`], with the out-of-order histograms `ooo` holds merged into what
+/// `MemStorage` (which refuses samples out of order) has.
+fn assert_same_with(db: &Db, mem: &MemStorage, ooo: &Ooo, what: &str) {
+    let a = dump(db, i64::MIN, i64::MAX);
+    let mut b = dump(mem, i64::MIN, i64::MAX);
+    for (l, samples) in &ooo.committed {
+        let items = b.entry(l.clone()).or_default();
+        items.extend(samples.iter().map(|(t, it)| (*t, it.clone())));
+        items.sort_by_key(|x| x.0);
+    }
     for (l, want) in &b {
         let got = a
             .get(l)
@@ -202,8 +214,76 @@ fn name(i: usize) -> Labels {
     ])
 }
 
+/// The model of what appends out of order (which `MemStorage` refuses) leave in the TSDB:
+/// per series, the out-of-order histograms committed (as they read back: hint `Unknown`, a
+/// gauge's `Gauge`), the newest in-order sample's time and every timestamp used.
+#[derive(Default)]
+struct Ooo {
+    /// Whether appends go out of order at all (an out-of-order window is configured).
+    enabled: bool,
+    committed: BTreeMap<Labels, Vec<(i64, Item)>>,
+    newest: BTreeMap<Labels, i64>,
+    used: BTreeMap<Labels, std::collections::BTreeSet<i64>>,
+    /// This transaction's: out-of-order histograms, newest times, used times.
+    pending: Vec<(Labels, i64, Item)>,
+    pending_newest: BTreeMap<Labels, i64>,
+    pending_used: Vec<(Labels, i64)>,
+    appended: usize,
+}
+
+impl Ooo {
+    fn newest(&self, l: &Labels) -> Option<i64> {
+        self.pending_newest.get(l).or(self.newest.get(l)).copied()
+    }
+
+    fn used(&self, l: &Labels, t: i64) -> bool {
+        self.used.get(l).is_some_and(|u| u.contains(&t))
+            || self.pending_used.iter().any(|(pl, pt)| pl == l && *pt == t)
+    }
+
+    /// An in-order sample both stores accepted.
+    fn in_order(&mut self, l: &Labels, t: i64) {
+        if self.newest(l).is_none_or(|n| t > n) {
+            self.pending_newest.insert(l.clone(), t);
+        }
+        self.pending_used.push((l.clone(), t));
+    }
+
+    fn end(&mut self, commit: bool) {
+        let pending = std::mem::take(&mut self.pending);
+        let newest = std::mem::take(&mut self.pending_newest);
+        let used = std::mem::take(&mut self.pending_used);
+        if !commit {
+            return;
+        }
+        self.appended += pending.len();
+        for (l, t, it) in pending {
+            let v = self.committed.entry(l).or_default();
+            v.push((t, it));
+            v.sort_by_key(|x| x.0);
+        }
+        self.newest.extend(newest);
+        for (l, t) in used {
+            self.used.entry(l).or_default().insert(t);
+        }
+    }
+}
+
 /// Appends the same random operations to both stores; returns the next timestamp.
 fn random_appends(db: &Db, mem: &MemStorage, seed: u64, start: i64, rounds: usize) -> i64 {
+    random_appends_with(db, mem, &mut Ooo::default(), seed, start, rounds)
+}
+
+/// As [`random_appends`]; with `ooo.enabled`, older histograms go out of order to the TSDB
+/// alone (tracked in `ooo`) where the series has newer samples.
+fn random_appends_with(
+    db: &Db,
+    mem: &MemStorage,
+    ooo: &mut Ooo,
+    seed: u64,
+    start: i64,
+    rounds: usize,
+) -> i64 {
     let mut r = Rng(seed | 1);
     let n = 6;
     let mut gens: Vec<Gen> = (0..n)
@@ -222,15 +302,49 @@ fn random_appends(db: &Db, mem: &MemStorage, seed: u64, start: i64, rounds: usiz
             let i = r.below(n as u64) as usize;
             let l = name(i);
             t += 1 + r.below(2000) as i64;
-            let kind = r.below(10);
+            let kind = match r.below(10) {
+                // More out-of-order appends where they are accepted.
+                3 if ooo.enabled => 2,
+                k => k,
+            };
+            // The timestamp appended at.
+            let mut at = t;
             let (ra, rb) = match kind {
                 // Floats: in mixed series, and stale markers anywhere.
                 0 if i.is_multiple_of(3) => (a.append(&l, t, t as f64), b.append(&l, t, t as f64)),
                 1 => (a.append(&l, t, STALE_NAN), b.append(&l, t, STALE_NAN)),
-                // Out of order, or at a stored timestamp: refused by both.
+                // Out of order, or at a stored timestamp: refused by both without an
+                // out-of-order window; with one, stored by the TSDB out of order.
                 2 => {
-                    let (h, _) = gens[i].step(&mut r);
-                    let old = t - 1 - r.below(3000) as i64;
+                    let (h, float) = gens[i].step(&mut r);
+                    let back = if ooo.enabled { 15_000 } else { 3000 };
+                    let old = t - 1 - r.below(back) as i64;
+                    if ooo.enabled && ooo.newest(&l).is_some_and(|n| old < n) {
+                        if ooo.used(&l, old) {
+                            // One sample per timestamp: refused or (in a block) kept apart;
+                            // `refusals_and_reads_within_the_out_of_order_window` checks those.
+                            continue;
+                        }
+                        let mut want = h.to_float();
+                        let res = if float {
+                            want.mul(0.25);
+                            a.append_histogram(&l, old, &want)
+                        } else {
+                            a.append_int_histogram(&l, old, &h)
+                        };
+                        res.unwrap_or_else(|e| panic!("out of order at {old}: {e}"));
+                        want.counter_reset_hint = if gens[i].gauge {
+                            CounterResetHint::Gauge
+                        } else {
+                            CounterResetHint::Unknown
+                        };
+                        want.compact(0);
+                        let hint = want.counter_reset_hint;
+                        ooo.pending.push((l.clone(), old, Item::Hist(hint, want)));
+                        ooo.pending_used.push((l, old));
+                        continue;
+                    }
+                    at = old;
                     (
                         a.append_int_histogram(&l, old, &h),
                         b.append_int_histogram(&l, old, &h),
@@ -251,7 +365,9 @@ fn random_appends(db: &Db, mem: &MemStorage, seed: u64, start: i64, rounds: usiz
                 }
             };
             match (&ra, &rb) {
-                (Ok(()), Ok(())) => {}
+                (Ok(()), Ok(())) => {
+                    ooo.in_order(&l, at);
+                }
                 (Err(x), Err(y)) => assert_eq!(
                     std::mem::discriminant(x),
                     std::mem::discriminant(y),
@@ -263,9 +379,11 @@ fn random_appends(db: &Db, mem: &MemStorage, seed: u64, start: i64, rounds: usiz
         if r.below(10) == 0 {
             a.rollback();
             b.rollback();
+            ooo.end(false);
         } else {
             a.commit().expect("commit");
             b.commit().expect("commit");
+            ooo.end(true);
         }
     }
     t
@@ -330,6 +448,102 @@ fn histograms_read_back_as_from_memstorage_through_restarts_checkpoints_and_bloc
     }
 }
 
+/// Out-of-order histograms within the window read back merged in time order with the
+/// in-order stream (their hints `Unknown`, a gauge's `Gauge`; the in-order samples' hints
+/// as without them), through restarts (WAL types 8 and 9), checkpoints, head cuts (into
+/// blocks overlapping earlier ones) and compaction.
+#[test]
+fn out_of_order_histograms_through_restarts_checkpoints_and_compaction() {
+    let opts = || Options {
+        out_of_order_window_ms: 3_600_000,
+        ..opts()
+    };
+    for seed in [3u64, 11, 4242] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = MemStorage::new();
+        let mut ooo = Ooo {
+            enabled: true,
+            ..Ooo::default()
+        };
+        let db = Db::open(dir.path(), opts()).expect("open");
+        let mut t = random_appends_with(&db, &mem, &mut ooo, seed, 0, 60);
+        assert!(
+            ooo.appended > 5,
+            "seed {seed}: {} out of order",
+            ooo.appended
+        );
+        assert_same_with(&db, &mem, &ooo, "head");
+        assert_eq!(
+            db.metrics().out_of_order_samples_appended_total,
+            ooo.appended as u64
+        );
+        drop(db);
+        let db = Db::open(dir.path(), opts()).expect("reopen");
+        assert_same_with(&db, &mem, &ooo, "after WAL replay");
+        t = random_appends_with(&db, &mem, &mut ooo, seed * 3, t, 80);
+        db.run_maintenance().expect("maintenance");
+        assert!(!db.blocks().is_empty(), "seed {seed}: head cut");
+        assert_same_with(&db, &mem, &ooo, "after a head cut");
+        // Out of order below the cut: into the head, later into a block overlapping others.
+        let cut = db
+            .blocks()
+            .iter()
+            .map(|b| b.max_time)
+            .max()
+            .unwrap_or(i64::MIN);
+        let before = ooo.appended;
+        t = random_appends_with(&db, &mem, &mut ooo, seed * 7, t, 40);
+        assert_same_with(&db, &mem, &ooo, "out of order below a head cut");
+        // And far older ones, into windows already in blocks.
+        let mut app = db.appender();
+        for i in 0..6 {
+            let l = name(i);
+            for k in 0..5u64 {
+                let at = cut - 1 - k as i64 * 7919 - i as i64 * 13;
+                if ooo.used(&l, at) || ooo.newest(&l).is_none_or(|n| n <= at) {
+                    continue;
+                }
+                app.append_int_histogram(&l, at, &h(k + 1))
+                    .expect("out of order into a persisted window");
+                let mut want = h(k + 1).to_float();
+                want.compact(0);
+                ooo.pending
+                    .push((l.clone(), at, Item::Hist(CounterResetHint::Unknown, want)));
+                ooo.pending_used.push((l.clone(), at));
+            }
+        }
+        app.commit().expect("commit");
+        ooo.end(true);
+        assert!(ooo.appended - before > 20, "seed {seed}");
+        assert_same_with(&db, &mem, &ooo, "out of order into persisted windows");
+
+        drop(db);
+        let db = Db::open(dir.path(), opts()).expect("reopen");
+        assert_same_with(&db, &mem, &ooo, "after a checkpoint's replay");
+        random_appends_with(&db, &mem, &mut ooo, seed * 5, t, 40);
+        assert_same_with(&db, &mem, &ooo, "head after a checkpoint's replay");
+        db.flush_head().expect("flush");
+        assert_same_with(&db, &mem, &ooo, "all in blocks");
+
+        for _ in 0..5 {
+            db.run_maintenance().expect("maintenance");
+        }
+        assert!(
+            db.blocks().iter().any(|b| b.compaction.level > 1),
+            "seed {seed}: compacted: {:?}",
+            db.blocks()
+        );
+        assert_same_with(&db, &mem, &ooo, "after compaction");
+        assert_eq!(
+            Db::verify_blocks(dir.path()).expect("verify"),
+            db.blocks().len()
+        );
+        drop(db);
+        let db = Db::open(dir.path(), opts()).expect("reopen");
+        assert_same_with(&db, &mem, &ooo, "reopened after compaction");
+    }
+}
+
 fn h(count: u64) -> Histogram {
     int_hist(0, 0, &[count, count], CounterResetHint::Unknown)
 }
@@ -382,13 +596,14 @@ fn refusals_follow_prometheus_and_floats_share_the_time_order() {
         app.append_int_histogram(&l, 3000, &h(2)),
         Err(SError::DuplicateSampleForTimestamp)
     ));
-    // An invalid histogram (count disagrees with its buckets) is refused.
+    // An invalid histogram (count disagrees with its buckets) is refused, alone.
     let mut bad = h(4);
     bad.count = 1;
-    assert!(matches!(
-        app.append_int_histogram(&l, 4000, &bad),
-        Err(SError::BadRequest(_))
-    ));
+    let e = app.append_int_histogram(&l, 4000, &bad);
+    assert!(
+        matches!(&e, Err(e @ SError::InvalidSample(_)) if e.is_sample_error()),
+        "{e:?}"
+    );
     app.commit().expect("commit");
     // Committed: the same rules against stored samples; a retry of a stored histogram is
     // accepted (its first acknowledgement may have been lost).
@@ -419,22 +634,19 @@ fn refusals_follow_prometheus_and_floats_share_the_time_order() {
     assert!(m.head_histogram_chunk_bytes > 0);
     assert!(m.head_chunk_bytes > m.head_histogram_chunk_bytes);
     assert!(m.refused_out_of_order_total >= 3);
-    // With an out-of-order window histograms are still refused out of order (not
-    // supported yet), floats are not.
+    // Within an out-of-order window older histograms are accepted, as floats are: one
+    // sample per timestamp, a retry accepted.
     drop(db);
-    let db = Db::open(
-        dir.path(),
-        Options {
-            out_of_order_window_ms: 10_000,
-            ..opts()
-        },
-    )
-    .expect("reopen");
+    let ooo_opts = || Options {
+        out_of_order_window_ms: 10_000,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), ooo_opts()).expect("reopen");
     let mut app = db.appender();
-    assert!(matches!(
-        app.append_int_histogram(&l, 2500, &h(9)),
-        Err(SError::OutOfOrderSample)
-    ));
+    let mut reset = h(9);
+    reset.counter_reset_hint = CounterResetHint::CounterReset;
+    app.append_int_histogram(&l, 2500, &reset)
+        .expect("an out-of-order histogram");
     app.append(&l, 2600, 5.0).expect("an out-of-order float");
     assert!(
         matches!(
@@ -444,6 +656,72 @@ fn refusals_follow_prometheus_and_floats_share_the_time_order() {
         "no out-of-order float where a histogram is"
     );
     app.commit().expect("commit");
+    let mut app = db.appender();
+    let refused = [
+        (2000, h(7), "another histogram at an in-order one's time"),
+        (
+            2500,
+            h(8),
+            "another histogram at an out-of-order one's time",
+        ),
+        (2600, h(1), "a histogram at an out-of-order float's time"),
+        (3000, h(1), "a histogram at the newest float's time"),
+    ];
+    for (t, x, why) in refused {
+        assert!(
+            matches!(
+                app.append_int_histogram(&l, t, &x),
+                Err(SError::DuplicateSampleForTimestamp)
+            ),
+            "{why}"
+        );
+    }
+    app.append_int_histogram(&l, 2000, &h(2))
+        .expect("retry of an in-order histogram");
+    app.append_int_histogram(&l, 2500, &h(9))
+        .expect("retry of an out-of-order histogram");
+    let mut gauge = h(5);
+    gauge.counter_reset_hint = CounterResetHint::Gauge;
+    app.append_int_histogram(&l, 1500, &gauge)
+        .expect("an out-of-order gauge histogram");
+    let mut fl = h(3).to_float();
+    fl.counter_reset_hint = CounterResetHint::NotCounterReset;
+    app.append_histogram(&l, 1200, &fl)
+        .expect("an out-of-order float histogram");
+    assert!(matches!(
+        app.append_int_histogram(&l, -8000, &h(1)),
+        Err(SError::TooOldSample)
+    ));
+    app.commit().expect("commit");
+    assert_eq!(db.metrics().out_of_order_samples_appended_total, 4);
+    let check = |db: &Db, what: &str| {
+        use CounterResetHint::*;
+        let got: Vec<(i64, CounterResetHint, f64)> = hists_of(db, &l)
+            .iter()
+            .map(|s| (s.t, s.h.counter_reset_hint, s.h.count))
+            .collect();
+        // Out of order: `Unknown`, or `Gauge`; the in-order ones as before.
+        assert_eq!(
+            got,
+            vec![
+                (1000, Unknown, 2.0),
+                (1200, Unknown, 6.0),
+                (1500, Gauge, 10.0),
+                (2000, NotCounterReset, 4.0),
+                (2500, Unknown, 18.0),
+            ],
+            "{what}"
+        );
+    };
+    check(&db, "head");
+    drop(db);
+    let db = Db::open(dir.path(), ooo_opts()).expect("reopen");
+    check(&db, "after WAL replay");
+    db.flush_head().expect("flush");
+    check(&db, "in a block");
+    drop(db);
+    let db = Db::open(dir.path(), ooo_opts()).expect("reopen");
+    check(&db, "reopened");
 }
 
 #[test]

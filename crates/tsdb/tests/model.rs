@@ -1,5 +1,6 @@
 //! The head + blocks querier against a naive in-memory model, over random appends (in and
-//! out of order), rollbacks, head cuts, compactions and reopenings.
+//! out of order, floats and native histograms), rollbacks, head cuts, compactions and
+//! reopenings.
 //!
 //! Values are a function of (series, timestamp), so a sample accepted twice is the same
 //! sample whichever copy a merge keeps; acceptance rules themselves are unit-tested in the
@@ -8,18 +9,27 @@
 
 use std::collections::BTreeMap;
 
-use m3query_model::{LabelPairs, Labels, MatchOp, Matcher, STALE_NAN, Sample};
-use m3query_storage::{Appendable, Context, LabelHints, Queryable, SelectHints, collect_series};
+use m3query_model::histogram::{CounterResetHint, Span};
+use m3query_model::{Histogram, LabelPairs, Labels, MatchOp, Matcher, STALE_NAN, Sample};
+use m3query_storage::{
+    Appendable, Appender, Context, HistogramSample, LabelHints, Queryable, SelectHints,
+    collect_series,
+};
 use m3query_tsdb::{Db, Fsync, Options};
 use proptest::prelude::*;
 
+/// Float series; series `SERIES..SERIES + HIST_SERIES` hold native histograms.
 const SERIES: usize = 6;
+const HIST_SERIES: usize = 2;
+const HIST_NAME: &str = "latency_hist";
 
 fn labels(i: usize) -> Labels {
     Labels::from_pairs([
         (
             "__name__",
-            if i.is_multiple_of(2) {
+            if i >= SERIES {
+                HIST_NAME
+            } else if i.is_multiple_of(2) {
                 "req_total"
             } else {
                 "up"
@@ -40,6 +50,55 @@ fn value(i: usize, t: i64) -> f64 {
     }
 }
 
+/// The histogram series `i` has at `t` (a function of both, as `value`): integer counts,
+/// a gauge in one series, sometimes appended as a float histogram.
+fn hist(i: usize, t: i64) -> Histogram {
+    let a = (t.rem_euclid(13) + i as i64) as u64;
+    let b = t.rem_euclid(5) as u64;
+    Histogram {
+        counter_reset_hint: if i == SERIES + 1 {
+            CounterResetHint::Gauge
+        } else {
+            CounterResetHint::Unknown
+        },
+        schema: if t.rem_euclid(11) == 0 { 1 } else { 0 },
+        zero_threshold: 0.001,
+        zero_count: 1,
+        count: 1 + a + b,
+        sum: t as f64 * 0.25,
+        positive_spans: vec![Span::new(0, 2)],
+        positive_buckets: vec![a as i64, b as i64 - a as i64],
+        ..Histogram::default()
+    }
+}
+
+/// How a histogram reads back for the model: its count and sum bits.
+fn hist_key(i: usize, t: i64) -> u64 {
+    let h = hist(i, t);
+    h.count.rotate_left(32) ^ h.sum.to_bits()
+}
+
+/// Appends sample `(i, t)` of either kind.
+fn append_one(app: &mut dyn Appender, i: usize, t: i64) -> m3query_storage::Result<()> {
+    if i < SERIES {
+        return app.append(&labels(i), t, value(i, t));
+    }
+    let h = hist(i, t);
+    if t.rem_euclid(3) == 0 {
+        app.append_histogram(&labels(i), t, &h.to_float())
+    } else {
+        app.append_int_histogram(&labels(i), t, &h)
+    }
+}
+
+fn model_value(i: usize, t: i64) -> u64 {
+    if i < SERIES {
+        value(i, t).to_bits()
+    } else {
+        hist_key(i, t)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// (series, time offset from the clock); commit or roll back; through
@@ -54,7 +113,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (prop::collection::vec((0..SERIES, -1500i64..300), 1..40), prop::bool::weighted(0.9), prop::bool::ANY)
+        6 => (prop::collection::vec((0..SERIES + HIST_SERIES, -1500i64..300), 1..40), prop::bool::weighted(0.9), prop::bool::ANY)
             .prop_map(|(v, c, p)| Op::Batch(v, c, p)),
         3 => (0i64..2500).prop_map(Op::Advance),
         2 => Just(Op::Maintenance),
@@ -96,6 +155,7 @@ fn check(db: &Db, model: &Model, mint: i64, maxt: i64) -> Result<(), TestCaseErr
         let (got, _) = collect_series(set.as_mut(), i64::MIN, i64::MAX).expect("read");
         let got: Vec<(Labels, Vec<(i64, u64)>)> = got
             .into_iter()
+            .filter(|s| s.labels.metric_name() != Some(HIST_NAME))
             .map(|s| {
                 (
                     s.labels,
@@ -105,6 +165,7 @@ fn check(db: &Db, model: &Model, mint: i64, maxt: i64) -> Result<(), TestCaseErr
             .collect();
         let want: Vec<(Labels, Vec<(i64, u64)>)> = model
             .iter()
+            .filter(|(l, _)| l.metric_name() != Some(HIST_NAME))
             .filter(|(l, _)| ms.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
             .map(|(l, s)| {
                 (
@@ -124,6 +185,9 @@ fn check(db: &Db, model: &Model, mint: i64, maxt: i64) -> Result<(), TestCaseErr
         let mut k = 0;
         while let Some(s) = set.next() {
             let s = s.expect("series");
+            if s.labels().metric_name() == Some(HIST_NAME) {
+                continue;
+            }
             let w = &want[k].1;
             let mid = w.get(w.len() / 2).map_or(0, |x| x.0);
             let mut it = s.iter();
@@ -144,6 +208,42 @@ fn check(db: &Db, model: &Model, mint: i64, maxt: i64) -> Result<(), TestCaseErr
         }
         prop_assert_eq!(k, want.len());
     }
+    // Histogram series: every histogram once, in order.
+    let mut set = q
+        .select(
+            &ctx,
+            true,
+            &SelectHints::default(),
+            &[Matcher::equal("__name__", HIST_NAME)],
+        )
+        .expect("select");
+    let mut got = Vec::new();
+    while let Some(s) = set.next() {
+        let s = s.expect("series");
+        let mut hs: Vec<HistogramSample> = Vec::new();
+        s.iter()
+            .append_histograms(i64::MIN, i64::MAX, &mut hs)
+            .expect("histograms");
+        let keys: Vec<(i64, u64)> = hs
+            .iter()
+            .map(|x| (x.t, (x.h.count as u64).rotate_left(32) ^ x.h.sum.to_bits()))
+            .collect();
+        if !keys.is_empty() {
+            got.push((s.labels().clone(), keys));
+        }
+    }
+    let want: Vec<(Labels, Vec<(i64, u64)>)> = model
+        .iter()
+        .filter(|(l, _)| l.metric_name() == Some(HIST_NAME))
+        .map(|(l, s)| {
+            (
+                l.clone(),
+                s.range(mint..=maxt).map(|(t, v)| (*t, *v)).collect(),
+            )
+        })
+        .filter(|(_, s): &(Labels, Vec<(i64, u64)>)| !s.is_empty())
+        .collect();
+    prop_assert_eq!(&got, &want, "histograms over [{}, {}]", mint, maxt);
     // Label values cover every series with samples in range (they may include more: label
     // lookups are answered per block and for the whole head, as in Prometheus).
     let vals = q
@@ -179,6 +279,17 @@ proptest! {
                     if by_pairs {
                         for run in samples.chunk_by(|a, b| a.0 == b.0) {
                             let i = run[0].0;
+                            if i >= SERIES {
+                                // Histograms have no batched form.
+                                for &(_, off) in run {
+                                    let t = clock + off;
+                                    match append_one(app.as_mut(), i, t) {
+                                        Ok(()) => pending.push((i, t)),
+                                        Err(e) => prop_assert!(e.is_sample_error(), "unexpected error {e}"),
+                                    }
+                                }
+                                continue;
+                            }
                             let l = labels(i);
                             let pairs: Vec<(&str, &str)> =
                                 l.iter().map(|x| (&*x.name, &*x.value)).collect();
@@ -209,7 +320,7 @@ proptest! {
                     } else {
                         for (i, off) in samples {
                             let t = clock + off;
-                            match app.append(&labels(i), t, value(i, t)) {
+                            match append_one(app.as_mut(), i, t) {
                                 Ok(()) => pending.push((i, t)),
                                 Err(e) => prop_assert!(e.is_sample_error(), "unexpected error {e}"),
                             }
@@ -218,7 +329,7 @@ proptest! {
                     if commit {
                         app.commit().expect("commit");
                         for (i, t) in pending {
-                            model.entry(labels(i)).or_default().entry(t).or_insert(value(i, t).to_bits());
+                            model.entry(labels(i)).or_default().entry(t).or_insert(model_value(i, t));
                         }
                     } else {
                         app.rollback();
