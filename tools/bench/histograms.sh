@@ -2,7 +2,9 @@
 # Native histograms, m3query against Debian's Prometheus (2.42, --enable-feature=native-histograms),
 # each alone on this machine, on the same load (examples/histogram_load.rs: request-latency
 # histograms, schema 3, one sample per series every 15 s):
-#   ingest     histogram samples/s, replaying the load into each server in turn
+#   ingest     histogram samples/s and CPU seconds, replaying the load into each server in
+#              turn (m3query acknowledges a write after the WAL fsync that covers it,
+#              Prometheus without one: with small requests, wall time is fsync-bound)
 #   queries    ../shared/bench/run.py with tools/bench/histogram_queries.yaml, range and instant
 #   footprint  ../shared/bench/measure.sh: RSS, disk, bytes per histogram sample
 #
@@ -50,6 +52,9 @@ wait_ready() {
   return 1
 }
 
+# CPU seconds (user + system) process $1 has used.
+cpu() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$1/stat"; }
+
 start_m3query() {
   cat > "$OUT/m3query.yml" <<YAML
 listenAddress: 127.0.0.1:$MPORT
@@ -78,12 +83,16 @@ echo "{\"series\": $SERIES, \"samples\": $SAMPLES, \"end_ms\": $((END * 1000))}"
 
 echo "== ingest, each server alone"
 start_prometheus
+C0=$(cpu "$PROM_PID")
 PROM_INGEST=$("$REPLAY" "$OUT/load.bin" "http://127.0.0.1:$PPORT/api/v1/write" | tee -a "$OUT/ingest.log" | head -1)
+PROM_CPU=$("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$C0" "$(cpu "$PROM_PID")")
 kill "$PROM_PID"; wait "$PROM_PID" 2>/dev/null || true; PROM_PID=""
 start_m3query
+C0=$(cpu "$M3_PID")
 M3_INGEST=$("$REPLAY" "$OUT/load.bin" "http://127.0.0.1:$MPORT/api/v1/prom/remote/write" | tee -a "$OUT/ingest.log" | head -1)
-echo "prometheus: $PROM_INGEST"
-echo "m3query:    $M3_INGEST"
+M3_CPU=$("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$C0" "$(cpu "$M3_PID")")
+echo "prometheus: $PROM_INGEST; ${PROM_CPU} s CPU"
+echo "m3query:    $M3_INGEST; ${M3_CPU} s CPU"
 
 echo "== queries (Prometheus = A, m3query = B)"
 start_prometheus
