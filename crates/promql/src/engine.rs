@@ -350,11 +350,23 @@ impl Engine {
             let loaded = std::sync::atomic::AtomicUsize::new(stats.samples_fetched);
             let max_samples = self.opts.max_samples;
             let skip_buckets = spec.skip_histogram_buckets;
-            let decode = |s: &dyn m3query_storage::Series| -> Result<SelSeries> {
-                let mut buf = Vec::new();
+            // Samples decode into `scratch`, reused from series to series, and are copied out
+            // at their exact size when they fill less than half of it: a chunk decoder
+            // reserves room for the whole chunk (120 samples, where an instant query keeps a
+            // handful), and a fresh buffer that size per series is an allocation the
+            // allocator's small-size cache cannot serve. A buffer mostly full is kept as is.
+            let decode = |scratch: &mut Vec<m3query_model::Sample>,
+                          s: &dyn m3query_storage::Series|
+             -> Result<SelSeries> {
+                scratch.clear();
                 let mut hbuf = Vec::new();
                 let mut it = s.iter();
-                it.append_range(start, end, &mut buf)?;
+                it.append_range(start, end, scratch)?;
+                let buf = if scratch.len() * 2 <= scratch.capacity() {
+                    scratch.as_slice().to_vec()
+                } else {
+                    std::mem::take(scratch)
+                };
                 // Stores without histograms return at once (the trait's default).
                 it.append_histograms(start, end, &mut hbuf)?;
                 let n = buf.len() + hbuf.len();
@@ -378,11 +390,12 @@ impl Engine {
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
                 raw.par_iter()
-                    .map(|s| decode(s.as_ref()))
+                    .map_init(Vec::new, |scratch, s| decode(scratch, s.as_ref()))
                     .collect::<Result<_>>()?
             } else {
+                let mut scratch = Vec::new();
                 raw.iter()
-                    .map(|s| decode(s.as_ref()))
+                    .map(|s| decode(&mut scratch, s.as_ref()))
                     .collect::<Result<_>>()?
             };
             decoded.retain(|s| !s.points.is_empty() || !s.hists.is_empty());

@@ -333,8 +333,9 @@ impl<'a> Evaluator<'a> {
                 Some(t) => t - vs.original_offset_ms,
                 None => ts - vs.original_offset_ms,
             };
-            // Samples are sorted: advance to the first sample after r.
-            if j > 0 && samples[j - 1].t > r {
+            // Samples are sorted: advance to the first sample after r. The first step (an
+            // instant query's only one) and any step back in time search; later steps walk.
+            if j == 0 || samples[j - 1].t > r {
                 j = samples.partition_point(|x| x.t <= r);
             }
             while j < samples.len() && samples[j].t <= r {
@@ -347,8 +348,8 @@ impl<'a> Evaluator<'a> {
             if x.t <= r - self.lookback || is_stale_nan(x.v) {
                 continue;
             }
-            if points.is_empty() {
-                points.reserve(self.num_steps());
+            if points.capacity() == 0 {
+                points = Vec::with_capacity(self.num_steps());
             }
             let v = if timestamps { x.t as f64 / 1000.0 } else { x.v };
             points.push(Point { t: ts, v });

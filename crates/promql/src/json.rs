@@ -15,7 +15,6 @@ use crate::parser::{AtSpecial, Card, DurationExpr, Expr, ParseOptions, format_fl
 /// Appends a sample value as Prometheus's query API renders it: Go's
 /// `FormatFloat(v, 'f', -1, 64)` in quotes, `+Inf`/`-Inf`/`NaN` spelled out.
 pub fn write_sample_value(out: &mut String, v: f64) {
-    use std::fmt::Write;
     out.push('"');
     if v.is_nan() {
         out.push_str("NaN");
@@ -26,9 +25,17 @@ pub fn write_sample_value(out: &mut String, v: f64) {
     } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
         // Whole numbers (counters, timestamps, `up`) print the same as integers, which
         // format several times faster than the shortest-float search; -0 keeps its sign.
-        let _ = write!(out, "{}", v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
-        let _ = write!(out, "{v}");
+        let mut buf = ryu::Buffer::new();
+        let text = buf.format_finite(v);
+        if text.as_bytes().contains(&b'e') {
+            Shortest::parse(text).write_f(out);
+        } else {
+            // Ryū's own layout for magnitudes in [1e-5, 1e16) is Go's, but for the `.0` it
+            // gives whole numbers.
+            out.push_str(text.strip_suffix(".0").unwrap_or(text));
+        }
     }
     out.push('"');
 }
@@ -38,28 +45,132 @@ pub fn write_sample_value(out: &mut String, v: f64) {
 /// `1e+21`) below 1e-6 and from 1e21 in magnitude, in quotes, `+Inf`/`-Inf`/`NaN` spelled
 /// out. (Scalars are written with `'f'` throughout: [`write_sample_value`].)
 pub fn write_json_float(out: &mut String, v: f64) {
-    use std::fmt::Write;
     let a = v.abs();
     if !v.is_finite() || a == 0.0 || (1e-6..1e21).contains(&a) {
         return write_sample_value(out, v);
     }
-    // Rust's `{:e}` gives the shortest round-tripping digits as Go's -1 precision does;
-    // Go writes the exponent with a sign and at least two digits.
-    let s = format!("{v:e}");
-    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
-    let (sign, digits) = match exp.strip_prefix('-') {
-        Some(d) => ('-', d),
-        None => ('+', exp),
-    };
     out.push('"');
-    out.push_str(mantissa);
-    out.push('e');
-    out.push(sign);
-    if digits.len() < 2 {
-        out.push('0');
+    Shortest::parse(ryu::Buffer::new().format_finite(v)).write_e(out);
+    out.push('"');
+}
+
+/// The shortest decimal digits that read back as a finite, non-zero float, as Go's
+/// `strconv` (precision -1) picks them: `0.d1d2d3... x 10^point`, ties between two
+/// equally close candidates to the even digit. Ryū finds them (in a fraction of the
+/// instructions of `core::fmt`, whose tie-breaking also differs from Go's, e.g. for
+/// 850257467037368.25); only the layout is Go's.
+struct Shortest {
+    neg: bool,
+    digits: [u8; 24],
+    len: usize,
+    point: i32,
+}
+
+impl Shortest {
+    /// From Ryū's text for a finite float (`-1.234e-7`, `0.00123`, `1234.0`).
+    fn parse(text: &str) -> Self {
+        let text = text.as_bytes();
+        let (neg, text) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        let (mant, exp) = match text.iter().position(|&b| b == b'e') {
+            Some(i) => (
+                &text[..i],
+                std::str::from_utf8(&text[i + 1..])
+                    .ok()
+                    .and_then(|e| e.parse::<i32>().ok())
+                    .unwrap_or(0),
+            ),
+            None => (text, 0),
+        };
+        let mut s = Shortest {
+            neg,
+            digits: [0; 24],
+            len: 0,
+            point: exp,
+        };
+        // Digits without the dot and without leading zeros; `point` counts the integer
+        // digits (less the leading zeros dropped after the dot).
+        let mut seen_dot = false;
+        for &b in mant {
+            match b {
+                b'.' => seen_dot = true,
+                b'0' if s.len == 0 => {
+                    if seen_dot {
+                        s.point -= 1;
+                    }
+                }
+                _ => {
+                    if !seen_dot {
+                        s.point += 1;
+                    }
+                    if s.len < s.digits.len() {
+                        s.digits[s.len] = b;
+                        s.len += 1;
+                    }
+                }
+            }
+        }
+        while s.len > 0 && s.digits[s.len - 1] == b'0' {
+            s.len -= 1;
+        }
+        s
     }
-    let _ = write!(out, "{digits}");
-    out.push('"');
+
+    fn digits(&self) -> &str {
+        std::str::from_utf8(&self.digits[..self.len]).unwrap_or("0")
+    }
+
+    fn push_zeros(out: &mut String, n: i32) {
+        for _ in 0..n {
+            out.push('0');
+        }
+    }
+
+    /// Go's `'f'` layout: no exponent.
+    fn write_f(&self, out: &mut String) {
+        if self.neg {
+            out.push('-');
+        }
+        let d = self.digits();
+        let n = self.len as i32;
+        if self.len == 0 {
+            out.push('0');
+        } else if self.point <= 0 {
+            out.push_str("0.");
+            Self::push_zeros(out, -self.point);
+            out.push_str(d);
+        } else if self.point >= n {
+            out.push_str(d);
+            Self::push_zeros(out, self.point - n);
+        } else {
+            let (i, f) = d.split_at(self.point as usize);
+            out.push_str(i);
+            out.push('.');
+            out.push_str(f);
+        }
+    }
+
+    /// Go's `'e'` layout: one integer digit, an exponent with its sign and two digits at least.
+    fn write_e(&self, out: &mut String) {
+        if self.neg {
+            out.push('-');
+        }
+        let d = self.digits();
+        let (first, rest) = d.split_at(d.len().min(1));
+        out.push_str(if first.is_empty() { "0" } else { first });
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        let e = if self.len == 0 { 0 } else { self.point - 1 };
+        out.push_str(if e < 0 { "e-" } else { "e+" });
+        if e.abs() < 10 {
+            out.push('0');
+        }
+        out.push_str(itoa::Buffer::new().format(e.unsigned_abs()));
+    }
 }
 
 /// Appends a native histogram in the shape of Prometheus 3's query API (`histogram` in a
@@ -412,6 +523,92 @@ mod tests {
             s,
             r#""1234567.8" "0.0000012345678" "1.2345678e-67" "1e-07" "1e+21" "1.5e+300" "-2.938735877055719e-39" "0.001" "0.000001" "999000000000000000000" "0" "-0" "NaN" "-Inf" "#
         );
+    }
+
+    /// Go's `strconv.FormatFloat(v, 'f', -1, 64)` and `MarshalFloat` for values where
+    /// `core::fmt` (used before) picks other digits (ties) or magnitudes that need zeros or
+    /// an exponent (each checked with Go 1.19).
+    #[test]
+    fn sample_values_are_go_shortest() {
+        let cases: &[(f64, &str, &str)] = &[
+            // 850257467037368.25 exactly, halfway between ...368.2 and ...368.3.
+            (
+                f64::from_bits(0x4308_2a6f_f252_b5c2),
+                "850257467037368.2",
+                "850257467037368.2",
+            ),
+            (0.1, "0.1", "0.1"),
+            (-1.0 / 3.0, "-0.3333333333333333", "-0.3333333333333333"),
+            (123.456, "123.456", "123.456"),
+            (1e15, "1000000000000000", "1000000000000000"),
+            (1e15 + 0.5, "1000000000000000.5", "1000000000000000.5"),
+            (9007199254740993.0, "9007199254740992", "9007199254740992"),
+            (1.5e17, "150000000000000000", "150000000000000000"),
+            (1e21, "1000000000000000000000", "1e+21"),
+            (1.2345e22, "12345000000000000000000", "1.2345e+22"),
+            (9.99e-6, "0.00000999", "0.00000999"),
+            (1e-5, "0.00001", "0.00001"),
+            (1.5e-7, "0.00000015", "1.5e-07"),
+            (-2.5e-300, "", "-2.5e-300"),
+            (5e-324, "", "5e-324"),
+            (1.7976931348623157e308, "", "1.7976931348623157e+308"),
+        ];
+        for &(v, f, marshal) in cases {
+            if !f.is_empty() {
+                let mut s = String::new();
+                super::write_sample_value(&mut s, v);
+                assert_eq!(s, format!("\"{f}\""), "{v:e}");
+            }
+            let mut s = String::new();
+            super::write_json_float(&mut s, v);
+            assert_eq!(s, format!("\"{marshal}\""), "{v:e}");
+        }
+    }
+
+    /// On any value the digits read back as the value, are as short as `core::fmt`'s
+    /// (both are shortest) and differ from them only on a tie, which goes to the even digit.
+    #[test]
+    fn sample_values_round_trip_shortest() {
+        let check = |v: f64| {
+            let mut s = String::new();
+            super::write_sample_value(&mut s, v);
+            let ours = s.trim_matches('"');
+            assert_eq!(ours.parse::<f64>().ok(), Some(v), "{v:e}: {ours}");
+            let theirs = format!("{v}");
+            if ours != theirs {
+                assert_eq!(ours.len(), theirs.len(), "{v:e}: {ours} vs {theirs}");
+                let last = ours.bytes().last().unwrap_or(b'0');
+                assert_eq!((last - b'0') % 2, 0, "{v:e}: {ours} vs {theirs}");
+            }
+            let mut s = String::new();
+            super::write_json_float(&mut s, v);
+            let m = s.trim_matches('"');
+            assert_eq!(m.parse::<f64>().ok(), Some(v), "{v:e}: {m}");
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..100_000 {
+            let bits = next();
+            let v = f64::from_bits(bits);
+            if v.is_finite() {
+                check(v);
+            }
+            let r = (bits >> 11) as f64 / (1u64 << 53) as f64;
+            for v in [
+                r,
+                r * 1e9,
+                (r * 1e6).round() / 1e3,
+                r * 1e15 + 0.5,
+                r * 1e-6,
+            ] {
+                check(v);
+            }
+        }
     }
 
     use super::*;

@@ -574,9 +574,28 @@ fn estimate(v: &Value) -> usize {
     }
 }
 
+/// Whether `s` holds a byte JSON escapes (`"`, `\\`, controls). Label names and values
+/// almost never do; a branch-free pass over 16 bytes at a time (vectorized) answers that in
+/// a fraction of the per-byte loop's instructions.
+fn needs_escape(s: &[u8]) -> bool {
+    let esc = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut chunks = s.chunks_exact(16);
+    for c in &mut chunks {
+        if c.iter().fold(false, |acc, &b| acc | esc(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| esc(b))
+}
+
 /// JSON string with the escapes JSON requires.
 pub(crate) fn write_str(out: &mut String, s: &str) {
     out.push('"');
+    if !needs_escape(s.as_bytes()) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc = match b {
@@ -611,10 +630,15 @@ pub(crate) fn write_ts(out: &mut String, t_ms: i64) {
     if neg {
         out.push('-');
     }
-    let _ = write!(out, "{}", t / 1000);
+    out.push_str(itoa::Buffer::new().format(t / 1000));
     let frac = t % 1000;
     if frac != 0 {
-        let _ = write!(out, ".{frac:03}");
+        // Below 1000: three digits, zero-padded.
+        let frac = frac as u32;
+        out.push('.');
+        for d in [frac / 100, frac / 10 % 10, frac % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
     }
 }
 
@@ -944,6 +968,50 @@ pub async fn query_exemplars(
 mod tests {
     use super::*;
     use m3query_promql::{Point, Sample, Series};
+
+    /// The fast path for strings without escapes and the escaping path give serde_json's
+    /// text, wherever the escape falls (before, inside or after a 16-byte block).
+    #[test]
+    fn strings_escape_as_json_does() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "host-001:9100".into(),
+            "ünïcödé ✓ and a long value past sixteen bytes".into(),
+        ];
+        for esc in ['"', '\\', '\n', '\r', '\t', '\u{1}', '\u{1f}'] {
+            for at in [0, 1, 15, 16, 17, 31, 32, 40] {
+                let mut s: String = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"
+                    .chars()
+                    .take(at)
+                    .collect();
+                s.push(esc);
+                s.push_str("tail");
+                cases.push(s);
+            }
+        }
+        for s in cases {
+            let mut out = String::new();
+            write_str(&mut out, &s);
+            assert_eq!(out, serde_json::to_string(&s).expect("json"), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_print_as_prometheus_does() {
+        for (t, want) in [
+            (0, "0"),
+            (1_435_781_451_781, "1435781451.781"),
+            (1_435_781_451_000, "1435781451"),
+            (1_435_781_451_005, "1435781451.005"),
+            (1_435_781_451_050, "1435781451.050"),
+            (-1_500, "-1.500"),
+            (-5, "-0.005"),
+        ] {
+            let mut s = String::new();
+            write_ts(&mut s, t);
+            assert_eq!(s, want, "{t}");
+        }
+    }
 
     /// Values print as Go's `strconv.FormatFloat(v, 'f', -1, 64)`, as Prometheus's JSON:
     /// the integer fast path must agree with the float formatting it stands in for.
