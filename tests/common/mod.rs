@@ -156,14 +156,15 @@ pub fn wait_ready(child: &mut Child, ready_url: &str, timeout: Duration, log: &P
     panic!("m3query not ready after {timeout:?}: {}", log());
 }
 
-/// Reads `[start, end]` of the series `matchers` select through remote read (`SAMPLES`, at
-/// `read_url`), and decodes the answer; panics on anything but a 200.
-pub fn remote_read_samples(
+/// POSTs one remote-read query for `[start, end]` accepting only `response_type`; returns the
+/// body of the 200 it must get.
+fn post_read(
     read_url: &str,
     matchers: Vec<m3query_remote::prompb::LabelMatcher>,
     start: i64,
     end: i64,
-) -> m3query_remote::prompb::ReadResponse {
+    response_type: m3query_remote::prompb::read_request::ResponseType,
+) -> Vec<u8> {
     use m3query_remote::prompb;
     use prost::Message;
     let req = prompb::ReadRequest {
@@ -173,7 +174,7 @@ pub fn remote_read_samples(
             matchers,
             hints: None,
         }],
-        accepted_response_types: vec![prompb::read_request::ResponseType::Samples as i32],
+        accepted_response_types: vec![response_type as i32],
     };
     let r = client()
         .post(read_url)
@@ -195,6 +196,26 @@ pub fn remote_read_samples(
         "remote read: {}",
         String::from_utf8_lossy(&body)
     );
+    body.to_vec()
+}
+
+/// Reads `[start, end]` of the series `matchers` select through remote read (`SAMPLES`, at
+/// `read_url`), and decodes the answer; panics on anything but a 200.
+pub fn remote_read_samples(
+    read_url: &str,
+    matchers: Vec<m3query_remote::prompb::LabelMatcher>,
+    start: i64,
+    end: i64,
+) -> m3query_remote::prompb::ReadResponse {
+    use m3query_remote::prompb;
+    use prost::Message;
+    let body = post_read(
+        read_url,
+        matchers,
+        start,
+        end,
+        prompb::read_request::ResponseType::Samples,
+    );
     let raw = snap::raw::Decoder::new()
         .decompress_vec(&body)
         .expect("snappy read response");
@@ -212,34 +233,12 @@ pub fn remote_read_streamed(
 ) -> Vec<m3query_remote::prompb::ChunkedSeries> {
     use m3query_remote::prompb;
     use prost::Message;
-    let req = prompb::ReadRequest {
-        queries: vec![prompb::Query {
-            start_timestamp_ms: start,
-            end_timestamp_ms: end,
-            matchers,
-            hints: None,
-        }],
-        accepted_response_types: vec![prompb::read_request::ResponseType::StreamedXorChunks as i32],
-    };
-    let r = client()
-        .post(read_url)
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "snappy")
-        .header("X-Prometheus-Remote-Read-Version", "0.1.0")
-        .body(
-            snap::raw::Encoder::new()
-                .compress_vec(&req.encode_to_vec())
-                .expect("snappy"),
-        )
-        .send()
-        .expect("remote read");
-    let status = r.status().as_u16();
-    let body = r.bytes().expect("read body");
-    assert_eq!(
-        status,
-        200,
-        "remote read: {}",
-        String::from_utf8_lossy(&body)
+    let body = post_read(
+        read_url,
+        matchers,
+        start,
+        end,
+        prompb::read_request::ResponseType::StreamedXorChunks,
     );
     let mut reader = m3query_remote::read::FrameReader::new(&body);
     let mut out: Vec<prompb::ChunkedSeries> = Vec::new();
