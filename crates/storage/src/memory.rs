@@ -79,6 +79,23 @@ struct MemIter<'a> {
     sts: &'a [StartTimestamp],
 }
 
+/// Appends the items of the time-ordered `rest` with `mint <= t <= maxt` to `out` and drops
+/// everything up to `maxt` from `rest`: the side streams' `append_range`.
+fn take_range<T: Clone>(
+    rest: &mut &[T],
+    t: impl Fn(&T) -> i64,
+    mint: i64,
+    maxt: i64,
+    out: &mut Vec<T>,
+) {
+    let lo = rest.partition_point(|s| t(s) < mint);
+    let hi = rest.partition_point(|s| t(s) <= maxt);
+    if lo < hi {
+        out.extend_from_slice(&rest[lo..hi]);
+    }
+    *rest = &rest[hi..];
+}
+
 impl SampleIterator for MemIter<'_> {
     fn next(&mut self) -> Result<Option<Sample>> {
         self.floats.next()
@@ -94,12 +111,7 @@ impl SampleIterator for MemIter<'_> {
         maxt: i64,
         out: &mut Vec<HistogramSample>,
     ) -> Result<()> {
-        let lo = self.hists.partition_point(|s| s.t < mint);
-        let hi = self.hists.partition_point(|s| s.t <= maxt);
-        if lo < hi {
-            out.extend_from_slice(&self.hists[lo..hi]);
-        }
-        self.hists = &self.hists[hi..];
+        take_range(&mut self.hists, |s| s.t, mint, maxt, out);
         Ok(())
     }
 
@@ -109,12 +121,7 @@ impl SampleIterator for MemIter<'_> {
         maxt: i64,
         out: &mut Vec<StartTimestamp>,
     ) -> Result<()> {
-        let lo = self.sts.partition_point(|s| s.t < mint);
-        let hi = self.sts.partition_point(|s| s.t <= maxt);
-        if lo < hi {
-            out.extend_from_slice(&self.sts[lo..hi]);
-        }
-        self.sts = &self.sts[hi..];
+        take_range(&mut self.sts, |s| s.t, mint, maxt, out);
         Ok(())
     }
 }

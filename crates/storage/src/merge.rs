@@ -534,15 +534,13 @@ impl SampleIterator for ChainIterator<'_> {
     ) -> Result<()> {
         // Every part's histograms in time order; at equal timestamps the earliest part wins,
         // as for floats.
-        let mut all: Vec<(i64, usize, HistogramSample)> = Vec::new();
-        for (i, it) in self.iters.iter_mut().enumerate() {
+        let mut parts = Vec::with_capacity(self.iters.len());
+        for it in &mut self.iters {
             let mut part = Vec::new();
             it.append_histograms(mint, maxt, &mut part)?;
-            all.extend(part.into_iter().map(|h| (h.t, i, h)));
+            parts.push(part);
         }
-        all.sort_by_key(|(t, i, _)| (*t, *i));
-        all.dedup_by_key(|(t, _, _)| *t);
-        out.extend(all.into_iter().map(|(_, _, h)| h));
+        merge_parts(parts, |h| h.t, out);
         Ok(())
     }
 
@@ -554,17 +552,27 @@ impl SampleIterator for ChainIterator<'_> {
     ) -> Result<()> {
         // As for histograms: every part's start timestamps, the earliest part's at equal
         // timestamps.
-        let mut all: Vec<(usize, crate::StartTimestamp)> = Vec::new();
-        for (i, it) in self.iters.iter_mut().enumerate() {
+        let mut parts = Vec::with_capacity(self.iters.len());
+        for it in &mut self.iters {
             let mut part = Vec::new();
             it.append_start_timestamps(mint, maxt, &mut part)?;
-            all.extend(part.into_iter().map(|s| (i, s)));
+            parts.push(part);
         }
-        all.sort_by_key(|(i, s)| (s.t, *i));
-        all.dedup_by_key(|(_, s)| s.t);
-        out.extend(all.into_iter().map(|(_, s)| s));
+        merge_parts(parts, |s| s.t, out);
         Ok(())
     }
+}
+
+/// Merges the parts' time-ordered side-stream items into `out` in time order; at equal
+/// timestamps the item of the earliest part wins.
+fn merge_parts<T>(parts: Vec<Vec<T>>, t: impl Fn(&T) -> i64, out: &mut Vec<T>) {
+    let mut all: Vec<(i64, usize, T)> = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        all.extend(part.into_iter().map(|x| (t(&x), i, x)));
+    }
+    all.sort_by_key(|(t, i, _)| (*t, *i));
+    all.dedup_by_key(|(t, _, _)| *t);
+    out.extend(all.into_iter().map(|(_, _, x)| x));
 }
 
 #[cfg(test)]
