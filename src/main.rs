@@ -10,6 +10,15 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use m3query_server::{BuildInfo, Config, MetricsRegistry, Server, Services};
 use m3query_telemetry::Telemetry;
 
+/// mimalloc instead of glibc's malloc. A query allocates and frees per-series chunk lists and
+/// sample buffers by the ten thousand, often on another thread than the one that allocated
+/// them; glibc spent about a quarter of a 10x instant query in its free-list coalescing
+/// (`unlink_chunk`, `malloc_consolidate`) and page faults from its mmap threshold. With
+/// mimalloc the 10x bench's heavy instant queries run 1.3-3x faster and ingest uses about 7%
+/// less CPU, for a higher peak RSS while ingesting (63 -> about 105 MB at 1x).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Prometheus-compatible PromQL query server with distributed tracing.
 #[derive(Parser, Debug)]
 #[command(name = "m3query", version, about, long_about = None)]
