@@ -531,45 +531,89 @@ impl<'a> IntSeq<'a> {
             sum = f;
             k -= 1;
         }
-        // k <= 65535, so these products are exact before wrapping.
+        // k <= 65535, so these products are exact before wrapping. With residuals
+        // r_l = base + g q_l, in wrapping arithmetic:
+        //   order 1: Σ r_l = k base + g Σ q_l;
+        //   order 2: values prev + r_1 + ... + r_j, j = 1..k, sum to
+        //            k prev + base k (k + 1) / 2 + g Σ_j (q_1 + ... + q_j).
         let kk = k as i64;
-        if self.w == 0 {
-            // Every residual is `base`.
-            if self.order2 {
-                // prev + base, prev + 2 base, ..., prev + k base.
-                let tri = (k as u64 * (k as u64 + 1) / 2) as i64;
-                sum = sum
-                    .wrapping_add(kk.wrapping_mul(self.prev))
-                    .wrapping_add(tri.wrapping_mul(self.base));
-                self.prev = self.prev.wrapping_add(kk.wrapping_mul(self.base));
-            } else {
-                sum = sum.wrapping_add(kk.wrapping_mul(self.base));
-            }
-            return sum;
-        }
-        let mut bit = self.bit;
-        let w = self.w as usize;
+        let g = self.g as i64;
         if self.order2 {
-            let mut prev = self.prev;
-            for _ in 0..k {
-                prev = prev.wrapping_add(self.resid(self.field(bit)));
-                sum = sum.wrapping_add(prev);
-                bit += w;
-            }
-            self.prev = prev;
+            let (mut qs, mut qq) = (0u64, 0u64);
+            self.take_fields_while(k, |q| {
+                qs = qs.wrapping_add(q);
+                qq = qq.wrapping_add(qs);
+                true
+            });
+            let tri = (k as u64 * (k as u64 + 1) / 2) as i64;
+            sum = sum
+                .wrapping_add(kk.wrapping_mul(self.prev))
+                .wrapping_add(tri.wrapping_mul(self.base))
+                .wrapping_add((qq as i64).wrapping_mul(g));
+            self.prev = self
+                .prev
+                .wrapping_add(kk.wrapping_mul(self.base))
+                .wrapping_add((qs as i64).wrapping_mul(g));
         } else {
-            // Σ (base + g q) = k base + g Σ q, in wrapping arithmetic.
             let mut qs = 0u64;
-            for _ in 0..k {
-                qs = qs.wrapping_add(self.field(bit));
-                bit += w;
-            }
+            self.take_fields_while(k, |q| {
+                qs = qs.wrapping_add(q);
+                true
+            });
             sum = sum
                 .wrapping_add(kk.wrapping_mul(self.base))
-                .wrapping_add(qs.wrapping_mul(self.g) as i64);
+                .wrapping_add((qs as i64).wrapping_mul(g));
+        }
+        sum
+    }
+
+    /// Calls `f` with each of the next `k` packed fields (the caller never asks for more
+    /// than are left) and moves past them, until `f` returns false: that field stays
+    /// unconsumed. Returns how many were consumed. Reads up to 57 bits at once from one
+    /// 8-byte load and takes every whole field in it, instead of a load per field.
+    #[inline(always)]
+    fn take_fields_while(&mut self, k: usize, mut f: impl FnMut(u64) -> bool) -> usize {
+        let w = self.w;
+        if w == 0 {
+            // Every field is 0; the cursor does not move.
+            return (0..k).take_while(|_| f(0)).count();
+        }
+        let mut bit = self.bit;
+        let mut left = k;
+        if w <= 57 {
+            let mask = (1u64 << w) - 1;
+            // After a shift of up to 7, at least 57 bits of the load are the stream's.
+            let per_load = (57 / w) as usize;
+            while left > 0 {
+                let byte = bit >> 3;
+                let Some(b) = self.packed.get(byte..byte + 8) else {
+                    break;
+                };
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                let mut word = u64::from_le_bytes(a) >> (bit & 7);
+                let n = per_load.min(left);
+                for i in 0..n {
+                    if !f(word & mask) {
+                        self.bit = bit + i * w as usize;
+                        return k - left + i;
+                    }
+                    word >>= w;
+                }
+                bit += n * w as usize;
+                left -= n;
+            }
+        }
+        // The last few bytes, and fields too wide for one load.
+        while left > 0 {
+            if !f(self.field(bit)) {
+                break;
+            }
+            bit += w as usize;
+            left -= 1;
         }
         self.bit = bit;
-        sum
+        k - left
     }
 
     /// Consumes, of the next `max` values at most (the caller never asks for more than are
@@ -605,22 +649,21 @@ impl<'a> IntSeq<'a> {
                 return n + steps;
             }
         }
-        let w = self.w as usize;
-        let mut bit = self.bit;
+        let (base, g, order2) = (self.base, self.g, self.order2);
         let mut prev = self.prev;
-        while n < max {
-            let r = self.resid(self.field(bit));
-            let v = if self.order2 { prev.wrapping_add(r) } else { r };
-            let c = acc.wrapping_add(v);
+        let mut t = *acc;
+        n += self.take_fields_while(max - n, |q| {
+            let r = base.wrapping_add(q.wrapping_mul(g) as i64);
+            let v = if order2 { prev.wrapping_add(r) } else { r };
+            let c = t.wrapping_add(v);
             if c >= mint {
-                break;
+                return false;
             }
-            *acc = c;
+            t = c;
             prev = v;
-            bit += w;
-            n += 1;
-        }
-        self.bit = bit;
+            true
+        });
+        *acc = t;
         self.prev = prev;
         n
     }
