@@ -158,6 +158,31 @@ fn bench(c: &mut Criterion) {
             thread_cpu_time() - t0
         })
     });
+    // An instant query's window just after a head chunk cut: the last 20 samples of each
+    // sealed 120-sample chunk (throughput counts the 20 returned per chunk).
+    let sealed: Vec<(Vec<u8>, i64)> = as_samples
+        .chunks(120)
+        .map(|ch| (encode_dense(ch).expect("encode"), ch[ch.len() - 20].t))
+        .collect();
+    g.throughput(Throughput::Elements(20 * sealed.len() as u64));
+    g.bench_function("last_20_of_120_thread_cpu_time", |b| {
+        let mut out = Vec::with_capacity(120);
+        b.iter_custom(|iters| {
+            let t0 = thread_cpu_time();
+            for _ in 0..iters {
+                let mut n = 0;
+                for (ch, mint) in &sealed {
+                    out.clear();
+                    let mut it = DenseIterator::new(ch).expect("valid");
+                    it.append_range(*mint, i64::MAX, &mut out).expect("valid");
+                    n += out.len();
+                }
+                black_box(n);
+            }
+            thread_cpu_time() - t0
+        })
+    });
+    g.throughput(Throughput::Elements(total));
     // What the head does when it seals a full chunk: 120 samples, thread CPU time.
     g.bench_function("encode_120_thread_cpu_time", |b| {
         let mut enc = DenseEncoder::new();

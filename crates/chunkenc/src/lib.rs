@@ -108,6 +108,27 @@ impl<'a> ChunkIterator<'a> {
         }
     }
 
+    /// The next sample with `t >= mint`, consuming the ones before it; `Ok(None)` when no
+    /// remaining sample is. A dense chunk steps over the earlier ones without building them
+    /// ([`DenseIterator::skip_before`]); an XOR chunk has to decode them.
+    #[inline]
+    pub fn next_from(&mut self, mint: i64) -> Result<Option<(i64, f64)>> {
+        match self {
+            ChunkIterator::Xor(it) => {
+                while let Some((t, v)) = it.next_sample()? {
+                    if t >= mint {
+                        return Ok(Some((t, v)));
+                    }
+                }
+                Ok(None)
+            }
+            ChunkIterator::Dense(it) => {
+                it.skip_before(mint)?;
+                it.next_sample()
+            }
+        }
+    }
+
     /// Appends the remaining samples with `mint <= t <= maxt` to `out`. Returns `true` when
     /// it stopped at (and consumed) a sample after `maxt`, `false` at the end of the chunk.
     #[inline]

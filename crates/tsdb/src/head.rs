@@ -438,13 +438,10 @@ impl SeriesData {
     /// The value bits of the in-order float stored at `t`, if any: decodes at most the one
     /// chunk whose time range holds `t`.
     fn float_at(&self, t: i64) -> Option<u64> {
-        let find = |mut it: m3query_chunkenc::ChunkIterator<'_>| {
-            while let Ok(Some((ct, v))) = it.next_sample() {
-                if ct >= t {
-                    return (ct == t).then_some(v.to_bits());
-                }
-            }
-            None
+        // A sealed (dense) chunk steps over the samples before `t` without building them.
+        let find = |mut it: m3query_chunkenc::ChunkIterator<'_>| match it.next_from(t) {
+            Ok(Some((ct, v))) => (ct == t).then_some(v.to_bits()),
+            _ => None,
         };
         let i = self.closed.partition_point(|c| c.max_t < t);
         if let Some(c) = self.closed.get(i)
@@ -1422,6 +1419,23 @@ mod tests {
             (Some(3), Some(4), 2)
         );
         assert!(m.conflicts.is_empty());
+    }
+
+    #[test]
+    fn float_at_finds_samples_in_sealed_and_open_chunks() {
+        let mut d = SeriesData::new();
+        for i in 0..300 {
+            d.store(Fit::InOrder, i * 10, i as f64 * 0.5, 1_000_000);
+        }
+        for i in 0..300 {
+            assert_eq!(
+                d.float_at(i * 10),
+                Some((i as f64 * 0.5).to_bits()),
+                "at {i}"
+            );
+            assert_eq!(d.float_at(i * 10 + 3), None, "after {i}");
+        }
+        assert_eq!(d.float_at(-1), None);
     }
 
     #[test]

@@ -415,14 +415,10 @@ fn has_samples_in(chunks: &[QChunk], mint: i64, maxt: i64) -> Result<bool> {
             }
             continue;
         }
-        let mut it = c.iter()?;
-        while let Some((t, _)) = it.next_sample()? {
-            if t >= mint {
-                if t <= maxt {
-                    return Ok(true);
-                }
-                break;
-            }
+        if let Some((t, _)) = c.iter()?.next_from(mint)?
+            && t <= maxt
+        {
+            return Ok(true);
         }
     }
     Ok(false)
@@ -680,13 +676,21 @@ impl SampleIterator for ChunksIter<'_> {
             if self.done {
                 return Ok(None);
             }
-            let Some(it) = self.cur.as_mut() else {
-                if !self.open_next()? {
-                    self.done = true;
+            let next = match self.cur.as_mut() {
+                Some(it) => it.next_sample(),
+                None => {
+                    if !self.open_next()? {
+                        self.done = true;
+                        continue;
+                    }
+                    // A fresh chunk: step over its samples before the range at once.
+                    match self.cur.as_mut() {
+                        Some(it) => it.next_from(self.mint),
+                        None => continue,
+                    }
                 }
-                continue;
             };
-            match it.next_sample().map_err(cerr)? {
+            match next.map_err(cerr)? {
                 Some((t, _)) if t < self.mint => {}
                 Some((t, _)) if t > self.maxt => {
                     self.done = true;
@@ -842,5 +846,77 @@ mod tests {
         // The whole range: blocks and head merge, which needs (and gives) label order.
         assert_eq!(instances(&db, start, end, false), sorted);
         assert_eq!(instances(&db, start, end, true), sorted);
+    }
+
+    /// Small windows inside dense chunks (blocks' 480-sample ones and the head's sealed
+    /// 120-sample ones), where the decoder steps over the samples before the window: the
+    /// same samples through `append_range` and `next`, and a window between two samples
+    /// selects no series.
+    #[test]
+    fn small_windows_inside_dense_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        let end = 1_764_000_000_000i64;
+        let start = end - 6 * H;
+        let step = 10_000;
+        let val = |t: i64| ((t - start) / step) as f64 * 0.25;
+        let mut t = start;
+        while t < end {
+            let mut app = db.appender();
+            app.append(&instance(0), t, val(t)).expect("append");
+            app.commit().expect("commit");
+            t += step;
+        }
+        db.run_maintenance().expect("maintenance");
+        assert!(db.metrics().blocks >= 1, "older data cut into a block");
+        let want = |lo: i64, hi: i64| -> Vec<(i64, f64)> {
+            let first = start + (lo - start + step - 1).div_euclid(step) * step;
+            (0..)
+                .map(|i| first + i * step)
+                .take_while(|&t| t <= hi && t < end)
+                .filter(|&t| t >= start)
+                .map(|t| (t, val(t)))
+                .collect()
+        };
+        // From the oldest block to the open head chunk, at and between sample times.
+        let mut at = start + 3 * step;
+        while at < end {
+            for (lo, hi) in [
+                (at - 60_000, at),
+                (at - 600_000 + 1, at + 1),
+                (at + 1, at + 9_999),
+            ] {
+                let q = db.querier(lo, hi).expect("querier");
+                let mut set = q
+                    .select(
+                        &Context::background(),
+                        false,
+                        &SelectHints::default(),
+                        &[Matcher::equal("__name__", "up")],
+                    )
+                    .expect("select");
+                let w = want(lo, hi);
+                let mut seen = 0;
+                while let Some(series) = set.next() {
+                    let series = series.expect("series");
+                    let mut by_range = Vec::new();
+                    series
+                        .iter()
+                        .append_range(lo, hi, &mut by_range)
+                        .expect("decode");
+                    let mut by_next = Vec::new();
+                    let mut it = series.iter();
+                    while let Some(x) = it.next().expect("decode") {
+                        by_next.push((x.t, x.v));
+                    }
+                    let by_range: Vec<(i64, f64)> = by_range.iter().map(|x| (x.t, x.v)).collect();
+                    assert_eq!(by_range, w, "append_range in [{lo}, {hi}]");
+                    assert_eq!(by_next, w, "next in [{lo}, {hi}]");
+                    seen += 1;
+                }
+                assert_eq!(seen, usize::from(!w.is_empty()), "series in [{lo}, {hi}]");
+            }
+            at += 7 * 60_000 + 3_333;
+        }
     }
 }
