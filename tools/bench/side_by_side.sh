@@ -4,6 +4,7 @@
 #              server in turn, so the Python generator does not share the CPU with them
 #   queries    ../shared/bench/run.py: the 45 dashboard queries, range and instant
 #   footprint  ../shared/bench/measure.sh: RSS, peak RSS, disk, bytes/sample, RSS bytes/series
+#              (computed here the same way when measure.sh fails, as it does past 2 GiB)
 #   restart    kill -9 each server, start it again on its data, time until it is ready
 #              (WAL replay)
 #
@@ -102,9 +103,31 @@ T0=$(date +%s%N); start_prometheus
   --dataset "$OUT/dataset.json" --repeat "$REPEAT" --instant --out "$OUT/instant.json" \
   | tee "$OUT/instant.txt" | tail -4
 
+# ../shared's measure.sh, and the same figures computed here when it fails: its mawk prints
+# byte counts past 2 GiB in exponent form (2.26594e+09), which shell arithmetic refuses, and
+# the run would end before its restart step.
+footprint() {
+  local pid=$1 dir=$2
+  "$SHARED/measure.sh" "$pid" "$dir" "$OUT/dataset.json" && return 0
+  echo "(measure.sh failed; the same figures from /proc and du:)"
+  "$PY" - "$pid" "$dir" "$OUT/dataset.json" <<'PY'
+import json, subprocess, sys
+pid, d, meta = sys.argv[1:]
+st = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS", "VmHWM"))}
+disk = int(subprocess.run(["du", "-sb", d], capture_output=True, text=True).stdout.split()[0])
+m = json.load(open(meta))
+series, samples = m["series"], m["samples"] + m.get("stale_markers", 0)
+print(f"pid {pid}  VmRSS {st['VmRSS'] >> 20} MiB  VmHWM (peak) {st['VmHWM'] >> 20} MiB")
+print(f"disk {d}: {disk} bytes ({disk >> 20} MiB)")
+print(f"dataset: {series} series, {samples} samples")
+print(f"disk bytes/sample: {disk / samples:.3f}")
+print(f"RSS bytes/series: {st['VmRSS'] / series:,.0f}   (peak {st['VmHWM'] / series:,.0f})")
+PY
+}
+
 echo "== footprint"
-"$SHARED/measure.sh" "$PROM_PID" "$OUT/prom" "$OUT/dataset.json" | tee "$OUT/footprint-prometheus.txt"
-"$SHARED/measure.sh" "$M3_PID" "$OUT/m3q" "$OUT/dataset.json" | tee "$OUT/footprint-m3query.txt"
+footprint "$PROM_PID" "$OUT/prom" | tee "$OUT/footprint-prometheus.txt"
+footprint "$M3_PID" "$OUT/m3q" | tee "$OUT/footprint-m3query.txt"
 
 echo "== restart after kill -9 (WAL replay), to ready"
 kill -9 "$PROM_PID" "$M3_PID"; wait "$PROM_PID" "$M3_PID" 2>/dev/null || true
