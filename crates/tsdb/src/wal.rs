@@ -142,7 +142,9 @@ pub(crate) enum Record<'a> {
     Series(Vec<(u64, Labels)>),
     Samples(Vec<(u64, i64, f64)>),
     Chunks(u64, Vec<&'a [u8]>),
-    HeadSeries(SeriesState<'a>),
+    /// A checkpointed series (type 4), and the record's payload (for
+    /// [`decode_head_series`] on another thread).
+    HeadSeries(SeriesState<'a>, &'a [u8]),
     /// Histogram samples (types 5 and 6): ref, time, histogram.
     Histograms(Vec<(u64, i64, HistVal)>),
     /// A checkpointed series' histogram chunks (type 7).
@@ -191,6 +193,11 @@ pub(crate) fn encode_series_state(out: &mut Vec<u8>, s: &SeriesState<'_>) {
         put_varint(out, t);
         put_u64(out, v);
     }
+}
+
+/// Decodes a type 4 record's payload (one [`Record::HeadSeries`] carries).
+pub(crate) fn decode_head_series(payload: &[u8]) -> Result<SeriesState<'_>, DecodeError> {
+    decode_series_state(&mut Decbuf::new(payload))
 }
 
 fn decode_series_state<'a>(d: &mut Decbuf<'a>) -> Result<SeriesState<'a>, DecodeError> {
@@ -363,7 +370,7 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             }
             Ok(Record::Chunks(r, cs))
         }
-        REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?)),
+        REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?, payload)),
         REC_HISTOGRAMS | REC_FLOAT_HISTOGRAMS | REC_OOO_HISTOGRAMS | REC_OOO_FLOAT_HISTOGRAMS => {
             // Replay decides order by time for both (as for floats): an out-of-order record
             // only says so for older builds.
@@ -1043,7 +1050,7 @@ mod tests {
         };
         let mut p = Vec::new();
         encode_series_state(&mut p, &st);
-        let Ok(Record::HeadSeries(got)) = decode_record(REC_HEAD_SERIES, &p) else {
+        let Ok(Record::HeadSeries(got, _)) = decode_record(REC_HEAD_SERIES, &p) else {
             panic!("decodes");
         };
         assert_eq!((got.r, got.max_t, got.last_v), (st.r, st.max_t, st.last_v));
