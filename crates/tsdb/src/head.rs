@@ -245,6 +245,24 @@ impl SeriesSnapshot {
 struct OpenChunk {
     app: XorAppender,
     min_t: i64,
+    /// `min_t`'s chunk-range window (`min_t.div_euclid(chunk_range)`), kept so that an
+    /// append checks its window without two 64-bit divisions (most of an append's cost
+    /// outside the encoding, when replay appends millions of samples).
+    window: i64,
+}
+
+impl OpenChunk {
+    /// Whether `t` is in the chunk's window: `t.div_euclid(chunk_range) == window`.
+    #[inline]
+    fn in_window(&self, t: i64, chunk_range: i64) -> bool {
+        if t < self.min_t {
+            return t.div_euclid(chunk_range) == self.window;
+        }
+        // t >= min_t >= the window's start: in it unless a whole range past that start
+        // (in i128, where neither the start nor the difference can overflow).
+        let start = i128::from(self.window) * i128::from(chunk_range);
+        i128::from(t) - start < i128::from(chunk_range)
+    }
 }
 
 /// A series' samples. Guarded by the series' mutex.
@@ -507,8 +525,7 @@ impl SeriesData {
         let cut = match &self.open {
             None => true,
             Some(o) => {
-                o.app.num_samples() >= TARGET_SAMPLES_PER_CHUNK
-                    || t.div_euclid(chunk_range) != o.min_t.div_euclid(chunk_range)
+                o.app.num_samples() >= TARGET_SAMPLES_PER_CHUNK || !o.in_window(t, chunk_range)
             }
         };
         if cut {
@@ -520,6 +537,7 @@ impl SeriesData {
             self.open = Some(OpenChunk {
                 app: XorAppender::new(),
                 min_t: t,
+                window: t.div_euclid(chunk_range),
             });
         }
         if let Some(o) = self.open.as_mut() {
@@ -1427,6 +1445,41 @@ mod tests {
             head.num_chunks.load(Ordering::Relaxed),
             a.data.lock().num_chunks() as i64 + b.data.lock().num_chunks() as i64
         );
+    }
+
+    /// The window check without divisions agrees with the divisions, at the extremes too.
+    #[test]
+    fn open_chunk_window_check_matches_division() {
+        let ranges = [1, 7, 7_200_000, i64::MAX / 3, i64::MAX];
+        let times = [
+            i64::MIN,
+            i64::MIN + 1,
+            -7_200_001,
+            -7_200_000,
+            -1,
+            0,
+            1,
+            7_199_999,
+            7_200_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for r in ranges {
+            for min_t in times {
+                let o = OpenChunk {
+                    app: XorAppender::new(),
+                    min_t,
+                    window: min_t.div_euclid(r),
+                };
+                for t in times {
+                    assert_eq!(
+                        o.in_window(t, r),
+                        t.div_euclid(r) == min_t.div_euclid(r),
+                        "t={t} min_t={min_t} r={r}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
