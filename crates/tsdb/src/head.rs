@@ -594,7 +594,8 @@ impl SeriesData {
     /// Restores a checkpointed series: an empty one adopts the closed chunks as they are and
     /// re-appends only the open chunk's samples; otherwise every sample is replayed.
     fn restore(&mut self, snap: SeriesSnapshot, chunk_range: i64) -> Result<()> {
-        if !self.is_empty() || self.max_t != i64::MIN {
+        let adopt = self.is_empty() && self.max_t == i64::MIN;
+        if !adopt {
             for c in &snap.closed {
                 let mut it = m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..])?;
                 while let Some((t, v)) = it.next_sample()? {
@@ -610,7 +611,9 @@ impl SeriesData {
             }
             self.closed = snap.closed;
         }
-        if let Some((_, bytes)) = &snap.open {
+        if let Some((_, bytes)) = &snap.open
+            && !(adopt && self.adopt_open(bytes, chunk_range))
+        {
             let mut it = XorIterator::new(bytes)?;
             while let Some((t, v)) = it.next_sample()? {
                 self.replay(t, v, chunk_range);
@@ -627,6 +630,36 @@ impl SeriesData {
             self.restore_hist(h, chunk_range)?;
         }
         Ok(())
+    }
+
+    /// Takes a checkpointed open chunk as the open chunk, its appender resumed on the bytes
+    /// instead of fed every sample again, when replaying its samples would have built just
+    /// that chunk: they follow the series' newest sample and each other, fit one chunk and
+    /// one chunk-range window. Returns false (changing nothing) otherwise.
+    fn adopt_open(&mut self, bytes: &[u8], chunk_range: i64) -> bool {
+        if self.open.is_some() || self.hist.as_ref().is_some_and(|h| !h.is_empty()) {
+            return false;
+        }
+        let (mut first, mut prev, mut n, mut ordered) = (None, self.max_t, 0usize, true);
+        let resumed = XorAppender::resume(bytes, |t, _| {
+            first.get_or_insert(t);
+            // As `replay`: in order after no sample, or after an older one.
+            ordered &= prev == i64::MIN || t > prev;
+            prev = t;
+            n += 1;
+        });
+        let (Ok(app), Some(min_t)) = (resumed, first) else {
+            return false;
+        };
+        let window = min_t.div_euclid(chunk_range);
+        // Increasing times share a window when the first and the last do.
+        if !ordered || n > TARGET_SAMPLES_PER_CHUNK || prev.div_euclid(chunk_range) != window {
+            return false;
+        }
+        self.max_t = prev;
+        self.last_v = app.last_v_bits();
+        self.open = Some(OpenChunk { app, min_t, window });
+        true
     }
 
     /// Restores checkpointed histogram chunks: adopted as they are by a series without
@@ -1445,6 +1478,56 @@ mod tests {
             head.num_chunks.load(Ordering::Relaxed),
             a.data.lock().num_chunks() as i64 + b.data.lock().num_chunks() as i64
         );
+    }
+
+    /// A checkpointed open chunk is taken as it is (appender resumed, seek points and all)
+    /// when replaying it would build the same chunk, and replayed sample by sample when not.
+    #[test]
+    fn restore_adopts_the_open_chunk_replay_would_build() {
+        let r = 7_200_000;
+        let mut src = SeriesData::new();
+        // A closed chunk of 120 and an open one of 100 samples (seek points at 30, 60, 90).
+        for i in 0..220 {
+            src.append_in_order(i * 1000, (i % 13) as f64 * 0.5, r, true);
+        }
+        let mut d = SeriesData::new();
+        d.restore(src.snapshot(), r).expect("restore");
+        let open = |x: &SeriesData| {
+            let o = x.open.as_ref().expect("open chunk");
+            (
+                o.app.bytes().to_vec(),
+                o.app.seeks().copied().collect::<Vec<_>>(),
+                o.min_t,
+                o.window,
+            )
+        };
+        assert_eq!(open(&d), open(&src));
+        assert_eq!(open(&d).1.len(), 3);
+        assert_eq!((d.max_t, d.last_v), (src.max_t, src.last_v));
+        assert_eq!(d.num_chunks(), 2);
+        for i in 220..260 {
+            src.append_in_order(i * 1000, 1.0, r, true);
+            d.append_in_order(i * 1000, 1.0, r, true);
+        }
+        assert_eq!(open(&d), open(&src));
+
+        // An open chunk going back in time (a hand-made checkpoint) is replayed: the
+        // older sample goes out of order, as it always did.
+        let mut x = XorAppender::new();
+        for (t, v) in [(5000, 1.0), (4000, 2.0), (6000, 3.0)] {
+            x.append(t, v).expect("append");
+        }
+        let snap = SeriesSnapshot {
+            open: Some((5000, x.bytes().to_vec())),
+            max_t: 6000,
+            last_v: 3.0f64.to_bits(),
+            ..SeriesSnapshot::default()
+        };
+        let mut d = SeriesData::new();
+        d.restore(snap, r).expect("restore");
+        assert_eq!(d.ooo_times_before(i64::MAX), vec![4000]);
+        assert_eq!(d.open.as_ref().map(|o| o.app.num_samples()), Some(2));
+        assert_eq!(d.max_t, 6000);
     }
 
     /// The window check without divisions agrees with the divisions, at the extremes too.
