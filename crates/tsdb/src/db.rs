@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use m3query_chunkenc::XorIterator;
-use m3query_model::{FloatHistogram, Histogram, LabelPairs, Labels, STALE_NAN_BITS, Sample};
+use m3query_model::{FloatHistogram, Histogram, Label, LabelPairs, Labels, STALE_NAN_BITS, Sample};
 use m3query_storage::{
     Appendable, Appender, Error as StorageError, Querier, Queryable, Result as SResult,
 };
@@ -584,8 +584,18 @@ fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
         };
         let result = wal::replay(dir, &mut |rec| match rec {
             Record::Series(list) => {
-                for (r, l) in list {
-                    let (s, created) = head.replay_series(r, &l);
+                for (r, pairs) in list.iter() {
+                    let (s, created) = match LabelPairs::new(pairs) {
+                        Ok(p) => head.replay_series_key(r, SeriesKey::Pairs(p), p.stable_hash()),
+                        // Only an empty label name, which m3query never logs, fails here;
+                        // the record decoded, so its series is replayed as it always was.
+                        Err(_) => head.replay_series(
+                            r,
+                            &Labels::from_sorted(
+                                pairs.iter().map(|&(n, v)| Label::new(n, v)).collect(),
+                            ),
+                        ),
+                    };
                     // A series named again (by another ref, or the same) keeps its slot, so
                     // all its samples go to one worker, in WAL order.
                     let known = if created { None } else { refs.slot_of(&s) };
@@ -2347,6 +2357,35 @@ mod tests {
             None,
             "an index past the packing"
         );
+    }
+
+    /// Series records are interned straight from the record's pairs; a label set those
+    /// cannot carry (an empty label name, which m3query never logs but a record can hold)
+    /// still replays, as it did.
+    #[test]
+    fn series_records_replay_from_pairs_and_odd_label_sets_still_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wd = dir.path().join("wal");
+        fs::create_dir_all(&wd).expect("wal dir");
+        let wal = Wal::create(&wd, 0, 4096, Fsync::Never).expect("create");
+        let odd = Labels::from_pairs([("", "x"), ("__name__", "m"), ("s", "odd")]);
+        wal.log_series(1, &series_labels("a"));
+        wal.log_series(2, &odd);
+        log(&wal, &[(1, 1000, 1.0), (2, 1000, 2.0)]);
+        drop(wal);
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        let mut got: Vec<(Labels, usize)> = db
+            .inner
+            .head
+            .all_series()
+            .iter()
+            .map(|s| (s.labels.clone(), s.data.lock().num_chunks()))
+            .collect();
+        got.sort();
+        let mut want = vec![(series_labels("a"), 1), (odd, 1)];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(db.metrics().wal_replay_unknown_refs_total, 0);
     }
 
     fn wal_segments(wd: &Path) -> (Vec<u64>, usize) {

@@ -1174,10 +1174,19 @@ impl Head {
     /// Replay: the series with `labels`, created with ref `r` if missing, and whether it
     /// was created.
     pub(crate) fn replay_series(&self, r: u64, labels: &Labels) -> (Arc<MemSeries>, bool) {
+        self.replay_series_key(r, SeriesKey::Labels(labels), labels.stable_hash())
+    }
+
+    /// [`Head::replay_series`] for a key and its label hash (pairs borrowed from the WAL
+    /// record are interned without building a label set first).
+    pub(crate) fn replay_series_key(
+        &self,
+        r: u64,
+        key: SeriesKey<'_>,
+        hash: u64,
+    ) -> (Arc<MemSeries>, bool) {
         // New refs must stay above every logged one, even refs mapped onto another series.
         self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
-        let hash = labels.stable_hash();
-        let key = SeriesKey::Labels(labels);
         let mut map = self.hash_shard(hash).write();
         if let Some(s) = map.get(hash, key) {
             return (s.clone(), false);

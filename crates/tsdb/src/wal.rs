@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use m3query_model::{Label, Labels};
+use m3query_model::Labels;
 use parking_lot::{Condvar, Mutex};
 
 use crate::encoding::{Decbuf, DecodeError, put_str, put_u64, put_uvarint, put_varint};
@@ -139,7 +139,7 @@ impl SamplesEncoder {
 /// A decoded WAL record.
 #[derive(Debug)]
 pub(crate) enum Record<'a> {
-    Series(Vec<(u64, Labels)>),
+    Series(SeriesRecord<'a>),
     Samples(Vec<(u64, i64, f64)>),
     Chunks(u64, Vec<&'a [u8]>),
     /// A checkpointed series (type 4), and the record's payload (for
@@ -149,6 +149,23 @@ pub(crate) enum Record<'a> {
     Histograms(Vec<(u64, i64, HistVal)>),
     /// A checkpointed series' histogram chunks (type 7).
     HeadHistograms(u64, HistSnapshot),
+}
+
+/// A series record's series: refs and label pairs borrowed from the record, so replay
+/// interns each string once without first building (and dropping) a label set per series.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesRecord<'a> {
+    series: Vec<(u64, std::ops::Range<usize>)>,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> SeriesRecord<'a> {
+    /// Each series' ref and labels (sorted by name, unique, values non-empty).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &[(&'a str, &'a str)])> + '_ {
+        self.series
+            .iter()
+            .map(|(r, range)| (*r, self.pairs.get(range.clone()).unwrap_or_default()))
+    }
 }
 
 /// A head series' samples in a checkpoint (type 4, `wal.md`): its chunks as the head holds
@@ -322,23 +339,23 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut d = Decbuf::new(payload);
     match typ {
         REC_SERIES => {
-            let mut out = Vec::new();
+            let mut out = SeriesRecord::default();
             while d.remaining() > 0 {
                 let r = d.u64()?;
                 let n = d.uvarint_usize()?;
-                let mut ls = Vec::with_capacity(n.min(256));
+                let start = out.pairs.len();
+                out.pairs.reserve(n.min(256));
                 for _ in 0..n {
                     let name = d.str()?;
                     let value = d.str()?;
-                    ls.push(Label::new(name, value));
+                    out.pairs.push((name, value));
                 }
+                let ls = &out.pairs[start..];
                 // Written from a `Labels`, so sorted and unique; check instead of trusting.
-                if !ls.windows(2).all(|w| w[0].name < w[1].name)
-                    || ls.iter().any(|l| l.value.is_empty())
-                {
+                if !ls.windows(2).all(|w| w[0].0 < w[1].0) || ls.iter().any(|l| l.1.is_empty()) {
                     return Err(DecodeError("series labels not sorted"));
                 }
-                out.push((r, Labels::from_sorted(ls)));
+                out.series.push((r, start..out.pairs.len()));
             }
             Ok(Record::Series(out))
         }
@@ -1024,7 +1041,7 @@ mod tests {
         let mut series = Vec::new();
         let (stats, next) = replay(dir, &mut |r| match r {
             Record::Samples(s) => samples.extend(s),
-            Record::Series(s) => series.extend(s.into_iter().map(|(r, _)| r)),
+            Record::Series(s) => series.extend(s.iter().map(|(r, _)| r)),
             Record::Chunks(..)
             | Record::HeadSeries(..)
             | Record::Histograms(..)
