@@ -546,10 +546,12 @@ impl RefTable {
 }
 
 /// Replays the WAL into `head`: series are created on this thread as their records come, and
-/// samples go to one worker per core by series ref, so each series' samples are applied in
-/// WAL order while the cores share the decoding of chunks and the appends (as Prometheus
-/// shards its replay). Returns the replay's stats, the next segment number and how many
-/// samples named a series no record created.
+/// each series goes to one worker per core (by the ref that first names it; every ref naming
+/// it later goes to the same worker), so each series' samples are applied in WAL order while
+/// the cores share the decoding of chunks and the appends (as Prometheus shards its replay).
+/// Workers build their series' samples apart and move them in when the WAL is read.
+/// Returns the replay's stats, the next segment number and how many samples named a series
+/// no record created.
 fn replay_wal(dir: &Path, head: &Head) -> Result<(wal::ReplayStats, u64, u64)> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
