@@ -592,7 +592,8 @@ impl SeriesData {
     }
 
     /// Restores a checkpointed series: an empty one adopts the closed chunks as they are and
-    /// re-appends only the open chunk's samples; otherwise every sample is replayed.
+    /// the open one too where it can (see `adopt_open`), else re-appends the open chunk's
+    /// samples; a series holding samples already gets every sample replayed.
     fn restore(&mut self, snap: SeriesSnapshot, chunk_range: i64) -> Result<()> {
         let adopt = self.is_empty() && self.max_t == i64::MIN;
         if !adopt {
