@@ -157,6 +157,11 @@ impl<'a> BitReader<'a> {
 
     /// Reads one byte (varints are byte-granular but not byte-aligned in the stream).
     #[inline]
+    /// Bits read so far from the start of the stream.
+    pub(crate) fn consumed_bits(&self) -> usize {
+        self.pos * 8 - self.valid as usize
+    }
+
     pub(crate) fn read_byte(&mut self) -> Option<u8> {
         self.read_bits(8).map(|b| b as u8)
     }

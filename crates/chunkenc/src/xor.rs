@@ -169,6 +169,68 @@ impl XorAppender {
         }
     }
 
+    /// An appender that continues the chunk `bytes`, as the appender that wrote it would:
+    /// the same bytes, sample count, last sample, window and seek points, so appending to
+    /// it gives the chunk that appending to the original would have. `visit` sees every
+    /// sample decoded on the way. A chunk restored from a checkpoint is resumed instead of
+    /// re-encoded sample by sample. Errors on bytes that do not decode to their header's
+    /// sample count with nothing after the last sample.
+    pub fn resume(bytes: &[u8], mut visit: impl FnMut(i64, f64)) -> Result<Self> {
+        let mut it = XorIterator::new(bytes)?;
+        let mut seeks = [XorSeek::default(); SEEKS];
+        let consumed = |st: &State<'_>| st.br.consumed_bits();
+        while it.s.read < it.s.total {
+            let num = it.s.read;
+            if num >= 2
+                && num.is_multiple_of(SEEK_EVERY)
+                && let Some(slot) = seeks.get_mut(usize::from(num / SEEK_EVERY) - 1)
+            {
+                *slot = XorSeek {
+                    num,
+                    bit: u32::try_from(consumed(&it.s))
+                        .map_err(|_| ChunkError::Corrupt("chunk too long to resume"))?,
+                    t: it.s.t,
+                    v: it.s.v,
+                    t_delta: it.s.t_delta,
+                    leading: it.s.leading as u8,
+                    trailing: it.s.trailing as u8,
+                };
+            }
+            if let Some((t, v)) = it.next_sample()? {
+                visit(t, v);
+            }
+        }
+        let stream_bits = (bytes.len() - 2) * 8;
+        let used = consumed(&it.s);
+        if used > stream_bits || stream_bits - used >= 8 {
+            return Err(ChunkError::Corrupt("bytes after a chunk's last sample"));
+        }
+        let free = (stream_bits - used) as u8;
+        let mut buf = Vec::with_capacity(bytes.len() + GROW_BYTES);
+        buf.extend_from_slice(bytes);
+        if let Some(last) = buf.last_mut().filter(|_| free > 0) {
+            // The writer ORs bits into the last byte: its unused bits must be clear.
+            *last &= !((1u8 << free) - 1);
+        }
+        let s = it.s;
+        Ok(XorAppender {
+            w: BitWriter { buf, free },
+            num: s.total,
+            t: s.t,
+            v: s.v,
+            t_delta: s.t_delta,
+            // A decoder starts at 0/0 where an appender starts unset (0xff), and a 0/0
+            // window (64 significant bits) cannot be told from no window. Unset is right
+            // either way: the next changed value then opens a window of its own.
+            window: if s.leading == 0 && s.trailing == 0 {
+                XorWindow::default()
+            } else {
+                XorWindow::from_parts(s.leading as u8, s.trailing as u8)
+            },
+            seeks,
+        })
+    }
+
     /// The appender's seek points, oldest first.
     pub fn seeks(&self) -> impl DoubleEndedIterator<Item = &XorSeek> {
         self.seeks.iter().filter(|s| s.num != 0)
@@ -634,6 +696,68 @@ mod tests {
                     })
                     .collect()
             })
+    }
+
+    fn same_state(a: &XorAppender, b: &XorAppender) {
+        assert_eq!(a.bytes(), b.bytes());
+        assert_eq!(a.w.free, b.w.free);
+        assert_eq!((a.num, a.t, a.v, a.t_delta), (b.num, b.t, b.v, b.t_delta));
+        assert_eq!(a.seeks, b.seeks);
+    }
+
+    proptest! {
+        /// A resumed appender is the appender that wrote the chunk: same state, and the
+        /// same bytes after more appends.
+        #[test]
+        fn resume_continues_the_chunk(samples in seek_samples(), split in 0usize..140) {
+            let split = split.min(samples.len());
+            let mut a = XorAppender::new();
+            for &(t, v) in &samples[..split] {
+                a.append(t, v).expect("append");
+            }
+            let mut seen = Vec::new();
+            let mut b = XorAppender::resume(a.bytes(), |t, v| seen.push((t, v.to_bits())))
+                .expect("resume");
+            let want: Vec<(i64, u64)> =
+                samples[..split].iter().map(|&(t, v)| (t, v.to_bits())).collect();
+            prop_assert_eq!(seen, want);
+            same_state(&a, &b);
+            // A real 0/0 window (64 significant bits) resumes as unset: then only the bits
+            // after the split may differ, never the samples.
+            let zero_window = a.window.leading == 0 && a.window.trailing == 0;
+            for &(t, v) in &samples[split..] {
+                a.append(t, v).expect("append");
+                b.append(t, v).expect("append");
+            }
+            let decoded = |x: &XorAppender| {
+                let mut it = XorIterator::new(x.bytes()).expect("iter");
+                let mut out = Vec::new();
+                while let Some((t, v)) = it.next_sample().expect("decode") {
+                    out.push((t, v.to_bits()));
+                }
+                out
+            };
+            prop_assert_eq!(decoded(&a), decoded(&b));
+            if !zero_window {
+                same_state(&a, &b);
+            }
+        }
+    }
+
+    #[test]
+    fn resume_refuses_what_is_not_a_whole_chunk() {
+        let mut a = XorAppender::new();
+        for i in 0..40 {
+            a.append(i * 15_000, (i % 7) as f64 * 0.1).expect("append");
+        }
+        let mut longer = a.bytes().to_vec();
+        longer.push(0);
+        assert!(XorAppender::resume(&longer, |_, _| {}).is_err());
+        let short = &a.bytes()[..a.bytes().len() - 3];
+        assert!(XorAppender::resume(short, |_, _| {}).is_err());
+        assert!(XorAppender::resume(&[0], |_, _| {}).is_err());
+        let empty = XorAppender::resume(&[0, 0], |_, _| {}).expect("empty chunk");
+        assert!(empty.is_empty());
     }
 
     proptest! {

@@ -180,6 +180,28 @@ fn seal_chunk(xor: &[u8]) -> (u8, Arc<[u8]>) {
     })
 }
 
+/// Asks the CPU to start loading the cache lines of `len` bytes at `p`, to be read soon.
+/// Only a hint: `p` is never dereferenced, so any address will do.
+#[inline(always)]
+fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut off = 0;
+        while off < len {
+            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch reads nothing into
+            // the program: it cannot fault, whatever the address.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    p.wrapping_add(off).cast(),
+                );
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// A series' samples as a checkpoint holds them (see `SeriesData::snapshot`).
 #[derive(Debug, Default)]
 pub(crate) struct SeriesSnapshot {
@@ -223,6 +245,24 @@ impl SeriesSnapshot {
 struct OpenChunk {
     app: XorAppender,
     min_t: i64,
+    /// `min_t`'s chunk-range window (`min_t.div_euclid(chunk_range)`), kept so that an
+    /// append checks its window without two 64-bit divisions (most of an append's cost
+    /// outside the encoding, when replay appends millions of samples).
+    window: i64,
+}
+
+impl OpenChunk {
+    /// Whether `t` is in the chunk's window: `t.div_euclid(chunk_range) == window`.
+    #[inline]
+    fn in_window(&self, t: i64, chunk_range: i64) -> bool {
+        if t < self.min_t {
+            return t.div_euclid(chunk_range) == self.window;
+        }
+        // t >= min_t >= the window's start: in it unless a whole range past that start
+        // (in i128, where neither the start nor the difference can overflow).
+        let start = i128::from(self.window) * i128::from(chunk_range);
+        i128::from(t) - start < i128::from(chunk_range)
+    }
 }
 
 /// A series' samples. Guarded by the series' mutex.
@@ -482,8 +522,7 @@ impl SeriesData {
         let cut = match &self.open {
             None => true,
             Some(o) => {
-                o.app.num_samples() >= TARGET_SAMPLES_PER_CHUNK
-                    || t.div_euclid(chunk_range) != o.min_t.div_euclid(chunk_range)
+                o.app.num_samples() >= TARGET_SAMPLES_PER_CHUNK || !o.in_window(t, chunk_range)
             }
         };
         if cut {
@@ -495,6 +534,7 @@ impl SeriesData {
             self.open = Some(OpenChunk {
                 app: XorAppender::new(),
                 min_t: t,
+                window: t.div_euclid(chunk_range),
             });
         }
         if let Some(o) = self.open.as_mut() {
@@ -549,9 +589,11 @@ impl SeriesData {
     }
 
     /// Restores a checkpointed series: an empty one adopts the closed chunks as they are and
-    /// re-appends only the open chunk's samples; otherwise every sample is replayed.
+    /// the open one too where it can (see `adopt_open`), else re-appends the open chunk's
+    /// samples; a series holding samples already gets every sample replayed.
     fn restore(&mut self, snap: SeriesSnapshot, chunk_range: i64) -> Result<()> {
-        if !self.is_empty() || self.max_t != i64::MIN {
+        let adopt = self.is_empty() && self.max_t == i64::MIN;
+        if !adopt {
             for c in &snap.closed {
                 let mut it = m3query_chunkenc::ChunkIterator::new(c.enc, &c.bytes[..])?;
                 while let Some((t, v)) = it.next_sample()? {
@@ -567,7 +609,9 @@ impl SeriesData {
             }
             self.closed = snap.closed;
         }
-        if let Some((_, bytes)) = &snap.open {
+        if let Some((_, bytes)) = &snap.open
+            && !(adopt && self.adopt_open(bytes, chunk_range))
+        {
             let mut it = XorIterator::new(bytes)?;
             while let Some((t, v)) = it.next_sample()? {
                 self.replay(t, v, chunk_range);
@@ -584,6 +628,36 @@ impl SeriesData {
             self.restore_hist(h, chunk_range)?;
         }
         Ok(())
+    }
+
+    /// Takes a checkpointed open chunk as the open chunk, its appender resumed on the bytes
+    /// instead of fed every sample again, when replaying its samples would have built just
+    /// that chunk: they follow the series' newest sample and each other, fit one chunk and
+    /// one chunk-range window. Returns false (changing nothing) otherwise.
+    fn adopt_open(&mut self, bytes: &[u8], chunk_range: i64) -> bool {
+        if self.open.is_some() || self.hist.as_ref().is_some_and(|h| !h.is_empty()) {
+            return false;
+        }
+        let (mut first, mut prev, mut n, mut ordered) = (None, self.max_t, 0usize, true);
+        let resumed = XorAppender::resume(bytes, |t, _| {
+            first.get_or_insert(t);
+            // As `replay`: in order after no sample, or after an older one.
+            ordered &= prev == i64::MIN || t > prev;
+            prev = t;
+            n += 1;
+        });
+        let (Ok(app), Some(min_t)) = (resumed, first) else {
+            return false;
+        };
+        let window = min_t.div_euclid(chunk_range);
+        // Increasing times share a window when the first and the last do.
+        if !ordered || n > TARGET_SAMPLES_PER_CHUNK || prev.div_euclid(chunk_range) != window {
+            return false;
+        }
+        self.max_t = prev;
+        self.last_v = app.last_v_bits();
+        self.open = Some(OpenChunk { app, min_t, window });
+        true
     }
 
     /// Restores checkpointed histogram chunks: adopted as they are by a series without
@@ -603,6 +677,12 @@ impl SeriesData {
             }
         }
         Ok(())
+    }
+
+    /// Where the next in-order sample's bits go: the open chunk's last byte.
+    fn append_point(&self) -> Option<*const u8> {
+        let b = self.open.as_ref()?.app.bytes();
+        Some(b.as_ptr().wrapping_add(b.len().saturating_sub(1)))
     }
 
     /// Replays a logged sample: no bounds, anything older than the newest goes out of order.
@@ -805,6 +885,37 @@ impl MemSeries {
 pub(crate) struct MemPostings {
     pub(crate) m: HashMap<Arc<str>, BTreeMap<Arc<str>, Vec<u64>>>,
     all: Vec<u64>,
+}
+
+/// A series being replayed, with the samples replay has given it so far. One replay worker
+/// owns it, so applying a sample takes no lock and touches only the worker's own table;
+/// [`Head::finish_replay`] moves the samples into the series.
+#[derive(Debug)]
+pub(crate) struct Replaying {
+    data: SeriesData,
+    series: Arc<MemSeries>,
+}
+
+impl Replaying {
+    pub(crate) fn new(series: Arc<MemSeries>) -> Self {
+        Replaying {
+            data: SeriesData::new(),
+            series,
+        }
+    }
+
+    pub(crate) fn series(&self) -> &MemSeries {
+        &self.series
+    }
+
+    /// Starts loading the entry into the caches (see [`Head::replay_batch`]).
+    #[inline]
+    fn prefetch(&self) {
+        prefetch(
+            (self as *const Replaying).cast(),
+            std::mem::size_of::<Replaying>(),
+        );
+    }
 }
 
 fn insert_sorted(v: &mut Vec<u64>, r: u64) {
@@ -1058,35 +1169,61 @@ impl Head {
         s
     }
 
-    /// Replay: the series with `labels`, created with ref `r` if missing.
-    pub(crate) fn replay_series(&self, r: u64, labels: &Labels) -> Arc<MemSeries> {
+    /// Replay: the series with `labels`, created with ref `r` if missing, and whether it
+    /// was created.
+    pub(crate) fn replay_series(&self, r: u64, labels: &Labels) -> (Arc<MemSeries>, bool) {
+        self.replay_series_key(r, SeriesKey::Labels(labels), labels.stable_hash())
+    }
+
+    /// [`Head::replay_series`] for a key and its label hash (pairs borrowed from the WAL
+    /// record are interned without building a label set first).
+    pub(crate) fn replay_series_key(
+        &self,
+        r: u64,
+        key: SeriesKey<'_>,
+        hash: u64,
+    ) -> (Arc<MemSeries>, bool) {
         // New refs must stay above every logged one, even refs mapped onto another series.
         self.next_ref.fetch_max(r + 1, Ordering::Relaxed);
-        let hash = labels.stable_hash();
-        let key = SeriesKey::Labels(labels);
         let mut map = self.hash_shard(hash).write();
         if let Some(s) = map.get(hash, key) {
-            return s.clone();
+            return (s.clone(), false);
         }
-        self.insert_series(&mut map, hash, r, key, 0)
+        (self.insert_series(&mut map, hash, r, key, 0), true)
     }
 
     /// Replay: stores a batch of logged samples of series named by their index in `table`,
     /// with the shared counters (chunks, time range) updated once per batch, since replay
     /// workers would otherwise contend on them for every sample.
-    pub(crate) fn replay_batch(&self, table: &[Arc<MemSeries>], batch: &[(u32, i64, f64)]) {
+    ///
+    /// Consecutive samples name unrelated series, so each touches memory no cache holds
+    /// (its table entry, its open chunk's end). The entries a few samples ahead are
+    /// prefetched, then (an entry now cached) the end of its open chunk, where its sample's
+    /// bits will go, so the loads of several samples overlap instead of queueing.
+    pub(crate) fn replay_batch(&self, table: &mut [Replaying], batch: &[(u32, i64, f64)]) {
+        // Distances, in samples, at which each stage runs ahead of the append.
+        const ENTRY_AHEAD: usize = 16;
+        const CHUNK_AHEAD: usize = 8;
         let (mut lo, mut hi, mut chunks) = (i64::MAX, i64::MIN, 0i64);
-        for (i, t, v) in batch {
-            let Some(s) = table.get(*i as usize) else {
+        for (k, &(i, t, v)) in batch.iter().enumerate() {
+            if let Some(&(j, _, _)) = batch.get(k + ENTRY_AHEAD)
+                && let Some(e) = table.get(j as usize)
+            {
+                e.prefetch();
+            }
+            if let Some(&(j, _, _)) = batch.get(k + CHUNK_AHEAD)
+                && let Some(p) = table.get(j as usize).and_then(|e| e.data.append_point())
+            {
+                prefetch(p, 1);
+            }
+            let Some(e) = table.get_mut(i as usize) else {
                 continue;
             };
-            let mut d = s.data.lock();
-            let before = d.num_chunks() as i64;
-            d.replay(*t, *v, self.chunk_range_ms);
-            chunks += d.num_chunks() as i64 - before;
-            drop(d);
-            lo = lo.min(*t);
-            hi = hi.max(*t);
+            let before = e.data.num_chunks() as i64;
+            e.data.replay(t, v, self.chunk_range_ms);
+            chunks += e.data.num_chunks() as i64 - before;
+            lo = lo.min(t);
+            hi = hi.max(t);
         }
         if chunks != 0 {
             self.num_chunks.fetch_add(chunks, Ordering::Relaxed);
@@ -1097,14 +1234,15 @@ impl Head {
     }
 
     /// Replay: stores logged histograms, in WAL order per series.
-    pub(crate) fn replay_hists(&self, batch: &[(Arc<MemSeries>, i64, HistVal)]) {
+    pub(crate) fn replay_hists(&self, table: &mut [Replaying], batch: &[(u32, i64, HistVal)]) {
         let (mut lo, mut hi, mut chunks) = (i64::MAX, i64::MIN, 0i64);
-        for (s, t, h) in batch {
-            let mut d = s.data.lock();
-            let before = d.num_chunks() as i64;
-            d.replay_hist(*t, h, self.chunk_range_ms);
-            chunks += d.num_chunks() as i64 - before;
-            drop(d);
+        for (i, t, h) in batch {
+            let Some(e) = table.get_mut(*i as usize) else {
+                continue;
+            };
+            let before = e.data.num_chunks() as i64;
+            e.data.replay_hist(*t, h, self.chunk_range_ms);
+            chunks += e.data.num_chunks() as i64 - before;
             lo = lo.min(*t);
             hi = hi.max(*t);
         }
@@ -1117,18 +1255,52 @@ impl Head {
     }
 
     /// Replay: restores a checkpointed series' histogram chunks (a type 7 record).
-    pub(crate) fn restore_hist_series(&self, s: &MemSeries, snap: HistSnapshot) -> Result<()> {
+    pub(crate) fn restore_hist_series(&self, e: &mut Replaying, snap: HistSnapshot) -> Result<()> {
         let bounds = snap.bounds();
-        let mut d = s.data.lock();
-        let before = d.num_chunks() as i64;
-        let res = d.restore_hist(snap, self.chunk_range_ms);
-        let added = d.num_chunks() as i64 - before;
-        drop(d);
+        let before = e.data.num_chunks() as i64;
+        let res = e.data.restore_hist(snap, self.chunk_range_ms);
+        let added = e.data.num_chunks() as i64 - before;
         self.num_chunks.fetch_add(added, Ordering::Relaxed);
         if let Some((lo, hi)) = bounds {
             self.observe(lo, hi);
         }
         res
+    }
+
+    /// Replay: restores a checkpointed series (see `SeriesData::restore`).
+    pub(crate) fn restore_series(&self, e: &mut Replaying, snap: SeriesSnapshot) -> Result<()> {
+        let bounds = snap.bounds();
+        let before = e.data.num_chunks() as i64;
+        let res = e.data.restore(snap, self.chunk_range_ms);
+        let added = e.data.num_chunks() as i64 - before;
+        self.num_chunks.fetch_add(added, Ordering::Relaxed);
+        if let Some((lo, hi)) = bounds {
+            self.observe(lo, hi);
+        }
+        res
+    }
+
+    /// Ends a replay worker's part: moves each series' replayed samples into it. A series
+    /// is in one worker's table once, and nothing else writes to it during replay, so it
+    /// is still empty; should it not be (a bug), its samples are kept and the replayed
+    /// ones appended as a replay would.
+    pub(crate) fn finish_replay(&self, table: Vec<Replaying>) {
+        for e in table {
+            let mut d = e.series.data.lock();
+            if d.is_empty() && d.max_t == i64::MIN {
+                *d = e.data;
+            } else {
+                tracing::error!(series = %e.series.labels, "a replayed series already held samples");
+                let before = d.num_chunks() as i64;
+                if let Err(err) = d.restore(e.data.snapshot(), self.chunk_range_ms) {
+                    tracing::error!(series = %e.series.labels, error = %err,
+                        "merging a replayed series");
+                }
+                let added = d.num_chunks() as i64 - before;
+                self.num_chunks
+                    .fetch_add(added - e.data.num_chunks() as i64, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Seals closed XOR chunks (those replay left unsealed) into the dense encoding where
@@ -1147,21 +1319,6 @@ impl Head {
             }
         }
         n
-    }
-
-    /// Replay: restores a checkpointed series (see `SeriesData::restore`).
-    pub(crate) fn restore_series(&self, s: &MemSeries, snap: SeriesSnapshot) -> Result<()> {
-        let bounds = snap.bounds();
-        let mut d = s.data.lock();
-        let before = d.num_chunks() as i64;
-        let res = d.restore(snap, self.chunk_range_ms);
-        let added = d.num_chunks() as i64 - before;
-        drop(d);
-        self.num_chunks.fetch_add(added, Ordering::Relaxed);
-        if let Some((lo, hi)) = bounds {
-            self.observe(lo, hi);
-        }
-        res
     }
 
     /// Removes `s` if it holds no samples and no appender holds it: a series created by a
@@ -1289,6 +1446,129 @@ mod tests {
         Bounds {
             min_valid_t,
             ooo_min_t: ooo,
+        }
+    }
+
+    fn samples_of(s: &MemSeries) -> Vec<(i64, f64)> {
+        let mut cs = Vec::new();
+        s.data.lock().chunks(i64::MIN, i64::MAX, &mut cs);
+        merge_chunks(&cs, i64::MIN, i64::MAX)
+            .expect("decode")
+            .iter()
+            .map(|x| (x.t, x.v))
+            .collect()
+    }
+
+    /// Replay builds a series' samples apart and moves them in at the end; a series that
+    /// holds samples by then (two table entries for one series: never built so, but
+    /// possible through a bug) keeps them and gets the replayed ones too.
+    #[test]
+    fn finish_replay_moves_samples_in_and_merges_with_held_ones() {
+        let head = Head::new(7_200_000, 0, i64::MIN);
+        let (a, created) = head.replay_series(1, &Labels::from_pairs([("s", "a")]));
+        assert!(created);
+        let (b, _) = head.replay_series(2, &Labels::from_pairs([("s", "b")]));
+        let mut table = vec![Replaying::new(a.clone()), Replaying::new(b.clone())];
+        head.replay_batch(
+            &mut table,
+            &[(0, 1000, 1.0), (1, 1000, 5.0), (0, 2000, 2.0)],
+        );
+        let mut other = vec![Replaying::new(b.clone())];
+        head.replay_batch(&mut other, &[(0, 500, 4.0), (0, 3000, 6.0)]);
+        assert!(samples_of(&a).is_empty(), "nothing moves in before the end");
+        head.finish_replay(table);
+        assert_eq!(samples_of(&a), vec![(1000, 1.0), (2000, 2.0)]);
+        assert_eq!(samples_of(&b), vec![(1000, 5.0)]);
+        head.finish_replay(other);
+        assert_eq!(samples_of(&b), vec![(500, 4.0), (1000, 5.0), (3000, 6.0)]);
+        assert_eq!(
+            head.num_chunks.load(Ordering::Relaxed),
+            a.data.lock().num_chunks() as i64 + b.data.lock().num_chunks() as i64
+        );
+    }
+
+    /// A checkpointed open chunk is taken as it is (appender resumed, seek points and all)
+    /// when replaying it would build the same chunk, and replayed sample by sample when not.
+    #[test]
+    fn restore_adopts_the_open_chunk_replay_would_build() {
+        let r = 7_200_000;
+        let mut src = SeriesData::new();
+        // A closed chunk of 120 and an open one of 100 samples (seek points at 30, 60, 90).
+        for i in 0..220 {
+            src.append_in_order(i * 1000, (i % 13) as f64 * 0.5, r, true);
+        }
+        let mut d = SeriesData::new();
+        d.restore(src.snapshot(), r).expect("restore");
+        let open = |x: &SeriesData| {
+            let o = x.open.as_ref().expect("open chunk");
+            (
+                o.app.bytes().to_vec(),
+                o.app.seeks().copied().collect::<Vec<_>>(),
+                o.min_t,
+                o.window,
+            )
+        };
+        assert_eq!(open(&d), open(&src));
+        assert_eq!(open(&d).1.len(), 3);
+        assert_eq!((d.max_t, d.last_v), (src.max_t, src.last_v));
+        assert_eq!(d.num_chunks(), 2);
+        for i in 220..260 {
+            src.append_in_order(i * 1000, 1.0, r, true);
+            d.append_in_order(i * 1000, 1.0, r, true);
+        }
+        assert_eq!(open(&d), open(&src));
+
+        // An open chunk going back in time (a hand-made checkpoint) is replayed: the
+        // older sample goes out of order, as it always did.
+        let mut x = XorAppender::new();
+        for (t, v) in [(5000, 1.0), (4000, 2.0), (6000, 3.0)] {
+            x.append(t, v).expect("append");
+        }
+        let snap = SeriesSnapshot {
+            open: Some((5000, x.bytes().to_vec())),
+            max_t: 6000,
+            last_v: 3.0f64.to_bits(),
+            ..SeriesSnapshot::default()
+        };
+        let mut d = SeriesData::new();
+        d.restore(snap, r).expect("restore");
+        assert_eq!(d.ooo_times_before(i64::MAX), vec![4000]);
+        assert_eq!(d.open.as_ref().map(|o| o.app.num_samples()), Some(2));
+        assert_eq!(d.max_t, 6000);
+    }
+
+    /// The window check without divisions agrees with the divisions, at the extremes too.
+    #[test]
+    fn open_chunk_window_check_matches_division() {
+        let ranges = [1, 7, 7_200_000, i64::MAX / 3, i64::MAX];
+        let times = [
+            i64::MIN,
+            i64::MIN + 1,
+            -7_200_001,
+            -7_200_000,
+            -1,
+            0,
+            1,
+            7_199_999,
+            7_200_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for r in ranges {
+            for min_t in times {
+                let o = OpenChunk {
+                    app: XorAppender::new(),
+                    min_t,
+                    window: min_t.div_euclid(r),
+                };
+                for t in times {
+                    assert_eq!(
+                        o.in_window(t, r),
+                        t.div_euclid(r) == min_t.div_euclid(r),
+                        "t={t} min_t={min_t} r={r}"
+                    );
+                }
+            }
         }
     }
 

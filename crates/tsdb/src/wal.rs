@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use m3query_model::{Label, Labels};
+use m3query_model::Labels;
 use parking_lot::{Condvar, Mutex};
 
 use crate::encoding::{Decbuf, DecodeError, put_str, put_u64, put_uvarint, put_varint};
@@ -139,14 +139,33 @@ impl SamplesEncoder {
 /// A decoded WAL record.
 #[derive(Debug)]
 pub(crate) enum Record<'a> {
-    Series(Vec<(u64, Labels)>),
+    Series(SeriesRecord<'a>),
     Samples(Vec<(u64, i64, f64)>),
     Chunks(u64, Vec<&'a [u8]>),
-    HeadSeries(SeriesState<'a>),
+    /// A checkpointed series (type 4), and the record's payload (for
+    /// [`decode_head_series`] on another thread).
+    HeadSeries(SeriesState<'a>, &'a [u8]),
     /// Histogram samples (types 5 and 6): ref, time, histogram.
     Histograms(Vec<(u64, i64, HistVal)>),
     /// A checkpointed series' histogram chunks (type 7).
     HeadHistograms(u64, HistSnapshot),
+}
+
+/// A series record's series: refs and label pairs borrowed from the record, so replay
+/// interns each string once without first building (and dropping) a label set per series.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesRecord<'a> {
+    series: Vec<(u64, std::ops::Range<usize>)>,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> SeriesRecord<'a> {
+    /// Each series' ref and labels (sorted by name, unique, values non-empty).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &[(&'a str, &'a str)])> + '_ {
+        self.series
+            .iter()
+            .map(|(r, range)| (*r, self.pairs.get(range.clone()).unwrap_or_default()))
+    }
 }
 
 /// A head series' samples in a checkpoint (type 4, `wal.md`): its chunks as the head holds
@@ -191,6 +210,11 @@ pub(crate) fn encode_series_state(out: &mut Vec<u8>, s: &SeriesState<'_>) {
         put_varint(out, t);
         put_u64(out, v);
     }
+}
+
+/// Decodes a type 4 record's payload (one [`Record::HeadSeries`] carries).
+pub(crate) fn decode_head_series(payload: &[u8]) -> Result<SeriesState<'_>, DecodeError> {
+    decode_series_state(&mut Decbuf::new(payload))
 }
 
 fn decode_series_state<'a>(d: &mut Decbuf<'a>) -> Result<SeriesState<'a>, DecodeError> {
@@ -315,23 +339,23 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut d = Decbuf::new(payload);
     match typ {
         REC_SERIES => {
-            let mut out = Vec::new();
+            let mut out = SeriesRecord::default();
             while d.remaining() > 0 {
                 let r = d.u64()?;
                 let n = d.uvarint_usize()?;
-                let mut ls = Vec::with_capacity(n.min(256));
+                let start = out.pairs.len();
+                out.pairs.reserve(n.min(256));
                 for _ in 0..n {
                     let name = d.str()?;
                     let value = d.str()?;
-                    ls.push(Label::new(name, value));
+                    out.pairs.push((name, value));
                 }
+                let ls = &out.pairs[start..];
                 // Written from a `Labels`, so sorted and unique; check instead of trusting.
-                if !ls.windows(2).all(|w| w[0].name < w[1].name)
-                    || ls.iter().any(|l| l.value.is_empty())
-                {
+                if !ls.windows(2).all(|w| w[0].0 < w[1].0) || ls.iter().any(|l| l.1.is_empty()) {
                     return Err(DecodeError("series labels not sorted"));
                 }
-                out.push((r, Labels::from_sorted(ls)));
+                out.series.push((r, start..out.pairs.len()));
             }
             Ok(Record::Series(out))
         }
@@ -363,7 +387,7 @@ fn decode_record(typ: u8, payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             }
             Ok(Record::Chunks(r, cs))
         }
-        REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?)),
+        REC_HEAD_SERIES => Ok(Record::HeadSeries(decode_series_state(&mut d)?, payload)),
         REC_HISTOGRAMS | REC_FLOAT_HISTOGRAMS | REC_OOO_HISTOGRAMS | REC_OOO_FLOAT_HISTOGRAMS => {
             // Replay decides order by time for both (as for floats): an out-of-order record
             // only says so for older builds.
@@ -1017,7 +1041,7 @@ mod tests {
         let mut series = Vec::new();
         let (stats, next) = replay(dir, &mut |r| match r {
             Record::Samples(s) => samples.extend(s),
-            Record::Series(s) => series.extend(s.into_iter().map(|(r, _)| r)),
+            Record::Series(s) => series.extend(s.iter().map(|(r, _)| r)),
             Record::Chunks(..)
             | Record::HeadSeries(..)
             | Record::Histograms(..)
@@ -1043,7 +1067,7 @@ mod tests {
         };
         let mut p = Vec::new();
         encode_series_state(&mut p, &st);
-        let Ok(Record::HeadSeries(got)) = decode_record(REC_HEAD_SERIES, &p) else {
+        let Ok(Record::HeadSeries(got, _)) = decode_record(REC_HEAD_SERIES, &p) else {
             panic!("decodes");
         };
         assert_eq!((got.r, got.max_t, got.last_v), (st.r, st.max_t, st.last_v));
