@@ -685,6 +685,92 @@ impl<'a> IntSeq<'a> {
         }
     }
 
+    /// The value every remaining one equals, when the sequence has no bits to read and is
+    /// of order 1 (every residual is `base`): a steady interval, a steady increment.
+    #[inline(always)]
+    fn constant(&self) -> Option<i64> {
+        (self.w == 0 && !self.order2).then_some(self.base)
+    }
+
+    /// Calls `f` with each of the next `slots.len()` values in order (the caller never asks
+    /// for more than are left) and the slot it belongs in. The form of
+    /// [`Self::for_each_until`] for runs decoded whole: one 8-byte load fills the slots of
+    /// all the fields it holds, with no per-field check of where to stop.
+    #[inline(always)]
+    fn fill(&mut self, slots: &mut [Sample], f: impl FnMut(i64, &mut Sample)) {
+        if self.order2 {
+            self.fill_order::<true>(slots, f);
+        } else {
+            self.fill_order::<false>(slots, f);
+        }
+    }
+
+    #[inline(always)]
+    fn fill_order<const ORDER2: bool>(
+        &mut self,
+        slots: &mut [Sample],
+        mut f: impl FnMut(i64, &mut Sample),
+    ) {
+        let mut rest = slots;
+        if let Some(x) = self.first {
+            let Some((s, tail)) = rest.split_first_mut() else {
+                return;
+            };
+            self.first = None;
+            self.prev = x;
+            f(x, s);
+            rest = tail;
+        }
+        let (base, g, w) = (self.base, self.g, self.w);
+        let mut prev = self.prev;
+        let mut value = |q: u64| {
+            let r = base.wrapping_add(q.wrapping_mul(g) as i64);
+            if ORDER2 {
+                prev = prev.wrapping_add(r);
+                prev
+            } else {
+                r
+            }
+        };
+        if w == 0 {
+            // Every field is 0 and the cursor does not move.
+            for s in rest {
+                f(value(0), s);
+            }
+        } else {
+            let mut bit = self.bit;
+            if w <= 57 {
+                let mask = (1u64 << w) - 1;
+                // After a shift of up to 7, at least 57 bits of the load are the stream's.
+                let per_load = (57 / w) as usize;
+                while !rest.is_empty() {
+                    let byte = bit >> 3;
+                    let Some(b) = self.packed.get(byte..byte + 8) else {
+                        break;
+                    };
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    let mut word = u64::from_le_bytes(a) >> (bit & 7);
+                    let n = per_load.min(rest.len());
+                    let (now, tail) = rest.split_at_mut(n);
+                    for s in now {
+                        f(value(word & mask), s);
+                        word >>= w;
+                    }
+                    bit += n * w as usize;
+                    rest = tail;
+                }
+            }
+            // The last few bytes, and fields too wide for one load.
+            for s in rest {
+                f(value(self.field(bit)), s);
+                bit += w as usize;
+            }
+            self.bit = bit;
+        }
+        self.prev = prev;
+    }
+
     /// Calls `f` with each of the next `k` values in order (the caller never asks for more
     /// than are left) until `f` returns false: that value is consumed too. Returns how many
     /// were consumed. The bulk form of [`Self::next`]: a run of values in one loop, with no
@@ -1037,12 +1123,13 @@ impl<'a> DenseIterator<'a> {
             return Ok(false);
         }
         let base = out.len();
-        out.resize(base + (total - start), Sample::default());
+        out.reserve(total - start);
+        let lo = self.times_into(start, maxt, out);
         let slots = &mut out[base..];
-        let (n, lo) = self.times_into(start, maxt, slots);
+        let n = slots.len();
         // Only the last sample consumed can be after `maxt`.
-        let stopped = slots[n - 1].t > maxt;
-        let res = self.values_into(start, &mut slots[..n]);
+        let stopped = slots.last().is_some_and(|s| s.t > maxt);
+        let res = self.values_into(start, slots);
         let kept = match &res {
             Ok(()) => {
                 self.read = (start + n) as u16;
@@ -1071,38 +1158,73 @@ impl<'a> DenseIterator<'a> {
         res.map(|()| stopped).map_err(|(_, e)| e)
     }
 
-    /// Decodes the timestamps of samples `start..` into `slots` (one per remaining sample)
-    /// up to and including the first after `maxt`. Returns how many it decoded and the
-    /// smallest of them; leaves `self.t` at the last one.
+    /// Appends the timestamps of samples `start..` to `out` (with value 0) up to and
+    /// including the first after `maxt`. Returns the smallest of them; leaves `self.t` at
+    /// the last one.
     #[inline(always)]
-    fn times_into(&mut self, start: usize, maxt: i64, slots: &mut [Sample]) -> (usize, i64) {
+    fn times_into(&mut self, start: usize, maxt: i64, out: &mut Vec<Sample>) -> i64 {
         let mut t = self.t;
         let mut lo = i64::MAX;
-        let mut j = 0usize;
+        let mut left = usize::from(self.total) - start;
         if start == 0 {
             // Sample 0's timestamp is the header's; it has no delta.
-            slots[0].t = t;
+            out.push(Sample { t, v: 0.0 });
             lo = t;
-            j = 1;
+            left -= 1;
             if t > maxt {
-                return (j, lo);
+                return lo;
             }
         }
-        if let Some(d) = self.deltas.as_mut() {
-            let left = slots.len() - j;
-            d.for_each_until(left, |x| {
+        let Some(d) = self.deltas.as_mut() else {
+            return lo;
+        };
+        if let Some(step) = d.constant().filter(|&s| s > 0) {
+            // A steady interval: the samples up to `maxt` (and the one after) are counted
+            // by a division, and their timestamps written without a compare each. Only
+            // when no timestamp wraps (else as below, one by one).
+            let (t0, st) = (i128::from(t), i128::from(step));
+            let within = if maxt >= t {
+                ((i128::from(maxt) - t0) / st).min(left as i128) as usize
+            } else {
+                0
+            };
+            let n = (within + 1).min(left);
+            let last = t0 + n as i128 * st;
+            if last <= i128::from(i64::MAX) {
+                out.extend((1..=n as i64).map(|i| Sample {
+                    t: t + i * step,
+                    v: 0.0,
+                }));
+                // Increasing from here: the first is the smallest.
+                lo = lo.min(t + step);
+                self.t = last as i64;
+                return lo;
+            }
+        }
+        // In batches through a local buffer: a push per sample costs more than the decode.
+        let mut buf = [0i64; 64];
+        while left > 0 {
+            let k = left.min(buf.len());
+            let mut j = 0usize;
+            let mut stop = false;
+            d.for_each_until(k, |x| {
                 t = t.wrapping_add(x);
-                // Always present: `for_each_until` gives at most `left` values.
-                if let Some(s) = slots.get_mut(j) {
-                    s.t = t;
+                if let Some(b) = buf.get_mut(j) {
+                    *b = t;
                 }
                 j += 1;
                 lo = lo.min(t);
-                t <= maxt
+                stop = t > maxt;
+                !stop
             });
+            out.extend(buf[..j].iter().map(|&t| Sample { t, v: 0.0 }));
+            if stop {
+                break;
+            }
+            left -= k;
         }
         self.t = t;
-        (j, lo)
+        lo
     }
 
     /// Decodes the values of samples `start..start + slots.len()` into `slots`. On an error
@@ -1212,26 +1334,18 @@ impl<'a> DenseIterator<'a> {
 /// value at scale `k`: the decimal value column of a run without exceptions.
 #[inline(always)]
 fn fill_decimal(d: &mut IntSeq<'_>, m: &mut i64, k: u8, slots: &mut [Sample]) {
-    let len = slots.len();
     let mut x = *m;
-    let mut it = slots.iter_mut();
     if k == 0 {
-        d.for_each_until(len, |delta| {
+        d.fill(slots, |delta, s| {
             x = x.wrapping_add(delta);
-            if let Some(s) = it.next() {
-                s.v = x as f64;
-            }
-            true
+            s.v = x as f64;
         });
     } else {
         // The same correctly rounded division as `decimal_value`.
         let p = POW10[usize::from(k)];
-        d.for_each_until(len, |delta| {
+        d.fill(slots, |delta, s| {
             x = x.wrapping_add(delta);
-            if let Some(s) = it.next() {
-                s.v = x as f64 / p;
-            }
-            true
+            s.v = x as f64 / p;
         });
     }
     *m = x;
