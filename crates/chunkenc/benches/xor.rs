@@ -158,6 +158,43 @@ fn bench(c: &mut Criterion) {
             thread_cpu_time() - t0
         })
     });
+    // Scraped at a steady interval (no timestamp bits) with integer counters: the shape of
+    // most block chunks, where the timestamps take no bits to decode.
+    let steady: Vec<Vec<u8>> = as_samples
+        .chunks(480)
+        .enumerate()
+        .map(|(c, ch)| {
+            let t0 = 1_700_000_000_000i64 + c as i64 * 7_200_000;
+            let mut counter = 0.0f64;
+            let s: Vec<m3query_model::Sample> = ch
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    counter += (x.v.to_bits() % 1000) as f64;
+                    m3query_model::Sample::new(t0 + i as i64 * 15_000, counter)
+                })
+                .collect();
+            encode_dense(&s).expect("encode")
+        })
+        .collect();
+    g.bench_function("decode_steady_counter_thread_cpu_time", |b| {
+        let mut out = Vec::with_capacity(500);
+        b.iter_custom(|iters| {
+            let t0 = thread_cpu_time();
+            for _ in 0..iters {
+                let mut n = 0;
+                for ch in &steady {
+                    out.clear();
+                    let mut it = DenseIterator::new(ch).expect("valid");
+                    it.append_range(i64::MIN, i64::MAX, &mut out)
+                        .expect("valid");
+                    n += out.len();
+                }
+                black_box(n);
+            }
+            thread_cpu_time() - t0
+        })
+    });
     // An instant query's window just after a head chunk cut: the last 20 samples of each
     // sealed 120-sample chunk (throughput counts the 20 returned per chunk).
     let sealed: Vec<(Vec<u8>, i64)> = as_samples
