@@ -336,6 +336,13 @@ impl<'a> LabelPairs<'a> {
         Ok(LabelPairs(pairs))
     }
 
+    /// Wraps pairs the caller has already checked (as [`LabelPairs::new`] would), to spare
+    /// a write path checking every series twice. Debug builds check the invariant.
+    pub fn from_checked(pairs: &'a [(&'a str, &'a str)]) -> Self {
+        debug_assert!(Self::new(pairs).is_ok(), "unchecked label pairs");
+        LabelPairs(pairs)
+    }
+
     /// The pairs, sorted by name.
     pub fn as_slice(&self) -> &'a [(&'a str, &'a str)] {
         self.0
