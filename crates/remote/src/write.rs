@@ -1849,6 +1849,37 @@ mod tests {
     }
 
     #[test]
+    fn varints_decode_as_prost_decodes_them() {
+        // Every length, each with room after it and cut off at the end of the buffer,
+        // plus over-long and truncated encodings.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for k in 0..64 {
+            for x in [1u64 << k, (1u64 << k) - 1, (1u64 << k) + 1, u64::MAX >> k] {
+                let mut b = Vec::new();
+                prost::encoding::encode_varint(x, &mut b);
+                cases.push(b.clone());
+                b.extend([0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
+                cases.push(b);
+            }
+        }
+        cases.push(vec![0xff; 12]);
+        cases.push(vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]);
+        cases.push(vec![0x80; 9]);
+        cases.push(vec![0x80, 0x80, 0x00, 0, 0, 0, 0, 0, 0]);
+        for b in &cases {
+            let mut r = wire::Reader::new(b);
+            let got = r.varint().ok().map(|x| (x, r.pos));
+            let mut buf = &b[..];
+            let want = prost::encoding::decode_varint(&mut buf)
+                .ok()
+                .map(|x| (x, b.len() - buf.len()));
+            assert_eq!(got, want, "{b:x?}");
+        }
+    }
+
+    #[test]
     fn label_bytes_checked_as_one_span_refuse_what_strings_would() {
         // `job`'s value is a lone UTF-8 lead byte, followed in the label message by an unknown
         // field 16 whose two-byte key starts with a continuation byte: the label bytes as a
