@@ -27,8 +27,34 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        let mut n = n;
         let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        let used = (8 - u32::from(self.free)) % 8;
+        let total = used + n;
+        // The bits of a partial last byte and `v`, left-aligned in one word, replace that
+        // byte in one 8-byte store cut to length: one step instead of a byte at a time. Only
+        // when the store fits the capacity (an open chunk grows by fixed steps, not by
+        // doubling) and the bits fit a word; else bit by byte below.
+        let keep = self.buf.len() - usize::from(used > 0);
+        if total <= 64 && self.buf.capacity() - keep >= 8 {
+            let head = match self.buf.last() {
+                Some(&b) if used > 0 => u64::from(b >> self.free),
+                _ => 0,
+            };
+            // `used > 0` means n < 64, so the shift cannot overflow.
+            let word = (head.checked_shl(n).unwrap_or(0) | v) << (64 - total);
+            let bytes = total.div_ceil(8);
+            self.buf.truncate(keep);
+            self.buf.extend_from_slice(&word.to_be_bytes());
+            self.buf.truncate(keep + bytes as usize);
+            self.free = (bytes * 8 - total) as u8;
+            return;
+        }
+        self.write_bits_bytewise(v, n);
+    }
+
+    /// [`BitWriter::write_bits`] a byte at a time, for masked `v`, `n >= 1`.
+    fn write_bits_bytewise(&mut self, v: u64, n: u32) {
+        let mut n = n;
         if self.free > 0 {
             // Top up the last byte.
             let take = n.min(u32::from(self.free));
@@ -170,6 +196,29 @@ impl<'a> BitReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_and_bytewise_writes_give_the_same_bits() {
+        // Widths and partial-byte offsets across both paths: a writer with room for the
+        // 8-byte store, and one whose capacity forces the bytewise path.
+        for pre in 0..8u32 {
+            for n in 1..=64u32 {
+                let v = 0x9e37_79b9_7f4a_7c15_u64.rotate_left(n + pre);
+                let mut fast = BitWriter::default();
+                fast.buf.reserve(64);
+                let mut slow = BitWriter::default();
+                for w in [&mut fast, &mut slow] {
+                    for i in 0..pre {
+                        w.write_bit(i % 2 == 0);
+                    }
+                }
+                fast.write_bits(v, n);
+                let masked = if n == 64 { v } else { v & ((1 << n) - 1) };
+                slow.write_bits_bytewise(masked, n);
+                assert_eq!((&fast.buf, fast.free), (&slow.buf, slow.free), "{pre} {n}");
+            }
+        }
+    }
 
     #[test]
     fn bits_round_trip_across_byte_boundaries() {

@@ -234,6 +234,22 @@ impl XorValues {
     }
 }
 
+/// The length in bits of the [`XorValues`] stream of `samples`' values.
+fn xor_value_bits(samples: &[Sample]) -> usize {
+    let Some(first) = samples.first() else {
+        return 0;
+    };
+    let mut window = XorWindow::default();
+    let mut prev = first.v.to_bits();
+    let mut bits = 64usize;
+    for s in &samples[1..] {
+        let vb = s.v.to_bits();
+        bits += window.bits(vb ^ prev) as usize;
+        prev = vb;
+    }
+    bits
+}
+
 /// Reused buffers for [`DenseEncoder::encode`].
 #[derive(Debug, Default)]
 pub struct DenseEncoder {
@@ -270,14 +286,15 @@ impl DenseEncoder {
         // smaller.
         self.decimal.clear();
         let have_decimal = self.encode_decimal(samples);
-        let mut x = XorValues::new();
-        for s in samples {
-            x.push(s.v.to_bits());
-        }
-        let xor_len = 1 + x.w.buf.len();
+        // The xor stream is only sized unless it is kept (decimal usually wins).
+        let xor_len = 1 + xor_value_bits(samples).div_ceil(8);
         if have_decimal && self.decimal.len() <= xor_len {
             out.extend_from_slice(&self.decimal);
         } else {
+            let mut x = XorValues::new();
+            for s in samples {
+                x.push(s.v.to_bits());
+            }
             out.push(VMODE_XOR);
             out.extend_from_slice(&x.w.buf);
         }
@@ -1629,6 +1646,19 @@ mod tests {
             }
             prop_assert_eq!(stopped, stop);
             prop_assert_eq!(out.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>(), want_r);
+        }
+
+        /// Sizing the xor value stream counts exactly the bits writing it takes, so the
+        /// encoder picks the same value mode as when it wrote both.
+        #[test]
+        fn xor_value_bits_is_the_written_length(vs in prop::collection::vec(value(), 1..300)) {
+            let s: Vec<Sample> = vs.iter().enumerate().map(|(i, &v)| Sample::new(i as i64, v)).collect();
+            let mut x = XorValues::new();
+            for v in &vs {
+                x.push(v.to_bits());
+            }
+            let written = x.w.buf.len() * 8 - usize::from(x.w.free);
+            prop_assert_eq!(xor_value_bits(&s), written);
         }
     }
 

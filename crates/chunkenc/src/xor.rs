@@ -125,6 +125,24 @@ impl XorWindow {
         XorWindow { leading, trailing }
     }
 
+    /// The bits [`XorWindow::write`] would write for `delta`, moving the window as it
+    /// would: sizes a value stream without building it.
+    #[inline]
+    pub(crate) fn bits(&mut self, delta: u64) -> u32 {
+        if delta == 0 {
+            return 1;
+        }
+        let leading = (delta.leading_zeros() as u8).min(31);
+        let trailing = delta.trailing_zeros() as u8;
+        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+            2 + 64 - u32::from(self.leading) - u32::from(self.trailing)
+        } else {
+            self.leading = leading;
+            self.trailing = trailing;
+            2 + 5 + 6 + 64 - u32::from(leading) - u32::from(trailing)
+        }
+    }
+
     /// Writes `delta`, the XOR of a value with the one before it.
     #[inline]
     pub(crate) fn write(&mut self, w: &mut BitWriter, delta: u64) {

@@ -336,6 +336,13 @@ impl<'a> LabelPairs<'a> {
         Ok(LabelPairs(pairs))
     }
 
+    /// Wraps pairs the caller has already checked (as [`LabelPairs::new`] would), to spare
+    /// a write path checking every series twice. Debug builds check the invariant.
+    pub fn from_checked(pairs: &'a [(&'a str, &'a str)]) -> Self {
+        debug_assert!(Self::new(pairs).is_ok(), "unchecked label pairs");
+        LabelPairs(pairs)
+    }
+
     /// The pairs, sorted by name.
     pub fn as_slice(&self) -> &'a [(&'a str, &'a str)] {
         self.0
@@ -371,10 +378,34 @@ impl<'a> LabelPairs<'a> {
     /// Whether `labels` holds exactly these pairs.
     pub fn eq_labels(&self, labels: &Labels) -> bool {
         labels.len() == self.0.len()
-            && labels
-                .iter()
-                .zip(self.0)
-                .all(|(l, (n, v))| *l.name == **n && *l.value == **v)
+            && labels.iter().zip(self.0).all(|(l, (n, v))| {
+                short_eq(l.name.as_bytes(), n.as_bytes())
+                    && short_eq(l.value.as_bytes(), v.as_bytes())
+            })
+    }
+}
+
+/// `a == b`, inline for the short strings labels mostly are: a write looks every series of
+/// a request up by comparing its pairs with the stored set, and a `memcmp` call per name
+/// and value cost more than the comparing.
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Overlapping first and last words cover lengths up to twice the word.
+    fn word<const W: usize>(s: &[u8], at: usize) -> [u8; W] {
+        let mut w = [0u8; W];
+        w.copy_from_slice(&s[at..at + W]);
+        w
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -515,6 +546,23 @@ mod tests {
             ("job", "x")
         ])));
         assert!(LabelPairs::new(&[("b", "1"), ("a", "1")]).is_err());
+        // Equality at every length the inline comparison splits on, a byte off anywhere.
+        for n in 0..40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let pairs = [("x", a.as_str())];
+            let same = Labels::from_pairs([("x", a.clone())]);
+            let p = LabelPairs::new(&pairs).ok();
+            if n > 0 {
+                assert!(p.is_some_and(|p| p.eq_labels(&same)), "{n}");
+            }
+            for i in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[i] = b'_';
+                let other = Labels::from_pairs([("x", String::from_utf8(b).unwrap_or_default())]);
+                assert!(!p.is_some_and(|p| p.eq_labels(&other)), "{n} {i}");
+            }
+            assert!(!p.is_some_and(|p| p.eq_labels(&Labels::from_pairs([("x", format!("{a}a"))]))));
+        }
         assert!(LabelPairs::new(&[("a", "1"), ("a", "2")]).is_err());
         assert!(LabelPairs::new(&[("", "1")]).is_err());
         assert!(LabelPairs::new(&[("a", "")]).is_err());

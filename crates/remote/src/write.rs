@@ -565,8 +565,21 @@ mod wire {
             self.pos >= self.buf.len()
         }
 
+        /// Keys, lengths and small values are single bytes: that case is inlined, the
+        /// rest (timestamps, large lengths) loops.
         #[inline]
         pub(super) fn varint(&mut self) -> R<u64> {
+            match self.buf.get(self.pos) {
+                Some(&b) if b < 0x80 => {
+                    self.pos += 1;
+                    Ok(u64::from(b))
+                }
+                _ => self.varint_long(),
+            }
+        }
+
+        #[inline(never)]
+        fn varint_long(&mut self) -> R<u64> {
             let mut x = 0u64;
             for i in 0..10 {
                 let Some(&b) = self.buf.get(self.pos) else {
@@ -669,24 +682,64 @@ mod wire {
 #[derive(Default)]
 struct V1Scratch<'a> {
     raw: Vec<RawLabel<'a>>,
+    /// The bytes from the first label's payload to the end of the last one's (empty when
+    /// the series has no labels): checked as UTF-8 once rather than string by string.
+    label_span: &'a [u8],
     pairs: Vec<(&'a str, &'a str)>,
     samples: Vec<m3query_model::Sample>,
     exemplars: Vec<&'a [u8]>,
     histograms: Vec<&'a [u8]>,
 }
 
+/// The raw pairs as strings cut from `span` (the series' label bytes, which hold every
+/// non-empty name and value), validated as UTF-8 in one pass over `span` instead of one call
+/// per string (the strings are short: the call, not the scan, is the cost). False when
+/// `span` is not valid UTF-8 or a string does not start and end on a character boundary in
+/// it: the caller then checks string by string, which finds the invalid one.
+fn strs_in_span<'a>(
+    raw: &[RawLabel<'a>],
+    span: &'a [u8],
+    pairs: &mut Vec<(&'a str, &'a str)>,
+) -> bool {
+    let Ok(text) = std::str::from_utf8(span) else {
+        return false;
+    };
+    let base = span.as_ptr() as usize;
+    // Where `b` lies in `span`, as a string of `text`; "" for an empty field (which may be
+    // a default, not a slice of the request).
+    let cut = |b: &[u8]| -> Option<&'a str> {
+        if b.is_empty() {
+            return Some("");
+        }
+        let start = (b.as_ptr() as usize).checked_sub(base)?;
+        text.get(start..start.checked_add(b.len())?)
+    };
+    for &(n, v) in raw {
+        let (Some(n), Some(v)) = (cut(n), cut(v)) else {
+            return false;
+        };
+        pairs.push((n, v));
+    }
+    true
+}
+
 /// Checks raw label pairs as [`build_labels`] does, leaving them in `pairs` sorted, without
 /// empty values. On refusal, the message [`build_labels`] would give.
 fn check_pairs<'a>(
     raw: &[RawLabel<'a>],
+    span: &'a [u8],
     pairs: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<(), String> {
     pairs.clear();
-    for &(n, v) in raw {
-        let n = std::str::from_utf8(n).map_err(|_| "label name is not valid UTF-8".to_string())?;
-        let v = std::str::from_utf8(v)
-            .map_err(|_| format!("value of label {n:?} is not valid UTF-8"))?;
-        pairs.push((n, v));
+    if !strs_in_span(raw, span, pairs) {
+        pairs.clear();
+        for &(n, v) in raw {
+            let n =
+                std::str::from_utf8(n).map_err(|_| "label name is not valid UTF-8".to_string())?;
+            let v = std::str::from_utf8(v)
+                .map_err(|_| format!("value of label {n:?} is not valid UTF-8"))?;
+            pairs.push((n, v));
+        }
     }
     if !pairs.windows(2).all(|w| w[0].0 < w[1].0) {
         pairs.sort_unstable();
@@ -764,13 +817,18 @@ fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
     sc.samples.clear();
     sc.exemplars.clear();
     sc.histograms.clear();
+    let mut span: Option<(usize, usize)> = None;
     let mut r = Reader::new(ts);
     while !r.done() {
         let (field, wt) = r.key()?;
         match field {
             1 => {
                 Reader::expect(wt, 2)?;
-                let mut l = Reader::new(r.bytes()?);
+                let lb = r.bytes()?;
+                // `r.pos` is the end of the label's payload, `lb.len()` bytes long.
+                let start = r.pos - lb.len();
+                span = Some((span.map_or(start, |s| s.0), r.pos));
+                let mut l = Reader::new(lb);
                 let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
                 while !l.done() {
                     let (f, w) = l.key()?;
@@ -822,6 +880,7 @@ fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
             _ => r.skip(field, wt)?,
         }
     }
+    sc.label_span = span.and_then(|(a, b)| ts.get(a..b)).unwrap_or_default();
     Ok(())
 }
 
@@ -841,13 +900,12 @@ fn append_series(
     for h in &sc.histograms {
         histograms.push(prompb::Histogram::decode(*h).map_err(|e| decode_err(e.to_string()))?);
     }
-    if let Err(why) = check_pairs(&sc.raw, &mut sc.pairs) {
+    if let Err(why) = check_pairs(&sc.raw, sc.label_span, &mut sc.pairs) {
         out.invalid(why, sc.samples.len() + histograms.len());
         return Ok(());
     }
-    let pairs = LabelPairs::new(&sc.pairs).map_err(|e| {
-        WriteError::Storage(StorageError::InvalidLabels(format!("checked pairs: {e}")))
-    })?;
+    // `check_pairs` left them sorted, names unique and non-empty, values non-empty.
+    let pairs = LabelPairs::from_checked(&sc.pairs);
     let mut refused = 0u64;
     app.append_samples(pairs, &sc.samples, &mut |i, e| {
         refused += 1;
@@ -1788,6 +1846,71 @@ mod tests {
             }
             proptest::prop_assert_eq!(observe(&body, via_prost), observe(&body, write_v1_bytes));
         }
+    }
+
+    #[test]
+    fn varints_decode_as_prost_decodes_them() {
+        // Every length, each with room after it and cut off at the end of the buffer,
+        // plus over-long and truncated encodings.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for k in 0..64 {
+            for x in [1u64 << k, (1u64 << k) - 1, (1u64 << k) + 1, u64::MAX >> k] {
+                let mut b = Vec::new();
+                prost::encoding::encode_varint(x, &mut b);
+                cases.push(b.clone());
+                b.extend([0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
+                cases.push(b);
+            }
+        }
+        cases.push(vec![0xff; 12]);
+        cases.push(vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]);
+        cases.push(vec![0x80; 9]);
+        cases.push(vec![0x80, 0x80, 0x00, 0, 0, 0, 0, 0, 0]);
+        for b in &cases {
+            let mut r = wire::Reader::new(b);
+            let got = r.varint().ok().map(|x| (x, r.pos));
+            let mut buf = &b[..];
+            let want = prost::encoding::decode_varint(&mut buf)
+                .ok()
+                .map(|x| (x, b.len() - buf.len()));
+            assert_eq!(got, want, "{b:x?}");
+        }
+    }
+
+    #[test]
+    fn label_bytes_checked_as_one_span_refuse_what_strings_would() {
+        // `job`'s value is a lone UTF-8 lead byte, followed in the label message by an unknown
+        // field 16 whose two-byte key starts with a continuation byte: the label bytes as a
+        // whole are valid UTF-8, the value alone is not.
+        let bad_label = [
+            0x0a, 0x03, b'j', b'o', b'b', 0x12, 0x01, 0xc3, 0x80, 0x01, 0x00,
+        ];
+        let labels = [("__name__", "up"), ("x", "\u{e9}t\u{e9}")];
+        let good = series(&labels, &[(1, 1.0)]);
+        // The bad label right after the good ones (samples, not UTF-8, after all labels).
+        let mut ts = series(&labels, &[]).encode_to_vec();
+        ts.push(0x0a);
+        ts.push(bad_label.len() as u8);
+        ts.extend(bad_label);
+        ts.extend(series(&[], &[(1, 1.0)]).encode_to_vec());
+        let mut body = vec![0x0a, ts.len() as u8];
+        body.extend(&ts);
+        body.extend(
+            prompb::WriteRequest {
+                timeseries: vec![good],
+                metadata: vec![],
+            }
+            .encode_to_vec(),
+        );
+        let a = observe(&body, write_v1_bytes);
+        assert!(a.contains("written 1") && a.contains("invalid 1/1"), "{a}");
+        assert!(
+            a.contains("value of label \\\"job\\\" is not valid UTF-8"),
+            "{a}"
+        );
+        assert_eq!(a, observe(&body, via_prost));
     }
 
     #[test]
