@@ -131,6 +131,12 @@ footprint "$M3_PID" "$OUT/m3q" | tee "$OUT/footprint-m3query.txt"
 
 echo "== restart after kill -9 (WAL replay), to ready"
 kill -9 "$PROM_PID" "$M3_PID"; wait "$PROM_PID" "$M3_PID" 2>/dev/null || true
+# Prometheus is not this shell's child (start_prometheus.sh starts it), so `wait` returns at
+# once: poll until both are gone, or the new Prometheus finds its port still taken (a 2 GiB
+# process takes a moment to tear down after kill -9).
+for pid in "$PROM_PID" "$M3_PID"; do
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+done
 PROM_PID="" M3_PID=""
 T0=$(date +%s%N); start_prometheus
 PROM_RESTART=$(secs_since "$T0")
