@@ -440,6 +440,21 @@ struct IntSeq<'a> {
     bit: usize,
 }
 
+/// The `N` bytes of `b` from `at`, zero-padded past its end: a field near the end of a packed
+/// sequence is read with the same wide load as the others.
+#[inline(always)]
+fn padded_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    match b.get(at..at + N) {
+        Some(s) => a.copy_from_slice(s),
+        None => {
+            let tail = b.get(at..).unwrap_or(&[]);
+            a[..tail.len()].copy_from_slice(tail);
+        }
+    }
+    a
+}
+
 impl<'a> IntSeq<'a> {
     /// Parses the header of an intseq of `len` values and skips its packed bits.
     fn parse(c: &mut Cursor<'a>, len: usize) -> Result<Self> {
@@ -484,34 +499,9 @@ impl<'a> IntSeq<'a> {
         let shift = (bit & 7) as u32;
         // A field of up to 57 bits fits one 8-byte load at any bit offset.
         let word = if self.w <= 57 {
-            let w = match self.packed.get(byte..byte + 8) {
-                Some(b) => {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    u64::from_le_bytes(a)
-                }
-                None => {
-                    let mut a = [0u8; 8];
-                    let tail = self.packed.get(byte..).unwrap_or(&[]);
-                    a[..tail.len()].copy_from_slice(tail);
-                    u64::from_le_bytes(a)
-                }
-            };
-            w >> shift
+            u64::from_le_bytes(padded_at(self.packed, byte)) >> shift
         } else {
-            let w = match self.packed.get(byte..byte + 16) {
-                Some(b) => {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(b);
-                    u128::from_le_bytes(a)
-                }
-                None => {
-                    let mut a = [0u8; 16];
-                    let tail = self.packed.get(byte..).unwrap_or(&[]);
-                    a[..tail.len()].copy_from_slice(tail);
-                    u128::from_le_bytes(a)
-                }
-            };
+            let w = u128::from_le_bytes(padded_at(self.packed, byte));
             (w >> shift) as u64
         };
         let mask = if self.w == 64 {
