@@ -999,17 +999,7 @@ impl<'a> DenseIterator<'a> {
                     *m = m.wrapping_add(d.next());
                 }
                 if *exc_left > 0 && i == *next_exc {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(exc.get(..8).ok_or(BAD)?);
-                    *exc = &exc[8..];
-                    *exc_left -= 1;
-                    if *exc_left > 0 {
-                        let mut e = Cursor { b: exc, pos: 0 };
-                        let gap = usize::try_from(e.uvarint()?).map_err(|_| BAD)?;
-                        *next_exc = i + 1 + gap;
-                        *exc = &exc[e.pos..];
-                    }
-                    f64::from_bits(u64::from_le_bytes(a))
+                    f64::from_bits(take_exception(exc, exc_left, next_exc)?)
                 } else {
                     decimal_value(*m, *k)
                 }
@@ -1083,14 +1073,7 @@ impl<'a> DenseIterator<'a> {
                     *m = m.wrapping_add(d.skip_sum(end - start.max(1)));
                 }
                 while *exc_left > 0 && *next_exc < end {
-                    *exc = exc.get(8..).ok_or(BAD)?;
-                    *exc_left -= 1;
-                    if *exc_left > 0 {
-                        let mut e = Cursor { b: exc, pos: 0 };
-                        let gap = usize::try_from(e.uvarint()?).map_err(|_| BAD)?;
-                        *next_exc = next_exc.saturating_add(gap).saturating_add(1);
-                        *exc = &exc[e.pos..];
-                    }
+                    take_exception(exc, exc_left, next_exc)?;
                 }
             }
             Values::Xor {
@@ -1285,20 +1268,8 @@ impl<'a> DenseIterator<'a> {
                     {
                         *m = m.wrapping_add(d.next());
                     }
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(exc.get(..8).ok_or((j, BAD))?);
-                    *exc = &exc[8..];
-                    *exc_left -= 1;
-                    if *exc_left > 0 {
-                        let mut e = Cursor { b: exc, pos: 0 };
-                        let gap = e
-                            .uvarint()
-                            .and_then(|g| usize::try_from(g).map_err(|_| BAD))
-                            .map_err(|err| (j, err))?;
-                        *next_exc = i + 1 + gap;
-                        *exc = &exc[e.pos..];
-                    }
-                    slots[j].v = f64::from_bits(u64::from_le_bytes(a));
+                    let bits = take_exception(exc, exc_left, next_exc).map_err(|err| (j, err))?;
+                    slots[j].v = f64::from_bits(bits);
                     i += 1;
                     j += 1;
                 }
@@ -1356,6 +1327,23 @@ fn fill_decimal(d: &mut IntSeq<'_>, m: &mut i64, k: u8, slots: &mut [Sample]) {
         });
     }
     *m = x;
+}
+
+/// Takes the next exception (the one at sample `*next_exc`): returns its value bits and moves
+/// `exc` and `next_exc` on to the one after it, if any.
+#[inline(always)]
+fn take_exception(exc: &mut &[u8], exc_left: &mut usize, next_exc: &mut usize) -> Result<u64> {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(exc.get(..8).ok_or(BAD)?);
+    *exc = &exc[8..];
+    *exc_left -= 1;
+    if *exc_left > 0 {
+        let mut e = Cursor { b: exc, pos: 0 };
+        let gap = usize::try_from(e.uvarint()?).map_err(|_| BAD)?;
+        *next_exc = next_exc.saturating_add(gap).saturating_add(1);
+        *exc = &exc[e.pos..];
+    }
+    Ok(u64::from_le_bytes(a))
 }
 
 /// One XOR-encoded value after the first. `Ok(false)` when the stream ends early.
