@@ -487,8 +487,10 @@ struct RefTable {
     /// Series by ref, to find the slot of a series a later record names again.
     series: Vec<Option<Arc<MemSeries>>>,
     sparse: FastMap<u64, (Arc<MemSeries>, Slot)>,
-    /// Slots of series whose ref entry a later record (same ref, other labels) replaced.
-    displaced: FastMap<usize, Slot>,
+    /// Slots of series whose ref entry a later record (same ref, other labels) replaced, by
+    /// the series' address; the `Arc` is held so that address is not reused by another series
+    /// while replay runs.
+    displaced: FastMap<usize, (Arc<MemSeries>, Slot)>,
     /// Series records inserted.
     count: usize,
 }
@@ -519,7 +521,8 @@ impl RefTable {
         if let Some((o, old_slot)) = old
             && !Arc::ptr_eq(&o, &s)
         {
-            self.displaced.insert(Arc::as_ptr(&o) as usize, old_slot);
+            self.displaced
+                .insert(Arc::as_ptr(&o) as usize, (o, old_slot));
         }
     }
 
@@ -541,7 +544,7 @@ impl RefTable {
         if by_ref.is_some_and(|o| Arc::ptr_eq(o, s)) {
             return self.slot(s.r);
         }
-        self.displaced.get(&(Arc::as_ptr(s) as usize)).copied()
+        self.displaced.get(&(Arc::as_ptr(s) as usize)).map(|e| e.1)
     }
 }
 
