@@ -1830,7 +1830,8 @@ impl Appender for DbAppender<'_> {
         let head = &db.head;
         let range = head.chunk_range_ms;
         let mut enc = SamplesEncoder::with_buf(std::mem::take(&mut self.wal));
-        enc.buf.reserve(self.samples.len() * 12 + 16);
+        // 13 bytes per sample is typical (varint ref and time deltas, 8-byte value).
+        enc.buf.reserve(self.samples.len() * 14 + 16);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut ooo, mut dropped, mut chunks_cut, mut dups) = (0u64, 0u64, 0i64, 0u64);
         let mut order: Vec<usize> = Vec::new();

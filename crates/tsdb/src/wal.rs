@@ -129,11 +129,37 @@ impl SamplesEncoder {
                 (r, t)
             }
         };
-        put_varint(&mut self.buf, r.wrapping_sub(br) as i64);
-        put_varint(&mut self.buf, t.wrapping_sub(bt));
-        put_u64(&mut self.buf, v.to_bits());
+        // One sample is at most 28 bytes (two 10-byte varints and the value). Assembling it
+        // in a 28-byte array, appending all of it (a fixed-size copy) and cutting the unused
+        // end keeps the per-byte capacity checks of `Vec::push` and a variable-length memcpy
+        // out of the ingest path, where this runs for every sample.
+        let mut tmp = [0u8; 28];
+        let mut n = stack_uvarint(&mut tmp, 0, zigzag(r.wrapping_sub(br) as i64));
+        n = stack_uvarint(&mut tmp, n, zigzag(t.wrapping_sub(bt)));
+        if let Some(dst) = tmp.get_mut(n..n + 8) {
+            dst.copy_from_slice(&v.to_bits().to_be_bytes());
+        }
+        let len = self.buf.len();
+        self.buf.extend_from_slice(&tmp);
+        self.buf.truncate(len + n + 8);
         self.count += 1;
     }
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+/// Writes `x` as a uvarint into `buf` at `at` and returns the position after it; `buf` has
+/// room for the 10 bytes of the longest one.
+fn stack_uvarint(buf: &mut [u8; 28], mut at: usize, mut x: u64) -> usize {
+    while x >= 0x80 && at < 27 {
+        buf[at] = (x as u8) | 0x80;
+        x >>= 7;
+        at += 1;
+    }
+    buf[at.min(27)] = x as u8;
+    at + 1
 }
 
 /// A decoded WAL record.
