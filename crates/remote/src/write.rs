@@ -848,7 +848,12 @@ fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
             }
             2 => {
                 Reader::expect(wt, 2)?;
-                let mut x = Reader::new(r.bytes()?);
+                let sb = r.bytes()?;
+                if let Some(s) = plain_sample(sb) {
+                    sc.samples.push(s);
+                    continue;
+                }
+                let mut x = Reader::new(sb);
                 let (mut v, mut t) = (0u64, 0i64);
                 while !x.done() {
                     let (f, w) = x.key()?;
@@ -882,6 +887,34 @@ fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
     }
     sc.label_span = span.and_then(|(a, b)| ts.get(a..b)).unwrap_or_default();
     Ok(())
+}
+
+/// A `Sample` message as every Prometheus-compatible sender writes it: the value (field 1,
+/// fixed64), then the timestamp (field 2, a varint) ending the message. Read without the
+/// generic field loop, which is most of a request's decoding (a request is mostly samples);
+/// anything else (a field left out because it is zero, other order, unknown fields, a
+/// malformed varint) returns `None` for the generic decoder to read or refuse.
+#[inline]
+fn plain_sample(b: &[u8]) -> Option<m3query_model::Sample> {
+    let (head, ts) = b.split_first_chunk::<10>()?;
+    if head[0] != 0x09 || head[9] != 0x10 || ts.is_empty() || ts.len() > 10 {
+        return None;
+    }
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&head[1..9]);
+    let mut t = 0u64;
+    for (i, &byte) in ts.iter().enumerate() {
+        let last = i + 1 == ts.len();
+        // Each byte but the last has its continuation bit set; the 10th carries one bit.
+        if (byte < 0x80) != last || (i == 9 && byte > 1) {
+            return None;
+        }
+        t |= u64::from(byte & 0x7f) << (7 * i);
+    }
+    Some(m3query_model::Sample {
+        t: t as i64,
+        v: f64::from_bits(u64::from_le_bytes(v)),
+    })
 }
 
 /// Appends the series in the scratch buffers, as [`write_v1`] does for one `TimeSeries`.
@@ -1846,6 +1879,57 @@ mod tests {
             }
             proptest::prop_assert_eq!(observe(&body, via_prost), observe(&body, write_v1_bytes));
         }
+    }
+
+    #[test]
+    fn plain_sample_reads_what_prost_reads_and_leaves_the_rest() {
+        // Timestamps of every varint length (negative ones take all ten bytes).
+        let mut ts: Vec<i64> = (0..63).map(|k| 1i64 << k).collect();
+        ts.extend([1, 1_796_292_000_000, -1, i64::MIN, i64::MAX]);
+        for t in ts {
+            for v in [1.5, -2.0, f64::NAN, 1e300] {
+                let b = prompb::Sample {
+                    value: v,
+                    timestamp: t,
+                }
+                .encode_to_vec();
+                let got = plain_sample(&b).expect("value then timestamp");
+                let want = prompb::Sample::decode(&b[..]).expect("prost");
+                assert_eq!(
+                    (got.t, got.v.to_bits()),
+                    (want.timestamp, want.value.to_bits())
+                );
+                // Cut short: never read as a whole sample.
+                assert!(plain_sample(&b[..b.len() - 1]).is_none());
+            }
+        }
+        // Zero fields are left out of the encoding, fields may come in any order, and a
+        // 10th varint byte above 1 overflows: all for the generic decoder.
+        for b in [
+            prompb::Sample {
+                value: 0.0,
+                timestamp: 5,
+            }
+            .encode_to_vec(),
+            prompb::Sample {
+                value: 2.0,
+                timestamp: 0,
+            }
+            .encode_to_vec(),
+            vec![0x10, 0x05, 0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f],
+            vec![
+                0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0xff, 0xff, 0x02,
+            ],
+            vec![0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x05, 0x18, 0x01],
+        ] {
+            assert!(plain_sample(&b).is_none(), "{b:?}");
+        }
+        // An over-long timestamp (a continuation byte then 0) is still one value to prost.
+        let b = [0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x85, 0x00];
+        let got = plain_sample(&b).expect("over-long varint");
+        assert_eq!((got.t, got.v), (5, 1.0));
+        assert_eq!(prompb::Sample::decode(&b[..]).expect("prost").timestamp, 5);
     }
 
     #[test]
