@@ -681,6 +681,12 @@ mod wire {
 /// Reusable buffers for decoding one series of a request.
 #[derive(Default)]
 struct V1Scratch<'a> {
+    /// The series' `Label` messages (payload, offset of the payload in the series' bytes),
+    /// decoded into `raw` only when the store does not know the series by `key`.
+    label_msgs: Vec<(&'a [u8], usize)>,
+    /// The label fields' bytes (keys, lengths and payloads), when nothing else is between
+    /// them: what [`Appender::append_samples_by_key`] knows a series by.
+    key: Option<&'a [u8]>,
     raw: Vec<RawLabel<'a>>,
     /// The bytes from the first label's payload to the end of the last one's (empty when
     /// the series has no labels): checked as UTF-8 once rather than string by string.
@@ -785,7 +791,7 @@ pub fn write_v1_bytes(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, Wr
                 let ts = r.bytes().map_err(decode_err)?;
                 out.series_received += 1;
                 decode_series(ts, &mut sc).map_err(decode_err)?;
-                append_series(&mut sc, app, &mut out)?;
+                append_series(ts, &mut sc, app, &mut out)?;
             }
             3 => {
                 Reader::expect(wt, 2).map_err(decode_err)?;
@@ -813,38 +819,34 @@ pub fn write_v1_bytes(body: &[u8], app: &mut dyn Appender) -> Result<Outcome, Wr
 /// Reads one `TimeSeries` into the scratch buffers.
 fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
     use wire::Reader;
+    sc.label_msgs.clear();
     sc.raw.clear();
     sc.samples.clear();
     sc.exemplars.clear();
     sc.histograms.clear();
-    let mut span: Option<(usize, usize)> = None;
+    sc.label_span = &[];
+    // The label fields' extent, and whether another field came between two of them.
+    let (mut key_start, mut key_end) = (0, 0);
+    let (mut other_after_label, mut contiguous) = (false, true);
     let mut r = Reader::new(ts);
     while !r.done() {
+        let at = r.pos;
         let (field, wt) = r.key()?;
+        if field != 1 && !sc.label_msgs.is_empty() {
+            other_after_label = true;
+        }
         match field {
             1 => {
                 Reader::expect(wt, 2)?;
                 let lb = r.bytes()?;
-                // `r.pos` is the end of the label's payload, `lb.len()` bytes long.
-                let start = r.pos - lb.len();
-                span = Some((span.map_or(start, |s| s.0), r.pos));
-                let mut l = Reader::new(lb);
-                let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
-                while !l.done() {
-                    let (f, w) = l.key()?;
-                    match f {
-                        1 => {
-                            Reader::expect(w, 2)?;
-                            name = l.bytes()?;
-                        }
-                        2 => {
-                            Reader::expect(w, 2)?;
-                            value = l.bytes()?;
-                        }
-                        _ => l.skip(f, w)?,
-                    }
+                if sc.label_msgs.is_empty() {
+                    key_start = at;
+                } else if other_after_label {
+                    contiguous = false;
                 }
-                sc.raw.push((name, value));
+                key_end = r.pos;
+                // `r.pos` is the end of the label's payload, `lb.len()` bytes long.
+                sc.label_msgs.push((lb, r.pos - lb.len()));
             }
             2 => {
                 Reader::expect(wt, 2)?;
@@ -885,8 +887,55 @@ fn decode_series<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
             _ => r.skip(field, wt)?,
         }
     }
+    sc.key = if contiguous && !sc.label_msgs.is_empty() {
+        ts.get(key_start..key_end)
+    } else {
+        None
+    };
+    Ok(())
+}
+
+/// Decodes the series' `Label` messages into `sc.raw` (and `sc.label_span`).
+fn decode_labels<'a>(ts: &'a [u8], sc: &mut V1Scratch<'a>) -> wire::R<()> {
+    use wire::Reader;
+    let mut span: Option<(usize, usize)> = None;
+    for &(lb, start) in &sc.label_msgs {
+        span = Some((span.map_or(start, |s| s.0), start + lb.len()));
+        let mut l = Reader::new(lb);
+        let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+        while !l.done() {
+            let (f, w) = l.key()?;
+            match f {
+                1 => {
+                    Reader::expect(w, 2)?;
+                    name = l.bytes()?;
+                }
+                2 => {
+                    Reader::expect(w, 2)?;
+                    value = l.bytes()?;
+                }
+                _ => l.skip(f, w)?,
+            }
+        }
+        sc.raw.push((name, value));
+    }
     sc.label_span = span.and_then(|(a, b)| ts.get(a..b)).unwrap_or_default();
     Ok(())
+}
+
+/// The labels of a series the store knew by its key (so they decode and passed the
+/// checks), as text for an error message.
+fn key_labels_text(label_msgs: &[(&[u8], usize)]) -> String {
+    let mut sc = V1Scratch::default();
+    sc.label_msgs.extend_from_slice(label_msgs);
+    if decode_labels(&[], &mut sc).is_err() {
+        return "{?}".into();
+    }
+    let pairs = sc
+        .raw
+        .iter()
+        .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v)));
+    Labels::from_pairs(pairs).to_string()
 }
 
 /// A `Sample` message as every Prometheus-compatible sender writes it: the value (field 1,
@@ -918,11 +967,33 @@ fn plain_sample(b: &[u8]) -> Option<m3query_model::Sample> {
 }
 
 /// Appends the series in the scratch buffers, as [`write_v1`] does for one `TimeSeries`.
-fn append_series(
-    sc: &mut V1Scratch<'_>,
+fn append_series<'a>(
+    ts: &'a [u8],
+    sc: &mut V1Scratch<'a>,
     app: &mut dyn Appender,
     out: &mut Outcome,
 ) -> Result<(), WriteError> {
+    // A plain float series the store knows by its label bytes: no label decoding or checks.
+    let plain = sc.exemplars.is_empty() && sc.histograms.is_empty();
+    let key = sc.key.filter(|_| plain);
+    if let Some(key) = key {
+        let mut refused = 0u64;
+        let known = app.append_samples_by_key(key, &sc.samples, &mut |i, e| {
+            refused += 1;
+            if out.count_refusal(&e) {
+                let t = sc.samples.get(i).map_or(0, |s| s.t);
+                out.example(format!(
+                    "{e} for series {} at timestamp {t}",
+                    key_labels_text(&sc.label_msgs)
+                ));
+            }
+        })?;
+        if known {
+            out.samples_written += sc.samples.len() as u64 - refused;
+            return Ok(());
+        }
+    }
+    decode_labels(ts, sc).map_err(decode_err)?;
     // Exemplars and histograms are rare: decode them with prost, which also checks them as
     // decoding the whole request would.
     let mut exemplars = Vec::with_capacity(sc.exemplars.len());
@@ -940,7 +1011,7 @@ fn append_series(
     // `check_pairs` left them sorted, names unique and non-empty, values non-empty.
     let pairs = LabelPairs::from_checked(&sc.pairs);
     let mut refused = 0u64;
-    app.append_samples(pairs, &sc.samples, &mut |i, e| {
+    let mut on_refused = |i: usize, e: StorageError| {
         refused += 1;
         if out.count_refusal(&e) {
             let t = sc.samples.get(i).map_or(0, |s| s.t);
@@ -949,7 +1020,11 @@ fn append_series(
                 pairs.to_labels()
             ));
         }
-    })?;
+    };
+    match key {
+        Some(key) => app.append_samples_keyed(key, pairs, &sc.samples, &mut on_refused)?,
+        None => app.append_samples(pairs, &sc.samples, &mut on_refused)?,
+    }
     out.samples_written += sc.samples.len() as u64 - refused;
     if !exemplars.is_empty() || !histograms.is_empty() {
         let labels = pairs.to_labels();
@@ -1717,7 +1792,18 @@ mod tests {
     ) -> String {
         let s = MemStorage::new();
         let mut app = s.appender();
-        match f(body, app.as_mut()) {
+        let r = f(body, app.as_mut());
+        settle(&s, app, r)
+    }
+
+    /// Commits (or rolls back) a request's appender and describes its outcome and everything
+    /// the store then holds.
+    fn settle(
+        s: &MemStorage,
+        app: Box<dyn Appender + '_>,
+        r: Result<Outcome, WriteError>,
+    ) -> String {
+        match r {
             Err(WriteError::Decode { .. }) => {
                 app.rollback();
                 "decode error".to_string()
@@ -1752,7 +1838,7 @@ mod tests {
                     .iter()
                     .filter_map(|x| {
                         let name = x.labels.metric_name()?;
-                        Some((x.labels.to_string(), stored_hists(&s, name)))
+                        Some((x.labels.to_string(), stored_hists(s, name)))
                     })
                     .collect();
                 format!(
@@ -1878,6 +1964,154 @@ mod tests {
                 body.extend(e);
             }
             proptest::prop_assert_eq!(observe(&body, via_prost), observe(&body, write_v1_bytes));
+        }
+    }
+
+    /// Keys a store remembers (key -> labels), as a store with a key cache would.
+    type KeyMemory = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Labels>>>;
+
+    /// An appender over `MemStorage` that knows series by key after their commit.
+    struct Keyed<'a> {
+        inner: Box<dyn Appender + 'a>,
+        keys: KeyMemory,
+        new: Vec<(Vec<u8>, Labels)>,
+    }
+
+    impl Appender for Keyed<'_> {
+        fn append(&mut self, labels: &Labels, t: i64, v: f64) -> m3query_storage::Result<()> {
+            self.inner.append(labels, t, v)
+        }
+        fn append_samples_by_key(
+            &mut self,
+            key: &[u8],
+            samples: &[m3query_model::Sample],
+            refused: &mut dyn FnMut(usize, StorageError),
+        ) -> m3query_storage::Result<bool> {
+            let known = self.keys.lock().expect("keys").get(key).cloned();
+            let Some(labels) = known else {
+                return Ok(false);
+            };
+            let pairs: Vec<(&str, &str)> = labels.iter().map(|l| (&*l.name, &*l.value)).collect();
+            self.inner
+                .append_samples(LabelPairs::from_checked(&pairs), samples, refused)?;
+            Ok(true)
+        }
+        fn append_samples_keyed(
+            &mut self,
+            key: &[u8],
+            labels: LabelPairs<'_>,
+            samples: &[m3query_model::Sample],
+            refused: &mut dyn FnMut(usize, StorageError),
+        ) -> m3query_storage::Result<()> {
+            self.new.push((key.to_vec(), labels.to_labels()));
+            self.inner.append_samples(labels, samples, refused)
+        }
+        fn append_histogram(
+            &mut self,
+            labels: &Labels,
+            t: i64,
+            h: &FloatHistogram,
+        ) -> m3query_storage::Result<()> {
+            self.inner.append_histogram(labels, t, h)
+        }
+        fn append_int_histogram(
+            &mut self,
+            labels: &Labels,
+            t: i64,
+            h: &m3query_model::Histogram,
+        ) -> m3query_storage::Result<()> {
+            self.inner.append_int_histogram(labels, t, h)
+        }
+        fn commit(self: Box<Self>) -> m3query_storage::Result<()> {
+            let Keyed { inner, keys, new } = *self;
+            inner.commit()?;
+            keys.lock().expect("keys").extend(new);
+            Ok(())
+        }
+        fn rollback(self: Box<Self>) {
+            self.inner.rollback();
+        }
+    }
+
+    /// Requests over a few label sets that share names and values, so the same series come
+    /// back in later requests and different ones start alike.
+    fn pooled_request() -> impl proptest::strategy::Strategy<Value = prompb::WriteRequest> {
+        use proptest::prelude::*;
+        let pool: Vec<Vec<(&'static str, &'static str)>> = vec![
+            vec![("__name__", "up")],
+            vec![("__name__", "up"), ("job", "a")],
+            vec![("__name__", "up"), ("job", "b")],
+            vec![("__name__", "up"), ("job", "a"), ("zz", "1")],
+            vec![("job", "a"), ("__name__", "up")],
+        ];
+        let series = (
+            prop::sample::select(pool),
+            prop::collection::vec((0i64..6, prop::sample::select(vec![0.0, 1.0, 2.5])), 0..4),
+        )
+            .prop_map(|(labels, samples)| prompb::TimeSeries {
+                labels: labels
+                    .into_iter()
+                    .map(|(n, v)| prompb::Label {
+                        name: n.into(),
+                        value: v.into(),
+                    })
+                    .collect(),
+                samples: samples
+                    .into_iter()
+                    .map(|(t, v)| prompb::Sample {
+                        value: v,
+                        timestamp: t * 1000,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        prop::collection::vec(series, 1..5).prop_map(|timeseries| prompb::WriteRequest {
+            timeseries,
+            ..Default::default()
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// Requests in a row to a store that knows series by their label bytes get the
+        /// answers and the data they get with prost and no keys: a known key is only ever
+        /// taken for the labels it was learnt with, and damaged label bytes are still refused.
+        #[test]
+        fn series_known_by_key_store_as_by_labels(
+            reqs in proptest::collection::vec(
+                proptest::prop_oneof![arb_request(), pooled_request()],
+                2..5,
+            ),
+            flips in proptest::collection::vec(proptest::option::of((0usize..4096, 1u8..=255)), 4),
+        ) {
+            let bodies: Vec<Vec<u8>> = reqs
+                .iter()
+                .zip(&flips)
+                .map(|(r, f)| {
+                    let mut b = r.encode_to_vec();
+                    if let Some((i, x)) = *f && !b.is_empty() {
+                        let i = i % b.len();
+                        b[i] ^= x;
+                    }
+                    b
+                })
+                .collect();
+            let plain = MemStorage::new();
+            let keyed = MemStorage::new();
+            let keys = KeyMemory::default();
+            for body in &bodies {
+                let mut app = plain.appender();
+                let r = via_prost(body, app.as_mut());
+                let want = settle(&plain, app, r);
+                let mut app: Box<dyn Appender + '_> = Box::new(Keyed {
+                    inner: keyed.appender(),
+                    keys: keys.clone(),
+                    new: Vec::new(),
+                });
+                let r = write_v1_bytes(body, app.as_mut());
+                let got = settle(&keyed, app, r);
+                proptest::prop_assert_eq!(got, want);
+            }
         }
     }
 

@@ -1786,6 +1786,33 @@ impl Appender for WatchedAppender<'_> {
         self.inner.append_samples(labels, samples, refused)
     }
 
+    fn append_samples_by_key(
+        &mut self,
+        key: &[u8],
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, m3query_storage::Error),
+    ) -> m3query_storage::Result<bool> {
+        let known = self.inner.append_samples_by_key(key, samples, refused)?;
+        if known && let Some(t) = samples.iter().map(|s| s.t).min() {
+            self.min_t = self.min_t.min(t);
+        }
+        Ok(known)
+    }
+
+    fn append_samples_keyed(
+        &mut self,
+        key: &[u8],
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, m3query_storage::Error),
+    ) -> m3query_storage::Result<()> {
+        if let Some(t) = samples.iter().map(|s| s.t).min() {
+            self.min_t = self.min_t.min(t);
+        }
+        self.inner
+            .append_samples_keyed(key, labels, samples, refused)
+    }
+
     fn append_histogram(
         &mut self,
         labels: &Labels,

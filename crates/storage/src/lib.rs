@@ -415,6 +415,36 @@ pub trait Appender: Send {
         }
         Ok(())
     }
+    /// Adds the samples of the series a remote-write 1.0 sender named by `key`: the bytes of
+    /// its `TimeSeries`' label fields (the `Label` messages with their field keys and
+    /// lengths, nothing else between them), when this transaction's store remembers the key
+    /// from an [`Appender::append_samples_keyed`] that committed. Returns `Ok(false)`, having
+    /// done nothing, when it does not: the caller then decodes and checks the labels and calls
+    /// `append_samples_keyed`. Equal keys mean equal labels, and the store only remembers
+    /// keys of labels that passed the caller's checks, so a known key needs neither again.
+    /// The default knows no key.
+    fn append_samples_by_key(
+        &mut self,
+        key: &[u8],
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, Error),
+    ) -> Result<bool> {
+        let _ = (key, samples, refused);
+        Ok(false)
+    }
+    /// [`Appender::append_samples`], for a series whose labels a remote-write 1.0 sender
+    /// encoded as `key` (see [`Appender::append_samples_by_key`]); a store may remember the key
+    /// for the next request. The default only appends.
+    fn append_samples_keyed(
+        &mut self,
+        key: &[u8],
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, Error),
+    ) -> Result<()> {
+        let _ = key;
+        self.append_samples(labels, samples, refused)
+    }
     /// Adds one native histogram sample. The default refuses it: only stores that hold
     /// histograms override this.
     fn append_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> Result<()> {

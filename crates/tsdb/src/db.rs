@@ -1468,6 +1468,7 @@ impl Appendable for Db {
             samples: b.samples,
             hists: b.hists,
             wal: b.wal,
+            new_keys: b.new_keys,
             last: None,
             done: false,
             window: None,
@@ -1513,6 +1514,9 @@ struct DbAppender<'a> {
     hists: Vec<HistVal>,
     /// The samples record being built at commit.
     wal: Vec<u8>,
+    /// Keys the writer named new series by (key, series index, label hash): remembered in
+    /// the head's key cache once the commit succeeds.
+    new_keys: Vec<(Box<[u8]>, usize, u64)>,
     last: Option<(Labels, usize)>,
     done: bool,
     /// The time window, read once per transaction (it moves slowly; reading the clock and
@@ -1529,6 +1533,7 @@ pub(crate) struct AppendBuffers {
     samples: Vec<(u32, i64, f64)>,
     hists: Vec<HistVal>,
     wal: Vec<u8>,
+    new_keys: Vec<(Box<[u8]>, usize, u64)>,
 }
 
 impl AppendBuffers {
@@ -1577,6 +1582,30 @@ impl DbAppender<'_> {
         let i = self.series_index(SeriesKey::Labels(labels), labels.stable_hash());
         self.last = Some((labels.clone(), i));
         i
+    }
+
+    /// Queues `samples` for series `i` of this transaction, reporting refusals.
+    fn append_to(
+        &mut self,
+        i: usize,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) {
+        self.last = None;
+        let bounds = self.db.head.bounds();
+        let s = self.series[i].s.clone();
+        let d = s.data.lock();
+        let window = self.window();
+        self.samples.reserve(samples.len());
+        for (k, x) in samples.iter().enumerate() {
+            if let Err(e) = self
+                .db
+                .check_window(window, x.t)
+                .and_then(|()| self.queue(i, &d, x.t, x.v, bounds))
+            {
+                refused(k, e);
+            }
+        }
     }
 
     fn window(&mut self) -> TimeWindow {
@@ -1737,6 +1766,26 @@ impl DbAppender<'_> {
     /// Ends the transaction: unpins its series and removes those it left without samples
     /// (that it created, or, when it `failed`, any): a write that changed nothing must
     /// leave no series behind.
+    /// After a commit: remembers the keys new series were named by, for series the head
+    /// still has (`finish` dropped those the commit left empty).
+    fn remember_keys(&mut self) {
+        if self.new_keys.is_empty() {
+            return;
+        }
+        let head = &self.db.head;
+        // A bound, should keys ever outgrow the series they name (many encodings of each).
+        if head.keys.len() > 2 * head.num_series() as usize + 4096 {
+            head.keys.clear();
+        }
+        for (key, i, hash) in self.new_keys.drain(..) {
+            if let Some(p) = self.series.get(i)
+                && head.is_live(&p.s, hash)
+            {
+                head.keys.insert(&key, p.s.clone(), hash);
+            }
+        }
+    }
+
     fn finish(&mut self, failed: bool) {
         if self.done {
             return;
@@ -1794,21 +1843,71 @@ impl Appender for DbAppender<'_> {
             return Ok(());
         }
         let i = self.series_index(SeriesKey::Pairs(labels), labels.stable_hash());
-        self.last = None;
-        let bounds = self.db.head.bounds();
-        let s = self.series[i].s.clone();
-        let d = s.data.lock();
-        let window = self.window();
-        self.samples.reserve(samples.len());
-        for (k, x) in samples.iter().enumerate() {
-            if let Err(e) = self
-                .db
-                .check_window(window, x.t)
-                .and_then(|()| self.queue(i, &d, x.t, x.v, bounds))
-            {
-                refused(k, e);
+        self.append_to(i, samples, refused);
+        Ok(())
+    }
+
+    fn append_samples_by_key(
+        &mut self,
+        key: &[u8],
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) -> SResult<bool> {
+        self.check_open()?;
+        let Some((s, hash)) = self.db.head.keys.get(key) else {
+            return Ok(false);
+        };
+        // Every series of the transaction is under its label hash in `by_hash` (the first
+        // one with that hash): another series there is a collision, found by a scan.
+        let here = match self.by_hash.get(&hash) {
+            Some(&i) if Arc::ptr_eq(&self.series[i].s, &s) => Some(i),
+            Some(_) => self.series.iter().position(|p| Arc::ptr_eq(&p.s, &s)),
+            None => None,
+        };
+        let i = match here {
+            Some(i) => i,
+            None => {
+                // Dropped from the head since it was remembered: the caller goes the
+                // long way, which finds or makes the series and remembers it again.
+                if !self.db.head.pin_if_live(&s, hash) {
+                    return Ok(false);
+                }
+                self.series.push(PendingSeries {
+                    s,
+                    created: false,
+                    max_t: i64::MIN,
+                    last_v: 0,
+                    hist: None,
+                });
+                let i = self.series.len() - 1;
+                self.by_hash.entry(hash).or_insert(i);
+                i
             }
+        };
+        if !samples.is_empty() {
+            self.append_to(i, samples, refused);
         }
+        Ok(true)
+    }
+
+    fn append_samples_keyed(
+        &mut self,
+        key: &[u8],
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let hash = labels.stable_hash();
+        let i = self.series_index(SeriesKey::Pairs(labels), hash);
+        self.new_keys.push((key.into(), i, hash));
+        self.append_to(i, samples, refused);
         Ok(())
     }
 
@@ -1983,6 +2082,7 @@ impl Appender for DbAppender<'_> {
             }
         };
         self.finish(false);
+        self.remember_keys();
         c.ooo_appended.fetch_add(ooo, Ordering::Relaxed);
         if let Some(seq) = seq {
             // The samples are in the head already: a failure here is answered with an error,
@@ -2020,12 +2120,14 @@ impl Drop for DbAppender<'_> {
         self.samples.clear();
         self.hists.clear();
         self.wal.clear();
+        self.new_keys.clear();
         let b = AppendBuffers {
             series: std::mem::take(&mut self.series),
             by_hash: std::mem::take(&mut self.by_hash),
             samples: std::mem::take(&mut self.samples),
             hists: std::mem::take(&mut self.hists),
             wal: std::mem::take(&mut self.wal),
+            new_keys: std::mem::take(&mut self.new_keys),
         };
         let mut pool = self.db.append_buffers.lock();
         if pool.len() < AppendBuffers::KEEP {
@@ -2110,6 +2212,147 @@ mod tests {
         let db = Db::open(dir.path(), opts).expect("reopen");
         assert_eq!(select(&db), want);
         assert_eq!(label_values(&db), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    /// A series named by a writer's key: known only after a commit that made it, appended
+    /// to as by its labels (refusals included), forgotten when its commit fails or the head
+    /// drops it, and learnt again after.
+    #[test]
+    fn series_known_by_key_append_as_by_labels_and_leave_with_the_head() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            fsync: Fsync::Never,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts).expect("open");
+        let pa = [("__name__", "m"), ("s", "a")];
+        let pb = [("__name__", "m"), ("s", "b")];
+        let (pa, pb) = (LabelPairs::from_checked(&pa), LabelPairs::from_checked(&pb));
+        let sample = |t, v| [Sample { t, v }];
+        let mut none = |i: usize, e: StorageError| panic!("sample {i} refused: {e}");
+
+        let mut app = db.appender();
+        assert!(
+            !app.append_samples_by_key(b"ka", &sample(1000, 1.0), &mut none)
+                .expect("by key")
+        );
+        app.append_samples_keyed(b"ka", pa, &sample(1000, 1.0), &mut none)
+            .expect("keyed");
+        app.commit().expect("commit");
+
+        let mut app = db.appender();
+        let mut refused = Vec::new();
+        let known = app
+            .append_samples_by_key(
+                b"ka",
+                &[Sample { t: 1000, v: 5.0 }, Sample { t: 2000, v: 2.0 }],
+                &mut |i, e| refused.push((i, e.to_string())),
+            )
+            .expect("by key");
+        assert!(known);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, 0);
+        // The same series by its labels in the same transaction: one series, in order.
+        app.append_samples(pa, &sample(3000, 3.0), &mut none)
+            .expect("by labels");
+        app.commit().expect("commit");
+        assert_eq!(
+            select(&db),
+            vec![("a".to_string(), vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)])]
+        );
+
+        *db.inner.wal.fail_next_write.lock() = Some(3);
+        let mut app = db.appender();
+        app.append_samples_keyed(b"kb", pb, &sample(1000, 1.0), &mut none)
+            .expect("keyed");
+        assert!(app.commit().is_err(), "the WAL write fails");
+        let mut app = db.appender();
+        assert!(
+            !app.append_samples_by_key(b"kb", &sample(1000, 1.0), &mut none)
+                .expect("by key")
+        );
+        app.rollback();
+        assert_eq!(db.inner.head.keys.len(), 1);
+
+        // Persisting the head drops its series, and their keys with them.
+        db.flush_head().expect("flush");
+        assert_eq!(db.inner.head.keys.len(), 0);
+        let mut app = db.appender();
+        assert!(
+            !app.append_samples_by_key(b"ka", &sample(9_000_000, 4.0), &mut none)
+                .expect("by key")
+        );
+        app.append_samples_keyed(b"ka", pa, &sample(9_000_000, 4.0), &mut none)
+            .expect("keyed");
+        app.commit().expect("commit");
+        let mut app = db.appender();
+        assert!(
+            app.append_samples_by_key(b"ka", &sample(9_001_000, 5.0), &mut none)
+                .expect("by key")
+        );
+        app.commit().expect("commit");
+        let q = db.querier(0, 10_000_000).expect("querier");
+        let mut set = q
+            .select(
+                &Context::background(),
+                true,
+                &SelectHints::default(),
+                &[Matcher::equal("s", "a")],
+            )
+            .expect("select");
+        let (series, _) = collect_series(set.as_mut(), 0, 10_000_000).expect("read");
+        let got: Vec<(i64, f64)> = series
+            .iter()
+            .flat_map(|s| s.samples.iter().map(|x| (x.t, x.v)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1000, 1.0),
+                (2000, 2.0),
+                (3000, 3.0),
+                (9_000_000, 4.0),
+                (9_001_000, 5.0)
+            ]
+        );
+    }
+
+    /// A key whose series the head dropped after the lookup is not appended to: the series
+    /// is found again by its labels.
+    #[test]
+    fn a_key_naming_a_dropped_series_is_not_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(
+            dir.path(),
+            Options {
+                fsync: Fsync::Never,
+                ..Options::default()
+            },
+        )
+        .expect("open");
+        let pa = [("__name__", "m"), ("s", "a")];
+        let pa = LabelPairs::from_checked(&pa);
+        let mut none = |i: usize, e: StorageError| panic!("sample {i} refused: {e}");
+        // A key remembered for a series the head then drops (as a truncation racing the
+        // lookup would).
+        let l = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let hash = l.stable_hash();
+        let head = &db.inner.head;
+        let (s, _) = head.get_or_create(SeriesKey::Labels(&l), hash, false, |_| {});
+        head.keys.insert(b"ka", s.clone(), hash);
+        head.remove_if_unused(&s);
+        assert!(!head.is_live(&s, hash));
+        let mut app = db.appender();
+        assert!(
+            !app.append_samples_by_key(b"ka", &[Sample { t: 2000, v: 2.0 }], &mut none)
+                .expect("by key")
+        );
+        app.append_samples_keyed(b"ka", pa, &[Sample { t: 2000, v: 2.0 }], &mut none)
+            .expect("keyed");
+        app.commit().expect("commit");
+        assert_eq!(select(&db), vec![("a".to_string(), vec![(2000, 2.0)])]);
+        let (s2, _) = db.inner.head.keys.get(b"ka").expect("known again");
+        assert!(!Arc::ptr_eq(&s, &s2));
     }
 
     /// Checkpoints written before type 4 records hold type 3 ones (every chunk as XOR):

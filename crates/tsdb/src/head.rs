@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::Result;
 use crate::chunks::{ChunkBytes, QChunk};
 use crate::hist::{HistData, HistSnapshot, HistVal};
+use crate::keycache::KeyCache;
 use crate::matchers::PostingsIndex;
 use crate::symbols::Symbols;
 
@@ -90,6 +91,18 @@ impl HashMapShard {
                 }
                 self.series.insert(h, s);
             }
+        }
+    }
+
+    /// Whether this shard holds `s` itself (not just a series with its labels) under `hash`.
+    fn holds(&self, hash: u64, s: &Arc<MemSeries>) -> bool {
+        match self.series.get(&hash) {
+            Some(m) if Arc::ptr_eq(m, s) => true,
+            Some(_) => self
+                .conflicts
+                .get(&hash)
+                .is_some_and(|v| v.iter().any(|m| Arc::ptr_eq(m, s))),
+            None => false,
         }
     }
 
@@ -1034,6 +1047,8 @@ pub(crate) struct Head {
     /// Width of the aligned windows chunks may not cross (the block range).
     pub(crate) chunk_range_ms: i64,
     pub(crate) ooo_window_ms: i64,
+    /// Series by the raw label bytes remote-write senders name them with.
+    pub(crate) keys: KeyCache,
 }
 
 impl Head {
@@ -1055,6 +1070,7 @@ impl Head {
             num_chunks: AtomicI64::new(0),
             chunk_range_ms,
             ooo_window_ms,
+            keys: KeyCache::default(),
         }
     }
 
@@ -1142,6 +1158,23 @@ impl Head {
         let s = self.insert_series(&mut map, hash, r, key, u32::from(pin));
         on_create(&s);
         (s, true)
+    }
+
+    /// Pins `s` (label hash `hash`) for an appender if it is still the head's: a series
+    /// found by other means than a shard lookup (the key cache) may have been dropped. Under
+    /// the shard lock, as in [`Head::get_or_create`], so garbage collection cannot race it.
+    pub(crate) fn pin_if_live(&self, s: &Arc<MemSeries>, hash: u64) -> bool {
+        let map = self.hash_shard(hash).read();
+        if !map.holds(hash, s) {
+            return false;
+        }
+        s.pending.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Whether `s` (label hash `hash`) is still the head's.
+    pub(crate) fn is_live(&self, s: &Arc<MemSeries>, hash: u64) -> bool {
+        self.hash_shard(hash).read().holds(hash, s)
     }
 
     fn insert_series(
@@ -1408,6 +1441,10 @@ impl Head {
         }
         for r in &dead {
             self.ref_shard(*r).write().remove(r);
+        }
+        if !dead.is_empty() {
+            // Before the symbols' collection: an entry holds its series' labels.
+            self.keys.retain(|s| !dead.contains(&s.r));
         }
         if !dead.is_empty() {
             self.postings.write().delete(&dead, &dead_labels);

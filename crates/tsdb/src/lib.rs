@@ -70,6 +70,7 @@ mod fileutil;
 mod head;
 mod hist;
 mod index;
+mod keycache;
 mod matchers;
 pub mod postings;
 mod querier;
