@@ -46,18 +46,21 @@ REPLAY=target/release/examples/remote_write_replay
 
 # Seconds since $1 (epoch ns), to 10 ms.
 secs_since() {
-  "$PY" -c 'import sys, time; print(f"{(time.time_ns() - int(sys.argv[1])) / 1e9:.2f}")' "$1"
+  local now
+  now=$(date +%s%N)
+  printf '%d.%03d\n' $(( (now - $1) / 1000000000 )) $(( (now - $1) / 1000000 % 1000 ))
 }
 
-# Wait until URL answers 200; prints the seconds it took since $1 (epoch ns).
+# Wait until URL answers 200; prints the seconds it took since $1 (epoch ns). Polls every
+# 10 ms, so the figure is good to about that (restarts take well under a second at 1x).
 wait_ready() {
   local since=$1 url=$2
-  for _ in $(seq 1 6000); do
+  for _ in $(seq 1 60000); do
     if curl -fsS -o /dev/null "$url" 2>/dev/null; then
       secs_since "$since"
       return 0
     fi
-    sleep 0.1
+    sleep 0.01
   done
   echo "side_by_side: $url not ready in 10 minutes" >&2
   return 1
@@ -138,8 +141,12 @@ for pid in "$PROM_PID" "$M3_PID"; do
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 done
 PROM_PID="" M3_PID=""
-T0=$(date +%s%N); start_prometheus
-PROM_RESTART=$(secs_since "$T0")
+# start_prometheus.sh polls readiness every 0.2 s itself: time Prometheus with the same
+# 10 ms poll as m3query, and take its pid when the script is done.
+T0=$(date +%s%N); "$SHARED/start_prometheus.sh" "$PPORT" "$OUT/prom" >"$OUT/prom.pid" &
+STARTER=$!
+PROM_RESTART=$(wait_ready "$T0" "http://127.0.0.1:$PPORT/-/ready")
+wait "$STARTER"; PROM_PID=$(tail -1 "$OUT/prom.pid")
 T0=$(date +%s%N); start_m3query
 M3_RESTART=$(wait_ready "$T0" "http://127.0.0.1:$MPORT/ready")
 echo "prometheus: ${PROM_RESTART}s  m3query: ${M3_RESTART}s  (ratio $("$PY" -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.2f}")' "$M3_RESTART" "$PROM_RESTART")x)"
