@@ -16,6 +16,7 @@ use m3query_storage::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::appenders::Appenders;
 use crate::block::{
     Block, BlockCompaction, BlockPart, SeriesChunks, TMP_CREATION, TMP_DELETION, delete_block_dir,
     is_ulid, read_meta, write_block,
@@ -296,6 +297,8 @@ pub(crate) struct DbInner {
     /// Open queriers: head truncation waits for those that may miss a new block.
     readers: Readers,
     maintenance: Mutex<()>,
+    /// Open write transactions: a head cut waits for those that began before it.
+    appenders: Appenders,
     append_buffers: Mutex<Vec<AppendBuffers>>,
     counters: Counters,
     closed: AtomicBool,
@@ -837,6 +840,7 @@ impl Db {
             health: BlockHealth::new(corrupt_blocks),
             readers: Readers::new(),
             maintenance: Mutex::new(()),
+            appenders: Appenders::default(),
             append_buffers: Mutex::new(Vec::new()),
             counters,
             closed: AtomicBool::new(false),
@@ -1085,6 +1089,16 @@ impl DbInner {
         // From here on no in-order sample below `end` is accepted (checked under each
         // series' lock), so the snapshot below holds every in-order chunk that ends before it.
         head.raise_min_valid_time(end);
+        // Transactions that began before the raise may still commit samples below `end`
+        // that they accepted: wait for them, so the snapshot below holds those too.
+        let given_up = self.appenders.wait_for_older();
+        if given_up > 0 {
+            tracing::warn!(
+                transactions = given_up,
+                end,
+                "write transactions open for 30s: cutting the head anyway; their samples below the cut are refused at commit"
+            );
+        }
         let mut windows: std::collections::BTreeMap<i64, Vec<SeriesChunks>> = Default::default();
         let mut taken_ooo: HashMap<u64, Vec<i64>> = HashMap::new();
         let mut series = head.all_series();
@@ -1461,8 +1475,13 @@ impl Queryable for Db {
 impl Appendable for Db {
     fn appender(&self) -> Box<dyn Appender + '_> {
         let b = self.inner.append_buffers.lock().pop().unwrap_or_default();
+        // Registered before the bounds are read: see `Appenders`.
+        let era = self.inner.appenders.begin();
+        let min_valid_t = self.inner.head.min_valid_time();
         Box::new(DbAppender {
             db: &self.inner,
+            era,
+            min_valid_t,
             series: b.series,
             by_hash: b.by_hash,
             samples: b.samples,
@@ -1507,6 +1526,10 @@ enum NewestHist {
 /// commit. Series it touches are pinned (not garbage-collected) until it ends.
 struct DbAppender<'a> {
     db: &'a DbInner,
+    /// The transaction's era in the registry of open ones, and the head's minimum valid
+    /// time when it began: a head cut waits for it, so it may commit what it accepted.
+    era: u64,
+    min_valid_t: i64,
     series: Vec<PendingSeries>,
     by_hash: crate::head::FastMap<u64, usize>,
     samples: Vec<(u32, i64, f64)>,
@@ -1592,7 +1615,7 @@ impl DbAppender<'_> {
         refused: &mut dyn FnMut(usize, StorageError),
     ) {
         self.last = None;
-        let bounds = self.db.head.bounds();
+        let bounds = self.bounds();
         let s = self.series[i].s.clone();
         let d = s.data.lock();
         let window = self.window();
@@ -1606,6 +1629,16 @@ impl DbAppender<'_> {
                 refused(k, e);
             }
         }
+    }
+
+    /// The bounds samples are judged against: the head's, with the minimum valid time the
+    /// transaction began with while a head cut waits for it (see `Appenders`).
+    fn bounds(&self) -> Bounds {
+        let mut b = self.db.head.bounds();
+        if self.db.appenders.honoured(self.era) {
+            b.min_valid_t = b.min_valid_t.min(self.min_valid_t);
+        }
+        b
     }
 
     fn window(&mut self) -> TimeWindow {
@@ -1667,7 +1700,7 @@ impl DbAppender<'_> {
         h: HistVal,
         as_float: Option<f64>,
     ) -> SResult<()> {
-        let bounds = self.db.head.bounds();
+        let bounds = self.bounds();
         let p = &self.series[i];
         let pending = p.max_t != i64::MIN && p.max_t > d.max_t;
         let (mt, newest) = if pending {
@@ -1763,9 +1796,6 @@ impl DbAppender<'_> {
         out
     }
 
-    /// Ends the transaction: unpins its series and removes those it left without samples
-    /// (that it created, or, when it `failed`, any): a write that changed nothing must
-    /// leave no series behind.
     /// After a commit: remembers the keys new series were named by, for series the head
     /// still has (`finish` dropped those the commit left empty).
     fn remember_keys(&mut self) {
@@ -1786,11 +1816,15 @@ impl DbAppender<'_> {
         }
     }
 
+    /// Ends the transaction: unpins its series and removes those it left without samples
+    /// (that it created, or, when it `failed`, any): a write that changed nothing must
+    /// leave no series behind.
     fn finish(&mut self, failed: bool) {
         if self.done {
             return;
         }
         self.done = true;
+        self.db.appenders.end(self.era);
         for p in &self.series {
             p.s.unpin();
         }
@@ -1812,7 +1846,7 @@ impl Appender for DbAppender<'_> {
         let w = self.window();
         self.db.check_window(w, t)?;
         let i = self.series_index_for(labels);
-        let bounds = self.db.head.bounds();
+        let bounds = self.bounds();
         let s = self.series[i].s.clone();
         let d = s.data.lock();
         self.queue(i, &d, t, v, bounds)
@@ -1955,7 +1989,7 @@ impl Appender for DbAppender<'_> {
                 locked[i] = Some(self.series[i].s.data.lock());
             }
             // Bounds read under the series locks: see `persist_below`.
-            let b = head.bounds();
+            let b = self.bounds();
             // Each series' newest in-order sample as this batch extends it.
             let mut newest: Vec<(i64, u64, NewestHist)> = locked
                 .iter()
@@ -2315,6 +2349,43 @@ mod tests {
                 (9_001_000, 5.0)
             ]
         );
+    }
+
+    /// A head cut that starts while a transaction is open waits for it, and the samples the
+    /// transaction accepted below the cut are committed and persisted, not dropped.
+    #[test]
+    fn a_head_cut_waits_for_an_open_transaction_and_keeps_what_it_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            fsync: Fsync::Never,
+            ..Options::default()
+        };
+        let db = Arc::new(Db::open(dir.path(), opts.clone()).expect("open"));
+        write_batch(&db).expect("first batch");
+        let a = Labels::from_pairs([("__name__", "m"), ("s", "a")]);
+        let mut app = db.appender();
+        app.append(&a, 4000, 4.0).expect("accepted");
+        let cutter = {
+            let db = db.clone();
+            std::thread::spawn(move || db.flush_head())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !cutter.is_finished(),
+            "the cut waits for the open transaction"
+        );
+        app.commit().expect("commit");
+        cutter.join().expect("cutter").expect("flush");
+        let want = vec![
+            ("a".to_string(), vec![(2000, 2.0), (3000, 3.0), (4000, 4.0)]),
+            ("b".to_string(), vec![(2000, 20.0)]),
+        ];
+        assert_eq!(select(&db), want);
+        assert_eq!(db.metrics().dropped_at_commit_total, 0);
+        db.close().expect("close");
+        drop(db);
+        let db = Db::open(dir.path(), opts).expect("reopen");
+        assert_eq!(select(&db), want);
     }
 
     /// A key whose series the head dropped after the lookup is not appended to: the series

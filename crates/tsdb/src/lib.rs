@@ -60,6 +60,7 @@
 //! [`Appender::commit`]: m3query_storage::Appender::commit
 //! [`Appender::append_samples`]: m3query_storage::Appender::append_samples
 
+mod appenders;
 mod block;
 mod chunks;
 mod compact;
