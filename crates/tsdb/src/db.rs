@@ -1607,6 +1607,30 @@ impl DbAppender<'_> {
         i
     }
 
+    /// [`Appender::append_samples`], remembering `key` for the series when there is one.
+    fn append_pairs(
+        &mut self,
+        key: Option<&[u8]>,
+        labels: LabelPairs<'_>,
+        samples: &[Sample],
+        refused: &mut dyn FnMut(usize, StorageError),
+    ) -> SResult<()> {
+        self.check_open()?;
+        if labels.is_empty() {
+            return Err(StorageError::InvalidLabels("empty label set".into()));
+        }
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let hash = labels.stable_hash();
+        let i = self.series_index(SeriesKey::Pairs(labels), hash);
+        if let Some(key) = key {
+            self.new_keys.push((key.into(), i, hash));
+        }
+        self.append_to(i, samples, refused);
+        Ok(())
+    }
+
     /// Queues `samples` for series `i` of this transaction, reporting refusals.
     fn append_to(
         &mut self,
@@ -1869,16 +1893,7 @@ impl Appender for DbAppender<'_> {
         samples: &[Sample],
         refused: &mut dyn FnMut(usize, StorageError),
     ) -> SResult<()> {
-        self.check_open()?;
-        if labels.is_empty() {
-            return Err(StorageError::InvalidLabels("empty label set".into()));
-        }
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let i = self.series_index(SeriesKey::Pairs(labels), labels.stable_hash());
-        self.append_to(i, samples, refused);
-        Ok(())
+        self.append_pairs(None, labels, samples, refused)
     }
 
     fn append_samples_by_key(
@@ -1931,18 +1946,7 @@ impl Appender for DbAppender<'_> {
         samples: &[Sample],
         refused: &mut dyn FnMut(usize, StorageError),
     ) -> SResult<()> {
-        self.check_open()?;
-        if labels.is_empty() {
-            return Err(StorageError::InvalidLabels("empty label set".into()));
-        }
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let hash = labels.stable_hash();
-        let i = self.series_index(SeriesKey::Pairs(labels), hash);
-        self.new_keys.push((key.into(), i, hash));
-        self.append_to(i, samples, refused);
-        Ok(())
+        self.append_pairs(Some(key), labels, samples, refused)
     }
 
     /// Logs the batch, then applies it: every series the batch touches is locked (in ref
