@@ -1835,7 +1835,7 @@ impl DbAppender<'_> {
             if let Some(p) = self.series.get(i)
                 && head.is_live(&p.s, hash)
             {
-                head.keys.insert(&key, p.s.clone(), hash);
+                head.keys.insert(key, p.s.clone(), hash);
             }
         }
     }
@@ -2414,7 +2414,7 @@ mod tests {
         let hash = l.stable_hash();
         let head = &db.inner.head;
         let (s, _) = head.get_or_create(SeriesKey::Labels(&l), hash, false, |_| {});
-        head.keys.insert(b"ka", s.clone(), hash);
+        head.keys.insert(*b"ka", s.clone(), hash);
         head.remove_if_unused(&s);
         assert!(!head.is_live(&s, hash));
         let mut app = db.appender();

@@ -116,24 +116,38 @@ impl KeyCache {
     }
 
     /// Remembers `series` (label hash `label_hash`) for `key`, replacing what `key` named.
-    pub(crate) fn insert(&self, key: &[u8], series: Arc<MemSeries>, label_hash: u64) {
-        let h = self.hash(key);
+    /// Takes the key owned: callers collect it for after their commit.
+    pub(crate) fn insert(
+        &self,
+        key: impl Into<Box<[u8]>>,
+        series: Arc<MemSeries>,
+        label_hash: u64,
+    ) {
+        let key = key.into();
+        let h = self.hash(&key);
         let mut shard = self.shard(h).write();
-        let entry = Entry {
-            key: key.into(),
-            series,
-            label_hash,
-        };
+        let same = |e: &Entry| e.key == key;
         match shard.main.get_mut(&h) {
             None => {
-                shard.main.insert(h, entry);
+                shard.main.insert(
+                    h,
+                    Entry {
+                        key,
+                        series,
+                        label_hash,
+                    },
+                );
             }
-            Some(e) if *e.key == *key => *e = entry,
+            Some(e) if same(e) => (e.series, e.label_hash) = (series, label_hash),
             Some(_) => {
                 let v = shard.conflicts.entry(h).or_default();
-                match v.iter_mut().find(|e| *e.key == *key) {
-                    Some(e) => *e = entry,
-                    None => v.push(entry),
+                match v.iter_mut().find(|e| same(e)) {
+                    Some(e) => (e.series, e.label_hash) = (series, label_hash),
+                    None => v.push(Entry {
+                        key,
+                        series,
+                        label_hash,
+                    }),
                 }
             }
         }
@@ -177,20 +191,20 @@ mod tests {
         let c = KeyCache::default();
         let (a, ha) = series(&head, "a");
         let (b, hb) = series(&head, "b");
-        c.insert(b"ka", a.clone(), ha);
-        c.insert(b"kb", b.clone(), hb);
-        c.insert(b"kb2", b.clone(), hb);
+        c.insert(*b"ka", a.clone(), ha);
+        c.insert(*b"kb", b.clone(), hb);
+        c.insert(*b"kb2", b.clone(), hb);
         assert!(c.get(b"k").is_none());
         let (got, h) = c.get(b"ka").expect("ka");
         assert!(Arc::ptr_eq(&got, &a) && h == ha);
         assert_eq!(c.len(), 3);
         // A key names one series: inserting it again replaces that.
-        c.insert(b"ka", b.clone(), hb);
+        c.insert(*b"ka", b.clone(), hb);
         assert!(Arc::ptr_eq(&c.get(b"ka").expect("ka").0, &b));
         assert_eq!(c.len(), 3);
         c.retain(|s| s.r != b.r);
         assert_eq!(c.len(), 0);
-        c.insert(b"ka", a.clone(), ha);
+        c.insert(*b"ka", a.clone(), ha);
         c.clear();
         assert!(c.get(b"ka").is_none());
     }
