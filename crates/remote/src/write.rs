@@ -295,9 +295,7 @@ impl Outcome {
                 Ok(())
             }
             Err(e) if e.is_sample_error() => {
-                if self.count_refusal(&e) {
-                    self.example(format!("{e} for series {labels} at timestamp {t}"));
-                }
+                self.refused_sample(&e, t, || labels.to_string());
                 Ok(())
             }
             Err(e) => Err(e),
@@ -379,6 +377,14 @@ impl Outcome {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a refused sample at `t`; the first of its kind becomes an example naming the
+    /// series (`series` is only called then: it may decode labels).
+    fn refused_sample(&mut self, e: &StorageError, t: i64, series: impl FnOnce() -> String) {
+        if self.count_refusal(e) {
+            self.example(format!("{e} for series {} at timestamp {t}", series()));
         }
     }
 
@@ -980,13 +986,8 @@ fn append_series<'a>(
         let mut refused = 0u64;
         let known = app.append_samples_by_key(key, &sc.samples, &mut |i, e| {
             refused += 1;
-            if out.count_refusal(&e) {
-                let t = sc.samples.get(i).map_or(0, |s| s.t);
-                out.example(format!(
-                    "{e} for series {} at timestamp {t}",
-                    key_labels_text(&sc.label_msgs)
-                ));
-            }
+            let t = sc.samples.get(i).map_or(0, |s| s.t);
+            out.refused_sample(&e, t, || key_labels_text(&sc.label_msgs));
         })?;
         if known {
             out.samples_written += sc.samples.len() as u64 - refused;
@@ -1013,13 +1014,8 @@ fn append_series<'a>(
     let mut refused = 0u64;
     let mut on_refused = |i: usize, e: StorageError| {
         refused += 1;
-        if out.count_refusal(&e) {
-            let t = sc.samples.get(i).map_or(0, |s| s.t);
-            out.example(format!(
-                "{e} for series {} at timestamp {t}",
-                pairs.to_labels()
-            ));
-        }
+        let t = sc.samples.get(i).map_or(0, |s| s.t);
+        out.refused_sample(&e, t, || pairs.to_labels().to_string());
     };
     match key {
         Some(key) => app.append_samples_keyed(key, pairs, &sc.samples, &mut on_refused)?,
