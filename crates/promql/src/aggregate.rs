@@ -851,11 +851,7 @@ fn fused_over_rollup(
             for (chunk_no, chunk) in data.chunks(FUSE_CHUNK).enumerate() {
                 crate::check_ctx(ev.ctx, "expression evaluation")?;
                 let points: Vec<Vec<Point>> = if chunk.len() >= ev.parallel_threshold {
-                    use rayon::prelude::*;
-                    chunk
-                        .par_iter()
-                        .map(|s| ev.lookup_series(vs, &s.points, false))
-                        .collect()
+                    crate::par::map(chunk, |s| ev.lookup_series(vs, &s.points, false))
                 } else {
                     chunk
                         .iter()

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m3query_storage::{Context, Queryable};
-use rayon::prelude::*;
 use tracing::debug_span;
 
 use crate::annotations::Annotations;
@@ -389,9 +388,7 @@ impl Engine {
                 })
             };
             let mut decoded: Vec<SelSeries> = if raw.len() >= self.opts.parallel_threshold {
-                raw.par_iter()
-                    .map_init(Vec::new, |scratch, s| decode(scratch, s.as_ref()))
-                    .collect::<Result<_>>()?
+                crate::par::try_map(&raw, Vec::new, |scratch, s| decode(scratch, s.as_ref()))?
             } else {
                 let mut scratch = Vec::new();
                 raw.iter()

@@ -852,8 +852,7 @@ impl<'a> Evaluator<'a> {
             }
         };
         if inputs.len() >= self.parallel_threshold {
-            use rayon::prelude::*;
-            return Ok(inputs.par_iter().map(one).collect());
+            return Ok(crate::par::map(inputs, one));
         }
         Ok(inputs.iter().map(one).collect())
     }

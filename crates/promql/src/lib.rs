@@ -64,6 +64,7 @@ pub(crate) mod functions;
 mod hist;
 mod info;
 mod json;
+mod par;
 pub mod parser;
 mod plan;
 mod quantile;
