@@ -10,8 +10,8 @@
 //! Starting that thread is not free: its stack is mapped, faulted in and unmapped (a TLB
 //! shootdown on every core) per query, which was about a third of the server time of a
 //! trivial query. A thread that already has [`STACK_SIZE`] bytes of stack left runs the work
-//! inline instead: the binary gives its runtime's threads such stacks
-//! ([`RUNTIME_STACK_SIZE`]), so a query runs on the blocking-pool thread it is on.
+//! inline instead: the server gives its request threads such stacks
+//! ([`RUNTIME_STACK_SIZE`]), so a query runs on the thread it is on.
 
 use std::cell::Cell;
 

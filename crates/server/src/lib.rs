@@ -22,6 +22,7 @@ pub mod slow_queries;
 pub mod stores;
 pub mod tsdb_metrics;
 mod ui;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::future::Future;

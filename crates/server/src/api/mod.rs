@@ -48,13 +48,14 @@ pub(crate) fn context(state: &AppState) -> Context {
     Context::with_deadline(Instant::now() + state.config.query.timeout.0)
 }
 
-/// Runs blocking storage work off the async threads; a panic there is a 500.
+/// Runs blocking storage work off the async threads, on the request workers
+/// ([`crate::workers`]); a panic there is a 500.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    crate::workers::run(f)
         .await
-        .map_err(|e| ApiError::internal(format!("request worker failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// Runs blocking storage work inside `span` (a phase span of the request), so the stores'
@@ -439,7 +440,7 @@ pub async fn remote_read(
     };
     let limits = ReadLimits::default();
     let ctx = Context::with_deadline(deadline);
-    // The work runs on blocking threads inside the request span, so each query's
+    // The work runs on other threads inside the request span, so each query's
     // `remote.serve` span (and the stores' spans below it) are part of the request's trace.
     let span = tracing::Span::current();
     let mut resp = match kind {

@@ -158,7 +158,7 @@ async fn by_deadline<T>(
     }
 }
 
-/// Admits the query, evaluates it on a blocking thread with its execution slot, and answers
+/// Admits the query, evaluates it on a request worker with its execution slot, and answers
 /// at the deadline whatever the evaluation is doing. The permit moves into the blocking work,
 /// so it is released when that work ends, not when the answer goes out: `query.maxConcurrent`
 /// bounds the work really running.
@@ -189,7 +189,7 @@ async fn evaluate<T: Send + 'static>(
     .await
 }
 
-/// Runs `f` on a blocking thread inside the request span.
+/// Runs `f` on a request worker inside the request span.
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -884,7 +884,7 @@ pub(crate) fn write_response(out: &mut String, r: &QueryResult, stats: bool) {
     out.push('}');
 }
 
-/// `GET|POST /api/v1/format_query`. Parsing and printing are CPU work on the blocking pool
+/// `GET|POST /api/v1/format_query`. Parsing and printing are CPU work on the request workers
 /// (the engine moves them to its own large stack), under the query timeout, and stop when
 /// the client goes away.
 pub async fn format_query(State(state): State<Arc<AppState>>, params: Params) -> ApiResult<String> {
@@ -938,7 +938,7 @@ pub async fn query_exemplars(
 ) -> ApiResult<Vec<SeriesExemplars>> {
     let q = params.get("query").unwrap_or_default();
     let (start, end) = params.time_range()?;
-    // Parsing is CPU work: on the blocking pool, like the queries'.
+    // Parsing is CPU work: on the request workers, like the queries'.
     let q = q.to_string();
     let selectors = run(move || selector::selectors_of(&q)).await?;
     let found = state.exemplars.query(&selectors, start, end);
