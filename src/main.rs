@@ -186,10 +186,10 @@ fn run(cfg: Config, flags: BTreeMap<String, String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("m3query")
-        // Queries run on the server's request workers, which have stacks this deep; the
-        // runtime's own threads get them too, so an engine entry point reached on one (the
-        // remote-read stream's blocking thread) also runs inline instead of starting a
-        // thread of its own (virtual memory: only the pages a depth touches are resident).
+        // Queries run on the server's request workers, which have stacks this deep. The
+        // runtime's threads get them too, so an engine entry point reached on one runs inline
+        // instead of starting a thread of its own (virtual memory: only the pages a depth
+        // touches are resident).
         .thread_stack_size(m3query_promql::deep::RUNTIME_STACK_SIZE)
         .build()
         .context("starting the async runtime")?;
