@@ -129,16 +129,11 @@ fn errors_have_their_variants() {
     assert!(matches!(e, Error::Execution(_)), "{e:?}");
 }
 
-#[test]
-fn too_many_samples() {
-    let s = store(20);
-    let small = Engine::new(EngineOptions {
-        max_samples: 100,
-        ..EngineOptions::default()
-    });
-    let e = small
+/// Every sample of `s` over 10 minutes, from an engine whose sample limit that exceeds.
+fn all_samples_over_the_limit(e: &Engine, s: &MemStorage) -> Error {
+    let err = e
         .range_query(
-            &s,
+            s,
             &Context::background(),
             "http_requests_total",
             0,
@@ -147,7 +142,18 @@ fn too_many_samples() {
             &QueryOptions::default(),
         )
         .expect_err("over the limit");
-    assert!(matches!(e, Error::TooManySamples));
+    assert!(matches!(err, Error::TooManySamples), "{err}");
+    err
+}
+
+#[test]
+fn too_many_samples() {
+    let s = store(20);
+    let small = Engine::new(EngineOptions {
+        max_samples: 100,
+        ..EngineOptions::default()
+    });
+    let e = all_samples_over_the_limit(&small, &s);
     assert_eq!(
         e.to_string(),
         "query processing would load too many samples into memory in query execution"
@@ -354,18 +360,7 @@ fn parallel_paths_match_serial() {
         max_samples: 10_000,
         ..EngineOptions::default()
     });
-    let e = limited
-        .range_query(
-            &s,
-            &ctx,
-            "http_requests_total",
-            0,
-            600_000,
-            15_000,
-            &QueryOptions::default(),
-        )
-        .expect_err("over the limit");
-    assert!(matches!(e, Error::TooManySamples));
+    all_samples_over_the_limit(&limited, &s);
 }
 
 #[test]

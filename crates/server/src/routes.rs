@@ -145,12 +145,16 @@ async fn method_not_allowed(method: Method, req: Request) -> ApiError {
     .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
-fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
-    let detail = err
-        .downcast_ref::<String>()
+/// A panic's message, when it has one (a `panic!` with or without format arguments).
+pub(crate) fn panic_detail(err: &(dyn Any + Send)) -> &str {
+    err.downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| err.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
+        .unwrap_or("unknown panic")
+}
+
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic_detail(&*err);
     tracing::error!(panic = detail, "handler panicked");
     let mut resp = ApiError::internal("internal error while handling the request").into_response();
     resp.extensions_mut().insert(HandlerPanicked);

@@ -96,7 +96,8 @@ pub(crate) async fn run<T: Send + 'static>(
     submit(
         pool(),
         Box::new(move || {
-            let r = catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p));
+            let r = catch_unwind(AssertUnwindSafe(f))
+                .map_err(|p| crate::routes::panic_detail(&*p).to_string());
             // The caller may have stopped waiting (a deadline, a client gone): nothing to do.
             let _ = tx.send(r);
         }),
@@ -105,16 +106,6 @@ pub(crate) async fn run<T: Send + 'static>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(msg)) => Err(WorkerError::Panicked(msg)),
         Err(_) => Err(WorkerError::Lost),
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
     }
 }
 
