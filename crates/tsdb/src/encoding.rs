@@ -80,6 +80,17 @@ impl<'a> Decbuf<'a> {
 
     #[inline]
     pub(crate) fn uvarint(&mut self) -> Result<u64, DecodeError> {
+        // Most varints in WAL sample records (ref and time deltas) fit one byte.
+        if let Some(&b) = self.b.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.uvarint_long()
+    }
+
+    fn uvarint_long(&mut self) -> Result<u64, DecodeError> {
         let rest = self.b.get(self.pos..).unwrap_or_default();
         let mut x = 0u64;
         let mut shift = 0u32;

@@ -30,6 +30,18 @@ pub(crate) fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Maps a WAL file (a segment or a checkpoint's) to replay it, its pages read in at once.
+/// Reading segments into memory instead cost replay a tenth of its time at 10x: the kernel
+/// zeroes every fresh page of a 128 MiB buffer before copying the file into it.
+pub(crate) fn map_wal_file(path: &Path) -> std::io::Result<Mmap> {
+    let f = File::open(path)?;
+    // SAFETY: WAL files are only mapped while the database opens, under the data
+    // directory's lock (no other m3query writes them), and this process only appends to a
+    // segment after replay, and truncates a torn one after its mapping is dropped. A file
+    // cut short by another program meanwhile would fault the process, as for blocks.
+    unsafe { memmap2::MmapOptions::new().populate().map(&f) }
+}
+
 /// Maps a file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     let f = File::open(path).ctx("open", path)?;
