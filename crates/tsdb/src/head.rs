@@ -896,7 +896,7 @@ impl MemSeries {
 /// Postings for the head: label name → value → sorted refs.
 #[derive(Debug, Default)]
 pub(crate) struct MemPostings {
-    pub(crate) m: HashMap<Arc<str>, BTreeMap<Arc<str>, Vec<u64>>>,
+    pub(crate) m: FastMap<Arc<str>, BTreeMap<Arc<str>, Vec<u64>>>,
     all: Vec<u64>,
 }
 

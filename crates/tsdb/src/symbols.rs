@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use m3query_model::{Label, LabelPairs, Labels};
@@ -13,22 +15,28 @@ const SHARDS: usize = 16;
 /// A sharded set of `Arc<str>`.
 #[derive(Debug)]
 pub(crate) struct Symbols {
-    shards: Box<[Mutex<HashSet<Arc<str>>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<StrSet>]>,
+    hasher: RandomState,
 }
+
+/// Seeded per process, like the head's series map: label strings come from writers, and
+/// foldhash hashes short strings several times faster than SipHash.
+type StrSet = HashSet<Arc<str>, RandomState>;
 
 impl Default for Symbols {
     fn default() -> Self {
         Symbols {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(StrSet::default())).collect(),
+            hasher: RandomState::default(),
         }
     }
 }
 
 impl Symbols {
-    fn shard(&self, s: &str) -> &Mutex<HashSet<Arc<str>>> {
-        &self.shards[(self.hasher.hash_one(s) as usize) % SHARDS]
+    fn shard(&self, s: &str) -> &Mutex<StrSet> {
+        // Bits the sets themselves do not use (their buckets take the low bits, their tags
+        // the top 7), in case a set's hasher ever shares this one's seed.
+        &self.shards[((self.hasher.hash_one(s) >> 32) as usize) % SHARDS]
     }
 
     /// The shared copy of `s`.
