@@ -987,17 +987,26 @@ impl MemPostings {
         v.sort();
         v
     }
+
+    /// The list for `name="value"` (empty when there is none).
+    fn list(&self, name: &str, value: &str) -> &[u64] {
+        self.m
+            .get(name)
+            .and_then(|vs| vs.get(value))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 impl PostingsIndex for MemPostings {
     type Ref = u64;
     fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>> {
-        Ok(self
-            .m
-            .get(name)
-            .and_then(|vs| vs.get(value))
-            .cloned()
-            .unwrap_or_default())
+        Ok(self.list(name, value).to_vec())
+    }
+    fn postings_len(&self, name: &str, value: &str) -> Result<usize> {
+        Ok(self.list(name, value).len())
+    }
+    fn intersect_postings(&self, name: &str, value: &str, acc: &[u64]) -> Result<Vec<u64>> {
+        Ok(crate::postings::intersect(acc, self.list(name, value)))
     }
     fn all_postings(&self) -> Result<Vec<u64>> {
         Ok(self.all.clone())
@@ -1478,6 +1487,46 @@ impl Head {
 mod tests {
     use super::*;
     use crate::chunks::merge_chunks;
+
+    /// Two equality matchers: the longer list is intersected in place.
+    #[test]
+    fn mem_postings_intersect_equal_matchers() {
+        let mut p = MemPostings::default();
+        p.add(0, &Labels::from_pairs([("job", "a"), ("i", "a")]));
+        p.add(1, &Labels::from_pairs([("job", "a"), ("i", "b")]));
+        p.add(2, &Labels::from_pairs([("job", "b"), ("i", "b")]));
+        let ms = vec![
+            m3query_model::Matcher::new(m3query_model::MatchOp::Equal, "job", "a").expect("m"),
+            m3query_model::Matcher::new(m3query_model::MatchOp::Equal, "i", "b").expect("m"),
+        ];
+        let got = crate::matchers::postings_for_matchers(&p, &ms).expect("select");
+        assert_eq!(got, vec![1]);
+    }
+
+    proptest::proptest! {
+        // Cheap cases; two equality matchers on labels both set take a few hundred to meet.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The head's postings (lengths, in-place intersections) select what a naive scan of
+        /// the same series does.
+        #[test]
+        fn mem_postings_select_as_a_naive_scan(
+            sets in crate::matchers::tests::label_sets(),
+            ms in proptest::collection::vec(crate::matchers::tests::matcher(), 0..4),
+        ) {
+            let mut p = MemPostings::default();
+            for (i, ls) in sets.iter().enumerate() {
+                p.add(i as u64, &ls.clone());
+            }
+            let naive = crate::matchers::tests::NaiveIndex(sets.clone());
+            let want: Vec<u64> = crate::matchers::postings_for_matchers(&naive, &ms)
+                .expect("naive")
+                .into_iter()
+                .map(u64::from)
+                .collect();
+            let got = crate::matchers::postings_for_matchers(&p, &ms).expect("head");
+            proptest::prop_assert_eq!(got, want, "matchers {:?}", ms);
+        }
+    }
 
     fn b(min_valid_t: i64, ooo: Option<i64>) -> Bounds {
         Bounds {

@@ -470,6 +470,16 @@ impl PostingsIndex for IndexReader {
             Err(_) => Ok(Vec::new()),
         }
     }
+    fn postings_len(&self, name: &str, value: &str) -> Result<usize> {
+        let vals = self.values(name);
+        let Ok(i) = vals.binary_search_by(|(v, _)| (**v).cmp(value)) else {
+            return Ok(0);
+        };
+        // The list's length prefix; the list itself (and its checksum) is read only if the
+        // select goes on.
+        let mut d = Decbuf::new(self.map.get(vals[i].1 as usize..).unwrap_or(&[]));
+        Ok(d.u32().map_err(|e| self.corrupt(e.0))? as usize)
+    }
     fn all_postings(&self) -> Result<Vec<u32>> {
         Ok((0..self.num_series).collect())
     }

@@ -11,13 +11,27 @@ use std::sync::Arc;
 use m3query_model::{MatchOp, Matcher};
 
 use crate::Result;
-use crate::postings::{intersect_all, subtract, union_all};
+use crate::postings::{intersect, intersect_all, subtract, union_all};
 
 /// An inverted index that postings can be read from (the head's or a block's).
 pub(crate) trait PostingsIndex {
     type Ref: Ord + Copy;
     /// Series with `name="value"`, sorted.
     fn postings(&self, name: &str, value: &str) -> Result<Vec<Self::Ref>>;
+    /// How many series have `name="value"`, without reading the list.
+    fn postings_len(&self, name: &str, value: &str) -> Result<usize> {
+        Ok(self.postings(name, value)?.len())
+    }
+    /// `acc ∩ postings(name, value)`. An index holding its lists in memory intersects with
+    /// the list in place instead of copying it (a metric's list may be 1,000 times `acc`).
+    fn intersect_postings(
+        &self,
+        name: &str,
+        value: &str,
+        acc: &[Self::Ref],
+    ) -> Result<Vec<Self::Ref>> {
+        Ok(intersect(acc, &self.postings(name, value)?))
+    }
     /// Every series, sorted.
     fn all_postings(&self) -> Result<Vec<Self::Ref>>;
     /// The values of `name`, sorted.
@@ -74,16 +88,48 @@ fn postings_for_non_matching_values<I: PostingsIndex>(ix: &I, m: &Matcher) -> Re
     }
 }
 
+/// `name="value"` with a value: what [`PostingsIndex::postings`] answers directly.
+fn is_plain_equal(m: &Matcher) -> bool {
+    m.op == MatchOp::Equal && !m.value.is_empty()
+}
+
 /// The sorted series matching every matcher. With no matcher that narrows, starts from all
 /// series (callers that must refuse such selects check before).
 pub(crate) fn postings_for_matchers<I: PostingsIndex>(
     ix: &I,
     matchers: &[Matcher],
 ) -> Result<Vec<I::Ref>> {
+    // Equality matchers first, smallest list first, each intersected into the result so
+    // far: an empty one (a metric that does not exist) ends the select before any list is
+    // read, and a long one (all of a metric's series, when another matcher picks one
+    // instance) is probed, not copied.
+    let mut eqs = Vec::new();
+    for m in matchers {
+        if is_plain_equal(m) {
+            let n = ix.postings_len(&m.name, &m.value)?;
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            eqs.push((n, m));
+        }
+    }
+    eqs.sort_by_key(|&(n, _)| n);
     let mut its = Vec::new();
+    let mut acc: Option<Vec<I::Ref>> = None;
+    for (_, m) in eqs {
+        let p = match &acc {
+            None => ix.postings(&m.name, &m.value)?,
+            Some(a) => ix.intersect_postings(&m.name, &m.value, a)?,
+        };
+        if p.is_empty() {
+            return Ok(Vec::new());
+        }
+        acc = Some(p);
+    }
+    its.extend(acc);
     let mut not_its = Vec::new();
     for m in matchers {
-        if m.matches_everything() {
+        if m.matches_everything() || is_plain_equal(m) {
             continue;
         }
         if m.matches_empty() {
