@@ -210,6 +210,25 @@ impl From<crate::admission::Refused> for ApiError {
     }
 }
 
+/// The whole of a 500's message when a handler panicked: the panic's own message is logged.
+pub(crate) const HANDLER_FAILED: &str = "internal error while handling the request";
+
+impl From<crate::workers::WorkerError> for ApiError {
+    fn from(e: crate::workers::WorkerError) -> Self {
+        use crate::workers::WorkerError as W;
+        match e {
+            // As the router's panic catcher: the message may quote request data or internals,
+            // so it goes to the log and the client gets a plain 500.
+            W::Panicked(_) | W::Lost => {
+                tracing::error!(error = %e, "request work failed");
+                ApiError::internal(HANDLER_FAILED)
+            }
+            // Out of threads (or memory for one): overload, which a client may retry.
+            W::Spawn(_) => ApiError::unavailable(e.to_string()).with_retry_after(1),
+        }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.message)
@@ -424,6 +443,25 @@ impl From<m3query_remote::read::ReadError> for ApiError {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    /// A job's panic is a plain 500 (its message may quote data); running out of threads is
+    /// a 503 a client may retry.
+    #[test]
+    fn worker_failures_keep_panic_messages_out_of_responses() {
+        use crate::workers::WorkerError as W;
+        let e = ApiError::from(W::Panicked(
+            "index 7 out of range for label secret=xyz".into(),
+        ));
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorType::Internal, HANDLER_FAILED)
+        );
+        let e = ApiError::from(W::Lost);
+        assert_eq!(e.kind, ErrorType::Internal);
+        let e = ApiError::from(W::Spawn(std::io::Error::other("no threads")));
+        assert_eq!(e.kind, ErrorType::Unavailable);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     async fn body(r: Response) -> (StatusCode, serde_json::Value) {
         let status = r.status();

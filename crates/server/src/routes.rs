@@ -156,7 +156,7 @@ pub(crate) fn panic_detail(err: &(dyn Any + Send)) -> &str {
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     let detail = panic_detail(&*err);
     tracing::error!(panic = detail, "handler panicked");
-    let mut resp = ApiError::internal("internal error while handling the request").into_response();
+    let mut resp = ApiError::internal(crate::error::HANDLER_FAILED).into_response();
     resp.extensions_mut().insert(HandlerPanicked);
     resp
 }

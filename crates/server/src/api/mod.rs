@@ -53,9 +53,7 @@ pub(crate) fn context(state: &AppState) -> Context {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    crate::workers::run(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+    crate::workers::run(f).await?
 }
 
 /// Runs blocking storage work inside `span` (a phase span of the request), so the stores'
