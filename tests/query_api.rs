@@ -44,6 +44,49 @@ fn post(m: &M3Query, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
     (r.status().as_u16(), r.json().unwrap_or(Value::Null))
 }
 
+/// A client that asks for gzip (Grafana, any Go client) gets it for answers over 1 KiB, with
+/// the same JSON inside; a small answer, or a client that refuses gzip, gets plain JSON.
+#[test]
+fn answers_are_gzipped_for_clients_that_ask() {
+    use std::io::Read;
+    let m = M3Query::start("");
+    load(&m);
+    let range = "/api/v1/query_range?query=demo_requests_total&start=0&end=3585&step=15";
+    let fetch = |path: &str, accept: Option<&str>| {
+        let mut req = client().get(m.url(path));
+        if let Some(a) = accept {
+            req = req.header("Accept-Encoding", a);
+        }
+        let r = req.send().expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        let enc = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        (enc, r.bytes().expect("body").to_vec())
+    };
+    let (enc, plain) = fetch(range, None);
+    assert_eq!(enc, None);
+    assert!(plain.len() > 4096, "{} bytes", plain.len());
+    let (enc, gz) = fetch(range, Some("deflate, gzip"));
+    assert_eq!(enc.as_deref(), Some("gzip"));
+    assert!(
+        gz.len() < plain.len(),
+        "{} of {} bytes",
+        gz.len(),
+        plain.len()
+    );
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut inflated)
+        .expect("gzip");
+    assert_eq!(inflated, plain);
+    let (enc, _) = fetch(range, Some("gzip;q=0"));
+    assert_eq!(enc, None, "a refused coding is not used");
+    let (enc, small) = fetch("/api/v1/query?query=vector(1)&time=10", Some("gzip"));
+    assert_eq!(enc, None, "{}", String::from_utf8_lossy(&small));
+}
+
 #[test]
 fn instant_queries_in_every_form() {
     let m = M3Query::start("");

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod api;
 pub mod backends;
 pub mod body;
+mod compress;
 pub mod config;
 mod conn;
 pub mod error;

@@ -84,6 +84,8 @@ pub(crate) fn router(state: Arc<AppState>, propagation: Propagation, http: HttpM
         ))
         .layer(axum::middleware::map_response(prometheus_shaped))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Inside the request layer: a request's span and duration include compressing.
+        .layer(axum::middleware::from_fn(crate::compress::gzip))
         .layer(RequestLayer::new(propagation, http, slow).with_slow_queries(slow_queries))
         .with_state(state)
 }
@@ -94,6 +96,7 @@ pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
         .route(&path, get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::map_response(prometheus_shaped))
+        .layer(axum::middleware::from_fn(crate::compress::gzip))
         .with_state(state)
 }
 
