@@ -115,6 +115,14 @@ fn jaeger_agent_gets_request_spans_decoded_by_jaeger_code() {
         assert_eq!(s, *status, "{path}");
         trace_ids.push(id.expect("a sampled request answers X-Trace-Id"));
     }
+    // 10,800 points: encoded on a request worker (large answers leave the runtime's threads).
+    let (s, big_id) = get(
+        &m,
+        "/api/v1/query_range?query=vector(1)&start=0&end=10799&step=1",
+        &[],
+    );
+    assert_eq!(s, 200);
+    let big_id = big_id.expect("a sampled request answers X-Trace-Id");
     let (_, debug_id) = get(&m, "/health", &[("jaeger-debug-id", "find-me")]);
     let (_, child_id) = get(
         &m,
@@ -217,6 +225,24 @@ fn jaeger_agent_gets_request_spans_decoded_by_jaeger_code() {
     for tag in ["series", "bytes"] {
         assert_eq!(encode["tagTypes"][tag], "LONG", "{tag}: {encode}");
     }
+    // Encoded on a worker thread, still a child of its request's span.
+    let spans = sink.wait_for("the large answer's encode span", |s| {
+        by_op(s, "http.encode")
+            .iter()
+            .any(|x| x["traceId"] == big_id.as_str())
+    });
+    let big_req = by_op(&spans, "GET /api/v1/query_range")
+        .into_iter()
+        .find(|x| x["traceId"] == big_id.as_str())
+        .expect("the large answer's request span");
+    let big_encode = by_op(&spans, "http.encode")
+        .into_iter()
+        .find(|x| x["traceId"] == big_id.as_str())
+        .expect("the large answer's encode span");
+    assert_eq!(
+        big_encode["parentSpanId"], big_req["spanId"],
+        "{big_encode}"
+    );
     let eval = by_op(&spans, "promql.eval")
         .into_iter()
         .find(|x| x["traceId"] == qr["traceId"])

@@ -266,7 +266,7 @@ async fn instant(
         engine.instant_query(queryable, ctx, &query, t, opts)
     })
     .await?;
-    Ok(respond(result, reply))
+    Ok(respond_large_off_runtime(result, reply).await)
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -354,7 +354,7 @@ async fn range(
             })
             .await?;
             return Ok(match answer {
-                Answer::Computed(result) => respond(result, reply),
+                Answer::Computed(result) => respond_large_off_runtime(result, reply).await,
                 Answer::Assembled(a) => respond_assembled(a, reply),
             });
         }
@@ -363,7 +363,7 @@ async fn range(
         engine.range_query(queryable, ctx, &query, start, end, step, opts)
     })
     .await?;
-    Ok(respond(result, reply))
+    Ok(respond_large_off_runtime(result, reply).await)
 }
 
 /// Whether the request asks to skip the results cache: `nocache=1` (or `true`), or
@@ -516,6 +516,24 @@ fn server_timing(
 
 /// Encodes a result (span `http.encode`) with M3's headers, `Server-Timing` and the figures
 /// for the request layer.
+/// Answers this size or more (by [`estimate`]) are encoded on a request worker: a 150 MB
+/// matrix takes 0.6 s to encode, which would hold up one of the runtime's two threads and
+/// every connection on it. Smaller ones are encoded in place, cheaper than the hand-over.
+const ENCODE_OFF_RUNTIME_BYTES: usize = 256 * 1024;
+
+/// [`respond`], on a request worker when the answer is large.
+async fn respond_large_off_runtime(result: QueryResult, reply: Reply) -> Response {
+    if estimate(&result.value) < ENCODE_OFF_RUNTIME_BYTES {
+        return respond(result, reply);
+    }
+    // The worker has no current span: the encode span keeps the request's as its parent.
+    let span = tracing::Span::current();
+    match crate::workers::run(move || span.in_scope(|| respond(result, reply))).await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 fn respond(result: QueryResult, reply: Reply) -> Response {
     // DEBUG: created only inside sampled requests (or with debug logging), see the
     // telemetry crate's filter.
