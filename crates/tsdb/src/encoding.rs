@@ -80,7 +80,7 @@ impl<'a> Decbuf<'a> {
 
     #[inline]
     pub(crate) fn uvarint(&mut self) -> Result<u64, DecodeError> {
-        // Most varints in WAL sample records (ref and time deltas) fit one byte.
+        // A WAL samples record's time deltas fit one byte (its samples share a scrape time).
         if let Some(&b) = self.b.get(self.pos)
             && b < 0x80
         {

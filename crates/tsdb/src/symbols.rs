@@ -3,10 +3,9 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use m3query_model::{Label, LabelPairs, Labels};
 use parking_lot::Mutex;
 

@@ -514,8 +514,6 @@ fn server_timing(
     HeaderValue::from_str(&out).ok()
 }
 
-/// Encodes a result (span `http.encode`) with M3's headers, `Server-Timing` and the figures
-/// for the request layer.
 /// Answers this size or more (by [`estimate`]) are encoded on a request worker: a 150 MB
 /// matrix takes 0.6 s to encode, which would hold up one of the runtime's two threads and
 /// every connection on it. Smaller ones are encoded in place, cheaper than the hand-over.
@@ -534,6 +532,8 @@ async fn respond_large_off_runtime(result: QueryResult, reply: Reply) -> Respons
     }
 }
 
+/// Encodes a result (span `http.encode`) with M3's headers, `Server-Timing` and the figures
+/// for the request layer.
 fn respond(result: QueryResult, reply: Reply) -> Response {
     // DEBUG: created only inside sampled requests (or with debug logging), see the
     // telemetry crate's filter.
